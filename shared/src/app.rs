@@ -1,0 +1,65 @@
+//! What a function builds once per cold start and lends to every request.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::db::{Db, DbError};
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database pool could not be built.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Configuration, pool and clients: built once per cold start, shared by reference.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The app role's connection pool.
+    pub db: Db,
+    /// Bearer-token and API-key verification.
+    pub auth: Authenticator,
+}
+
+impl App {
+    /// Builds the app from a configuration. Opens no connection yet.
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let db = Db::connect(&config.db)?;
+        let auth = Authenticator::new(&config.auth, db.clone());
+        tracing::info!(
+            jwks_url = %config.auth.jwks_url,
+            pool_max = config.db.pool_max,
+            "app ready"
+        );
+        Ok(Self { config, db, auth })
+    }
+
+    /// Builds the app from the environment.
+    pub fn from_env() -> Result<Self, StartError> {
+        Self::new(Config::from_env()?)
+    }
+}
+
+/// The whole `main` of an HTTP function: builds the app once, then serves `function`'s routes.
+pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http::Error> {
+    crate::telemetry::init();
+    let app = Arc::new(App::from_env()?);
+    let routes = crate::api::routes_for(function);
+    if routes.is_empty() {
+        return Err(format!("no routes for function {function}").into());
+    }
+    lambda_http::run(lambda_http::service_fn(move |req| {
+        let app = Arc::clone(&app);
+        let routes = routes.clone();
+        async move { Ok::<_, Infallible>(crate::http::dispatch(&app, &routes, req).await) }
+    }))
+    .await
+}

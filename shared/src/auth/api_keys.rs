@@ -1,0 +1,167 @@
+//! Tenant API keys for machine access.
+//!
+//! A key looks like `tnt_<prefix>_<secret>`: the 12-character prefix finds the row, the whole key is
+//! checked against its stored SHA-256 in constant time. The key is shown once, at creation; only
+//! the hash is stored. Keys are 256-bit random, so a fast hash is enough (no password stretching).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::AuthError;
+use crate::db::{Db, DbError, TenantRef, TenantTx};
+
+const PREFIX_LEN: usize = 12;
+const SECRET_BYTES: usize = 32;
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A freshly created key. `key` is the only copy of the secret: show it once, store it nowhere.
+#[derive(Clone, Serialize)]
+pub struct NewApiKey {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// The public prefix (safe to show in lists).
+    pub prefix: String,
+    /// The whole key.
+    pub key: String,
+    /// The name it was given.
+    pub name: String,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("key_id", &self.key_id)
+            .field("prefix", &self.prefix)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Creating, revoking and verifying tenant API keys.
+#[derive(Debug)]
+pub struct ApiKeys;
+
+impl ApiKeys {
+    /// Creates a key for the transaction's tenant, recorded as created by its actor.
+    pub async fn create(tx: &mut TenantTx, name: &str) -> Result<NewApiKey, DbError> {
+        let prefix = random_prefix()?;
+        let mut secret = [0u8; SECRET_BYTES];
+        getrandom::fill(&mut secret).map_err(|e| DbError::Config(format!("randomness: {e}")))?;
+        let key = format!("tnt_{prefix}_{}", URL_SAFE_NO_PAD.encode(secret));
+        let hash = hash(&key);
+        let tenant = tx.tenant_id().as_uuid();
+        let actor = tx.context().actor_id.clone();
+        let row = tx
+            .query_one(
+                "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING key_id",
+                &[
+                    (&tenant, Type::UUID),
+                    (&prefix, Type::TEXT),
+                    (&hash.as_slice(), Type::BYTEA),
+                    (&name, Type::TEXT),
+                    (&actor, Type::TEXT),
+                ],
+            )
+            .await?;
+        Ok(NewApiKey {
+            key_id: row.get(0),
+            prefix,
+            key,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Revokes a key of the transaction's tenant. False if there is no such key (or it is
+    /// another tenant's: RLS makes the two look the same).
+    pub async fn revoke(tx: &mut TenantTx, key_id: Uuid) -> Result<bool, DbError> {
+        let n = tx
+            .execute(
+                "UPDATE app.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1",
+                &[(&key_id, Type::UUID)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Checks a presented key; the key's id and tenant if it is valid and not revoked.
+    pub(crate) async fn verify(db: &Db, presented: &str) -> Result<(Uuid, TenantRef), AuthError> {
+        let prefix = parse_prefix(presented).ok_or(AuthError::InvalidApiKey)?;
+        let stored = db.api_key_for_prefix(prefix).await?;
+        let presented_hash = hash(presented);
+        // Compare even when the prefix is unknown, so timing says nothing about which prefixes exist.
+        let expected = stored.as_ref().map_or(&[0u8; 32][..], |s| s.hash.as_slice());
+        let matches: bool = presented_hash.as_slice().ct_eq(expected).into();
+        match stored {
+            Some(s) if matches && !s.revoked => Ok((s.key_id, s.tenant)),
+            _ => Err(AuthError::InvalidApiKey),
+        }
+    }
+}
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn random_prefix() -> Result<String, DbError> {
+    let mut out = String::with_capacity(PREFIX_LEN);
+    let mut buf = [0u8; 32];
+    while out.len() < PREFIX_LEN {
+        getrandom::fill(&mut buf).map_err(|e| DbError::Config(format!("randomness: {e}")))?;
+        // Rejection sampling: 252 is the largest multiple of 36 below 256, so no character is favoured.
+        for b in buf.iter().filter(|b| **b < 252) {
+            if out.len() == PREFIX_LEN {
+                break;
+            }
+            out.push(ALPHABET[(*b % 36) as usize] as char);
+        }
+    }
+    Ok(out)
+}
+
+/// The prefix of a well-formed key, or None.
+fn parse_prefix(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("tnt_")?;
+    let (prefix, secret) = rest.split_once('_')?;
+    let well_formed = prefix.len() == PREFIX_LEN
+        && prefix.bytes().all(|b| ALPHABET.contains(&b))
+        && secret.len() == 43
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    well_formed.then_some(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_random_and_well_formed() {
+        let a = random_prefix().unwrap_or_default();
+        let b = random_prefix().unwrap_or_default();
+        assert_eq!(a.len(), PREFIX_LEN);
+        assert_ne!(a, b);
+        let key = format!("tnt_{a}_{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert_eq!(parse_prefix(&key), Some(a.as_str()));
+    }
+
+    #[test]
+    fn malformed_keys_have_no_prefix() {
+        for bad in [
+            "",
+            "tnt_",
+            "tnt_abc_def",
+            "xyz_abcdefghijkl_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "tnt_ABCDEFGHIJKL_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "tnt_abcdefghijkl_AAAA'; --AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(parse_prefix(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Who is calling: Auth0 access tokens (RS256 only) and tenant API keys, resolved to a [`Principal`].
+
+pub mod api_keys;
+mod jwt;
+
+use http::HeaderMap;
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use api_keys::{ApiKeys, NewApiKey};
+pub use jwt::{JwtVerifier, VerifiedClaims};
+
+use crate::config::AuthConfig;
+use crate::db::{Db, DbError, TenantContext, TenantRef};
+use crate::ids::TenantId;
+
+/// Who is acting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Subject {
+    /// A person, signed in through Auth0.
+    User {
+        /// The Auth0 `sub`.
+        id: String,
+    },
+    /// A machine, with a tenant API key.
+    ApiKey {
+        /// The key's id (never the key).
+        key_id: Uuid,
+    },
+}
+
+/// An authenticated caller: the tenant it acts in, who it is, and its roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The tenant every query of this request is confined to.
+    pub tenant_id: TenantId,
+    /// Who is acting.
+    pub subject: Subject,
+    /// Roles from the token's roles claim; API keys carry none.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// The actor id recorded with every statement: `user:<sub>` or `api_key:<key id>`.
+    pub fn actor_id(&self) -> String {
+        match &self.subject {
+            Subject::User { id } => format!("user:{id}"),
+            Subject::ApiKey { key_id } => format!("api_key:{key_id}"),
+        }
+    }
+
+    /// The context a [`crate::db::TenantTx`] for this principal runs in.
+    pub fn tenant_context(&self) -> TenantContext {
+        TenantContext {
+            tenant_id: self.tenant_id,
+            actor_id: self.actor_id(),
+        }
+    }
+}
+
+/// Why a caller was not authenticated. Each maps to one status and one stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials at all.
+    #[error("no credentials")]
+    Missing,
+    /// Both a bearer token and an API key: we refuse to guess which one counts.
+    #[error("both a bearer token and an API key were sent")]
+    Ambiguous,
+    /// The bearer token failed verification. The reason is for logs, not for the caller.
+    #[error("invalid token: {0}")]
+    InvalidToken(&'static str),
+    /// The token verified but carries no organization.
+    #[error("token has no org_id")]
+    NoOrganization,
+    /// The token's organization is not a tenant of ours.
+    #[error("unknown organization")]
+    UnknownOrganization,
+    /// The API key is malformed, unknown, wrong or revoked (deliberately one answer).
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// The tenant exists but is suspended or closed.
+    #[error("tenant is not active")]
+    TenantInactive,
+    /// The keys or the tenant mapping could not be read.
+    #[error("authentication unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<DbError> for AuthError {
+    fn from(e: DbError) -> Self {
+        AuthError::Unavailable(Box::new(e))
+    }
+}
+
+/// Turns request headers into a [`Principal`]. Build once per cold start.
+#[derive(Debug)]
+pub struct Authenticator {
+    jwt: JwtVerifier,
+    db: Db,
+    roles_claim: String,
+}
+
+impl Authenticator {
+    /// A verifier for `cfg`, mapping organizations and keys through `db`.
+    pub fn new(cfg: &AuthConfig, db: Db) -> Self {
+        Self {
+            jwt: JwtVerifier::new(cfg),
+            db,
+            roles_claim: cfg.roles_claim.clone(),
+        }
+    }
+
+    /// The JWT verifier (for tests and tools that check tokens without a request).
+    pub fn jwt(&self) -> &JwtVerifier {
+        &self.jwt
+    }
+
+    /// Authenticates a request: `Authorization: Bearer <Auth0 access token>` or
+    /// `X-Api-Key: <tenant API key>`, never both.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| bearer_token(v.as_bytes()).ok_or(AuthError::InvalidToken("not a bearer token")))
+            .transpose()?;
+        let api_key = headers
+            .get("x-api-key")
+            .map(|v| v.to_str().map_err(|_| AuthError::InvalidApiKey))
+            .transpose()?;
+        match (bearer, api_key) {
+            (Some(_), Some(_)) => Err(AuthError::Ambiguous),
+            (None, None) => Err(AuthError::Missing),
+            (Some(token), None) => self.from_token(token).await,
+            (None, Some(key)) => self.from_api_key(key).await,
+        }
+    }
+
+    async fn from_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.jwt.verify(token).await?;
+        let org = claims.org_id.as_deref().ok_or(AuthError::NoOrganization)?;
+        let tenant = self
+            .db
+            .tenant_for_auth0_org(org)
+            .await?
+            .ok_or(AuthError::UnknownOrganization)?;
+        ensure_active(&tenant)?;
+        Ok(Principal {
+            tenant_id: tenant.tenant_id,
+            subject: Subject::User { id: claims.sub.clone() },
+            roles: claims.roles(&self.roles_claim),
+        })
+    }
+
+    async fn from_api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let (key_id, tenant) = ApiKeys::verify(&self.db, key).await?;
+        ensure_active(&tenant)?;
+        Ok(Principal {
+            tenant_id: tenant.tenant_id,
+            subject: Subject::ApiKey { key_id },
+            roles: Vec::new(),
+        })
+    }
+}
+
+fn ensure_active(tenant: &TenantRef) -> Result<(), AuthError> {
+    if tenant.status == "active" {
+        Ok(())
+    } else {
+        Err(AuthError::TenantInactive)
+    }
+}
+
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_required() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"abc"), None);
+        assert_eq!(bearer_token(b"Bearer \xff"), None);
+    }
+}

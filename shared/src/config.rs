@@ -1,0 +1,188 @@
+//! Configuration from the environment, read once per cold start.
+//!
+//! Secrets (the database URL with its password) come from the environment locally; in AWS the
+//! function's environment names them and the values are resolved at cold start.
+
+use std::time::Duration;
+
+/// A configuration value that is missing or malformed. Says which variable, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable is set but cannot be used.
+    #[error("{name} is invalid: {reason}")]
+    Invalid {
+        /// The variable's name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Database settings for the functions (who log in as the app role).
+#[derive(Clone)]
+pub struct DbConfig {
+    /// `postgres://tenantry_app:...@host:port/db`. Holds a password: never logged.
+    pub url: String,
+    /// Connections per process. A Lambda serves one request at a time, so a few suffice.
+    pub pool_max: usize,
+    /// How long a request waits for a connection, or for a new one to open.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &"<redacted>")
+            .field("pool_max", &self.pool_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// How bearer tokens are verified.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The Auth0 issuer, e.g. `https://example.us.auth0.com/` (with the trailing slash Auth0 uses).
+    pub issuer: String,
+    /// The API identifier tokens must be issued for.
+    pub audience: String,
+    /// Where the signing keys are; defaults to `{issuer}.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// The namespaced claim that carries the user's roles.
+    pub roles_claim: String,
+    /// The least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_refetch_interval: Duration,
+}
+
+/// HTTP limits.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Larger request bodies are refused with 413 before any parsing.
+    pub max_body_bytes: usize,
+}
+
+/// Everything a function needs, read once per cold start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Database settings.
+    pub db: DbConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// HTTP limits.
+    pub http: HttpConfig,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `get`, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| var(name).ok_or(ConfigError::Missing(name));
+
+        let issuer = required("AUTH0_ISSUER")?;
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://127.0.0.1:")) {
+            return Err(ConfigError::Invalid {
+                name: "AUTH0_ISSUER",
+                reason: "must be an https URL (http only on 127.0.0.1, for local use)".into(),
+            });
+        }
+        let jwks_url = var("AUTH0_JWKS_URL").unwrap_or_else(|| {
+            format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/'))
+        });
+
+        Ok(Self {
+            db: DbConfig {
+                url: required("DATABASE_URL")?,
+                pool_max: parse(&var, "DB_POOL_MAX", 4)?,
+                connect_timeout: Duration::from_secs(parse(&var, "DB_CONNECT_TIMEOUT_SECS", 5)?),
+            },
+            auth: AuthConfig {
+                issuer,
+                audience: required("AUTH0_AUDIENCE")?,
+                jwks_url,
+                leeway: Duration::from_secs(parse(&var, "AUTH_LEEWAY_SECS", 10)?),
+                roles_claim: var("AUTH_ROLES_CLAIM")
+                    .unwrap_or_else(|| "https://tenantry.dev/roles".into()),
+                jwks_refetch_interval: Duration::from_secs(parse(
+                    &var,
+                    "JWKS_REFETCH_INTERVAL_SECS",
+                    60,
+                )?),
+            },
+            http: HttpConfig {
+                max_body_bytes: parse(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
+            },
+        })
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    var: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            reason: "not a number".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://u:secret@h/db"),
+        ("AUTH0_ISSUER", "https://example.us.auth0.com/"),
+        ("AUTH0_AUDIENCE", "https://api.tenantry.dev"),
+    ];
+
+    #[test]
+    fn defaults_and_derived_jwks_url() {
+        let cfg = Config::from_lookup(lookup(BASE)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.auth.jwks_url,
+            "https://example.us.auth0.com/.well-known/jwks.json"
+        );
+        assert_eq!(cfg.db.pool_max, 4);
+        assert_eq!(cfg.auth.leeway, Duration::from_secs(10));
+        // The password never shows in Debug output (which is what ends up in logs).
+        assert!(!format!("{cfg:?}").contains("secret"));
+    }
+
+    #[test]
+    fn missing_and_invalid_values_are_named() {
+        let err = Config::from_lookup(lookup(&BASE[1..])).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("DATABASE_URL is not set"));
+
+        let mut pairs = BASE.to_vec();
+        pairs.push(("DB_POOL_MAX", "many"));
+        let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("DB_POOL_MAX is invalid: not a number"));
+
+        let mut pairs = BASE.to_vec();
+        pairs[1] = ("AUTH0_ISSUER", "http://evil.example/");
+        assert!(Config::from_lookup(lookup(&pairs)).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Postgres: the connection pool, [`TenantTx`] and migrations.
+//!
+//! Handler code reaches tenant data only through [`TenantTx`]; [`Db`] hands out nothing else but the
+//! few lookups that must run before a tenant is known (each a narrow SECURITY DEFINER function).
+
+pub mod migrate;
+mod tx;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+pub use tokio_postgres::Row;
+pub use tokio_postgres::types::{ToSql, Type as SqlType};
+pub use tx::{Access, Param, TenantContext, TenantTx, TxSettings};
+
+use crate::config::DbConfig;
+use crate::ids::TenantId;
+
+/// A database failure, classified so the HTTP layer can answer with the right status.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had in time (pool exhausted, database down).
+    #[error("database unavailable")]
+    Unavailable(#[source] deadpool_postgres::PoolError),
+    /// Postgres answered with an error, or the connection broke.
+    #[error("database error")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A statement in this transaction already failed; it can only be rolled back.
+    #[error("transaction aborted by an earlier error")]
+    Aborted,
+    /// A statement expected to return one row (or at most one) returned this many.
+    #[error("expected one row, got {0}")]
+    RowCount(usize),
+    /// The configuration cannot be used (bad URL).
+    #[error("database configuration: {0}")]
+    Config(String),
+}
+
+impl DbError {
+    /// The SQLSTATE Postgres answered with, if it answered.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Postgres(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// A unique or exclusion constraint refused the write.
+    pub fn is_unique_violation(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+
+    /// Row-level security (or a missing privilege) refused the statement.
+    pub fn is_permission_denied(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    }
+
+    /// The statement ran past its `statement_timeout` (or was cancelled).
+    pub fn is_timeout(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::QUERY_CANCELED)
+    }
+
+}
+
+/// A tenant that an Auth0 organization or API key maps to, with its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRef {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// `active`, `suspended` or `closed`.
+    pub status: String,
+}
+
+/// An API key's stored form, found by its public prefix.
+#[derive(Clone, Debug)]
+pub struct StoredApiKey {
+    /// The tenant and its status.
+    pub tenant: TenantRef,
+    /// The key's id.
+    pub key_id: Uuid,
+    /// SHA-256 of the whole key.
+    pub hash: Vec<u8>,
+    /// Whether the key has been revoked.
+    pub revoked: bool,
+}
+
+/// The functions' connection pool. Cheap to clone; build it once per cold start.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Builds the pool. No connection is opened until the first request needs one.
+    pub fn connect(cfg: &DbConfig) -> Result<Self, DbError> {
+        let mut pg: tokio_postgres::Config = cfg
+            .url
+            .parse()
+            .map_err(|_| DbError::Config("DATABASE_URL is not a valid Postgres URL".into()))?;
+        pg.application_name("tenantry")
+            .connect_timeout(cfg.connect_timeout)
+            // Notice dead peers (an RDS Proxy that dropped us while the Lambda was frozen).
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        // Recycling only checks that the connection is open: no extra round trip per request. A
+        // connection that died while the Lambda was frozen is caught by TenantTx's one retry.
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_max.max(1))
+            .timeouts(Timeouts {
+                wait: Some(cfg.connect_timeout),
+                create: Some(cfg.connect_timeout),
+                recycle: Some(cfg.connect_timeout),
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Begins a transaction for `ctx`'s tenant. See [`TenantTx`].
+    pub async fn begin(&self, ctx: &TenantContext, access: Access) -> Result<TenantTx, DbError> {
+        self.begin_with(ctx, access, TxSettings::default()).await
+    }
+
+    /// Begins a transaction with extra per-transaction settings (a statement timeout, say).
+    pub async fn begin_with(
+        &self,
+        ctx: &TenantContext,
+        access: Access,
+        settings: TxSettings,
+    ) -> Result<TenantTx, DbError> {
+        TenantTx::begin(self.clone(), ctx.clone(), access, settings).await
+    }
+
+    async fn checkout(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(DbError::Unavailable)
+    }
+
+    /// Which tenant an Auth0 organization belongs to (before any tenant is known).
+    pub async fn tenant_for_auth0_org(&self, org_id: &str) -> Result<Option<TenantRef>, DbError> {
+        let client = self.checkout().await?;
+        let row = client
+            .query_typed_opt(
+                "SELECT tenant_id, status FROM app.tenant_for_auth0_org($1)",
+                &[(&org_id, Type::TEXT)],
+            )
+            .await?;
+        Ok(row.map(|r| TenantRef {
+            tenant_id: TenantId::from(r.get::<_, Uuid>(0)),
+            status: r.get(1),
+        }))
+    }
+
+    /// An API key's stored hash and tenant, by its public prefix (before any tenant is known).
+    pub async fn api_key_for_prefix(&self, prefix: &str) -> Result<Option<StoredApiKey>, DbError> {
+        let client = self.checkout().await?;
+        let row = client
+            .query_typed_opt(
+                "SELECT tenant_id, key_id, hash, revoked, tenant_status \
+                 FROM app.api_key_for_prefix($1)",
+                &[(&prefix, Type::TEXT)],
+            )
+            .await?;
+        Ok(row.map(|r| StoredApiKey {
+            tenant: TenantRef {
+                tenant_id: TenantId::from(r.get::<_, Uuid>(0)),
+                status: r.get(4),
+            },
+            key_id: r.get(1),
+            hash: r.get(2),
+            revoked: r.get(3),
+        }))
+    }
+
+    /// Pool statistics, for logs and benchmarks.
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}

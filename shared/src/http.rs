@@ -1,0 +1,437 @@
+//! HTTP plumbing shared by every function and the local runner: routing, request ids, body limits,
+//! problem+json errors, and a guarantee that no panic reaches the Lambda runtime.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use futures_util::FutureExt as _;
+use http::{HeaderValue, Method, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt as _, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::App;
+use crate::auth::{AuthError, Principal};
+use crate::db::DbError;
+
+/// What a handler returns.
+pub type HandlerResult = Result<Response<Body>, ApiError>;
+/// A boxed handler future borrowing the app, context and request.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
+/// A route handler: a plain function, callable from a test without the Lambda runtime.
+pub type Handler = for<'a> fn(&'a App, &'a RequestCtx, &'a Request) -> HandlerFuture<'a>;
+
+/// One row of the routing table: the single source for the Lambda functions, the local runner and
+/// the infrastructure template.
+#[derive(Debug)]
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{name}` segments for parameters (API Gateway's syntax).
+    pub path: &'static str,
+    /// The Lambda function (folder under `functions/`) that serves it.
+    pub function: &'static str,
+    /// Whether the caller must be authenticated.
+    pub authenticated: bool,
+    /// The handler.
+    pub handler: Handler,
+}
+
+/// What the dispatcher knows about a request before the handler runs.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// This request's id: on every log line and in every response.
+    pub request_id: String,
+    /// The authenticated caller (always `Some` on authenticated routes).
+    pub principal: Option<Principal>,
+    /// Path parameters by name.
+    pub params: Vec<(&'static str, String)>,
+}
+
+impl RequestCtx {
+    /// The principal of an authenticated route.
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal
+            .as_ref()
+            .ok_or_else(|| ApiError::from(AuthError::Missing))
+    }
+
+    /// A path parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An error answered as `application/problem+json` (RFC 9457) with a stable `code`.
+///
+/// 4xx bodies say what was wrong; 5xx bodies say nothing internal (the cause goes to the log,
+/// tagged with the request id the caller can quote).
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code (`invalid_token`, `not_found`, ...).
+    pub code: &'static str,
+    /// A human-readable explanation, safe to show the caller.
+    pub detail: String,
+    /// Extra members of the problem document (e.g. a list of invalid fields).
+    pub extra: Option<Value>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    /// A 4xx error.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: None,
+            source: None,
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    /// 404: also what another tenant's resource looks like.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 500: the cause is logged, never shown.
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            detail: "An internal error occurred. Quote the request id when reporting it.".into(),
+            extra: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Adds members to the problem document.
+    pub fn with_extra(mut self, extra: Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// Renders the problem document.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        if self.status.is_server_error() {
+            let cause = self.source.as_ref().map(|e| error_chain(e.as_ref()));
+            tracing::error!(code = self.code, status = self.status.as_u16(), cause, "request failed");
+        } else {
+            tracing::info!(code = self.code, status = self.status.as_u16(), "request refused");
+        }
+        let mut doc = json!({
+            "type": format!("https://tenantry.dev/problems/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+            "request_id": request_id,
+        });
+        if let (Some(Value::Object(extra)), Value::Object(doc)) = (self.extra, &mut doc) {
+            for (k, v) in extra {
+                doc.entry(k).or_insert(v);
+            }
+        }
+        let mut resp = response(self.status, "application/problem+json", doc.to_string());
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use StatusCode as S;
+        match e {
+            AuthError::Missing => Self::new(
+                S::UNAUTHORIZED,
+                "missing_credentials",
+                "Send `Authorization: Bearer <token>` or `X-Api-Key: <key>`.",
+            ),
+            AuthError::Ambiguous => Self::new(
+                S::BAD_REQUEST,
+                "ambiguous_credentials",
+                "Send either a bearer token or an API key, not both.",
+            ),
+            AuthError::InvalidToken(reason) => {
+                tracing::info!(reason, "token rejected");
+                let detail = if reason == "expired" {
+                    "The access token has expired."
+                } else {
+                    "The access token is not valid for this API."
+                };
+                Self::new(S::UNAUTHORIZED, "invalid_token", detail)
+            }
+            AuthError::InvalidApiKey => Self::new(
+                S::UNAUTHORIZED,
+                "invalid_api_key",
+                "The API key is not valid or has been revoked.",
+            ),
+            AuthError::NoOrganization => Self::new(
+                S::FORBIDDEN,
+                "organization_required",
+                "The token was not issued for an organization; sign in to one.",
+            ),
+            AuthError::UnknownOrganization => Self::new(
+                S::FORBIDDEN,
+                "unknown_organization",
+                "The token's organization is not a Tenantry tenant.",
+            ),
+            AuthError::TenantInactive => Self::new(
+                S::FORBIDDEN,
+                "tenant_inactive",
+                "This tenant is suspended or closed.",
+            ),
+            AuthError::Unavailable(source) => Self {
+                status: S::SERVICE_UNAVAILABLE,
+                code: "auth_unavailable",
+                detail: "Authentication is temporarily unavailable; retry shortly.".into(),
+                extra: None,
+                source: Some(source),
+            },
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match &e {
+            DbError::Unavailable(_) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "database_unavailable",
+                detail: "The database is temporarily unavailable; retry shortly.".into(),
+                extra: None,
+                source: Some(Box::new(e)),
+            },
+            _ if e.is_timeout() => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "query_timeout",
+                "The query ran longer than its time limit; narrow it (filters, time range) and retry.",
+            ),
+            _ => Self::internal(e),
+        }
+    }
+}
+
+/// A response with a body and content type.
+pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::Text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> HandlerResult {
+    let body = serde_json::to_string(value).map_err(ApiError::internal)?;
+    Ok(response(status, "application/json", body))
+}
+
+/// Parses a JSON body into `T`: malformed JSON, wrong types and unknown fields are 400s that say
+/// where (use `#[serde(deny_unknown_fields)]` on `T`).
+pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("invalid_json", "The request body is empty; send JSON."));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("The request body is not valid for this endpoint: {e}"),
+        )
+    })
+}
+
+/// Matches a path against a route template; returns the parameters if it matches.
+pub fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
+    let mut params = Vec::new();
+    let mut t = template.trim_matches('/').split('/');
+    let mut p = path.trim_end_matches('/').trim_start_matches('/').split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some(ts), Some(ps)) => {
+                if let Some(name) = ts.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+                    if ps.is_empty() {
+                        return None;
+                    }
+                    params.push((name, ps.to_owned()));
+                } else if ts != ps {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The request id: API Gateway's own when there is one (so it matches its access logs), else a
+/// well-formed `x-request-id` from the caller (the local runner), else a new one.
+pub fn request_id(req: &Request) -> String {
+    #[allow(unreachable_patterns)]
+    let from_gateway = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.request_id.clone(),
+        _ => None,
+    };
+    from_gateway
+        .or_else(|| {
+            req.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= 128
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+                })
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| Uuid::now_v7().to_string())
+}
+
+/// Serves one request with the routing table: the whole request path of every function.
+///
+/// Never fails and never panics outward: every error becomes a problem document, and a panic in a
+/// handler becomes a 500 (logged with the request id).
+pub async fn dispatch(app: &App, routes: &[&Route], req: Request) -> Response<Body> {
+    let request_id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        route = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+    );
+    let rid = request_id.clone();
+    let result = AssertUnwindSafe(serve(app, routes, req, request_id).instrument(span.clone()))
+        .catch_unwind()
+        .await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(_) => span.in_scope(|| {
+            ApiError::internal(std::io::Error::other("handler panicked")).into_response(&rid)
+        }),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -> Response<Body> {
+    let path = req.raw_http_path().to_owned();
+    let path = if path.is_empty() { req.uri().path().to_owned() } else { path };
+    let mut path_matched = false;
+    let found = routes.iter().find_map(|r| {
+        let params = match_path(r.path, &path)?;
+        path_matched = true;
+        (r.method == req.method()).then_some((*r, params))
+    });
+    let Some((route, params)) = found else {
+        let err = if path_matched {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This path does not accept that method.")
+        } else {
+            ApiError::not_found("No such route.")
+        };
+        return err.into_response(&request_id);
+    };
+    tracing::Span::current().record("route", route.path);
+
+    if req.body().len() > app.config.http.max_body_bytes {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("The request body exceeds {} bytes.", app.config.http.max_body_bytes),
+        )
+        .into_response(&request_id);
+    }
+
+    let principal = if route.authenticated {
+        match app.auth.authenticate(req.headers()).await {
+            Ok(p) => {
+                tracing::Span::current().record("tenant_id", tracing::field::display(p.tenant_id));
+                Some(p)
+            }
+            Err(e) => return ApiError::from(e).into_response(&request_id),
+        }
+    } else {
+        None
+    };
+    let ctx = RequestCtx {
+        request_id,
+        principal,
+        params,
+    };
+    let started = std::time::Instant::now();
+    let result = (route.handler)(app, &ctx, &req).await;
+    match result {
+        Ok(resp) => {
+            tracing::info!(
+                status = resp.status().as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request served"
+            );
+            resp
+        }
+        Err(e) => e.into_response(&ctx.request_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_templates() {
+        assert_eq!(match_path("/v1/me", "/v1/me"), Some(vec![]));
+        assert_eq!(match_path("/v1/me", "/v1/me/"), Some(vec![]));
+        assert_eq!(match_path("/v1/me", "/v1/mee"), None);
+        assert_eq!(
+            match_path("/v1/datasets/{id}", "/v1/datasets/abc"),
+            Some(vec![("id", "abc".to_owned())])
+        );
+        assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/"), None);
+        assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/a/b"), None);
+    }
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let err = ApiError::internal(std::io::Error::other("password=hunter2"));
+        let resp = err.into_response("rid-1");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
+        assert!(!body.contains("hunter2"));
+        let doc: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(doc["code"], "internal");
+        assert_eq!(doc["request_id"], "rid-1");
+    }
+}

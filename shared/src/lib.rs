@@ -1,0 +1,18 @@
+//! Tenantry's shared library: everything the Lambda functions and the local runner have in common.
+//!
+//! - [`db`]: the Postgres pool, [`db::TenantTx`] (the only door to tenant data) and migrations.
+//! - [`auth`]: Auth0 JWTs and tenant API keys, resolved to a [`auth::Principal`].
+//! - [`http`]: request ids, problem+json errors, body limits and the routing table's dispatcher.
+//! - [`api`]: the route handlers, shared by the Lambda functions and the local runner.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ids;
+pub mod telemetry;
+
+pub use app::App;
+pub use ids::TenantId;

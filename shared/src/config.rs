@@ -101,7 +101,7 @@ impl Config {
 
         Ok(Self {
             db: DbConfig {
-                url: required("DATABASE_URL")?,
+                url: required("APP_DATABASE_URL")?,
                 pool_max: parse(&var, "DB_POOL_MAX", 4)?,
                 connect_timeout: Duration::from_secs(parse(&var, "DB_CONNECT_TIMEOUT_SECS", 5)?),
             },
@@ -153,7 +153,7 @@ mod tests {
     }
 
     const BASE: &[(&str, &str)] = &[
-        ("DATABASE_URL", "postgres://u:secret@h/db"),
+        ("APP_DATABASE_URL", "postgres://u:secret@h/db"),
         ("AUTH0_ISSUER", "https://example.us.auth0.com/"),
         ("AUTH0_AUDIENCE", "https://api.tenantry.dev"),
     ];
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn missing_and_invalid_values_are_named() {
         let err = Config::from_lookup(lookup(&BASE[1..])).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("DATABASE_URL is not set"));
+        assert_eq!(err.as_deref(), Some("APP_DATABASE_URL is not set"));
 
         let mut pairs = BASE.to_vec();
         pairs.push(("DB_POOL_MAX", "many"));

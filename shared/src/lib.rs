@@ -13,6 +13,7 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod telemetry;
+pub mod tenants;
 
 pub use app::App;
 pub use ids::TenantId;

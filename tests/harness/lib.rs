@@ -1,1 +1,487 @@
+//! The integration-test harness: a real Postgres (started if needed), one fresh database per test
+//! cloned from a migrated template, a real PgBouncer, a real JWKS server, and a dev token issuer.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tenantry::auth::dev::DevIssuer;
+use tenantry::config::Config;
+use tenantry::db::migrate::{self, RolePasswords};
+use tenantry::db::{Access, Db, TenantContext, TenantTx};
+use tenantry::tenants::{self, NewTenant};
+use tenantry::{App, TenantId};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+
+/// The app role's password on dev and test clusters (set by the migrate step).
+pub const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
+/// The token audience the tests use.
+pub const AUDIENCE: &str = "https://api.tenantry.test";
+/// The token issuer the tests use.
+pub const ISSUER: &str = "https://tenantry-test.us.auth0.com/";
+/// The roles claim.
+pub const ROLES_CLAIM: &str = "https://tenantry.dev/roles";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A file from the repository, read at run time.
+pub fn repo_file(rel: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+static ADMIN_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The admin (superuser) URL of the test server: `DATABASE_URL`, or the project's embedded
+/// Postgres, started if it is not running.
+pub fn admin_url() -> String {
+    ADMIN_URL
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                return url;
+            }
+            let out = Command::new(repo_root().join("scripts/pg"))
+                .arg("start")
+                .output()
+                .expect("running scripts/pg start");
+            assert!(
+                out.status.success(),
+                "scripts/pg start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .clone()
+}
+
+/// `url` with another user, password and database.
+pub fn with_login(url: &str, user: &str, password: &str, db: &str) -> String {
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://{user}:{password}@{host}:{port}/{db}")
+}
+
+/// A raw connection (for tests that play the attacker or read the catalog).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// The migrated template database, built once per migration set (shared across test processes).
+async fn template() -> String {
+    TEMPLATE
+        .get_or_init(|| async {
+            let migrations = migrate::embedded().unwrap();
+            let mut hash = 0u64;
+            for m in &migrations {
+                for b in m.checksum().bytes() {
+                    hash = hash.wrapping_mul(1_099_511_628_211).wrapping_add(u64::from(b));
+                }
+            }
+            let name = format!("tenantry_tpl_{hash:016x}");
+            let admin = connect(&admin_url()).await;
+            admin
+                .query_typed("SELECT pg_advisory_lock(4242)", &[])
+                .await
+                .unwrap();
+            let exists = admin
+                .query_typed(
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    &[(&name, Type::TEXT)],
+                )
+                .await
+                .unwrap();
+            if exists.is_empty() {
+                let building = format!("{name}_build");
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+                    .await
+                    .unwrap();
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {building}"))
+                    .await
+                    .unwrap();
+                let url = admin_url_for(&building);
+                migrate::run(
+                    &url,
+                    &migrations,
+                    &RolePasswords {
+                        app: Some(DEV_APP_PASSWORD.into()),
+                        support: None,
+                    },
+                )
+                .await
+                .unwrap();
+                admin
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .await
+                    .unwrap();
+            }
+            admin
+                .query_typed("SELECT pg_advisory_unlock(4242)", &[])
+                .await
+                .unwrap();
+            name
+        })
+        .await
+        .clone()
+}
+
+/// The admin URL for another database on the same server.
+pub fn admin_url_for(db: &str) -> String {
+    let url = admin_url();
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    with_login(&url, cfg.get_user().unwrap_or("postgres"), &password(&url), db)
+}
+
+fn password(url: &str) -> String {
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    String::from_utf8(cfg.get_password().unwrap_or_default().to_vec()).unwrap()
+}
+
+/// A fresh database for one test, cloned from the migrated template; dropped with the value.
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// Superuser URL.
+    pub admin_url: String,
+    /// App-role URL.
+    pub app_url: String,
+}
+
+impl TestDb {
+    /// Clones the template.
+    pub async fn new() -> Self {
+        tenantry::telemetry::init_for_tests();
+        let template = template().await;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&admin_url()).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"
+            ))
+            .await
+            .unwrap();
+        let admin_url = admin_url_for(&name);
+        let app_url = with_login(&admin_url, "tenantry_app", DEV_APP_PASSWORD, &name);
+        Self {
+            name,
+            admin_url,
+            app_url,
+        }
+    }
+
+    /// A pool for the app role with `pool_max` connections.
+    pub fn pool(&self, pool_max: usize) -> Db {
+        self.pool_at(&self.app_url, pool_max)
+    }
+
+    /// A pool for the app role at another URL (PgBouncer).
+    pub fn pool_at(&self, url: &str, pool_max: usize) -> Db {
+        Db::connect(&tenantry::config::DbConfig {
+            url: url.to_owned(),
+            pool_max,
+            connect_timeout: Duration::from_secs(10),
+        })
+        .unwrap()
+    }
+
+    /// A superuser connection to this database.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        connect(&self.admin_url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let url = admin_url();
+        // Async work cannot run in Drop; a short-lived runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Creates an active tenant with an Auth0 org id of `org_<slug>`.
+pub async fn tenant(db: &Db, slug: &str) -> TenantId {
+    let id = TenantId::new();
+    tenants::provision(
+        db,
+        &NewTenant {
+            tenant_id: id,
+            name: format!("Tenant {slug}"),
+            slug: slug.to_owned(),
+            auth0_org_id: Some(format!("org_{slug}")),
+            plan: "team".into(),
+        },
+        "system:test",
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// The context for acting as `tenant` in tests.
+pub fn as_tenant(tenant: TenantId) -> TenantContext {
+    TenantContext {
+        tenant_id: tenant,
+        actor_id: "user:test".into(),
+    }
+}
+
+/// Begins a read-write transaction as `tenant`.
+pub async fn tx(db: &Db, tenant: TenantId) -> TenantTx {
+    db.begin(&as_tenant(tenant), Access::ReadWrite).await.unwrap()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A JWKS endpoint over real HTTP, whose key set a test can change, counting its fetches.
+pub struct JwksServer {
+    /// `http://127.0.0.1:port/.well-known/jwks.json`
+    pub url: String,
+    jwks: Arc<Mutex<String>>,
+    fetches: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    /// Serves the given JWKS document.
+    pub async fn start(jwks: serde_json::Value) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let doc = Arc::new(Mutex::new(jwks.to_string()));
+        let fetches = Arc::new(AtomicU64::new(0));
+        let (d, f) = (doc.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (d, f) = (d.clone(), f.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let body = d.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://{addr}/.well-known/jwks.json"),
+            jwks: doc,
+            fetches,
+            task,
+        }
+    }
+
+    /// Replaces the key set (a key rotation).
+    pub fn set(&self, jwks: serde_json::Value) {
+        *self.jwks.lock().unwrap() = jwks.to_string();
+    }
+
+    /// How many times the key set was fetched.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A JWK from `dev/`.
+pub fn dev_jwk(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&repo_file(&format!("dev/jwt-{name}-jwk.json"))).unwrap()
+}
+
+/// The issuer whose key the test JWKS serves.
+pub fn issuer() -> DevIssuer {
+    DevIssuer::new(
+        &repo_file("dev/jwt-dev-key.pem"),
+        "tenantry-dev-1",
+        ISSUER,
+        AUDIENCE,
+        ROLES_CLAIM,
+    )
+    .unwrap()
+}
+
+/// An issuer with a key the server does not trust, claiming the trusted key's `kid`.
+pub fn attacker() -> DevIssuer {
+    DevIssuer::new(
+        &repo_file("dev/jwt-attacker-key.pem"),
+        "tenantry-dev-1",
+        ISSUER,
+        AUDIENCE,
+        ROLES_CLAIM,
+    )
+    .unwrap()
+}
+
+/// A whole app (as a function builds it) over a fresh database and a JWKS server.
+pub struct TestApp {
+    /// The app.
+    pub app: App,
+    /// Its database.
+    pub db: TestDb,
+    /// Its JWKS server.
+    pub jwks: JwksServer,
+}
+
+impl TestApp {
+    /// An app whose JWKS serves the dev key, refetching at most every `refetch` on unknown kids.
+    pub async fn new() -> Self {
+        Self::with_refetch(Duration::from_secs(60)).await
+    }
+
+    /// As [`new`](Self::new) with a given refetch interval.
+    pub async fn with_refetch(refetch: Duration) -> Self {
+        let db = TestDb::new().await;
+        let jwks = JwksServer::start(serde_json::json!({ "keys": [dev_jwk("dev")] })).await;
+        let vars = [
+            ("APP_DATABASE_URL", db.app_url.clone()),
+            ("AUTH0_ISSUER", ISSUER.to_owned()),
+            ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
+            ("AUTH0_JWKS_URL", jwks.url.clone()),
+            ("AUTH_LEEWAY_SECS", "5".to_owned()),
+            ("JWKS_REFETCH_INTERVAL_SECS", refetch.as_secs().to_string()),
+            ("MAX_BODY_BYTES", "65536".to_owned()),
+        ];
+        let config = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let app = App::new(config).unwrap();
+        Self { app, db, jwks }
+    }
+}
+
+/// A PgBouncer in transaction pooling mode (how RDS Proxy multiplexes), in front of the test
+/// server, with `server_pool_size` server connections per database. Stopped on drop.
+pub struct PgBouncer {
+    /// The port it listens on.
+    pub port: u16,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl PgBouncer {
+    /// Starts one. Needs the `pgbouncer` binary (the test command installs Debian's package).
+    pub fn start(server_pool_size: u32) -> Self {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is not installed: run the README's test command, which installs it");
+        let cfg: tokio_postgres::Config = admin_url().parse().unwrap();
+        let pg_port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tenantry-pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("userlist.txt"),
+            format!("\"tenantry_app\" \"{DEV_APP_PASSWORD}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\n\
+                 pool_mode = transaction\ndefault_pool_size = {server_pool_size}\n\
+                 max_client_conn = 500\nignore_startup_parameters = extra_float_digits,options\n\
+                 logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let ini = dir.join("pgbouncer.ini");
+        // PgBouncer refuses to run as root; the cluster's unprivileged user runs it.
+        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        let child = if is_root {
+            Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", bin])
+                .arg(&ini)
+                .spawn()
+                .unwrap()
+        } else {
+            Command::new(bin).arg(&ini).spawn().unwrap()
+        };
+        // Wait until it accepts connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child, dir }
+    }
+
+    /// The app role's URL for `db` through this PgBouncer.
+    pub fn app_url(&self, db: &str) -> String {
+        format!("postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // runuser passes SIGTERM on to its child.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,1 +1,11 @@
+//! Integration tests: one binary, real Postgres with pgvector, real PgBouncer, real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
+mod catalog;
+mod isolation;
+mod me;
+mod migrations;
+mod pooling;
+mod roles;
+mod tenant_tx;

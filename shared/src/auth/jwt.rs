@@ -43,7 +43,10 @@ impl VerifiedClaims {
 #[derive(Debug, Default)]
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
-    fetched_at: Option<Instant>,
+    /// Whether the first fetch of this cold start succeeded.
+    loaded: bool,
+    /// When an unknown `kid` last caused a refetch (or a fetch last failed).
+    refetched_at: Option<Instant>,
 }
 
 /// Verifies Auth0 access tokens. Keys are fetched from the JWKS URL on first use, cached for the
@@ -132,18 +135,25 @@ impl JwtVerifier {
             if let Some(key) = cache.keys.get(kid) {
                 return Ok(key.clone());
             }
-            if cache
-                .fetched_at
-                .is_some_and(|at| at.elapsed() < self.refetch_interval)
+            if cache.loaded
+                && cache
+                    .refetched_at
+                    .is_some_and(|at| at.elapsed() < self.refetch_interval)
             {
                 return Err(AuthError::InvalidToken("unknown kid"));
             }
         }
         let fetched = self.fetch().await;
         let mut cache = self.cache.write().await;
-        cache.fetched_at = Some(Instant::now());
+        // The first load is not a refetch; every later fetch (and any failure) starts the clock.
+        if cache.loaded || fetched.is_err() {
+            cache.refetched_at = Some(Instant::now());
+        }
         match fetched {
-            Ok(keys) => cache.keys = keys,
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.loaded = true;
+            }
             // Keep serving the keys we have; with none at all, auth is down, not the caller wrong.
             Err(e) if cache.keys.is_empty() => return Err(AuthError::Unavailable(e)),
             Err(e) => tracing::warn!(error = %e, "JWKS refetch failed; keeping cached keys"),

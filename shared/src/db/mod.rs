@@ -101,7 +101,7 @@ impl Db {
         let mut pg: tokio_postgres::Config = cfg
             .url
             .parse()
-            .map_err(|_| DbError::Config("DATABASE_URL is not a valid Postgres URL".into()))?;
+            .map_err(|_| DbError::Config("APP_DATABASE_URL is not a valid Postgres URL".into()))?;
         pg.application_name("tenantry")
             .connect_timeout(cfg.connect_timeout)
             // Notice dead peers (an RDS Proxy that dropped us while the Lambda was frozen).

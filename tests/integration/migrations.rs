@@ -1,0 +1,97 @@
+//! The migrate command: ordered, recorded, checksummed, and safe to run twice at once.
+
+use tenantry::db::migrate::{self, MigrateError, RolePasswords};
+use tenantry_tests::{admin_url, admin_url_for, connect};
+
+async fn empty_database() -> (String, String) {
+    let name = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let admin = connect(&admin_url()).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    (name.clone(), admin_url_for(&name))
+}
+
+async fn drop_database(name: &str) {
+    let admin = connect(&admin_url()).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_runs_apply_each_file_once_and_a_rerun_is_a_no_op() {
+    let (name, url) = empty_database().await;
+    let all = migrate::embedded().unwrap();
+    let pw = RolePasswords::default();
+    let (a, b) = tokio::join!(migrate::run(&url, &all, &pw), migrate::run(&url, &all, &pw));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // One of them applied everything, the other waited on the lock and found nothing to do.
+    let mut applied = [a.len(), b.len()];
+    applied.sort();
+    assert_eq!(applied, [0, all.len()]);
+    assert!(migrate::run(&url, &all, &pw).await.unwrap().is_empty());
+
+    let db = connect(&url).await;
+    let rows = db
+        .query("SELECT version FROM tenantry_meta.schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap();
+    let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, all.iter().map(|m| m.version).collect::<Vec<_>>());
+    drop(db);
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_changed_applied_file_is_an_error_and_changes_nothing() {
+    let (name, url) = empty_database().await;
+    let all = migrate::embedded().unwrap();
+    migrate::run(&url, &all, &RolePasswords::default()).await.unwrap();
+
+    let mut edited = all.clone();
+    edited[1].sql.push_str("\nCREATE TABLE app.sneaky (x int);");
+    let err = migrate::run(&url, &edited, &RolePasswords::default()).await.unwrap_err();
+    assert!(matches!(err, MigrateError::ChecksumMismatch { ref name } if name == &all[1].name), "{err}");
+
+    // A database that is ahead of the code is refused too.
+    let err = migrate::run(&url, &all[..1], &RolePasswords::default()).await.unwrap_err();
+    assert!(matches!(err, MigrateError::UnknownApplied(2)), "{err}");
+
+    let db = connect(&url).await;
+    let sneaky = db
+        .query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'sneaky'", &[])
+        .await
+        .unwrap();
+    assert!(sneaky.is_none());
+    drop(db);
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_failing_file_leaves_nothing_behind() {
+    let (name, url) = empty_database().await;
+    let mut all = migrate::embedded().unwrap();
+    all.push(migrate::Migration {
+        version: 9999,
+        name: "9999_broken.sql".into(),
+        sql: "SET LOCAL ROLE tenantry_owner; CREATE TABLE app.half (x int); SELECT 1/0;".into(),
+    });
+    assert!(migrate::run(&url, &all, &RolePasswords::default()).await.is_err());
+    let db = connect(&url).await;
+    let half = db
+        .query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'half'", &[])
+        .await
+        .unwrap();
+    assert!(half.is_none(), "the failed migration left a table behind");
+    let recorded: i64 = db
+        .query_one("SELECT count(*) FROM tenantry_meta.schema_migrations WHERE version = 9999", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0);
+    drop(db);
+    drop_database(&name).await;
+}

@@ -1,0 +1,113 @@
+//! TenantTx's own promises: rollback on drop, read-only, statement timeout, one retry on a dead
+//! connection, and settings that never outlive the transaction.
+
+use std::time::Duration;
+
+use tenantry::db::{Access, DbError, TxSettings};
+use tenantry_tests::{TestDb, as_tenant, tenant, tx};
+use tokio_postgres::types::Type;
+
+#[tokio::test]
+async fn dropped_transactions_roll_back_and_commits_stick() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let uid = a.as_uuid();
+
+    let mut t = tx(&db, a).await;
+    t.execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'dropped')", &[(&uid, Type::UUID)])
+        .await
+        .unwrap();
+    drop(t);
+
+    let mut t = tx(&db, a).await;
+    t.execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'kept')", &[(&uid, Type::UUID)])
+        .await
+        .unwrap();
+    t.commit().await.unwrap();
+
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let names: Vec<String> = t
+        .query("SELECT name FROM app.datasets ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    t.commit().await.unwrap();
+    assert_eq!(names, ["kept"]);
+}
+
+#[tokio::test]
+async fn read_only_transactions_refuse_writes() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let uid = a.as_uuid();
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let err = t
+        .execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'nope')", &[(&uid, Type::UUID)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate().map(|s| s.code()), Some("25006"), "{err:?}");
+    // Everything after a failure is refused, and commit reports it rather than pretending.
+    assert!(matches!(t.query("SELECT 1", &[]).await, Err(DbError::Aborted)));
+    assert!(matches!(t.commit().await, Err(DbError::Aborted)));
+}
+
+#[tokio::test]
+async fn statement_timeout_is_per_transaction() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let settings = TxSettings {
+        statement_timeout: Some(Duration::from_millis(50)),
+    };
+    let mut t = db.begin_with(&as_tenant(a), Access::ReadOnly, settings).await.unwrap();
+    let err = t.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    drop(t);
+    // The same (only) connection, next transaction: no timeout left over.
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let row = t
+        .query_one("SELECT current_setting('statement_timeout'), coalesce(current_setting('app.tenant_id', true), '')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "0");
+    assert_eq!(row.get::<_, String>(1), a.to_string());
+    t.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_killed_while_idle_is_replaced_transparently() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let pid: i32 = t.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    t.commit().await.unwrap();
+
+    // What happens to a Lambda's pooled connection while it is frozen: the server side goes away.
+    let admin = test.admin().await;
+    admin.query("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let new_pid: i32 = t.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    t.commit().await.unwrap();
+    assert_ne!(pid, new_pid);
+}
+
+#[tokio::test]
+async fn a_transaction_that_runs_nothing_costs_nothing() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let t = db.begin(&as_tenant(a), Access::ReadWrite).await.unwrap();
+    t.commit().await.unwrap();
+    // The connection is back and clean.
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let n: i64 = t.query_one("SELECT count(*) FROM app.tenants", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    t.commit().await.unwrap();
+}

@@ -16,7 +16,10 @@ fn main() {
     files.sort();
     let mut out = String::from("&[\n");
     for path in &files {
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         println!("cargo:rerun-if-changed={}", path.display());
         let _ = writeln!(
             out,

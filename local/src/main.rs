@@ -1,1 +1,187 @@
-fn main(){}
+//! The local runner: Tenantry on one machine, with the same handlers the Lambda functions use.
+//!
+//! ```text
+//! tenantry-local up        migrate, seed the demo tenants, serve every route on 127.0.0.1
+//! tenantry-local migrate   apply pending migrations to DATABASE_URL (also usable against RDS)
+//! tenantry-local token ORG [SUB] [ROLE...]   print a dev token for an Auth0 org id
+//! ```
+//!
+//! `DATABASE_URL` is an admin URL (the local superuser from `scripts/pg`). Tokens are signed with
+//! the dev key in `dev/` and verified against the JWKS this process serves: dev-only.
+#![allow(clippy::print_stdout)] // a CLI: stdout is its interface
+
+mod seed;
+mod server;
+
+use std::time::Duration;
+
+use tenantry::auth::dev::DevIssuer;
+use tenantry::config::Config;
+use tenantry::db::migrate::{self, RolePasswords};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The app role's password on a local cluster (a dev constant, like the cluster's own).
+const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
+const AUDIENCE: &str = "https://api.tenantry.local";
+const ROLES_CLAIM: &str = "https://tenantry.dev/roles";
+const DEV_KEY: &[u8] = include_bytes!("../../dev/jwt-dev-key.pem");
+const DEV_JWK: &str = include_str!("../../dev/jwt-dev-jwk.json");
+const DEV_KID: &str = "tenantry-dev-1";
+
+#[tokio::main]
+async fn main() {
+    tenantry::telemetry::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("up") => up().await,
+        Some("migrate") => migrate_only().await.map(|_| ()),
+        Some("token") => token(&args[1..]),
+        _ => Err("usage: tenantry-local up | migrate | token ORG [SUB] [ROLE...]".into()),
+    };
+    if let Err(e) = result {
+        eprintln!("tenantry-local: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn port() -> Result<u16, Error> {
+    Ok(std::env::var("TENANTRY_PORT")
+        .ok()
+        .map(|p| p.parse())
+        .transpose()
+        .map_err(|_| "TENANTRY_PORT is not a port number")?
+        .unwrap_or(3000))
+}
+
+fn issuer_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/")
+}
+
+fn dev_issuer(port: u16) -> Result<DevIssuer, Error> {
+    Ok(DevIssuer::new(
+        DEV_KEY,
+        DEV_KID,
+        &issuer_url(port),
+        AUDIENCE,
+        ROLES_CLAIM,
+    )?)
+}
+
+fn admin_url() -> Result<String, Error> {
+    std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL is not set (scripts/run-local sets it from scripts/pg)".into())
+}
+
+/// Creates the local database if needed, migrates it, and returns the app role's URL for it.
+async fn migrate_only() -> Result<String, Error> {
+    let admin: tokio_postgres::Config = admin_url()?.parse()?;
+    let db_name = std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into());
+    if !db_name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err("TENANTRY_DB must be lowercase letters, digits and underscores".into());
+    }
+    let user = admin.get_user().unwrap_or("postgres").to_owned();
+    let admin_password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
+    ensure_database(&admin, &db_name).await?;
+
+    let password = std::env::var("APP_DB_PASSWORD").unwrap_or_else(|_| DEV_APP_PASSWORD.into());
+    let applied = migrate::run(
+        &url_for(&admin, &user, &admin_password, &db_name),
+        &migrate::embedded()?,
+        &RolePasswords {
+            app: Some(password.clone()),
+            support: None,
+        },
+    )
+    .await?;
+    println!("database {db_name}: {} migrations applied", applied.len());
+    Ok(url_for(&admin, "tenantry_app", &password, &db_name))
+}
+
+async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), Error> {
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let exists = client
+        .query_typed_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[(&name, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        // The name was checked to be a plain identifier above.
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+fn url_for(cfg: &tokio_postgres::Config, user: &str, password: &str, db: &str) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "postgres://{}:{}@{host}:{port}/{db}",
+        enc(user),
+        enc(password)
+    )
+}
+
+async fn up() -> Result<(), Error> {
+    let port = port()?;
+    let app_url = migrate_only().await?;
+    let vars = [
+        ("APP_DATABASE_URL", app_url),
+        ("AUTH0_ISSUER", issuer_url(port)),
+        ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
+        ("AUTH_ROLES_CLAIM", ROLES_CLAIM.to_owned()),
+        (
+            "DB_POOL_MAX",
+            std::env::var("DB_POOL_MAX").unwrap_or_else(|_| "16".into()),
+        ),
+    ];
+    let config =
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    let app = tenantry::App::new(config)?;
+    let tenants = seed::demo(&app.db).await?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let issuer = dev_issuer(port)?;
+    println!("\nTenantry is running on http://127.0.0.1:{port} (local mode, dev-only tokens)\n");
+    for t in &tenants {
+        let token = issuer.token(
+            "auth0|dev-user",
+            &t.org_id,
+            &["admin"],
+            Duration::from_secs(12 * 3600),
+        )?;
+        println!(
+            "{} ({}), token valid 12h:\n  export TOKEN_{}={token}\n",
+            t.name, t.org_id, t.env_name
+        );
+    }
+    println!(
+        "Try:\n  curl -s http://127.0.0.1:{port}/v1/me -H \"Authorization: Bearer $TOKEN_ACME\"\n"
+    );
+    server::serve(listener, app, DEV_JWK).await
+}
+
+fn token(args: &[String]) -> Result<(), Error> {
+    let org = args
+        .first()
+        .ok_or("usage: tenantry-local token ORG [SUB] [ROLE...]")?;
+    let sub = args.get(1).map_or("auth0|dev-user", String::as_str);
+    let roles: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
+    let token = dev_issuer(port()?)?.token(sub, org, &roles, Duration::from_secs(12 * 3600))?;
+    println!("{token}");
+    Ok(())
+}

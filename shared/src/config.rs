@@ -95,9 +95,8 @@ impl Config {
                 reason: "must be an https URL (http only on 127.0.0.1, for local use)".into(),
             });
         }
-        let jwks_url = var("AUTH0_JWKS_URL").unwrap_or_else(|| {
-            format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/'))
-        });
+        let jwks_url = var("AUTH0_JWKS_URL")
+            .unwrap_or_else(|| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
 
         Ok(Self {
             db: DbConfig {
@@ -173,12 +172,16 @@ mod tests {
 
     #[test]
     fn missing_and_invalid_values_are_named() {
-        let err = Config::from_lookup(lookup(&BASE[1..])).err().map(|e| e.to_string());
+        let err = Config::from_lookup(lookup(&BASE[1..]))
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("APP_DATABASE_URL is not set"));
 
         let mut pairs = BASE.to_vec();
         pairs.push(("DB_POOL_MAX", "many"));
-        let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string());
+        let err = Config::from_lookup(lookup(&pairs))
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("DB_POOL_MAX is invalid: not a number"));
 
         let mut pairs = BASE.to_vec();

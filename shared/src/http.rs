@@ -129,9 +129,18 @@ impl ApiError {
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         if self.status.is_server_error() {
             let cause = self.source.as_ref().map(|e| error_chain(e.as_ref()));
-            tracing::error!(code = self.code, status = self.status.as_u16(), cause, "request failed");
+            tracing::error!(
+                code = self.code,
+                status = self.status.as_u16(),
+                cause,
+                "request failed"
+            );
         } else {
-            tracing::info!(code = self.code, status = self.status.as_u16(), "request refused");
+            tracing::info!(
+                code = self.code,
+                status = self.status.as_u16(),
+                "request refused"
+            );
         }
         let mut doc = json!({
             "type": format!("https://tenantry.dev/problems/{}", self.code),
@@ -246,8 +255,10 @@ impl From<DbError> for ApiError {
 pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -262,7 +273,10 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> HandlerResul
 pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     let bytes: &[u8] = req.body().as_ref();
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("invalid_json", "The request body is empty; send JSON."));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body is empty; send JSON.",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
@@ -276,7 +290,10 @@ pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Api
 pub fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
     let mut params = Vec::new();
     let mut t = template.trim_matches('/').split('/');
-    let mut p = path.trim_end_matches('/').trim_start_matches('/').split('/');
+    let mut p = path
+        .trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/');
     loop {
         match (t.next(), p.next()) {
             (None, None) => return Some(params),
@@ -311,7 +328,8 @@ pub fn request_id(req: &Request) -> String {
                 .filter(|v| {
                     !v.is_empty()
                         && v.len() <= 128
-                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
                 })
                 .map(str::to_owned)
         })
@@ -349,7 +367,11 @@ pub async fn dispatch(app: &App, routes: &[&Route], req: Request) -> Response<Bo
 
 async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -> Response<Body> {
     let path = req.raw_http_path().to_owned();
-    let path = if path.is_empty() { req.uri().path().to_owned() } else { path };
+    let path = if path.is_empty() {
+        req.uri().path().to_owned()
+    } else {
+        path
+    };
     let mut path_matched = false;
     let found = routes.iter().find_map(|r| {
         let params = match_path(r.path, &path)?;
@@ -358,7 +380,11 @@ async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -
     });
     let Some((route, params)) = found else {
         let err = if path_matched {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This path does not accept that method.")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This path does not accept that method.",
+            )
         } else {
             ApiError::not_found("No such route.")
         };
@@ -370,7 +396,10 @@ async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("The request body exceeds {} bytes.", app.config.http.max_body_bytes),
+            format!(
+                "The request body exceeds {} bytes.",
+                app.config.http.max_body_bytes
+            ),
         )
         .into_response(&request_id);
     }

@@ -1,6 +1,10 @@
 //! The integration-test harness: a real Postgres (started if needed), one fresh database per test
 //! cloned from a migrated template, a real PgBouncer, a real JWKS server, and a dev token issuer.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,8 @@ use tenantry::db::migrate::{self, RolePasswords};
 use tenantry::db::{Access, Db, TenantContext, TenantTx};
 use tenantry::tenants::{self, NewTenant};
 use tenantry::{App, TenantId};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 
@@ -94,7 +100,9 @@ async fn template() -> String {
             let mut hash = 0u64;
             for m in &migrations {
                 for b in m.checksum().bytes() {
-                    hash = hash.wrapping_mul(1_099_511_628_211).wrapping_add(u64::from(b));
+                    hash = hash
+                        .wrapping_mul(1_099_511_628_211)
+                        .wrapping_add(u64::from(b));
                 }
             }
             let name = format!("tenantry_tpl_{hash:016x}");
@@ -150,7 +158,12 @@ async fn template() -> String {
 pub fn admin_url_for(db: &str) -> String {
     let url = admin_url();
     let cfg: tokio_postgres::Config = url.parse().unwrap();
-    with_login(&url, cfg.get_user().unwrap_or("postgres"), &password(&url), db)
+    with_login(
+        &url,
+        cfg.get_user().unwrap_or("postgres"),
+        &password(&url),
+        db,
+    )
 }
 
 fn password(url: &str) -> String {
@@ -263,7 +276,9 @@ pub fn as_tenant(tenant: TenantId) -> TenantContext {
 
 /// Begins a read-write transaction as `tenant`.
 pub async fn tx(db: &Db, tenant: TenantId) -> TenantTx {
-    db.begin(&as_tenant(tenant), Access::ReadWrite).await.unwrap()
+    db.begin(&as_tenant(tenant), Access::ReadWrite)
+        .await
+        .unwrap()
 }
 
 /// A free TCP port on loopback.
@@ -294,7 +309,9 @@ impl JwksServer {
         let (d, f) = (doc.clone(), fetches.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (d, f) = (d.clone(), f.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req| {
@@ -450,9 +467,17 @@ impl PgBouncer {
         .unwrap();
         let ini = dir.join("pgbouncer.ini");
         // PgBouncer refuses to run as root; the cluster's unprivileged user runs it.
-        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
         let child = if is_root {
-            Command::new("chown").args(["-R", "postgres"]).arg(&dir).status().unwrap();
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
             Command::new("runuser")
                 .args(["-u", "postgres", "--", bin])
                 .arg(&ini)
@@ -473,15 +498,72 @@ impl PgBouncer {
 
     /// The app role's URL for `db` through this PgBouncer.
     pub fn app_url(&self, db: &str) -> String {
-        format!("postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
     }
 }
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         // runuser passes SIGTERM on to its child.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of Postgres that counts what the client sends. With a request/response
+/// protocol each client flight is one round trip, so flights per request is the round-trip count.
+#[derive(Debug, Clone)]
+pub struct CountingProxy {
+    /// The port it listens on.
+    pub port: u16,
+    flights: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    /// Starts a proxy to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let flights = Arc::new(AtomicU64::new(0));
+        let counter = flights.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = cr.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            sw.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = tokio::io::copy(&mut sr, &mut cw);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Self { port, flights })
+    }
+
+    /// Client flights so far.
+    pub fn flights(&self) -> u64 {
+        self.flights.load(Ordering::Relaxed)
     }
 }

@@ -9,7 +9,9 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use tenantry::auth::{ApiKeys, AuthError, Principal, Subject};
 use tenantry::db::Access;
-use tenantry_tests::{JwksServer, TestApp, as_tenant, attacker, dev_jwk, issuer, repo_file, tenant, tx};
+use tenantry_tests::{
+    JwksServer, TestApp, as_tenant, attacker, dev_jwk, issuer, repo_file, tenant, tx,
+};
 use tokio_postgres::types::Type;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -55,10 +57,17 @@ async fn a_valid_token_maps_its_organization_to_the_tenant() {
     let db = app.app.db.clone();
     let a = tenant(&db, "alpha").await;
     let _b = tenant(&db, "bravo").await;
-    let token = issuer().token("auth0|alice", "org_alpha", &["admin", "analyst"], HOUR).unwrap();
+    let token = issuer()
+        .token("auth0|alice", "org_alpha", &["admin", "analyst"], HOUR)
+        .unwrap();
     let p = auth(&app, &bearer(&token)).await.unwrap();
     assert_eq!(p.tenant_id, a);
-    assert_eq!(p.subject, Subject::User { id: "auth0|alice".into() });
+    assert_eq!(
+        p.subject,
+        Subject::User {
+            id: "auth0|alice".into()
+        }
+    );
     assert_eq!(p.roles, ["admin", "analyst"]);
     assert_eq!(p.actor_id(), "user:auth0|alice");
 }
@@ -85,9 +94,20 @@ async fn forged_and_misissued_tokens_are_refused() {
 
     let cases: Vec<(&str, String)> = vec![
         ("expired", iss.sign(&with("exp", json!(now - 60))).unwrap()),
-        ("nbf in the future", iss.sign(&with("nbf", json!(now + 300))).unwrap()),
-        ("wrong issuer", iss.sign(&with("iss", json!("https://evil.example/"))).unwrap()),
-        ("wrong audience", iss.sign(&with("aud", json!("https://other-api.example"))).unwrap()),
+        (
+            "nbf in the future",
+            iss.sign(&with("nbf", json!(now + 300))).unwrap(),
+        ),
+        (
+            "wrong issuer",
+            iss.sign(&with("iss", json!("https://evil.example/")))
+                .unwrap(),
+        ),
+        (
+            "wrong audience",
+            iss.sign(&with("aud", json!("https://other-api.example")))
+                .unwrap(),
+        ),
         ("no exp", iss.sign(&without("exp")).unwrap()),
         ("no aud", iss.sign(&without("aud")).unwrap()),
         ("no iss", iss.sign(&without("iss")).unwrap()),
@@ -95,7 +115,9 @@ async fn forged_and_misissued_tokens_are_refused() {
             "alg none",
             format!(
                 "{}.{}.",
-                URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": "tenantry-dev-1"}).to_string()),
+                URL_SAFE_NO_PAD.encode(
+                    json!({"alg": "none", "typ": "JWT", "kid": "tenantry-dev-1"}).to_string()
+                ),
                 URL_SAFE_NO_PAD.encode(good.to_string())
             ),
         ),
@@ -110,16 +132,40 @@ async fn forged_and_misissued_tokens_are_refused() {
         ),
         (
             "RS512 (not allowed even with the right key)",
-            forge(json!({"alg": "RS512", "typ": "JWT", "kid": "tenantry-dev-1"}), &good, &dev_key(), Algorithm::RS512),
+            forge(
+                json!({"alg": "RS512", "typ": "JWT", "kid": "tenantry-dev-1"}),
+                &good,
+                &dev_key(),
+                Algorithm::RS512,
+            ),
         ),
         (
             "PS256",
-            forge(json!({"alg": "PS256", "typ": "JWT", "kid": "tenantry-dev-1"}), &good, &dev_key(), Algorithm::PS256),
+            forge(
+                json!({"alg": "PS256", "typ": "JWT", "kid": "tenantry-dev-1"}),
+                &good,
+                &dev_key(),
+                Algorithm::PS256,
+            ),
         ),
-        ("signed by another key under the trusted kid", attacker().sign(&good).unwrap()),
-        ("no kid", forge(json!({"alg": "RS256", "typ": "JWT"}), &good, &dev_key(), Algorithm::RS256)),
+        (
+            "signed by another key under the trusted kid",
+            attacker().sign(&good).unwrap(),
+        ),
+        (
+            "no kid",
+            forge(
+                json!({"alg": "RS256", "typ": "JWT"}),
+                &good,
+                &dev_key(),
+                Algorithm::RS256,
+            ),
+        ),
         ("garbage", "not.a.jwt".into()),
-        ("oversized", format!("{}.{}.x", "a".repeat(5000), "b".repeat(5000))),
+        (
+            "oversized",
+            format!("{}.{}.x", "a".repeat(5000), "b".repeat(5000)),
+        ),
     ];
     for (what, token) in &cases {
         let r = auth(&app, &bearer(token)).await;
@@ -148,7 +194,11 @@ async fn forged_and_misissued_tokens_are_refused() {
         Algorithm::RS256,
     );
     assert!(invalid_token(&auth(&app, &bearer(&jku)).await));
-    assert_eq!(evil.fetches(), 0, "the verifier fetched a URL named by the token");
+    assert_eq!(
+        evil.fetches(),
+        0,
+        "the verifier fetched a URL named by the token"
+    );
 }
 
 #[tokio::test]
@@ -164,13 +214,21 @@ async fn an_unknown_kid_causes_one_refetch_then_rejection() {
     rogue.kid = "rotated-2".into();
     let t1 = rogue.token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
     assert!(invalid_token(&auth(&app, &bearer(&t1)).await));
-    assert_eq!(app.jwks.fetches(), 2, "an unknown kid should trigger one refetch");
+    assert_eq!(
+        app.jwks.fetches(),
+        2,
+        "an unknown kid should trigger one refetch"
+    );
     for kid in ["rotated-3", "rotated-4", "rotated-5"] {
         rogue.kid = kid.into();
         let t = rogue.token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
         assert!(invalid_token(&auth(&app, &bearer(&t)).await));
     }
-    assert_eq!(app.jwks.fetches(), 2, "unknown kids within the interval must not refetch");
+    assert_eq!(
+        app.jwks.fetches(),
+        2,
+        "unknown kids within the interval must not refetch"
+    );
     // Known keys keep working from the cache.
     assert!(auth(&app, &bearer(&ok)).await.is_ok());
     assert_eq!(app.jwks.fetches(), 2);
@@ -180,14 +238,19 @@ async fn an_unknown_kid_causes_one_refetch_then_rejection() {
 async fn a_rotated_signing_key_is_picked_up() {
     let app = TestApp::with_refetch(Duration::ZERO).await;
     tenant(&app.app.db, "alpha").await;
-    let ok = issuer().token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
+    let ok = issuer()
+        .token("auth0|alice", "org_alpha", &[], HOUR)
+        .unwrap();
     assert!(auth(&app, &bearer(&ok)).await.is_ok());
     // Auth0 rotates: the new key (here, the "attacker" key under its own kid) joins the JWKS.
     let mut rotated = attacker();
     rotated.kid = "tenantry-attacker-1".into();
-    let t = rotated.token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
+    let t = rotated
+        .token("auth0|alice", "org_alpha", &[], HOUR)
+        .unwrap();
     assert!(invalid_token(&auth(&app, &bearer(&t)).await));
-    app.jwks.set(json!({"keys": [dev_jwk("dev"), dev_jwk("attacker")]}));
+    app.jwks
+        .set(json!({"keys": [dev_jwk("dev"), dev_jwk("attacker")]}));
     assert!(auth(&app, &bearer(&t)).await.is_ok());
 }
 
@@ -203,16 +266,27 @@ async fn organizations_must_map_to_an_active_tenant() {
     let r = auth(&app, &bearer(&iss.sign(&no_org).unwrap())).await;
     assert!(matches!(r, Err(AuthError::NoOrganization)), "{r:?}");
 
-    let r = auth(&app, &bearer(&iss.token("auth0|alice", "org_nobody", &[], HOUR).unwrap())).await;
+    let r = auth(
+        &app,
+        &bearer(&iss.token("auth0|alice", "org_nobody", &[], HOUR).unwrap()),
+    )
+    .await;
     assert!(matches!(r, Err(AuthError::UnknownOrganization)), "{r:?}");
 
     let mut t = tx(&db, a).await;
     let uid = a.as_uuid();
-    t.execute("UPDATE app.tenants SET status = 'suspended' WHERE tenant_id = $1", &[(&uid, Type::UUID)])
-        .await
-        .unwrap();
+    t.execute(
+        "UPDATE app.tenants SET status = 'suspended' WHERE tenant_id = $1",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
     t.commit().await.unwrap();
-    let r = auth(&app, &bearer(&iss.token("auth0|alice", "org_alpha", &[], HOUR).unwrap())).await;
+    let r = auth(
+        &app,
+        &bearer(&iss.token("auth0|alice", "org_alpha", &[], HOUR).unwrap()),
+    )
+    .await;
     assert!(matches!(r, Err(AuthError::TenantInactive)), "{r:?}");
 }
 
@@ -231,12 +305,20 @@ async fn api_keys_are_checked_in_full_and_revocable() {
 
     let p = auth(&app, &api_key(&key_a.key)).await.unwrap();
     assert_eq!(p.tenant_id, a);
-    assert_eq!(p.subject, Subject::ApiKey { key_id: key_a.key_id });
+    assert_eq!(
+        p.subject,
+        Subject::ApiKey {
+            key_id: key_a.key_id
+        }
+    );
 
     // The stored row holds a hash, never the key.
     let admin = app.db.admin().await;
     let stored: Vec<u8> = admin
-        .query_one("SELECT hash FROM app.api_keys WHERE key_id = $1", &[&key_a.key_id])
+        .query_one(
+            "SELECT hash FROM app.api_keys WHERE key_id = $1",
+            &[&key_a.key_id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -248,7 +330,10 @@ async fn api_keys_are_checked_in_full_and_revocable() {
     let secret_b = &key_b.key[17..];
     for (what, forged) in [
         ("wrong secret", format!("tnt_{}_{}", key_a.prefix, secret_b)),
-        ("another tenant's prefix", format!("tnt_{}_{}", key_b.prefix, secret_a)),
+        (
+            "another tenant's prefix",
+            format!("tnt_{}_{}", key_b.prefix, secret_a),
+        ),
         ("truncated", key_a.key[..key_a.key.len() - 1].to_owned()),
         ("malformed", "tnt_'; drop table app.api_keys; --".to_owned()),
     ] {
@@ -267,14 +352,23 @@ async fn api_keys_are_checked_in_full_and_revocable() {
 
     // Both kinds of credential at once is refused rather than guessed at.
     let mut both = api_key(&key_b.key);
-    let token = issuer().token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
+    let token = issuer()
+        .token("auth0|alice", "org_alpha", &[], HOUR)
+        .unwrap();
     both.insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert!(matches!(auth(&app, &both).await, Err(AuthError::Ambiguous)));
-    assert!(matches!(auth(&app, &HeaderMap::new()).await, Err(AuthError::Missing)));
+    assert!(matches!(
+        auth(&app, &HeaderMap::new()).await,
+        Err(AuthError::Missing)
+    ));
 
     // The principal's transaction is confined to its tenant.
     let mut t = db.begin(&as_tenant(b), Access::ReadOnly).await.unwrap();
-    let n: i64 = t.query_one("SELECT count(*) FROM app.api_keys", &[]).await.unwrap().get(0);
+    let n: i64 = t
+        .query_one("SELECT count(*) FROM app.api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
     t.commit().await.unwrap();
     assert_eq!(n, 1);
 }

@@ -26,7 +26,8 @@ pub async fn violations(client: &Client) -> Vec<String> {
         .await
         .unwrap();
     for t in &tables {
-        let (oid, name, rls, forced): (i64, String, bool, bool) = (t.get(0), t.get(1), t.get(2), t.get(3));
+        let (oid, name, rls, forced): (i64, String, bool, bool) =
+            (t.get(0), t.get(1), t.get(2), t.get(3));
         if GLOBAL_TABLES.iter().any(|(g, _)| *g == name) {
             continue;
         }
@@ -50,7 +51,9 @@ pub async fn violations(client: &Client) -> Vec<String> {
             Some(c) => {
                 let (ty, notnull, attnum): (String, bool, i16) = (c.get(0), c.get(1), c.get(2));
                 if ty != "uuid" || !notnull {
-                    out.push(format!("{name}: tenant_id must be uuid NOT NULL (is {ty}, notnull={notnull})"));
+                    out.push(format!(
+                        "{name}: tenant_id must be uuid NOT NULL (is {ty}, notnull={notnull})"
+                    ));
                 }
                 let pk_leads = client
                     .query_opt(
@@ -77,11 +80,17 @@ pub async fn violations(client: &Client) -> Vec<String> {
             )
             .await
             .unwrap();
-        let tenant_expr = |e: &str| e.contains("tenant_id") && e.contains("app.current_tenant_id()");
+        let tenant_expr =
+            |e: &str| e.contains("tenant_id") && e.contains("app.current_tenant_id()");
         for cmd in ["r", "a", "w", "d"] {
             let covered = policies.iter().any(|p| {
-                let (pcmd, permissive, qual, check, roles): (String, bool, String, String, Vec<String>) =
-                    (p.get(1), p.get(2), p.get(3), p.get(4), p.get(5));
+                let (pcmd, permissive, qual, check, roles): (
+                    String,
+                    bool,
+                    String,
+                    String,
+                    Vec<String>,
+                ) = (p.get(1), p.get(2), p.get(3), p.get(4), p.get(5));
                 let applies_to_app = roles.iter().any(|r| r == "public" || r == "tenantry_app");
                 let clauses_ok = match cmd {
                     "r" | "d" => tenant_expr(&qual),
@@ -91,21 +100,32 @@ pub async fn violations(client: &Client) -> Vec<String> {
                 permissive && applies_to_app && (pcmd == cmd || pcmd == "*") && clauses_ok
             });
             if !covered {
-                out.push(format!("{name}: no tenant policy for command {cmd} with USING and WITH CHECK"));
+                out.push(format!(
+                    "{name}: no tenant policy for command {cmd} with USING and WITH CHECK"
+                ));
             }
         }
         // Any other permissive policy widens access: it must be tenant-scoped too, or be the
         // owner's read-only lookup policy used by SECURITY DEFINER functions.
         for p in &policies {
-            let (pname, pcmd, permissive, qual, check, roles): (String, String, bool, String, String, Vec<String>) =
-                (p.get(0), p.get(1), p.get(2), p.get(3), p.get(4), p.get(5));
+            let (pname, pcmd, permissive, qual, check, roles): (
+                String,
+                String,
+                bool,
+                String,
+                String,
+                Vec<String>,
+            ) = (p.get(0), p.get(1), p.get(2), p.get(3), p.get(4), p.get(5));
             if !permissive {
                 continue;
             }
             let owner_lookup = roles == ["tenantry_owner"] && pcmd == "r";
-            let scoped = (qual.is_empty() || tenant_expr(&qual)) && (check.is_empty() || tenant_expr(&check));
+            let scoped = (qual.is_empty() || tenant_expr(&qual))
+                && (check.is_empty() || tenant_expr(&check));
             if !owner_lookup && !scoped {
-                out.push(format!("{name}: policy {pname} is not confined to the current tenant"));
+                out.push(format!(
+                    "{name}: policy {pname} is not confined to the current tenant"
+                ));
             }
         }
     }
@@ -120,7 +140,10 @@ pub async fn violations(client: &Client) -> Vec<String> {
         .await
         .unwrap();
     for v in views {
-        out.push(format!("{}: view without security_invoker", v.get::<_, String>(0)));
+        out.push(format!(
+            "{}: view without security_invoker",
+            v.get::<_, String>(0)
+        ));
     }
 
     let definers = client
@@ -135,12 +158,17 @@ pub async fn violations(client: &Client) -> Vec<String> {
         .await
         .unwrap();
     for f in definers {
-        let (name, config, owner, public): (String, String, String, bool) = (f.get(0), f.get(1), f.get(2), f.get(3));
+        let (name, config, owner, public): (String, String, String, bool) =
+            (f.get(0), f.get(1), f.get(2), f.get(3));
         if !config.contains("search_path=") {
-            out.push(format!("{name}: SECURITY DEFINER without a fixed search_path"));
+            out.push(format!(
+                "{name}: SECURITY DEFINER without a fixed search_path"
+            ));
         }
         if owner != "tenantry_owner" {
-            out.push(format!("{name}: SECURITY DEFINER owned by {owner}, not tenantry_owner"));
+            out.push(format!(
+                "{name}: SECURITY DEFINER owned by {owner}, not tenantry_owner"
+            ));
         }
         if public {
             out.push(format!("{name}: SECURITY DEFINER executable by PUBLIC"));
@@ -166,10 +194,17 @@ async fn every_app_table_is_isolated_by_forced_rls() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
     let found = violations(&admin).await;
-    assert!(found.is_empty(), "catalog violations:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "catalog violations:\n{}",
+        found.join("\n")
+    );
     // The check saw the tables it is meant to guard (not an empty schema).
     let n: i64 = admin
-        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'app'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

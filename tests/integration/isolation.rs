@@ -96,7 +96,12 @@ async fn fingerprint(admin: &tokio_postgres::Client, tenant: TenantId) -> Vec<(S
 
 /// Runs one statement as A in its own transaction: Ok(rows changed) or the error, rolled back
 /// unless it succeeded.
-async fn attempt(db: &Db, as_a: TenantId, sql: &str, params: &[Param<'_>]) -> Result<u64, tenantry::db::DbError> {
+async fn attempt(
+    db: &Db,
+    as_a: TenantId,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<u64, tenantry::db::DbError> {
     let mut t: TenantTx = tx(db, as_a).await;
     let result = t.execute(sql, params).await;
     if result.is_ok() {
@@ -153,10 +158,28 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
         assert_eq!(foreign, 0, "{table}: A sees rows of another tenant");
 
         // UPDATE and DELETE aimed at B change nothing (or are refused outright).
-        let upd = attempt(&db, a.tenant, &format!("UPDATE app.{table} SET tenant_id = tenant_id WHERE tenant_id = $1"), &[(&b_id, Type::UUID)]).await;
-        assert!(matches!(upd, Ok(0) | Err(_)), "{table}: UPDATE reached B: {upd:?}");
-        let del = attempt(&db, a.tenant, &format!("DELETE FROM app.{table} WHERE tenant_id = $1"), &[(&b_id, Type::UUID)]).await;
-        assert!(matches!(del, Ok(0) | Err(_)), "{table}: DELETE reached B: {del:?}");
+        let upd = attempt(
+            &db,
+            a.tenant,
+            &format!("UPDATE app.{table} SET tenant_id = tenant_id WHERE tenant_id = $1"),
+            &[(&b_id, Type::UUID)],
+        )
+        .await;
+        assert!(
+            matches!(upd, Ok(0) | Err(_)),
+            "{table}: UPDATE reached B: {upd:?}"
+        );
+        let del = attempt(
+            &db,
+            a.tenant,
+            &format!("DELETE FROM app.{table} WHERE tenant_id = $1"),
+            &[(&b_id, Type::UUID)],
+        )
+        .await;
+        assert!(
+            matches!(del, Ok(0) | Err(_)),
+            "{table}: DELETE reached B: {del:?}"
+        );
 
         // INSERT a row labelled as B's: refused by the policy's WITH CHECK.
         let ins = attempt(&db, a.tenant, insert, &[(&b_id, Type::UUID)]).await;
@@ -221,7 +244,10 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
     ];
     for (what, sql, params) in &upserts {
         let result = attempt(&db, a.tenant, sql, params).await;
-        assert!(result.is_err(), "{what}: upsert against B's key was not refused: {result:?}");
+        assert!(
+            result.is_err(),
+            "{what}: upsert against B's key was not refused: {result:?}"
+        );
     }
 
     // A record of A's pointing at B's dataset is refused (the foreign key leads with tenant_id).
@@ -234,7 +260,11 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
     .await;
     assert!(cross.is_err(), "A attached a record to B's dataset");
 
-    assert_eq!(fingerprint(&admin, b.tenant).await, before, "B's rows changed");
+    assert_eq!(
+        fingerprint(&admin, b.tenant).await,
+        before,
+        "B's rows changed"
+    );
     // A still has exactly its own seeded rows plus nothing from the attacks.
     assert!(a.dataset != b.dataset);
 }
@@ -250,7 +280,9 @@ async fn without_a_tenant_every_read_is_empty_and_every_write_fails() {
 
     for setting in [None, Some("")] {
         if let Some(v) = setting {
-            raw.query("SELECT set_config('app.tenant_id', $1, false)", &[&v]).await.unwrap();
+            raw.query("SELECT set_config('app.tenant_id', $1, false)", &[&v])
+                .await
+                .unwrap();
         }
         for (table, insert) in TABLES {
             let n: i64 = raw
@@ -258,19 +290,34 @@ async fn without_a_tenant_every_read_is_empty_and_every_write_fails() {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(n, 0, "{table}: rows visible with tenant setting {setting:?}");
+            assert_eq!(
+                n, 0,
+                "{table}: rows visible with tenant setting {setting:?}"
+            );
             let ins = raw.execute(*insert, &[&a_id]).await;
-            assert!(ins.is_err(), "{table}: insert succeeded with tenant setting {setting:?}");
+            assert!(
+                ins.is_err(),
+                "{table}: insert succeeded with tenant setting {setting:?}"
+            );
             let upd = raw
-                .execute(&format!("UPDATE app.{table} SET tenant_id = tenant_id"), &[])
+                .execute(
+                    &format!("UPDATE app.{table} SET tenant_id = tenant_id"),
+                    &[],
+                )
                 .await;
-            assert!(matches!(upd, Ok(0) | Err(_)), "{table}: update touched rows");
+            assert!(
+                matches!(upd, Ok(0) | Err(_)),
+                "{table}: update touched rows"
+            );
         }
     }
     // A malformed setting fails closed: an error, not rows.
-    raw.query("SELECT set_config('app.tenant_id', 'not-a-uuid', false)", &[])
-        .await
-        .unwrap();
+    raw.query(
+        "SELECT set_config('app.tenant_id', 'not-a-uuid', false)",
+        &[],
+    )
+    .await
+    .unwrap();
     assert!(raw.query("SELECT * FROM app.records", &[]).await.is_err());
 
     let admin = test.admin().await;

@@ -29,9 +29,19 @@ async fn me_returns_the_principal_and_its_tenant() {
     let a = tenant(&app.app.db, "alpha").await;
     tenant(&app.app.db, "bravo").await;
     let token = issuer()
-        .token("auth0|alice", "org_alpha", &["admin"], Duration::from_secs(600))
+        .token(
+            "auth0|alice",
+            "org_alpha",
+            &["admin"],
+            Duration::from_secs(600),
+        )
         .unwrap();
-    let resp = dispatch(&app.app, &routes_for("me"), event(Some(&format!("Bearer {token}")))).await;
+    let resp = dispatch(
+        &app.app,
+        &routes_for("me"),
+        event(Some(&format!("Bearer {token}"))),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     // API Gateway's request id is the request's id, and the caller gets it back.
     assert_eq!(resp.headers()["x-request-id"], "CZ5N8jXvjoEEMvA=");
@@ -51,7 +61,8 @@ async fn me_with_an_api_key() {
     let key = ApiKeys::create(&mut t, "etl").await.unwrap();
     t.commit().await.unwrap();
     let mut req = event(None);
-    req.headers_mut().insert("x-api-key", key.key.parse().unwrap());
+    req.headers_mut()
+        .insert("x-api-key", key.key.parse().unwrap());
     let resp = dispatch(&app.app, &routes_for("me"), req).await;
     assert_eq!(resp.status(), 200);
     let doc = body_json(&resp);
@@ -75,7 +86,9 @@ async fn refusals_are_problem_documents_with_stable_codes() {
         (
             event(Some(&format!(
                 "Bearer {}",
-                issuer().token("auth0|eve", "org_unknown", &[], Duration::from_secs(600)).unwrap()
+                issuer()
+                    .token("auth0|eve", "org_unknown", &[], Duration::from_secs(600))
+                    .unwrap()
             ))),
             403,
             "unknown_organization",
@@ -122,7 +135,9 @@ async fn refusals_are_problem_documents_with_stable_codes() {
 async fn a_database_outage_is_a_503_not_a_leak() {
     let mut app = TestApp::new().await;
     tenant(&app.app.db, "alpha").await;
-    let token = issuer().token("auth0|alice", "org_alpha", &[], Duration::from_secs(600)).unwrap();
+    let token = issuer()
+        .token("auth0|alice", "org_alpha", &[], Duration::from_secs(600))
+        .unwrap();
     // Point the app at a port where nothing listens.
     let mut config = app.app.config.clone();
     config.db.url = format!(
@@ -131,7 +146,12 @@ async fn a_database_outage_is_a_503_not_a_leak() {
     );
     config.db.connect_timeout = Duration::from_secs(2);
     app.app = tenantry::App::new(config).unwrap();
-    let resp = dispatch(&app.app, &routes_for("me"), event(Some(&format!("Bearer {token}")))).await;
+    let resp = dispatch(
+        &app.app,
+        &routes_for("me"),
+        event(Some(&format!("Bearer {token}"))),
+    )
+    .await;
     assert_eq!(resp.status(), 503);
     let text = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
     assert!(!text.contains("secret-password"));

@@ -36,7 +36,10 @@ async fn concurrent_runs_apply_each_file_once_and_a_rerun_is_a_no_op() {
 
     let db = connect(&url).await;
     let rows = db
-        .query("SELECT version FROM tenantry_meta.schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM tenantry_meta.schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
@@ -49,15 +52,24 @@ async fn concurrent_runs_apply_each_file_once_and_a_rerun_is_a_no_op() {
 async fn a_changed_applied_file_is_an_error_and_changes_nothing() {
     let (name, url) = empty_database().await;
     let all = migrate::embedded().unwrap();
-    migrate::run(&url, &all, &RolePasswords::default()).await.unwrap();
+    migrate::run(&url, &all, &RolePasswords::default())
+        .await
+        .unwrap();
 
     let mut edited = all.clone();
     edited[1].sql.push_str("\nCREATE TABLE app.sneaky (x int);");
-    let err = migrate::run(&url, &edited, &RolePasswords::default()).await.unwrap_err();
-    assert!(matches!(err, MigrateError::ChecksumMismatch { ref name } if name == &all[1].name), "{err}");
+    let err = migrate::run(&url, &edited, &RolePasswords::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, MigrateError::ChecksumMismatch { ref name } if name == &all[1].name),
+        "{err}"
+    );
 
     // A database that is ahead of the code is refused too.
-    let err = migrate::run(&url, &all[..1], &RolePasswords::default()).await.unwrap_err();
+    let err = migrate::run(&url, &all[..1], &RolePasswords::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, MigrateError::UnknownApplied(2)), "{err}");
 
     let db = connect(&url).await;
@@ -79,7 +91,11 @@ async fn a_failing_file_leaves_nothing_behind() {
         name: "9999_broken.sql".into(),
         sql: "SET LOCAL ROLE tenantry_owner; CREATE TABLE app.half (x int); SELECT 1/0;".into(),
     });
-    assert!(migrate::run(&url, &all, &RolePasswords::default()).await.is_err());
+    assert!(
+        migrate::run(&url, &all, &RolePasswords::default())
+            .await
+            .is_err()
+    );
     let db = connect(&url).await;
     let half = db
         .query_opt("SELECT 1 FROM pg_tables WHERE tablename = 'half'", &[])
@@ -87,7 +103,10 @@ async fn a_failing_file_leaves_nothing_behind() {
         .unwrap();
     assert!(half.is_none(), "the failed migration left a table behind");
     let recorded: i64 = db
-        .query_one("SELECT count(*) FROM tenantry_meta.schema_migrations WHERE version = 9999", &[])
+        .query_one(
+            "SELECT count(*) FROM tenantry_meta.schema_migrations WHERE version = 9999",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -34,16 +34,38 @@ async fn seed_canaries(db: &Db) -> Vec<(TenantId, String)> {
 /// One tenant's turn: read the canary and the session's idea of the tenant, sometimes leaving
 /// the transaction in a state a careless pool would hand to the next tenant.
 async fn turn(db: &Db, tenant: TenantId, canary: &str, round: usize) {
-    let mut t = db.begin(&as_tenant(tenant), Access::ReadWrite).await.unwrap();
+    let mut t = db
+        .begin(&as_tenant(tenant), Access::ReadWrite)
+        .await
+        .unwrap();
     let rows = t
-        .query("SELECT name, current_setting('app.tenant_id') FROM app.datasets", &[])
+        .query(
+            "SELECT name, current_setting('app.tenant_id') FROM app.datasets",
+            &[],
+        )
         .await
         .unwrap();
     let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(seen, vec![(canary.to_owned(), tenant.to_string())], "tenant {tenant} saw {seen:?}");
+    assert_eq!(
+        seen,
+        vec![(canary.to_owned(), tenant.to_string())],
+        "tenant {tenant} saw {seen:?}"
+    );
     match round % 4 {
-        0 => t.commit().await.unwrap(),
-        1 => drop(t), // dropped mid-transaction: must roll back before anyone reuses the connection
+        // The turn after a drop commits, so a drop that leaked its transaction would be caught.
+        1 => t.commit().await.unwrap(),
+        0 => {
+            // Dropped mid-transaction after a write: it must roll back before anyone reuses the
+            // connection, or the next tenant's COMMIT would commit this write.
+            let uid = tenant.as_uuid();
+            t.execute(
+                "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'ghost')",
+                &[(&uid, Type::UUID)],
+            )
+            .await
+            .unwrap();
+            drop(t);
+        }
         2 => {
             // A failed statement, then an attempted commit: an error, never a silent success.
             assert!(t.query("SELECT 1/0", &[]).await.is_err());
@@ -74,7 +96,7 @@ async fn interleave(db: &Db, canaries: &[(TenantId, String)]) {
     // Give background rollbacks of dropped transactions a moment, then check once more.
     tokio::time::sleep(Duration::from_millis(50)).await;
     for (id, name) in canaries {
-        turn(db, *id, name, 0).await;
+        turn(db, *id, name, 1).await;
     }
 }
 
@@ -86,8 +108,15 @@ async fn one_connection_many_tenants_direct() {
     let db = test.pool(1);
     interleave(&db, &canaries).await;
     // The single connection carries no tenant between transactions.
-    let mut t = db.begin(&as_tenant(TenantId::new()), Access::ReadOnly).await.unwrap();
-    let n: i64 = t.query_one("SELECT count(*) FROM app.datasets", &[]).await.unwrap().get(0);
+    let mut t = db
+        .begin(&as_tenant(TenantId::new()), Access::ReadOnly)
+        .await
+        .unwrap();
+    let n: i64 = t
+        .query_one("SELECT count(*) FROM app.datasets", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "a tenant with no rows sees rows");
     t.commit().await.unwrap();
 }
@@ -105,9 +134,11 @@ async fn one_server_connection_many_tenants_through_pgbouncer() {
     // what TenantTx relies on: it sets its tenant in every transaction.
     let raw = tenantry_tests::connect(&bouncer.app_url(&test.name)).await;
     let other = canaries[0].0.to_string();
-    raw.simple_query(&format!("SELECT set_config('app.tenant_id', '{other}', false)"))
-        .await
-        .unwrap();
+    raw.simple_query(&format!(
+        "SELECT set_config('app.tenant_id', '{other}', false)"
+    ))
+    .await
+    .unwrap();
     let (id, name) = &canaries[1];
-    turn(&db, *id, name, 0).await;
+    turn(&db, *id, name, 1).await;
 }

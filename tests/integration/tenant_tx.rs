@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tenantry::db::{Access, DbError, TxSettings};
-use tenantry_tests::{TestDb, as_tenant, tenant, tx};
+use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestDb, as_tenant, tenant, tx};
 use tokio_postgres::types::Type;
 
 #[tokio::test]
@@ -15,15 +15,21 @@ async fn dropped_transactions_roll_back_and_commits_stick() {
     let uid = a.as_uuid();
 
     let mut t = tx(&db, a).await;
-    t.execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'dropped')", &[(&uid, Type::UUID)])
-        .await
-        .unwrap();
+    t.execute(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'dropped')",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
     drop(t);
 
     let mut t = tx(&db, a).await;
-    t.execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'kept')", &[(&uid, Type::UUID)])
-        .await
-        .unwrap();
+    t.execute(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'kept')",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
     t.commit().await.unwrap();
 
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
@@ -46,12 +52,18 @@ async fn read_only_transactions_refuse_writes() {
     let uid = a.as_uuid();
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
     let err = t
-        .execute("INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'nope')", &[(&uid, Type::UUID)])
+        .execute(
+            "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'nope')",
+            &[(&uid, Type::UUID)],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.sqlstate().map(|s| s.code()), Some("25006"), "{err:?}");
     // Everything after a failure is refused, and commit reports it rather than pretending.
-    assert!(matches!(t.query("SELECT 1", &[]).await, Err(DbError::Aborted)));
+    assert!(matches!(
+        t.query("SELECT 1", &[]).await,
+        Err(DbError::Aborted)
+    ));
     assert!(matches!(t.commit().await, Err(DbError::Aborted)));
 }
 
@@ -63,7 +75,10 @@ async fn statement_timeout_is_per_transaction() {
     let settings = TxSettings {
         statement_timeout: Some(Duration::from_millis(50)),
     };
-    let mut t = db.begin_with(&as_tenant(a), Access::ReadOnly, settings).await.unwrap();
+    let mut t = db
+        .begin_with(&as_tenant(a), Access::ReadOnly, settings)
+        .await
+        .unwrap();
     let err = t.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     drop(t);
@@ -84,16 +99,27 @@ async fn a_connection_killed_while_idle_is_replaced_transparently() {
     let db = test.pool(1);
     let a = tenant(&db, "alpha").await;
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
-    let pid: i32 = t.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = t
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     t.commit().await.unwrap();
 
     // What happens to a Lambda's pooled connection while it is frozen: the server side goes away.
     let admin = test.admin().await;
-    admin.query("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    admin
+        .query("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
-    let new_pid: i32 = t.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let new_pid: i32 = t
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     t.commit().await.unwrap();
     assert_ne!(pid, new_pid);
 }
@@ -107,7 +133,54 @@ async fn a_transaction_that_runs_nothing_costs_nothing() {
     t.commit().await.unwrap();
     // The connection is back and clean.
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
-    let n: i64 = t.query_one("SELECT count(*) FROM app.tenants", &[]).await.unwrap().get(0);
+    let n: i64 = t
+        .query_one("SELECT count(*) FROM app.tenants", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     t.commit().await.unwrap();
+}
+
+/// Setting the tenant costs no round trip of its own: a one-statement transaction is two round
+/// trips (BEGIN + tenant + statement pipelined, then COMMIT), the same as BEGIN/COMMIT alone.
+#[tokio::test] // current-thread, as the Lambda functions run
+async fn the_tenant_rides_along_with_the_first_statement() {
+    let test = TestDb::new().await;
+    let seed = test.pool(1);
+    let a = tenant(&seed, "alpha").await;
+    let cfg: tokio_postgres::Config = test.app_url.parse().unwrap();
+    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
+    let url = format!(
+        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
+        proxy.port, test.name
+    );
+    let db = test.pool_at(&url, 1);
+    // Open the connection first, so only the transactions are counted.
+    db.begin(&as_tenant(a), Access::ReadOnly)
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    t.query_one("SELECT 1", &[]).await.unwrap();
+    t.commit().await.unwrap();
+
+    let before = proxy.flights();
+    for _ in 0..20 {
+        let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+        let n: i64 = t
+            .query_one("SELECT count(*) FROM app.tenants", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+        t.commit().await.unwrap();
+    }
+    assert_eq!(
+        proxy.flights() - before,
+        40,
+        "expected 2 round trips per transaction"
+    );
 }

@@ -95,7 +95,9 @@ impl ApiKeys {
         let stored = db.api_key_for_prefix(prefix).await?;
         let presented_hash = hash(presented);
         // Compare even when the prefix is unknown, so timing says nothing about which prefixes exist.
-        let expected = stored.as_ref().map_or(&[0u8; 32][..], |s| s.hash.as_slice());
+        let expected = stored
+            .as_ref()
+            .map_or(&[0u8; 32][..], |s| s.hash.as_slice());
         let matches: bool = presented_hash.as_slice().ct_eq(expected).into();
         match stored {
             Some(s) if matches && !s.revoked => Ok((s.key_id, s.tenant)),

@@ -123,7 +123,9 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let bearer = headers
             .get(http::header::AUTHORIZATION)
-            .map(|v| bearer_token(v.as_bytes()).ok_or(AuthError::InvalidToken("not a bearer token")))
+            .map(|v| {
+                bearer_token(v.as_bytes()).ok_or(AuthError::InvalidToken("not a bearer token"))
+            })
             .transpose()?;
         let api_key = headers
             .get("x-api-key")
@@ -132,12 +134,12 @@ impl Authenticator {
         match (bearer, api_key) {
             (Some(_), Some(_)) => Err(AuthError::Ambiguous),
             (None, None) => Err(AuthError::Missing),
-            (Some(token), None) => self.from_token(token).await,
-            (None, Some(key)) => self.from_api_key(key).await,
+            (Some(token), None) => self.by_token(token).await,
+            (None, Some(key)) => self.by_api_key(key).await,
         }
     }
 
-    async fn from_token(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn by_token(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.jwt.verify(token).await?;
         let org = claims.org_id.as_deref().ok_or(AuthError::NoOrganization)?;
         let tenant = self
@@ -148,12 +150,14 @@ impl Authenticator {
         ensure_active(&tenant)?;
         Ok(Principal {
             tenant_id: tenant.tenant_id,
-            subject: Subject::User { id: claims.sub.clone() },
+            subject: Subject::User {
+                id: claims.sub.clone(),
+            },
             roles: claims.roles(&self.roles_claim),
         })
     }
 
-    async fn from_api_key(&self, key: &str) -> Result<Principal, AuthError> {
+    async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (key_id, tenant) = ApiKeys::verify(&self.db, key).await?;
         ensure_active(&tenant)?;
         Ok(Principal {

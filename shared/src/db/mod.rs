@@ -64,7 +64,6 @@ impl DbError {
     pub fn is_timeout(&self) -> bool {
         self.sqlstate() == Some(&SqlState::QUERY_CANCELED)
     }
-
 }
 
 /// A tenant that an Auth0 organization or API key maps to, with its status.

@@ -66,6 +66,17 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
 }
 
+/// Limits of the analytics API.
+#[derive(Clone, Debug)]
+pub struct AnalyticsConfig {
+    /// Most records in one ingest request.
+    pub max_ingest_records: usize,
+    /// Each query's `statement_timeout`.
+    pub query_timeout: Duration,
+    /// Hard cap on a query's `limit`.
+    pub query_max_limit: u32,
+}
+
 /// Everything a function needs, read once per cold start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -75,6 +86,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTP limits.
     pub http: HttpConfig,
+    /// Analytics limits.
+    pub analytics: AnalyticsConfig,
 }
 
 impl Config {
@@ -118,7 +131,12 @@ impl Config {
                 )?),
             },
             http: HttpConfig {
-                max_body_bytes: parse(&var, "MAX_BODY_BYTES", 1024 * 1024)?,
+                max_body_bytes: parse(&var, "MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            },
+            analytics: AnalyticsConfig {
+                max_ingest_records: parse(&var, "MAX_INGEST_RECORDS", 1000)?,
+                query_timeout: Duration::from_millis(parse(&var, "QUERY_TIMEOUT_MS", 5000)?),
+                query_max_limit: parse(&var, "QUERY_MAX_LIMIT", 10_000)?,
             },
         })
     }

@@ -246,6 +246,18 @@ impl From<DbError> for ApiError {
                 "query_timeout",
                 "The query ran longer than its time limit; narrow it (filters, time range) and retry.",
             ),
+            // A data exception (class 22) from values the validators let through: the caller's
+            // input, not our fault, and still never a 500 with nothing useful in it.
+            _ if e.sqlstate().is_some_and(|s| s.code().starts_with("22")) => {
+                tracing::warn!(
+                    sqlstate = e.sqlstate().map(|s| s.code()),
+                    "data exception from request values"
+                );
+                Self::bad_request(
+                    "invalid_value",
+                    "A value in the request cannot be stored or compared.",
+                )
+            }
             _ => Self::internal(e),
         }
     }
@@ -299,10 +311,15 @@ pub fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static st
             (None, None) => return Some(params),
             (Some(ts), Some(ps)) => {
                 if let Some(name) = ts.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                    if ps.is_empty() {
+                    // Parameters arrive percent-encoded (API Gateway's rawPath, or the local
+                    // runner's URI); a segment that does not decode to UTF-8 matches nothing.
+                    let decoded = percent_encoding::percent_decode_str(ps)
+                        .decode_utf8()
+                        .ok()?;
+                    if decoded.is_empty() {
                         return None;
                     }
-                    params.push((name, ps.to_owned()));
+                    params.push((name, decoded.into_owned()));
                 } else if ts != ps {
                     return None;
                 }
@@ -449,6 +466,11 @@ mod tests {
             Some(vec![("id", "abc".to_owned())])
         );
         assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/"), None);
+        assert_eq!(
+            match_path("/v1/d/{id}/r/{key}", "/v1/d/x/r/a%2Fb%20c"),
+            Some(vec![("id", "x".to_owned()), ("key", "a/b c".to_owned())])
+        );
+        assert_eq!(match_path("/v1/d/{id}", "/v1/d/%FF"), None);
         assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/a/b"), None);
     }
 

@@ -5,6 +5,7 @@
 //! - [`http`]: request ids, problem+json errors, body limits and the routing table's dispatcher.
 //! - [`api`]: the route handlers, shared by the Lambda functions and the local runner.
 
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -414,6 +414,7 @@ impl TestApp {
             ("AUTH_LEEWAY_SECS", "5".to_owned()),
             ("JWKS_REFETCH_INTERVAL_SECS", refetch.as_secs().to_string()),
             ("MAX_BODY_BYTES", "65536".to_owned()),
+            ("MAX_INGEST_RECORDS", "500".to_owned()),
         ];
         let config = Config::from_lookup(|k| {
             vars.iter()
@@ -565,5 +566,99 @@ impl CountingProxy {
     /// Client flights so far.
     pub fn flights(&self) -> u64 {
         self.flights.load(Ordering::Relaxed)
+    }
+}
+
+/// An API Gateway (HTTP API, payload v2) event for a request, as Lambda would receive it.
+pub fn gateway_event(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> lambda_http::Request {
+    let (raw_path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut h = serde_json::Map::new();
+    h.insert(
+        "host".into(),
+        "abc123defg.execute-api.eu-west-1.amazonaws.com".into(),
+    );
+    for (k, v) in headers {
+        h.insert(k.to_ascii_lowercase(), (*v).into());
+    }
+    let event = serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": query,
+        "headers": h,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123defg",
+            "domainName": "abc123defg.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc123defg",
+            "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10", "userAgent": "tests"},
+            "requestId": format!("test-{}", uuid::Uuid::new_v4().simple()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "26/Nov/2026:13:20:01 +0000",
+            "timeEpoch": 1_795_692_001_000u64
+        },
+        "body": body,
+        "isBase64Encoded": false
+    });
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+/// A response's status and JSON body (Null when empty).
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// The body as JSON.
+    pub json: serde_json::Value,
+    /// The headers.
+    pub headers: http::HeaderMap,
+}
+
+impl TestApp {
+    /// Sends a request through the dispatcher exactly as the Lambda functions do.
+    pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> Reply {
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        self.send(gateway_event(method, path, &headers, body)).await
+    }
+
+    /// Sends any request through the dispatcher.
+    pub async fn send(&self, req: lambda_http::Request) -> Reply {
+        let resp = tenantry::http::dispatch(&self.app, &tenantry::api::all_routes(), req).await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes: &[u8] = resp.body().as_ref();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(bytes).unwrap()
+        };
+        Reply {
+            status,
+            json,
+            headers,
+        }
+    }
+
+    /// A tenant with org `org_<slug>` and a token for a user in it.
+    pub async fn tenant_with_token(&self, slug: &str) -> (TenantId, String) {
+        let id = tenant(&self.app.db, slug).await;
+        let token = issuer()
+            .token(
+                &format!("auth0|{slug}-user"),
+                &format!("org_{slug}"),
+                &["admin"],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        (id, token)
     }
 }

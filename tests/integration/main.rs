@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real Postgres with pgvector, real PgBouncer, real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod analytics;
 mod auth;
 mod catalog;
 mod isolation;

@@ -3,20 +3,67 @@
 //! [`ROUTES`] is the single source of truth: each Lambda function serves its rows, the local runner
 //! serves them all, and a test checks the SAM template against it.
 
+mod datasets;
 mod me;
+mod query;
+mod records;
 
 use http::Method;
 
-use crate::http::Route;
+use crate::http::{Handler, Route};
 
 /// Every route of the HTTP API.
-pub static ROUTES: &[Route] = &[Route {
-    method: Method::GET,
-    path: "/v1/me",
-    function: "me",
-    authenticated: true,
-    handler: me::get,
-}];
+pub static ROUTES: &[Route] = &[
+    route(Method::GET, "/v1/me", "me", me::get),
+    route(Method::POST, "/v1/datasets", "datasets", datasets::create),
+    route(Method::GET, "/v1/datasets", "datasets", datasets::list),
+    route(
+        Method::GET,
+        "/v1/datasets/{dataset}",
+        "datasets",
+        datasets::get,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/datasets/{dataset}",
+        "datasets",
+        datasets::delete,
+    ),
+    route(
+        Method::POST,
+        "/v1/datasets/{dataset}/records",
+        "records",
+        records::ingest,
+    ),
+    route(
+        Method::GET,
+        "/v1/datasets/{dataset}/records/{key}",
+        "records",
+        records::get,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/datasets/{dataset}/records/{key}",
+        "records",
+        records::delete,
+    ),
+    route(Method::POST, "/v1/query", "query", query::run),
+];
+
+const fn route(
+    method: Method,
+    path: &'static str,
+    function: &'static str,
+    handler: Handler,
+) -> Route {
+    Route {
+        method,
+        path,
+        function,
+        authenticated: true,
+        handler,
+    }
+}
 
 /// The routes one function serves.
 pub fn routes_for(function: &str) -> Vec<&'static Route> {

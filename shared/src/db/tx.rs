@@ -50,7 +50,8 @@ enum State {
 
 /// A transaction confined to one tenant.
 ///
-/// - The tenant (and actor) are set with `set_config(..., true)`: transaction-local, so nothing
+/// - The tenant (and actor, statement timeout, and UTC as the time zone, so timestamps render
+///   the same everywhere) are set with `set_config(..., true)`: transaction-local, so nothing
 ///   survives into the next use of the connection, and transaction-mode poolers are safe.
 /// - `BEGIN`, the settings and the first statement are pipelined: one round trip, so the tenant
 ///   costs no round trip of its own. A transaction that runs no statement costs none at all.
@@ -70,7 +71,8 @@ pub struct TenantTx {
 
 const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('app.actor_id', $2, true), \
-     set_config('statement_timeout', $3, true)";
+     set_config('statement_timeout', $3, true), \
+     set_config('TimeZone', 'UTC', true)";
 
 impl TenantTx {
     pub(super) async fn begin(

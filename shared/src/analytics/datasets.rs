@@ -1,0 +1,152 @@
+//! Datasets as rows of `app.datasets`, read and written only through a [`TenantTx`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::{Json, Type};
+use uuid::Uuid;
+
+use super::is_identifier;
+use super::schema::{ColumnDef, DatasetSpec};
+use crate::db::{DbError, TenantTx};
+
+/// A dataset as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dataset {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name, unique within the tenant.
+    pub name: String,
+    /// Declared columns.
+    pub columns: Vec<ColumnDef>,
+    /// Columns indexed for retrieval.
+    pub text_columns: Vec<String>,
+    /// The default time column.
+    pub time_column: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Dataset {
+    /// A declared column by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// How a path or query names a dataset: by id or by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatasetRef {
+    /// By id.
+    Id(Uuid),
+    /// By name.
+    Name(String),
+}
+
+impl DatasetRef {
+    /// Parses a path segment or a query's `dataset`; None for something that can name no dataset
+    /// (which callers answer exactly as they answer an unknown dataset).
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() == 36 {
+            if let Ok(id) = Uuid::try_parse(s) {
+                return Some(Self::Id(id));
+            }
+        }
+        is_identifier(s).then(|| Self::Name(s.to_owned()))
+    }
+}
+
+const COLUMNS: &str = "dataset_id, name, columns, text_columns, time_column, created_at";
+
+fn from_row(row: &Row) -> Result<Dataset, DbError> {
+    let Json(columns): Json<Vec<ColumnDef>> = row.try_get(2)?;
+    Ok(Dataset {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        columns,
+        text_columns: row.try_get(3)?,
+        time_column: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+    })
+}
+
+/// Creates a dataset; `Ok(None)` if the tenant already has one with that name.
+pub async fn create(tx: &mut TenantTx, spec: &DatasetSpec) -> Result<Option<Dataset>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let columns = Json(&spec.columns);
+    let rows = tx
+        .query(
+            &format!(
+                "INSERT INTO app.datasets (tenant_id, name, columns, text_columns, time_column) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, name) DO NOTHING \
+                 RETURNING {COLUMNS}"
+            ),
+            &[
+                (&tenant, Type::UUID),
+                (&spec.name, Type::TEXT),
+                (&columns, Type::JSONB),
+                (&spec.text_columns, Type::TEXT_ARRAY),
+                (&spec.time_column, Type::TEXT),
+            ],
+        )
+        .await?;
+    rows.first().map(from_row).transpose()
+}
+
+/// Every dataset of the tenant, by name.
+pub async fn list(tx: &mut TenantTx) -> Result<Vec<Dataset>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let rows = tx
+        .query(
+            &format!("SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 ORDER BY name"),
+            &[(&tenant, Type::UUID)],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// One dataset by id or name.
+pub async fn find(tx: &mut TenantTx, dataset: &DatasetRef) -> Result<Option<Dataset>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let row = match dataset {
+        DatasetRef::Id(id) => {
+            tx.query_opt(
+                &format!(
+                    "SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND dataset_id = $2"
+                ),
+                &[(&tenant, Type::UUID), (id, Type::UUID)],
+            )
+            .await?
+        }
+        DatasetRef::Name(name) => {
+            tx.query_opt(
+                &format!("SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND name = $2"),
+                &[(&tenant, Type::UUID), (name, Type::TEXT)],
+            )
+            .await?
+        }
+    };
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Deletes a dataset and its records; false if there was none.
+pub async fn delete(tx: &mut TenantTx, dataset: &DatasetRef) -> Result<bool, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let n = match dataset {
+        DatasetRef::Id(id) => {
+            tx.execute(
+                "DELETE FROM app.datasets WHERE tenant_id = $1 AND dataset_id = $2",
+                &[(&tenant, Type::UUID), (id, Type::UUID)],
+            )
+            .await?
+        }
+        DatasetRef::Name(name) => {
+            tx.execute(
+                "DELETE FROM app.datasets WHERE tenant_id = $1 AND name = $2",
+                &[(&tenant, Type::UUID), (name, Type::TEXT)],
+            )
+            .await?
+        }
+    };
+    Ok(n == 1)
+}

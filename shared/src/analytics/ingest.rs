@@ -1,0 +1,499 @@
+//! Batch ingest: every record validated against the dataset's schema, then written in one
+//! statement. A batch with any invalid record writes nothing. The client's key makes retries
+//! idempotent: the same key with the same content changes nothing, new content bumps the version.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::datasets::Dataset;
+use super::schema::ColumnType;
+use crate::db::{DbError, TenantTx};
+
+/// The longest record key.
+pub const MAX_KEY_LEN: usize = 256;
+/// The longest string value, in bytes.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+/// At most this many errors are listed; the count says how many there were.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
+/// What is wrong with one record.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordError {
+    /// Its position in the batch (0-based; for NDJSON, the line's position among non-empty lines).
+    pub index: usize,
+    /// Its key, if it had a readable one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The offending column, if the problem is a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// A stable reason code.
+    pub reason: &'static str,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// A batch that passed validation, ready to write.
+#[derive(Debug, Default)]
+pub struct ValidBatch {
+    keys: Vec<String>,
+    data: Vec<Value>,
+    times: Vec<Option<DateTime<Utc>>>,
+}
+
+impl ValidBatch {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    /// Records received.
+    pub received: usize,
+    /// New keys.
+    pub inserted: usize,
+    /// Existing keys whose content changed (version bumped).
+    pub updated: usize,
+    /// Existing keys with identical content (nothing written).
+    pub unchanged: usize,
+}
+
+/// Splits an NDJSON body into values; a line that is not JSON is an error for that line.
+pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, Vec<RecordError>> {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for line in body.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(line) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                errors.push(RecordError {
+                    index: values.len() + errors.len(),
+                    key: None,
+                    column: None,
+                    reason: "invalid_json",
+                    message: format!("This line is not JSON: {e}"),
+                });
+                values.push(Value::Null);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(values)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Validates every record (`{"key": "...", "data": {...}}`) against the dataset's schema.
+/// Either every record is valid, or the errors (all of them, up to the listing limit).
+pub fn validate(
+    dataset: &Dataset,
+    items: Vec<Value>,
+) -> Result<ValidBatch, (usize, Vec<RecordError>)> {
+    let mut batch = ValidBatch::default();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match validate_one(dataset, index, item) {
+            Ok((key, data, time)) => {
+                if !seen.insert(key.clone()) {
+                    errors.push(RecordError {
+                        index,
+                        key: Some(key),
+                        column: None,
+                        reason: "duplicate_key",
+                        message: "This key appears earlier in the same batch.".into(),
+                    });
+                    continue;
+                }
+                batch.keys.push(key);
+                batch.data.push(data);
+                batch.times.push(time);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(batch)
+    } else {
+        let total = errors.len();
+        errors.truncate(MAX_LISTED_ERRORS);
+        Err((total, errors))
+    }
+}
+
+type Validated = (String, Value, Option<DateTime<Utc>>);
+
+fn validate_one(
+    dataset: &Dataset,
+    index: usize,
+    item: Value,
+) -> Result<Validated, Vec<RecordError>> {
+    let err = |key: Option<&str>, column: Option<&str>, reason: &'static str, message: String| {
+        RecordError {
+            index,
+            key: key.map(str::to_owned),
+            column: column.map(str::to_owned),
+            reason,
+            message,
+        }
+    };
+    let Value::Object(mut record) = item else {
+        return Err(vec![err(
+            None,
+            None,
+            "not_an_object",
+            "A record is an object with `key` and `data`.".into(),
+        )]);
+    };
+    let key = match record.remove("key") {
+        Some(Value::String(k)) if valid_key(&k) => k,
+        Some(Value::String(_)) => {
+            return Err(vec![err(
+                None,
+                None,
+                "invalid_key",
+                format!("A key is 1-{MAX_KEY_LEN} characters without control characters."),
+            )]);
+        }
+        _ => {
+            return Err(vec![err(
+                None,
+                None,
+                "invalid_key",
+                "Every record needs a string `key`.".into(),
+            )]);
+        }
+    };
+    let data = match record.remove("data") {
+        Some(Value::Object(d)) => d,
+        _ => {
+            return Err(vec![err(
+                Some(&key),
+                None,
+                "invalid_data",
+                "Every record needs an object `data`.".into(),
+            )]);
+        }
+    };
+    if let Some(extra) = record.keys().next() {
+        return Err(vec![err(
+            Some(&key),
+            None,
+            "unknown_field",
+            format!(
+                "Unknown field `{}`: a record has only `key` and `data`.",
+                truncate(extra)
+            ),
+        )]);
+    }
+
+    let mut errors = Vec::new();
+    let mut clean = Map::with_capacity(data.len());
+    let mut time = None;
+    for (name, value) in data {
+        let Some(column) = dataset.column(&name) else {
+            errors.push(err(
+                Some(&key),
+                Some(&truncate(&name)),
+                "unknown_column",
+                "This column is not in the dataset's schema.".into(),
+            ));
+            continue;
+        };
+        if value.is_null() {
+            continue; // absent and null mean the same; `required` is checked below
+        }
+        match check_value(column.ty, value) {
+            Ok(v) => {
+                if dataset.time_column.as_deref() == Some(name.as_str()) {
+                    time = v
+                        .as_str()
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .map(|t| t.with_timezone(&Utc));
+                }
+                clean.insert(name, v);
+            }
+            Err((reason, message)) => errors.push(err(Some(&key), Some(&name), reason, message)),
+        }
+    }
+    for c in dataset.columns.iter().filter(|c| c.required) {
+        if !clean.contains_key(&c.name)
+            && !errors.iter().any(|e| e.column.as_deref() == Some(&c.name))
+        {
+            errors.push(err(
+                Some(&key),
+                Some(&c.name),
+                "required",
+                "This column is required.".into(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok((key, Value::Object(clean), time))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks a non-null value against its column type; timestamps come back normalized to UTC.
+fn check_value(ty: ColumnType, value: Value) -> Result<Value, (&'static str, String)> {
+    let mismatch = || {
+        (
+            "type_mismatch",
+            format!("Expected a {} value.", ty.as_str()),
+        )
+    };
+    match (ty, value) {
+        (ColumnType::String, Value::String(s)) if s.len() > MAX_STRING_BYTES => Err((
+            "too_long",
+            format!("Strings are at most {MAX_STRING_BYTES} bytes."),
+        )),
+        (ColumnType::String, Value::String(s)) if s.contains('\0') => Err((
+            "invalid_string",
+            "Strings cannot contain NUL characters.".into(),
+        )),
+        (ColumnType::String, v @ Value::String(_)) => Ok(v),
+        (ColumnType::Integer, Value::Number(n)) if n.is_i64() => Ok(Value::Number(n)),
+        (ColumnType::Number, Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+            Ok(Value::Number(n))
+        }
+        (ColumnType::Boolean, v @ Value::Bool(_)) => Ok(v),
+        (ColumnType::Timestamp, Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => Ok(Value::String(
+                t.with_timezone(&Utc)
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            )),
+            Err(_) => Err((
+                "invalid_timestamp",
+                "Expected an RFC 3339 timestamp, e.g. 2026-11-26T13:00:00Z.".into(),
+            )),
+        },
+        _ => Err(mismatch()),
+    }
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= MAX_KEY_LEN && !k.chars().any(char::is_control)
+}
+
+/// Echoing a caller's 10 MB field name back is not helpful.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Writes a validated batch in one statement.
+pub async fn write(
+    tx: &mut TenantTx,
+    dataset_id: Uuid,
+    batch: &ValidBatch,
+) -> Result<IngestOutcome, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    // Unchanged rows are not updated at all (no version bump, no dead tuple), so a retried batch
+    // costs reads only. RETURNING reports only rows that were inserted or updated.
+    let rows = tx
+        .query(
+            "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts) \
+             SELECT $1, $2, u.key, u.data, u.ts FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]) AS u(key, data, ts) \
+             ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
+               SET data = EXCLUDED.data, ts = EXCLUDED.ts, version = r.version + 1, updated_at = now() \
+               WHERE r.data IS DISTINCT FROM EXCLUDED.data \
+             RETURNING (xmax = 0)",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset_id, Type::UUID),
+                (&batch.keys, Type::TEXT_ARRAY),
+                (&batch.data, Type::JSONB_ARRAY),
+                (&batch.times, Type::TIMESTAMPTZ_ARRAY),
+            ],
+        )
+        .await?;
+    let inserted = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+    let updated = rows.len() - inserted;
+    Ok(IngestOutcome {
+        received: batch.len(),
+        inserted,
+        updated,
+        unchanged: batch.len() - rows.len(),
+    })
+}
+
+/// A record as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoredRecord {
+    /// The client's key.
+    pub key: String,
+    /// Bumped on every content change; citations name it.
+    pub version: i32,
+    /// The values.
+    pub data: Value,
+    /// First written.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One record by key.
+pub async fn get(
+    tx: &mut TenantTx,
+    dataset_id: Uuid,
+    key: &str,
+) -> Result<Option<StoredRecord>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let row = tx
+        .query_opt(
+            "SELECT key, version, data, created_at, updated_at FROM app.records \
+             WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset_id, Type::UUID),
+                (&key, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| StoredRecord {
+        key: r.get(0),
+        version: r.get(1),
+        data: r.get(2),
+        created_at: r.get(3),
+        updated_at: r.get(4),
+    }))
+}
+
+/// Deletes one record; false if there was none.
+pub async fn delete(tx: &mut TenantTx, dataset_id: Uuid, key: &str) -> Result<bool, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let n = tx
+        .execute(
+            "DELETE FROM app.records WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset_id, Type::UUID),
+                (&key, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::schema::ColumnDef;
+    use serde_json::json;
+
+    fn dataset() -> Dataset {
+        Dataset {
+            id: Uuid::nil(),
+            name: "orders".into(),
+            columns: vec![
+                ColumnDef {
+                    name: "region".into(),
+                    ty: ColumnType::String,
+                    required: true,
+                },
+                ColumnDef {
+                    name: "qty".into(),
+                    ty: ColumnType::Integer,
+                    required: false,
+                },
+                ColumnDef {
+                    name: "amount".into(),
+                    ty: ColumnType::Number,
+                    required: false,
+                },
+                ColumnDef {
+                    name: "paid".into(),
+                    ty: ColumnType::Boolean,
+                    required: false,
+                },
+                ColumnDef {
+                    name: "at".into(),
+                    ty: ColumnType::Timestamp,
+                    required: false,
+                },
+            ],
+            text_columns: vec![],
+            time_column: Some("at".into()),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn valid_records_are_normalized() {
+        let batch = validate(&dataset(), vec![json!({
+            "key": "o-1",
+            "data": {"region": "EU", "qty": 3, "amount": 9.5, "paid": true, "at": "2026-11-26T14:00:00+01:00"}
+        })])
+        .unwrap_or_else(|(_, e)| panic!("{e:?}"));
+        assert_eq!(batch.data[0]["at"], "2026-11-26T13:00:00Z");
+        assert_eq!(
+            batch.times[0].map(|t| t.to_rfc3339()),
+            Some("2026-11-26T13:00:00+00:00".into())
+        );
+    }
+
+    #[test]
+    fn every_bad_record_is_listed_with_index_key_column_and_reason() {
+        let items = vec![
+            json!({"key": "ok", "data": {"region": "EU"}}),
+            json!({"key": "a", "data": {"region": 5}}),
+            json!({"key": "b", "data": {"qty": 1.5}}),
+            json!({"key": "c", "data": {"region": "EU", "at": "yesterday", "drop": "x"}}),
+            json!({"key": "", "data": {}}),
+            json!({"key": "ok", "data": {"region": "EU"}}),
+            json!([1, 2]),
+            json!({"key": "d", "data": {"region": "EU"}, "extra": 1}),
+        ];
+        let (total, errors) = validate(&dataset(), items).err().unwrap_or_default();
+        let got: Vec<(usize, Option<&str>, &str)> = errors
+            .iter()
+            .map(|e| (e.index, e.column.as_deref(), e.reason))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some("region"), "type_mismatch"),
+                (2, Some("qty"), "type_mismatch"),
+                (2, Some("region"), "required"),
+                (3, Some("at"), "invalid_timestamp"),
+                (3, Some("drop"), "unknown_column"),
+                (4, None, "invalid_key"),
+                (5, None, "duplicate_key"),
+                (6, None, "not_an_object"),
+                (7, None, "unknown_field"),
+            ]
+        );
+        assert_eq!(total, 9);
+    }
+
+    #[test]
+    fn ndjson_lines_are_parsed_and_bad_lines_named() {
+        assert_eq!(
+            parse_ndjson(b"{\"a\":1}\r\n\n{\"b\":2}\n")
+                .map(|v| v.len())
+                .ok(),
+            Some(2)
+        );
+        let errors = parse_ndjson(b"{\"a\":1}\nnot json\n")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].index, 1);
+    }
+}

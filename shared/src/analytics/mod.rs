@@ -1,0 +1,50 @@
+//! Datasets, records and queries: the analytics domain, independent of HTTP.
+//!
+//! - [`schema`]: a dataset's declared columns and their validation.
+//! - [`datasets`]: creating, finding and deleting datasets through a [`TenantTx`].
+//! - [`ingest`]: validating and writing batches of records (all or nothing, idempotent by key).
+//! - [`query`]: the JSON query language and its compiler to parameterized SQL.
+//!
+//! [`TenantTx`]: crate::db::TenantTx
+
+pub mod datasets;
+pub mod ingest;
+pub mod query;
+pub mod schema;
+
+pub use datasets::Dataset;
+pub use schema::{ColumnDef, ColumnType, DatasetSpec};
+
+/// A problem with one part of a request: where, and what is wrong. Lists of these go back to the
+/// caller in the problem document's `errors` member.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// Where: a JSON pointer-ish path (`/columns/2/name`, `/filter/and/0/value`).
+    pub path: String,
+    /// A stable reason code (`unknown_column`, `type_mismatch`, ...).
+    pub reason: &'static str,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(
+        path: impl Into<String>,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// True for names we accept as dataset, column and alias names: safe to embed as SQL literals.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && name.len() <= 63
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}

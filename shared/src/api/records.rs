@@ -1,0 +1,164 @@
+//! `/v1/datasets/{dataset}/records`: batch ingest (JSON array or NDJSON), get and delete by key.
+
+use http::StatusCode;
+use lambda_http::Request;
+use serde_json::{Value, json};
+
+use super::datasets::{dataset_not_found, dataset_ref, no_content};
+use crate::App;
+use crate::analytics::datasets;
+use crate::analytics::ingest::{self, RecordError};
+use crate::db::Access;
+use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
+
+enum Format {
+    Json,
+    NdJson,
+}
+
+fn format(req: &Request) -> Result<Format, ApiError> {
+    let ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "" => Ok(Format::Json),
+        "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
+            Ok(Format::NdJson)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send records as application/json (an array) or application/x-ndjson (one per line).",
+        )),
+    }
+}
+
+fn invalid_records(total: usize, errors: Vec<RecordError>) -> ApiError {
+    ApiError::bad_request(
+        "invalid_records",
+        format!("{total} problem(s) in the batch; nothing was written. See errors."),
+    )
+    .with_extra(json!({ "error_count": total, "errors": errors }))
+}
+
+pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        let dataset = dataset_ref(ctx)?;
+        let body: &[u8] = req.body().as_ref();
+        let items: Vec<Value> = match format(req)? {
+            Format::Json => match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Array(items)) => items,
+                Ok(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_json",
+                        "Send a JSON array of records.",
+                    ));
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(
+                        "invalid_json",
+                        format!("The body is not JSON: {e}"),
+                    ));
+                }
+            },
+            Format::NdJson => ingest::parse_ndjson(body)
+                .map_err(|errors| invalid_records(errors.len(), errors))?,
+        };
+        let max = app.config.analytics.max_ingest_records;
+        if items.is_empty() {
+            return Err(ApiError::bad_request("no_records", "The batch is empty."));
+        }
+        if items.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_records",
+                format!("At most {max} records per request; split the batch."),
+            ));
+        }
+        let principal = ctx.principal()?;
+        let mut tx = app
+            .db
+            .begin(&principal.tenant_context(), Access::ReadWrite)
+            .await?;
+        let ds = datasets::find(&mut tx, &dataset)
+            .await?
+            .ok_or_else(dataset_not_found)?;
+        let batch = ingest::validate(&ds, items)
+            .map_err(|(total, errors)| invalid_records(total, errors))?;
+        let outcome = ingest::write(&mut tx, ds.id, &batch).await?;
+        tx.commit().await?;
+        tracing::info!(dataset = %ds.id, received = outcome.received, inserted = outcome.inserted,
+            updated = outcome.updated, unchanged = outcome.unchanged, "ingested");
+        json_response(
+            StatusCode::OK,
+            &json!({ "dataset": ds.name, "result": outcome }),
+        )
+    })
+}
+
+fn key(ctx: &RequestCtx) -> Result<&str, ApiError> {
+    ctx.param("key").ok_or_else(record_not_found)
+}
+
+fn record_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "record_not_found",
+        "No record with that key.",
+    )
+}
+
+pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        let dataset = dataset_ref(ctx)?;
+        let key = key(ctx)?;
+        let principal = ctx.principal()?;
+        let mut tx = app
+            .db
+            .begin(&principal.tenant_context(), Access::ReadOnly)
+            .await?;
+        let ds = datasets::find(&mut tx, &dataset)
+            .await?
+            .ok_or_else(dataset_not_found)?;
+        let record = ingest::get(&mut tx, ds.id, key)
+            .await?
+            .ok_or_else(record_not_found)?;
+        tx.commit().await?;
+        json_response(
+            StatusCode::OK,
+            &json!({ "dataset": ds.name, "record": record }),
+        )
+    })
+}
+
+pub(super) fn delete<'a>(
+    app: &'a App,
+    ctx: &'a RequestCtx,
+    _req: &'a Request,
+) -> HandlerFuture<'a> {
+    Box::pin(async move {
+        let dataset = dataset_ref(ctx)?;
+        let key = key(ctx)?;
+        let principal = ctx.principal()?;
+        let mut tx = app
+            .db
+            .begin(&principal.tenant_context(), Access::ReadWrite)
+            .await?;
+        let ds = datasets::find(&mut tx, &dataset)
+            .await?
+            .ok_or_else(dataset_not_found)?;
+        if !ingest::delete(&mut tx, ds.id, key).await? {
+            return Err(record_not_found());
+        }
+        tx.commit().await?;
+        Ok(no_content())
+    })
+}

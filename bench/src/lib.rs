@@ -69,3 +69,11 @@ pub fn admin_url() -> Result<String, Error> {
     std::env::var("DATABASE_URL")
         .map_err(|_| "DATABASE_URL is not set (run through scripts/bench)".into())
 }
+
+impl Samples {
+    /// Adds another set of samples to this one.
+    pub fn merge(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+    }
+}

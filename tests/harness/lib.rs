@@ -480,12 +480,12 @@ impl PgBouncer {
                 .status()
                 .unwrap();
             Command::new("runuser")
-                .args(["-u", "postgres", "--", bin])
+                .args(["-u", "postgres", "--", bin, "-q"])
                 .arg(&ini)
                 .spawn()
                 .unwrap()
         } else {
-            Command::new(bin).arg(&ini).spawn().unwrap()
+            Command::new(bin).arg("-q").arg(&ini).spawn().unwrap()
         };
         // Wait until it accepts connections.
         for _ in 0..100 {

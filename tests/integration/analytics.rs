@@ -724,8 +724,8 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
     let admin = app.db.admin().await;
     admin
         .execute(
-            "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts)
-             SELECT $1, d.dataset_id, 'bulk-' || g, jsonb_build_object('region', 'EU', 'amount', g), now()
+            "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts, s1, n1)
+             SELECT $1, d.dataset_id, 'bulk-' || g, jsonb_build_object('region', 'EU', 'amount', g), now(), 'EU', g
              FROM app.datasets d, generate_series(1, 200000) g WHERE d.tenant_id = $1",
             &[&tenant.as_uuid()],
         )

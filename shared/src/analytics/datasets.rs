@@ -32,6 +32,20 @@ impl Dataset {
     pub fn column(&self, name: &str) -> Option<&ColumnDef> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The typed `app.records` column holding a column's values, if it has one.
+    pub fn slot(&self, name: &str) -> Option<String> {
+        super::schema::slot(&self.columns, self.time_column.as_deref(), name)
+    }
+
+    /// The typed SQL expression for a column of `r` (an `app.records` row): its slot, or its
+    /// value extracted from `r.data`.
+    pub fn column_expr(&self, c: &ColumnDef) -> String {
+        match self.slot(&c.name) {
+            Some(slot) => format!("r.{slot}"),
+            None => super::schema::json_expr("r.data", c),
+        }
+    }
 }
 
 /// How a path or query names a dataset: by id or by name.
@@ -47,10 +61,8 @@ impl DatasetRef {
     /// Parses a path segment or a query's `dataset`; None for something that can name no dataset
     /// (which callers answer exactly as they answer an unknown dataset).
     pub fn parse(s: &str) -> Option<Self> {
-        if s.len() == 36 {
-            if let Ok(id) = Uuid::try_parse(s) {
-                return Some(Self::Id(id));
-            }
+        if let (36, Ok(id)) = (s.len(), Uuid::try_parse(s)) {
+            return Some(Self::Id(id));
         }
         is_identifier(s).then(|| Self::Name(s.to_owned()))
     }

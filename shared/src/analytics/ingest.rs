@@ -297,26 +297,42 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Writes a validated batch in one statement.
+/// Writes a validated batch in one statement: `data` as written, plus each slotted column's
+/// typed copy (see [`super::schema::slot`]).
 pub async fn write(
     tx: &mut TenantTx,
-    dataset_id: Uuid,
+    dataset: &Dataset,
     batch: &ValidBatch,
 ) -> Result<IngestOutcome, DbError> {
     let tenant = tx.tenant_id().as_uuid();
+    let (mut cols, mut exprs, mut sets) = (String::new(), String::new(), String::new());
+    for c in &dataset.columns {
+        match dataset.slot(&c.name) {
+            Some(slot) if slot != "ts" => {
+                cols.push_str(&format!(", {slot}"));
+                exprs.push_str(&format!(", {}", super::schema::json_expr("u.data", c)));
+                sets.push_str(&format!(", {slot} = EXCLUDED.{slot}"));
+            }
+            _ => {}
+        }
+    }
     // Unchanged rows are not updated at all (no version bump, no dead tuple), so a retried batch
     // costs reads only. RETURNING reports only rows that were inserted or updated.
+    let sql = format!(
+        "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts{cols}) \
+         SELECT $1, $2, u.key, u.data, u.ts{exprs} \
+         FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]) AS u(key, data, ts) \
+         ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
+           SET data = EXCLUDED.data, ts = EXCLUDED.ts{sets}, version = r.version + 1, updated_at = now() \
+           WHERE r.data IS DISTINCT FROM EXCLUDED.data \
+         RETURNING (xmax = 0)"
+    );
     let rows = tx
         .query(
-            "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts) \
-             SELECT $1, $2, u.key, u.data, u.ts FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]) AS u(key, data, ts) \
-             ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
-               SET data = EXCLUDED.data, ts = EXCLUDED.ts, version = r.version + 1, updated_at = now() \
-               WHERE r.data IS DISTINCT FROM EXCLUDED.data \
-             RETURNING (xmax = 0)",
+            &sql,
             &[
                 (&tenant, Type::UUID),
-                (&dataset_id, Type::UUID),
+                (&dataset.id, Type::UUID),
                 (&batch.keys, Type::TEXT_ARRAY),
                 (&batch.data, Type::JSONB_ARRAY),
                 (&batch.times, Type::TIMESTAMPTZ_ARRAY),

@@ -275,10 +275,8 @@ pub fn compile(
         "r.tenant_id = $1".to_owned(),
         "r.dataset_id = $2".to_owned(),
     ];
-    if let Some(filter) = &spec.filter {
-        if let Some(sql) = c.filter(filter, "/filter", 0) {
-            wheres.push(sql);
-        }
+    if let Some(sql) = spec.filter.as_ref().and_then(|f| c.filter(f, "/filter", 0)) {
+        wheres.push(sql);
     }
     if let Some(range) = &spec.time_range {
         c.time_range(range, &mut wheres);
@@ -415,7 +413,7 @@ pub fn compile(
         sql.push_str(" GROUP BY ");
         sql.push_str(&group_exprs.join(", "));
     }
-    if !order.is_empty() && (aggregate_mode && !group_exprs.is_empty() || !aggregate_mode) {
+    if !order.is_empty() && (!aggregate_mode || !group_exprs.is_empty()) {
         sql.push_str(" ORDER BY ");
         sql.push_str(&order.join(", "));
     }
@@ -471,21 +469,8 @@ impl Compiler<'_> {
         found
     }
 
-    /// The typed SQL expression for a column. Names come from the schema, which only holds
-    /// checked identifiers, so quoting them as literals is safe.
     fn column_expr(&self, c: &ColumnDef) -> String {
-        debug_assert!(is_identifier(&c.name));
-        let lit = format!("'{}'", c.name);
-        match c.ty {
-            ColumnType::String => format!("(r.data->>{lit})"),
-            ColumnType::Integer => format!("((r.data->>{lit})::int8)"),
-            ColumnType::Number => format!("((r.data->>{lit})::float8)"),
-            ColumnType::Boolean => format!("((r.data->>{lit})::boolean)"),
-            ColumnType::Timestamp if self.ds.time_column.as_deref() == Some(c.name.as_str()) => {
-                "r.ts".into()
-            }
-            ColumnType::Timestamp => format!("((r.data->>{lit})::timestamptz)"),
-        }
+        self.ds.column_expr(c)
     }
 
     fn scalar(&mut self, ty: ColumnType, v: &Value, path: &str) -> Option<Scalar> {
@@ -560,8 +545,8 @@ impl Compiler<'_> {
             self.err(path, "invalid_filter", "A filter is an object: a condition, or {\"and\": [...]}, {\"or\": [...]}, {\"not\": {...}}.");
             return None;
         };
-        if obj.len() == 1 {
-            if let Some((k, v)) = obj.iter().next() {
+        if let (1, Some((k, v))) = (obj.len(), obj.iter().next()) {
+            {
                 match k.as_str() {
                     "and" | "or" => {
                         let Value::Array(items) = v else {
@@ -798,11 +783,11 @@ impl Compiler<'_> {
                 }
             }
         }
-        if let [("from", from), ("to", to)] = bounds.as_slice() {
-            if from >= to {
-                self.err("/time_range", "empty_time_range", "from must be before to.");
-                return;
-            }
+        if let [("from", from), ("to", to)] = bounds.as_slice()
+            && from >= to
+        {
+            self.err("/time_range", "empty_time_range", "from must be before to.");
+            return;
         }
         for (field, t) in bounds {
             let p = self.param(t, Type::TIMESTAMPTZ);
@@ -848,11 +833,7 @@ impl Compiler<'_> {
                     format!("{}_{}", col.name, spec.bucket.as_str()),
                     &format!("{path}/as"),
                 )?;
-                let expr = format!(
-                    "date_trunc('{}', {}, 'UTC')",
-                    spec.bucket.as_str(),
-                    self.column_expr(&col)
-                );
+                let expr = bucket_expr(spec.bucket, &self.column_expr(&col));
                 Some((name, "timestamp", expr))
             }
             _ => {
@@ -973,6 +954,20 @@ impl Compiler<'_> {
     }
 }
 
+/// A time bucket in UTC. Fixed-width buckets use `date_bin`, which is plain arithmetic (weeks
+/// start on Monday, from a Monday origin); months need `date_trunc`, which uses the transaction's
+/// time zone, always UTC under TenantTx.
+fn bucket_expr(bucket: Bucket, ts: &str) -> String {
+    const ORIGIN: &str = "timestamptz '2000-01-03 00:00:00+00'";
+    match bucket {
+        Bucket::Minute => format!("date_bin('1 minute', {ts}, {ORIGIN})"),
+        Bucket::Hour => format!("date_bin('1 hour', {ts}, {ORIGIN})"),
+        Bucket::Day => format!("date_bin('1 day', {ts}, {ORIGIN})"),
+        Bucket::Week => format!("date_bin('7 days', {ts}, {ORIGIN})"),
+        Bucket::Month => format!("date_trunc('month', {ts})"),
+    }
+}
+
 fn shorten(s: &str) -> String {
     let short: String = s.chars().take(64).collect();
     format!("{short:?}")
@@ -1045,14 +1040,14 @@ mod tests {
         let names: Vec<&str> = q.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["region", "at_day", "total", "p95_amount"]);
         assert!(
-            q.sql
-                .contains("GROUP BY (r.data->>'region'), date_trunc('day', r.ts, 'UTC')"),
+            q.sql.contains(
+                "GROUP BY r.s1, date_bin('1 day', r.ts, timestamptz '2000-01-03 00:00:00+00')"
+            ),
             "{}",
             q.sql
         );
         assert!(
-            q.sql
-                .contains("ORDER BY sum(((r.data->>'amount')::float8)) DESC NULLS LAST"),
+            q.sql.contains("ORDER BY sum(r.n1) DESC NULLS LAST"),
             "{}",
             q.sql
         );

@@ -41,6 +41,46 @@ impl ColumnType {
     }
 }
 
+/// Typed slot columns per type in `app.records` (migration 0004).
+const SLOTS: [(ColumnType, &str, usize); 5] = [
+    (ColumnType::String, "s", 16),
+    (ColumnType::Number, "n", 16),
+    (ColumnType::Integer, "i", 8),
+    (ColumnType::Boolean, "b", 8),
+    (ColumnType::Timestamp, "t", 4),
+];
+
+/// The typed `app.records` column that holds `name`'s values, if it has one: the time column is
+/// `ts`; otherwise the k-th column of a type (in schema order) gets that type's k-th slot while
+/// slots last. Columns without a slot are read from `data`.
+pub fn slot(columns: &[ColumnDef], time_column: Option<&str>, name: &str) -> Option<String> {
+    if time_column == Some(name) {
+        return Some("ts".into());
+    }
+    let col = columns.iter().find(|c| c.name == name)?;
+    let (_, prefix, capacity) = SLOTS.iter().find(|(ty, ..)| *ty == col.ty)?;
+    let k = columns
+        .iter()
+        .take_while(|c| c.name != name)
+        .filter(|c| c.ty == col.ty && time_column != Some(c.name.as_str()))
+        .count();
+    (k < *capacity).then(|| format!("{prefix}{}", k + 1))
+}
+
+/// The typed SQL expression for a column's value inside a JSONB `source` (e.g. `r.data`). Column
+/// names are checked identifiers, so quoting them as literals is safe.
+pub(crate) fn json_expr(source: &str, c: &ColumnDef) -> String {
+    debug_assert!(super::is_identifier(&c.name));
+    let v = format!("({source}->>'{}')", c.name);
+    match c.ty {
+        ColumnType::String => v,
+        ColumnType::Integer => format!("({v}::int8)"),
+        ColumnType::Number => format!("({v}::float8)"),
+        ColumnType::Boolean => format!("({v}::boolean)"),
+        ColumnType::Timestamp => format!("({v}::timestamptz)"),
+    }
+}
+
 /// One declared column.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +244,36 @@ mod tests {
                 ("/time_column".into(), "not_a_timestamp_column"),
             ]
         );
+    }
+
+    #[test]
+    fn slots_follow_schema_order_per_type() {
+        let col = |name: &str, ty| ColumnDef {
+            name: name.into(),
+            ty,
+            required: false,
+        };
+        let mut cols = vec![
+            col("a", ColumnType::String),
+            col("at", ColumnType::Timestamp),
+            col("x", ColumnType::Number),
+            col("b", ColumnType::String),
+            col("seen", ColumnType::Timestamp),
+        ];
+        cols.extend((0..20).map(|i| col(&format!("n{i}"), ColumnType::Number)));
+        let slot = |n: &str| slot(&cols, Some("at"), n);
+        assert_eq!(slot("a").as_deref(), Some("s1"));
+        assert_eq!(slot("b").as_deref(), Some("s2"));
+        assert_eq!(slot("at").as_deref(), Some("ts"));
+        assert_eq!(slot("seen").as_deref(), Some("t1"));
+        assert_eq!(slot("x").as_deref(), Some("n1"));
+        assert_eq!(slot("n14").as_deref(), Some("n16"));
+        assert_eq!(
+            slot("n15"),
+            None,
+            "past the slots, a column lives in data only"
+        );
+        assert_eq!(slot("missing"), None);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
             .ok_or_else(dataset_not_found)?;
         let batch = ingest::validate(&ds, items)
             .map_err(|(total, errors)| invalid_records(total, errors))?;
-        let outcome = ingest::write(&mut tx, ds.id, &batch).await?;
+        let outcome = ingest::write(&mut tx, &ds, &batch).await?;
         tx.commit().await?;
         tracing::info!(dataset = %ds.id, received = outcome.received, inserted = outcome.inserted,
             updated = outcome.updated, unchanged = outcome.unchanged, "ingested");

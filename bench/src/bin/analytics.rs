@@ -1,0 +1,371 @@
+//! Analytics load: many tenants with realistic datasets, concurrent requests from all of them
+//! through the real handler path (JWT verification, TenantTx, query compiler, dispatcher), and
+//! the floor: the same SQL sent straight to Postgres on one connection.
+//!
+//! Environment: BENCH_TENANTS (200), BENCH_ROWS (20000 per tenant), BENCH_CONCURRENCY (4),
+//! BENCH_REQUESTS (2000 per scenario), BENCH_INGEST_REQUESTS (200).
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tenantry::analytics::DatasetSpec;
+use tenantry::analytics::datasets::{self, DatasetRef};
+use tenantry::analytics::query::{self, QueryLimits, QuerySpec};
+use tenantry::config::Config;
+use tenantry::db::migrate::{self, RolePasswords};
+use tenantry::db::{Access, Db, TenantContext};
+use tenantry::tenants::{NewTenant, provision};
+use tenantry::{App, TenantId};
+use tenantry_bench::{Error, Samples, admin_url};
+use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+
+const APP_PASSWORD: &str = "tenantry_app_dev";
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spec() -> DatasetSpec {
+    serde_json::from_value(json!({
+        "name": "events",
+        "columns": [
+            {"name": "region", "type": "string", "required": true},
+            {"name": "product", "type": "string"},
+            {"name": "amount", "type": "number"},
+            {"name": "qty", "type": "integer"},
+            {"name": "paid", "type": "boolean"},
+            {"name": "note", "type": "string"},
+            {"name": "at", "type": "timestamp"}
+        ],
+        "text_columns": ["note"],
+        "time_column": "at"
+    }))
+    .unwrap()
+}
+
+/// The three read scenarios, as a client would send them.
+fn read_queries() -> Vec<(&'static str, Value)> {
+    let now = chrono::Utc::now();
+    vec![
+        (
+            "filtered_count",
+            json!({"dataset": "events", "filter": {"and": [
+                {"column": "region", "op": "eq", "value": "eu-west"},
+                {"column": "paid", "op": "eq", "value": true}
+            ]}, "aggregates": [{"fn": "count"}]}),
+        ),
+        (
+            "group_by_day_30d",
+            json!({"dataset": "events",
+                "group_by": [{"column": "at", "bucket": "day"}],
+                "aggregates": [{"fn": "sum", "column": "amount", "as": "revenue"}, {"fn": "count"}],
+                "time_range": {"from": (now - chrono::Duration::days(30)).to_rfc3339(), "to": now.to_rfc3339()}}),
+        ),
+        (
+            "top10_by_sum",
+            json!({"dataset": "events", "group_by": ["product"],
+                "aggregates": [{"fn": "sum", "column": "amount", "as": "revenue"}],
+                "order_by": [{"by": "revenue", "dir": "desc"}], "limit": 10}),
+        ),
+    ]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let tenants = env("BENCH_TENANTS", 200);
+    let rows = env("BENCH_ROWS", 20_000);
+    let concurrency = env("BENCH_CONCURRENCY", 4);
+    let requests = env("BENCH_REQUESTS", 2000);
+    let ingest_requests = env("BENCH_INGEST_REQUESTS", 200);
+
+    let admin: tokio_postgres::Config = admin_url()?.parse()?;
+    let pg_port = admin.get_ports().first().copied().unwrap_or(5432);
+    let user = admin.get_user().unwrap_or("postgres").to_owned();
+    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
+    let db_name = format!("bench_analytics_{tenants}_{rows}");
+    let admin_db = format!("postgres://{user}:{password}@127.0.0.1:{pg_port}/{db_name}");
+    let app_url = format!("postgres://tenantry_app:{APP_PASSWORD}@127.0.0.1:{pg_port}/{db_name}");
+
+    let (c, conn) = admin.connect(NoTls).await?;
+    tokio::spawn(conn);
+    let exists = !c
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db_name])
+        .await?
+        .is_empty();
+    let seeded = exists && {
+        let (d, conn) = tokio_postgres::connect(&admin_db, NoTls).await?;
+        tokio::spawn(conn);
+        d.query(
+            "SELECT 1 FROM pg_tables WHERE tablename = 'bench_seeded'",
+            &[],
+        )
+        .await?
+        .len()
+            == 1
+    };
+    if !seeded {
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+            .await?;
+        c.batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await?;
+    }
+    migrate::run(
+        &admin_db,
+        &migrate::embedded()?,
+        &RolePasswords {
+            app: Some(APP_PASSWORD.into()),
+            support: None,
+        },
+    )
+    .await?;
+
+    let jwks = JwksServer::start(json!({ "keys": [dev_jwk("dev")] })).await;
+    let vars = [
+        ("APP_DATABASE_URL", app_url.clone()),
+        ("AUTH0_ISSUER", ISSUER.to_owned()),
+        ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
+        ("AUTH0_JWKS_URL", jwks.url.clone()),
+        ("DB_POOL_MAX", concurrency.max(2).to_string()),
+    ];
+    let config =
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    let app = Arc::new(App::new(config)?);
+
+    let ids: Vec<TenantId> = (0..tenants)
+        .map(|i| {
+            TenantId::from(uuid::Uuid::from_u128(
+                0x0190_0000_0000_7000_8000_0000_0000_0000 + i as u128,
+            ))
+        })
+        .collect();
+    if !seeded {
+        let started = Instant::now();
+        seed(&app.db, &admin_db, &ids, rows).await?;
+        let (d, conn) = tokio_postgres::connect(&admin_db, NoTls).await?;
+        tokio::spawn(conn);
+        d.batch_execute("VACUUM ANALYZE; CREATE TABLE public.bench_seeded ()")
+            .await?;
+        eprintln!(
+            "seeded {tenants} tenants x {rows} rows in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let iss = issuer();
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..tenants)
+            .map(|i| {
+                iss.token(
+                    "auth0|bench",
+                    &format!("org_bench_{i}"),
+                    &[],
+                    Duration::from_secs(3600),
+                )
+                .unwrap()
+            })
+            .collect(),
+    );
+
+    let mut floors = Vec::new();
+    for (name, q) in read_queries() {
+        let body = Arc::new(q.to_string());
+        let mut samples = drive(&app, &tokens, concurrency, requests, move |_| {
+            ("POST", "/v1/query".to_owned(), (*body).clone())
+        })
+        .await;
+        samples.report(
+            name,
+            json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": concurrency}),
+        );
+        floors.push((name, q));
+    }
+
+    // 500-record upserts into each tenant's dataset: new keys, so every request inserts.
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut ingest = drive(&app, &tokens, concurrency, ingest_requests, move |_| {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let batch: Vec<Value> = (0..500)
+            .map(|i| json!({"key": format!("bench-{n}-{i}"), "data": {
+                "region": "eu-west", "product": format!("sku-{}", i % 50), "amount": i as f64 * 0.75,
+                "qty": i % 9, "paid": i % 2 == 0, "note": "bench ingest", "at": chrono::Utc::now().to_rfc3339()}}))
+            .collect();
+        ("POST", "/v1/datasets/events/records".to_owned(), Value::Array(batch).to_string())
+    })
+    .await;
+    ingest.report(
+        "ingest_500",
+        json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": concurrency}),
+    );
+
+    // The floor: the compiled SQL, straight to Postgres on one connection, tenant set once per
+    // tenant for the session; no auth, no transaction, no HTTP shape.
+    let (raw, conn) = tokio_postgres::connect(&app_url, NoTls).await?;
+    tokio::spawn(conn);
+    for (name, q) in floors {
+        let spec: QuerySpec = serde_json::from_value(q)?;
+        let mut compiled = Vec::new();
+        for id in &ids {
+            let ctx = TenantContext {
+                tenant_id: *id,
+                actor_id: "system:bench".into(),
+            };
+            let mut tx = app.db.begin(&ctx, Access::ReadOnly).await?;
+            let ds = datasets::find(&mut tx, &DatasetRef::Name("events".into()))
+                .await?
+                .ok_or("no dataset")?;
+            tx.commit().await?;
+            compiled.push(
+                query::compile(&spec, &ds, id.as_uuid(), QueryLimits::default())
+                    .map_err(|e| format!("{e:?}"))?,
+            );
+        }
+        let mut samples = Samples::default();
+        for i in 0..requests {
+            let t = i % ids.len();
+            raw.query_typed(
+                "SELECT set_config('app.tenant_id', $1, false)",
+                &[(&ids[t].to_string(), Type::TEXT)],
+            )
+            .await?;
+            let started = Instant::now();
+            match raw
+                .query_typed(&compiled[t].sql, &compiled[t].params())
+                .await
+            {
+                Ok(_) => samples.record(started.elapsed()),
+                Err(_) => samples.errors += 1,
+            }
+        }
+        samples.report(
+            &format!("{name}_floor"),
+            json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": 1}),
+        );
+    }
+    Ok(())
+}
+
+/// Runs `total` requests with `concurrency` workers, each request for a random tenant.
+async fn drive<F>(
+    app: &Arc<App>,
+    tokens: &Arc<Vec<String>>,
+    concurrency: usize,
+    total: usize,
+    make: F,
+) -> Samples
+where
+    F: Fn(usize) -> (&'static str, String, String) + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let next = Arc::new(AtomicUsize::new(0));
+    let routes = Arc::new(tenantry::api::all_routes());
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let (app, tokens, make, next, routes) = (
+            app.clone(),
+            tokens.clone(),
+            make.clone(),
+            next.clone(),
+            routes.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (w as u64 + 1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return samples;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let token = &tokens[(rng % tokens.len() as u64) as usize];
+                let (method, path, body) = make(i);
+                let auth = format!("Bearer {token}");
+                let req = gateway_event(
+                    method,
+                    &path,
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    Some(&body),
+                );
+                let started = Instant::now();
+                let resp = tenantry::http::dispatch(&app, &routes, req).await;
+                if resp.status().is_success() {
+                    samples.record(started.elapsed());
+                } else {
+                    samples.errors += 1;
+                }
+            }
+        }));
+    }
+    let mut all = Samples::default();
+    for w in workers {
+        let s = w.await.unwrap();
+        all.merge(s);
+    }
+    all
+}
+
+/// Tenants, their dataset, and `rows` records each, written with set-based SQL per tenant (the
+/// ingest path itself is measured by `ingest_500`).
+async fn seed(db: &Db, admin_db: &str, ids: &[TenantId], rows: usize) -> Result<(), Error> {
+    let (admin, conn) = tokio_postgres::connect(admin_db, NoTls).await?;
+    tokio::spawn(conn);
+    for (i, id) in ids.iter().enumerate() {
+        provision(
+            db,
+            &NewTenant {
+                tenant_id: *id,
+                name: format!("Bench {i}"),
+                slug: format!("bench-{i}"),
+                auth0_org_id: Some(format!("org_bench_{i}")),
+                plan: "team".into(),
+            },
+            "system:bench",
+        )
+        .await?;
+        let ctx = TenantContext {
+            tenant_id: *id,
+            actor_id: "system:bench".into(),
+        };
+        let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+        let ds = match datasets::create(&mut tx, &spec()).await? {
+            Some(ds) => ds,
+            None => datasets::find(&mut tx, &DatasetRef::Name("events".into()))
+                .await?
+                .ok_or("no dataset")?,
+        };
+        tx.commit().await?;
+        admin
+            .execute(
+                "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts, s1, s2, n1, i1, b1, s3)
+                 SELECT $1, $2, 'r-' || g,
+                   jsonb_build_object('region', region, 'product', product, 'amount', amount, 'qty', qty,
+                                      'paid', paid, 'note', note,
+                                      'at', to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')),
+                   t, region, product, amount, qty, paid, note
+                 FROM generate_series(1, $3::int) g,
+                   LATERAL (SELECT
+                     (ARRAY['eu-west','us-east','ap-south','sa-east','af-south'])[1 + g % 5] AS region,
+                     'sku-' || (g * 7919 % 50) AS product,
+                     round(((g * 2654435761::bigint) % 100000) / 100.0, 2)::float8 AS amount,
+                     (g % 9)::int8 AS qty,
+                     g % 3 <> 0 AS paid,
+                     'order ' || g || ' shipped to ' || (ARRAY['Lisbon','Austin','Pune','Lima','Accra'])[1 + g % 5] AS note,
+                     now() - (g % 60) * interval '1 day' - (g % 1440) * interval '1 minute' AS t) x
+                 ON CONFLICT DO NOTHING",
+                &[&id.as_uuid(), &ds.id, &(rows as i32)],
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 mod analytics;
 mod auth;
 mod catalog;
+mod contract;
 mod isolation;
 mod me;
 mod migrations;

@@ -1,0 +1,226 @@
+//! The routing table is the single source of truth: the SAM template, the function packages,
+//! the sample events and the OpenAPI document must all agree with it, and the examples must work.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use tenantry::api::ROUTES;
+use tenantry_tests::{TestApp, repo_file, repo_root};
+
+fn table() -> BTreeSet<(String, String, String)> {
+    ROUTES
+        .iter()
+        .map(|r| {
+            (
+                r.method.to_string(),
+                r.path.to_owned(),
+                r.function.to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// (method, path, function) for every HttpApi event of every function in the template.
+fn template_routes() -> BTreeSet<(String, String, String)> {
+    let text = String::from_utf8(repo_file("infra/template.yaml")).unwrap();
+    let mut out = BTreeSet::new();
+    let (mut binary, mut method): (Option<String>, Option<String>) = (None, None);
+    for line in text.lines() {
+        let t = line.trim();
+        if t == "Type: AWS::Serverless::Function" {
+            binary = None;
+        } else if let Some(b) = t.strip_prefix("Binary: ") {
+            binary = Some(b.to_owned());
+        } else if let Some(m) = t.strip_prefix("Method: ") {
+            method = Some(m.to_owned());
+        } else if let Some(p) = t.strip_prefix("Path: ") {
+            let f = binary
+                .clone()
+                .expect("an event before its function's Binary");
+            out.insert((method.take().expect("Path without Method"), p.to_owned(), f));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_sam_template_declares_exactly_the_routing_table() {
+    assert_eq!(template_routes(), table());
+}
+
+#[test]
+fn every_function_package_serves_routes_and_every_route_has_a_package() {
+    let dirs: BTreeSet<String> = std::fs::read_dir(repo_root().join("functions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let functions: BTreeSet<String> = ROUTES.iter().map(|r| r.function.to_owned()).collect();
+    assert_eq!(dirs, functions);
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routing_table() {
+    let doc: Value = serde_json::from_slice(&repo_file("openapi.json")).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let routes: BTreeSet<(String, String)> = table().into_iter().map(|(m, p, _)| (m, p)).collect();
+    assert_eq!(documented, routes);
+}
+
+/// The sample events, in an order that makes each one meaningful (create before ingest, ...).
+const EVENTS: &[(&str, &str, u16)] = &[
+    ("me", include_str!("../../events/me/get.json"), 200),
+    (
+        "datasets",
+        include_str!("../../events/datasets/create.json"),
+        201,
+    ),
+    (
+        "datasets",
+        include_str!("../../events/datasets/list.json"),
+        200,
+    ),
+    (
+        "datasets",
+        include_str!("../../events/datasets/get.json"),
+        200,
+    ),
+    (
+        "records",
+        include_str!("../../events/records/ingest.json"),
+        200,
+    ),
+    (
+        "records",
+        include_str!("../../events/records/ingest-ndjson.json"),
+        200,
+    ),
+    (
+        "records",
+        include_str!("../../events/records/get.json"),
+        200,
+    ),
+    (
+        "query",
+        include_str!("../../events/query/filtered-count.json"),
+        200,
+    ),
+    (
+        "query",
+        include_str!("../../events/query/group-by-day.json"),
+        200,
+    ),
+    (
+        "query",
+        include_str!("../../events/query/top-by-sum.json"),
+        200,
+    ),
+    (
+        "records",
+        include_str!("../../events/records/delete.json"),
+        204,
+    ),
+    (
+        "datasets",
+        include_str!("../../events/datasets/delete.json"),
+        204,
+    ),
+];
+
+#[tokio::test]
+async fn every_sample_event_is_served_by_its_function() {
+    let on_disk: usize = std::fs::read_dir(repo_root().join("events"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(on_disk, EVENTS.len(), "an event file is not exercised here");
+
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("acme").await;
+    for (function, raw, status) in EVENTS {
+        let event: Value = serde_json::from_str(raw).unwrap();
+        let route_key = event["routeKey"].as_str().unwrap();
+        let route = ROUTES
+            .iter()
+            .find(|r| format!("{} {}", r.method, r.path) == route_key)
+            .unwrap_or_else(|| panic!("{route_key} is not in the routing table"));
+        assert_eq!(
+            route.function, *function,
+            "{route_key} is served by {}",
+            route.function
+        );
+        let req =
+            lambda_http::request::from_str(&raw.replace("REPLACE_WITH_A_TOKEN", &token)).unwrap();
+        // Through exactly the routes that function serves, as in Lambda.
+        let resp =
+            tenantry::http::dispatch(&app.app, &tenantry::api::routes_for(function), req).await;
+        assert_eq!(
+            resp.status(),
+            *status,
+            "{route_key}: {}",
+            String::from_utf8_lossy(resp.body().as_ref())
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_openapi_example_is_accepted_by_its_handler() {
+    let doc: Value = serde_json::from_slice(&repo_file("openapi.json")).unwrap();
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("acme").await;
+    // Order matters: the dataset first, then records, then queries.
+    let order = [
+        ("/v1/datasets", "post"),
+        ("/v1/datasets/{dataset}/records", "post"),
+        ("/v1/query", "post"),
+    ];
+    let mut seen = 0;
+    for (path, method) in order {
+        let op = &doc["paths"][path][method];
+        let example_path = path.replace("{dataset}", "orders");
+        for (name, example) in op["requestBody"]["content"]["application/json"]["examples"]
+            .as_object()
+            .unwrap()
+        {
+            let body = example["value"].to_string();
+            let r = app
+                .call(&method.to_uppercase(), &example_path, &token, Some(&body))
+                .await;
+            assert!(
+                r.status < 300,
+                "{method} {path} example {name}: {} {}",
+                r.status,
+                r.json
+            );
+            seen += 1;
+        }
+    }
+    // Every operation with a JSON request body has at least one example, and all were sent.
+    let mut documented = 0;
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(ex) =
+                op["requestBody"]["content"]["application/json"]["examples"].as_object()
+            {
+                assert!(!ex.is_empty());
+                documented += ex.len();
+            } else {
+                assert!(
+                    op.get("requestBody").is_none(),
+                    "a request body without JSON examples"
+                );
+            }
+        }
+    }
+    assert_eq!(seen, documented);
+}

@@ -169,9 +169,17 @@ async fn up() -> Result<(), Error> {
             t.name, t.org_id, t.env_name
         );
     }
+    let base = format!("http://127.0.0.1:{port}");
+    let query = r#"{"dataset": "orders", "group_by": ["region"], "aggregates": [{"fn": "sum", "column": "amount", "as": "revenue"}], "order_by": [{"by": "revenue", "dir": "desc"}]}"#;
+    println!("Try (README.md has more):");
+    println!("  curl -s {base}/v1/me -H \"Authorization: Bearer $TOKEN_ACME\"");
     println!(
-        "Try:\n  curl -s http://127.0.0.1:{port}/v1/me -H \"Authorization: Bearer $TOKEN_ACME\"\n"
+        "  curl -s {base}/v1/datasets/orders/records/o-1000 -H \"Authorization: Bearer $TOKEN_ACME\""
     );
+    println!(
+        "  curl -s {base}/v1/query -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' \\"
+    );
+    println!("    -d '{query}'\n");
     server::serve(listener, app, DEV_JWK).await
 }
 

@@ -42,16 +42,16 @@ impl App {
         Ok(Self { config, db, auth })
     }
 
-    /// Builds the app from the environment.
-    pub fn from_env() -> Result<Self, StartError> {
-        Self::new(Config::from_env()?)
+    /// Builds the app from the environment (and Secrets Manager, where configured).
+    pub async fn from_env() -> Result<Self, StartError> {
+        Self::new(Config::from_env()?.resolve().await?)
     }
 }
 
 /// The whole `main` of an HTTP function: builds the app once, then serves `function`'s routes.
 pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http::Error> {
     crate::telemetry::init();
-    let app = Arc::new(App::from_env()?);
+    let app = Arc::new(App::from_env().await?);
     let routes = crate::api::routes_for(function);
     if routes.is_empty() {
         return Err(format!("no routes for function {function}").into());

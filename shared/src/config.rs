@@ -24,18 +24,38 @@ pub enum ConfigError {
 /// Database settings for the functions (who log in as the app role).
 #[derive(Clone)]
 pub struct DbConfig {
-    /// `postgres://tenantry_app:...@host:port/db`. Holds a password: never logged.
+    /// `postgres://tenantry_app:...@host:port/db`. Holds a password: never logged. Empty until
+    /// resolved when the credentials come from Secrets Manager.
     pub url: String,
+    /// Secrets Manager secret holding the credentials, when `url` is not given directly.
+    pub secret_arn: Option<String>,
+    /// Host to connect to instead of the secret's (the RDS Proxy endpoint).
+    pub host_override: Option<String>,
     /// Connections per process. A Lambda serves one request at a time, so a few suffice.
     pub pool_max: usize,
     /// How long a request waits for a connection, or for a new one to open.
     pub connect_timeout: Duration,
 }
 
+impl DbConfig {
+    /// Settings for a known URL, with the default timeouts.
+    pub fn new(url: impl Into<String>, pool_max: usize) -> Self {
+        Self {
+            url: url.into(),
+            pool_max,
+            connect_timeout: Duration::from_secs(5),
+            secret_arn: None,
+            host_override: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for DbConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbConfig")
             .field("url", &"<redacted>")
+            .field("secret_arn", &self.secret_arn)
+            .field("host_override", &self.host_override)
             .field("pool_max", &self.pool_max)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -91,6 +111,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// Fills in what comes from AWS: the database URL from Secrets Manager when only its ARN was
+    /// configured. Logs which source each setting came from.
+    pub async fn resolve(mut self) -> Result<Self, ConfigError> {
+        match (&self.db.secret_arn, self.db.url.is_empty()) {
+            (Some(arn), true) => {
+                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                self.db.url =
+                    crate::secrets::database_url(&sdk, arn, self.db.host_override.as_deref())
+                        .await?;
+                tracing::info!(source = "secrets_manager", "database credentials");
+            }
+            _ => tracing::info!(source = "environment", "database credentials"),
+        }
+        Ok(self)
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -113,7 +149,17 @@ impl Config {
 
         Ok(Self {
             db: DbConfig {
-                url: required("APP_DATABASE_URL")?,
+                url: match (var("APP_DATABASE_URL"), var("APP_DATABASE_SECRET_ARN")) {
+                    (Some(url), _) => url,
+                    (None, Some(_)) => String::new(),
+                    (None, None) => {
+                        return Err(ConfigError::Missing(
+                            "APP_DATABASE_URL or APP_DATABASE_SECRET_ARN",
+                        ));
+                    }
+                },
+                secret_arn: var("APP_DATABASE_SECRET_ARN"),
+                host_override: var("DB_HOST"),
                 pool_max: parse(&var, "DB_POOL_MAX", 4)?,
                 connect_timeout: Duration::from_secs(parse(&var, "DB_CONNECT_TIMEOUT_SECS", 5)?),
             },
@@ -193,7 +239,17 @@ mod tests {
         let err = Config::from_lookup(lookup(&BASE[1..]))
             .err()
             .map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("APP_DATABASE_URL is not set"));
+        assert_eq!(
+            err.as_deref(),
+            Some("APP_DATABASE_URL or APP_DATABASE_SECRET_ARN is not set")
+        );
+        let mut pairs = BASE[1..].to_vec();
+        pairs.push((
+            "APP_DATABASE_SECRET_ARN",
+            "arn:aws:secretsmanager:eu-west-1:1:secret:db",
+        ));
+        let cfg = Config::from_lookup(lookup(&pairs)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.db.url.is_empty() && cfg.db.secret_arn.is_some());
 
         let mut pairs = BASE.to_vec();
         pairs.push(("DB_POOL_MAX", "many"));

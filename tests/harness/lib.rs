@@ -210,12 +210,9 @@ impl TestDb {
 
     /// A pool for the app role at another URL (PgBouncer).
     pub fn pool_at(&self, url: &str, pool_max: usize) -> Db {
-        Db::connect(&tenantry::config::DbConfig {
-            url: url.to_owned(),
-            pool_max,
-            connect_timeout: Duration::from_secs(10),
-        })
-        .unwrap()
+        let mut cfg = tenantry::config::DbConfig::new(url, pool_max);
+        cfg.connect_timeout = Duration::from_secs(10);
+        Db::connect(&cfg).unwrap()
     }
 
     /// A superuser connection to this database.
@@ -660,5 +657,74 @@ impl TestApp {
             )
             .unwrap();
         (id, token)
+    }
+}
+
+static PY_TOOLS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The bin folder of the project's pinned Python tools (moto, cfn-lint, cargo-lambda), installed
+/// by `scripts/py-tools` if needed.
+pub fn py_tools() -> PathBuf {
+    PY_TOOLS
+        .get_or_init(|| {
+            let out = Command::new(repo_root().join("scripts/py-tools"))
+                .output()
+                .expect("running scripts/py-tools");
+            assert!(
+                out.status.success(),
+                "scripts/py-tools failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
+}
+
+/// A moto server: real AWS APIs (Secrets Manager, SQS, ...) on loopback, for the real SDK clients.
+pub struct Moto {
+    /// `http://127.0.0.1:port`
+    pub endpoint: String,
+    child: std::process::Child,
+}
+
+impl Moto {
+    /// Starts one on a free port and waits until it answers.
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(py_tools().join("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    /// An SDK configuration that talks to this server.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

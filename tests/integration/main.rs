@@ -10,4 +10,5 @@ mod me;
 mod migrations;
 mod pooling;
 mod roles;
+mod secrets;
 mod tenant_tx;

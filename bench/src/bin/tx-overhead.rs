@@ -59,11 +59,7 @@ async fn main() -> Result<(), Error> {
         "postgres://tenantry_app:{APP_PASSWORD}@127.0.0.1:{}/{DB}",
         proxy.port
     );
-    let db = Db::connect(&DbConfig {
-        url: app_url.clone(),
-        pool_max: 1,
-        connect_timeout: Duration::from_secs(5),
-    })?;
+    let db = Db::connect(&DbConfig::new(app_url.clone(), 1))?;
     let tenant = TenantId::new();
     provision(
         &db,

@@ -216,7 +216,7 @@ mod tests {
     }
 
     const BASE: &[(&str, &str)] = &[
-        ("APP_DATABASE_URL", "postgres://u:secret@h/db"),
+        ("APP_DATABASE_URL", "postgres://u:hunter2@h/db"),
         ("AUTH0_ISSUER", "https://example.us.auth0.com/"),
         ("AUTH0_AUDIENCE", "https://api.tenantry.dev"),
     ];
@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(cfg.db.pool_max, 4);
         assert_eq!(cfg.auth.leeway, Duration::from_secs(10));
         // The password never shows in Debug output (which is what ends up in logs).
-        assert!(!format!("{cfg:?}").contains("secret"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! - `naive_tx`: the same work without pipelining: BEGIN, set_config, SELECT, COMMIT one by one.
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use tenantry::TenantId;

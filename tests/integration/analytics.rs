@@ -742,3 +742,69 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
         r.json
     );
 }
+
+#[tokio::test]
+async fn columns_past_the_typed_slots_and_every_bucket_work() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    // 18 string columns: the last two have no slot and are read from the JSON.
+    let mut columns: Vec<Value> = (1..=18)
+        .map(|i| json!({"name": format!("c{i}"), "type": "string"}))
+        .collect();
+    columns.push(json!({"name": "at", "type": "timestamp"}));
+    columns.push(json!({"name": "seen", "type": "timestamp"}));
+    let spec = json!({"name": "wide", "columns": columns, "time_column": "at"}).to_string();
+    assert_eq!(
+        app.call("POST", "/v1/datasets", &token, Some(&spec))
+            .await
+            .status,
+        201
+    );
+    let records: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"key": format!("k{i}"), "data": {
+                "c1": format!("a{}", i % 2), "c18": format!("z{}", i % 4),
+                "at": format!("2026-{:02}-{:02}T{:02}:30:00Z", 1 + i % 3, 1 + i % 28, i % 24),
+                "seen": format!("2026-06-{:02}T00:00:00Z", 1 + i % 10)
+            }})
+        })
+        .collect();
+    let r = app
+        .call(
+            "POST",
+            "/v1/datasets/wide/records",
+            &token,
+            Some(&Value::Array(records).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    let r = query(
+        &app,
+        &token,
+        json!({"dataset": "wide", "filter": {"column": "c18", "op": "eq", "value": "z1"},
+        "group_by": ["c18"], "aggregates": [{"fn": "count"}]}),
+    )
+    .await;
+    assert_eq!(r.json["rows"], json!([["z1", 10]]), "{}", r.json);
+
+    let buckets = |bucket: &str, column: &str| {
+        json!({"dataset": "wide",
+        "group_by": [{"column": column, "bucket": bucket, "as": "b"}], "aggregates": [{"fn": "count"}], "limit": 1})
+    };
+    for (bucket, column, first) in [
+        ("month", "at", "2026-01-01T00:00:00+00:00"),
+        ("week", "at", "2025-12-29T00:00:00+00:00"), // the Monday of the week holding Jan 1st
+        ("day", "at", "2026-01-01T00:00:00+00:00"),
+        ("hour", "at", "2026-01-01T00:00:00+00:00"),
+        ("minute", "at", "2026-01-01T00:30:00+00:00"),
+        ("day", "seen", "2026-06-01T00:00:00+00:00"),
+    ] {
+        let r = query(&app, &token, buckets(bucket, column)).await;
+        assert_eq!(
+            r.json["rows"][0][0], first,
+            "{bucket} of {column}: {}",
+            r.json
+        );
+    }
+}

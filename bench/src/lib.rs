@@ -64,6 +64,70 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// The app role's password on the benchmark databases (as on every dev cluster).
+pub const APP_PASSWORD: &str = "tenantry_app_dev";
+
+/// URLs of a benchmark database.
+#[derive(Debug)]
+pub struct BenchDb {
+    /// Superuser URL.
+    pub admin_url: String,
+    /// App-role URL.
+    pub app_url: String,
+    /// Postgres's port.
+    pub port: u16,
+    /// Whether it already existed with `marker` in it (so seeding can be skipped).
+    pub reused: bool,
+}
+
+/// A migrated database named `name`. With `marker`, an existing database that has a table of
+/// that name (left by a completed seed) is reused; otherwise it is dropped and created afresh.
+pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb, Error> {
+    use tokio_postgres::NoTls;
+    let admin: tokio_postgres::Config = admin_url()?.parse()?;
+    let port = admin.get_ports().first().copied().unwrap_or(5432);
+    let user = admin.get_user().unwrap_or("postgres").to_owned();
+    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
+    let admin_url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}");
+    let app_url = format!("postgres://tenantry_app:{APP_PASSWORD}@127.0.0.1:{port}/{name}");
+
+    let (c, conn) = admin.connect(NoTls).await?;
+    tokio::spawn(conn);
+    let exists = !c
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_empty();
+    let mut reused = false;
+    if let (true, Some(marker)) = (exists, marker) {
+        let (d, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
+        tokio::spawn(conn);
+        reused = !d
+            .query("SELECT 1 FROM pg_tables WHERE tablename = $1", &[&marker])
+            .await?
+            .is_empty();
+    }
+    if !reused {
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        c.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    }
+    tenantry::db::migrate::run(
+        &admin_url,
+        &tenantry::db::migrate::embedded()?,
+        &tenantry::db::migrate::RolePasswords {
+            app: Some(APP_PASSWORD.into()),
+            support: None,
+        },
+    )
+    .await?;
+    Ok(BenchDb {
+        admin_url,
+        app_url,
+        port,
+        reused,
+    })
+}
+
 /// The admin URL: `DATABASE_URL` (set by `scripts/bench` from `scripts/pg`).
 pub fn admin_url() -> Result<String, Error> {
     std::env::var("DATABASE_URL")

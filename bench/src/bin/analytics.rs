@@ -15,16 +15,13 @@ use tenantry::analytics::DatasetSpec;
 use tenantry::analytics::datasets::{self, DatasetRef};
 use tenantry::analytics::query::{self, QueryLimits, QuerySpec};
 use tenantry::config::Config;
-use tenantry::db::migrate::{self, RolePasswords};
 use tenantry::db::{Access, Db, TenantContext};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, Samples, admin_url};
+use tenantry_bench::{Error, Samples, bench_database};
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
-
-const APP_PASSWORD: &str = "tenantry_app_dev";
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -86,46 +83,12 @@ async fn main() -> Result<(), Error> {
     let requests = env("BENCH_REQUESTS", 2000);
     let ingest_requests = env("BENCH_INGEST_REQUESTS", 200);
 
-    let admin: tokio_postgres::Config = admin_url()?.parse()?;
-    let pg_port = admin.get_ports().first().copied().unwrap_or(5432);
-    let user = admin.get_user().unwrap_or("postgres").to_owned();
-    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
-    let db_name = format!("bench_analytics_{tenants}_{rows}");
-    let admin_db = format!("postgres://{user}:{password}@127.0.0.1:{pg_port}/{db_name}");
-    let app_url = format!("postgres://tenantry_app:{APP_PASSWORD}@127.0.0.1:{pg_port}/{db_name}");
-
-    let (c, conn) = admin.connect(NoTls).await?;
-    tokio::spawn(conn);
-    let exists = !c
-        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db_name])
-        .await?
-        .is_empty();
-    let seeded = exists && {
-        let (d, conn) = tokio_postgres::connect(&admin_db, NoTls).await?;
-        tokio::spawn(conn);
-        d.query(
-            "SELECT 1 FROM pg_tables WHERE tablename = 'bench_seeded'",
-            &[],
-        )
-        .await?
-        .len()
-            == 1
-    };
-    if !seeded {
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-            .await?;
-        c.batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await?;
-    }
-    migrate::run(
-        &admin_db,
-        &migrate::embedded()?,
-        &RolePasswords {
-            app: Some(APP_PASSWORD.into()),
-            support: None,
-        },
+    let db = bench_database(
+        &format!("bench_analytics_{tenants}_{rows}"),
+        Some("bench_seeded"),
     )
     .await?;
+    let (admin_db, app_url, seeded) = (db.admin_url, db.app_url, db.reused);
 
     let jwks = JwksServer::start(json!({ "keys": [dev_jwk("dev")] })).await;
     let vars = [

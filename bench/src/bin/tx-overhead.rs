@@ -12,16 +12,14 @@ use std::time::Instant;
 use serde_json::json;
 use tenantry::TenantId;
 use tenantry::config::DbConfig;
-use tenantry::db::migrate::{self, RolePasswords};
 use tenantry::db::{Access, Db, TenantContext};
 use tenantry::tenants::{NewTenant, provision};
-use tenantry_bench::{Error, Samples, admin_url};
+use tenantry_bench::{APP_PASSWORD, Error, Samples, bench_database};
 use tenantry_tests::CountingProxy;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 
 const DB: &str = "bench_tx_overhead";
-const APP_PASSWORD: &str = "tenantry_app_dev";
 const SQL: &str = "SELECT name FROM app.datasets WHERE tenant_id = $1";
 
 // One request at a time per execution environment, so one thread: it also keeps TenantTx's
@@ -32,27 +30,8 @@ async fn main() -> Result<(), Error> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let admin: tokio_postgres::Config = admin_url()?.parse()?;
-    let pg_port = admin.get_ports().first().copied().unwrap_or(5432);
-    let user = admin.get_user().unwrap_or("postgres").to_owned();
-    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
-
-    // A fresh, migrated database.
-    let (c, conn) = admin.connect(NoTls).await?;
-    tokio::spawn(conn);
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .await?;
-    c.batch_execute(&format!("CREATE DATABASE {DB}")).await?;
-    let admin_db = format!("postgres://{user}:{password}@127.0.0.1:{pg_port}/{DB}");
-    migrate::run(
-        &admin_db,
-        &migrate::embedded()?,
-        &RolePasswords {
-            app: Some(APP_PASSWORD.into()),
-            support: None,
-        },
-    )
-    .await?;
+    let bench = bench_database(DB, None).await?;
+    let pg_port = bench.port;
 
     let proxy = CountingProxy::start(pg_port).await?;
     let app_url = format!(
@@ -143,10 +122,6 @@ async fn main() -> Result<(), Error> {
             json!({ "round_trips": flights, "p50_vs_bare": (ratio * 100.0).round() / 100.0 }),
         );
     }
-    drop(raw);
-    drop(db);
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        .await?;
     Ok(())
 }
 

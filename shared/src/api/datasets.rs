@@ -5,15 +5,25 @@ use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
 use crate::App;
-use crate::analytics::DatasetSpec;
 use crate::analytics::datasets::{self, DatasetRef};
-use crate::db::Access;
+use crate::analytics::{Dataset, DatasetSpec};
+use crate::db::{Access, TenantTx};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
 
 /// The dataset named by the `{dataset}` path parameter, or the same 404 as an unknown one.
 pub(super) fn dataset_ref(ctx: &RequestCtx) -> Result<DatasetRef, ApiError> {
     ctx.param("dataset")
         .and_then(DatasetRef::parse)
+        .ok_or_else(dataset_not_found)
+}
+
+/// The dataset, or the same 404 as for an unknown one.
+pub(super) async fn find_dataset(
+    tx: &mut TenantTx,
+    dataset: &DatasetRef,
+) -> Result<Dataset, ApiError> {
+    datasets::find(tx, dataset)
+        .await?
         .ok_or_else(dataset_not_found)
 }
 
@@ -37,11 +47,7 @@ pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
             )
             .with_extra(json!({ "errors": errors })));
         }
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadWrite)
-            .await?;
+        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
         let created = datasets::create(&mut tx, &spec).await?;
         tx.commit().await?;
         let dataset = created.ok_or_else(|| {
@@ -61,11 +67,7 @@ pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
 
 pub(super) fn list<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadOnly)
-            .await?;
+        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
         let all = datasets::list(&mut tx).await?;
         tx.commit().await?;
         json_response(StatusCode::OK, &json!({ "datasets": all }))
@@ -75,14 +77,10 @@ pub(super) fn list<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> 
 pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
         let dataset = dataset_ref(ctx)?;
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadOnly)
-            .await?;
-        let found = datasets::find(&mut tx, &dataset).await?;
+        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
+        let found = find_dataset(&mut tx, &dataset).await?;
         tx.commit().await?;
-        json_response(StatusCode::OK, &found.ok_or_else(dataset_not_found)?)
+        json_response(StatusCode::OK, &found)
     })
 }
 
@@ -93,11 +91,7 @@ pub(super) fn delete<'a>(
 ) -> HandlerFuture<'a> {
     Box::pin(async move {
         let dataset = dataset_ref(ctx)?;
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadWrite)
-            .await?;
+        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
         if !datasets::delete(&mut tx, &dataset).await? {
             return Err(dataset_not_found());
         }

@@ -40,10 +40,7 @@ struct PrincipalView<'a> {
 pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
         let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadOnly)
-            .await?;
+        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
         let tenant_id = principal.tenant_id.as_uuid();
         let row = tx
             .query_opt(

@@ -10,7 +10,9 @@ mod records;
 
 use http::Method;
 
-use crate::http::{Handler, Route};
+use crate::App;
+use crate::db::{Access, TenantTx, TxSettings};
+use crate::http::{ApiError, Handler, RequestCtx, Route};
 
 /// Every route of the HTTP API.
 pub static ROUTES: &[Route] = &[
@@ -73,4 +75,23 @@ pub fn routes_for(function: &str) -> Vec<&'static Route> {
 /// Every route (the local runner serves them all).
 pub fn all_routes() -> Vec<&'static Route> {
     ROUTES.iter().collect()
+}
+
+/// Begins the caller's transaction: the only way a handler reaches tenant data.
+async fn begin(app: &App, ctx: &RequestCtx, access: Access) -> Result<TenantTx, ApiError> {
+    begin_with(app, ctx, access, TxSettings::default()).await
+}
+
+/// As [`begin`], with per-transaction settings.
+async fn begin_with(
+    app: &App,
+    ctx: &RequestCtx,
+    access: Access,
+    settings: TxSettings,
+) -> Result<TenantTx, ApiError> {
+    let principal = ctx.principal()?;
+    Ok(app
+        .db
+        .begin_with(&principal.tenant_context(), access, settings)
+        .await?)
 }

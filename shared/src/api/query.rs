@@ -5,9 +5,9 @@ use http::StatusCode;
 use lambda_http::Request;
 use serde_json::json;
 
-use super::datasets::dataset_not_found;
+use super::datasets::{dataset_not_found, find_dataset};
 use crate::App;
-use crate::analytics::datasets::{self, DatasetRef};
+use crate::analytics::datasets::DatasetRef;
 use crate::analytics::query::{self, QueryLimits, QuerySpec};
 use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
@@ -16,31 +16,24 @@ pub(super) fn run<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
     Box::pin(async move {
         let spec: QuerySpec = json_body(req)?;
         let dataset = DatasetRef::parse(&spec.dataset).ok_or_else(dataset_not_found)?;
-        let principal = ctx.principal()?;
+        let tenant = ctx.principal()?.tenant_id.as_uuid();
         let cfg = &app.config.analytics;
         let settings = TxSettings {
             statement_timeout: Some(cfg.query_timeout),
         };
-        let mut tx = app
-            .db
-            .begin_with(&principal.tenant_context(), Access::ReadOnly, settings)
-            .await?;
-        let ds = datasets::find(&mut tx, &dataset)
-            .await?
-            .ok_or_else(dataset_not_found)?;
+        let mut tx = super::begin_with(app, ctx, Access::ReadOnly, settings).await?;
+        let ds = find_dataset(&mut tx, &dataset).await?;
         let limits = QueryLimits {
             max_limit: cfg.query_max_limit,
             ..QueryLimits::default()
         };
-        let compiled = query::compile(&spec, &ds, principal.tenant_id.as_uuid(), limits).map_err(
-            |errors| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    "The query does not fit the dataset; see errors.",
-                )
-                .with_extra(json!({ "errors": errors }))
-            },
-        )?;
+        let compiled = query::compile(&spec, &ds, tenant, limits).map_err(|errors| {
+            ApiError::bad_request(
+                "invalid_query",
+                "The query does not fit the dataset; see errors.",
+            )
+            .with_extra(json!({ "errors": errors }))
+        })?;
         let result = query::run(&mut tx, &compiled).await?;
         tx.commit().await?;
         json_response(StatusCode::OK, &result)

@@ -4,9 +4,8 @@ use http::StatusCode;
 use lambda_http::Request;
 use serde_json::{Value, json};
 
-use super::datasets::{dataset_not_found, dataset_ref, no_content};
+use super::datasets::{dataset_ref, find_dataset, no_content};
 use crate::App;
-use crate::analytics::datasets;
 use crate::analytics::ingest::{self, RecordError};
 use crate::db::Access;
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
@@ -83,14 +82,8 @@ pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
                 format!("At most {max} records per request; split the batch."),
             ));
         }
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadWrite)
-            .await?;
-        let ds = datasets::find(&mut tx, &dataset)
-            .await?
-            .ok_or_else(dataset_not_found)?;
+        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
+        let ds = find_dataset(&mut tx, &dataset).await?;
         let batch = ingest::validate(&ds, items)
             .map_err(|(total, errors)| invalid_records(total, errors))?;
         let outcome = ingest::write(&mut tx, &ds, &batch).await?;
@@ -120,14 +113,8 @@ pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> H
     Box::pin(async move {
         let dataset = dataset_ref(ctx)?;
         let key = key(ctx)?;
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadOnly)
-            .await?;
-        let ds = datasets::find(&mut tx, &dataset)
-            .await?
-            .ok_or_else(dataset_not_found)?;
+        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
+        let ds = find_dataset(&mut tx, &dataset).await?;
         let record = ingest::get(&mut tx, ds.id, key)
             .await?
             .ok_or_else(record_not_found)?;
@@ -147,14 +134,8 @@ pub(super) fn delete<'a>(
     Box::pin(async move {
         let dataset = dataset_ref(ctx)?;
         let key = key(ctx)?;
-        let principal = ctx.principal()?;
-        let mut tx = app
-            .db
-            .begin(&principal.tenant_context(), Access::ReadWrite)
-            .await?;
-        let ds = datasets::find(&mut tx, &dataset)
-            .await?
-            .ok_or_else(dataset_not_found)?;
+        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
+        let ds = find_dataset(&mut tx, &dataset).await?;
         if !ingest::delete(&mut tx, ds.id, key).await? {
             return Err(record_not_found());
         }

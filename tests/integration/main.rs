@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod api_keys;
 mod auth;
 mod catalog;
 mod contract;

@@ -3,6 +3,7 @@
 //! [`ROUTES`] is the single source of truth: each Lambda function serves its rows, the local runner
 //! serves them all, and a test checks the SAM template against it.
 
+mod api_keys;
 mod datasets;
 mod me;
 mod query;
@@ -50,6 +51,14 @@ pub static ROUTES: &[Route] = &[
         records::delete,
     ),
     route(Method::POST, "/v1/query", "query", query::run),
+    route(Method::POST, "/v1/api-keys", "api-keys", api_keys::create),
+    route(Method::GET, "/v1/api-keys", "api-keys", api_keys::list),
+    route(
+        Method::DELETE,
+        "/v1/api-keys/{key_id}",
+        "api-keys",
+        api_keys::revoke,
+    ),
 ];
 
 const fn route(

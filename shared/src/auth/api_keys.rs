@@ -42,6 +42,23 @@ impl std::fmt::Debug for NewApiKey {
     }
 }
 
+/// A key as listed: never the secret, never the hash.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiKeyInfo {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// The public prefix.
+    pub prefix: String,
+    /// Its name.
+    pub name: String,
+    /// Who created it (`user:<sub>`).
+    pub created_by: String,
+    /// When.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Creating, revoking and verifying tenant API keys.
 #[derive(Debug)]
 pub struct ApiKeys;
@@ -75,6 +92,29 @@ impl ApiKeys {
             key,
             name: name.to_owned(),
         })
+    }
+
+    /// The tenant's keys, newest first.
+    pub async fn list(tx: &mut TenantTx) -> Result<Vec<ApiKeyInfo>, DbError> {
+        let tenant = tx.tenant_id().as_uuid();
+        let rows = tx
+            .query(
+                "SELECT key_id, prefix, name, created_by, created_at, revoked_at \
+                 FROM app.api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, key_id DESC",
+                &[(&tenant, Type::UUID)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApiKeyInfo {
+                key_id: r.get(0),
+                prefix: r.get(1),
+                name: r.get(2),
+                created_by: r.get(3),
+                created_at: r.get(4),
+                revoked_at: r.get(5),
+            })
+            .collect())
     }
 
     /// Revokes a key of the transaction's tenant. False if there is no such key (or it is

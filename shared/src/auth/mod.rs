@@ -8,7 +8,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-pub use api_keys::{ApiKeys, NewApiKey};
+pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use jwt::{JwtVerifier, VerifiedClaims};
 
 use crate::config::AuthConfig;
@@ -49,6 +49,12 @@ impl Principal {
             Subject::User { id } => format!("user:{id}"),
             Subject::ApiKey { key_id } => format!("api_key:{key_id}"),
         }
+    }
+
+    /// Whether this is a person holding one of `roles` (API keys hold no roles).
+    pub fn is_user_with_any_role(&self, roles: &[&str]) -> bool {
+        matches!(self.subject, Subject::User { .. })
+            && self.roles.iter().any(|r| roles.contains(&r.as_str()))
     }
 
     /// The context a [`crate::db::TenantTx`] for this principal runs in.

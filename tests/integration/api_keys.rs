@@ -1,0 +1,146 @@
+//! API-key management over HTTP: only tenant admins, shown once, listed without secrets, revocable,
+//! and confined to the tenant.
+
+use std::time::Duration;
+
+use tenantry_tests::{TestApp, gateway_event, issuer};
+
+async fn me_with_key(app: &TestApp, key: &str) -> u16 {
+    app.send(gateway_event("GET", "/v1/me", &[("x-api-key", key)], None))
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn admins_create_list_and_revoke_keys() {
+    let app = TestApp::new().await;
+    let (_, admin) = app.tenant_with_token("alpha").await;
+
+    let r = app
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &admin,
+            Some(r#"{"name": "nightly-etl"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let key = r.json["key"].as_str().unwrap().to_owned();
+    let key_id = r.json["key_id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("tnt_{}_", r.json["prefix"].as_str().unwrap())));
+    assert_eq!(me_with_key(&app, &key).await, 200);
+
+    let list = app.call("GET", "/v1/api-keys", &admin, None).await;
+    let keys = list.json["api_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["name"], "nightly-etl");
+    assert_eq!(keys[0]["created_by"], "user:auth0|alpha-user");
+    assert!(keys[0].get("key").is_none() && keys[0].get("hash").is_none());
+    assert!(
+        !list.json.to_string().contains(&key[17..]),
+        "the secret is listed"
+    );
+
+    let r = app
+        .call("DELETE", &format!("/v1/api-keys/{key_id}"), &admin, None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(me_with_key(&app, &key).await, 401);
+    // Revoking again is fine; an unknown or malformed id is a 404.
+    assert_eq!(
+        app.call("DELETE", &format!("/v1/api-keys/{key_id}"), &admin, None)
+            .await
+            .status,
+        204
+    );
+    let unknown = app
+        .call(
+            "DELETE",
+            &format!("/v1/api-keys/{}", uuid::Uuid::now_v7()),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.json["code"].as_str()),
+        (404, Some("api_key_not_found"))
+    );
+    assert_eq!(
+        app.call("DELETE", "/v1/api-keys/not-a-uuid", &admin, None)
+            .await
+            .status,
+        404
+    );
+    for body in [
+        "{}",
+        r#"{"name": ""}"#,
+        r#"{"name": "x", "scopes": ["all"]}"#,
+    ] {
+        let r = app.call("POST", "/v1/api-keys", &admin, Some(body)).await;
+        assert_eq!(r.status, 400, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn members_and_keys_cannot_manage_keys_and_tenants_cannot_touch_each_others() {
+    let app = TestApp::new().await;
+    let (_, admin_a) = app.tenant_with_token("alpha").await;
+    let (_, admin_b) = app.tenant_with_token("bravo").await;
+    let member_a = issuer()
+        .token(
+            "auth0|bob",
+            "org_alpha",
+            &["member"],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+
+    for (method, path, body) in [
+        ("POST", "/v1/api-keys", Some(r#"{"name": "mine"}"#)),
+        ("GET", "/v1/api-keys", None),
+        (
+            "DELETE",
+            "/v1/api-keys/01900000-0000-7000-8000-000000000001",
+            None,
+        ),
+    ] {
+        let r = app.call(method, path, &member_a, body).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (403, Some("insufficient_role")),
+            "{method} {path}"
+        );
+    }
+
+    // A key cannot mint another key (a leaked key must not be able to entrench itself).
+    let key_a = app
+        .call("POST", "/v1/api-keys", &admin_a, Some(r#"{"name": "ci"}"#))
+        .await;
+    let key_a_secret = key_a.json["key"].as_str().unwrap().to_owned();
+    let req = gateway_event(
+        "POST",
+        "/v1/api-keys",
+        &[
+            ("x-api-key", &key_a_secret),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"name": "persistence"}"#),
+    );
+    assert_eq!(app.send(req).await.status, 403);
+
+    // B's admin cannot see or revoke A's key: it looks like no key at all.
+    let key_a_id = key_a.json["key_id"].as_str().unwrap();
+    let list_b = app.call("GET", "/v1/api-keys", &admin_b, None).await;
+    assert_eq!(list_b.json["api_keys"].as_array().unwrap().len(), 0);
+    let r = app
+        .call(
+            "DELETE",
+            &format!("/v1/api-keys/{key_a_id}"),
+            &admin_b,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(me_with_key(&app, &key_a_secret).await, 200);
+}

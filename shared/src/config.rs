@@ -21,6 +21,20 @@ pub enum ConfigError {
     },
 }
 
+/// Whether connections to Postgres (or RDS Proxy) use TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum DbTls {
+    /// Plain TCP (the local cluster on loopback).
+    #[default]
+    Disable,
+    /// TLS required, the server's certificate verified against the Mozilla roots (which cover
+    /// RDS Proxy's Amazon-issued certificates) plus, optionally, the CAs in a PEM file.
+    Require {
+        /// Extra trusted CAs (PEM), e.g. the RDS CA bundle for direct instance connections.
+        ca_file: Option<std::path::PathBuf>,
+    },
+}
+
 /// Database settings for the functions (who log in as the app role).
 #[derive(Clone)]
 pub struct DbConfig {
@@ -35,6 +49,8 @@ pub struct DbConfig {
     pub pool_max: usize,
     /// How long a request waits for a connection, or for a new one to open.
     pub connect_timeout: Duration,
+    /// TLS to the database.
+    pub tls: DbTls,
 }
 
 impl DbConfig {
@@ -46,6 +62,7 @@ impl DbConfig {
             connect_timeout: Duration::from_secs(5),
             secret_arn: None,
             host_override: None,
+            tls: DbTls::Disable,
         }
     }
 }
@@ -56,6 +73,7 @@ impl std::fmt::Debug for DbConfig {
             .field("url", &"<redacted>")
             .field("secret_arn", &self.secret_arn)
             .field("host_override", &self.host_override)
+            .field("tls", &self.tls)
             .field("pool_max", &self.pool_max)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -160,6 +178,18 @@ impl Config {
                 },
                 secret_arn: var("APP_DATABASE_SECRET_ARN"),
                 host_override: var("DB_HOST"),
+                tls: match var("DB_SSLMODE").as_deref() {
+                    None | Some("disable") => DbTls::Disable,
+                    Some("require") => DbTls::Require {
+                        ca_file: var("DB_SSL_ROOT_CERT").map(Into::into),
+                    },
+                    Some(_) => {
+                        return Err(ConfigError::Invalid {
+                            name: "DB_SSLMODE",
+                            reason: "use disable or require".into(),
+                        });
+                    }
+                },
                 pool_max: parse(&var, "DB_POOL_MAX", 4)?,
                 connect_timeout: Duration::from_secs(parse(&var, "DB_CONNECT_TIMEOUT_SECS", 5)?),
             },
@@ -257,6 +287,11 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("DB_POOL_MAX is invalid: not a number"));
+
+        let mut pairs = BASE.to_vec();
+        pairs.push(("DB_SSLMODE", "prefer"));
+        let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("DB_SSLMODE is invalid: use disable or require"));
 
         let mut pairs = BASE.to_vec();
         pairs[1] = ("AUTH0_ISSUER", "http://evil.example/");

@@ -436,6 +436,21 @@ pub struct PgBouncer {
 impl PgBouncer {
     /// Starts one. Needs the `pgbouncer` binary (the test command installs Debian's package).
     pub fn start(server_pool_size: u32) -> Self {
+        Self::start_with(server_pool_size, false)
+    }
+
+    /// Starts one that requires TLS from clients, as RDS Proxy can, with a certificate for
+    /// 127.0.0.1 signed by a fresh CA at [`ca_file`](Self::ca_file).
+    pub fn start_tls(server_pool_size: u32) -> Self {
+        Self::start_with(server_pool_size, true)
+    }
+
+    /// The CA that signed this PgBouncer's certificate (TLS mode only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("root.crt")
+    }
+
+    fn start_with(server_pool_size: u32, tls: bool) -> Self {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -463,6 +478,29 @@ impl PgBouncer {
             ),
         )
         .unwrap();
+        if tls {
+            let d = dir.display().to_string();
+            let script = format!(
+                "set -e; cd {d}; \
+                 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=test CA' -keyout ca.key -out root.crt \
+                   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; \
+                 openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr; \
+                 printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext; \
+                 openssl x509 -req -in server.csr -CA root.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt; \
+                 chmod 600 server.key"
+            );
+            let ok = Command::new("sh").args(["-c", &script]).output().unwrap();
+            assert!(
+                ok.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&ok.stderr)
+            );
+            let mut ini = std::fs::read_to_string(dir.join("pgbouncer.ini")).unwrap();
+            ini.push_str(&format!(
+                "client_tls_sslmode = require\nclient_tls_key_file = {d}/server.key\nclient_tls_cert_file = {d}/server.crt\n"
+            ));
+            std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
+        }
         let ini = dir.join("pgbouncer.ini");
         // PgBouncer refuses to run as root; the cluster's unprivileged user runs it.
         let is_root = Command::new("id")

@@ -142,3 +142,43 @@ async fn one_server_connection_many_tenants_through_pgbouncer() {
     let (id, name) = &canaries[1];
     turn(&db, *id, name, 1).await;
 }
+
+/// TLS to the pooler, as to RDS Proxy with "Require TLS": the certificate is verified (a CA we
+/// did not trust is refused), and plain connections are refused by the pooler.
+#[tokio::test]
+async fn tls_to_the_pooler_is_verified() {
+    use tenantry::config::{DbConfig, DbTls};
+    let test = TestDb::new().await;
+    let seed = test.pool(1);
+    let canaries = seed_canaries(&seed).await;
+    let bouncer = PgBouncer::start_tls(1);
+    let url = bouncer.app_url(&test.name);
+
+    let mut cfg = DbConfig::new(&url, 2);
+    cfg.tls = DbTls::Require {
+        ca_file: Some(bouncer.ca_file()),
+    };
+    let db = tenantry::db::Db::connect(&cfg).unwrap();
+    let (id, name) = &canaries[0];
+    turn(&db, *id, name, 1).await;
+
+    // Only the public roots: the test CA is unknown, so the handshake must fail.
+    cfg.tls = DbTls::Require { ca_file: None };
+    let untrusting = tenantry::db::Db::connect(&cfg).unwrap();
+    assert!(
+        untrusting
+            .begin(&as_tenant(*id), Access::ReadOnly)
+            .await
+            .is_err()
+    );
+
+    // No TLS at all: the pooler refuses.
+    cfg.tls = DbTls::Disable;
+    let plain = tenantry::db::Db::connect(&cfg).unwrap();
+    assert!(
+        plain
+            .begin(&as_tenant(*id), Access::ReadOnly)
+            .await
+            .is_err()
+    );
+}

@@ -18,7 +18,7 @@ pub use tokio_postgres::Row;
 pub use tokio_postgres::types::{ToSql, Type as SqlType};
 pub use tx::{Access, Param, TenantContext, TenantTx, TxSettings};
 
-use crate::config::DbConfig;
+use crate::config::{DbConfig, DbTls};
 use crate::ids::TenantId;
 
 /// A database failure, classified so the HTTP layer can answer with the right status.
@@ -66,6 +66,34 @@ impl DbError {
     }
 }
 
+/// A rustls connector that verifies the server against the Mozilla roots and `ca_file`'s CAs.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, DbError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| DbError::Config(format!("DB_SSL_ROOT_CERT {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| DbError::Config(format!("DB_SSL_ROOT_CERT: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| DbError::Config(format!("DB_SSL_ROOT_CERT: {e}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::aws_lc_rs::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DbError::Config(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 /// A tenant that an Auth0 organization or API key maps to, with its status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantRef {
@@ -108,13 +136,16 @@ impl Db {
             .keepalives_idle(Duration::from_secs(30));
         // Recycling only checks that the connection is open: no extra round trip per request. A
         // connection that died while the Lambda was frozen is caught by TenantTx's one retry.
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &cfg.tls {
+            DbTls::Disable => Manager::from_config(pg, NoTls, manager_config),
+            DbTls::Require { ca_file } => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(pg, tls_connector(ca_file.as_deref())?, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_max.max(1))
             .timeouts(Timeouts {

@@ -290,8 +290,13 @@ mod tests {
 
         let mut pairs = BASE.to_vec();
         pairs.push(("DB_SSLMODE", "prefer"));
-        let err = Config::from_lookup(lookup(&pairs)).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("DB_SSLMODE is invalid: use disable or require"));
+        let err = Config::from_lookup(lookup(&pairs))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("DB_SSLMODE is invalid: use disable or require")
+        );
 
         let mut pairs = BASE.to_vec();
         pairs[1] = ("AUTH0_ISSUER", "http://evil.example/");

@@ -33,6 +33,8 @@ async fn admins_create_list_and_revoke_keys() {
 
     let list = app.call("GET", "/v1/api-keys", &admin, None).await;
     let keys = list.json["api_keys"].as_array().unwrap();
+    // It was used once, just above.
+    assert!(keys[0]["last_used_at"].is_string(), "{}", list.json);
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["name"], "nightly-etl");
     assert_eq!(keys[0]["created_by"], "user:auth0|alpha-user");

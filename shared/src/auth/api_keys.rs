@@ -55,6 +55,8 @@ pub struct ApiKeyInfo {
     pub created_by: String,
     /// When.
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it was last used (to the minute), if ever.
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -99,7 +101,7 @@ impl ApiKeys {
         let tenant = tx.tenant_id().as_uuid();
         let rows = tx
             .query(
-                "SELECT key_id, prefix, name, created_by, created_at, revoked_at \
+                "SELECT key_id, prefix, name, created_by, created_at, last_used_at, revoked_at \
                  FROM app.api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, key_id DESC",
                 &[(&tenant, Type::UUID)],
             )
@@ -112,9 +114,26 @@ impl ApiKeys {
                 name: r.get(2),
                 created_by: r.get(3),
                 created_at: r.get(4),
-                revoked_at: r.get(5),
+                last_used_at: r.get(5),
+                revoked_at: r.get(6),
             })
             .collect())
+    }
+
+    /// Records that a key was used (skipped if it was recorded in the last minute).
+    pub async fn touch(
+        db: &Db,
+        ctx: &crate::db::TenantContext,
+        key_id: Uuid,
+    ) -> Result<(), DbError> {
+        let mut tx = db.begin(ctx, crate::db::Access::ReadWrite).await?;
+        tx.execute(
+            "UPDATE app.api_keys SET last_used_at = now() WHERE key_id = $1 \
+             AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            &[(&key_id, Type::UUID)],
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// Revokes a key of the transaction's tenant. False if there is no such key (or it is

@@ -107,7 +107,13 @@ pub struct Authenticator {
     jwt: JwtVerifier,
     db: Db,
     roles_claim: String,
+    /// When this process last recorded each key's use, so `last_used_at` costs a write at most
+    /// once a minute per key rather than on every request.
+    key_uses: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
 }
+
+/// How stale `api_keys.last_used_at` may get.
+const KEY_USE_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Authenticator {
     /// A verifier for `cfg`, mapping organizations and keys through `db`.
@@ -116,6 +122,7 @@ impl Authenticator {
             jwt: JwtVerifier::new(cfg),
             db,
             roles_claim: cfg.roles_claim.clone(),
+            key_uses: Default::default(),
         }
     }
 
@@ -166,11 +173,34 @@ impl Authenticator {
     async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (key_id, tenant) = ApiKeys::verify(&self.db, key).await?;
         ensure_active(&tenant)?;
-        Ok(Principal {
+        let principal = Principal {
             tenant_id: tenant.tenant_id,
             subject: Subject::ApiKey { key_id },
             roles: Vec::new(),
-        })
+        };
+        self.record_key_use(&principal, key_id).await;
+        Ok(principal)
+    }
+
+    /// Updates the key's `last_used_at` (in its tenant's transaction), at most once a minute per
+    /// key and process. Best effort: a failure here is logged, never a refused request.
+    async fn record_key_use(&self, principal: &Principal, key_id: Uuid) {
+        let now = std::time::Instant::now();
+        {
+            let Ok(mut uses) = self.key_uses.lock() else {
+                return;
+            };
+            if uses
+                .get(&key_id)
+                .is_some_and(|t| now.duration_since(*t) < KEY_USE_RESOLUTION)
+            {
+                return;
+            }
+            uses.insert(key_id, now);
+        }
+        if let Err(e) = ApiKeys::touch(&self.db, &principal.tenant_context(), key_id).await {
+            tracing::warn!(error = %e, key_id = %key_id, "could not record API key use");
+        }
     }
 }
 

@@ -157,3 +157,34 @@ async fn a_database_outage_is_a_503_not_a_leak() {
     assert!(!text.contains("secret-password"));
     assert_eq!(body_json(&resp)["code"], "auth_unavailable");
 }
+
+fn panicking<'a>(
+    _app: &'a tenantry::App,
+    _ctx: &'a tenantry::http::RequestCtx,
+    _req: &'a Request,
+) -> tenantry::http::HandlerFuture<'a> {
+    Box::pin(async move { panic!("a bug in a handler, with secret=hunter2 in its message") })
+}
+
+/// A handler that panics answers a problem document; the panic never reaches the runtime and its
+/// message never reaches the caller.
+#[tokio::test]
+async fn a_panicking_handler_becomes_a_500_problem() {
+    let app = TestApp::new().await;
+    let route = tenantry::http::Route {
+        method: http::Method::GET,
+        path: "/v1/me",
+        function: "me",
+        authenticated: false,
+        handler: panicking,
+    };
+    let resp = dispatch(&app.app, &[&route], event(None)).await;
+    assert_eq!(resp.status(), 500);
+    let body = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
+    assert!(!body.contains("hunter2"));
+    assert_eq!(body_json(&resp)["code"], "internal");
+    assert_eq!(resp.headers()["x-request-id"], "CZ5N8jXvjoEEMvA=");
+    // And the app keeps serving.
+    let resp = dispatch(&app.app, &[&route], event(None)).await;
+    assert_eq!(resp.status(), 500);
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod ids;
+pub mod rag;
 pub mod secrets;
 pub mod telemetry;
 pub mod tenants;

@@ -31,6 +31,11 @@ const TABLES: &[(&str, &str)] = &[
         "records",
         "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, gen_random_uuid(), 'intruded', '{}')",
     ),
+    (
+        "chunks",
+        "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content)
+         VALUES ($1, gen_random_uuid(), 'intruded', 0, 1, 'note', 'x')",
+    ),
 ];
 
 struct Seeded {
@@ -63,6 +68,13 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     t.execute(
         "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'r1', $3::text::jsonb)",
         &[(&id, Type::UUID), (&dataset, Type::UUID), (&secret, Type::TEXT)],
+    )
+    .await
+    .unwrap();
+    t.execute(
+        "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content) \
+         VALUES ($1, $2, 'r1', 0, 1, 'note', 'shared words')",
+        &[(&id, Type::UUID), (&dataset, Type::UUID)],
     )
     .await
     .unwrap();
@@ -239,6 +251,13 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
             "records",
             "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'r1', '{}') \
              ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE SET data = '{\"pwned\": true}'".into(),
+            vec![(&b_id, Type::UUID), (&b.dataset, Type::UUID)],
+        ),
+        (
+            "chunks",
+            "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content) \
+             VALUES ($1, $2, 'r1', 0, 1, 'note', 'x') \
+             ON CONFLICT (tenant_id, dataset_id, record_key, chunk_no) DO UPDATE SET content = 'pwned'".into(),
             vec![(&b_id, Type::UUID), (&b.dataset, Type::UUID)],
         ),
     ];

@@ -10,6 +10,7 @@ mod isolation;
 mod me;
 mod migrations;
 mod pooling;
+mod rag;
 mod roles;
 mod secrets;
 mod tenant_tx;

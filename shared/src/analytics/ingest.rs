@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::datasets::Dataset;
 use super::schema::ColumnType;
 use crate::db::{DbError, TenantTx};
+use crate::rag::chunks::ChangedRecord;
 
 /// The longest record key.
 pub const MAX_KEY_LEN: usize = 256;
@@ -325,7 +326,7 @@ pub async fn write(
          ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
            SET data = EXCLUDED.data, ts = EXCLUDED.ts{sets}, version = r.version + 1, updated_at = now() \
            WHERE r.data IS DISTINCT FROM EXCLUDED.data \
-         RETURNING (xmax = 0)"
+         RETURNING key, version, (xmax = 0)"
     );
     let rows = tx
         .query(
@@ -339,8 +340,31 @@ pub async fn write(
             ],
         )
         .await?;
-    let inserted = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+    let inserted = rows.iter().filter(|r| r.get::<_, bool>(2)).count();
     let updated = rows.len() - inserted;
+
+    // Chunks follow the records that changed, in the same transaction.
+    if !dataset.text_columns.is_empty() && !rows.is_empty() {
+        let by_key: std::collections::HashMap<&str, &Value> = batch
+            .keys
+            .iter()
+            .map(String::as_str)
+            .zip(batch.data.iter())
+            .collect();
+        let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let changed: Vec<ChangedRecord<'_>> = keys
+            .iter()
+            .zip(&rows)
+            .filter_map(|(key, row)| {
+                by_key.get(key.as_str()).map(|data| ChangedRecord {
+                    key,
+                    version: row.get(1),
+                    data,
+                })
+            })
+            .collect();
+        crate::rag::chunks::replace(tx, dataset, &changed).await?;
+    }
     Ok(IngestOutcome {
         received: batch.len(),
         inserted,

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
+use crate::rag::answer::{Answerer, LocalAnswerer};
+use crate::rag::embed::{Embedder, LocalEmbedder};
+use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,12 @@ pub struct App {
     pub db: Db,
     /// Bearer-token and API-key verification.
     pub auth: Authenticator,
+    /// Text → vectors (questions, and chunks through the queue).
+    pub embedder: Arc<dyn Embedder>,
+    /// Sources → answer.
+    pub answerer: Arc<dyn Answerer>,
+    /// Where embedding work goes after ingest.
+    pub embed_queue: Arc<dyn EmbedQueue>,
 }
 
 impl App {
@@ -34,12 +43,27 @@ impl App {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let db = Db::connect(&config.db)?;
         let auth = Authenticator::new(&config.auth, db.clone());
+        // Only local adapters exist so far for these ports; Bedrock and SQS are the next step.
+        let embedder: Arc<dyn Embedder> = Arc::new(LocalEmbedder::new(config.rag.embed_dims));
+        let answerer: Arc<dyn Answerer> = Arc::new(LocalAnswerer::default());
+        let embed_queue: Arc<dyn EmbedQueue> =
+            Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder)));
         tracing::info!(
             jwks_url = %config.auth.jwks_url,
             pool_max = config.db.pool_max,
+            embedder = embedder.model(),
+            answerer = answerer.model(),
+            embed_queue = embed_queue.kind(),
             "app ready"
         );
-        Ok(Self { config, db, auth })
+        Ok(Self {
+            config,
+            db,
+            auth,
+            embedder,
+            answerer,
+            embed_queue,
+        })
     }
 
     /// Builds the app from the environment (and Secrets Manager, where configured).

@@ -115,6 +115,13 @@ pub struct AnalyticsConfig {
     pub query_max_limit: u32,
 }
 
+/// Retrieval settings.
+#[derive(Clone, Debug)]
+pub struct RagConfig {
+    /// Embedding dimension: 256, 512 or 1024 (what Titan Text Embeddings V2 offers).
+    pub embed_dims: usize,
+}
+
 /// Everything a function needs, read once per cold start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -126,6 +133,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Analytics limits.
     pub analytics: AnalyticsConfig,
+    /// Retrieval settings.
+    pub rag: RagConfig,
 }
 
 impl Config {
@@ -213,6 +222,17 @@ impl Config {
                 max_ingest_records: parse(&var, "MAX_INGEST_RECORDS", 1000)?,
                 query_timeout: Duration::from_millis(parse(&var, "QUERY_TIMEOUT_MS", 5000)?),
                 query_max_limit: parse(&var, "QUERY_MAX_LIMIT", 10_000)?,
+            },
+            rag: RagConfig {
+                embed_dims: match parse(&var, "EMBED_DIMS", 256)? {
+                    d @ (256 | 512 | 1024) => d,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "EMBED_DIMS",
+                            reason: "use 256, 512 or 1024".into(),
+                        });
+                    }
+                },
             },
         })
     }

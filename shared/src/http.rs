@@ -119,6 +119,12 @@ impl ApiError {
         }
     }
 
+    /// Keeps the cause for the log (5xx only ever log it).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
     /// Adds members to the problem document.
     pub fn with_extra(mut self, extra: Value) -> Self {
         self.extra = Some(extra);

@@ -125,6 +125,7 @@ const EVENTS: &[(&str, &str, u16)] = &[
         include_str!("../../events/query/top-by-sum.json"),
         200,
     ),
+    ("ask", include_str!("../../events/ask/ask.json"), 200),
     (
         "records",
         include_str!("../../events/records/delete.json"),
@@ -200,6 +201,7 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
         ("/v1/datasets/{dataset}/records", "post"),
         ("/v1/query", "post"),
         ("/v1/api-keys", "post"),
+        ("/v1/ask", "post"),
     ];
     let mut seen = 0;
     for (path, method) in order {

@@ -3,6 +3,7 @@
 
 mod analytics;
 mod api_keys;
+mod ask;
 mod auth;
 mod catalog;
 mod contract;

@@ -4,6 +4,7 @@
 //! serves them all, and a test checks the SAM template against it.
 
 mod api_keys;
+mod ask;
 mod datasets;
 mod me;
 mod query;
@@ -51,6 +52,7 @@ pub static ROUTES: &[Route] = &[
         records::delete,
     ),
     route(Method::POST, "/v1/query", "query", query::run),
+    route(Method::POST, "/v1/ask", "ask", ask::ask),
     route(Method::POST, "/v1/api-keys", "api-keys", api_keys::create),
     route(Method::GET, "/v1/api-keys", "api-keys", api_keys::list),
     route(

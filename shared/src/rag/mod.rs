@@ -6,7 +6,9 @@
 //! - [`chunks`]: keeping `app.chunks` in step with records, and embedding what is pending.
 //! - [`search`]: hybrid retrieval (vector + full text, fused by reciprocal rank).
 
+pub mod answer;
 pub mod chunk;
 pub mod chunks;
 pub mod embed;
+pub mod queue;
 pub mod search;

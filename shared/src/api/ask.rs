@@ -104,7 +104,15 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
             filter.as_deref(),
         )
         .await
-        .map_err(|e| ApiError::internal(e))?;
+        .map_err(|e| match e {
+            EmbedPendingError::Db(e) => ApiError::from(e),
+            EmbedPendingError::Embed(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "embedding_unavailable",
+                "Embedding the question is temporarily unavailable; retry shortly.",
+            )
+            .with_source(e),
+        })?;
         tx.commit().await?;
 
         let sources: Vec<Source> = hits

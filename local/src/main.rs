@@ -152,7 +152,7 @@ async fn up() -> Result<(), Error> {
     let config =
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
     let app = tenantry::App::new(config)?;
-    let tenants = seed::demo(&app.db).await?;
+    let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let issuer = dev_issuer(port)?;

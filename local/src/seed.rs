@@ -104,7 +104,10 @@ fn records(d: &Demo) -> Vec<Value> {
 }
 
 /// Creates the demo tenants, their datasets and records if they are missing (idempotent).
-pub async fn demo(db: &Db) -> Result<Vec<DemoTenant>, Error> {
+pub async fn demo(
+    db: &Db,
+    embedder: &dyn tenantry::rag::embed::Embedder,
+) -> Result<Vec<DemoTenant>, Error> {
     let mut out = Vec::new();
     for d in DEMO {
         let tenant_id = TenantId::from(Uuid::from_u128(d.id));
@@ -135,10 +138,13 @@ pub async fn demo(db: &Db) -> Result<Vec<DemoTenant>, Error> {
             .map_err(|(n, e)| format!("{n} invalid demo records: {e:?}"))?;
         let outcome = ingest::write(&mut tx, &dataset, &batch).await?;
         tx.commit().await?;
+        // Embed what the seed chunked, so /v1/ask answers as soon as the runner is up.
+        let embedded = tenantry::rag::queue::drain(db, embedder, tenant_id).await?;
         tracing::info!(
             tenant = d.slug,
             inserted = outcome.inserted,
             unchanged = outcome.unchanged,
+            embedded,
             "demo data"
         );
         out.push(DemoTenant {

@@ -224,11 +224,22 @@ impl Answerer for LocalAnswerer {
                 }
             }
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let picked: Vec<&(f32, &str, &str)> = scored
-                .iter()
-                .filter(|(sim, ..)| *sim >= Self::MIN_SIMILARITY)
-                .take(3)
-                .collect();
+            // The best sentences, each once; a sentence several sources share cites them all.
+            let mut picked: Vec<(&str, Vec<&str>)> = Vec::new();
+            for (sim, sentence, label) in &scored {
+                if *sim < Self::MIN_SIMILARITY {
+                    break;
+                }
+                let full = picked.len() >= 3;
+                match picked
+                    .iter_mut()
+                    .find(|(s, _)| s.eq_ignore_ascii_case(sentence))
+                {
+                    Some((_, labels)) => labels.push(label),
+                    None if !full => picked.push((sentence, vec![label])),
+                    None => {}
+                }
+            }
             if picked.is_empty() {
                 return Ok(Draft {
                     text: NO_ANSWER.to_owned(),
@@ -238,14 +249,19 @@ impl Answerer for LocalAnswerer {
             }
             let text = picked
                 .iter()
-                .map(|(_, sentence, label)| format!("\"{sentence}\" [{label}]"))
+                .map(|(sentence, labels)| {
+                    let marks: String = labels.iter().map(|l| format!("[{l}]")).collect();
+                    format!("\"{sentence}\" {marks}")
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             let citations = picked
                 .iter()
-                .map(|(_, sentence, label)| DraftCitation {
-                    label: (*label).to_owned(),
-                    quote: Some((*sentence).to_owned()),
+                .flat_map(|(sentence, labels)| {
+                    labels.iter().map(|label| DraftCitation {
+                        label: (*label).to_owned(),
+                        quote: Some((*sentence).to_owned()),
+                    })
                 })
                 .collect();
             Ok(Draft {

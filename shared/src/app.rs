@@ -7,6 +7,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
 use crate::rag::answer::{Answerer, LocalAnswerer};
+use crate::rag::bedrock::{BedrockAnswerer, BedrockEmbedder};
 use crate::rag::embed::{Embedder, LocalEmbedder};
 use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue};
 
@@ -39,13 +40,43 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the app from a configuration. Opens no connection yet.
+    /// Builds the app with the local adapters (no AWS). Opens no connection yet.
     pub fn new(config: Config) -> Result<Self, StartError> {
+        Self::with_sdk(config, None)
+    }
+
+    /// Builds the app; ports configured for AWS use clients made from `sdk`.
+    pub fn with_sdk(
+        config: Config,
+        sdk: Option<&aws_config::SdkConfig>,
+    ) -> Result<Self, StartError> {
         let db = Db::connect(&config.db)?;
         let auth = Authenticator::new(&config.auth, db.clone());
-        // Only local adapters exist so far for these ports; Bedrock and SQS are the next step.
-        let embedder: Arc<dyn Embedder> = Arc::new(LocalEmbedder::new(config.rag.embed_dims));
-        let answerer: Arc<dyn Answerer> = Arc::new(LocalAnswerer::default());
+        let rag = &config.rag;
+        let bedrock = || {
+            sdk.map(crate::rag::bedrock::client)
+                .ok_or(ConfigError::Invalid {
+                    name: "BEDROCK_*_MODEL_ID",
+                    reason: "set, but no AWS configuration was loaded".into(),
+                })
+        };
+        let embedder: Arc<dyn Embedder> = match &rag.embed_model_id {
+            Some(model) => Arc::new(BedrockEmbedder::new(
+                bedrock()?,
+                model,
+                rag.embed_dims,
+                rag.embed_concurrency,
+            )),
+            None => Arc::new(LocalEmbedder::new(rag.embed_dims)),
+        };
+        let answerer: Arc<dyn Answerer> = match &rag.answer_model_id {
+            Some(model) => Arc::new(BedrockAnswerer::new(
+                bedrock()?,
+                model,
+                rag.answer_max_tokens,
+            )),
+            None => Arc::new(LocalAnswerer::default()),
+        };
         let embed_queue: Arc<dyn EmbedQueue> =
             Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder)));
         tracing::info!(
@@ -68,7 +99,13 @@ impl App {
 
     /// Builds the app from the environment (and Secrets Manager, where configured).
     pub async fn from_env() -> Result<Self, StartError> {
-        Self::new(Config::from_env()?.resolve().await?)
+        let config = Config::from_env()?;
+        let sdk = match config.needs_aws() {
+            true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+            false => None,
+        };
+        let config = config.resolve(sdk.as_ref()).await?;
+        Self::with_sdk(config, sdk.as_ref())
     }
 }
 

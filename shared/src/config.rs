@@ -120,6 +120,14 @@ pub struct AnalyticsConfig {
 pub struct RagConfig {
     /// Embedding dimension: 256, 512 or 1024 (what Titan Text Embeddings V2 offers).
     pub embed_dims: usize,
+    /// Bedrock embedding model (e.g. `amazon.titan-embed-text-v2:0`); unset: the local embedder.
+    pub embed_model_id: Option<String>,
+    /// Bedrock calls in flight per embedding batch.
+    pub embed_concurrency: usize,
+    /// Bedrock Converse model for answers; unset: the local extractive answerer.
+    pub answer_model_id: Option<String>,
+    /// Most tokens an answer may have.
+    pub answer_max_tokens: i32,
 }
 
 /// Everything a function needs, read once per cold start.
@@ -140,18 +148,33 @@ pub struct Config {
 impl Config {
     /// Fills in what comes from AWS: the database URL from Secrets Manager when only its ARN was
     /// configured. Logs which source each setting came from.
-    pub async fn resolve(mut self) -> Result<Self, ConfigError> {
-        match (&self.db.secret_arn, self.db.url.is_empty()) {
-            (Some(arn), true) => {
-                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    pub async fn resolve(
+        mut self,
+        sdk: Option<&aws_config::SdkConfig>,
+    ) -> Result<Self, ConfigError> {
+        match (&self.db.secret_arn, self.db.url.is_empty(), sdk) {
+            (Some(arn), true, Some(sdk)) => {
                 self.db.url =
-                    crate::secrets::database_url(&sdk, arn, self.db.host_override.as_deref())
+                    crate::secrets::database_url(sdk, arn, self.db.host_override.as_deref())
                         .await?;
                 tracing::info!(source = "secrets_manager", "database credentials");
+            }
+            (Some(_), true, None) => {
+                return Err(ConfigError::Invalid {
+                    name: "APP_DATABASE_SECRET_ARN",
+                    reason: "set, but no AWS configuration was loaded".into(),
+                });
             }
             _ => tracing::info!(source = "environment", "database credentials"),
         }
         Ok(self)
+    }
+
+    /// Whether any setting needs AWS (and so an SDK configuration at cold start).
+    pub fn needs_aws(&self) -> bool {
+        self.db.secret_arn.is_some()
+            || self.rag.embed_model_id.is_some()
+            || self.rag.answer_model_id.is_some()
     }
 
     /// Reads the configuration from the process environment.
@@ -233,6 +256,10 @@ impl Config {
                         });
                     }
                 },
+                embed_model_id: var("BEDROCK_EMBED_MODEL_ID"),
+                embed_concurrency: parse(&var, "BEDROCK_EMBED_CONCURRENCY", 4)?,
+                answer_model_id: var("BEDROCK_ANSWER_MODEL_ID"),
+                answer_max_tokens: parse(&var, "BEDROCK_ANSWER_MAX_TOKENS", 800)?,
             },
         })
     }

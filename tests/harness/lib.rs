@@ -171,7 +171,11 @@ fn password(url: &str) -> String {
     String::from_utf8(cfg.get_password().unwrap_or_default().to_vec()).unwrap()
 }
 
-/// A fresh database for one test, cloned from the migrated template; dropped with the value.
+/// A fresh database for one test, cloned from the migrated template.
+///
+/// Test databases are not dropped when a test ends: `DROP DATABASE` waits for every backend in
+/// the cluster to absorb a signal barrier, and under parallel tests that stalled whole runs for a
+/// minute. `scripts/test` drops them all before and after the run instead.
 pub struct TestDb {
     /// Its name.
     pub name: String,
@@ -218,29 +222,6 @@ impl TestDb {
     /// A superuser connection to this database.
     pub async fn admin(&self) -> tokio_postgres::Client {
         connect(&self.admin_url).await
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let url = admin_url();
-        // Async work cannot run in Drop; a short-lived runtime on its own thread can.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&url, NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -401,9 +382,33 @@ impl TestApp {
 
     /// As [`new`](Self::new) with a given refetch interval.
     pub async fn with_refetch(refetch: Duration) -> Self {
+        Self::build(refetch, &[], None).await
+    }
+
+    /// An app whose Bedrock ports (embeddings and answers) talk to `bedrock`.
+    pub async fn with_bedrock(bedrock: &BedrockStub) -> Self {
+        let sdk = local_sdk_config(&bedrock.endpoint).await;
+        let vars = [
+            (
+                "BEDROCK_EMBED_MODEL_ID",
+                "amazon.titan-embed-text-v2:0".to_owned(),
+            ),
+            (
+                "BEDROCK_ANSWER_MODEL_ID",
+                "amazon.nova-lite-v1:0".to_owned(),
+            ),
+        ];
+        Self::build(Duration::from_secs(60), &vars, Some(sdk)).await
+    }
+
+    async fn build(
+        refetch: Duration,
+        extra: &[(&str, String)],
+        sdk: Option<aws_config::SdkConfig>,
+    ) -> Self {
         let db = TestDb::new().await;
         let jwks = JwksServer::start(serde_json::json!({ "keys": [dev_jwk("dev")] })).await;
-        let vars = [
+        let mut vars = vec![
             ("APP_DATABASE_URL", db.app_url.clone()),
             ("AUTH0_ISSUER", ISSUER.to_owned()),
             ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
@@ -413,13 +418,14 @@ impl TestApp {
             ("MAX_BODY_BYTES", "65536".to_owned()),
             ("MAX_INGEST_RECORDS", "500".to_owned()),
         ];
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let config = Config::from_lookup(|k| {
             vars.iter()
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| v.clone())
         })
         .unwrap();
-        let app = App::new(config).unwrap();
+        let app = App::with_sdk(config, sdk.as_ref()).unwrap();
         Self { app, db, jwks }
     }
 }
@@ -749,14 +755,7 @@ impl Moto {
 
     /// An SDK configuration that talks to this server.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                "test", "test", None, None, "moto",
-            ))
-            .load()
-            .await
+        local_sdk_config(&self.endpoint).await
     }
 }
 
@@ -764,5 +763,154 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An SDK configuration for a local endpoint (moto, the Bedrock stub): fixed region, static
+/// credentials, the endpoint overridden.
+pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "test", "test", None, None, "local",
+        ))
+        .load()
+        .await
+}
+
+/// A local Bedrock runtime: `InvokeModel` answering like Titan Text Embeddings V2 (vectors from
+/// the local embedder, so similarity is meaningful) and `Converse` answering with a scripted
+/// text. It records every request body and can answer with throttling errors first.
+pub struct BedrockStub {
+    /// `http://127.0.0.1:port`
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    throttle: Arc<std::sync::atomic::AtomicU32>,
+    reply: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BedrockStub {
+    /// Starts one.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let throttle = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let reply = Arc::new(Mutex::new("From your data [S1].".to_owned()));
+        let (r, t, p) = (requests.clone(), throttle.clone(), reply.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, t, p) = (r.clone(), t.clone(), p.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (r, t, p) = (r.clone(), t.clone(), p.clone());
+                        async move {
+                            use http_body_util::BodyExt as _;
+                            let path = req.uri().path().to_owned();
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&bytes).unwrap_or_default();
+                            r.lock().unwrap().push((path.clone(), body.clone()));
+                            let json =
+                                |status: u16, value: serde_json::Value, error: Option<&str>| {
+                                    let mut b = hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json");
+                                    if let Some(e) = error {
+                                        b = b.header("x-amzn-errortype", e);
+                                    }
+                                    Ok::<_, std::convert::Infallible>(
+                                        b.body(Full::new(Bytes::from(value.to_string()))).unwrap(),
+                                    )
+                                };
+                            if t.load(Ordering::SeqCst) > 0 {
+                                t.fetch_sub(1, Ordering::SeqCst);
+                                return json(
+                                    429,
+                                    serde_json::json!({"message": "Too many requests, please wait before trying again."}),
+                                    Some("ThrottlingException"),
+                                );
+                            }
+                            if path.ends_with("/invoke") {
+                                let text = body["inputText"].as_str().unwrap_or_default();
+                                if text.contains("force-validation-error") {
+                                    return json(
+                                        400,
+                                        serde_json::json!({"message": "Malformed input request"}),
+                                        Some("ValidationException"),
+                                    );
+                                }
+                                let dims = body["dimensions"].as_u64().unwrap_or(1024) as usize;
+                                let v = tenantry::rag::embed::LocalEmbedder::new(dims).vector(text);
+                                return json(
+                                    200,
+                                    serde_json::json!({"embedding": v, "inputTextTokenCount": text.split_whitespace().count()}),
+                                    None,
+                                );
+                            }
+                            if path.ends_with("/converse") {
+                                let text = p.lock().unwrap().clone();
+                                return json(
+                                    200,
+                                    serde_json::json!({
+                                        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                                        "stopReason": "end_turn",
+                                        "usage": {"inputTokens": 100, "outputTokens": 20, "totalTokens": 120},
+                                        "metrics": {"latencyMs": 42}
+                                    }),
+                                    None,
+                                );
+                            }
+                            json(
+                                404,
+                                serde_json::json!({"message": "unknown operation"}),
+                                Some("UnknownOperationException"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint,
+            requests,
+            throttle,
+            reply,
+            task,
+        }
+    }
+
+    /// The next `n` requests get a throttling error.
+    pub fn throttle(&self, n: u32) {
+        self.throttle.store(n, Ordering::SeqCst);
+    }
+
+    /// What `Converse` answers from now on.
+    pub fn reply_with(&self, text: &str) {
+        *self.reply.lock().unwrap() = text.to_owned();
+    }
+
+    /// Every request so far: (path, JSON body).
+    pub fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for BedrockStub {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -5,6 +5,7 @@ mod analytics;
 mod api_keys;
 mod ask;
 mod auth;
+mod bedrock;
 mod catalog;
 mod contract;
 mod isolation;

@@ -3,27 +3,19 @@
 use tenantry::db::migrate::{self, MigrateError, RolePasswords};
 use tenantry_tests::{admin_url, admin_url_for, connect};
 
-async fn empty_database() -> (String, String) {
+async fn empty_database() -> String {
     let name = format!("m_{}", uuid::Uuid::new_v4().simple());
     let admin = connect(&admin_url()).await;
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    (name.clone(), admin_url_for(&name))
-}
-
-async fn drop_database(name: &str) {
-    let admin = connect(&admin_url()).await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    admin_url_for(&name)
 }
 
 #[tokio::test]
 async fn concurrent_runs_apply_each_file_once_and_a_rerun_is_a_no_op() {
-    let (name, url) = empty_database().await;
+    let url = empty_database().await;
     let all = migrate::embedded().unwrap();
     let pw = RolePasswords::default();
     let (a, b) = tokio::join!(migrate::run(&url, &all, &pw), migrate::run(&url, &all, &pw));
@@ -44,13 +36,11 @@ async fn concurrent_runs_apply_each_file_once_and_a_rerun_is_a_no_op() {
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(versions, all.iter().map(|m| m.version).collect::<Vec<_>>());
-    drop(db);
-    drop_database(&name).await;
 }
 
 #[tokio::test]
 async fn a_changed_applied_file_is_an_error_and_changes_nothing() {
-    let (name, url) = empty_database().await;
+    let url = empty_database().await;
     let all = migrate::embedded().unwrap();
     migrate::run(&url, &all, &RolePasswords::default())
         .await
@@ -78,13 +68,11 @@ async fn a_changed_applied_file_is_an_error_and_changes_nothing() {
         .await
         .unwrap();
     assert!(sneaky.is_none());
-    drop(db);
-    drop_database(&name).await;
 }
 
 #[tokio::test]
 async fn a_failing_file_leaves_nothing_behind() {
-    let (name, url) = empty_database().await;
+    let url = empty_database().await;
     let mut all = migrate::embedded().unwrap();
     all.push(migrate::Migration {
         version: 9999,
@@ -111,6 +99,4 @@ async fn a_failing_file_leaves_nothing_behind() {
         .unwrap()
         .get(0);
     assert_eq!(recorded, 0);
-    drop(db);
-    drop_database(&name).await;
 }

@@ -88,6 +88,14 @@ pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
             .map_err(|(total, errors)| invalid_records(total, errors))?;
         let outcome = ingest::write(&mut tx, &ds, &batch).await?;
         tx.commit().await?;
+        if outcome.inserted + outcome.updated > 0 && !ds.text_columns.is_empty() {
+            // The chunks are committed either way: if queueing fails they stay pending until the
+            // tenant's next ingest queues work again, and the ingest itself has succeeded.
+            let tenant = ctx.principal()?.tenant_id;
+            if let Err(e) = app.embed_queue.enqueue(tenant).await {
+                tracing::warn!(error = %e, "embedding not queued");
+            }
+        }
         tracing::info!(dataset = %ds.id, received = outcome.received, inserted = outcome.inserted,
             updated = outcome.updated, unchanged = outcome.unchanged, "ingested");
         json_response(

@@ -7,6 +7,7 @@
 //! - [`search`]: hybrid retrieval (vector + full text, fused by reciprocal rank).
 
 pub mod answer;
+pub mod bedrock;
 pub mod chunk;
 pub mod chunks;
 pub mod embed;

@@ -51,17 +51,24 @@ pub async fn drain(
     }
 }
 
-/// Embeds in a background task of this process (local runner, tests).
+/// Embeds in this process: in a background task (local runner, tests), or, inside Lambda, before
+/// the request returns, since a frozen execution environment would never finish a background task.
 #[derive(Debug)]
 pub struct InProcessEmbedQueue {
     db: Db,
     embedder: Arc<dyn Embedder>,
+    inline: bool,
 }
 
 impl InProcessEmbedQueue {
-    /// A queue that embeds with `embedder` through `db`.
+    /// A queue that embeds with `embedder` through `db`; inline when running in Lambda.
     pub fn new(db: Db, embedder: Arc<dyn Embedder>) -> Self {
-        Self { db, embedder }
+        let inline = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        Self {
+            db,
+            embedder,
+            inline,
+        }
     }
 }
 
@@ -72,17 +79,23 @@ impl EmbedQueue for InProcessEmbedQueue {
 
     fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_> {
         let (db, embedder) = (self.db.clone(), Arc::clone(&self.embedder));
-        Box::pin(async move {
-            tokio::spawn(async move {
-                match drain(&db, embedder.as_ref(), tenant).await {
-                    Ok(n) => {
-                        tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks")
-                    }
-                    Err(e) => {
-                        tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending")
-                    }
+        let work = async move {
+            match drain(&db, embedder.as_ref(), tenant).await {
+                Ok(n) => {
+                    tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks")
                 }
-            });
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending")
+                }
+            }
+        };
+        let inline = self.inline;
+        Box::pin(async move {
+            if inline {
+                work.await;
+            } else {
+                tokio::spawn(work);
+            }
             Ok(())
         })
     }

@@ -9,7 +9,7 @@ use crate::db::{Db, DbError};
 use crate::rag::answer::{Answerer, LocalAnswerer};
 use crate::rag::bedrock::{BedrockAnswerer, BedrockEmbedder};
 use crate::rag::embed::{Embedder, LocalEmbedder};
-use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue};
+use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue, SqsEmbedQueue};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +77,19 @@ impl App {
             )),
             None => Arc::new(LocalAnswerer::default()),
         };
-        let embed_queue: Arc<dyn EmbedQueue> =
-            Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder)));
+        let embed_queue: Arc<dyn EmbedQueue> = match (&rag.embed_queue_url, sdk) {
+            (Some(url), Some(sdk)) => {
+                Arc::new(SqsEmbedQueue::new(aws_sdk_sqs::Client::new(sdk), url))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    name: "EMBED_QUEUE_URL",
+                    reason: "set, but no AWS configuration was loaded".into(),
+                }
+                .into());
+            }
+            (None, _) => Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder))),
+        };
         tracing::info!(
             jwks_url = %config.auth.jwks_url,
             pool_max = config.db.pool_max,
@@ -122,5 +133,23 @@ pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http
         let routes = routes.clone();
         async move { Ok::<_, Infallible>(crate::http::dispatch(&app, &routes, req).await) }
     }))
+    .await
+}
+
+/// The whole `main` of the SQS-triggered `embed` function.
+pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
+    crate::telemetry::init();
+    let app = Arc::new(App::from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let app = Arc::clone(&app);
+            async move {
+                Ok::<_, Infallible>(
+                    crate::rag::queue::handle_sqs(&app.db, app.embedder.as_ref(), event.payload)
+                        .await,
+                )
+            }
+        },
+    ))
     .await
 }

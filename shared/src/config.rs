@@ -128,6 +128,8 @@ pub struct RagConfig {
     pub answer_model_id: Option<String>,
     /// Most tokens an answer may have.
     pub answer_max_tokens: i32,
+    /// SQS queue for embedding work; unset: embed in-process.
+    pub embed_queue_url: Option<String>,
 }
 
 /// Everything a function needs, read once per cold start.
@@ -175,6 +177,7 @@ impl Config {
         self.db.secret_arn.is_some()
             || self.rag.embed_model_id.is_some()
             || self.rag.answer_model_id.is_some()
+            || self.rag.embed_queue_url.is_some()
     }
 
     /// Reads the configuration from the process environment.
@@ -260,6 +263,7 @@ impl Config {
                 embed_concurrency: parse(&var, "BEDROCK_EMBED_CONCURRENCY", 4)?,
                 answer_model_id: var("BEDROCK_ANSWER_MODEL_ID"),
                 answer_max_tokens: parse(&var, "BEDROCK_ANSWER_MAX_TOKENS", 800)?,
+                embed_queue_url: var("EMBED_QUEUE_URL"),
             },
         })
     }

@@ -401,6 +401,13 @@ impl TestApp {
         Self::build(Duration::from_secs(60), &vars, Some(sdk)).await
     }
 
+    /// An app that sends embedding work to an SQS queue (on moto) instead of embedding in-process.
+    pub async fn with_sqs(moto: &Moto, queue_url: &str) -> Self {
+        let sdk = moto.sdk_config().await;
+        let vars = [("EMBED_QUEUE_URL", queue_url.to_owned())];
+        Self::build(Duration::from_secs(60), &vars, Some(sdk)).await
+    }
+
     async fn build(
         refetch: Duration,
         extra: &[(&str, String)],

@@ -8,6 +8,7 @@ mod auth;
 mod bedrock;
 mod catalog;
 mod contract;
+mod embed_queue;
 mod isolation;
 mod me;
 mod migrations;

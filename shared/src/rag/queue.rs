@@ -100,3 +100,86 @@ impl EmbedQueue for InProcessEmbedQueue {
         })
     }
 }
+
+/// The queue message: which tenant has pending chunks.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedJob {
+    /// The tenant.
+    pub tenant_id: TenantId,
+}
+
+/// Sends embedding work to the SQS queue the `embed` function consumes.
+#[derive(Debug)]
+pub struct SqsEmbedQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsEmbedQueue {
+    /// A queue adapter for `queue_url`.
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+impl EmbedQueue for SqsEmbedQueue {
+    fn kind(&self) -> &'static str {
+        "sqs"
+    }
+
+    fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_> {
+        Box::pin(async move {
+            let body = serde_json::to_string(&EmbedJob { tenant_id: tenant })
+                .map_err(|e| QueueError(e.to_string()))?;
+            self.client
+                .send_message()
+                .queue_url(&self.queue_url)
+                .message_body(body)
+                .send()
+                .await
+                .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+            Ok(())
+        })
+    }
+}
+
+/// The `embed` function's handler: drains each message's tenant and names exactly the messages
+/// that failed (malformed ones included, so they reach the dead-letter queue instead of vanishing).
+pub async fn handle_sqs(
+    db: &Db,
+    embedder: &dyn Embedder,
+    event: aws_lambda_events::event::sqs::SqsEvent,
+) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+    let mut failures = Vec::new();
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let job: Result<EmbedJob, _> =
+            serde_json::from_str(record.body.as_deref().unwrap_or_default());
+        let outcome = match job {
+            Ok(job) => drain(db, embedder, job.tenant_id)
+                .await
+                .map(|n| (job.tenant_id, n))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("malformed message: {e}")),
+        };
+        match outcome {
+            Ok((tenant, n)) => {
+                tracing::info!(message_id = %id, tenant_id = %tenant, embedded = n, "embed job done")
+            }
+            Err(reason) => {
+                tracing::warn!(message_id = %id, reason, "embed job failed");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                failures.push(failure);
+            }
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures;
+    response
+}

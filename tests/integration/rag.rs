@@ -24,17 +24,33 @@ async fn ingest(app: &TestApp, token: &str, records: Value) {
     assert_eq!(r.status, 200, "{}", r.json);
 }
 
-async fn embed_all(app: &TestApp, tenant: TenantId) -> usize {
+/// Embeds the tenant's pending chunks (alongside the in-process queue ingest already started,
+/// which may hold some of them: SKIP LOCKED) until none are pending; returns how many it has.
+async fn embed_all(app: &TestApp, tenant: TenantId) -> i64 {
     let embedder = LocalEmbedder::new(256);
-    let mut tx = app
-        .app
-        .db
-        .begin(&as_tenant(tenant), Access::ReadWrite)
-        .await
-        .unwrap();
-    let n = embed_pending(&mut tx, &embedder, 1000).await.unwrap();
-    tx.commit().await.unwrap();
-    n
+    let admin = app.db.admin().await;
+    for _ in 0..200 {
+        let mut tx = app
+            .app
+            .db
+            .begin(&as_tenant(tenant), Access::ReadWrite)
+            .await
+            .unwrap();
+        embed_pending(&mut tx, &embedder, 1000).await.unwrap();
+        tx.commit().await.unwrap();
+        let row = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE embedding IS NULL), count(*) FROM app.chunks WHERE tenant_id = $1",
+                &[&tenant.as_uuid()],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            return row.get(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("chunks stayed pending");
 }
 
 async fn ask(app: &TestApp, tenant: TenantId, question: &str, k: usize) -> Vec<Hit> {
@@ -109,6 +125,19 @@ async fn search_never_crosses_tenants_and_follows_record_versions() {
         "superseded text retrieved"
     );
     embed_all(&app, a).await;
+    let admin = app.db.admin().await;
+    let state: Vec<(String, i32, bool, String)> = admin
+        .query("SELECT record_key, record_version, embedding IS NOT NULL, content FROM app.chunks WHERE tenant_id = $1 AND record_key = 'a-3'", &[&a.as_uuid()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert!(
+        state[0].1 == 2 && state[0].2 && state[0].3.contains("Customs"),
+        "{state:?}"
+    );
     let fresh = ask(&app, a, question, 1).await;
     assert_eq!(
         (fresh[0].record_key.as_str(), fresh[0].record_version),

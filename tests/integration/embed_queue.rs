@@ -111,7 +111,9 @@ async fn ingest_queues_work_and_the_embed_handler_does_it_per_tenant() {
         .begin(&as_tenant(a), Access::ReadOnly)
         .await
         .unwrap();
-    let hits = search(&mut tx, &embedder, question, 5, None).await.unwrap();
+    let hits = search(&mut tx, question, &embedder.vector(question), 5, None)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(hits.len(), 1);
     assert!(hits[0].content.contains("aisle 7"), "{hits:?}");

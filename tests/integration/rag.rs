@@ -61,7 +61,9 @@ async fn ask(app: &TestApp, tenant: TenantId, question: &str, k: usize) -> Vec<H
         .begin(&as_tenant(tenant), Access::ReadOnly)
         .await
         .unwrap();
-    let hits = search(&mut tx, &embedder, question, k, None).await.unwrap();
+    let hits = search(&mut tx, question, &embedder.vector(question), k, None)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     hits
 }

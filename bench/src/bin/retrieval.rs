@@ -14,7 +14,7 @@ use serde_json::json;
 use tenantry::config::Config;
 use tenantry::db::{Access, TenantContext};
 use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
-use tenantry::rag::search::search;
+use tenantry::rag::search::{embed_question, search};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
 use tenantry_bench::{Error, Samples, bench_database};
@@ -206,20 +206,18 @@ async fn main() -> Result<(), Error> {
                     tenant_id: tenant,
                     actor_id: "system:bench".into(),
                 };
+                let question = &questions[i % questions.len()];
+                let vector = embed_question(app.embedder.as_ref(), question)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut tx = app
                     .db
                     .begin(&ctx, Access::ReadOnly)
                     .await
                     .map_err(|e| e.to_string())?;
-                let hits = search(
-                    &mut tx,
-                    app.embedder.as_ref(),
-                    &questions[i % questions.len()],
-                    k,
-                    None,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let hits = search(&mut tx, question, &vector, k, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tx.commit().await.map_err(|e| e.to_string())?;
                 if hits.len() < k {
                     short.fetch_add(1, Ordering::Relaxed);

@@ -14,8 +14,7 @@ use crate::analytics::datasets::{self, DatasetRef};
 use crate::db::Access;
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
 use crate::rag::answer::{NO_ANSWER, Source, police};
-use crate::rag::chunks::EmbedPendingError;
-use crate::rag::search::search;
+use crate::rag::search::{embed_question, search};
 
 const MAX_QUESTION_CHARS: usize = 2000;
 const MAX_K: usize = 20;
@@ -79,6 +78,17 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
             ));
         }
 
+        // Embed before the transaction: no connection waits in a transaction on the model.
+        let vector = embed_question(app.embedder.as_ref(), question)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "embedding_unavailable",
+                    "Embedding the question is temporarily unavailable; retry shortly.",
+                )
+                .with_source(e)
+            })?;
         let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
         let mut names: HashMap<Uuid, String> = HashMap::new();
         let filter = if body.datasets.is_empty() {
@@ -96,23 +106,7 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
             }
             Some(ids)
         };
-        let hits = search(
-            &mut tx,
-            app.embedder.as_ref(),
-            question,
-            k,
-            filter.as_deref(),
-        )
-        .await
-        .map_err(|e| match e {
-            EmbedPendingError::Db(e) => ApiError::from(e),
-            EmbedPendingError::Embed(e) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "embedding_unavailable",
-                "Embedding the question is temporarily unavailable; retry shortly.",
-            )
-            .with_source(e),
-        })?;
+        let hits = search(&mut tx, question, &vector, k, filter.as_deref()).await?;
         tx.commit().await?;
 
         let sources: Vec<Source> = hits

@@ -9,9 +9,8 @@ use serde::Serialize;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::chunks::EmbedPendingError;
-use super::embed::{Embedder, to_pgvector};
-use crate::db::TenantTx;
+use super::embed::{EmbedError, Embedder, to_pgvector};
+use crate::db::{DbError, TenantTx};
 
 /// Reciprocal-rank-fusion constant (the usual 60).
 const RRF_K: f64 = 60.0;
@@ -39,21 +38,31 @@ pub struct Hit {
     pub text_rank: Option<i64>,
 }
 
-/// Finds the `k` chunks of the tenant that best match `question`, optionally within `datasets`.
-pub async fn search(
-    tx: &mut TenantTx,
+/// The question's embedding, for [`search`].
+pub async fn embed_question(
     embedder: &dyn Embedder,
     question: &str,
-    k: usize,
-    datasets: Option<&[Uuid]>,
-) -> Result<Vec<Hit>, EmbedPendingError> {
-    let vector = embedder
+) -> Result<Vec<f32>, EmbedError> {
+    Ok(embedder
         .embed(&[question.to_owned()])
         .await?
         .pop()
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Finds the `k` chunks of the tenant that best match `question`, optionally within `datasets`.
+///
+/// `vector` is the question's embedding, made by the caller *before* the transaction begins, so
+/// no connection sits idle in a transaction while an embedding model answers.
+pub async fn search(
+    tx: &mut TenantTx,
+    question: &str,
+    vector: &[f32],
+    k: usize,
+    datasets: Option<&[Uuid]>,
+) -> Result<Vec<Hit>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    let q = to_pgvector(&vector);
+    let q = to_pgvector(vector);
     let dims = vector.len() as i32;
     // More candidates than results, so fusion has something to choose from.
     let candidates = (k as i64 * 4).max(20);
@@ -94,8 +103,7 @@ pub async fn search(
                 (&limit, Type::INT8),
             ],
         )
-        .await
-        .map_err(EmbedPendingError::Db)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| Hit {

@@ -130,6 +130,10 @@ pub struct RagConfig {
     pub answer_max_tokens: i32,
     /// SQS queue for embedding work; unset: embed in-process.
     pub embed_queue_url: Option<String>,
+    /// Tenants with at most this many chunks get an exact vector scan; larger ones the HNSW index.
+    pub exact_max_chunks: i64,
+    /// `hnsw.ef_search` for the approximate path (candidate list size; higher: better recall).
+    pub hnsw_ef_search: u32,
 }
 
 /// Everything a function needs, read once per cold start.
@@ -264,6 +268,16 @@ impl Config {
                 answer_model_id: var("BEDROCK_ANSWER_MODEL_ID"),
                 answer_max_tokens: parse(&var, "BEDROCK_ANSWER_MAX_TOKENS", 800)?,
                 embed_queue_url: var("EMBED_QUEUE_URL"),
+                exact_max_chunks: parse(&var, "RAG_EXACT_MAX_CHUNKS", 5_000)?,
+                hnsw_ef_search: match parse(&var, "RAG_HNSW_EF_SEARCH", 100)? {
+                    n @ 1..=1000 => n,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "RAG_HNSW_EF_SEARCH",
+                            reason: "use 1 to 1000 (pgvector's range)".into(),
+                        });
+                    }
+                },
             },
         })
     }

@@ -401,6 +401,11 @@ impl TestApp {
         Self::build(Duration::from_secs(60), &vars, Some(sdk)).await
     }
 
+    /// An app with extra configuration variables (local adapters otherwise).
+    pub async fn with_vars(vars: &[(&str, String)]) -> Self {
+        Self::build(Duration::from_secs(60), vars, None).await
+    }
+
     /// An app that sends embedding work to an SQS queue (on moto) instead of embedding in-process.
     pub async fn with_sqs(moto: &Moto, queue_url: &str) -> Self {
         let sdk = moto.sdk_config().await;
@@ -696,6 +701,21 @@ impl TestApp {
         }
     }
 
+    /// Creates a dataset from its JSON spec; panics unless it was created.
+    pub async fn create_dataset(&self, token: &str, spec: &str) {
+        let r = self.call("POST", "/v1/datasets", token, Some(spec)).await;
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+
+    /// Ingests `records` (a JSON array) into `dataset`; panics unless it succeeded.
+    pub async fn ingest(&self, token: &str, dataset: &str, records: &serde_json::Value) {
+        let path = format!("/v1/datasets/{dataset}/records");
+        let r = self
+            .call("POST", &path, token, Some(&records.to_string()))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+
     /// A tenant with org `org_<slug>` and a token for a user in it.
     pub async fn tenant_with_token(&self, slug: &str) -> (TenantId, String) {
         let id = tenant(&self.app.db, slug).await;
@@ -763,6 +783,20 @@ impl Moto {
     /// An SDK configuration that talks to this server.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         local_sdk_config(&self.endpoint).await
+    }
+
+    /// Creates an SQS queue; returns a client for this server and the queue's URL.
+    pub async fn queue(&self, name: &str) -> (aws_sdk_sqs::Client, String) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk_config().await);
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        (sqs, url)
     }
 }
 

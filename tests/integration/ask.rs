@@ -217,7 +217,12 @@ async fn bad_questions_get_clear_errors() {
             "dataset_not_found",
         ),
         (
-            json!({"question": "q", "filters": {"x": 1}}),
+            json!({"question": "q", "filters": {"column": "body", "op": "eq", "value": "x"}}),
+            400,
+            "filters_need_one_dataset",
+        ),
+        (
+            json!({"question": "q", "filter": {"x": 1}}),
             400,
             "invalid_json",
         ),
@@ -239,4 +244,102 @@ async fn bad_questions_get_clear_errors() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json["citations"], json!([]));
     assert_eq!(r.json["answer"], tenantry::rag::answer::NO_ANSWER);
+}
+
+const TICKETS: &str = r#"{"name": "tickets", "columns": [{"name": "status", "type": "string"},
+  {"name": "priority", "type": "integer"}, {"name": "body", "type": "string"}], "text_columns": ["body"]}"#;
+
+#[tokio::test]
+async fn column_filters_narrow_retrieval_to_matching_rows_of_the_tenant() {
+    let app = TestApp::new().await;
+    let (_, a) = app.tenant_with_token("alpha").await;
+    let (_, b) = app.tenant_with_token("bravo").await;
+    let text = "The customer asked for a refund of the damaged pump.";
+    for (token, prefix) in [(&a, "a"), (&b, "b")] {
+        app.create_dataset(token, TICKETS).await;
+        let records: Vec<Value> = (0..12)
+            .map(|i| {
+                json!({"key": format!("{prefix}-{i}"), "data": {"status": if i % 3 == 0 { "closed" } else { "open" },
+                       "priority": i, "body": format!("{text} Ticket {prefix}-{i}.")}})
+            })
+            .collect();
+        app.ingest(token, "tickets", &Value::Array(records)).await;
+    }
+    let closed = json!({"question": "refund for the damaged pump", "k": 10,
+        "datasets": ["tickets"], "filters": {"column": "status", "op": "eq", "value": "closed"}});
+    let keys = cited_keys(&ask(&app, &a, closed).await);
+    for key in &keys {
+        assert!(
+            ["a-0", "a-3", "a-6", "a-9"].contains(&key.as_str()),
+            "{key}"
+        );
+    }
+    // Nested conditions, numbers: priority >= 6 and not closed.
+    let nested = json!({"question": "refund for the damaged pump", "k": 10, "datasets": ["tickets"],
+        "filters": {"and": [{"column": "priority", "op": "gte", "value": 6},
+                            {"not": {"column": "status", "op": "eq", "value": "closed"}}]}});
+    let keys = cited_keys(&ask(&app, &a, nested).await);
+    for key in &keys {
+        assert!(
+            ["a-7", "a-8", "a-10", "a-11"].contains(&key.as_str()),
+            "{key}"
+        );
+    }
+    // The attacker's move: SQL in a filter value is a value (matches nothing), not SQL.
+    let injected = json!({"question": "refund for the damaged pump", "datasets": ["tickets"],
+        "filters": {"column": "status", "op": "eq", "value": "closed' OR '1'='1"}});
+    let r = app
+        .call("POST", "/v1/ask", &a, Some(&injected.to_string()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["citations"], json!([]));
+    assert_eq!(r.json["retrieval"]["candidates"], 0);
+    // Filters are checked against the dataset's schema, by path.
+    for (filters, reason) in [
+        (
+            json!({"column": "secret", "op": "eq", "value": 1}),
+            "unknown_column",
+        ),
+        (
+            json!({"column": "priority", "op": "eq", "value": "high"}),
+            "type_mismatch",
+        ),
+        (
+            json!({"column": "status", "op": "drop", "value": 1}),
+            "invalid_operator",
+        ),
+    ] {
+        let body = json!({"question": "q", "datasets": ["tickets"], "filters": filters});
+        let r = app
+            .call("POST", "/v1/ask", &a, Some(&body.to_string()))
+            .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (400, Some("invalid_filters")),
+            "{}",
+            r.json
+        );
+        assert_eq!(r.json["errors"][0]["reason"], reason, "{}", r.json);
+        assert!(
+            r.json["errors"][0]["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/filters"),
+            "{}",
+            r.json
+        );
+    }
+}
+
+/// The record keys an answer cites (at least one).
+fn cited_keys(r: &tenantry_tests::Reply) -> Vec<String> {
+    assert_eq!(r.status, 200, "{}", r.json);
+    let keys: Vec<String> = r.json["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["record_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!keys.is_empty(), "{}", r.json);
+    keys
 }

@@ -3,10 +3,10 @@
 
 use serde_json::{Value, json};
 use tenantry::TenantId;
-use tenantry::db::Access;
+use tenantry::db::{Access, TxSettings};
 use tenantry::rag::chunks::embed_pending;
 use tenantry::rag::embed::LocalEmbedder;
-use tenantry::rag::search::{Hit, search};
+use tenantry::rag::search::{Hit, SearchRequest, search};
 use tenantry_tests::{TestApp, as_tenant};
 
 const NOTES: &str = r#"{"name": "notes", "columns": [{"name": "topic", "type": "string"},
@@ -54,18 +54,43 @@ async fn embed_all(app: &TestApp, tenant: TenantId) -> i64 {
 }
 
 async fn ask(app: &TestApp, tenant: TenantId, question: &str, k: usize) -> Vec<Hit> {
+    search_as(app, tenant, question, k, None, i64::MAX)
+        .await
+        .hits
+}
+
+/// One search in the tenant's transaction, as `/v1/ask` runs it (HNSW settings included).
+async fn search_as(
+    app: &TestApp,
+    tenant: TenantId,
+    question: &str,
+    k: usize,
+    datasets: Option<&[uuid::Uuid]>,
+    exact_max_chunks: i64,
+) -> tenantry::rag::search::Retrieved {
     let embedder = LocalEmbedder::new(256);
+    let settings = TxSettings {
+        hnsw_ef_search: Some(40),
+        ..TxSettings::default()
+    };
     let mut tx = app
         .app
         .db
-        .begin(&as_tenant(tenant), Access::ReadOnly)
+        .begin_with(&as_tenant(tenant), Access::ReadOnly, settings)
         .await
         .unwrap();
-    let hits = search(&mut tx, question, &embedder.vector(question), k, None)
-        .await
-        .unwrap();
+    let vector = embedder.vector(question);
+    let request = SearchRequest {
+        question,
+        vector: &vector,
+        k,
+        datasets,
+        filter: None,
+        exact_max_chunks,
+    };
+    let got = search(&mut tx, &request).await.unwrap();
     tx.commit().await.unwrap();
-    hits
+    got
 }
 
 #[tokio::test]
@@ -189,4 +214,63 @@ async fn long_text_is_chunked_and_every_chunk_cites_its_record() {
             .all(|h| h.record_key == "long" && h.record_version == 1 && h.column == "body")
     );
     assert!(hits[0].content.contains("number 42"), "{hits:?}");
+}
+
+#[tokio::test]
+async fn the_approximate_path_stays_in_the_tenant_and_falls_back_to_exact_when_short() {
+    let app = TestApp::new().await;
+    let (a, token_a) = app.tenant_with_token("alpha").await;
+    let (b, token_b) = app.tenant_with_token("bravo").await;
+    app.create_dataset(&token_a, NOTES).await;
+    app.create_dataset(&token_b, NOTES).await;
+    let question = "Why was the shipment to Lisbon delayed by customs?";
+    let a_notes: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"key": format!("a-{i}"), "data": {"body": format!(
+            "Note {i}: the pallet for order {i} left the warehouse late.")}})
+        })
+        .collect();
+    app.ingest(&token_a, "notes", &Value::Array(a_notes)).await;
+    // B floods the shared index with A's question, word for word: the nearest neighbours of the
+    // question in the whole index are all B's.
+    let b_notes: Vec<Value> = (0..300)
+        .map(|i| json!({"key": format!("b-{i}"), "data": {"body": format!("{question} ({i})")}}))
+        .collect();
+    app.ingest(&token_b, "notes", &Value::Array(b_notes)).await;
+    assert_eq!(embed_all(&app, a).await, 40);
+    assert_eq!(embed_all(&app, b).await, 300);
+    let admin = app.db.admin().await;
+    admin.batch_execute("ANALYZE app.chunks").await.unwrap();
+
+    // 40 chunks >= 20 candidates: the index path serves A, and only A.
+    let got = search_as(&app, a, question, 5, None, 0).await;
+    assert_eq!(got.hits.len(), 5, "{got:?}");
+    assert!(!got.exact, "the index found enough: no fallback");
+    assert!(
+        got.hits.iter().all(|h| h.record_key.starts_with("a-")),
+        "{got:?}"
+    );
+
+    // A dataset with 3 chunks: fewer than the candidates wanted, so the exact scan answers
+    // (and still finds all 3).
+    app.create_dataset(&token_a, &NOTES.replace("\"notes\"", "\"small\""))
+        .await;
+    let small_notes = json!([{"key": "s-1", "data": {"body": "Customs held it."}},
+                             {"key": "s-2", "data": {"body": "Lisbon was slow."}},
+                             {"key": "s-3", "data": {"body": "Delayed shipment."}}]);
+    app.ingest(&token_a, "small", &small_notes).await;
+    embed_all(&app, a).await;
+    let small: uuid::Uuid = admin
+        .query_one(
+            "SELECT dataset_id FROM app.datasets WHERE tenant_id = $1 AND name = 'small'",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let got = search_as(&app, a, question, 5, Some(&[small]), 0).await;
+    assert!(got.exact, "a short approximate answer falls back to exact");
+    let mut keys: Vec<&str> = got.hits.iter().map(|h| h.record_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["s-1", "s-2", "s-3"]);
 }

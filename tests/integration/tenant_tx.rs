@@ -74,6 +74,7 @@ async fn statement_timeout_is_per_transaction() {
     let a = tenant(&db, "alpha").await;
     let settings = TxSettings {
         statement_timeout: Some(Duration::from_millis(50)),
+        ..TxSettings::default()
     };
     let mut t = db
         .begin_with(&as_tenant(a), Access::ReadOnly, settings)

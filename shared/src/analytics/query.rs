@@ -192,7 +192,52 @@ pub struct OutputColumn {
     pub ty: &'static str,
 }
 
-type BoxedParam = (Box<dyn ToSql + Sync + Send>, Type);
+/// A statement parameter the compiler owns, with its declared type.
+pub type BoxedParam = (Box<dyn ToSql + Sync + Send>, Type);
+
+/// A filter compiled on its own: a condition on `r` (a row of `app.records` of the dataset), for a
+/// caller that embeds it in a statement of its own (retrieval filters by column values this way).
+pub struct CompiledFilter {
+    /// The condition; its parameters are numbered from the `first_param` given to
+    /// [`compile_filter`].
+    pub sql: String,
+    /// Its parameters, in order.
+    pub params: Vec<BoxedParam>,
+}
+
+impl std::fmt::Debug for CompiledFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledFilter")
+            .field("sql", &self.sql)
+            .field("params", &self.params.len())
+            .finish()
+    }
+}
+
+/// Compiles a filter (the query language's `filter`) against `ds`, numbering its parameters from
+/// `$first_param`. Errors are named by path under `path`.
+pub fn compile_filter(
+    filter: &Value,
+    ds: &Dataset,
+    first_param: usize,
+    path: &str,
+) -> Result<CompiledFilter, Vec<FieldError>> {
+    let mut c = Compiler {
+        ds,
+        base: first_param.saturating_sub(1),
+        params: Vec::new(),
+        errors: Vec::new(),
+        conditions: 0,
+    };
+    let sql = c.filter(filter, path, 0);
+    match sql {
+        Some(sql) if c.errors.is_empty() => Ok(CompiledFilter {
+            sql,
+            params: c.params,
+        }),
+        _ => Err(c.errors),
+    }
+}
 
 /// A query compiled to one SQL statement and its parameters.
 pub struct CompiledQuery {
@@ -264,6 +309,7 @@ pub fn compile(
 ) -> Result<CompiledQuery, Vec<FieldError>> {
     let mut c = Compiler {
         ds,
+        base: 0,
         params: vec![
             (Box::new(tenant), Type::UUID),
             (Box::new(ds.id), Type::UUID),
@@ -432,6 +478,8 @@ pub fn compile(
 
 struct Compiler<'d> {
     ds: &'d Dataset,
+    /// Parameters already bound ahead of this compiler's (its first is `$base+1`).
+    base: usize,
     params: Vec<BoxedParam>,
     errors: Vec<FieldError>,
     conditions: usize,
@@ -453,7 +501,7 @@ impl Compiler<'_> {
 
     fn param(&mut self, value: impl ToSql + Sync + Send + 'static, ty: Type) -> String {
         self.params.push((Box::new(value), ty));
-        format!("${}", self.params.len())
+        format!("${}", self.base + self.params.len())
     }
 
     fn column(&mut self, name: &str, path: &str) -> Option<&'_ ColumnDef> {

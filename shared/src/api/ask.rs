@@ -1,20 +1,19 @@
 //! `POST /v1/ask`: a question answered from the tenant's own rows, with citations to the exact
 //! record versions the answer rests on.
 
-use std::collections::HashMap;
-
 use http::StatusCode;
 use lambda_http::Request;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use serde_json::{Value, json};
 
 use super::datasets::find_dataset;
 use crate::App;
-use crate::analytics::datasets::{self, DatasetRef};
-use crate::db::Access;
+use crate::analytics::datasets::DatasetRef;
+use crate::analytics::query::compile_filter;
+use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
 use crate::rag::answer::{NO_ANSWER, Source, police};
-use crate::rag::search::{embed_question, search};
+use crate::rag::search::{FILTER_FIRST_PARAM, SearchRequest, embed_question, search};
 
 const MAX_QUESTION_CHARS: usize = 2000;
 const MAX_K: usize = 20;
@@ -28,6 +27,9 @@ struct AskRequest {
     datasets: Vec<String>,
     #[serde(default)]
     k: Option<usize>,
+    /// A filter in the query language's grammar, on the columns of the one dataset named.
+    #[serde(default)]
+    filters: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -89,25 +91,46 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
                 )
                 .with_source(e)
             })?;
-        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
-        let mut names: HashMap<Uuid, String> = HashMap::new();
-        let filter = if body.datasets.is_empty() {
-            for ds in datasets::list(&mut tx).await? {
-                names.insert(ds.id, ds.name);
-            }
-            None
-        } else {
-            let mut ids = Vec::new();
-            for d in &body.datasets {
-                let r = DatasetRef::parse(d).ok_or_else(super::datasets::dataset_not_found)?;
-                let ds = find_dataset(&mut tx, &r).await?;
-                ids.push(ds.id);
-                names.insert(ds.id, ds.name);
-            }
-            Some(ids)
+        if body.filters.is_some() && body.datasets.len() != 1 {
+            return Err(ApiError::bad_request(
+                "filters_need_one_dataset",
+                "filters name columns, so they need exactly one dataset in datasets.",
+            ));
+        }
+        let settings = TxSettings {
+            hnsw_ef_search: Some(app.config.rag.hnsw_ef_search),
+            ..TxSettings::default()
         };
-        let hits = search(&mut tx, question, &vector, k, filter.as_deref()).await?;
+        let mut tx = super::begin_with(app, ctx, Access::ReadOnly, settings).await?;
+        let mut ids = Vec::new();
+        let mut filter = None;
+        for d in &body.datasets {
+            let r = DatasetRef::parse(d).ok_or_else(super::datasets::dataset_not_found)?;
+            let ds = find_dataset(&mut tx, &r).await?;
+            if let Some(f) = &body.filters {
+                let compiled =
+                    compile_filter(f, &ds, FILTER_FIRST_PARAM, "/filters").map_err(|errors| {
+                        ApiError::bad_request(
+                            "invalid_filters",
+                            "The filters do not fit the dataset; see errors.",
+                        )
+                        .with_extra(json!({ "errors": errors }))
+                    })?;
+                filter = Some(compiled);
+            }
+            ids.push(ds.id);
+        }
+        let request = SearchRequest {
+            question,
+            vector: &vector,
+            k,
+            datasets: (!ids.is_empty()).then_some(&ids[..]),
+            filter: filter.as_ref(),
+            exact_max_chunks: app.config.rag.exact_max_chunks,
+        };
+        let retrieved = search(&mut tx, &request).await?;
         tx.commit().await?;
+        let hits = &retrieved.hits;
 
         let sources: Vec<Source> = hits
             .iter()
@@ -134,7 +157,7 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
                 let h = hits.get(i.checked_sub(1)?)?;
                 Some(Citation {
                     label: label.clone(),
-                    dataset: names.get(&h.dataset_id).cloned().unwrap_or_default(),
+                    dataset: h.dataset.clone(),
                     record_key: h.record_key.clone(),
                     record_version: h.record_version,
                     snippet: h.content.chars().take(SNIPPET_CHARS).collect(),
@@ -156,8 +179,8 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
                 model: draft.model,
                 retrieval: Retrieval {
                     k,
-                    candidates: hits.len(),
-                    exact: true,
+                    candidates: retrieved.candidates,
+                    exact: retrieved.exact,
                     embedder: app.embedder.model(),
                 },
                 dropped_citations: policed.dropped,

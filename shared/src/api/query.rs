@@ -20,6 +20,7 @@ pub(super) fn run<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
         let cfg = &app.config.analytics;
         let settings = TxSettings {
             statement_timeout: Some(cfg.query_timeout),
+            ..TxSettings::default()
         };
         let mut tx = super::begin_with(app, ctx, Access::ReadOnly, settings).await?;
         let ds = find_dataset(&mut tx, &dataset).await?;

@@ -36,6 +36,10 @@ pub enum Access {
 pub struct TxSettings {
     /// Cancels any statement that runs longer than this.
     pub statement_timeout: Option<Duration>,
+    /// For approximate vector search: `hnsw.ef_search`, with pgvector's iterative index scan
+    /// (`hnsw.iterative_scan = relaxed_order`) so filtered searches keep scanning until they
+    /// have enough rows.
+    pub hnsw_ef_search: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +77,14 @@ const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('app.actor_id', $2, true), \
      set_config('statement_timeout', $3, true), \
      set_config('TimeZone', 'UTC', true)";
+
+/// [`SET_CONTEXT`] plus the HNSW search settings.
+const SET_CONTEXT_HNSW: &str = "SELECT set_config('app.tenant_id', $1, true), \
+     set_config('app.actor_id', $2, true), \
+     set_config('statement_timeout', $3, true), \
+     set_config('TimeZone', 'UTC', true), \
+     set_config('hnsw.ef_search', $4, true), \
+     set_config('hnsw.iterative_scan', 'relaxed_order', true)";
 
 impl TenantTx {
     pub(super) async fn begin(
@@ -236,14 +248,22 @@ impl TenantTx {
         };
         // Futures send nothing until polled; join! polls them in this order on its first poll,
         // so the three requests leave in one write and the connection answers them in order.
-        let set_params: [Param<'_>; 3] = [
+        let ef_search = self.settings.hnsw_ef_search.map(|n| n.to_string());
+        let mut set_params: Vec<Param<'_>> = vec![
             (&tenant, Type::TEXT),
             (&self.ctx.actor_id, Type::TEXT),
             (&timeout, Type::TEXT),
         ];
+        let set_sql = match &ef_search {
+            Some(ef) => {
+                set_params.push((ef, Type::TEXT));
+                SET_CONTEXT_HNSW
+            }
+            None => SET_CONTEXT,
+        };
         let (begin, set, out) = tokio::join!(
             conn.batch_execute(begin_sql),
-            conn.query_typed(SET_CONTEXT, &set_params),
+            conn.query_typed(set_sql, &set_params),
             statement(conn, kind, sql, params),
         );
         begin?;

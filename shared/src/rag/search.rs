@@ -1,25 +1,38 @@
 //! Hybrid retrieval: vector similarity and full-text rank, fused by reciprocal rank, in the
 //! tenant's transaction (so RLS decides what can be found at all).
 //!
-//! Vector candidates come from an exact scan of the tenant's chunks (every tenant gets its k
-//! nearest when it has k embedded chunks). The HNSW indexes in `0005_chunks.sql` are there for the
-//! approximate path for large tenants, which needs recall measured against this one first.
+//! Vector candidates come from one of two paths:
+//! - **exact**: a scan of the tenant's chunks ordered by distance. Every tenant gets its true
+//!   nearest neighbours; the cost grows with the tenant's chunk count.
+//! - **approximate**: the HNSW index of the embedding's dimension (`0005_chunks.sql`), with
+//!   `hnsw.ef_search` and pgvector's iterative index scan set in the transaction
+//!   ([`TxSettings::hnsw_ef_search`](crate::db::TxSettings)), for tenants with more chunks than
+//!   [`SearchRequest::exact_max_chunks`]. The index is shared by all tenants and filtered by RLS
+//!   and the tenant predicate, so the iterative scan keeps going until it has enough rows or hits
+//!   `hnsw.max_scan_tuples`. When it comes back short, the exact scan runs instead: the tenant
+//!   gets its candidates whenever it has them.
 
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::embed::{EmbedError, Embedder, to_pgvector};
-use crate::db::{DbError, TenantTx};
+use crate::analytics::query::CompiledFilter;
+use crate::db::{DbError, Param, TenantTx};
 
 /// Reciprocal-rank-fusion constant (the usual 60).
 const RRF_K: f64 = 60.0;
+
+/// The first parameter number a [`SearchRequest::filter`] may use (the search binds `$1`..`$7`).
+pub const FILTER_FIRST_PARAM: usize = 8;
 
 /// A retrieved chunk.
 #[derive(Clone, Debug, Serialize)]
 pub struct Hit {
     /// Its dataset.
     pub dataset_id: Uuid,
+    /// Its dataset's name.
+    pub dataset: String,
     /// The record it was cut from.
     pub record_key: String,
     /// The record version it quotes.
@@ -38,6 +51,44 @@ pub struct Hit {
     pub text_rank: Option<i64>,
 }
 
+/// What to search for.
+#[derive(Debug)]
+pub struct SearchRequest<'a> {
+    /// The question, for full-text search.
+    pub question: &'a str,
+    /// The question's embedding, made by the caller *before* the transaction begins, so no
+    /// connection sits idle in a transaction while an embedding model answers.
+    pub vector: &'a [f32],
+    /// Results wanted.
+    pub k: usize,
+    /// Only these datasets (None: all of the tenant's).
+    pub datasets: Option<&'a [Uuid]>,
+    /// Only chunks whose record matches this condition on `r` (an `app.records` row), its
+    /// parameters numbered from [`FILTER_FIRST_PARAM`].
+    pub filter: Option<&'a CompiledFilter>,
+    /// Tenants with more chunks than this take the approximate path (the transaction must then
+    /// have been begun with `hnsw_ef_search` set).
+    pub exact_max_chunks: i64,
+}
+
+impl SearchRequest<'_> {
+    /// Vector candidates fetched before fusion: more than `k`, so fusion has a choice.
+    pub fn candidates(&self) -> i64 {
+        (self.k as i64 * 4).max(20)
+    }
+}
+
+/// What a search found, and how.
+#[derive(Clone, Debug)]
+pub struct Retrieved {
+    /// At most `k` hits, best first.
+    pub hits: Vec<Hit>,
+    /// Vector and full-text candidates considered before fusion (distinct chunks).
+    pub candidates: usize,
+    /// Whether the vector candidates came from an exact scan.
+    pub exact: bool,
+}
+
 /// The question's embedding, for [`search`].
 pub async fn embed_question(
     embedder: &dyn Embedder,
@@ -50,72 +101,142 @@ pub async fn embed_question(
         .unwrap_or_default())
 }
 
-/// Finds the `k` chunks of the tenant that best match `question`, optionally within `datasets`.
-///
-/// `vector` is the question's embedding, made by the caller *before* the transaction begins, so
-/// no connection sits idle in a transaction while an embedding model answers.
-pub async fn search(
-    tx: &mut TenantTx,
-    question: &str,
-    vector: &[f32],
-    k: usize,
-    datasets: Option<&[Uuid]>,
-) -> Result<Vec<Hit>, DbError> {
+/// Finds the `k` chunks of the tenant that best match the request.
+pub async fn search(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Retrieved, DbError> {
+    if tenant_is_large(tx, req.exact_max_chunks).await? {
+        let approximate = fused(tx, req, false).await?;
+        if approximate.1 >= req.candidates() {
+            return Ok(approximate.0);
+        }
+        tracing::debug!(
+            found = approximate.1,
+            "approximate search came back short; exact scan"
+        );
+    }
+    Ok(fused(tx, req, true).await?.0)
+}
+
+/// Whether the tenant has more than `limit` chunks (counting stops at `limit + 1`).
+async fn tenant_is_large(tx: &mut TenantTx, limit: i64) -> Result<bool, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    let q = to_pgvector(vector);
-    let dims = vector.len() as i32;
-    // More candidates than results, so fusion has something to choose from.
-    let candidates = (k as i64 * 4).max(20);
-    let limit = k as i64;
-    let datasets: Option<Vec<Uuid>> = datasets.map(<[Uuid]>::to_vec);
-    let rows = tx
-        .query(
-            "WITH vec AS ( \
-               SELECT dataset_id, record_key, chunk_no, row_number() OVER (ORDER BY dist, record_key, chunk_no) AS rank FROM ( \
-                 SELECT c.dataset_id, c.record_key, c.chunk_no, c.embedding <=> $2::vector AS dist \
-                 FROM app.chunks c \
-                 WHERE c.tenant_id = $1 AND c.embedding IS NOT NULL AND vector_dims(c.embedding) = $3 \
-                   AND ($5::uuid[] IS NULL OR c.dataset_id = ANY($5)) \
-                 ORDER BY dist, c.record_key, c.chunk_no LIMIT $4) v \
-             ), fts AS ( \
-               SELECT dataset_id, record_key, chunk_no, row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
-                 SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
-                 FROM app.chunks c, websearch_to_tsquery('english', $6) q \
-                 WHERE c.tenant_id = $1 AND c.tsv @@ q AND ($5::uuid[] IS NULL OR c.dataset_id = ANY($5)) \
-                 ORDER BY r DESC, c.record_key, c.chunk_no LIMIT $4) f \
-             ) \
-             SELECT c.dataset_id, c.record_key, c.record_version, c.chunk_no, c.column_name, c.content, \
-                    coalesce(1.0 / ($7 + m.vrank), 0) + coalesce(1.0 / ($7 + m.trank), 0) AS score, \
-                    m.vrank, m.trank \
-             FROM (SELECT dataset_id, record_key, chunk_no, vec.rank AS vrank, fts.rank AS trank \
-                   FROM vec FULL JOIN fts USING (dataset_id, record_key, chunk_no)) m \
-             JOIN app.chunks c ON c.tenant_id = $1 AND c.dataset_id = m.dataset_id \
-               AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
-             ORDER BY score DESC, c.record_key, c.chunk_no LIMIT $8",
-            &[
-                (&tenant, Type::UUID),
-                (&q, Type::TEXT),
-                (&dims, Type::INT4),
-                (&candidates, Type::INT8),
-                (&datasets, Type::UUID_ARRAY),
-                (&question, Type::TEXT),
-                (&RRF_K, Type::FLOAT8),
-                (&limit, Type::INT8),
-            ],
+    let fetch = limit.saturating_add(1);
+    let row = tx
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM app.chunks WHERE tenant_id = $1 LIMIT $2) c",
+            &[(&tenant, Type::UUID), (&fetch, Type::INT8)],
         )
         .await?;
-    Ok(rows
+    Ok(row.get::<_, i64>(0) > limit)
+}
+
+/// One fused search; also returns how many vector candidates were found.
+async fn fused(
+    tx: &mut TenantTx,
+    req: &SearchRequest<'_>,
+    exact: bool,
+) -> Result<(Retrieved, i64), DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let q = to_pgvector(req.vector);
+    // The dimension is ours (the embedder's), never a client's: a literal, so the planner can
+    // match the partial expression index.
+    let dims = req.vector.len();
+    let candidates = req.candidates();
+    let limit = req.k as i64;
+    let datasets: Option<Vec<Uuid>> = req.datasets.map(<[Uuid]>::to_vec);
+    let record_filter = match req.filter {
+        Some(f) => format!(
+            " AND EXISTS (SELECT 1 FROM app.records r WHERE r.tenant_id = c.tenant_id \
+               AND r.dataset_id = c.dataset_id AND r.key = c.record_key AND {})",
+            f.sql
+        ),
+        None => String::new(),
+    };
+    let distance = if exact {
+        format!("c.embedding <=> $2::vector({dims})")
+    } else {
+        format!("c.embedding::vector({dims}) <=> $2::vector({dims})")
+    };
+    // The approximate path orders by distance alone (what the index serves); ties are
+    // broken after fusion.
+    let order = if exact {
+        "dist, c.record_key, c.chunk_no"
+    } else {
+        "dist"
+    };
+    let sql = format!(
+        "WITH vec AS MATERIALIZED ( \
+           SELECT c.dataset_id, c.record_key, c.chunk_no, {distance} AS dist \
+           FROM app.chunks c \
+           WHERE c.tenant_id = $1 AND vector_dims(c.embedding) = {dims} \
+             AND ($4::uuid[] IS NULL OR c.dataset_id = ANY($4)){record_filter} \
+           ORDER BY {order} LIMIT $3 \
+         ), vrank AS ( \
+           SELECT dataset_id, record_key, chunk_no, \
+                  row_number() OVER (ORDER BY dist, record_key, chunk_no) AS rank FROM vec \
+         ), fts AS ( \
+           SELECT dataset_id, record_key, chunk_no, \
+                  row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
+             SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
+             FROM app.chunks c, websearch_to_tsquery('english', $5) q \
+             WHERE c.tenant_id = $1 AND c.tsv @@ q \
+               AND ($4::uuid[] IS NULL OR c.dataset_id = ANY($4)){record_filter} \
+             ORDER BY r DESC, c.record_key, c.chunk_no LIMIT $3) f \
+         ), m AS ( \
+           SELECT dataset_id, record_key, chunk_no, vrank.rank AS vrank, fts.rank AS trank \
+           FROM vrank FULL JOIN fts USING (dataset_id, record_key, chunk_no) \
+         ) \
+         SELECT c.dataset_id, d.name, c.record_key, c.record_version, c.chunk_no, c.column_name, \
+                c.content, \
+                coalesce(1.0 / ($6 + m.vrank), 0) + coalesce(1.0 / ($6 + m.trank), 0) AS score, \
+                m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m) \
+         FROM m \
+         JOIN app.chunks c ON c.tenant_id = $1 AND c.dataset_id = m.dataset_id \
+           AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
+         JOIN app.datasets d ON d.tenant_id = $1 AND d.dataset_id = c.dataset_id \
+         ORDER BY score DESC, c.record_key, c.chunk_no LIMIT $7"
+    );
+    let mut params: Vec<Param<'_>> = vec![
+        (&tenant, Type::UUID),
+        (&q, Type::TEXT),
+        (&candidates, Type::INT8),
+        (&datasets, Type::UUID_ARRAY),
+        (&req.question, Type::TEXT),
+        (&RRF_K, Type::FLOAT8),
+        (&limit, Type::INT8),
+    ];
+    debug_assert_eq!(params.len() + 1, FILTER_FIRST_PARAM);
+    if let Some(f) = req.filter {
+        params.extend(f.params.iter().map(|(v, t)| {
+            (
+                v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync),
+                t.clone(),
+            )
+        }));
+    }
+    let rows = tx.query(&sql, &params).await?;
+    let vector_found = rows.first().map_or(0, |r| r.get::<_, i64>(10));
+    let considered = rows.first().map_or(0, |r| r.get::<_, i64>(11));
+    let hits = rows
         .iter()
         .map(|r| Hit {
             dataset_id: r.get(0),
-            record_key: r.get(1),
-            record_version: r.get(2),
-            chunk_no: r.get(3),
-            column: r.get(4),
-            content: r.get(5),
-            score: r.get(6),
-            vector_rank: r.get(7),
-            text_rank: r.get(8),
+            dataset: r.get(1),
+            record_key: r.get(2),
+            record_version: r.get(3),
+            chunk_no: r.get(4),
+            column: r.get(5),
+            content: r.get(6),
+            score: r.get(7),
+            vector_rank: r.get(8),
+            text_rank: r.get(9),
         })
-        .collect())
+        .collect();
+    Ok((
+        Retrieved {
+            hits,
+            candidates: considered as usize,
+            exact,
+        },
+        vector_found,
+    ))
 }

@@ -153,6 +153,14 @@ async fn up() -> Result<(), Error> {
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
     let app = tenantry::App::new(config)?;
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
+    // Chunks a previous run left pending (stopped mid-embedding) are embedded now, as the
+    // scheduled sweep does in AWS.
+    tenantry::rag::queue::sweep(
+        &app.db,
+        app.embed_queue.as_ref(),
+        &tenantry::rag::queue::SweepInput { older_than_secs: 0 },
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let issuer = dev_issuer(port)?;

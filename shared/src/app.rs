@@ -136,20 +136,32 @@ pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http
     .await
 }
 
-/// The whole `main` of the SQS-triggered `embed` function.
+/// The whole `main` of the `embed` function (SQS batches and the scheduled sweep).
 pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init();
     let app = Arc::new(App::from_env().await?);
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+        move |event: lambda_runtime::LambdaEvent<crate::rag::queue::EmbedEvent>| {
             let app = Arc::clone(&app);
-            async move {
-                Ok::<_, Infallible>(
-                    crate::rag::queue::handle_sqs(&app.db, app.embedder.as_ref(), event.payload)
-                        .await,
-                )
-            }
+            async move { handle_embed_event(&app, event.payload).await }
         },
     ))
     .await
+}
+
+/// The `embed` function's handler. A sweep that cannot reach the database fails the invocation
+/// (the scheduler retries it); SQS batches report failed messages one by one.
+pub async fn handle_embed_event(
+    app: &App,
+    event: crate::rag::queue::EmbedEvent,
+) -> Result<serde_json::Value, lambda_runtime::Error> {
+    use crate::rag::queue::{EmbedEvent, handle_sqs, sweep};
+    Ok(match event {
+        EmbedEvent::Sweep { sweep: input } => {
+            serde_json::to_value(sweep(&app.db, app.embed_queue.as_ref(), &input).await?)?
+        }
+        EmbedEvent::Sqs(batch) => {
+            serde_json::to_value(handle_sqs(&app.db, app.embedder.as_ref(), batch).await)?
+        }
+    })
 }

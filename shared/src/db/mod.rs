@@ -214,6 +214,40 @@ impl Db {
         }))
     }
 
+    /// Tenants whose chunks have waited longer than `older_than` for an embedding (ids only).
+    pub async fn tenants_with_pending_chunks(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<TenantId>, DbError> {
+        let client = self.checkout().await?;
+        let secs = older_than.as_secs_f64();
+        let rows = client
+            .query_typed(
+                "SELECT t FROM app.tenants_with_pending_chunks(make_interval(secs => $1)) t",
+                &[(&secs, Type::FLOAT8)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TenantId::from(r.get::<_, Uuid>(0)))
+            .collect())
+    }
+
+    /// Every tenant with its status, for scheduled jobs that visit tenants one at a time.
+    pub async fn tenant_ids(&self) -> Result<Vec<TenantRef>, DbError> {
+        let client = self.checkout().await?;
+        let rows = client
+            .query_typed("SELECT tenant_id, status FROM app.tenant_ids()", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TenantRef {
+                tenant_id: TenantId::from(r.get::<_, Uuid>(0)),
+                status: r.get(1),
+            })
+            .collect())
+    }
+
     /// Pool statistics, for logs and benchmarks.
     pub fn status(&self) -> deadpool_postgres::Status {
         self.pool.status()

@@ -1,7 +1,8 @@
 //! The embedding work queue port. Ingest commits chunks with no vector and then asks for them to
 //! be embedded; the pending chunks in the database are the truth, the queue only says "look".
-//! The in-process adapter serves the local runner; an SQS adapter and the `embed` function are the
-//! AWS side (next step of the RAG issue).
+//! The in-process adapter serves the local runner; the SQS adapter and the `embed` function are the
+//! AWS side. A scheduled sweep re-queues tenants whose chunks waited too long, so a lost message
+//! delays embedding but never loses it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -145,6 +146,71 @@ impl EmbedQueue for SqsEmbedQueue {
             Ok(())
         })
     }
+}
+
+/// The `embed` function's scheduled input: re-queue tenants whose chunks have waited too long.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepInput {
+    /// Chunks pending longer than this many seconds count as lost work.
+    pub older_than_secs: u64,
+}
+
+/// What a sweep did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SweepOutcome {
+    /// Tenants found with stale pending chunks.
+    pub tenants: usize,
+    /// Of those, queued again.
+    pub queued: usize,
+    /// Of those, whose enqueue failed (they are found again by the next sweep).
+    pub failed: usize,
+}
+
+/// Finds tenants whose chunks have waited longer than `input.older_than_secs` (an enqueue that
+/// failed after ingest committed, a message that reached the dead-letter queue) and queues each
+/// again. Pending chunks in the database are the truth, so this is all recovery takes.
+pub async fn sweep(
+    db: &Db,
+    queue: &dyn EmbedQueue,
+    input: &SweepInput,
+) -> Result<SweepOutcome, crate::db::DbError> {
+    let tenants = db
+        .tenants_with_pending_chunks(std::time::Duration::from_secs(input.older_than_secs))
+        .await?;
+    let mut outcome = SweepOutcome {
+        tenants: tenants.len(),
+        ..SweepOutcome::default()
+    };
+    for tenant in tenants {
+        match queue.enqueue(tenant).await {
+            Ok(()) => outcome.queued += 1,
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "sweep could not queue");
+                outcome.failed += 1;
+            }
+        }
+    }
+    tracing::info!(
+        tenants = outcome.tenants,
+        queued = outcome.queued,
+        failed = outcome.failed,
+        "embed sweep done"
+    );
+    Ok(outcome)
+}
+
+/// What the `embed` function is invoked with: SQS batches, or the scheduler's sweep input.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum EmbedEvent {
+    /// `{"sweep": {"older_than_secs": 300}}` from EventBridge Scheduler.
+    Sweep {
+        /// The sweep's parameters.
+        sweep: SweepInput,
+    },
+    /// A batch from the embed queue.
+    Sqs(aws_lambda_events::event::sqs::SqsEvent),
 }
 
 /// The `embed` function's handler: drains each message's tenant and names exactly the messages

@@ -4,12 +4,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
+use crate::billing::{BillingSink, LocalBilling};
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
 use crate::rag::answer::{Answerer, LocalAnswerer};
 use crate::rag::bedrock::{BedrockAnswerer, BedrockEmbedder};
 use crate::rag::embed::{Embedder, LocalEmbedder};
 use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue, SqsEmbedQueue};
+use crate::usage::queue::{InProcessUsageQueue, SqsUsageQueue, UsageQueue};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,10 @@ pub struct App {
     pub answerer: Arc<dyn Answerer>,
     /// Where embedding work goes after ingest.
     pub embed_queue: Arc<dyn EmbedQueue>,
+    /// Where billable requests send their usage.
+    pub usage_queue: Arc<dyn UsageQueue>,
+    /// The billing provider (local unless a Stripe-linked function supplies its adapter).
+    pub billing: Arc<dyn BillingSink>,
 }
 
 impl App {
@@ -49,6 +55,16 @@ impl App {
     pub fn with_sdk(
         config: Config,
         sdk: Option<&aws_config::SdkConfig>,
+    ) -> Result<Self, StartError> {
+        Self::with_billing(config, sdk, None)
+    }
+
+    /// As [`with_sdk`](Self::with_sdk), with the billing provider's adapter (None: the local
+    /// one, which records meter events instead of sending them).
+    pub fn with_billing(
+        config: Config,
+        sdk: Option<&aws_config::SdkConfig>,
+        billing: Option<Arc<dyn BillingSink>>,
     ) -> Result<Self, StartError> {
         let db = Db::connect(&config.db)?;
         let auth = Authenticator::new(&config.auth, db.clone());
@@ -90,12 +106,38 @@ impl App {
             }
             (None, _) => Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder))),
         };
+        let billing: Arc<dyn BillingSink> =
+            billing.unwrap_or_else(|| Arc::new(LocalBilling::default()));
+        let usage_queue: Arc<dyn UsageQueue> = match (&config.billing.usage_queue_url, sdk) {
+            (Some(url), Some(sdk)) => {
+                Arc::new(SqsUsageQueue::new(aws_sdk_sqs::Client::new(sdk), url))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    name: "USAGE_QUEUE_URL",
+                    reason: "set, but no AWS configuration was loaded".into(),
+                }
+                .into());
+            }
+            (None, _) => Arc::new(InProcessUsageQueue::new(
+                db.clone(),
+                Arc::clone(&billing),
+                config.billing.meter.clone(),
+            )),
+        };
+        if billing.kind() == "local" {
+            tracing::info!(
+                "billing: local adapter: meter events are recorded in this process, not sent to Stripe"
+            );
+        }
         tracing::info!(
             jwks_url = %config.auth.jwks_url,
             pool_max = config.db.pool_max,
             embedder = embedder.model(),
             answerer = answerer.model(),
             embed_queue = embed_queue.kind(),
+            usage_queue = usage_queue.kind(),
+            billing = billing.kind(),
             "app ready"
         );
         Ok(Self {
@@ -105,6 +147,8 @@ impl App {
             embedder,
             answerer,
             embed_queue,
+            usage_queue,
+            billing,
         })
     }
 

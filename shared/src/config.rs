@@ -149,6 +149,54 @@ pub struct Config {
     pub analytics: AnalyticsConfig,
     /// Retrieval settings.
     pub rag: RagConfig,
+    /// Usage metering and billing.
+    pub billing: BillingConfig,
+}
+
+/// A secret value: usable, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Usage metering and billing settings.
+#[derive(Clone, Debug)]
+pub struct BillingConfig {
+    /// SQS queue for usage events (consumed by `usage-meter`); unset: in-process.
+    pub usage_queue_url: Option<String>,
+    /// Windows, leases, retries.
+    pub meter: crate::billing::meter::MeterConfig,
+    /// Stripe secret key; unset: the local billing adapter.
+    pub stripe_api_key: Option<Secret>,
+    /// Stripe API base URL (tests point it at a local server).
+    pub stripe_api_base: String,
+    /// Stripe meter id per meter (for reading event summaries back).
+    pub stripe_meter_ids: Vec<(crate::usage::Meter, String)>,
+    /// Stripe webhook signing secrets (more than one while a secret is being rolled).
+    pub stripe_webhook_secrets: Vec<Secret>,
+    /// Seconds a Stripe webhook signature stays valid.
+    pub stripe_webhook_tolerance_secs: i64,
+    /// Shared secret Auth0's log stream / action sends in `Authorization: Bearer ...`.
+    pub auth0_webhook_secret: Option<Secret>,
+    /// Secrets Manager secret with `stripe_api_key`, `stripe_webhook_secrets`,
+    /// `auth0_webhook_secret` (JSON), read at cold start.
+    pub secret_arn: Option<String>,
 }
 
 impl Config {
@@ -173,6 +221,27 @@ impl Config {
             }
             _ => tracing::info!(source = "environment", "database credentials"),
         }
+        if let Some(arn) = self.billing.secret_arn.clone() {
+            let sdk = sdk.ok_or(ConfigError::Invalid {
+                name: "BILLING_SECRET_ARN",
+                reason: "set, but no AWS configuration was loaded".into(),
+            })?;
+            let s = crate::secrets::billing_secrets(sdk, &arn).await?;
+            if let Some(key) = s.stripe_api_key {
+                self.billing.stripe_api_key = Some(Secret::new(key));
+            }
+            if !s.stripe_webhook_secrets.is_empty() {
+                self.billing.stripe_webhook_secrets = s
+                    .stripe_webhook_secrets
+                    .into_iter()
+                    .map(Secret::new)
+                    .collect();
+            }
+            if let Some(secret) = s.auth0_webhook_secret {
+                self.billing.auth0_webhook_secret = Some(Secret::new(secret));
+            }
+            tracing::info!(source = "secrets_manager", "billing secrets");
+        }
         Ok(self)
     }
 
@@ -182,6 +251,8 @@ impl Config {
             || self.rag.embed_model_id.is_some()
             || self.rag.answer_model_id.is_some()
             || self.rag.embed_queue_url.is_some()
+            || self.billing.usage_queue_url.is_some()
+            || self.billing.secret_arn.is_some()
     }
 
     /// Reads the configuration from the process environment.
@@ -279,7 +350,65 @@ impl Config {
                     }
                 },
             },
+            billing: BillingConfig {
+                usage_queue_url: var("USAGE_QUEUE_URL"),
+                meter: {
+                    let d = crate::billing::meter::MeterConfig::default();
+                    let window_secs: i64 = parse(&var, "USAGE_WINDOW_SECS", d.window_secs)?;
+                    if window_secs < 60 || 86_400 % window_secs != 0 {
+                        return Err(ConfigError::Invalid {
+                            name: "USAGE_WINDOW_SECS",
+                            reason:
+                                "at least 60 and a divisor of 86400 (windows must not cross days)"
+                                    .into(),
+                        });
+                    }
+                    crate::billing::meter::MeterConfig {
+                        window_secs,
+                        grace_secs: parse(&var, "USAGE_GRACE_SECS", d.grace_secs)?,
+                        settle_secs: parse(&var, "BILLING_SETTLE_SECS", d.settle_secs)?,
+                        attempts: parse(&var, "STRIPE_MAX_ATTEMPTS", d.attempts)?,
+                        backoff_base: Duration::from_millis(parse(
+                            &var,
+                            "STRIPE_BACKOFF_BASE_MS",
+                            d.backoff_base.as_millis() as u64,
+                        )?),
+                        ..d
+                    }
+                },
+                stripe_api_key: var("STRIPE_API_KEY").map(Secret::new),
+                stripe_api_base: var("STRIPE_API_BASE")
+                    .unwrap_or_else(|| "https://api.stripe.com/".into()),
+                stripe_meter_ids: crate::usage::METERS
+                    .iter()
+                    .filter_map(|d| var(meter_var(d.meter)).map(|id| (d.meter, id)))
+                    .collect(),
+                stripe_webhook_secrets: var("STRIPE_WEBHOOK_SECRETS")
+                    .map(|v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(Secret::new)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                stripe_webhook_tolerance_secs: parse(&var, "STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?,
+                auth0_webhook_secret: var("AUTH0_WEBHOOK_SECRET").map(Secret::new),
+                secret_arn: var("BILLING_SECRET_ARN"),
+            },
         })
+    }
+}
+
+/// The environment variable holding a meter's Stripe meter id.
+fn meter_var(meter: crate::usage::Meter) -> &'static str {
+    use crate::usage::Meter;
+    match meter {
+        Meter::Queries => "STRIPE_METER_ID_QUERIES",
+        Meter::Questions => "STRIPE_METER_ID_QUESTIONS",
+        Meter::IngestedRecords => "STRIPE_METER_ID_INGESTED_RECORDS",
+        Meter::Storage => "STRIPE_METER_ID_STORAGE",
+        Meter::Seats => "STRIPE_METER_ID_SEATS",
     }
 }
 

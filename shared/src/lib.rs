@@ -9,6 +9,7 @@ pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod db;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod rag;
 pub mod secrets;
 pub mod telemetry;
 pub mod tenants;
+pub mod usage;
 
 pub use app::App;
 pub use ids::TenantId;

@@ -46,12 +46,45 @@ impl From<SecretError> for ConfigError {
     }
 }
 
-/// Reads the secret and returns the app role's database URL.
-pub async fn database_url(
-    sdk: &SdkConfig,
-    arn: &str,
-    host_override: Option<&str>,
-) -> Result<String, SecretError> {
+/// The billing secret's JSON: `{"stripe_api_key"?, "stripe_webhook_secrets"?: [..],
+/// "auth0_webhook_secret"?}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSecrets {
+    /// Stripe secret key.
+    #[serde(default)]
+    pub stripe_api_key: Option<String>,
+    /// Webhook signing secrets.
+    #[serde(default)]
+    pub stripe_webhook_secrets: Vec<String>,
+    /// Auth0 webhook shared secret.
+    #[serde(default)]
+    pub auth0_webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for BillingSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BillingSecrets(..)")
+    }
+}
+
+/// Reads the billing secret (JSON).
+pub async fn billing_secrets(sdk: &SdkConfig, arn: &str) -> Result<BillingSecrets, ConfigError> {
+    let value = secret_string(sdk, arn)
+        .await
+        .map_err(|e| ConfigError::Invalid {
+            name: "BILLING_SECRET_ARN",
+            reason: e.to_string(),
+        })?;
+    serde_json::from_str(&value).map_err(|_| ConfigError::Invalid {
+        name: "BILLING_SECRET_ARN",
+        reason: format!(
+            "secret {arn} is not JSON with stripe_api_key / stripe_webhook_secrets / auth0_webhook_secret"
+        ),
+    })
+}
+
+async fn secret_string(sdk: &SdkConfig, arn: &str) -> Result<String, SecretError> {
     let client = aws_sdk_secretsmanager::Client::new(sdk);
     let out = client
         .get_secret_value()
@@ -62,10 +95,19 @@ pub async fn database_url(
             arn: arn.to_owned(),
             message: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
         })?;
-    let value = out
-        .secret_string()
-        .ok_or_else(|| SecretError::Format(arn.to_owned()))?;
-    url_from_secret(value, host_override).ok_or_else(|| SecretError::Format(arn.to_owned()))
+    out.secret_string()
+        .map(str::to_owned)
+        .ok_or_else(|| SecretError::Format(arn.to_owned()))
+}
+
+/// Reads the secret and returns the app role's database URL.
+pub async fn database_url(
+    sdk: &SdkConfig,
+    arn: &str,
+    host_override: Option<&str>,
+) -> Result<String, SecretError> {
+    let value = secret_string(sdk, arn).await?;
+    url_from_secret(&value, host_override).ok_or_else(|| SecretError::Format(arn.to_owned()))
 }
 
 fn url_from_secret(value: &str, host_override: Option<&str>) -> Option<String> {

@@ -148,6 +148,11 @@ const EVENTS: &[(&str, &str, u16)] = &[
         include_str!("../../events/api-keys/list.json"),
         200,
     ),
+    (
+        "usage",
+        include_str!("../../events/usage/get-usage.json"),
+        200,
+    ),
     // The sample names a key id no tenant has: the function answers, with the documented 404.
     (
         "api-keys",

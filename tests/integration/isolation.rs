@@ -36,6 +36,30 @@ const TABLES: &[(&str, &str)] = &[
         "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content)
          VALUES ($1, gen_random_uuid(), 'intruded', 0, 1, 'note', 'x')",
     ),
+    (
+        "usage_events",
+        "INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source)
+         VALUES ($1, gen_random_uuid(), 'queries', 1, now(), date_trunc('hour', now()), 'intruder')",
+    ),
+    (
+        "usage_deliveries",
+        "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, identifier, value, event_time)
+         VALUES ($1, 'queries', date_trunc('hour', now()), 99, 'intruded-' || md5(random()::text), 1, now())",
+    ),
+    (
+        "billing_customers",
+        "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, 'cus_intruder')",
+    ),
+    (
+        "billing_reconciliations",
+        "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action)
+         VALUES ($1, gen_random_uuid(), 'queries', current_date, 0, 'in_sync')",
+    ),
+    (
+        "processed_webhooks",
+        "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type)
+         VALUES ($1, 'stripe', 'evt_intruder', 'x')",
+    ),
 ];
 
 struct Seeded {
@@ -78,6 +102,42 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     )
     .await
     .unwrap();
+    // Billing rows with the same identifiers in both tenants where the schema allows it.
+    let customer = format!("cus_{slug}");
+    for (sql, extra) in [
+        (
+            "INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source) \
+             VALUES ($1, '01900000-0000-7000-8000-0000000000e1', 'queries', 1, now(), date_trunc('hour', now()), 'seed')",
+            None,
+        ),
+        (
+            "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, identifier, value, event_time) \
+             VALUES ($1, 'queries', date_trunc('hour', now()), 0, 'shared-identifier', 1, now())",
+            None,
+        ),
+        (
+            "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, $2)",
+            Some(&customer),
+        ),
+        (
+            "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action) \
+             VALUES ($1, '01900000-0000-7000-8000-0000000000e2', 'queries', current_date, 1, 'in_sync')",
+            None,
+        ),
+        (
+            "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
+             VALUES ($1, 'stripe', 'evt_shared', 'invoice.paid')",
+            None,
+        ),
+    ] {
+        match extra {
+            None => t.execute(sql, &[(&id, Type::UUID)]).await.unwrap(),
+            Some(v) => t
+                .execute(sql, &[(&id, Type::UUID), (v, Type::TEXT)])
+                .await
+                .unwrap(),
+        };
+    }
     let key = ApiKeys::create(&mut t, "ci").await.unwrap();
     t.commit().await.unwrap();
     Seeded {

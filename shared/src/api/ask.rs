@@ -14,6 +14,7 @@ use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
 use crate::rag::answer::{NO_ANSWER, Source, police};
 use crate::rag::search::{FILTER_FIRST_PARAM, SearchRequest, embed_question, search};
+use crate::usage::Meter;
 
 const MAX_QUESTION_CHARS: usize = 2000;
 const MAX_K: usize = 20;
@@ -171,6 +172,7 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
         } else {
             policed.text
         };
+        super::meter(app, ctx, Meter::Questions, 1, "api:ask").await?;
         json_response(
             StatusCode::OK,
             &Answer {

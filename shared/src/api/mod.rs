@@ -9,12 +9,15 @@ mod datasets;
 mod me;
 mod query;
 mod records;
+mod usage;
 
 use http::Method;
 
 use crate::App;
 use crate::db::{Access, TenantTx, TxSettings};
 use crate::http::{ApiError, Handler, RequestCtx, Route};
+use crate::usage::queue::emit;
+use crate::usage::{Meter, UsageEvent};
 
 /// Every route of the HTTP API.
 pub static ROUTES: &[Route] = &[
@@ -53,6 +56,7 @@ pub static ROUTES: &[Route] = &[
     ),
     route(Method::POST, "/v1/query", "query", query::run),
     route(Method::POST, "/v1/ask", "ask", ask::ask),
+    route(Method::GET, "/v1/usage", "usage", usage::get),
     route(Method::POST, "/v1/api-keys", "api-keys", api_keys::create),
     route(Method::GET, "/v1/api-keys", "api-keys", api_keys::list),
     route(
@@ -86,6 +90,35 @@ pub fn routes_for(function: &str) -> Vec<&'static Route> {
 /// Every route (the local runner serves them all).
 pub fn all_routes() -> Vec<&'static Route> {
     ROUTES.iter().collect()
+}
+
+/// Makes the request's usage durable before the request succeeds: the usage queue, or else the
+/// ledger directly. If neither takes it, the request fails with 503 (nothing is served unbilled).
+async fn meter(
+    app: &App,
+    ctx: &RequestCtx,
+    meter: Meter,
+    quantity: i64,
+    source: &str,
+) -> Result<(), ApiError> {
+    let principal = ctx.principal()?;
+    let event = UsageEvent::now(principal.tenant_id, meter, quantity, source);
+    emit(
+        app.usage_queue.as_ref(),
+        &app.db,
+        app.config.billing.meter.window_secs,
+        &principal.tenant_context(),
+        &[event],
+    )
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "usage_unavailable",
+            "Usage could not be recorded, so the request was not completed; retry shortly.",
+        )
+        .with_source(e)
+    })
 }
 
 /// Begins the caller's transaction: the only way a handler reaches tenant data.

@@ -11,6 +11,7 @@ use crate::analytics::datasets::DatasetRef;
 use crate::analytics::query::{self, QueryLimits, QuerySpec};
 use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
+use crate::usage::Meter;
 
 pub(super) fn run<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
@@ -37,6 +38,7 @@ pub(super) fn run<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
         })?;
         let result = query::run(&mut tx, &compiled).await?;
         tx.commit().await?;
+        super::meter(app, ctx, Meter::Queries, 1, "api:query").await?;
         json_response(StatusCode::OK, &result)
     })
 }

@@ -9,6 +9,7 @@ use crate::App;
 use crate::analytics::ingest::{self, RecordError};
 use crate::db::Access;
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
+use crate::usage::{Meter, UsageEvent, ledger};
 
 enum Format {
     Json,
@@ -87,6 +88,18 @@ pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
         let batch = ingest::validate(&ds, items)
             .map_err(|(total, errors)| invalid_records(total, errors))?;
         let outcome = ingest::write(&mut tx, &ds, &batch).await?;
+        let changed = (outcome.inserted + outcome.updated) as i64;
+        if changed > 0 {
+            // In the ingest's own transaction: the count and the records commit together, so a
+            // retry after any failure neither loses nor doubles it.
+            let event = UsageEvent::now(
+                tx.tenant_id(),
+                Meter::IngestedRecords,
+                changed,
+                "api:ingest",
+            );
+            ledger::record(&mut tx, &[event], app.config.billing.meter.window_secs).await?;
+        }
         tx.commit().await?;
         if outcome.inserted + outcome.updated > 0 && !ds.text_columns.is_empty() {
             // The chunks are committed either way: if queueing fails they stay pending until the

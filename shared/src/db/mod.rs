@@ -36,6 +36,9 @@ pub enum DbError {
     /// A statement expected to return one row (or at most one) returned this many.
     #[error("expected one row, got {0}")]
     RowCount(usize),
+    /// A write the code refused before sending it (a caller bug).
+    #[error("invalid write: {0}")]
+    Invalid(String),
     /// The configuration cannot be used (bad URL).
     #[error("database configuration: {0}")]
     Config(String),

@@ -1,0 +1,582 @@
+//! From ledger to provider, exactly once per unit of usage.
+//!
+//! Per tenant, [`flush_tenant`]:
+//! 1. **plans**, in one transaction holding the tenant's billing row lock: for every closed window
+//!    whose ledger total exceeds what deliveries already account for, one new delivery row with
+//!    the difference — seq 0 for the window's first event, 1, 2, … for corrections (late events).
+//!    Its identifier `tnt_<tenant>_<meter>_<window epoch>_<seq>` and value are fixed here, before
+//!    any call; windows older than the provider accepts are recorded `expired`, never sent.
+//! 2. **claims** the pending deliveries with a lease, only for meters with no live lease, so at
+//!    most one caller talks to the provider per customer and meter at a time.
+//! 3. **sends** outside any transaction — one meter's deliveries in order, meters in parallel —
+//!    retrying 429/5xx/timeouts with exponential backoff and full jitter; a duplicate-identifier
+//!    answer counts as delivered; any other refusal marks the delivery `failed` with the reason.
+//! 4. **settles** what it learned in one statement.
+//!
+//! A crash anywhere leaves either no delivery (planned again), or a pending one whose lease runs
+//! out and which is sent again with the same identifier and value — which the provider reports as
+//! a duplicate. Nothing is counted twice and nothing is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::Type;
+
+use super::{BillingSink, MeterEvent, Sent, SinkError};
+use crate::TenantId;
+use crate::db::{Access, Db, DbError, TenantContext, TenantTx};
+use crate::usage::{Meter, UsageEvent, ledger};
+
+/// How the meter windows, leases and retries.
+#[derive(Clone, Debug)]
+pub struct MeterConfig {
+    /// Aggregation window length; divides a day.
+    pub window_secs: i64,
+    /// A window is closed this long after its end (late queue deliveries still make it).
+    pub grace_secs: i64,
+    /// How long a claimed delivery is reserved for its sender.
+    pub lease_secs: i64,
+    /// Calls per delivery before giving up for this run (the lease then lapses; a later run
+    /// tries again).
+    pub attempts: u32,
+    /// First backoff; doubled per attempt, capped at `backoff_max`, fully jittered.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Oldest event time the provider accepts (Stripe: 35 days), with a safety margin.
+    pub max_age: chrono::Duration,
+    /// Tenants flushed at once.
+    pub concurrency: usize,
+    /// Reconciliation leaves a day alone while a delivery for it settled less than this ago
+    /// (the provider's totals are eventually consistent).
+    pub settle_secs: i64,
+}
+
+impl Default for MeterConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 3600,
+            grace_secs: 120,
+            lease_secs: 60,
+            attempts: 4,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(5),
+            max_age: chrono::Duration::days(35) - chrono::Duration::hours(1),
+            concurrency: 8,
+            settle_secs: 900,
+        }
+    }
+}
+
+impl MeterConfig {
+    /// Windows that start at or before this are closed at `now`.
+    pub fn closed_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - chrono::Duration::seconds(self.window_secs + self.grace_secs)
+    }
+}
+
+/// The deterministic identifier of a delivery.
+pub fn identifier(tenant: TenantId, meter: Meter, window_start: DateTime<Utc>, seq: i32) -> String {
+    format!(
+        "tnt_{}_{}_{}_{}",
+        tenant.as_uuid().simple(),
+        meter.name(),
+        window_start.timestamp(),
+        seq
+    )
+}
+
+/// What one flush did for one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlushOutcome {
+    /// The tenant has no billing customer: nothing planned or sent.
+    pub no_customer: bool,
+    /// Deliveries planned this run (including expired ones).
+    pub planned: u64,
+    /// Delivered (accepted or duplicate).
+    pub delivered: u64,
+    /// Of those, answered as duplicates.
+    pub duplicates: u64,
+    /// Refused for good.
+    pub failed: u64,
+    /// Still pending (provider unavailable, or another sender holds the meter).
+    pub pending: u64,
+    /// Provider calls made (including retries).
+    pub calls: u64,
+}
+
+impl FlushOutcome {
+    fn add(&mut self, o: &FlushOutcome) {
+        self.planned += o.planned;
+        self.delivered += o.delivered;
+        self.duplicates += o.duplicates;
+        self.failed += o.failed;
+        self.pending += o.pending;
+        self.calls += o.calls;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Claimed {
+    meter: Meter,
+    identifier: String,
+    value: i64,
+    event_time: DateTime<Utc>,
+}
+
+enum Settled {
+    Delivered { duplicate: bool },
+    Failed(String),
+    Expired,
+    Unsent,
+}
+
+/// Plans, claims, sends and settles the tenant's closed windows (see the module docs).
+pub async fn flush_tenant(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    tenant: TenantId,
+) -> Result<FlushOutcome, DbError> {
+    let ctx = TenantContext {
+        tenant_id: tenant,
+        actor_id: "system:usage-meter".into(),
+    };
+    let now = Utc::now();
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    let Some(customer) = lock_customer(&mut tx).await? else {
+        tx.commit().await?;
+        return Ok(FlushOutcome {
+            no_customer: true,
+            ..FlushOutcome::default()
+        });
+    };
+    let planned = plan(&mut tx, cfg, now).await?;
+    let claimed = claim(&mut tx, cfg).await?;
+    tx.commit().await?;
+
+    let mut outcome = FlushOutcome {
+        planned,
+        ..FlushOutcome::default()
+    };
+    if claimed.is_empty() {
+        return Ok(outcome);
+    }
+    // One sender per meter (the provider allows one call per customer and meter at a time).
+    let mut by_meter: Vec<(Meter, Vec<Claimed>)> = Vec::new();
+    for c in claimed {
+        match by_meter.iter_mut().find(|(m, _)| *m == c.meter) {
+            Some((_, list)) => list.push(c),
+            None => by_meter.push((c.meter, vec![c])),
+        }
+    }
+    let results = join_all(by_meter.into_iter().map(|(_, list)| {
+        let customer = customer.clone();
+        async move { send_in_order(sink, cfg, &customer, list, now).await }
+    }))
+    .await;
+
+    let mut identifiers = Vec::new();
+    let mut statuses = Vec::new();
+    let mut reasons: Vec<Option<String>> = Vec::new();
+    for (settled, calls) in results {
+        outcome.calls += calls;
+        for (identifier, s) in settled {
+            let (status, reason) = match s {
+                Settled::Delivered { duplicate } => {
+                    outcome.delivered += 1;
+                    outcome.duplicates += u64::from(duplicate);
+                    ("delivered", None)
+                }
+                Settled::Failed(reason) => {
+                    outcome.failed += 1;
+                    ("failed", Some(reason))
+                }
+                Settled::Expired => {
+                    outcome.failed += 1;
+                    (
+                        "expired",
+                        Some("older than the provider accepts (35 days)".to_owned()),
+                    )
+                }
+                Settled::Unsent => {
+                    outcome.pending += 1;
+                    ("pending", None)
+                }
+            };
+            identifiers.push(identifier);
+            statuses.push(status);
+            reasons.push(reason);
+        }
+    }
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    let tenant_uuid = tenant.as_uuid();
+    tx.execute(
+        "UPDATE app.usage_deliveries d SET status = u.status, reason = u.reason, lease_until = NULL, \
+                settled_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END \
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(identifier, status, reason) \
+         WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending'",
+        &[
+            (&tenant_uuid, Type::UUID),
+            (&identifiers, Type::TEXT_ARRAY),
+            (&statuses, Type::TEXT_ARRAY),
+            (&reasons, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant_id = %tenant, planned = outcome.planned, delivered = outcome.delivered,
+        duplicates = outcome.duplicates, failed = outcome.failed, pending = outcome.pending,
+        calls = outcome.calls, "usage flushed");
+    Ok(outcome)
+}
+
+/// The tenant's billing customer, locked for this transaction (serializes planners and claimers
+/// of the tenant).
+async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    Ok(tx
+        .query_opt(
+            "SELECT stripe_customer_id FROM app.billing_customers WHERE tenant_id = $1 FOR UPDATE",
+            &[(&tenant, Type::UUID)],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Inserts one delivery per closed window whose ledger total exceeds what is accounted for.
+async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Result<u64, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let closed_before = cfg.closed_before(now);
+    let oldest_sendable = now - cfg.max_age;
+    // Windows far older than anything sendable are settled history; do not rescan them forever.
+    let horizon = oldest_sendable - chrono::Duration::days(1);
+    tx.execute(
+        "WITH totals AS ( \
+           SELECT meter, window_start, sum(quantity)::int8 AS total FROM app.usage_events \
+           WHERE tenant_id = $1 AND window_start <= $2 AND window_start >= $4 \
+           GROUP BY 1, 2 \
+         ), acc AS ( \
+           SELECT meter, window_start, \
+                  coalesce(sum(value) FILTER (WHERE kind = 'window'), 0)::int8 AS accounted, \
+                  max(seq) AS maxseq \
+           FROM app.usage_deliveries WHERE tenant_id = $1 AND window_start >= $4 GROUP BY 1, 2 \
+         ), todo AS ( \
+           SELECT t.meter, t.window_start, coalesce(a.maxseq, -1) + 1 AS seq, \
+                  t.total - coalesce(a.accounted, 0) AS value \
+           FROM totals t LEFT JOIN acc a USING (meter, window_start) \
+           WHERE t.total > coalesce(a.accounted, 0) \
+         ) \
+         INSERT INTO app.usage_deliveries \
+           (tenant_id, meter, window_start, seq, identifier, value, kind, event_time, status, reason) \
+         SELECT $1, meter, window_start, seq, \
+                'tnt_' || replace($1::text, '-', '') || '_' || meter || '_' \
+                  || extract(epoch FROM window_start)::int8 || '_' || seq, \
+                value, 'window', window_start, \
+                CASE WHEN window_start < $3 THEN 'expired' ELSE 'pending' END, \
+                CASE WHEN window_start < $3 THEN 'older than the provider accepts (35 days)' END \
+         FROM todo \
+         ON CONFLICT DO NOTHING",
+        &[
+            (&tenant, Type::UUID),
+            (&closed_before, Type::TIMESTAMPTZ),
+            (&oldest_sendable, Type::TIMESTAMPTZ),
+            (&horizon, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await
+}
+
+/// Leases the tenant's pending deliveries of every meter that no other sender holds.
+async fn claim(tx: &mut TenantTx, cfg: &MeterConfig) -> Result<Vec<Claimed>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let lease = cfg.lease_secs as f64;
+    let rows = tx
+        .query(
+            "UPDATE app.usage_deliveries d \
+             SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1 \
+             WHERE d.tenant_id = $1 AND d.status = 'pending' \
+               AND NOT EXISTS (SELECT 1 FROM app.usage_deliveries o \
+                               WHERE o.tenant_id = $1 AND o.meter = d.meter \
+                                 AND o.status = 'pending' AND o.lease_until > now()) \
+             RETURNING d.meter, d.identifier, d.value, d.event_time, d.window_start, d.seq",
+            &[(&tenant, Type::UUID), (&lease, Type::FLOAT8)],
+        )
+        .await?;
+    let mut claimed: Vec<(DateTime<Utc>, i32, Claimed)> = rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.get(4),
+                r.get(5),
+                Claimed {
+                    meter: Meter::from_name(r.get(0))?,
+                    identifier: r.get(1),
+                    value: r.get(2),
+                    event_time: r.get(3),
+                },
+            ))
+        })
+        .collect();
+    claimed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    Ok(claimed.into_iter().map(|(_, _, c)| c).collect())
+}
+
+/// Sends one meter's deliveries in order; stops at the first that stays unsent (an outage), so
+/// later windows never overtake earlier ones. Returns each outcome and the calls made.
+async fn send_in_order(
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    customer: &str,
+    list: Vec<Claimed>,
+    now: DateTime<Utc>,
+) -> (Vec<(String, Settled)>, u64) {
+    let mut out = Vec::with_capacity(list.len());
+    let mut calls = 0;
+    let mut blocked = false;
+    for c in list {
+        if blocked {
+            out.push((c.identifier, Settled::Unsent));
+            continue;
+        }
+        if c.event_time < now - cfg.max_age {
+            out.push((c.identifier, Settled::Expired));
+            continue;
+        }
+        let event = MeterEvent {
+            event_name: c.meter.def().event_name.to_owned(),
+            customer: customer.to_owned(),
+            value: c.value,
+            identifier: c.identifier.clone(),
+            timestamp: c.event_time,
+        };
+        let (result, n) = send_with_retries(sink, cfg, &event).await;
+        calls += n;
+        let settled = match result {
+            Ok(Sent::Accepted) => Settled::Delivered { duplicate: false },
+            Ok(Sent::Duplicate) => Settled::Delivered { duplicate: true },
+            Err(SinkError::Rejected {
+                status,
+                code,
+                message,
+            }) => {
+                tracing::warn!(identifier = %c.identifier, status, code = ?code, "meter event refused");
+                Settled::Failed(
+                    format!("{status} {}: {message}", code.unwrap_or_default())
+                        .chars()
+                        .take(500)
+                        .collect(),
+                )
+            }
+            Err(SinkError::Retryable(reason)) => {
+                tracing::warn!(identifier = %c.identifier, reason, "provider unavailable; left pending");
+                blocked = true;
+                Settled::Unsent
+            }
+        };
+        out.push((c.identifier, settled));
+    }
+    (out, calls)
+}
+
+/// One event, retried on retryable errors with exponential backoff and full jitter.
+pub async fn send_with_retries(
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    event: &MeterEvent,
+) -> (Result<Sent, SinkError>, u64) {
+    let mut calls = 0;
+    let mut last = SinkError::Retryable("not attempted".into());
+    for attempt in 0..cfg.attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(cfg, attempt)).await;
+        }
+        calls += 1;
+        match sink.send(event).await {
+            Ok(sent) => return (Ok(sent), calls),
+            Err(e @ SinkError::Rejected { .. }) => return (Err(e), calls),
+            Err(e) => last = e,
+        }
+    }
+    (Err(last), calls)
+}
+
+/// Full jitter: uniform in `[0, min(max, base * 2^attempt))`.
+fn backoff(cfg: &MeterConfig, attempt: u32) -> Duration {
+    let cap = cfg
+        .backoff_base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(cfg.backoff_max);
+    let mut buf = [0u8; 8];
+    let r = match getrandom::fill(&mut buf) {
+        Ok(()) => u64::from_le_bytes(buf),
+        Err(_) => u64::from(Utc::now().timestamp_subsec_nanos()),
+    };
+    let millis = cap.as_millis().max(1) as u64;
+    Duration::from_millis(r % millis)
+}
+
+/// The usage queue's message: the events of one request (or several).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageMessage {
+    /// The events.
+    pub events: Vec<UsageEvent>,
+}
+
+/// Writes events to the ledger, one transaction per tenant. Returns, per tenant, whether it
+/// succeeded (and how many events were new).
+pub async fn record_events(
+    db: &Db,
+    window_secs: i64,
+    events: Vec<UsageEvent>,
+) -> Vec<(TenantId, Result<u64, DbError>)> {
+    let mut by_tenant: Vec<(TenantId, Vec<UsageEvent>)> = Vec::new();
+    for e in events {
+        match by_tenant.iter_mut().find(|(t, _)| *t == e.tenant_id) {
+            Some((_, list)) => list.push(e),
+            None => by_tenant.push((e.tenant_id, vec![e])),
+        }
+    }
+    let mut out = Vec::with_capacity(by_tenant.len());
+    for (tenant, list) in by_tenant {
+        let ctx = TenantContext {
+            tenant_id: tenant,
+            actor_id: "system:usage-meter".into(),
+        };
+        let result = async {
+            let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+            let n = ledger::record(&mut tx, &list, window_secs).await?;
+            tx.commit().await?;
+            Ok::<_, DbError>(n)
+        }
+        .await;
+        out.push((tenant, result));
+    }
+    out
+}
+
+/// Flushes several tenants, `cfg.concurrency` at a time. Errors are logged per tenant (the
+/// ledger is durable; the next flush picks up where this one stopped).
+pub async fn flush_tenants(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    tenants: &[TenantId],
+) -> FlushOutcome {
+    let mut total = FlushOutcome::default();
+    for group in tenants.chunks(cfg.concurrency.max(1)) {
+        let results = join_all(group.iter().map(|t| flush_tenant(db, sink, cfg, *t))).await;
+        for (tenant, r) in group.iter().zip(results) {
+            match r {
+                Ok(o) => total.add(&o),
+                Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "flush failed"),
+            }
+        }
+    }
+    total
+}
+
+/// The `usage-meter` function's handler: every message's events into the ledger (idempotent by
+/// event id), failing exactly the messages whose events could not be recorded (malformed ones
+/// included, so they reach the dead-letter queue), then a flush of every tenant seen.
+pub async fn handle_sqs(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let now = Utc::now();
+    let skew = chrono::Duration::minutes(5);
+    let mut failed: Vec<String> = Vec::new();
+    let mut accepted: Vec<(String, Vec<UsageEvent>)> = Vec::new();
+    for record in event.records {
+        let id = record.message_id.unwrap_or_default();
+        let parsed = serde_json::from_str::<UsageMessage>(record.body.as_deref().unwrap_or(""))
+            .map_err(|e| format!("malformed message: {e}"))
+            .and_then(|m| {
+                m.events
+                    .iter()
+                    .try_for_each(|e| e.validate(now, skew))
+                    .map(|()| m.events)
+            });
+        match parsed {
+            Ok(events) => accepted.push((id, events)),
+            Err(reason) => {
+                tracing::warn!(message_id = %id, reason, "usage message refused");
+                failed.push(id);
+            }
+        }
+    }
+    let all: Vec<UsageEvent> = accepted.iter().flat_map(|(_, e)| e.clone()).collect();
+    let results = record_events(db, cfg.window_secs, all).await;
+    let mut ok_tenants = Vec::new();
+    for (tenant, r) in &results {
+        match r {
+            Ok(n) => {
+                tracing::info!(tenant_id = %tenant, new_events = n, "usage recorded");
+                ok_tenants.push(*tenant);
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "usage not recorded");
+                for (id, events) in &accepted {
+                    if events.iter().any(|e| e.tenant_id == *tenant) && !failed.contains(id) {
+                        failed.push(id.clone());
+                    }
+                }
+            }
+        }
+    }
+    flush_tenants(db, sink, cfg, &ok_tenants).await;
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .into_iter()
+        .map(|id| {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            f
+        })
+        .collect();
+    response
+}
+
+/// A sink shared by the app and its in-process queue.
+pub type SharedSink = Arc<dyn BillingSink>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_deterministic_and_short_enough() {
+        let t = TenantId::from(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_a0e1,
+        ));
+        let w = DateTime::from_timestamp(1_764_115_200, 0).unwrap();
+        let id = identifier(t, Meter::IngestedRecords, w, 3);
+        assert_eq!(
+            id,
+            "tnt_0190000000007000800000000000a0e1_ingested_records_1764115200_3"
+        );
+        assert!(id.len() <= 100);
+        assert_eq!(id, identifier(t, Meter::IngestedRecords, w, 3));
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_a_growing_cap() {
+        let cfg = MeterConfig::default();
+        for attempt in 1..8 {
+            let cap = cfg
+                .backoff_base
+                .saturating_mul(1 << attempt)
+                .min(cfg.backoff_max);
+            for _ in 0..50 {
+                assert!(backoff(&cfg, attempt) < cap);
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Billing: the ledger's usage carried to Stripe Billing Meters, reconciled against Stripe, and the
+//! billing state Stripe's and Auth0's webhooks report.
+//!
+//! - [`BillingSink`]: the port to the billing provider — send a meter event, read back per-day
+//!   totals. Adapters: [`LocalBilling`] here (records what it would send; the local runner and the
+//!   default), and the Stripe adapter in the `tenantry-stripe` crate (linked only by the functions
+//!   that talk to Stripe).
+//! - [`meter`]: windows → deliveries (the outbox) → the sink, with deterministic identifiers.
+//! - [`reconcile`]: ledger vs the provider per tenant, meter and day; repairs; snapshots.
+//! - [`webhooks`]: Stripe (signed) and Auth0 (shared secret) webhooks.
+
+pub mod customers;
+pub mod meter;
+pub mod reconcile;
+pub mod webhooks;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+/// A meter event as the provider takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterEvent {
+    /// The provider's meter event name.
+    pub event_name: String,
+    /// The provider's customer id.
+    pub customer: String,
+    /// The value (positive).
+    pub value: i64,
+    /// Deterministic: the same delivery always carries the same identifier.
+    pub identifier: String,
+    /// When it counts (seconds since the epoch).
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The provider took the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Newly accepted.
+    Accepted,
+    /// It already had an event with this identifier: delivered before (a retry after a crash).
+    Duplicate,
+}
+
+/// Why a call to the provider failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: 429, 5xx, a timeout, a broken connection.
+    #[error("provider unavailable: {0}")]
+    Retryable(String),
+    /// Refused for good (other 4xx): recorded against the window, never retried blindly.
+    #[error("provider refused ({status}{}): {message}", code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The provider's error code, if any.
+        code: Option<String>,
+        /// The provider's message.
+        message: String,
+    },
+}
+
+/// A boxed provider future.
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
+
+/// The billing provider.
+pub trait BillingSink: Send + Sync + std::fmt::Debug {
+    /// Which adapter, for the startup log and `/v1/usage`.
+    fn kind(&self) -> &'static str;
+
+    /// Sends one meter event. A duplicate identifier is [`Sent::Duplicate`], not an error.
+    fn send<'a>(&'a self, event: &'a MeterEvent) -> SinkFuture<'a, Sent>;
+
+    /// The provider's totals per UTC day for `customer` on `meter` in `[from, to)` (whole days).
+    fn day_totals<'a>(
+        &'a self,
+        meter: crate::usage::Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>>;
+}
+
+/// The local billing adapter: keeps the meter events it would send (deduplicated by identifier,
+/// as Stripe does) in memory, and answers totals from them. Named in logs and `/v1/usage`.
+#[derive(Debug, Default)]
+pub struct LocalBilling {
+    events: Mutex<HashMap<String, MeterEvent>>,
+}
+
+impl LocalBilling {
+    /// Everything it has accepted, oldest first.
+    pub fn events(&self) -> Vec<MeterEvent> {
+        let mut all: Vec<MeterEvent> = self
+            .events
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| (a.timestamp, &a.identifier).cmp(&(b.timestamp, &b.identifier)));
+        all
+    }
+}
+
+impl BillingSink for LocalBilling {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn send<'a>(&'a self, event: &'a MeterEvent) -> SinkFuture<'a, Sent> {
+        Box::pin(async move {
+            let mut events = self
+                .events
+                .lock()
+                .map_err(|_| SinkError::Retryable("local billing state poisoned".into()))?;
+            if events.contains_key(&event.identifier) {
+                return Ok(Sent::Duplicate);
+            }
+            tracing::info!(
+                event_name = %event.event_name,
+                value = event.value,
+                identifier = %event.identifier,
+                "local billing: meter event recorded (not sent anywhere)"
+            );
+            events.insert(event.identifier.clone(), event.clone());
+            Ok(Sent::Accepted)
+        })
+    }
+
+    fn day_totals<'a>(
+        &'a self,
+        meter: crate::usage::Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>> {
+        Box::pin(async move {
+            let name = meter.def().event_name;
+            let mut days: std::collections::BTreeMap<NaiveDate, i64> = Default::default();
+            for e in self.events() {
+                if e.event_name == name
+                    && e.customer == customer
+                    && e.timestamp >= from
+                    && e.timestamp < to
+                {
+                    *days.entry(e.timestamp.date_naive()).or_default() += e.value;
+                }
+            }
+            Ok(days.into_iter().collect())
+        })
+    }
+}

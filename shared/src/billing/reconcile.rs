@@ -1,0 +1,507 @@
+//! `billing-reconcile`: the scheduled check that the provider bills exactly what the ledger says.
+//!
+//! Tenant by tenant (each in its own TenantTx, under RLS), a full run:
+//! 1. writes today's storage and seat snapshots to the ledger (one per tenant, meter and day:
+//!    deterministic event ids, so reruns add nothing);
+//! 2. flushes unsent windows ([`flush_tenant`]);
+//! 3. compares, per meter and day of the open period (the current UTC month), the provider's
+//!    totals with what was delivered for that day; a difference with nothing in flight becomes a
+//!    repair delivery (positive or negative, deterministic identifier) sent by a second flush;
+//! 4. records one row per meter and day in `app.billing_reconciliations`.
+//!
+//! A `flush` run only does step 2 (scheduled more often, so closed windows do not wait for the
+//! daily run).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use super::BillingSink;
+use super::meter::{FlushOutcome, MeterConfig, flush_tenant};
+use crate::TenantId;
+use crate::db::{Access, Db, DbError, TenantContext};
+use crate::usage::{METERS, Meter, UsageEvent, ledger};
+
+/// The scheduler's input.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileInput {
+    /// `reconcile` (default) or `flush`.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Snapshots, flush, compare and repair.
+    #[default]
+    Reconcile,
+    /// Flush closed windows only.
+    Flush,
+}
+
+/// What a run did, over all tenants.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunOutcome {
+    /// The run's id (rows in `billing_reconciliations` carry it).
+    pub run_id: Uuid,
+    /// Tenants visited.
+    pub tenants: usize,
+    /// Tenants whose run failed (logged; the next run tries again).
+    pub tenant_errors: usize,
+    /// (meter, day) pairs compared.
+    pub days_checked: usize,
+    /// Of those, in sync.
+    pub in_sync: usize,
+    /// Of those, repaired.
+    pub repaired: usize,
+    /// Of those, explained by usage still on its way.
+    pub in_flight: usize,
+    /// Deliveries made by the flushes.
+    pub flush: FlushOutcome,
+}
+
+/// Runs over every tenant, one at a time.
+pub async fn run(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    input: &ReconcileInput,
+) -> Result<RunOutcome, DbError> {
+    let mut out = RunOutcome {
+        run_id: Uuid::now_v7(),
+        ..RunOutcome::default()
+    };
+    for t in db.tenant_ids().await? {
+        out.tenants += 1;
+        let result = match input.mode {
+            Mode::Flush => flush_tenant(db, sink, cfg, t.tenant_id)
+                .await
+                .map(|f| TenantReport {
+                    flush: f,
+                    ..TenantReport::default()
+                }),
+            Mode::Reconcile => reconcile_tenant(db, sink, cfg, t.tenant_id, out.run_id).await,
+        };
+        match result {
+            Ok(r) => {
+                out.days_checked += r.days_checked;
+                out.in_sync += r.in_sync;
+                out.repaired += r.repaired;
+                out.in_flight += r.in_flight;
+                add(&mut out.flush, &r.flush);
+            }
+            Err(e) => {
+                out.tenant_errors += 1;
+                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "reconciliation failed for tenant");
+            }
+        }
+    }
+    tracing::info!(run_id = %out.run_id, tenants = out.tenants, errors = out.tenant_errors,
+        days = out.days_checked, in_sync = out.in_sync, repaired = out.repaired,
+        in_flight = out.in_flight, "billing run done");
+    Ok(out)
+}
+
+fn add(total: &mut FlushOutcome, o: &FlushOutcome) {
+    total.planned += o.planned;
+    total.delivered += o.delivered;
+    total.duplicates += o.duplicates;
+    total.failed += o.failed;
+    total.pending += o.pending;
+    total.calls += o.calls;
+}
+
+/// One tenant's reconciliation.
+#[derive(Clone, Debug, Default)]
+pub struct TenantReport {
+    /// (meter, day) pairs compared.
+    pub days_checked: usize,
+    /// In sync.
+    pub in_sync: usize,
+    /// Repaired.
+    pub repaired: usize,
+    /// Explained by usage on its way.
+    pub in_flight: usize,
+    /// What the flushes did.
+    pub flush: FlushOutcome,
+}
+
+/// Snapshots, flush, compare, repair and record for one tenant.
+pub async fn reconcile_tenant(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    tenant: TenantId,
+    run_id: Uuid,
+) -> Result<TenantReport, DbError> {
+    let now = Utc::now();
+    let ctx = TenantContext {
+        tenant_id: tenant,
+        actor_id: "system:billing-reconcile".into(),
+    };
+    snapshot(db, &ctx, cfg, now).await?;
+    let mut report = TenantReport {
+        flush: flush_tenant(db, sink, cfg, tenant).await?,
+        ..TenantReport::default()
+    };
+
+    let from = month_start(now);
+    let to = day_start(now.date_naive()) + chrono::Duration::days(1);
+    let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
+    let customer = super::customers::state(&mut tx)
+        .await?
+        .map(|s| s.customer_id);
+    let ledger_days = ledger::day_totals(&mut tx, from, to).await?;
+    let deliveries = delivery_days(&mut tx, from, to, now, cfg.settle_secs).await?;
+    tx.commit().await?;
+
+    let mut ledger_by: BTreeMap<(Meter, NaiveDate), i64> = BTreeMap::new();
+    for (m, d, v) in ledger_days {
+        ledger_by.insert((m, d), v);
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut repairs: Vec<(Meter, NaiveDate, i64)> = Vec::new();
+    match &customer {
+        None => {
+            for ((m, d), total) in &ledger_by {
+                rows.push(Row::new(*m, *d, *total, None, "no_customer", None));
+            }
+        }
+        Some(customer) => {
+            for def in METERS {
+                let stripe = sink.day_totals(def.meter, customer, from, to).await;
+                let stripe: BTreeMap<NaiveDate, i64> = match stripe {
+                    Ok(days) => days.into_iter().collect(),
+                    Err(e) => {
+                        for ((m, d), total) in
+                            ledger_by.iter().filter(|((m, _), _)| *m == def.meter)
+                        {
+                            rows.push(Row::new(
+                                *m,
+                                *d,
+                                *total,
+                                None,
+                                "unavailable",
+                                Some(e.to_string()),
+                            ));
+                        }
+                        continue;
+                    }
+                };
+                let days: BTreeSet<NaiveDate> = ledger_by
+                    .keys()
+                    .filter(|(m, _)| *m == def.meter)
+                    .map(|(_, d)| *d)
+                    .chain(stripe.keys().copied())
+                    .chain(
+                        deliveries
+                            .keys()
+                            .filter(|(m, _)| *m == def.meter)
+                            .map(|(_, d)| *d),
+                    )
+                    .collect();
+                for day in days {
+                    let l = ledger_by.get(&(def.meter, day)).copied().unwrap_or(0);
+                    let s = stripe.get(&day).copied().unwrap_or(0);
+                    let dd = deliveries
+                        .get(&(def.meter, day))
+                        .cloned()
+                        .unwrap_or_default();
+                    let (action, detail) = if l == s && !dd.unsettled {
+                        ("in_sync", None)
+                    } else if dd.unsettled {
+                        (
+                            "in_flight",
+                            Some("deliveries pending or settling".to_owned()),
+                        )
+                    } else if dd.window_delivered != s {
+                        let drift = dd.window_delivered - s;
+                        if day_start(day) < now - cfg.max_age {
+                            (
+                                "rejected",
+                                Some(format!(
+                                    "drift {drift} on a day older than the provider accepts"
+                                )),
+                            )
+                        } else {
+                            repairs.push((def.meter, day, drift));
+                            ("repaired", Some(format!("correction of {drift} sent")))
+                        }
+                    } else if dd.refused > 0 {
+                        (
+                            "rejected",
+                            Some(format!(
+                                "{} unit(s) refused by the provider or too old to send",
+                                dd.refused
+                            )),
+                        )
+                    } else {
+                        ("in_flight", Some("windows not yet closed".to_owned()))
+                    };
+                    rows.push(Row::new(def.meter, day, l, Some(s), action, detail));
+                }
+            }
+        }
+    }
+
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    for (meter, day, value) in &repairs {
+        plan_repair(&mut tx, *meter, *day, *value).await?;
+    }
+    record_rows(&mut tx, run_id, &rows).await?;
+    tx.commit().await?;
+    if !repairs.is_empty() {
+        let again = flush_tenant(db, sink, cfg, tenant).await?;
+        add(&mut report.flush, &again);
+    }
+    for r in &rows {
+        report.days_checked += 1;
+        match r.action {
+            "in_sync" => report.in_sync += 1,
+            "repaired" => report.repaired += 1,
+            "in_flight" => report.in_flight += 1,
+            _ => {}
+        }
+    }
+    Ok(report)
+}
+
+struct Row {
+    meter: Meter,
+    day: NaiveDate,
+    ledger: i64,
+    stripe: Option<i64>,
+    action: &'static str,
+    detail: Option<String>,
+}
+
+impl Row {
+    fn new(
+        meter: Meter,
+        day: NaiveDate,
+        ledger: i64,
+        stripe: Option<i64>,
+        action: &'static str,
+        detail: Option<String>,
+    ) -> Self {
+        Self {
+            meter,
+            day,
+            ledger,
+            stripe,
+            action,
+            detail,
+        }
+    }
+}
+
+/// Per (meter, day): what the window deliveries delivered, what was refused, and whether any
+/// delivery is pending or settled too recently to trust the provider's totals.
+#[derive(Clone, Debug, Default)]
+struct DayDeliveries {
+    window_delivered: i64,
+    refused: i64,
+    unsettled: bool,
+}
+
+async fn delivery_days(
+    tx: &mut crate::db::TenantTx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+    settle_secs: i64,
+) -> Result<BTreeMap<(Meter, NaiveDate), DayDeliveries>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let settled_after = now - chrono::Duration::seconds(settle_secs);
+    let rows = tx
+        .query(
+            "SELECT meter, (event_time AT TIME ZONE 'UTC')::date, \
+                    coalesce(sum(value) FILTER (WHERE status = 'delivered' AND kind = 'window'), 0)::int8, \
+                    coalesce(sum(value) FILTER (WHERE status IN ('failed', 'expired') AND kind = 'window'), 0)::int8, \
+                    bool_or(status = 'pending' OR (status = 'delivered' AND settled_at > $4)) \
+             FROM app.usage_deliveries \
+             WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 \
+             GROUP BY 1, 2",
+            &[
+                (&tenant, Type::UUID),
+                (&from, Type::TIMESTAMPTZ),
+                (&to, Type::TIMESTAMPTZ),
+                (&settled_after, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let Some(meter) = Meter::from_name(r.get(0)) else {
+            continue;
+        };
+        out.insert(
+            (meter, r.get(1)),
+            DayDeliveries {
+                window_delivered: r.get(2),
+                refused: r.get(3),
+                unsettled: r.get(4),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A repair: a delivery of `value` (may be negative) at the day's start, in the same sequence
+/// as the day's first window, so its identifier is deterministic too.
+async fn plan_repair(
+    tx: &mut crate::db::TenantTx,
+    meter: Meter,
+    day: NaiveDate,
+    value: i64,
+) -> Result<(), DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let at = day_start(day);
+    let name = meter.name();
+    tx.execute(
+        "INSERT INTO app.usage_deliveries \
+           (tenant_id, meter, window_start, seq, identifier, value, kind, event_time) \
+         SELECT $1, $2, $3, s.seq, \
+                'tnt_' || replace($1::text, '-', '') || '_' || $2 || '_' \
+                  || extract(epoch FROM $3)::int8 || '_' || s.seq, \
+                $4, 'repair', $3 \
+         FROM (SELECT coalesce(max(seq), -1) + 1 AS seq FROM app.usage_deliveries \
+               WHERE tenant_id = $1 AND meter = $2 AND window_start = $3) s \
+         ON CONFLICT DO NOTHING",
+        &[
+            (&tenant, Type::UUID),
+            (&name, Type::TEXT),
+            (&at, Type::TIMESTAMPTZ),
+            (&value, Type::INT8),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn record_rows(
+    tx: &mut crate::db::TenantTx,
+    run_id: Uuid,
+    rows: &[Row],
+) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant_id().as_uuid();
+    let meters: Vec<&str> = rows.iter().map(|r| r.meter.name()).collect();
+    let days: Vec<NaiveDate> = rows.iter().map(|r| r.day).collect();
+    let ledger: Vec<i64> = rows.iter().map(|r| r.ledger).collect();
+    let stripe: Vec<Option<i64>> = rows.iter().map(|r| r.stripe).collect();
+    let drift: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| r.stripe.map(|s| r.ledger - s))
+        .collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action).collect();
+    let details: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
+    tx.execute(
+        "INSERT INTO app.billing_reconciliations \
+           (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail) \
+         SELECT $1, $2, * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[], $7::int8[], \
+                                      $8::text[], $9::text[])",
+        &[
+            (&tenant, Type::UUID),
+            (&run_id, Type::UUID),
+            (&meters, Type::TEXT_ARRAY),
+            (&days, Type::DATE_ARRAY),
+            (&ledger, Type::INT8_ARRAY),
+            (&stripe, Type::INT8_ARRAY),
+            (&drift, Type::INT8_ARRAY),
+            (&actions, Type::TEXT_ARRAY),
+            (&details, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Today's storage (KiB of record data, rounded up) and seat (members) snapshots, one event per
+/// tenant, meter and day (the id is derived from them, so a rerun records nothing new).
+async fn snapshot(
+    db: &Db,
+    ctx: &TenantContext,
+    cfg: &MeterConfig,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let mut tx = db.begin(ctx, Access::ReadWrite).await?;
+    let tenant = ctx.tenant_id.as_uuid();
+    let row = tx
+        .query_one(
+            "SELECT (SELECT ceil(coalesce(sum(pg_column_size(r.data)), 0) / 1024.0)::int8 \
+                     FROM app.records r WHERE r.tenant_id = $1), \
+                    (SELECT count(*) FROM app.members m WHERE m.tenant_id = $1)",
+            &[(&tenant, Type::UUID)],
+        )
+        .await?;
+    let (storage, seats): (i64, i64) = (row.get(0), row.get(1));
+    let day = now.date_naive();
+    let events: Vec<UsageEvent> = [(Meter::Storage, storage), (Meter::Seats, seats)]
+        .into_iter()
+        .filter(|(_, q)| *q > 0)
+        .map(|(meter, quantity)| UsageEvent {
+            event_id: snapshot_id(ctx.tenant_id, meter, day),
+            tenant_id: ctx.tenant_id,
+            meter,
+            quantity,
+            occurred_at: now,
+            source: "snapshot".into(),
+        })
+        .collect();
+    ledger::record(&mut tx, &events, cfg.window_secs).await?;
+    tx.commit().await
+}
+
+/// A v7-shaped id for (tenant, meter, day): the day's start as its time, the rest from a hash.
+pub fn snapshot_id(tenant: TenantId, meter: Meter, day: NaiveDate) -> Uuid {
+    let digest = Sha256::digest(format!("{}:{}:{day}", tenant.as_uuid(), meter.name()));
+    let mut rand = [0u8; 10];
+    rand.copy_from_slice(&digest[..10]);
+    let millis = day_start(day).timestamp_millis().max(0) as u64;
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand).into_uuid()
+}
+
+fn day_start(day: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).unwrap_or_default())
+}
+
+fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    day_start(now.date_naive().with_day(1).unwrap_or(now.date_naive()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_ids_are_deterministic_time_ordered_and_distinct() {
+        let t = TenantId::new();
+        let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let a = snapshot_id(t, Meter::Seats, d);
+        assert_eq!(a, snapshot_id(t, Meter::Seats, d));
+        assert_eq!(a.get_version_num(), 7);
+        assert_ne!(a, snapshot_id(t, Meter::Storage, d));
+        assert!(a < snapshot_id(t, Meter::Seats, d.succ_opt().unwrap()));
+        assert_ne!(a, snapshot_id(TenantId::new(), Meter::Seats, d));
+    }
+
+    #[test]
+    fn inputs_parse_strictly() {
+        let i: ReconcileInput = serde_json::from_str("{}").unwrap();
+        assert_eq!(i.mode, Mode::Reconcile);
+        let i: ReconcileInput = serde_json::from_str(r#"{"mode": "flush"}"#).unwrap();
+        assert_eq!(i.mode, Mode::Flush);
+        assert!(serde_json::from_str::<ReconcileInput>(r#"{"mode": "all"}"#).is_err());
+        assert!(serde_json::from_str::<ReconcileInput>(r#"{"x": 1}"#).is_err());
+    }
+}

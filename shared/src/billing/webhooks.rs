@@ -1,0 +1,1 @@
+//! Stripe and Auth0 webhooks (see `api::webhooks` for the routes).

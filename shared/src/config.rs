@@ -186,6 +186,8 @@ pub struct BillingConfig {
     pub stripe_api_key: Option<Secret>,
     /// Stripe API base URL (tests point it at a local server).
     pub stripe_api_base: String,
+    /// Per-call timeout for Stripe requests.
+    pub stripe_timeout: Duration,
     /// Stripe meter id per meter (for reading event summaries back).
     pub stripe_meter_ids: Vec<(crate::usage::Meter, String)>,
     /// Stripe webhook signing secrets (more than one while a secret is being rolled).
@@ -367,6 +369,7 @@ impl Config {
                         window_secs,
                         grace_secs: parse(&var, "USAGE_GRACE_SECS", d.grace_secs)?,
                         settle_secs: parse(&var, "BILLING_SETTLE_SECS", d.settle_secs)?,
+                        lease_secs: parse(&var, "USAGE_LEASE_SECS", d.lease_secs)?,
                         attempts: parse(&var, "STRIPE_MAX_ATTEMPTS", d.attempts)?,
                         backoff_base: Duration::from_millis(parse(
                             &var,
@@ -379,6 +382,7 @@ impl Config {
                 stripe_api_key: var("STRIPE_API_KEY").map(Secret::new),
                 stripe_api_base: var("STRIPE_API_BASE")
                     .unwrap_or_else(|| "https://api.stripe.com/".into()),
+                stripe_timeout: Duration::from_millis(parse(&var, "STRIPE_TIMEOUT_MS", 10_000)?),
                 stripe_meter_ids: crate::usage::METERS
                     .iter()
                     .filter_map(|d| var(meter_var(d.meter)).map(|id| (d.meter, id)))

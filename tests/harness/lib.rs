@@ -6,6 +6,9 @@
     missing_debug_implementations
 )]
 
+pub mod stripe_stub;
+pub use stripe_stub::{Fault, StripeStub};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -406,6 +409,21 @@ impl TestApp {
         Self::build(Duration::from_secs(60), vars, None).await
     }
 
+    /// An app billing through the Stripe adapter against `stripe` (a local Stripe test server),
+    /// with one-minute windows, no grace or settling delay, and fast retries; `extra` on top.
+    pub async fn with_stripe(stripe: &StripeStub, extra: &[(&str, String)]) -> Self {
+        let mut vars = stripe.vars();
+        vars.extend([
+            ("USAGE_WINDOW_SECS", "60".to_owned()),
+            ("USAGE_GRACE_SECS", "0".to_owned()),
+            ("BILLING_SETTLE_SECS", "0".to_owned()),
+            ("STRIPE_BACKOFF_BASE_MS", "5".to_owned()),
+            ("STRIPE_TIMEOUT_MS", "1500".to_owned()),
+        ]);
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        Self::build_with(Duration::from_secs(60), &vars, None, true).await
+    }
+
     /// An app that sends embedding work to an SQS queue (on moto) instead of embedding in-process.
     pub async fn with_sqs(moto: &Moto, queue_url: &str) -> Self {
         let sdk = moto.sdk_config().await;
@@ -417,6 +435,15 @@ impl TestApp {
         refetch: Duration,
         extra: &[(&str, String)],
         sdk: Option<aws_config::SdkConfig>,
+    ) -> Self {
+        Self::build_with(refetch, extra, sdk, false).await
+    }
+
+    async fn build_with(
+        refetch: Duration,
+        extra: &[(&str, String)],
+        sdk: Option<aws_config::SdkConfig>,
+        stripe: bool,
     ) -> Self {
         let db = TestDb::new().await;
         let jwks = JwksServer::start(serde_json::json!({ "keys": [dev_jwk("dev")] })).await;
@@ -437,7 +464,13 @@ impl TestApp {
                 .map(|(_, v)| v.clone())
         })
         .unwrap();
-        let app = App::with_sdk(config, sdk.as_ref()).unwrap();
+        let billing = match stripe {
+            true => tenantry_stripe::StripeBilling::from_config(&config.billing)
+                .unwrap()
+                .map(|s| Arc::new(s) as Arc<dyn tenantry::billing::BillingSink>),
+            false => None,
+        };
+        let app = App::with_billing(config, sdk.as_ref(), billing).unwrap();
         Self { app, db, jwks }
     }
 }

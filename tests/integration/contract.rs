@@ -55,9 +55,17 @@ fn every_function_package_serves_routes_and_every_route_has_a_package() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     let mut functions: BTreeSet<String> = ROUTES.iter().map(|r| r.function.to_owned()).collect();
-    // Functions that serve no route: queue consumers.
-    functions.extend(["embed".to_owned()]);
+    // Functions that serve no route: queue consumers and scheduled jobs.
+    functions.extend(["embed", "usage-meter", "billing-reconcile"].map(str::to_owned));
     assert_eq!(dirs, functions);
+    // And the template builds every one of them.
+    let template = String::from_utf8(repo_file("infra/template.yaml")).unwrap();
+    for f in &dirs {
+        assert!(
+            template.contains(&format!("        Binary: {f}\n")),
+            "infra/template.yaml does not build {f}"
+        );
+    }
 }
 
 #[test]
@@ -163,11 +171,16 @@ const EVENTS: &[(&str, &str, u16)] = &[
 
 #[tokio::test]
 async fn every_sample_event_is_served_by_its_function() {
-    // HTTP events only; the embed function's SQS event is exercised in embed_queue.rs.
+    // HTTP events only; the embed, usage-meter and billing-reconcile events are exercised in
+    // embed_queue.rs and billing.rs.
     let on_disk: usize = std::fs::read_dir(repo_root().join("events"))
         .unwrap()
         .map(|d| d.unwrap().path())
-        .filter(|p| !p.ends_with("embed"))
+        .filter(|p| {
+            !["embed", "usage-meter", "billing-reconcile"]
+                .iter()
+                .any(|f| p.ends_with(f))
+        })
         .map(|p| std::fs::read_dir(p).unwrap().count())
         .sum();
     assert_eq!(on_disk, EVENTS.len(), "an event file is not exercised here");

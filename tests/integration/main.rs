@@ -6,6 +6,7 @@ mod api_keys;
 mod ask;
 mod auth;
 mod bedrock;
+mod billing;
 mod catalog;
 mod contract;
 mod embed_queue;

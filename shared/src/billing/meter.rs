@@ -9,8 +9,10 @@
 //! 2. **claims** the pending deliveries with a lease, only for meters with no live lease, so at
 //!    most one caller talks to the provider per customer and meter at a time.
 //! 3. **sends** outside any transaction — one meter's deliveries in order, meters in parallel —
-//!    retrying 429/5xx/timeouts with exponential backoff and full jitter; a duplicate-identifier
-//!    answer counts as delivered; any other refusal marks the delivery `failed` with the reason.
+//!    retrying 429/5xx with exponential backoff and full jitter; a call without an answer
+//!    (timeout) keeps its lease, so nobody calls again for that customer and meter until it runs
+//!    out; a duplicate-identifier answer counts as delivered; any other refusal marks the
+//!    delivery `failed` with the reason.
 //! 4. **settles** what it learned in one statement.
 //!
 //! A crash anywhere leaves either no delivery (planned again), or a pending one whose lease runs
@@ -129,10 +131,14 @@ struct Claimed {
 }
 
 enum Settled {
-    Delivered { duplicate: bool },
+    Delivered {
+        duplicate: bool,
+    },
     Failed(String),
     Expired,
     Unsent,
+    /// Unsent, and the call may still be in progress: keep the lease.
+    InDoubt,
 }
 
 /// Plans, claims, sends and settles the tenant's closed windows (see the module docs).
@@ -207,6 +213,10 @@ pub async fn flush_tenant(
                     outcome.pending += 1;
                     ("pending", None)
                 }
+                Settled::InDoubt => {
+                    outcome.pending += 1;
+                    ("in_doubt", None)
+                }
             };
             identifiers.push(identifier);
             statuses.push(status);
@@ -216,8 +226,11 @@ pub async fn flush_tenant(
     let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
     let tenant_uuid = tenant.as_uuid();
     tx.execute(
-        "UPDATE app.usage_deliveries d SET status = u.status, reason = u.reason, lease_until = NULL, \
-                settled_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END \
+        "UPDATE app.usage_deliveries d \
+         SET status = CASE WHEN u.status = 'in_doubt' THEN 'pending' ELSE u.status END, \
+             reason = u.reason, \
+             lease_until = CASE WHEN u.status = 'in_doubt' THEN d.lease_until END, \
+             settled_at = CASE WHEN u.status IN ('pending', 'in_doubt') THEN NULL ELSE now() END \
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(identifier, status, reason) \
          WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending'",
         &[
@@ -253,8 +266,9 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
     let tenant = tx.tenant_id().as_uuid();
     let closed_before = cfg.closed_before(now);
     let oldest_sendable = now - cfg.max_age;
-    // Windows far older than anything sendable are settled history; do not rescan them forever.
-    let horizon = oldest_sendable - chrono::Duration::days(1);
+    // Windows far older than anything sendable (a whole extra billing period) are settled
+    // history: recorded `expired` if they ever got usage, and not rescanned forever.
+    let horizon = oldest_sendable - chrono::Duration::days(31);
     tx.execute(
         "WITH totals AS ( \
            SELECT meter, window_start, sum(quantity)::int8 AS total FROM app.usage_events \
@@ -322,7 +336,7 @@ async fn claim(tx: &mut TenantTx, cfg: &MeterConfig) -> Result<Vec<Claimed>, DbE
             ))
         })
         .collect();
-    claimed.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    claimed.sort_by_key(|c| (c.0, c.1));
     Ok(claimed.into_iter().map(|(_, _, c)| c).collect())
 }
 
@@ -377,6 +391,12 @@ async fn send_in_order(
                 blocked = true;
                 Settled::Unsent
             }
+            Err(SinkError::InDoubt(reason)) => {
+                tracing::warn!(identifier = %c.identifier, reason,
+                    "no answer from the provider; resent with the same identifier after the lease");
+                blocked = true;
+                Settled::InDoubt
+            }
         };
         out.push((c.identifier, settled));
     }
@@ -398,7 +418,9 @@ pub async fn send_with_retries(
         calls += 1;
         match sink.send(event).await {
             Ok(sent) => return (Ok(sent), calls),
-            Err(e @ SinkError::Rejected { .. }) => return (Err(e), calls),
+            Err(e @ (SinkError::Rejected { .. } | SinkError::InDoubt(_))) => {
+                return (Err(e), calls);
+            }
             Err(e) => last = e,
         }
     }
@@ -548,6 +570,7 @@ pub async fn handle_sqs(
 pub type SharedSink = Arc<dyn BillingSink>;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

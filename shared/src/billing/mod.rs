@@ -48,9 +48,15 @@ pub enum Sent {
 /// Why a call to the provider failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    /// Worth retrying: 429, 5xx, a timeout, a broken connection.
+    /// The provider answered that it cannot take it now (429, 5xx): retry with backoff.
     #[error("provider unavailable: {0}")]
     Retryable(String),
+    /// No answer (timeout, broken connection): the call may still be in progress at the
+    /// provider. Not retried at once (the provider allows one call per customer and meter at a
+    /// time); the delivery keeps its lease and is sent again, with the same identifier, after
+    /// the lease runs out.
+    #[error("provider call in doubt: {0}")]
+    InDoubt(String),
     /// Refused for good (other 4xx): recorded against the window, never retried blindly.
     #[error("provider refused ({status}{}): {message}", code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
     Rejected {

@@ -427,7 +427,8 @@ async fn record_rows(
 }
 
 /// Today's storage (KiB of record data, rounded up) and seat (members) snapshots, one event per
-/// tenant, meter and day (the id is derived from them, so a rerun records nothing new).
+/// tenant, meter and day (the id is derived from them, so a rerun records nothing new), stamped
+/// at the day's start.
 async fn snapshot(
     db: &Db,
     ctx: &TenantContext,
@@ -454,7 +455,8 @@ async fn snapshot(
             tenant_id: ctx.tenant_id,
             meter,
             quantity,
-            occurred_at: now,
+            // Stamped at the day's start: the day's one snapshot, in a window that closes early.
+            occurred_at: day_start(day),
             source: "snapshot".into(),
         })
         .collect();
@@ -480,6 +482,7 @@ fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -177,6 +177,7 @@ pub fn window_start(t: DateTime<Utc>, window_secs: i64) -> DateTime<Utc> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

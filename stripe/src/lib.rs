@@ -1,0 +1,242 @@
+//! The Stripe Billing adapter ([`StripeBilling`], a [`BillingSink`]) on `async-stripe` 1.0, and the
+//! `main`s of the functions that talk to Stripe (`usage-meter`, `billing-reconcile`). Only these
+//! link Stripe's client; everything else about billing lives in `tenantry::billing`.
+//!
+//! - Meter events carry the delivery's deterministic identifier; a resend of one Stripe already
+//!   has gets Stripe's duplicate-identifier refusal, which counts as delivered. No
+//!   `Idempotency-Key` is sent: Stripe replays a saved 500 for the same key for 24 hours, which
+//!   would turn one transient failure into a day of them; the identifier is the dedupe.
+//! - The client makes one attempt per call (`RequestStrategy::Once`, no retries of its own); the
+//!   meter retries with backoff and jitter, and knows which errors are worth it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use stripe::{RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
+use stripe_billing::billing_meter_event_summary::{
+    ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
+};
+use tenantry::App;
+use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture};
+use tenantry::config::{BillingConfig, Config, ConfigError};
+use tenantry::usage::Meter;
+
+/// What Stripe says when an identifier was already used (HTTP 400, `invalid_request_error`).
+const DUPLICATE_PREFIX: &str = "An event already exists with identifier";
+
+/// Stripe Billing Meters through `async-stripe`.
+pub struct StripeBilling {
+    client: stripe::Client,
+    meter_ids: HashMap<Meter, String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StripeBilling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeBilling")
+            .field("meter_ids", &self.meter_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeBilling {
+    /// The adapter for `cfg`, if it has a Stripe key (None: use the local adapter).
+    pub fn from_config(cfg: &BillingConfig) -> Result<Option<Self>, ConfigError> {
+        let Some(key) = &cfg.stripe_api_key else {
+            return Ok(None);
+        };
+        let mut base = cfg.stripe_api_base.clone();
+        if !base.ends_with('/') {
+            // The client appends `v1/...` to the base verbatim.
+            base.push('/');
+        }
+        let timeout = cfg.stripe_timeout;
+        let client = stripe::ClientBuilder::new(key.expose())
+            .url(base)
+            .request_strategy(RequestStrategy::Once)
+            .timeout(timeout)
+            .app_info("tenantry", Some(env!("CARGO_PKG_VERSION").into()), None)
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                name: "STRIPE_API_BASE",
+                reason: e.to_string(),
+            })?;
+        Ok(Some(Self {
+            client,
+            meter_ids: cfg.stripe_meter_ids.iter().cloned().collect(),
+            timeout,
+        }))
+    }
+}
+
+/// Stripe's answer, sorted into what the meter does with it.
+fn classify(e: StripeError) -> SinkError {
+    match e {
+        StripeError::Stripe(err, status) => {
+            let message = err.message.clone().unwrap_or_default();
+            let code = err.code.as_ref().map(|c| c.as_str().to_owned());
+            if status == 429 || status == 409 || status >= 500 {
+                SinkError::Retryable(format!("HTTP {status}: {message}"))
+            } else {
+                SinkError::Rejected {
+                    status,
+                    code,
+                    message,
+                }
+            }
+        }
+        // No answer: Stripe may still be working on it.
+        StripeError::Timeout => SinkError::InDoubt("timeout".into()),
+        StripeError::ClientError(m) => SinkError::InDoubt(m),
+        // An answer, but not Stripe's JSON (a proxy's 502 page): nothing in progress.
+        StripeError::JSONDeserialize(m) => SinkError::Retryable(m),
+        StripeError::ConfigError(m) => SinkError::Rejected {
+            status: 0,
+            code: Some("client_config".into()),
+            message: m,
+        },
+    }
+}
+
+fn is_duplicate(e: &StripeError) -> bool {
+    matches!(e, StripeError::Stripe(err, 400)
+        if err.message.as_deref().is_some_and(|m| m.starts_with(DUPLICATE_PREFIX)))
+}
+
+impl BillingSink for StripeBilling {
+    fn kind(&self) -> &'static str {
+        "stripe"
+    }
+
+    fn send<'a>(&'a self, event: &'a MeterEvent) -> SinkFuture<'a, Sent> {
+        Box::pin(async move {
+            let payload = HashMap::from([
+                ("stripe_customer_id".to_owned(), event.customer.clone()),
+                ("value".to_owned(), event.value.to_string()),
+            ]);
+            let result = CreateBillingMeterEvent::new(event.event_name.clone(), payload)
+                .identifier(event.identifier.clone())
+                .timestamp(event.timestamp.timestamp())
+                .customize()
+                .timeout(self.timeout)
+                .send(&self.client)
+                .await;
+            match result {
+                Ok(_) => Ok(Sent::Accepted),
+                Err(e) if is_duplicate(&e) => Ok(Sent::Duplicate),
+                Err(e) => Err(classify(e)),
+            }
+        })
+    }
+
+    fn day_totals<'a>(
+        &'a self,
+        meter: Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>> {
+        Box::pin(async move {
+            let Some(id) = self.meter_ids.get(&meter) else {
+                return Err(SinkError::Rejected {
+                    status: 0,
+                    code: Some("meter_not_configured".into()),
+                    message: format!("no Stripe meter id for {}", meter.name()),
+                });
+            };
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut req = ListIdBillingMeterEventSummary::new(
+                    id.as_str(),
+                    customer,
+                    to.timestamp(),
+                    from.timestamp(),
+                )
+                .value_grouping_window(ListIdBillingMeterEventSummaryValueGroupingWindow::Day)
+                .limit(100);
+                if let Some(a) = &after {
+                    req = req.starting_after(a.as_str());
+                }
+                let page = req
+                    .customize()
+                    .timeout(self.timeout)
+                    .send(&self.client)
+                    .await
+                    .map_err(classify)?;
+                for s in &page.data {
+                    if let Some(day) = DateTime::from_timestamp(s.start_time, 0) {
+                        out.push((day.date_naive(), s.aggregated_value.round() as i64));
+                    }
+                }
+                match (page.has_more, page.data.last()) {
+                    (true, Some(last)) => after = Some(last.id.to_string()),
+                    _ => break,
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+}
+
+/// Builds the app with Stripe when a key is configured, the local adapter otherwise.
+pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
+    let config = Config::from_env()?;
+    let sdk = match config.needs_aws() {
+        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        false => None,
+    };
+    let config = config.resolve(sdk.as_ref()).await?;
+    let billing: Option<Arc<dyn BillingSink>> =
+        StripeBilling::from_config(&config.billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
+    Ok(App::with_billing(config, sdk.as_ref(), billing)?)
+}
+
+/// The whole `main` of the SQS-triggered `usage-meter` function.
+pub async fn run_usage_meter() -> Result<(), lambda_runtime::Error> {
+    tenantry::telemetry::init();
+    let app = Arc::new(app_from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let app = Arc::clone(&app);
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    tenantry::billing::meter::handle_sqs(
+                        &app.db,
+                        app.billing.as_ref(),
+                        &app.config.billing.meter,
+                        event.payload,
+                    )
+                    .await,
+                )
+            }
+        },
+    ))
+    .await
+}
+
+/// The whole `main` of the scheduled `billing-reconcile` function.
+pub async fn run_billing_reconcile() -> Result<(), lambda_runtime::Error> {
+    tenantry::telemetry::init();
+    let app = Arc::new(app_from_env().await?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<tenantry::billing::reconcile::ReconcileInput>| {
+            let app = Arc::clone(&app);
+            async move {
+                let out = tenantry::billing::reconcile::run(
+                    &app.db,
+                    app.billing.as_ref(),
+                    &app.config.billing.meter,
+                    &event.payload,
+                )
+                .await?;
+                Ok::<_, lambda_runtime::Error>(serde_json::to_value(out)?)
+            }
+        },
+    ))
+    .await
+}

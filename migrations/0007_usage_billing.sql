@@ -74,6 +74,10 @@ CREATE TABLE app.billing_reconciliations (
 );
 CREATE INDEX billing_reconciliations_recent ON app.billing_reconciliations (tenant_id, created_at DESC);
 
+-- Seats: membership comes from Auth0's event stream, which may deliver out of order. A removal
+-- keeps the row (removed_at), and membership_event_at keeps an older event from undoing a newer one.
+ALTER TABLE app.members ADD COLUMN removed_at timestamptz, ADD COLUMN membership_event_at timestamptz;
+
 -- Webhook events already acted on, per tenant (dedupe in the same transaction as the effect).
 CREATE TABLE app.processed_webhooks (
   tenant_id    uuid NOT NULL REFERENCES app.tenants (tenant_id) ON DELETE CASCADE,

@@ -161,6 +161,18 @@ const EVENTS: &[(&str, &str, u16)] = &[
         include_str!("../../events/usage/get-usage.json"),
         200,
     ),
+    // Signed / authenticated by the test below: a customer no tenant is billed as (received,
+    // ignored) and a member joining the acme organization (applied).
+    (
+        "stripe-webhook",
+        include_str!("../../events/stripe-webhook/subscription-updated.json"),
+        200,
+    ),
+    (
+        "auth0-webhook",
+        include_str!("../../events/auth0-webhook/member-added.json"),
+        200,
+    ),
     // The sample names a key id no tenant has: the function answers, with the documented 404.
     (
         "api-keys",
@@ -185,10 +197,18 @@ async fn every_sample_event_is_served_by_its_function() {
         .sum();
     assert_eq!(on_disk, EVENTS.len(), "an event file is not exercised here");
 
-    let app = TestApp::new().await;
+    let app = webhook_app().await;
     let (_, token) = app.tenant_with_token("acme").await;
     for (function, raw, status) in EVENTS {
         let event: Value = serde_json::from_str(raw).unwrap();
+        let signature = tenantry::billing::webhooks::stripe_signature_header(
+            event["body"].as_str().unwrap_or_default().as_bytes(),
+            WEBHOOK_SECRET,
+            chrono::Utc::now().timestamp(),
+        );
+        let raw = &raw
+            .replace("REPLACE_WITH_A_STRIPE_SIGNATURE", &signature)
+            .replace("REPLACE_WITH_THE_WEBHOOK_SECRET", AUTH0_SECRET);
         let route_key = event["routeKey"].as_str().unwrap();
         let route = ROUTES
             .iter()
@@ -213,10 +233,22 @@ async fn every_sample_event_is_served_by_its_function() {
     }
 }
 
+const WEBHOOK_SECRET: &str = "whsec_contract";
+const AUTH0_SECRET: &str = "auth0-contract-secret";
+
+/// An app with webhook secrets, so signed sample events and examples verify.
+async fn webhook_app() -> TestApp {
+    TestApp::with_vars(&[
+        ("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),
+        ("AUTH0_WEBHOOK_SECRET", AUTH0_SECRET.to_owned()),
+    ])
+    .await
+}
+
 #[tokio::test]
 async fn every_openapi_example_is_accepted_by_its_handler() {
     let doc: Value = serde_json::from_slice(&repo_file("openapi.json")).unwrap();
-    let app = TestApp::new().await;
+    let app = webhook_app().await;
     let (_, token) = app.tenant_with_token("acme").await;
     // Order matters: the dataset first, then records, then queries.
     let order = [
@@ -225,6 +257,8 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
         ("/v1/query", "post"),
         ("/v1/api-keys", "post"),
         ("/v1/ask", "post"),
+        ("/v1/webhooks/stripe", "post"),
+        ("/v1/webhooks/auth0", "post"),
     ];
     let mut seen = 0;
     for (path, method) in order {
@@ -235,9 +269,32 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
             .unwrap()
         {
             let body = example["value"].to_string();
-            let r = app
-                .call(&method.to_uppercase(), &example_path, &token, Some(&body))
-                .await;
+            let r = match path {
+                "/v1/webhooks/stripe" | "/v1/webhooks/auth0" => {
+                    let signature = tenantry::billing::webhooks::stripe_signature_header(
+                        body.as_bytes(),
+                        WEBHOOK_SECRET,
+                        chrono::Utc::now().timestamp(),
+                    );
+                    let bearer = format!("Bearer {AUTH0_SECRET}");
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("stripe-signature", signature.as_str()),
+                        ("authorization", bearer.as_str()),
+                    ];
+                    app.send(tenantry_tests::gateway_event(
+                        "POST",
+                        path,
+                        &headers,
+                        Some(&body),
+                    ))
+                    .await
+                }
+                _ => {
+                    app.call(&method.to_uppercase(), &example_path, &token, Some(&body))
+                        .await
+                }
+            };
             assert!(
                 r.status < 300,
                 "{method} {path} example {name}: {} {}",

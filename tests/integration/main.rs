@@ -18,3 +18,4 @@ mod rag;
 mod roles;
 mod secrets;
 mod tenant_tx;
+mod webhooks;

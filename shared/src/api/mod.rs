@@ -10,6 +10,7 @@ mod me;
 mod query;
 mod records;
 mod usage;
+mod webhooks;
 
 use http::Method;
 
@@ -57,6 +58,18 @@ pub static ROUTES: &[Route] = &[
     route(Method::POST, "/v1/query", "query", query::run),
     route(Method::POST, "/v1/ask", "ask", ask::ask),
     route(Method::GET, "/v1/usage", "usage", usage::get),
+    public_route(
+        Method::POST,
+        "/v1/webhooks/stripe",
+        "stripe-webhook",
+        webhooks::stripe,
+    ),
+    public_route(
+        Method::POST,
+        "/v1/webhooks/auth0",
+        "auth0-webhook",
+        webhooks::auth0,
+    ),
     route(Method::POST, "/v1/api-keys", "api-keys", api_keys::create),
     route(Method::GET, "/v1/api-keys", "api-keys", api_keys::list),
     route(
@@ -78,6 +91,22 @@ const fn route(
         path,
         function,
         authenticated: true,
+        handler,
+    }
+}
+
+/// A route without a user token: the handler authenticates the sender itself (webhooks).
+const fn public_route(
+    method: Method,
+    path: &'static str,
+    function: &'static str,
+    handler: Handler,
+) -> Route {
+    Route {
+        method,
+        path,
+        function,
+        authenticated: false,
         handler,
     }
 }

@@ -441,7 +441,7 @@ async fn snapshot(
         .query_one(
             "SELECT (SELECT ceil(coalesce(sum(pg_column_size(r.data)), 0) / 1024.0)::int8 \
                      FROM app.records r WHERE r.tenant_id = $1), \
-                    (SELECT count(*) FROM app.members m WHERE m.tenant_id = $1)",
+                    (SELECT count(*) FROM app.members m WHERE m.tenant_id = $1 AND m.removed_at IS NULL)",
             &[(&tenant, Type::UUID)],
         )
         .await?;

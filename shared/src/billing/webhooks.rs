@@ -1,1 +1,447 @@
-//! Stripe and Auth0 webhooks (see `api::webhooks` for the routes).
+//! Stripe and Auth0 webhooks: who may call, which tenant an event belongs to, and effects that
+//! apply once and in the right order.
+//!
+//! - **Stripe**: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]` — HMAC-SHA256 with an
+//!   endpoint secret over `"{t}.{raw body}"`. Any `v1` matching any configured secret (several
+//!   while a secret is rolled) passes, compared in constant time; `t` must be within the tolerance
+//!   (300 s) of now, either way. The tenant comes from our customer → tenant mapping, never from
+//!   the event's metadata.
+//! - **Auth0** (Event Streams, CloudEvents): `Authorization: Bearer <shared secret>`, compared in
+//!   constant time; organization member added/removed → `app.members`, which the seats meter
+//!   counts.
+//!
+//! Both dedupe by event id in the same transaction as the effect (`app.processed_webhooks`), and
+//! order effects by the event's own time, so replays and out-of-order deliveries change nothing.
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tokio_postgres::types::Type;
+
+use crate::TenantId;
+use crate::config::Secret;
+use crate::db::{Access, Db, DbError, TenantContext, TenantTx};
+
+/// Why a webhook's signature was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No `Stripe-Signature` header, or no `t` / `v1` in it.
+    #[error("missing or malformed signature header")]
+    Malformed,
+    /// No `v1` matches any configured secret.
+    #[error("no signature matches")]
+    Mismatch,
+    /// The signed timestamp is outside the tolerance.
+    #[error("signature timestamp outside the tolerance")]
+    Stale,
+}
+
+/// Verifies a Stripe signature header over the raw body.
+pub fn verify_stripe_signature(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[Secret],
+    tolerance_secs: i64,
+    now: i64,
+) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Malformed)?;
+    let mut t: Option<i64> = None;
+    let mut candidates: Vec<Vec<u8>> = Vec::new();
+    for part in header.split(',') {
+        let Some((k, v)) = part.trim().split_once('=') else {
+            continue;
+        };
+        match k {
+            "t" => t = v.parse().ok(),
+            "v1" => {
+                if let Ok(bytes) = hex::decode(v) {
+                    candidates.push(bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    let t = t.ok_or(SignatureError::Malformed)?;
+    if candidates.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    let mut matched = false;
+    for secret in secrets {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
+            continue;
+        };
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let expected = mac.finalize().into_bytes();
+        for c in &candidates {
+            // Every comparison runs; the result is folded without branching on secrets.
+            matched |= bool::from(expected.as_slice().ct_eq(c.as_slice()));
+        }
+    }
+    if !matched {
+        return Err(SignatureError::Mismatch);
+    }
+    if (now - t).abs() > tolerance_secs {
+        return Err(SignatureError::Stale);
+    }
+    Ok(())
+}
+
+/// Whether `header` is `Bearer <secret>` (constant time in the secret's contents).
+pub fn bearer_matches(header: Option<&str>, secret: &Secret) -> bool {
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    bool::from(token.as_bytes().ct_eq(secret.expose().as_bytes()))
+}
+
+/// The part of a Stripe event we read.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeEvent {
+    /// `evt_...`
+    pub id: String,
+    /// E.g. `customer.subscription.updated`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix seconds: orders effects.
+    pub created: i64,
+    /// `{"object": {...}}`
+    pub data: StripeEventData,
+}
+
+/// The event's data.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeEventData {
+    /// The subscription or invoice.
+    pub object: StripeObject,
+}
+
+/// The fields of a subscription or invoice we read.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeObject {
+    /// `sub_...` / `in_...`
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `cus_...`
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// A subscription's status.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// What a webhook delivery did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied (or, when older than what we know, recorded without changing state).
+    Applied,
+    /// Seen before: nothing done.
+    Duplicate,
+    /// Not for us: an event type we do not act on, or a customer/organization we do not know.
+    Ignored,
+}
+
+/// A subscription status, as the tenant's billing status.
+fn billing_status(kind: &str, status: Option<&str>) -> Option<&'static str> {
+    if kind == "customer.subscription.deleted" {
+        return Some("canceled");
+    }
+    match status? {
+        "active" | "trialing" => Some("active"),
+        "past_due" | "unpaid" => Some("past_due"),
+        "canceled" | "incomplete_expired" => Some("canceled"),
+        _ => None,
+    }
+}
+
+/// Applies a verified Stripe event.
+pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome, DbError> {
+    let subscription = event.kind.starts_with("customer.subscription.");
+    let invoice = match event.kind.as_str() {
+        "invoice.paid" | "invoice.payment_succeeded" => Some("paid"),
+        "invoice.payment_failed" => Some("payment_failed"),
+        _ => None,
+    };
+    if !subscription && invoice.is_none() {
+        return Ok(Outcome::Ignored);
+    }
+    let Some(customer) = event.data.object.customer.as_deref() else {
+        return Ok(Outcome::Ignored);
+    };
+    let Some(tenant) = db.tenant_for_stripe_customer(customer).await? else {
+        tracing::info!(event_id = %event.id, "stripe event for a customer we do not bill; ignored");
+        return Ok(Outcome::Ignored);
+    };
+    let at = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
+    let mut tx = begin(db, tenant, "system:stripe-webhook").await?;
+    if !first_time(&mut tx, "stripe", &event.id, &event.kind).await? {
+        tx.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let t = tenant.as_uuid();
+    let object_id = event.data.object.id.as_deref();
+    if subscription {
+        if let Some(status) = billing_status(&event.kind, event.data.object.status.as_deref()) {
+            tx.execute(
+                "UPDATE app.billing_customers SET billing_status = $2, subscription_id = $3, \
+                   status_event_at = $4, updated_at = now() \
+                 WHERE tenant_id = $1 AND (status_event_at IS NULL OR status_event_at <= $4)",
+                &[
+                    (&t, Type::UUID),
+                    (&status, Type::TEXT),
+                    (&object_id, Type::TEXT),
+                    (&at, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await?;
+        }
+    } else if let Some(status) = invoice {
+        tx.execute(
+            "UPDATE app.billing_customers SET last_invoice_status = $2, last_invoice_id = $3, \
+               invoice_event_at = $4, updated_at = now() \
+             WHERE tenant_id = $1 AND (invoice_event_at IS NULL OR invoice_event_at <= $4)",
+            &[
+                (&t, Type::UUID),
+                (&status, Type::TEXT),
+                (&object_id, Type::TEXT),
+                (&at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant, "stripe event applied");
+    Ok(Outcome::Applied)
+}
+
+/// An Auth0 Event Streams event (CloudEvents 1.0), the part we read.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0Event {
+    /// `evt_...`: the dedupe key.
+    pub id: String,
+    /// E.g. `organization.member.added`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened: orders effects.
+    pub time: DateTime<Utc>,
+    /// `{"object": {"organization": {"id"}, "user": {"user_id"}}}`
+    pub data: Auth0Data,
+}
+
+/// The event's data.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0Data {
+    /// The member and organization.
+    pub object: Auth0Object,
+}
+
+/// The member and organization.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0Object {
+    /// The organization.
+    #[serde(default)]
+    pub organization: Option<Auth0Org>,
+    /// The user.
+    #[serde(default)]
+    pub user: Option<Auth0User>,
+}
+
+/// An organization reference.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0Org {
+    /// `org_...`
+    pub id: String,
+}
+
+/// A user reference.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0User {
+    /// `auth0|...`
+    pub user_id: String,
+}
+
+/// Applies an authenticated Auth0 event.
+pub async fn apply_auth0_event(db: &Db, event: &Auth0Event) -> Result<Outcome, DbError> {
+    let added = match event.kind.as_str() {
+        "organization.member.added" => true,
+        "organization.member.deleted" => false,
+        _ => return Ok(Outcome::Ignored),
+    };
+    let (Some(org), Some(user)) = (&event.data.object.organization, &event.data.object.user) else {
+        return Ok(Outcome::Ignored);
+    };
+    if user.user_id.is_empty() || user.user_id.len() > 256 {
+        return Ok(Outcome::Ignored);
+    }
+    let Some(tenant) = db.tenant_for_auth0_org(&org.id).await? else {
+        tracing::info!(event_id = %event.id, "auth0 event for an organization we do not serve; ignored");
+        return Ok(Outcome::Ignored);
+    };
+    let mut tx = begin(db, tenant.tenant_id, "system:auth0-webhook").await?;
+    if !first_time(&mut tx, "auth0", &event.id, &event.kind).await? {
+        tx.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let t = tenant.tenant_id.as_uuid();
+    let removed_at: Option<DateTime<Utc>> = (!added).then_some(event.time);
+    // One statement either way: insert the member (or a tombstone, for a removal that overtook
+    // its addition), or update it unless we already applied a newer event for it.
+    tx.execute(
+        "INSERT INTO app.members (tenant_id, auth0_user_id, removed_at, membership_event_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant_id, auth0_user_id) DO UPDATE \
+           SET removed_at = EXCLUDED.removed_at, membership_event_at = EXCLUDED.membership_event_at, \
+               updated_at = now() \
+           WHERE app.members.membership_event_at IS NULL \
+              OR app.members.membership_event_at <= EXCLUDED.membership_event_at",
+        &[
+            (&t, Type::UUID),
+            (&user.user_id, Type::TEXT),
+            (&removed_at, Type::TIMESTAMPTZ),
+            (&event.time, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant.tenant_id, "auth0 event applied");
+    Ok(Outcome::Applied)
+}
+
+async fn begin(db: &Db, tenant: TenantId, actor: &str) -> Result<TenantTx, DbError> {
+    db.begin(
+        &TenantContext {
+            tenant_id: tenant,
+            actor_id: actor.to_owned(),
+        },
+        Access::ReadWrite,
+    )
+    .await
+}
+
+/// Records the event as processed; false if it already was (in this same transaction as the
+/// effect, so a crash either does both or neither).
+async fn first_time(
+    tx: &mut TenantTx,
+    source: &str,
+    event_id: &str,
+    kind: &str,
+) -> Result<bool, DbError> {
+    let t = tx.tenant_id().as_uuid();
+    let kind: String = kind.chars().take(255).collect();
+    let n = tx
+        .execute(
+            "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[
+                (&t, Type::UUID),
+                (&source, Type::TEXT),
+                (&event_id, Type::TEXT),
+                (&kind, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Signs a payload the way Stripe does (for tests and the local runner's examples).
+pub fn stripe_signature_header(body: &[u8], secret: &str, t: i64) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_692_001;
+
+    #[test]
+    fn stripe_signatures_are_checked_like_stripe_does() {
+        let body = br#"{"id": "evt_1"}"#;
+        let old = Secret::new("whsec_old");
+        let new = Secret::new("whsec_new");
+        let good = stripe_signature_header(body, "whsec_new", NOW);
+        let v = |h: &str, secrets: &[Secret], now: i64| {
+            verify_stripe_signature(Some(h), body, secrets, 300, now)
+        };
+        assert_eq!(v(&good, std::slice::from_ref(&new), NOW), Ok(()));
+        // Rotation: two configured secrets, or two v1 values in the header.
+        assert_eq!(v(&good, &[old.clone(), new.clone()], NOW), Ok(()));
+        let old_sig = stripe_signature_header(body, "whsec_old", NOW);
+        let both = format!("{good},v1={}", old_sig.split("v1=").nth(1).unwrap());
+        assert_eq!(v(&both, std::slice::from_ref(&old), NOW), Ok(()));
+        // Wrong secret, tampered body, stale or future timestamp, missing parts.
+        assert_eq!(
+            v(&good, std::slice::from_ref(&old), NOW),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify_stripe_signature(
+                Some(&good),
+                br#"{"id": "evt_2"}"#,
+                std::slice::from_ref(&new),
+                300,
+                NOW
+            ),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            v(&good, std::slice::from_ref(&new), NOW + 301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            v(&good, std::slice::from_ref(&new), NOW - 301),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(v(&good, std::slice::from_ref(&new), NOW + 300), Ok(()));
+        assert_eq!(
+            v(&format!("t={NOW}"), std::slice::from_ref(&new), NOW),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify_stripe_signature(None, body, std::slice::from_ref(&new), 300, NOW),
+            Err(SignatureError::Malformed)
+        );
+        // A v0 (test-mode legacy) signature is not accepted in place of v1.
+        let v0 = good.replace("v1=", "v0=");
+        assert_eq!(v(&v0, &[new], NOW), Err(SignatureError::Malformed));
+        // No secrets configured: nothing verifies.
+        assert_eq!(v(&good, &[], NOW), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn bearer_secrets_must_match_exactly() {
+        let s = Secret::new("s3cret-token");
+        assert!(bearer_matches(Some("Bearer s3cret-token"), &s));
+        assert!(!bearer_matches(Some("Bearer s3cret-tokenx"), &s));
+        assert!(!bearer_matches(Some("Bearer s3cret-toke"), &s));
+        assert!(!bearer_matches(Some("s3cret-token"), &s));
+        assert!(!bearer_matches(Some("Basic s3cret-token"), &s));
+        assert!(!bearer_matches(None, &s));
+    }
+
+    #[test]
+    fn subscription_statuses_map_to_billing_statuses() {
+        let u = "customer.subscription.updated";
+        assert_eq!(billing_status(u, Some("active")), Some("active"));
+        assert_eq!(billing_status(u, Some("trialing")), Some("active"));
+        assert_eq!(billing_status(u, Some("past_due")), Some("past_due"));
+        assert_eq!(billing_status(u, Some("canceled")), Some("canceled"));
+        assert_eq!(billing_status(u, Some("incomplete")), None);
+        assert_eq!(
+            billing_status("customer.subscription.deleted", Some("active")),
+            Some("canceled")
+        );
+    }
+}

@@ -217,6 +217,21 @@ impl Db {
         }))
     }
 
+    /// Which tenant a Stripe customer bills (before any tenant is known; webhooks).
+    pub async fn tenant_for_stripe_customer(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<TenantId>, DbError> {
+        let client = self.checkout().await?;
+        let row = client
+            .query_typed_opt(
+                "SELECT t FROM app.tenant_for_stripe_customer($1) t",
+                &[(&customer_id, Type::TEXT)],
+            )
+            .await?;
+        Ok(row.map(|r| TenantId::from(r.get::<_, Uuid>(0))))
+    }
+
     /// Tenants whose chunks have waited longer than `older_than` for an embedding (ids only).
     pub async fn tenants_with_pending_chunks(
         &self,

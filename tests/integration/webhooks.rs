@@ -1,0 +1,339 @@
+//! Stripe and Auth0 webhooks through the dispatcher, written as the attacks: missing, wrong,
+//! stale and replayed credentials; events out of order; a tenant named in metadata.
+
+use serde_json::{Value, json};
+use tenantry::TenantId;
+use tenantry::billing::customers;
+use tenantry::billing::webhooks::stripe_signature_header;
+use tenantry_tests::{Reply, TestApp, gateway_event, tx};
+
+const SECRET: &str = "whsec_current";
+const OLD_SECRET: &str = "whsec_rolled_out";
+const AUTH0_SECRET: &str = "auth0-shared-secret-0123456789";
+
+async fn app(secrets: &str) -> TestApp {
+    TestApp::with_vars(&[
+        ("STRIPE_WEBHOOK_SECRETS", secrets.to_owned()),
+        ("AUTH0_WEBHOOK_SECRET", AUTH0_SECRET.to_owned()),
+    ])
+    .await
+}
+
+async fn stripe(app: &TestApp, body: &str, signature: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(s) = signature {
+        headers.push(("stripe-signature", s));
+    }
+    app.send(gateway_event(
+        "POST",
+        "/v1/webhooks/stripe",
+        &headers,
+        Some(body),
+    ))
+    .await
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn subscription(id: &str, customer: &str, status: &str, created: i64) -> String {
+    json!({"id": id, "object": "event", "type": "customer.subscription.updated", "created": created,
+           "data": {"object": {"id": "sub_1", "object": "subscription", "customer": customer,
+                               "status": status, "metadata": {"tenant_id": "someone-else"}}}})
+    .to_string()
+}
+
+async fn billed_tenant(app: &TestApp, slug: &str, customer: &str) -> TenantId {
+    let (t, _) = app.tenant_with_token(slug).await;
+    let mut tx = tx(&app.app.db, t).await;
+    customers::link(&mut tx, customer).await.unwrap();
+    tx.commit().await.unwrap();
+    t
+}
+
+async fn state(app: &TestApp, t: TenantId) -> customers::BillingState {
+    let mut tx = tx(&app.app.db, t).await;
+    let s = customers::state(&mut tx).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn stripe_signatures_missing_wrong_stale_or_tampered_are_refused() {
+    let app = app(SECRET).await;
+    let a = billed_tenant(&app, "alpha", "cus_alpha").await;
+    let body = subscription("evt_a1", "cus_alpha", "past_due", now());
+    let good = stripe_signature_header(body.as_bytes(), SECRET, now());
+    let attacks: Vec<(&str, Option<String>, String)> = vec![
+        ("missing", None, body.clone()),
+        ("garbage", Some("nonsense".into()), body.clone()),
+        (
+            "wrong secret",
+            Some(stripe_signature_header(
+                body.as_bytes(),
+                "whsec_guess",
+                now(),
+            )),
+            body.clone(),
+        ),
+        (
+            "stale",
+            Some(stripe_signature_header(
+                body.as_bytes(),
+                SECRET,
+                now() - 301,
+            )),
+            body.clone(),
+        ),
+        (
+            "future",
+            Some(stripe_signature_header(
+                body.as_bytes(),
+                SECRET,
+                now() + 301,
+            )),
+            body.clone(),
+        ),
+        (
+            "tampered body",
+            Some(good.clone()),
+            body.replace("past_due", "active"),
+        ),
+        ("v0 only", Some(good.replace("v1=", "v0=")), body.clone()),
+    ];
+    for (name, sig, payload) in attacks {
+        let r = stripe(&app, &payload, sig.as_deref()).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (400, Some("invalid_signature")),
+            "{name}"
+        );
+    }
+    assert_eq!(state(&app, a).await.status, "none", "nothing applied");
+    let r = stripe(&app, &body, Some(&good)).await;
+    assert_eq!((r.status, &r.json["outcome"]), (200, &json!("applied")));
+    assert_eq!(state(&app, a).await.status, "past_due");
+}
+
+#[tokio::test]
+async fn rotated_secrets_verify_during_the_roll() {
+    // Two secrets configured (old and new), or a header carrying two v1 values.
+    let app = app(&format!("{OLD_SECRET},{SECRET}")).await;
+    billed_tenant(&app, "alpha", "cus_alpha").await;
+    let body = subscription("evt_r1", "cus_alpha", "active", now());
+    let r = stripe(
+        &app,
+        &body,
+        Some(&stripe_signature_header(body.as_bytes(), OLD_SECRET, now())),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    let only_new = self::app(SECRET).await;
+    billed_tenant(&only_new, "bravo", "cus_bravo").await;
+    let body = subscription("evt_r2", "cus_bravo", "active", now());
+    let t = now();
+    let old = stripe_signature_header(body.as_bytes(), OLD_SECRET, t);
+    let new = stripe_signature_header(body.as_bytes(), SECRET, t);
+    let both = format!("{old},v1={}", new.split("v1=").nth(1).unwrap());
+    let r = stripe(&only_new, &body, Some(&both)).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
+#[tokio::test]
+async fn replays_and_out_of_order_events_never_move_state_backwards() {
+    let app = app(SECRET).await;
+    let a = billed_tenant(&app, "alpha", "cus_alpha").await;
+    let b = billed_tenant(&app, "bravo", "cus_bravo").await;
+    let send = |body: String| {
+        let app = &app;
+        async move {
+            let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
+            stripe(app, &body, Some(&sig)).await
+        }
+    };
+    let t = now() - 1000;
+    // Newest first: active at t+20, then the older past_due at t+10 arrives late.
+    assert_eq!(
+        send(subscription("evt_2", "cus_alpha", "active", t + 20))
+            .await
+            .json["outcome"],
+        "applied"
+    );
+    assert_eq!(
+        send(subscription("evt_1", "cus_alpha", "past_due", t + 10))
+            .await
+            .json["outcome"],
+        "applied"
+    );
+    assert_eq!(state(&app, a).await.status, "active");
+    // Replayed: recognised, nothing changes.
+    assert_eq!(
+        send(subscription("evt_2", "cus_alpha", "canceled", t + 30))
+            .await
+            .json["outcome"],
+        "duplicate"
+    );
+    assert_eq!(state(&app, a).await.status, "active");
+    // Deleted subscription: canceled, whatever its status says.
+    let deleted = json!({"id": "evt_3", "type": "customer.subscription.deleted", "created": t + 40,
+        "data": {"object": {"id": "sub_1", "customer": "cus_alpha", "status": "active"}}});
+    send(deleted.to_string()).await;
+    assert_eq!(state(&app, a).await.status, "canceled");
+    // Invoices: the newer failure stands when the older success arrives after it.
+    for (id, kind, at) in [
+        ("evt_5", "invoice.payment_failed", t + 60),
+        ("evt_4", "invoice.paid", t + 50),
+    ] {
+        let e = json!({"id": id, "type": kind, "created": at,
+            "data": {"object": {"id": format!("in_{id}"), "customer": "cus_alpha"}}});
+        assert_eq!(send(e.to_string()).await.status, 200);
+    }
+    let s = state(&app, a).await;
+    assert_eq!(
+        (
+            s.last_invoice_status.as_deref(),
+            s.last_invoice_id.as_deref()
+        ),
+        (Some("payment_failed"), Some("in_evt_5"))
+    );
+    // The event named another tenant in metadata; only the customer's tenant changed.
+    assert_eq!(state(&app, b).await.status, "none");
+    // A customer we do not bill: acknowledged, ignored.
+    let r = send(subscription("evt_9", "cus_stranger", "active", t)).await;
+    assert_eq!((r.status, &r.json["outcome"]), (200, &json!("ignored")));
+    // Unhandled types are acknowledged too (Stripe would otherwise retry them for days).
+    let other =
+        json!({"id": "evt_10", "type": "charge.refunded", "created": t, "data": {"object": {}}});
+    assert_eq!(send(other.to_string()).await.json["outcome"], "ignored");
+}
+
+#[tokio::test]
+async fn webhooks_without_configured_secrets_are_refused() {
+    let app = TestApp::new().await;
+    let body = subscription("evt_1", "cus_x", "active", now());
+    let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
+    let r = stripe(&app, &body, Some(&sig)).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (503, Some("webhook_not_configured"))
+    );
+    let r = auth0(
+        &app,
+        Some("Bearer anything"),
+        &member("evt_1", true, "u", 0),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+}
+
+async fn auth0(app: &TestApp, authorization: Option<&str>, body: &Value) -> Reply {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = authorization {
+        headers.push(("authorization", a));
+    }
+    app.send(gateway_event(
+        "POST",
+        "/v1/webhooks/auth0",
+        &headers,
+        Some(&body.to_string()),
+    ))
+    .await
+}
+
+fn member(id: &str, added: bool, user: &str, minute: i64) -> Value {
+    let time = chrono::DateTime::from_timestamp(1_795_692_000 + minute * 60, 0).unwrap();
+    json!({"specversion": "1.0", "id": id, "source": "urn:auth0:tenantry.eu.auth0.com",
+           "type": if added { "organization.member.added" } else { "organization.member.deleted" },
+           "time": time.to_rfc3339(),
+           "data": {"object": {"organization": {"id": "org_alpha", "name": "alpha"},
+                               "user": {"user_id": user}}}})
+}
+
+async fn seats(app: &TestApp, t: TenantId) -> i64 {
+    app.db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM app.members WHERE tenant_id = $1 AND removed_at IS NULL",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn auth0_members_drive_seats_once_and_in_order() {
+    let app = app(SECRET).await;
+    let (a, _) = app.tenant_with_token("alpha").await;
+    let good = format!("Bearer {AUTH0_SECRET}");
+    let e = member("evt_m1", true, "auth0|ann", 1);
+    for (name, header) in [
+        ("missing", None),
+        ("wrong", Some("Bearer not-the-secret".to_owned())),
+        ("prefix", Some(format!("Bearer {}", &AUTH0_SECRET[..10]))),
+        ("longer", Some(format!("Bearer {AUTH0_SECRET}x"))),
+        ("no scheme", Some(AUTH0_SECRET.to_owned())),
+    ] {
+        let r = auth0(&app, header.as_deref(), &e).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (401, Some("invalid_webhook_secret")),
+            "{name}"
+        );
+    }
+    assert_eq!(seats(&app, a).await, 0);
+
+    let r = auth0(&app, Some(&good), &e).await;
+    assert_eq!(r.json, json!({"applied": 1, "duplicates": 0, "ignored": 0}));
+    // Replayed: nothing new.
+    let r = auth0(&app, Some(&good), &e).await;
+    assert_eq!(r.json, json!({"applied": 0, "duplicates": 1, "ignored": 0}));
+    // Bob's removal (minute 5) arrives before his addition (minute 2), in one batch.
+    let batch = json!([
+        member("evt_m3", false, "auth0|bob", 5),
+        member("evt_m2", true, "auth0|bob", 2)
+    ]);
+    let r = auth0(&app, Some(&good), &batch).await;
+    assert_eq!(r.json["applied"], 2);
+    assert_eq!(
+        seats(&app, a).await,
+        1,
+        "Bob stays removed; Ann is the one seat"
+    );
+    // Ann leaves and rejoins.
+    auth0(&app, Some(&good), &member("evt_m4", false, "auth0|ann", 6)).await;
+    assert_eq!(seats(&app, a).await, 0);
+    auth0(&app, Some(&good), &member("evt_m5", true, "auth0|ann", 7)).await;
+    assert_eq!(seats(&app, a).await, 1);
+    // Another organization's events, and other event types: ignored.
+    let mut foreign = member("evt_m6", true, "auth0|eve", 8);
+    foreign["data"]["object"]["organization"]["id"] = json!("org_unknown");
+    let r = auth0(&app, Some(&good), &foreign).await;
+    assert_eq!(r.json["ignored"], 1);
+
+    // The seats meter counts exactly the current members (a daily snapshot in the ledger).
+    let a_app = &app.app;
+    tenantry::billing::reconcile::run(
+        &a_app.db,
+        a_app.billing.as_ref(),
+        &a_app.config.billing.meter,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let snapshot: i64 = app
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT quantity FROM app.usage_events WHERE tenant_id = $1 AND meter = 'seats'",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(snapshot, 1);
+}

@@ -8,6 +8,14 @@ use serde_json::{Value, json};
 /// Boxed error for benchmark plumbing.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A numeric setting from the environment, or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Latencies of one scenario.
 #[derive(Debug, Default)]
 pub struct Samples {

@@ -139,20 +139,33 @@ fn url_for(cfg: &tokio_postgres::Config, user: &str, password: &str, db: &str) -
 async fn up() -> Result<(), Error> {
     let port = port()?;
     let app_url = migrate_only().await?;
-    let vars = [
+    let env_or = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let mut vars = vec![
         ("APP_DATABASE_URL", app_url),
         ("AUTH0_ISSUER", issuer_url(port)),
         ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
         ("AUTH_ROLES_CLAIM", ROLES_CLAIM.to_owned()),
-        (
-            "DB_POOL_MAX",
-            std::env::var("DB_POOL_MAX").unwrap_or_else(|_| "16".into()),
-        ),
+        ("DB_POOL_MAX", env_or("DB_POOL_MAX", "16")),
+        // Short usage windows, so /v1/usage shows acknowledged usage within a minute.
+        ("USAGE_WINDOW_SECS", env_or("USAGE_WINDOW_SECS", "60")),
+        ("USAGE_GRACE_SECS", env_or("USAGE_GRACE_SECS", "5")),
+        ("BILLING_SETTLE_SECS", env_or("BILLING_SETTLE_SECS", "60")),
     ];
+    // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally.
+    for name in STRIPE_VARS {
+        if let Ok(v) = std::env::var(name) {
+            vars.push((name, v));
+        }
+    }
     let config =
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let app = tenantry::App::new(config)?;
+    let billing = tenantry_stripe::StripeBilling::from_config(&config.billing)?
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn tenantry::billing::BillingSink>);
+    let app = std::sync::Arc::new(tenantry::App::with_billing(config, None, billing)?);
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
+    // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
+    // every 30 s; snapshot and reconcile at start and every 10 minutes.
+    tokio::spawn(billing_schedules(std::sync::Arc::clone(&app)));
     // Chunks a previous run left pending (stopped mid-embedding) are embedded now, as the
     // scheduled sweep does in AWS.
     tenantry::rag::queue::sweep(
@@ -165,6 +178,13 @@ async fn up() -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let issuer = dev_issuer(port)?;
     println!("\nTenantry is running on http://127.0.0.1:{port} (local mode, dev-only tokens)\n");
+    match app.billing.kind() {
+        "local" => println!(
+            "Billing: local adapter (no STRIPE_API_KEY): meter events are recorded in this process, \
+             not sent to Stripe; see GET /v1/usage.\n"
+        ),
+        kind => println!("Billing: {kind} (STRIPE_API_KEY is set).\n"),
+    }
     for t in &tenants {
         let token = issuer.token(
             "auth0|dev-user",
@@ -187,8 +207,45 @@ async fn up() -> Result<(), Error> {
     println!(
         "  curl -s {base}/v1/query -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' \\"
     );
-    println!("    -d '{query}'\n");
+    println!("    -d '{query}'");
+    println!("  curl -s {base}/v1/usage -H \"Authorization: Bearer $TOKEN_ACME\"\n");
     server::serve(listener, app, DEV_JWK).await
+}
+
+/// Stripe settings passed through from the environment (test mode, for trying the real adapter).
+const STRIPE_VARS: [&str; 7] = [
+    "STRIPE_API_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_METER_ID_QUERIES",
+    "STRIPE_METER_ID_QUESTIONS",
+    "STRIPE_METER_ID_INGESTED_RECORDS",
+    "STRIPE_METER_ID_STORAGE",
+    "STRIPE_METER_ID_SEATS",
+];
+
+async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {
+    use tenantry::billing::reconcile::{Mode, ReconcileInput, run};
+    let mut tick = 0u64;
+    loop {
+        let mode = if tick.is_multiple_of(20) {
+            Mode::Reconcile
+        } else {
+            Mode::Flush
+        };
+        let input = ReconcileInput { mode };
+        if let Err(e) = run(
+            &app.db,
+            app.billing.as_ref(),
+            &app.config.billing.meter,
+            &input,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "local billing schedule failed");
+        }
+        tick += 1;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
 }
 
 fn token(args: &[String]) -> Result<(), Error> {

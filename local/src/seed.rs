@@ -137,6 +137,9 @@ pub async fn demo(
         let batch = ingest::validate(&dataset, records(d))
             .map_err(|(n, e)| format!("{n} invalid demo records: {e:?}"))?;
         let outcome = ingest::write(&mut tx, &dataset, &batch).await?;
+        // A billing customer per demo tenant (the local adapter takes any id; with Stripe test
+        // keys, create customers with these ids or relink them).
+        tenantry::billing::customers::link(&mut tx, &format!("cus_local_{}", d.slug)).await?;
         tx.commit().await?;
         // Embed what the seed chunked, so /v1/ask answers as soon as the runner is up.
         let embedded = tenantry::rag::queue::drain(db, embedder, tenant_id).await?;

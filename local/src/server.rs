@@ -16,8 +16,11 @@ use tenantry::http::ApiError;
 use crate::Error;
 
 /// Accepts connections until Ctrl-C.
-pub async fn serve(listener: tokio::net::TcpListener, app: App, jwk: &str) -> Result<(), Error> {
-    let app = Arc::new(app);
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    jwk: &str,
+) -> Result<(), Error> {
     let jwks: Arc<str> = format!("{{\"keys\":[{jwk}]}}").into();
     let routes = Arc::new(tenantry::api::all_routes());
     loop {

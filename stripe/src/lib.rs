@@ -200,15 +200,17 @@ pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
 pub async fn run_usage_meter() -> Result<(), lambda_runtime::Error> {
     tenantry::telemetry::init();
     let app = Arc::new(app_from_env().await?);
+    let memo = Arc::new(tenantry::billing::meter::FlushMemo::default());
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
-            let app = Arc::clone(&app);
+            let (app, memo) = (Arc::clone(&app), Arc::clone(&memo));
             async move {
                 Ok::<_, std::convert::Infallible>(
                     tenantry::billing::meter::handle_sqs(
                         &app.db,
                         app.billing.as_ref(),
                         &app.config.billing.meter,
+                        &memo,
                         event.payload,
                     )
                     .await,

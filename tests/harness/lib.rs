@@ -247,6 +247,45 @@ pub async fn tenant(db: &Db, slug: &str) -> TenantId {
     id
 }
 
+/// Everything on an SQS queue, as the Lambda event source would deliver it (received until the
+/// queue answers empty).
+pub async fn sqs_receive_all(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    loop {
+        let out = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if out.messages().is_empty() {
+            return event;
+        }
+        for m in out.messages() {
+            let mut msg = aws_lambda_events::event::sqs::SqsMessage::default();
+            msg.message_id = m.message_id().map(str::to_owned);
+            msg.body = m.body().map(str::to_owned);
+            msg.event_source = Some("aws:sqs".into());
+            event.records.push(msg);
+        }
+    }
+}
+
+/// A pool for a database that is not there (nothing listens on its port): every checkout fails
+/// within a second.
+pub fn unreachable_db() -> Db {
+    let mut cfg = tenantry::config::DbConfig::new(
+        format!("postgres://tenantry_app:x@127.0.0.1:{}/x", free_port()),
+        1,
+    );
+    cfg.connect_timeout = Duration::from_secs(1);
+    Db::connect(&cfg).unwrap()
+}
+
 /// The context for acting as `tenant` in tests.
 pub fn as_tenant(tenant: TenantId) -> TenantContext {
     TenantContext {
@@ -422,6 +461,11 @@ impl TestApp {
         ]);
         vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         Self::build_with(Duration::from_secs(60), &vars, None, true).await
+    }
+
+    /// An app with extra configuration variables and an AWS SDK configuration (e.g. moto's).
+    pub async fn with_sdk_vars(vars: &[(&str, String)], sdk: aws_config::SdkConfig) -> Self {
+        Self::build(Duration::from_secs(60), vars, Some(sdk)).await
     }
 
     /// An app that sends embedding work to an SQS queue (on moto) instead of embedding in-process.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use tenantry::TenantId;
-use tenantry::billing::meter::{UsageMessage, flush_tenant, handle_sqs};
+use tenantry::billing::meter::{FlushMemo, UsageMessage, flush_tenant, handle_sqs};
 use tenantry::billing::reconcile::{Mode, ReconcileInput, run};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture, customers};
 use tenantry::usage::{Meter, UsageEvent};
@@ -71,7 +71,14 @@ fn sqs(messages: &[(&str, &[UsageEvent])]) -> SqsEvent {
 impl Billing {
     async fn deliver(&self, event: SqsEvent) -> SqsBatchResponse {
         let a = &self.app.app;
-        handle_sqs(&a.db, a.billing.as_ref(), &a.config.billing.meter, event).await
+        handle_sqs(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &FlushMemo::default(),
+            event,
+        )
+        .await
     }
 
     async fn deliver_with(
@@ -80,7 +87,7 @@ impl Billing {
         event: SqsEvent,
     ) -> SqsBatchResponse {
         let a = &self.app.app;
-        handle_sqs(&a.db, a.billing.as_ref(), cfg, event).await
+        handle_sqs(&a.db, a.billing.as_ref(), cfg, &FlushMemo::default(), event).await
     }
 
     async fn flush(&self) {
@@ -607,4 +614,103 @@ async fn the_sample_events_are_what_the_functions_take() {
             .unwrap();
         assert_eq!((out.tenants, out.tenant_errors), (1, 0), "{raw}");
     }
+}
+
+#[tokio::test]
+async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
+    let moto = tenantry_tests::Moto::start();
+    let (sqs_client, url) = moto.queue("tenantry-usage").await;
+    let sdk = moto.sdk_config().await;
+    // The HTTP side: usage to SQS (the real SDK, against moto).
+    let app = TestApp::with_sdk_vars(&[("USAGE_QUEUE_URL", url.clone())], sdk).await;
+    let (t, token) = app.tenant_with_token("alpha").await;
+    app.create_dataset(
+        &token,
+        r#"{"name": "notes", "columns": [{"name": "body", "type": "string"}], "text_columns": ["body"]}"#,
+    )
+    .await;
+    app.ingest(
+        &token,
+        "notes",
+        &serde_json::json!([{"key": "n1", "data": {"body": "Customs held the Lisbon shipment."}},
+                            {"key": "n2", "data": {"body": "Refund for the dented box."}}]),
+    )
+    .await;
+    for _ in 0..3 {
+        let r = app
+            .call("POST", "/v1/query", &token, Some(r#"{"dataset": "notes"}"#))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    let r = app
+        .call(
+            "POST",
+            "/v1/ask",
+            &token,
+            Some(r#"{"question": "What did customs hold?"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    // Ingest wrote its event in its own transaction; queries and asks went to the queue.
+    let admin = app.db.admin().await;
+    let in_ledger = |meter: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT coalesce(sum(quantity), 0)::int8 FROM app.usage_events WHERE tenant_id = $1 AND meter = $2",
+                    &[&t.as_uuid(), &meter],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(in_ledger("ingested_records").await, 2);
+    assert_eq!(in_ledger("queries").await, 0, "queued, not yet recorded");
+    let event = tenantry_tests::sqs_receive_all(&sqs_client, &url).await;
+    assert_eq!(event.records.len(), 4);
+
+    // The usage-meter function takes the batch into the ledger (and again, redelivered).
+    let a = &app.app;
+    for _ in 0..2 {
+        let r = handle_sqs(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &FlushMemo::default(),
+            event.clone(),
+        )
+        .await;
+        assert!(r.batch_item_failures.is_empty());
+    }
+    assert_eq!(in_ledger("queries").await, 3);
+    assert_eq!(in_ledger("questions").await, 1);
+
+    // The queue is gone: usage goes straight to the ledger, and the request still succeeds.
+    sqs_client
+        .delete_queue()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    let r = app
+        .call("POST", "/v1/query", &token, Some(r#"{"dataset": "notes"}"#))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(in_ledger("queries").await, 4);
+
+    // Neither queue nor database: the request fails rather than serve unbilled.
+    let down = tenantry_tests::unreachable_db();
+    let ctx = tenantry_tests::as_tenant(t);
+    let err =
+        tenantry::usage::queue::emit(a.usage_queue.as_ref(), &down, 60, &ctx, &[event_now(t)])
+            .await
+            .unwrap_err();
+    assert!(err.to_string().contains("usage not recorded"), "{err}");
+}
+
+fn event_now(t: TenantId) -> UsageEvent {
+    UsageEvent::now(t, Meter::Queries, 1, "test")
 }

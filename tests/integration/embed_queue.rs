@@ -11,26 +11,6 @@ use tenantry_tests::{Moto, TestApp, as_tenant};
 
 const NOTES: &str = r#"{"name": "notes", "columns": [{"name": "body", "type": "string"}], "text_columns": ["body"]}"#;
 
-/// Everything on the queue, as the Lambda event source would deliver it.
-async fn receive_all(client: &aws_sdk_sqs::Client, url: &str) -> SqsEvent {
-    let out = client
-        .receive_message()
-        .queue_url(url)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap();
-    let mut event = SqsEvent::default();
-    for m in out.messages() {
-        let mut msg = SqsMessage::default();
-        msg.message_id = m.message_id().map(str::to_owned);
-        msg.body = m.body().map(str::to_owned);
-        msg.event_source = Some("aws:sqs".into());
-        event.records.push(msg);
-    }
-    event
-}
-
 #[tokio::test]
 async fn ingest_queues_work_and_the_embed_handler_does_it_per_tenant() {
     let moto = Moto::start();
@@ -58,7 +38,7 @@ async fn ingest_queues_work_and_the_embed_handler_does_it_per_tenant() {
         );
     }
 
-    let mut event = receive_all(&sqs, &url).await;
+    let mut event = tenantry_tests::sqs_receive_all(&sqs, &url).await;
     let jobs: Vec<EmbedJob> = event
         .records
         .iter()
@@ -135,15 +115,7 @@ async fn the_sample_event_and_a_database_outage_report_exactly_the_failed_messag
     );
 
     // With the database down, every job fails and says so: SQS will redeliver them.
-    let mut cfg = tenantry::config::DbConfig::new(
-        format!(
-            "postgres://tenantry_app:x@127.0.0.1:{}/x",
-            tenantry_tests::free_port()
-        ),
-        1,
-    );
-    cfg.connect_timeout = std::time::Duration::from_secs(1);
-    let down = tenantry::db::Db::connect(&cfg).unwrap();
+    let down = tenantry_tests::unreachable_db();
     let response = handle_sqs(&down, app.app.embedder.as_ref(), event).await;
     assert_eq!(response.batch_item_failures.len(), 2);
 }
@@ -161,7 +133,13 @@ async fn a_lost_embed_message_is_recovered_by_the_scheduled_sweep() {
         app.ingest(token, "notes", &note).await;
     }
     // The messages are lost (purged, as if they had expired or gone to the DLQ and been dropped).
-    assert_eq!(receive_all(&sqs, &url).await.records.len(), 2);
+    assert_eq!(
+        tenantry_tests::sqs_receive_all(&sqs, &url)
+            .await
+            .records
+            .len(),
+        2
+    );
     sqs.purge_queue().queue_url(&url).send().await.unwrap();
     // A's chunks have waited ten minutes; B's just arrived (an embed job may still be on its way).
     let admin = app.db.admin().await;
@@ -179,7 +157,7 @@ async fn a_lost_embed_message_is_recovered_by_the_scheduled_sweep() {
         .await
         .unwrap();
     assert_eq!(outcome, json!({"tenants": 1, "queued": 1, "failed": 0}));
-    let event = receive_all(&sqs, &url).await;
+    let event = tenantry_tests::sqs_receive_all(&sqs, &url).await;
     assert_eq!(event.records.len(), 1);
     let job: EmbedJob = serde_json::from_str(event.records[0].body.as_deref().unwrap()).unwrap();
     assert_eq!(job.tenant_id, a, "only the tenant with stale work");

@@ -18,17 +18,10 @@ use tenantry::config::Config;
 use tenantry::db::{Access, Db, TenantContext};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, Samples, bench_database};
+use tenantry_bench::{Error, Samples, bench_database, env};
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn spec() -> DatasetSpec {
     serde_json::from_value(json!({

@@ -17,7 +17,7 @@ use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
 use tenantry::rag::search::{Retrieved, SearchRequest, embed_question, search};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, Samples, bench_database};
+use tenantry_bench::{Error, Samples, bench_database, env};
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
 
@@ -73,13 +73,6 @@ const WORDS: &[&str] = &[
     "standard",
     "bulk",
 ];
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A deterministic pseudo-random sentence of `n` words.
 fn sentence(seed: u64, n: usize) -> String {

@@ -450,36 +450,73 @@ pub struct UsageMessage {
     pub events: Vec<UsageEvent>,
 }
 
-/// Writes events to the ledger, one transaction per tenant. Returns, per tenant, whether it
-/// succeeded (and how many events were new).
+/// Writes events to the ledger, one transaction per tenant (`concurrency` at a time). Returns,
+/// per tenant, whether it succeeded (and how many events were new).
 pub async fn record_events(
     db: &Db,
     window_secs: i64,
     events: Vec<UsageEvent>,
 ) -> Vec<(TenantId, Result<u64, DbError>)> {
-    let mut by_tenant: Vec<(TenantId, Vec<UsageEvent>)> = Vec::new();
+    record_events_with(db, window_secs, events, 1).await
+}
+
+/// As [`record_events`], with up to `concurrency` tenants' transactions in flight.
+pub async fn record_events_with(
+    db: &Db,
+    window_secs: i64,
+    events: Vec<UsageEvent>,
+    concurrency: usize,
+) -> Vec<(TenantId, Result<u64, DbError>)> {
+    let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<UsageEvent>> = Default::default();
     for e in events {
-        match by_tenant.iter_mut().find(|(t, _)| *t == e.tenant_id) {
-            Some((_, list)) => list.push(e),
-            None => by_tenant.push((e.tenant_id, vec![e])),
-        }
+        by_tenant.entry(e.tenant_id).or_default().push(e);
     }
+    let by_tenant: Vec<(TenantId, Vec<UsageEvent>)> = by_tenant.into_iter().collect();
     let mut out = Vec::with_capacity(by_tenant.len());
-    for (tenant, list) in by_tenant {
-        let ctx = TenantContext {
-            tenant_id: tenant,
-            actor_id: "system:usage-meter".into(),
-        };
-        let result = async {
+    for group in by_tenant.chunks(concurrency.max(1)) {
+        let results = join_all(group.iter().map(|(tenant, list)| async move {
+            let ctx = TenantContext {
+                tenant_id: *tenant,
+                actor_id: "system:usage-meter".into(),
+            };
             let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-            let n = ledger::record(&mut tx, &list, window_secs).await?;
+            let n = ledger::record(&mut tx, list, window_secs).await?;
             tx.commit().await?;
             Ok::<_, DbError>(n)
-        }
+        }))
         .await;
-        out.push((tenant, result));
+        out.extend(group.iter().map(|(t, _)| *t).zip(results));
     }
     out
+}
+
+/// Which window boundary each tenant was last flushed at, in this execution environment: a
+/// tenant is flushed when a window of its has closed since, not on every batch (the scheduled
+/// flush catches the rest).
+#[derive(Debug, Default)]
+pub struct FlushMemo(std::sync::Mutex<std::collections::HashMap<TenantId, DateTime<Utc>>>);
+
+impl FlushMemo {
+    /// The tenants of `tenants` due for a flush at `now` (and notes them as flushed).
+    pub fn due(
+        &self,
+        cfg: &MeterConfig,
+        now: DateTime<Utc>,
+        tenants: &[TenantId],
+    ) -> Vec<TenantId> {
+        let boundary = crate::usage::window_start(cfg.closed_before(now), cfg.window_secs);
+        let Ok(mut seen) = self.0.lock() else {
+            return tenants.to_vec();
+        };
+        tenants
+            .iter()
+            .filter(|t| match seen.insert(**t, boundary) {
+                Some(previous) => previous < boundary,
+                None => true,
+            })
+            .copied()
+            .collect()
+    }
 }
 
 /// Flushes several tenants, `cfg.concurrency` at a time. Errors are logged per tenant (the
@@ -505,11 +542,13 @@ pub async fn flush_tenants(
 
 /// The `usage-meter` function's handler: every message's events into the ledger (idempotent by
 /// event id), failing exactly the messages whose events could not be recorded (malformed ones
-/// included, so they reach the dead-letter queue), then a flush of every tenant seen.
+/// included, so they reach the dead-letter queue), then a flush of each tenant seen that has had
+/// a window close since this environment last flushed it (see [`FlushMemo`]).
 pub async fn handle_sqs(
     db: &Db,
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
+    memo: &FlushMemo,
     event: SqsEvent,
 ) -> SqsBatchResponse {
     let now = Utc::now();
@@ -535,7 +574,7 @@ pub async fn handle_sqs(
         }
     }
     let all: Vec<UsageEvent> = accepted.iter().flat_map(|(_, e)| e.clone()).collect();
-    let results = record_events(db, cfg.window_secs, all).await;
+    let results = record_events_with(db, cfg.window_secs, all, cfg.concurrency).await;
     let mut ok_tenants = Vec::new();
     for (tenant, r) in &results {
         match r {
@@ -553,7 +592,8 @@ pub async fn handle_sqs(
             }
         }
     }
-    flush_tenants(db, sink, cfg, &ok_tenants).await;
+    let due = memo.due(cfg, now, &ok_tenants);
+    flush_tenants(db, sink, cfg, &due).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()
@@ -587,6 +627,31 @@ mod tests {
         );
         assert!(id.len() <= 100);
         assert_eq!(id, identifier(t, Meter::IngestedRecords, w, 3));
+    }
+
+    #[test]
+    fn a_tenant_is_flushed_once_per_closed_window_boundary() {
+        let cfg = MeterConfig {
+            window_secs: 60,
+            grace_secs: 0,
+            ..MeterConfig::default()
+        };
+        let memo = FlushMemo::default();
+        let (a, b) = (TenantId::new(), TenantId::new());
+        let t0 = DateTime::from_timestamp(1_764_115_230, 0).unwrap();
+        assert_eq!(memo.due(&cfg, t0, &[a]), [a]);
+        assert!(
+            memo.due(&cfg, t0 + chrono::Duration::seconds(20), &[a])
+                .is_empty()
+        );
+        assert_eq!(
+            memo.due(&cfg, t0 + chrono::Duration::seconds(20), &[a, b]),
+            [b]
+        );
+        // The next window closes: both are due again, once.
+        let t1 = t0 + chrono::Duration::seconds(60);
+        assert_eq!(memo.due(&cfg, t1, &[a, b]), [a, b]);
+        assert!(memo.due(&cfg, t1, &[a, b]).is_empty());
     }
 
     #[test]

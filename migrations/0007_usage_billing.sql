@@ -34,6 +34,8 @@ CREATE TABLE app.usage_deliveries (
   reason       text CHECK (length(reason) <= 500),
   attempts     integer NOT NULL DEFAULT 0,
   lease_until  timestamptz,
+  -- Who holds the lease: a sender settles and renews only its own claim.
+  claim_id     uuid,
   created_at   timestamptz NOT NULL DEFAULT now(),
   settled_at   timestamptz,
   PRIMARY KEY (tenant_id, meter, window_start, seq),
@@ -106,7 +108,7 @@ $$;
 GRANT SELECT, INSERT ON app.usage_events, app.billing_reconciliations, app.processed_webhooks TO tenantry_app;
 -- A delivery's identifier, value and window never change once written; only its progress does.
 GRANT SELECT, INSERT ON app.usage_deliveries TO tenantry_app;
-GRANT UPDATE (status, reason, attempts, lease_until, settled_at) ON app.usage_deliveries TO tenantry_app;
+GRANT UPDATE (status, reason, attempts, lease_until, claim_id, settled_at) ON app.usage_deliveries TO tenantry_app;
 GRANT SELECT, INSERT, UPDATE ON app.billing_customers TO tenantry_app;
 
 -- Stripe customer -> tenant, for webhooks (which never trust metadata for the tenant).

@@ -78,7 +78,16 @@ fn classify(e: StripeError) -> SinkError {
         StripeError::Stripe(err, status) => {
             let message = err.message.clone().unwrap_or_default();
             let code = err.code.as_ref().map(|c| c.as_str().to_owned());
-            if status == 429 || status == 409 || status >= 500 {
+            // Not about this event: throttling, Stripe's side, our credentials (a rotated or
+            // revoked key), or a meter not (yet) active. The delivery stays pending and is sent
+            // once that is fixed; refusing it for good would drop the usage.
+            let not_the_events_fault = status == 429
+                || status == 409
+                || status >= 500
+                || status == 401
+                || status == 403
+                || message.starts_with("No active meter");
+            if not_the_events_fault {
                 SinkError::Retryable(format!("HTTP {status}: {message}"))
             } else {
                 SinkError::Rejected {
@@ -93,11 +102,7 @@ fn classify(e: StripeError) -> SinkError {
         StripeError::ClientError(m) => SinkError::InDoubt(m),
         // An answer, but not Stripe's JSON (a proxy's 502 page): nothing in progress.
         StripeError::JSONDeserialize(m) => SinkError::Retryable(m),
-        StripeError::ConfigError(m) => SinkError::Rejected {
-            status: 0,
-            code: Some("client_config".into()),
-            message: m,
-        },
+        StripeError::ConfigError(m) => SinkError::Retryable(format!("client configuration: {m}")),
     }
 }
 
@@ -183,7 +188,9 @@ impl BillingSink for StripeBilling {
     }
 }
 
-/// Builds the app with Stripe when a key is configured, the local adapter otherwise.
+/// Builds the app with Stripe when a key is configured, the local adapter otherwise — except in
+/// Lambda, where a missing key or meter id is a startup error: the local adapter would mark usage
+/// delivered that never reached Stripe.
 pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
     let config = Config::from_env()?;
     let sdk = match config.needs_aws() {
@@ -191,9 +198,31 @@ pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
         false => None,
     };
     let config = config.resolve(sdk.as_ref()).await?;
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        require_stripe(&config.billing)?;
+    }
     let billing: Option<Arc<dyn BillingSink>> =
         StripeBilling::from_config(&config.billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
     Ok(App::with_billing(config, sdk.as_ref(), billing)?)
+}
+
+/// Checks that `cfg` can bill through Stripe: a key and a meter id for every meter.
+pub fn require_stripe(cfg: &BillingConfig) -> Result<(), ConfigError> {
+    if cfg.stripe_api_key.is_none() {
+        return Err(ConfigError::Invalid {
+            name: "STRIPE_API_KEY",
+            reason: "required in Lambda (set it in the BILLING_SECRET_ARN secret)".into(),
+        });
+    }
+    for d in tenantry::usage::METERS {
+        if !cfg.stripe_meter_ids.iter().any(|(m, _)| *m == d.meter) {
+            return Err(ConfigError::Invalid {
+                name: "STRIPE_METER_ID_*",
+                reason: format!("no Stripe meter id for {}", d.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The whole `main` of the SQS-triggered `usage-meter` function.

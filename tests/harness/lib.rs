@@ -451,7 +451,9 @@ impl TestApp {
     /// An app billing through the Stripe adapter against `stripe` (a local Stripe test server),
     /// with one-minute windows, no grace or settling delay, and fast retries; `extra` on top.
     pub async fn with_stripe(stripe: &StripeStub, extra: &[(&str, String)]) -> Self {
-        let mut vars = stripe.vars();
+        // `extra` first: the first setting of a name wins.
+        let mut vars: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
+        vars.extend(stripe.vars());
         vars.extend([
             ("USAGE_WINDOW_SECS", "60".to_owned()),
             ("USAGE_GRACE_SECS", "0".to_owned()),
@@ -459,7 +461,6 @@ impl TestApp {
             ("STRIPE_BACKOFF_BASE_MS", "5".to_owned()),
             ("STRIPE_TIMEOUT_MS", "1500".to_owned()),
         ]);
-        vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         Self::build_with(Duration::from_secs(60), &vars, None, true).await
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use tenantry::TenantId;
-use tenantry::billing::meter::{FlushMemo, UsageMessage, flush_tenant, handle_sqs};
+use tenantry::billing::meter::{FlushMemo, MeterConfig, UsageMessage, flush_tenant, handle_sqs};
 use tenantry::billing::reconcile::{Mode, ReconcileInput, run};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture, customers};
 use tenantry::usage::{Meter, UsageEvent};
@@ -263,7 +263,7 @@ async fn a_crash_after_stripe_accepted_is_settled_by_the_duplicate_answer() {
         .await
         .unwrap();
     assert_eq!(out.calls, 0, "{out:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
     let out = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
         .await
         .unwrap();
@@ -713,4 +713,115 @@ async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
 
 fn event_now(t: TenantId) -> UsageEvent {
     UsageEvent::now(t, Meter::Queries, 1, "test")
+}
+
+/// A sink whose calls take `delay` and then fail as "provider unavailable" (never reach Stripe).
+#[derive(Debug)]
+struct SlowFailing(std::time::Duration);
+
+impl BillingSink for SlowFailing {
+    fn kind(&self) -> &'static str {
+        "slow-failing"
+    }
+    fn send<'a>(&'a self, _: &'a MeterEvent) -> SinkFuture<'a, Sent> {
+        Box::pin(async move {
+            tokio::time::sleep(self.0).await;
+            Err(SinkError::Retryable("slow and down".into()))
+        })
+    }
+    fn day_totals<'a>(
+        &'a self,
+        _: Meter,
+        _: &'a str,
+        _: DateTime<Utc>,
+        _: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<(chrono::NaiveDate, i64)>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+#[tokio::test]
+async fn a_sender_whose_lease_ran_out_cannot_release_another_senders_claim() {
+    use std::time::Duration;
+    let b = setup(
+        1,
+        &[
+            ("USAGE_LEASE_SECS", "3".to_owned()),
+            ("STRIPE_TIMEOUT_MS", "5000".to_owned()),
+        ],
+    )
+    .await;
+    let t = b.tenants[0].0;
+    let a = &b.app.app;
+    let cfg = a.config.billing.meter.clone();
+    tenantry::billing::meter::record_events(
+        &a.db,
+        cfg.window_secs,
+        vec![event(t, Meter::Queries, 9, minutes_ago(3))],
+    )
+    .await;
+    // A claims, then spends 4 s in a call that fails: its 3 s lease runs out meanwhile.
+    let stale = SlowFailing(Duration::from_secs(4));
+    let once = MeterConfig {
+        attempts: 1,
+        ..cfg.clone()
+    };
+    let sender_a = async { flush_tenant(&a.db, &stale, &once, t).await.unwrap() };
+    // B claims after A's lease ran out and its call takes 2 s (3.5 s .. 5.5 s); A settles at
+    // about 4 s, and C tries at 4.5 s, while B's call is in flight.
+    b.stub.fault(&[Fault::Slow(Duration::from_secs(2))]);
+    let sender_b = async {
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
+            .await
+            .unwrap()
+    };
+    let sender_c = async {
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
+            .await
+            .unwrap()
+    };
+    let (out_a, out_b, out_c) = tokio::join!(sender_a, sender_b, sender_c);
+    assert_eq!((out_a.pending, out_a.calls), (1, 1), "{out_a:?}");
+    assert_eq!((out_b.delivered, out_b.calls), (1, 1), "{out_b:?}");
+    assert_eq!(out_c.calls, 0, "B still holds the meter: {out_c:?}");
+    assert_eq!(b.stub.concurrency_violations(), 0);
+    b.assert_in_step().await;
+    assert_eq!(b.delivery_states().await[0].3, "delivered");
+}
+
+#[tokio::test]
+async fn a_revoked_stripe_key_leaves_usage_pending_not_refused() {
+    let b = setup(1, &[]).await;
+    let t = b.tenants[0].0;
+    let a = &b.app.app;
+    let mut revoked = a.config.billing.clone();
+    revoked.stripe_api_key = Some(tenantry::config::Secret::new("sk_test_revoked"));
+    let old_key = tenantry_stripe::StripeBilling::from_config(&revoked)
+        .unwrap()
+        .unwrap();
+    tenantry::billing::meter::record_events(
+        &a.db,
+        a.config.billing.meter.window_secs,
+        vec![event(t, Meter::Questions, 4, minutes_ago(3))],
+    )
+    .await;
+    let out = flush_tenant(&a.db, &old_key, &a.config.billing.meter, t)
+        .await
+        .unwrap();
+    assert_eq!((out.pending, out.failed), (1, 0), "{out:?}");
+    // With the current key, it goes through.
+    let out = flush_tenant(&a.db, a.billing.as_ref(), &a.config.billing.meter, t)
+        .await
+        .unwrap();
+    assert_eq!(out.delivered, 1, "{out:?}");
+    b.assert_in_step().await;
+    // In Lambda, a Stripe function refuses to start without a key or a meter id.
+    let mut missing = a.config.billing.clone();
+    assert!(tenantry_stripe::require_stripe(&missing).is_ok());
+    missing.stripe_meter_ids.pop();
+    assert!(tenantry_stripe::require_stripe(&missing).is_err());
+    missing.stripe_api_key = None;
+    assert!(tenantry_stripe::require_stripe(&missing).is_err());
 }

@@ -162,7 +162,8 @@ pub async fn flush_tenant(
         });
     };
     let planned = plan(&mut tx, cfg, now).await?;
-    let claimed = claim(&mut tx, cfg).await?;
+    let claim_id = uuid::Uuid::now_v7();
+    let claimed = claim(&mut tx, cfg, claim_id).await?;
     tx.commit().await?;
 
     let mut outcome = FlushOutcome {
@@ -180,9 +181,15 @@ pub async fn flush_tenant(
             None => by_meter.push((c.meter, vec![c])),
         }
     }
+    let lease = Lease {
+        db,
+        ctx: &ctx,
+        claim_id,
+        secs: cfg.lease_secs as f64,
+    };
     let results = join_all(by_meter.into_iter().map(|(_, list)| {
-        let customer = customer.clone();
-        async move { send_in_order(sink, cfg, &customer, list, now).await }
+        let (customer, lease) = (customer.clone(), &lease);
+        async move { send_in_order(sink, cfg, lease, &customer, list, now).await }
     }))
     .await;
 
@@ -225,19 +232,27 @@ pub async fn flush_tenant(
     }
     let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
     let tenant_uuid = tenant.as_uuid();
+    // Only what this claim still holds: a sender whose lease ran out and was re-claimed by
+    // another changes nothing. A call in doubt keeps the meter leased for a whole lease from
+    // now, so nobody calls again while the provider may still be processing it.
     tx.execute(
         "UPDATE app.usage_deliveries d \
          SET status = CASE WHEN u.status = 'in_doubt' THEN 'pending' ELSE u.status END, \
              reason = u.reason, \
-             lease_until = CASE WHEN u.status = 'in_doubt' THEN d.lease_until END, \
+             lease_until = CASE WHEN u.status = 'in_doubt' \
+                                THEN greatest(d.lease_until, clock_timestamp() + make_interval(secs => $6)) END, \
+             claim_id = CASE WHEN u.status = 'in_doubt' THEN d.claim_id END, \
              settled_at = CASE WHEN u.status IN ('pending', 'in_doubt') THEN NULL ELSE now() END \
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(identifier, status, reason) \
-         WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending'",
+         WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending' \
+           AND d.claim_id = $5",
         &[
             (&tenant_uuid, Type::UUID),
             (&identifiers, Type::TEXT_ARRAY),
             (&statuses, Type::TEXT_ARRAY),
             (&reasons, Type::TEXT_ARRAY),
+            (&claim_id, Type::UUID),
+            (&lease.secs, Type::FLOAT8),
         ],
     )
     .await?;
@@ -250,7 +265,7 @@ pub async fn flush_tenant(
 
 /// The tenant's billing customer, locked for this transaction (serializes planners and claimers
 /// of the tenant).
-async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, DbError> {
+pub(crate) async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     Ok(tx
         .query_opt(
@@ -305,20 +320,30 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
     .await
 }
 
-/// Leases the tenant's pending deliveries of every meter that no other sender holds.
-async fn claim(tx: &mut TenantTx, cfg: &MeterConfig) -> Result<Vec<Claimed>, DbError> {
+/// Leases the tenant's pending deliveries of every meter that no other sender holds, under
+/// `claim_id`. (`clock_timestamp()`, not the transaction's start: the lease runs from now.)
+async fn claim(
+    tx: &mut TenantTx,
+    cfg: &MeterConfig,
+    claim_id: uuid::Uuid,
+) -> Result<Vec<Claimed>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let lease = cfg.lease_secs as f64;
     let rows = tx
         .query(
             "UPDATE app.usage_deliveries d \
-             SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1 \
+             SET lease_until = clock_timestamp() + make_interval(secs => $2), \
+                 attempts = attempts + 1, claim_id = $3 \
              WHERE d.tenant_id = $1 AND d.status = 'pending' \
                AND NOT EXISTS (SELECT 1 FROM app.usage_deliveries o \
                                WHERE o.tenant_id = $1 AND o.meter = d.meter \
-                                 AND o.status = 'pending' AND o.lease_until > now()) \
+                                 AND o.status = 'pending' AND o.lease_until > clock_timestamp()) \
              RETURNING d.meter, d.identifier, d.value, d.event_time, d.window_start, d.seq",
-            &[(&tenant, Type::UUID), (&lease, Type::FLOAT8)],
+            &[
+                (&tenant, Type::UUID),
+                (&lease, Type::FLOAT8),
+                (&claim_id, Type::UUID),
+            ],
         )
         .await?;
     let mut claimed: Vec<(DateTime<Utc>, i32, Claimed)> = rows
@@ -340,11 +365,43 @@ async fn claim(tx: &mut TenantTx, cfg: &MeterConfig) -> Result<Vec<Claimed>, DbE
     Ok(claimed.into_iter().map(|(_, _, c)| c).collect())
 }
 
+/// A claim's lease, renewed before each call so a long run of sends never outlives it.
+struct Lease<'a> {
+    db: &'a Db,
+    ctx: &'a TenantContext,
+    claim_id: uuid::Uuid,
+    secs: f64,
+}
+
+impl Lease<'_> {
+    /// Extends the lease on `identifier` from now; false if this claim no longer holds it.
+    async fn renew(&self, identifier: &str) -> Result<bool, DbError> {
+        let mut tx = self.db.begin(self.ctx, Access::ReadWrite).await?;
+        let tenant = self.ctx.tenant_id.as_uuid();
+        let n = tx
+            .execute(
+                "UPDATE app.usage_deliveries \
+                 SET lease_until = clock_timestamp() + make_interval(secs => $4) \
+                 WHERE tenant_id = $1 AND identifier = $2 AND claim_id = $3 AND status = 'pending'",
+                &[
+                    (&tenant, Type::UUID),
+                    (&identifier, Type::TEXT),
+                    (&self.claim_id, Type::UUID),
+                    (&self.secs, Type::FLOAT8),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+}
+
 /// Sends one meter's deliveries in order; stops at the first that stays unsent (an outage), so
 /// later windows never overtake earlier ones. Returns each outcome and the calls made.
 async fn send_in_order(
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
+    lease: &Lease<'_>,
     customer: &str,
     list: Vec<Claimed>,
     now: DateTime<Utc>,
@@ -359,6 +416,13 @@ async fn send_in_order(
         }
         if c.event_time < now - cfg.max_age {
             out.push((c.identifier, Settled::Expired));
+            continue;
+        }
+        // Lost the claim (the lease ran out and another sender took it), or cannot tell: stop
+        // calling for this meter; whoever holds it now sends the rest.
+        if !matches!(lease.renew(&c.identifier).await, Ok(true)) {
+            blocked = true;
+            out.push((c.identifier, Settled::Unsent));
             continue;
         }
         let event = MeterEvent {
@@ -444,7 +508,6 @@ fn backoff(cfg: &MeterConfig, attempt: u32) -> Duration {
 
 /// The usage queue's message: the events of one request (or several).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UsageMessage {
     /// The events.
     pub events: Vec<UsageEvent>,

@@ -4,9 +4,11 @@
 //! 1. writes today's storage and seat snapshots to the ledger (one per tenant, meter and day:
 //!    deterministic event ids, so reruns add nothing);
 //! 2. flushes unsent windows ([`flush_tenant`]);
-//! 3. compares, per meter and day of the open period (the current UTC month), the provider's
-//!    totals with what was delivered for that day; a difference with nothing in flight becomes a
-//!    repair delivery (positive or negative, deterministic identifier) sent by a second flush;
+//! 3. reads the provider's totals per meter and day of the open period (the current UTC month),
+//!    then — under the tenant's billing lock, so no planner or other run interleaves — compares
+//!    them with what was delivered for each day; a difference with nothing in flight (no delivery
+//!    pending, none settled since shortly before the provider answered) becomes a repair
+//!    delivery (positive or negative, deterministic identifier) sent by a second flush;
 //! 4. records one row per meter and day in `app.billing_reconciliations`.
 //!
 //! A `flush` run only does step 2 (scheduled more often, so closed windows do not wait for the
@@ -158,100 +160,110 @@ pub async fn reconcile_tenant(
     let customer = super::customers::state(&mut tx)
         .await?
         .map(|s| s.customer_id);
-    let ledger_days = ledger::day_totals(&mut tx, from, to).await?;
-    let deliveries = delivery_days(&mut tx, from, to, now, cfg.settle_secs).await?;
     tx.commit().await?;
 
+    // Stripe first: deliveries are read afterwards, under the tenant's billing lock, so any
+    // delivery that settled after (or shortly before) Stripe answered counts as in flight and
+    // is never "repaired" away.
+    let stripe_read_at = Utc::now();
+    let mut provider: Vec<(Meter, Result<DayTotals, String>)> = Vec::new();
+    if let Some(customer) = &customer {
+        for def in METERS {
+            let totals = sink
+                .day_totals(def.meter, customer, from, to)
+                .await
+                .map(|days| days.into_iter().collect())
+                .map_err(|e| e.to_string());
+            provider.push((def.meter, totals));
+        }
+    }
+
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    super::meter::lock_customer(&mut tx).await?;
+    let ledger_days = ledger::day_totals(&mut tx, from, to).await?;
+    let settle_from = stripe_read_at - chrono::Duration::seconds(cfg.settle_secs);
+    let deliveries = delivery_days(&mut tx, from, to, settle_from).await?;
     let mut ledger_by: BTreeMap<(Meter, NaiveDate), i64> = BTreeMap::new();
     for (m, d, v) in ledger_days {
         ledger_by.insert((m, d), v);
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut repairs: Vec<(Meter, NaiveDate, i64)> = Vec::new();
-    match &customer {
-        None => {
-            for ((m, d), total) in &ledger_by {
-                rows.push(Row::new(*m, *d, *total, None, "no_customer", None));
-            }
-        }
-        Some(customer) => {
-            for def in METERS {
-                let stripe = sink.day_totals(def.meter, customer, from, to).await;
-                let stripe: BTreeMap<NaiveDate, i64> = match stripe {
-                    Ok(days) => days.into_iter().collect(),
-                    Err(e) => {
-                        for ((m, d), total) in
-                            ledger_by.iter().filter(|((m, _), _)| *m == def.meter)
-                        {
-                            rows.push(Row::new(
-                                *m,
-                                *d,
-                                *total,
-                                None,
-                                "unavailable",
-                                Some(e.to_string()),
-                            ));
-                        }
-                        continue;
-                    }
-                };
-                let days: BTreeSet<NaiveDate> = ledger_by
-                    .keys()
-                    .filter(|(m, _)| *m == def.meter)
-                    .map(|(_, d)| *d)
-                    .chain(stripe.keys().copied())
-                    .chain(
-                        deliveries
-                            .keys()
-                            .filter(|(m, _)| *m == def.meter)
-                            .map(|(_, d)| *d),
-                    )
-                    .collect();
-                for day in days {
-                    let l = ledger_by.get(&(def.meter, day)).copied().unwrap_or(0);
-                    let s = stripe.get(&day).copied().unwrap_or(0);
-                    let dd = deliveries
-                        .get(&(def.meter, day))
-                        .cloned()
-                        .unwrap_or_default();
-                    let (action, detail) = if l == s && !dd.unsettled {
-                        ("in_sync", None)
-                    } else if dd.unsettled {
-                        (
-                            "in_flight",
-                            Some("deliveries pending or settling".to_owned()),
-                        )
-                    } else if dd.window_delivered != s {
-                        let drift = dd.window_delivered - s;
-                        if day_start(day) < now - cfg.max_age {
-                            (
-                                "rejected",
-                                Some(format!(
-                                    "drift {drift} on a day older than the provider accepts"
-                                )),
-                            )
-                        } else {
-                            repairs.push((def.meter, day, drift));
-                            ("repaired", Some(format!("correction of {drift} sent")))
-                        }
-                    } else if dd.refused > 0 {
-                        (
-                            "rejected",
-                            Some(format!(
-                                "{} unit(s) refused by the provider or too old to send",
-                                dd.refused
-                            )),
-                        )
-                    } else {
-                        ("in_flight", Some("windows not yet closed".to_owned()))
-                    };
-                    rows.push(Row::new(def.meter, day, l, Some(s), action, detail));
-                }
-            }
+    if customer.is_none() {
+        for ((m, d), total) in &ledger_by {
+            rows.push(Row::new(*m, *d, *total, None, "no_customer", None));
         }
     }
-
-    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    for (meter, totals) in provider {
+        let stripe = match totals {
+            Ok(t) => t,
+            Err(e) => {
+                for ((m, d), total) in ledger_by.iter().filter(|((m, _), _)| *m == meter) {
+                    rows.push(Row::new(
+                        *m,
+                        *d,
+                        *total,
+                        None,
+                        "unavailable",
+                        Some(e.clone()),
+                    ));
+                }
+                continue;
+            }
+        };
+        let days: BTreeSet<NaiveDate> = ledger_by
+            .keys()
+            .filter(|(m, _)| *m == meter)
+            .map(|(_, d)| *d)
+            .chain(stripe.keys().copied())
+            .chain(
+                deliveries
+                    .keys()
+                    .filter(|(m, _)| *m == meter)
+                    .map(|(_, d)| *d),
+            )
+            .collect();
+        for day in days {
+            let l = ledger_by.get(&(meter, day)).copied().unwrap_or(0);
+            let s = stripe.get(&day).copied().unwrap_or(0);
+            let dd = deliveries.get(&(meter, day)).cloned().unwrap_or_default();
+            let (action, detail) = if l == s && !dd.unsettled {
+                ("in_sync", None)
+            } else if dd.unsettled {
+                (
+                    "in_flight",
+                    Some("deliveries pending or settling".to_owned()),
+                )
+            } else if dd.window_delivered != s {
+                let drift = dd.window_delivered - s;
+                if day_start(day) < now - cfg.max_age {
+                    (
+                        "rejected",
+                        Some(format!(
+                            "drift {drift} on a day older than the provider accepts"
+                        )),
+                    )
+                } else {
+                    repairs.push((meter, day, drift));
+                    ("repaired", Some(format!("correction of {drift} sent")))
+                }
+            } else if dd.refused > 0 {
+                (
+                    "rejected",
+                    Some(format!(
+                        "{} unit(s) refused by the provider or too old to send",
+                        dd.refused
+                    )),
+                )
+            } else {
+                ("in_flight", Some("windows not yet closed".to_owned()))
+            };
+            rows.push(Row::new(meter, day, l, Some(s), action, detail));
+        }
+    }
+    // In the same transaction, under the same lock as the meter's planner: repair sequence
+    // numbers cannot collide with a window correction, and a concurrent run sees this one's
+    // repairs (as in flight) instead of planning them again.
     for (meter, day, value) in &repairs {
         plan_repair(&mut tx, *meter, *day, *value).await?;
     }
@@ -272,6 +284,9 @@ pub async fn reconcile_tenant(
     }
     Ok(report)
 }
+
+/// Totals per UTC day.
+type DayTotals = BTreeMap<NaiveDate, i64>;
 
 struct Row {
     meter: Meter,
@@ -315,11 +330,9 @@ async fn delivery_days(
     tx: &mut crate::db::TenantTx,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    now: DateTime<Utc>,
-    settle_secs: i64,
+    settled_after: DateTime<Utc>,
 ) -> Result<BTreeMap<(Meter, NaiveDate), DayDeliveries>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    let settled_after = now - chrono::Duration::seconds(settle_secs);
     let rows = tx
         .query(
             "SELECT meter, (event_time AT TIME ZONE 'UTC')::date, \

@@ -122,9 +122,9 @@ impl Meter {
     }
 }
 
-/// One usage event, as handlers emit it and the queue carries it.
+/// One usage event, as handlers emit it and the queue carries it. Unknown fields are ignored, so
+/// an emitter deployed ahead of the meter (with a new field) does not send its usage to the DLQ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UsageEvent {
     /// Time-ordered (v7), unique: the ledger's idempotency key.
     pub event_id: Uuid,

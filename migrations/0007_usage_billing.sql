@@ -24,7 +24,11 @@ CREATE TABLE app.usage_deliveries (
   window_start timestamptz NOT NULL,
   -- 0: the window's first event; 1, 2, ...: corrections (late events, reconciliation repairs).
   seq          integer NOT NULL CHECK (seq >= 0),
-  identifier   text NOT NULL CHECK (length(identifier) BETWEEN 1 AND 100),
+  -- What Stripe sees: derived from the key, so any retry of this delivery carries the same one.
+  identifier   text NOT NULL GENERATED ALWAYS AS (
+                 'tnt_' || replace(tenant_id::text, '-', '') || '_' || meter || '_'
+                 || extract(epoch FROM window_start - timestamptz '1970-01-01 00:00:00+00')::int8::text
+                 || '_' || seq::text) STORED,
   -- Positive; a reconciliation repair may be negative (Stripe takes negative corrections).
   value        bigint NOT NULL CHECK (value <> 0 AND (value > 0 OR kind = 'repair')),
   -- What it was for: 'window' (the meter's send), 'repair' (reconciliation).

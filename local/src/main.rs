@@ -152,7 +152,11 @@ async fn up() -> Result<(), Error> {
         ("BILLING_SETTLE_SECS", env_or("BILLING_SETTLE_SECS", "60")),
     ];
     // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally.
-    for name in STRIPE_VARS {
+    let meter_vars = tenantry::usage::METERS.map(|d| tenantry::config::stripe_meter_var(d.meter));
+    for name in ["STRIPE_API_KEY", "STRIPE_API_BASE"]
+        .into_iter()
+        .chain(meter_vars)
+    {
         if let Ok(v) = std::env::var(name) {
             vars.push((name, v));
         }
@@ -211,17 +215,6 @@ async fn up() -> Result<(), Error> {
     println!("  curl -s {base}/v1/usage -H \"Authorization: Bearer $TOKEN_ACME\"\n");
     server::serve(listener, app, DEV_JWK).await
 }
-
-/// Stripe settings passed through from the environment (test mode, for trying the real adapter).
-const STRIPE_VARS: [&str; 7] = [
-    "STRIPE_API_KEY",
-    "STRIPE_API_BASE",
-    "STRIPE_METER_ID_QUERIES",
-    "STRIPE_METER_ID_QUESTIONS",
-    "STRIPE_METER_ID_INGESTED_RECORDS",
-    "STRIPE_METER_ID_STORAGE",
-    "STRIPE_METER_ID_SEATS",
-];
 
 async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {
     use tenantry::billing::reconcile::{Mode, ReconcileInput, run};

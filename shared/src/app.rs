@@ -154,14 +154,28 @@ impl App {
 
     /// Builds the app from the environment (and Secrets Manager, where configured).
     pub async fn from_env() -> Result<Self, StartError> {
+        Self::from_env_with_billing(|_| Ok(None)).await
+    }
+
+    /// As [`from_env`](Self::from_env), with the billing adapter `billing` makes from the
+    /// resolved configuration (None: the local one).
+    pub async fn from_env_with_billing(
+        billing: impl FnOnce(&Config) -> Result<Option<Arc<dyn BillingSink>>, ConfigError>,
+    ) -> Result<Self, StartError> {
         let config = Config::from_env()?;
         let sdk = match config.needs_aws() {
             true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
             false => None,
         };
         let config = config.resolve(sdk.as_ref()).await?;
-        Self::with_sdk(config, sdk.as_ref())
+        let billing = billing(&config)?;
+        Self::with_billing(config, sdk.as_ref(), billing)
     }
+}
+
+/// Whether this process is a Lambda execution environment.
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
 }
 
 /// The whole `main` of an HTTP function: builds the app once, then serves `function`'s routes.

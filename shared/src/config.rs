@@ -385,7 +385,7 @@ impl Config {
                 stripe_timeout: Duration::from_millis(parse(&var, "STRIPE_TIMEOUT_MS", 10_000)?),
                 stripe_meter_ids: crate::usage::METERS
                     .iter()
-                    .filter_map(|d| var(meter_var(d.meter)).map(|id| (d.meter, id)))
+                    .filter_map(|d| var(stripe_meter_var(d.meter)).map(|id| (d.meter, id)))
                     .collect(),
                 stripe_webhook_secrets: var("STRIPE_WEBHOOK_SECRETS")
                     .map(|v| {
@@ -405,7 +405,7 @@ impl Config {
 }
 
 /// The environment variable holding a meter's Stripe meter id.
-fn meter_var(meter: crate::usage::Meter) -> &'static str {
+pub fn stripe_meter_var(meter: crate::usage::Meter) -> &'static str {
     use crate::usage::Meter;
     match meter {
         Meter::Queries => "STRIPE_METER_ID_QUERIES",

@@ -16,6 +16,7 @@ pub mod http;
 pub mod ids;
 pub mod rag;
 pub mod secrets;
+mod sqs;
 pub mod telemetry;
 pub mod tenants;
 pub mod usage;

@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber once; later calls do nothing. `RUST_LOG` sets the filter.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let in_lambda = crate::app::in_lambda();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

@@ -21,7 +21,7 @@ use stripe_billing::billing_meter_event_summary::{
 };
 use tenantry::App;
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture};
-use tenantry::config::{BillingConfig, Config, ConfigError};
+use tenantry::config::{BillingConfig, ConfigError};
 use tenantry::usage::Meter;
 
 /// What Stripe says when an identifier was already used (HTTP 400, `invalid_request_error`).
@@ -192,18 +192,14 @@ impl BillingSink for StripeBilling {
 /// Lambda, where a missing key or meter id is a startup error: the local adapter would mark usage
 /// delivered that never reached Stripe.
 pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
-    let config = Config::from_env()?;
-    let sdk = match config.needs_aws() {
-        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
-        false => None,
-    };
-    let config = config.resolve(sdk.as_ref()).await?;
-    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        require_stripe(&config.billing)?;
-    }
-    let billing: Option<Arc<dyn BillingSink>> =
-        StripeBilling::from_config(&config.billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
-    Ok(App::with_billing(config, sdk.as_ref(), billing)?)
+    Ok(App::from_env_with_billing(|config| {
+        if tenantry::app::in_lambda() {
+            require_stripe(&config.billing)?;
+        }
+        Ok(StripeBilling::from_config(&config.billing)?
+            .map(|s| Arc::new(s) as Arc<dyn BillingSink>))
+    })
+    .await?)
 }
 
 /// Checks that `cfg` can bill through Stripe: a key and a meter id for every meter.

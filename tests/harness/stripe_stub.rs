@@ -117,14 +117,10 @@ impl StripeStub {
             ("STRIPE_API_BASE", self.url.clone()),
         ];
         for d in tenantry::usage::METERS {
-            let name: &'static str = match d.meter {
-                tenantry::usage::Meter::Queries => "STRIPE_METER_ID_QUERIES",
-                tenantry::usage::Meter::Questions => "STRIPE_METER_ID_QUESTIONS",
-                tenantry::usage::Meter::IngestedRecords => "STRIPE_METER_ID_INGESTED_RECORDS",
-                tenantry::usage::Meter::Storage => "STRIPE_METER_ID_STORAGE",
-                tenantry::usage::Meter::Seats => "STRIPE_METER_ID_SEATS",
-            };
-            v.push((name, meter_id(d.meter)));
+            v.push((
+                tenantry::config::stripe_meter_var(d.meter),
+                meter_id(d.meter),
+            ));
         }
         v
     }

@@ -547,7 +547,9 @@ async fn the_ledger_is_append_only_and_deliveries_keep_their_value() {
         "UPDATE app.usage_events SET quantity = 1",
         "DELETE FROM app.usage_events",
         "UPDATE app.usage_deliveries SET value = 1",
-        "UPDATE app.usage_deliveries SET identifier = 'other'",
+        // The identifier derives from (tenant, meter, window, seq): none of them can change.
+        "UPDATE app.usage_deliveries SET seq = seq + 1",
+        "UPDATE app.usage_deliveries SET window_start = now()",
         "DELETE FROM app.usage_deliveries",
         "UPDATE app.billing_reconciliations SET drift = 0",
     ] {

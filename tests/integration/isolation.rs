@@ -43,8 +43,8 @@ const TABLES: &[(&str, &str)] = &[
     ),
     (
         "usage_deliveries",
-        "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, identifier, value, event_time)
-         VALUES ($1, 'queries', date_trunc('hour', now()), 99, 'intruded-' || md5(random()::text), 1, now())",
+        "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, value, event_time)
+         VALUES ($1, 'queries', date_trunc('hour', now()), 99, 1, now())",
     ),
     (
         "billing_customers",
@@ -102,7 +102,7 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     )
     .await
     .unwrap();
-    // Billing rows with the same identifiers in both tenants where the schema allows it.
+    // Billing rows with the same keys (event id, window, run, webhook id) in both tenants.
     let customer = format!("cus_{slug}");
     for (sql, extra) in [
         (
@@ -111,8 +111,8 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
             None,
         ),
         (
-            "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, identifier, value, event_time) \
-             VALUES ($1, 'queries', date_trunc('hour', now()), 0, 'shared-identifier', 1, now())",
+            "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, value, event_time) \
+             VALUES ($1, 'queries', date_trunc('hour', now()), 0, 1, now())",
             None,
         ),
         (

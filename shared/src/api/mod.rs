@@ -102,13 +102,9 @@ const fn public_route(
     function: &'static str,
     handler: Handler,
 ) -> Route {
-    Route {
-        method,
-        path,
-        function,
-        authenticated: false,
-        handler,
-    }
+    let mut r = route(method, path, function, handler);
+    r.authenticated = false;
+    r
 }
 
 /// The routes one function serves.

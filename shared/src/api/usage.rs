@@ -96,13 +96,12 @@ pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> H
         }
         let last = tx
             .query(
-                "SELECT run_id, min(created_at), meter, day, ledger_total, stripe_total, drift, \
-                        action, detail \
+                "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
+                        detail \
                  FROM app.billing_reconciliations \
                  WHERE tenant_id = $1 AND run_id = (SELECT run_id FROM app.billing_reconciliations \
                                                     WHERE tenant_id = $1 \
                                                     ORDER BY created_at DESC, run_id DESC LIMIT 1) \
-                 GROUP BY run_id, meter, day, ledger_total, stripe_total, drift, action, detail \
                  ORDER BY meter, day",
                 &[(&tenant, Type::UUID)],
             )

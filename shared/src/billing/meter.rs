@@ -81,7 +81,7 @@ impl MeterConfig {
     }
 }
 
-/// The deterministic identifier of a delivery.
+/// The deterministic identifier of a delivery (what `app.usage_deliveries.identifier` derives).
 pub fn identifier(tenant: TenantId, meter: Meter, window_start: DateTime<Utc>, seq: i32) -> String {
     format!(
         "tnt_{}_{}_{}_{}",
@@ -112,7 +112,8 @@ pub struct FlushOutcome {
 }
 
 impl FlushOutcome {
-    fn add(&mut self, o: &FlushOutcome) {
+    /// Adds another run's counts (not `no_customer`).
+    pub fn add(&mut self, o: &FlushOutcome) {
         self.planned += o.planned;
         self.delivered += o.delivered;
         self.duplicates += o.duplicates;
@@ -301,11 +302,8 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
            WHERE t.total > coalesce(a.accounted, 0) \
          ) \
          INSERT INTO app.usage_deliveries \
-           (tenant_id, meter, window_start, seq, identifier, value, kind, event_time, status, reason) \
-         SELECT $1, meter, window_start, seq, \
-                'tnt_' || replace($1::text, '-', '') || '_' || meter || '_' \
-                  || extract(epoch FROM window_start)::int8 || '_' || seq, \
-                value, 'window', window_start, \
+           (tenant_id, meter, window_start, seq, value, kind, event_time, status, reason) \
+         SELECT $1, meter, window_start, seq, value, 'window', window_start, \
                 CASE WHEN window_start < $3 THEN 'expired' ELSE 'pending' END, \
                 CASE WHEN window_start < $3 THEN 'older than the provider accepts (35 days)' END \
          FROM todo \

@@ -97,7 +97,7 @@ pub async fn run(
                 out.in_sync += r.in_sync;
                 out.repaired += r.repaired;
                 out.in_flight += r.in_flight;
-                add(&mut out.flush, &r.flush);
+                out.flush.add(&r.flush);
             }
             Err(e) => {
                 out.tenant_errors += 1;
@@ -109,15 +109,6 @@ pub async fn run(
         days = out.days_checked, in_sync = out.in_sync, repaired = out.repaired,
         in_flight = out.in_flight, "billing run done");
     Ok(out)
-}
-
-fn add(total: &mut FlushOutcome, o: &FlushOutcome) {
-    total.planned += o.planned;
-    total.delivered += o.delivered;
-    total.duplicates += o.duplicates;
-    total.failed += o.failed;
-    total.pending += o.pending;
-    total.calls += o.calls;
 }
 
 /// One tenant's reconciliation.
@@ -271,7 +262,7 @@ pub async fn reconcile_tenant(
     tx.commit().await?;
     if !repairs.is_empty() {
         let again = flush_tenant(db, sink, cfg, tenant).await?;
-        add(&mut report.flush, &again);
+        report.flush.add(&again);
     }
     for r in &rows {
         report.days_checked += 1;
@@ -380,11 +371,8 @@ async fn plan_repair(
     let name = meter.name();
     tx.execute(
         "INSERT INTO app.usage_deliveries \
-           (tenant_id, meter, window_start, seq, identifier, value, kind, event_time) \
-         SELECT $1, $2, $3, s.seq, \
-                'tnt_' || replace($1::text, '-', '') || '_' || $2 || '_' \
-                  || extract(epoch FROM $3)::int8 || '_' || s.seq, \
-                $4, 'repair', $3 \
+           (tenant_id, meter, window_start, seq, value, kind, event_time) \
+         SELECT $1, $2, $3, s.seq, $4, 'repair', $3 \
          FROM (SELECT coalesce(max(seq), -1) + 1 AS seq FROM app.usage_deliveries \
                WHERE tenant_id = $1 AND meter = $2 AND window_start = $3) s \
          ON CONFLICT DO NOTHING",
@@ -450,29 +438,47 @@ async fn snapshot(
 ) -> Result<(), DbError> {
     let mut tx = db.begin(ctx, Access::ReadWrite).await?;
     let tenant = ctx.tenant_id.as_uuid();
+    let day = now.date_naive();
+    let (storage_id, seats_id) = (
+        snapshot_id(ctx.tenant_id, Meter::Storage, day),
+        snapshot_id(ctx.tenant_id, Meter::Seats, day),
+    );
+    // Measured only if today's snapshot is not in the ledger yet (the hourly runs after the
+    // first would otherwise size every record again to insert nothing).
     let row = tx
         .query_one(
-            "SELECT (SELECT ceil(coalesce(sum(pg_column_size(r.data)), 0) / 1024.0)::int8 \
-                     FROM app.records r WHERE r.tenant_id = $1), \
-                    (SELECT count(*) FROM app.members m WHERE m.tenant_id = $1 AND m.removed_at IS NULL)",
-            &[(&tenant, Type::UUID)],
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM app.usage_events \
+                                      WHERE tenant_id = $1 AND event_id = $2) THEN NULL \
+                    ELSE (SELECT ceil(coalesce(sum(pg_column_size(r.data)), 0) / 1024.0)::int8 \
+                          FROM app.records r WHERE r.tenant_id = $1) END, \
+                    CASE WHEN EXISTS (SELECT 1 FROM app.usage_events \
+                                      WHERE tenant_id = $1 AND event_id = $3) THEN NULL \
+                    ELSE (SELECT count(*) FROM app.members m \
+                          WHERE m.tenant_id = $1 AND m.removed_at IS NULL) END",
+            &[
+                (&tenant, Type::UUID),
+                (&storage_id, Type::UUID),
+                (&seats_id, Type::UUID),
+            ],
         )
         .await?;
-    let (storage, seats): (i64, i64) = (row.get(0), row.get(1));
-    let day = now.date_naive();
-    let events: Vec<UsageEvent> = [(Meter::Storage, storage), (Meter::Seats, seats)]
-        .into_iter()
-        .filter(|(_, q)| *q > 0)
-        .map(|(meter, quantity)| UsageEvent {
-            event_id: snapshot_id(ctx.tenant_id, meter, day),
-            tenant_id: ctx.tenant_id,
-            meter,
-            quantity,
-            // Stamped at the day's start: the day's one snapshot, in a window that closes early.
-            occurred_at: day_start(day),
-            source: "snapshot".into(),
-        })
-        .collect();
+    let (storage, seats): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    let events: Vec<UsageEvent> = [
+        (Meter::Storage, storage_id, storage),
+        (Meter::Seats, seats_id, seats),
+    ]
+    .into_iter()
+    .filter_map(|(meter, id, q)| Some((meter, id, q.filter(|q| *q > 0)?)))
+    .map(|(meter, event_id, quantity)| UsageEvent {
+        event_id,
+        tenant_id: ctx.tenant_id,
+        meter,
+        quantity,
+        // Stamped at the day's start: the day's one snapshot, in a window that closes early.
+        occurred_at: day_start(day),
+        source: "snapshot".into(),
+    })
+    .collect();
     ledger::record(&mut tx, &events, cfg.window_secs).await?;
     tx.commit().await
 }

@@ -73,18 +73,27 @@ pub struct TenantTx {
     failed: bool,
 }
 
-const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
-     set_config('app.actor_id', $2, true), \
-     set_config('statement_timeout', $3, true), \
-     set_config('TimeZone', 'UTC', true)";
+/// The statement that sets the transaction's context (`$1` tenant, `$2` actor, `$3` statement
+/// timeout), plus any extra `set_config` calls.
+macro_rules! set_context {
+    ($($extra:literal),*) => {
+        concat!(
+            "SELECT set_config('app.tenant_id', $1, true), \
+             set_config('app.actor_id', $2, true), \
+             set_config('statement_timeout', $3, true), \
+             set_config('TimeZone', 'UTC', true)"
+            $(, ", ", $extra)*
+        )
+    };
+}
 
-/// [`SET_CONTEXT`] plus the HNSW search settings.
-const SET_CONTEXT_HNSW: &str = "SELECT set_config('app.tenant_id', $1, true), \
-     set_config('app.actor_id', $2, true), \
-     set_config('statement_timeout', $3, true), \
-     set_config('TimeZone', 'UTC', true), \
-     set_config('hnsw.ef_search', $4, true), \
-     set_config('hnsw.iterative_scan', 'relaxed_order', true)";
+const SET_CONTEXT: &str = set_context!();
+
+/// [`SET_CONTEXT`] plus the HNSW search settings (`$4` ef_search).
+const SET_CONTEXT_HNSW: &str = set_context!(
+    "set_config('hnsw.ef_search', $4, true)",
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+);
 
 impl TenantTx {
     pub(super) async fn begin(

@@ -64,7 +64,7 @@ pub struct InProcessEmbedQueue {
 impl InProcessEmbedQueue {
     /// A queue that embeds with `embedder` through `db`; inline when running in Lambda.
     pub fn new(db: Db, embedder: Arc<dyn Embedder>) -> Self {
-        let inline = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        let inline = crate::app::in_lambda();
         Self {
             db,
             embedder,
@@ -134,16 +134,10 @@ impl EmbedQueue for SqsEmbedQueue {
 
     fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_> {
         Box::pin(async move {
-            let body = serde_json::to_string(&EmbedJob { tenant_id: tenant })
-                .map_err(|e| QueueError(e.to_string()))?;
-            self.client
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(body)
-                .send()
+            let job = EmbedJob { tenant_id: tenant };
+            crate::sqs::send_json(&self.client, &self.queue_url, &job)
                 .await
-                .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
-            Ok(())
+                .map_err(QueueError)
         })
     }
 }

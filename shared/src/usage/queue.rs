@@ -56,20 +56,12 @@ impl UsageQueue for SqsUsageQueue {
 
     fn send<'a>(&'a self, events: &'a [UsageEvent]) -> SendFuture<'a> {
         Box::pin(async move {
-            let body = serde_json::to_string(&UsageMessage {
+            let message = UsageMessage {
                 events: events.to_vec(),
-            })
-            .map_err(|e| UsageQueueError(e.to_string()))?;
-            self.client
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(body)
-                .send()
+            };
+            crate::sqs::send_json(&self.client, &self.queue_url, &message)
                 .await
-                .map_err(|e| {
-                    UsageQueueError(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())
-                })?;
-            Ok(())
+                .map_err(UsageQueueError)
         })
     }
 }
@@ -88,7 +80,7 @@ pub struct InProcessUsageQueue {
 impl InProcessUsageQueue {
     /// A queue writing through `db` and flushing to `sink`.
     pub fn new(db: Db, sink: Arc<dyn BillingSink>, cfg: MeterConfig) -> Self {
-        let inline = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+        let inline = crate::app::in_lambda();
         Self {
             db,
             sink,

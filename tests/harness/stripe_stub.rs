@@ -1,35 +1,145 @@
-//! A local Stripe test server: the part of the API Tenantry uses — customers, meters, meter events
-//! (with Stripe's duplicate-identifier refusal and its timestamp window), meter event summaries
-//! grouped by day — over real HTTP, with faults on demand (429, 500, timeouts that happen after
-//! the event was accepted, slow answers), drift injection, and a check of Stripe's
-//! one-concurrent-call-per-customer-per-meter rule.
+//! A local Stripe test server: the part of the API Tenantry uses — customers, meters, meter events,
+//! meter event summaries grouped by day — over real HTTP, modelling what makes Stripe hard rather
+//! than an instantly consistent store:
+//!
+//! - **A clock of its own** ([`StripeStub::now`], moved on by [`StripeStub::advance`]): the wall
+//!   clock plus whatever the test advanced. Summary lag and the identifier dedupe window are
+//!   measured on it, in minutes and hours, so a test's own running time never crosses them and a
+//!   test crosses them only by saying so.
+//! - **Eventually consistent summaries**: an accepted event appears in
+//!   `/v1/billing/meters/{id}/event_summaries` only once its lag has passed on the stub's clock
+//!   ([`set_summary_lag`](StripeStub::set_summary_lag)), and not at all while the test holds the
+//!   summaries ([`hold_summaries`](StripeStub::hold_summaries) /
+//!   [`release_summaries`](StripeStub::release_summaries)).
+//! - **Pagination like Stripe's list API**: `limit` (default 10, 1 to 100), `has_more`,
+//!   `starting_after`, newest day first; a test can make pages smaller than the client asks
+//!   ([`set_summary_page_size`](StripeStub::set_summary_page_size)) so that a month of days
+//!   takes several pages.
+//! - **An identifier dedupe window** of 24 hours ([`DEDUPE_WINDOW`]): a resend within it gets
+//!   Stripe's duplicate-identifier refusal; after it, the event is taken (and counted) again.
+//! - **Asynchronous rejections**: an event answered 200 and then dropped from the summaries and the
+//!   bill, with an error report (what Stripe sends as `v1.billing.meter.error_report_triggered`)
+//!   ([`reject_async`](StripeStub::reject_async)).
+//! - Stripe's timestamp window (35 days back, 5 minutes ahead, on the stub's clock), faults on
+//!   demand ([`Fault`]: 429, 5xx, answers that come after the client gave up, calls held at a
+//!   [`Gate`] until the test opens it), outages, drift injection, and a check of Stripe's
+//!   one-concurrent-call-per-customer-per-meter rule.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+mod meter_events;
+mod summaries;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use summaries::SummaryRequest;
 
 /// The test key the stub accepts.
 pub const STRIPE_TEST_KEY: &str = "sk_test_tenantry_local";
 
+/// How long Stripe refuses a meter event identifier it has already taken.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// What the next meter-event call does instead of (or before) its normal answer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Fault {
     /// Answer with this status (429 or 5xx) and a Stripe error body; the event is not recorded.
     Status(u16),
     /// Record the event, then answer only after this long (the client times out first): the
-    /// "Stripe accepted it, we never heard" case.
+    /// "Stripe accepted it, we never heard" case, on the wall clock.
     AcceptThenHang(Duration),
     /// Answer normally after this long.
     Slow(Duration),
+    /// Wait at the gate (the call is in progress at Stripe) until the test opens it, then answer
+    /// normally.
+    Hold(Gate),
+    /// Record the event, then hold the answer at the gate until the test opens it: the client
+    /// gives up first (its timeout), and the call stays in progress at Stripe until then.
+    AcceptThenHold(Gate),
 }
 
-/// One meter event Stripe holds.
+/// A point where a meter-event call waits until the test lets it through: the test can wait for
+/// a call to be there ([`reached`](Self::reached)), open it ([`open`](Self::open)), and wait until
+/// Stripe is done with that call ([`passed`](Self::passed)). Ordering without sleeps; the test's
+/// waits give up (panic) after [`GATE_WAIT`] rather than hang the run.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<GateState>);
+
+/// How long [`Gate::reached`] and [`Gate::passed`] wait before failing the test: far longer than
+/// anything they wait for takes, even on a loaded machine.
+pub const GATE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct GateState {
+    reached: watch::Sender<u32>,
+    open: watch::Sender<bool>,
+    passed: watch::Sender<u32>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(GateState {
+            reached: watch::Sender::new(0),
+            open: watch::Sender::new(false),
+            passed: watch::Sender::new(0),
+        }))
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns once a call is waiting at the gate (or has been through it); panics if none has
+    /// within [`GATE_WAIT`].
+    pub async fn reached(&self) {
+        let mut rx = self.0.reached.subscribe();
+        tokio::time::timeout(GATE_WAIT, rx.wait_for(|n| *n > 0))
+            .await
+            .unwrap_or_else(|_| panic!("no meter-event call reached the gate within {GATE_WAIT:?}"))
+            .unwrap();
+    }
+
+    /// Lets the calls at the gate (and any later ones) through.
+    pub fn open(&self) {
+        self.0.open.send_replace(true);
+    }
+
+    /// Returns once a call has been through the gate and Stripe has finished it (answered, and
+    /// no longer counted as in progress for its customer and meter); panics if none has within
+    /// [`GATE_WAIT`].
+    pub async fn passed(&self) {
+        let mut rx = self.0.passed.subscribe();
+        tokio::time::timeout(GATE_WAIT, rx.wait_for(|n| *n > 0))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no meter-event call got through the gate and finished within {GATE_WAIT:?}")
+            })
+            .unwrap();
+    }
+
+    async fn wait(&self) {
+        self.0.reached.send_modify(|n| *n += 1);
+        let mut rx = self.0.open.subscribe();
+        rx.wait_for(|open| *open).await.unwrap();
+    }
+
+    fn pass(&self) {
+        self.0.passed.send_modify(|n| *n += 1);
+    }
+}
+
+/// One meter event Stripe took.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StubEvent {
     /// The identifier.
@@ -42,6 +152,29 @@ pub struct StubEvent {
     pub value: i64,
     /// Unix seconds.
     pub timestamp: i64,
+    /// When Stripe took it (the stub's clock, Unix seconds).
+    pub accepted_at: i64,
+    /// From when it shows in the summaries (the stub's clock); `None` while the test holds the
+    /// summaries.
+    pub visible_at: Option<i64>,
+    /// Rejected asynchronously: never in the summaries, never billed.
+    pub rejected: bool,
+}
+
+/// What Stripe reports (as a `v1.billing.meter.error_report_triggered` event) about a meter event
+/// it answered 200 and then did not count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// The event's identifier.
+    pub identifier: String,
+    /// The customer.
+    pub customer: String,
+    /// The meter's event name.
+    pub event_name: String,
+    /// Stripe's error code (e.g. `meter_event_customer_not_found`).
+    pub code: String,
+    /// When it was reported (the stub's clock).
+    pub at: i64,
 }
 
 #[derive(Default)]
@@ -49,13 +182,52 @@ struct State {
     meters: HashMap<String, String>,
     customers: HashSet<String>,
     events: Vec<StubEvent>,
-    identifiers: HashSet<String>,
+    /// Identifier → when (the stub's clock) Stripe last took it.
+    identifiers: HashMap<String, i64>,
     faults: VecDeque<Fault>,
     outage: bool,
     in_flight: HashMap<(String, String), u32>,
     concurrency_violations: u32,
     meter_event_calls: u64,
-    summary_calls: u64,
+    /// Seconds added to the wall clock by [`StripeStub::advance`].
+    clock_offset: i64,
+    summary_lag: i64,
+    holding: bool,
+    page_size: Option<usize>,
+    /// Identifiers to take with 200 and then reject asynchronously, with the error code.
+    doomed: HashMap<String, String>,
+    error_reports: Vec<ErrorReport>,
+    summaries: summaries::Listing,
+}
+
+impl State {
+    fn now(&self) -> i64 {
+        Utc::now().timestamp() + self.clock_offset
+    }
+
+    /// Rejects `identifier`'s counted events now (they leave the summaries and the bill); false
+    /// if there were none.
+    fn reject_now(&mut self, identifier: &str, code: &str) -> bool {
+        let at = self.now();
+        let mut reports = Vec::new();
+        for e in self
+            .events
+            .iter_mut()
+            .filter(|e| e.identifier == identifier && !e.rejected)
+        {
+            e.rejected = true;
+            reports.push(ErrorReport {
+                identifier: e.identifier.clone(),
+                customer: e.customer.clone(),
+                event_name: e.event_name.clone(),
+                code: code.to_owned(),
+                at,
+            });
+        }
+        let found = !reports.is_empty();
+        self.error_reports.extend(reports);
+        found
+    }
 }
 
 /// The server. Dropping it stops it.
@@ -78,7 +250,8 @@ pub fn meter_id(meter: tenantry::usage::Meter) -> String {
 }
 
 impl StripeStub {
-    /// Starts one with a meter per Tenantry meter (`mtr_<name>`).
+    /// Starts one with a meter per Tenantry meter (`mtr_<name>`). Summaries are consistent at
+    /// once and pages as large as the client asks, until a test says otherwise.
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -133,7 +306,11 @@ impl StripeStub {
 
     /// Queues faults for the next meter-event calls, in order.
     pub fn fault(&self, faults: &[Fault]) {
-        self.state.lock().unwrap().faults.extend(faults);
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .extend(faults.iter().cloned());
     }
 
     /// While on, every meter-event call answers 503 (the events are not recorded).
@@ -141,18 +318,86 @@ impl StripeStub {
         self.state.lock().unwrap().outage = on;
     }
 
-    /// Adds an event Tenantry did not send (drift).
-    pub fn inject(&self, customer: &str, event_name: &str, value: i64, timestamp: i64) {
+    /// The stub's clock: the wall clock plus what [`advance`](Self::advance) added.
+    pub fn now(&self) -> DateTime<Utc> {
+        let now = self.state.lock().unwrap().now();
+        DateTime::from_timestamp(now, 0).unwrap()
+    }
+
+    /// Moves the stub's clock on (summary lag and the dedupe window run on it).
+    pub fn advance(&self, by: Duration) {
+        self.state.lock().unwrap().clock_offset += by.as_secs() as i64;
+    }
+
+    /// Events accepted from now on show in the summaries only `lag` (on the stub's clock) after
+    /// Stripe took them.
+    pub fn set_summary_lag(&self, lag: Duration) {
+        self.state.lock().unwrap().summary_lag = lag.as_secs() as i64;
+    }
+
+    /// Events accepted from now on stay out of the summaries until
+    /// [`release_summaries`](Self::release_summaries) (they are taken and will be billed).
+    pub fn hold_summaries(&self) {
+        self.state.lock().unwrap().holding = true;
+    }
+
+    /// Stops holding: held events show in the summaries once their lag (counted from when Stripe
+    /// took them) has passed — at once, with no lag set.
+    pub fn release_summaries(&self) {
         let mut s = self.state.lock().unwrap();
+        s.holding = false;
+        let lag = s.summary_lag;
+        for e in s.events.iter_mut().filter(|e| e.visible_at.is_none()) {
+            e.visible_at = Some(e.accepted_at + lag);
+        }
+    }
+
+    /// Answers at most `n` summaries per page, whatever `limit` the client asks (Stripe honours
+    /// up to 100; smaller pages make a month of days take several).
+    pub fn set_summary_page_size(&self, n: usize) {
+        assert!(n > 0);
+        self.state.lock().unwrap().page_size = Some(n);
+    }
+
+    /// Every summary list request answered (or refused), in order.
+    pub fn summary_requests(&self) -> Vec<SummaryRequest> {
+        self.state.lock().unwrap().summaries.requests.clone()
+    }
+
+    /// Stripe answers the event with `identifier` 200 but then rejects it asynchronously with
+    /// `code`: it never shows in the summaries and is not billed, and an [`ErrorReport`] says
+    /// so. If Stripe already took it, it is dropped from the summaries now. The identifier stays
+    /// taken (a resend within the dedupe window gets the duplicate answer).
+    pub fn reject_async(&self, identifier: &str, code: &str) {
+        let mut s = self.state.lock().unwrap();
+        if !s.reject_now(identifier, code) {
+            s.doomed.insert(identifier.to_owned(), code.to_owned());
+        }
+    }
+
+    /// Stripe's error reports so far (events answered 200 and then not counted).
+    pub fn error_reports(&self) -> Vec<ErrorReport> {
+        self.state.lock().unwrap().error_reports.clone()
+    }
+
+    /// Adds an event Tenantry did not send (drift), in the summaries at once; returns its
+    /// identifier.
+    pub fn inject(&self, customer: &str, event_name: &str, value: i64, timestamp: i64) -> String {
+        let mut s = self.state.lock().unwrap();
+        let now = s.now();
         let identifier = format!("injected_{}", s.events.len());
-        s.identifiers.insert(identifier.clone());
+        s.identifiers.insert(identifier.clone(), now);
         s.events.push(StubEvent {
-            identifier,
+            identifier: identifier.clone(),
             event_name: event_name.to_owned(),
             customer: customer.to_owned(),
             value,
             timestamp,
+            accepted_at: now,
+            visible_at: Some(now),
+            rejected: false,
         });
+        identifier
     }
 
     /// Loses an event Stripe had (drift the other way); returns whether it existed.
@@ -163,19 +408,32 @@ impl StripeStub {
         before != s.events.len()
     }
 
-    /// Every event held.
+    /// Every event taken (an identifier taken again after the dedupe window appears twice).
     pub fn events(&self) -> Vec<StubEvent> {
         self.state.lock().unwrap().events.clone()
     }
 
-    /// The sum of a customer's events for a meter event name.
+    /// What Stripe bills a customer for a meter event name: every event it took and did not
+    /// reject, whether or not the summaries show it yet.
     pub fn total(&self, customer: &str, event_name: &str) -> i64 {
         self.state
             .lock()
             .unwrap()
             .events
             .iter()
+            .filter(|e| e.customer == customer && e.event_name == event_name && !e.rejected)
+            .map(|e| e.value)
+            .sum()
+    }
+
+    /// What the summaries show now for a customer and meter event name (all days).
+    pub fn summarized_total(&self, customer: &str, event_name: &str) -> i64 {
+        let s = self.state.lock().unwrap();
+        let now = s.now();
+        s.events
+            .iter()
             .filter(|e| e.customer == customer && e.event_name == event_name)
+            .filter(|e| summaries::shows(e, now))
             .map(|e| e.value)
             .sum()
     }
@@ -249,7 +507,7 @@ async fn handle(
         // the in-flight bookkeeping).
         ("POST", "/v1/billing/meter_events") => {
             let state = state.clone();
-            tokio::spawn(async move { meter_event(&state, &form).await })
+            tokio::spawn(async move { meter_events::create(&state, &form).await })
                 .await
                 .unwrap_or_else(|_| error(500, "api_error", None, "stub task failed"))
         }
@@ -257,7 +515,7 @@ async fn handle(
             let id = p
                 .trim_start_matches("/v1/billing/meters/")
                 .trim_end_matches("/event_summaries");
-            summaries(state, id, &query)
+            list_summaries(state, id, &query)
         }
         _ => error(
             404,
@@ -268,196 +526,11 @@ async fn handle(
     }
 }
 
-async fn meter_event(
-    state: &Arc<Mutex<State>>,
-    form: &HashMap<String, String>,
-) -> hyper::Response<Full<Bytes>> {
-    let event_name = form.get("event_name").cloned().unwrap_or_default();
-    let customer = form
-        .get("payload[stripe_customer_id]")
-        .cloned()
-        .unwrap_or_default();
-    let key = (customer.clone(), event_name.clone());
-    let fault = {
-        let mut s = state.lock().unwrap();
-        s.meter_event_calls += 1;
-        let n = s.in_flight.entry(key.clone()).or_default();
-        *n += 1;
-        if *n > 1 {
-            s.concurrency_violations += 1;
-        }
-        if s.outage {
-            Some(Fault::Status(503))
-        } else {
-            s.faults.pop_front()
-        }
-    };
-    let response = async {
-        match fault {
-            Some(Fault::Status(status)) => {
-                let kind = if status == 429 {
-                    "invalid_request_error"
-                } else {
-                    "api_error"
-                };
-                let code = (status == 429).then_some("rate_limit");
-                return error(status, kind, code, "Injected failure.");
-            }
-            Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-            Some(Fault::AcceptThenHang(_)) | None => {}
-        }
-        let answer = accept(state, form, &event_name, &customer);
-        if let Some(Fault::AcceptThenHang(d)) = fault {
-            tokio::time::sleep(d).await;
-        }
-        answer
-    }
-    .await;
-    if let Some(n) = state.lock().unwrap().in_flight.get_mut(&key) {
-        *n -= 1;
-    }
-    response
-}
-
-fn accept(
-    state: &Arc<Mutex<State>>,
-    form: &HashMap<String, String>,
-    event_name: &str,
-    customer: &str,
-) -> hyper::Response<Full<Bytes>> {
-    let mut s = state.lock().unwrap();
-    if !s.meters.values().any(|n| n == event_name) {
-        return error(
-            400,
-            "invalid_request_error",
-            Some("resource_missing"),
-            "No active meter was found for the event name.",
-        );
-    }
-    if !s.customers.contains(customer) {
-        return error(
-            400,
-            "invalid_request_error",
-            Some("resource_missing"),
-            &format!("No such customer: '{customer}'"),
-        );
-    }
-    let Some(value) = form
-        .get("payload[value]")
-        .and_then(|v| v.parse::<i64>().ok())
-    else {
-        return error(
-            400,
-            "invalid_request_error",
-            Some("parameter_invalid_integer"),
-            "The value must be a whole number.",
-        );
-    };
-    let now = chrono::Utc::now().timestamp();
-    let timestamp = form
-        .get("timestamp")
-        .and_then(|t| t.parse::<i64>().ok())
-        .unwrap_or(now);
-    if timestamp < now - 35 * 86_400 || timestamp > now + 300 {
-        return error(
-            400,
-            "invalid_request_error",
-            Some("parameter_invalid_integer"),
-            "Timestamp must be within the past 35 calendar days and not more than 5 minutes in the future.",
-        );
-    }
-    let identifier = form
-        .get("identifier")
-        .cloned()
-        .unwrap_or_else(|| format!("auto_{}", s.events.len()));
-    if !s.identifiers.insert(identifier.clone()) {
-        return error(
-            400,
-            "invalid_request_error",
-            None,
-            &format!("An event already exists with identifier {identifier}."),
-        );
-    }
-    s.events.push(StubEvent {
-        identifier: identifier.clone(),
-        event_name: event_name.to_owned(),
-        customer: customer.to_owned(),
-        value,
-        timestamp,
-    });
-    respond(
-        200,
-        json!({"object": "billing.meter_event", "created": now, "event_name": event_name,
-               "identifier": identifier, "livemode": false,
-               "payload": {"stripe_customer_id": customer, "value": value.to_string()},
-               "timestamp": timestamp}),
-    )
-}
-
-fn summaries(
+fn list_summaries(
     state: &Arc<Mutex<State>>,
     meter: &str,
-    q: &HashMap<String, String>,
+    query: &HashMap<String, String>,
 ) -> hyper::Response<Full<Bytes>> {
     let mut s = state.lock().unwrap();
-    s.summary_calls += 1;
-    if s.outage {
-        return error(503, "api_error", None, "Injected outage.");
-    }
-    let Some(event_name) = s.meters.get(meter).cloned() else {
-        return error(
-            404,
-            "invalid_request_error",
-            Some("resource_missing"),
-            &format!("No such billing meter: '{meter}'"),
-        );
-    };
-    let (Some(customer), Some(start), Some(end)) = (
-        q.get("customer"),
-        q.get("start_time").and_then(|v| v.parse::<i64>().ok()),
-        q.get("end_time").and_then(|v| v.parse::<i64>().ok()),
-    ) else {
-        return error(
-            400,
-            "invalid_request_error",
-            Some("parameter_missing"),
-            "customer, start_time and end_time are required.",
-        );
-    };
-    if q.get("value_grouping_window").map(String::as_str) != Some("day")
-        || start % 86_400 != 0
-        || end % 86_400 != 0
-    {
-        return error(
-            400,
-            "invalid_request_error",
-            None,
-            "With value_grouping_window=day, start_time and end_time must align with UTC day boundaries.",
-        );
-    }
-    let mut days: BTreeMap<i64, i64> = BTreeMap::new();
-    for e in s.events.iter().filter(|e| {
-        e.customer == *customer
-            && e.event_name == event_name
-            && e.timestamp >= start
-            && e.timestamp < end
-    }) {
-        *days
-            .entry(e.timestamp - e.timestamp.rem_euclid(86_400))
-            .or_default() += e.value;
-    }
-    let data: Vec<Value> = days
-        .iter()
-        .rev()
-        .map(|(day, v)| {
-            json!({"id": format!("mtrusg_{meter}_{day}"), "object": "billing.meter_event_summary",
-                   "aggregated_value": *v as f64, "start_time": day, "end_time": day + 86_400,
-                   "livemode": false, "meter": meter})
-        })
-        .collect();
-    respond(
-        200,
-        json!({"object": "list", "data": data, "has_more": false,
-               "url": format!("/v1/billing/meters/{meter}/event_summaries")}),
-    )
+    summaries::list(&mut s, meter, query)
 }

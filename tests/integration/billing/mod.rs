@@ -1,18 +1,30 @@
 //! Usage billing end to end against a local Stripe test server over real HTTP: the `usage-meter`
 //! handler, the outbox, the Stripe adapter (async-stripe), and reconciliation. After every
-//! scenario the ledger's totals equal Stripe's, per tenant and meter, exactly.
+//! scenario the ledger's totals equal Stripe's, per tenant and meter, exactly; the scenarios that
+//! model Stripe's hard parts (summaries that lag, pages, a 24-hour dedupe window, rejections after
+//! a 200, calls that outlive their client) also check both against what the test itself
+//! generated. Ordering comes from gates, notifications and the stub's own clock, never from
+//! sleeps; lease and settle windows (the product's `now()` in SQL) are crossed by moving the
+//! timestamps in the database as the superuser. Every wait for another task gives up after a
+//! minute ([`within`], [`Gate`]) instead of hanging the run, and the scenarios that depend on the
+//! calendar stay clear of midnight ([`clear_of_midnight`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use tenantry::TenantId;
-use tenantry::billing::meter::{FlushMemo, MeterConfig, UsageMessage, flush_tenant, handle_sqs};
-use tenantry::billing::reconcile::{Mode, ReconcileInput, run};
+use tenantry::billing::meter::{
+    FlushMemo, FlushOutcome, MeterConfig, UsageMessage, flush_tenant, handle_sqs,
+};
+use tenantry::billing::reconcile::{Mode, ReconcileInput, RunOutcome, run};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture, customers};
 use tenantry::usage::{Meter, UsageEvent};
+use tenantry_tests::stripe_stub::Gate;
 use tenantry_tests::{Fault, StripeStub, TestApp, tenant, tx};
+
+mod stripe_hard_parts;
 
 struct Billing {
     stub: StripeStub,
@@ -20,10 +32,27 @@ struct Billing {
     tenants: Vec<(TenantId, String)>,
 }
 
-/// `n` tenants, each linked to its own Stripe customer.
+/// The Stripe client's timeout (`STRIPE_TIMEOUT_MS`), as a variable for [`setup`].
+fn client_timeout(ms: u64) -> (&'static str, String) {
+    ("STRIPE_TIMEOUT_MS", ms.to_string())
+}
+
+/// The client timeout of the scenarios whose call in doubt is a call that timed out: they wait for
+/// this to fire (Stripe holds the answer at a gate until it has), so it is short.
+const IN_DOUBT_TIMEOUT_MS: u64 = 1500;
+
+/// The client timeout of every other scenario: far longer than any call takes on a loaded
+/// machine, so only a call a test holds on purpose is ever in doubt.
+const CLIENT_TIMEOUT_MS: u64 = 60_000;
+
+/// `n` tenants, each linked to its own Stripe customer. `extra` wins over the defaults (including
+/// the client timeout, [`CLIENT_TIMEOUT_MS`] unless `extra` sets one).
 async fn setup(n: usize, extra: &[(&str, String)]) -> Billing {
     let stub = StripeStub::start().await;
-    let app = TestApp::with_stripe(&stub, extra).await;
+    // The first setting of a name wins: `extra`, then this, then `with_stripe`'s defaults.
+    let mut vars = extra.to_vec();
+    vars.push(client_timeout(CLIENT_TIMEOUT_MS));
+    let app = TestApp::with_stripe(&stub, &vars).await;
     let mut tenants = Vec::new();
     for i in 0..n {
         let slug = format!("billed-{i}");
@@ -50,6 +79,77 @@ fn event(tenant: TenantId, meter: Meter, quantity: i64, at: DateTime<Utc>) -> Us
 
 fn minutes_ago(m: i64) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::minutes(m)
+}
+
+fn day_start(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0).unwrap().and_utc()
+}
+
+/// How long a test waits for something another task must do (a notification, a call at a gate)
+/// before it fails instead of hanging the run.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits for `f`; panics, naming `what` never happened, if it has not finished within [`WAIT`].
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} never happened (waited {WAIT:?})"))
+}
+
+/// How far into a UTC day [`clear_of_midnight`] waits: past the oldest "minutes ago" a scenario
+/// stamps (five) and its windows' closing.
+const AFTER_MIDNIGHT: chrono::Duration = chrono::Duration::minutes(5);
+
+/// How much of a UTC day's end [`clear_of_midnight`] waits out: far more than any scenario takes
+/// from the guard to its last reconciliation, even on a loaded machine.
+const BEFORE_MIDNIGHT: chrono::Duration = chrono::Duration::minutes(3);
+
+/// Keeps the calendar out of the assertions of the scenarios that reconcile, or otherwise count
+/// on usage stamped "minutes ago" or "today" being today, in the current month (reconciliation
+/// reads the current UTC month up to the end of today, and reports per UTC day). Two times of day
+/// would break them:
+///
+/// - the first minutes of a UTC day: usage stamped minutes ago falls on yesterday (on the 1st, in
+///   last month, outside the period read) — so in the first [`AFTER_MIDNIGHT`] this waits until
+///   then;
+/// - the last minutes of one: the scenario would start on one day (on the last of a month, in one
+///   month) and reconcile on the next — so in the last [`BEFORE_MIDNIGHT`] this waits until
+///   [`AFTER_MIDNIGHT`] into the next day.
+///
+/// Returns today (UTC), which stays today until the scenario is done as long as it takes less
+/// than [`BEFORE_MIDNIGHT`] from here. Call it after `setup` and before stamping any usage. It
+/// orders nothing (a sleep of up to eight minutes, and only near midnight).
+async fn clear_of_midnight() -> NaiveDate {
+    loop {
+        let now = Utc::now();
+        let today = day_start(now.date_naive());
+        let tomorrow = today + chrono::Duration::days(1);
+        let until = if now < today + AFTER_MIDNIGHT {
+            today + AFTER_MIDNIGHT
+        } else if now >= tomorrow - BEFORE_MIDNIGHT {
+            tomorrow + AFTER_MIDNIGHT
+        } else {
+            return now.date_naive();
+        };
+        // Checked again after the sleep (the wall clock may have been adjusted meanwhile).
+        tokio::time::sleep((until - now).to_std().unwrap()).await;
+    }
+}
+
+/// What a test generated, per tenant and meter: what the ledger and Stripe must end up with.
+#[derive(Debug, Default)]
+struct Generated(BTreeMap<(TenantId, Meter), i64>);
+
+impl Generated {
+    /// A usage event, counted.
+    fn event(&mut self, t: TenantId, meter: Meter, quantity: i64, at: DateTime<Utc>) -> UsageEvent {
+        *self.0.entry((t, meter)).or_default() += quantity;
+        event(t, meter, quantity, at)
+    }
+
+    fn get(&self, t: TenantId, meter: Meter) -> i64 {
+        self.0.get(&(t, meter)).copied().unwrap_or(0)
+    }
 }
 
 fn sqs(messages: &[(&str, &[UsageEvent])]) -> SqsEvent {
@@ -131,6 +231,144 @@ impl Billing {
         assert_eq!(self.stub.concurrency_violations(), 0);
     }
 
+    /// Asserts the ledger holds exactly what the test generated, per tenant and meter (nothing
+    /// else), and that Stripe bills exactly that and its summaries show exactly that.
+    async fn assert_totals(&self, generated: &Generated) {
+        let ledger = self.ledger().await;
+        for ((t, meter), total) in &ledger {
+            let m = Meter::from_name(meter).unwrap();
+            assert_eq!(
+                *total,
+                generated.get(*t, m),
+                "tenant {t} meter {meter}: ledger {total}, generated {}",
+                generated.get(*t, m)
+            );
+        }
+        for (t, customer) in &self.tenants {
+            for d in tenantry::usage::METERS {
+                let g = generated.get(*t, d.meter);
+                let l = ledger.get(&(*t, d.name.to_owned())).copied().unwrap_or(0);
+                assert_eq!(
+                    l, g,
+                    "tenant {t} meter {}: ledger {l}, generated {g}",
+                    d.name
+                );
+                let billed = self.stub.total(customer, d.event_name);
+                assert_eq!(
+                    billed, g,
+                    "tenant {t} meter {}: Stripe bills {billed}, generated {g}",
+                    d.name
+                );
+                let shown = self.stub.summarized_total(customer, d.event_name);
+                assert_eq!(
+                    shown, g,
+                    "tenant {t} meter {}: summaries show {shown}, generated {g}",
+                    d.name
+                );
+            }
+        }
+        assert_eq!(self.stub.concurrency_violations(), 0);
+    }
+
+    async fn record(&self, events: Vec<UsageEvent>) {
+        let a = &self.app.app;
+        for (t, r) in tenantry::billing::meter::record_events(
+            &a.db,
+            a.config.billing.meter.window_secs,
+            events,
+        )
+        .await
+        {
+            assert!(r.is_ok(), "tenant {t}: {r:?}");
+        }
+    }
+
+    async fn flush_tenant(&self, t: TenantId) -> FlushOutcome {
+        let a = &self.app.app;
+        flush_tenant(&a.db, a.billing.as_ref(), &a.config.billing.meter, t)
+            .await
+            .unwrap()
+    }
+
+    async fn reconcile(&self) -> RunOutcome {
+        let a = &self.app.app;
+        let out = run(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &ReconcileInput::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.tenant_errors, 0, "{out:?}");
+        out
+    }
+
+    /// Runs out every live lease now (as the superuser: the product leases on the database's
+    /// clock); returns how many there were.
+    async fn expire_leases(&self) -> u64 {
+        self.app
+            .db
+            .admin()
+            .await
+            .execute(
+                "UPDATE app.usage_deliveries SET lease_until = now() - interval '1 second' \
+                 WHERE status = 'pending' AND lease_until > now()",
+                &[],
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Moves every settled delivery back past the settle window (`BILLING_SETTLE_SECS`), as if
+    /// that long had passed since.
+    async fn past_the_settle_window(&self) {
+        let secs = (self.app.app.config.billing.meter.settle_secs + 1) as f64;
+        self.app
+            .db
+            .admin()
+            .await
+            .execute(
+                "UPDATE app.usage_deliveries SET settled_at = settled_at - make_interval(secs => $1) \
+                 WHERE settled_at IS NOT NULL",
+                &[&secs],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Reconciliation's corrections: (meter, value, status), in the order planned.
+    async fn repairs(&self) -> Vec<(String, i64, String)> {
+        let admin = self.app.db.admin().await;
+        admin
+            .query(
+                "SELECT meter, value, status FROM app.usage_deliveries WHERE kind = 'repair' \
+                 ORDER BY created_at, meter",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// What a run recorded: (meter, day, action, drift).
+    async fn findings(&self, run_id: uuid::Uuid) -> Vec<(String, NaiveDate, String, Option<i64>)> {
+        let admin = self.app.db.admin().await;
+        admin
+            .query(
+                "SELECT meter, day, action, drift FROM app.billing_reconciliations \
+                 WHERE run_id = $1 ORDER BY meter, day",
+                &[&run_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
     async fn delivery_states(&self) -> Vec<(String, i32, i64, String)> {
         let admin = self.app.db.admin().await;
         admin
@@ -204,22 +442,24 @@ impl BillingSink for CrashAfterSend {
 
 #[tokio::test]
 async fn a_crash_after_stripe_accepted_is_settled_by_the_duplicate_answer() {
-    let b = setup(1, &[("USAGE_LEASE_SECS", "2".to_owned())]).await;
+    // Its second half waits for the client to give up on a call Stripe holds.
+    let b = setup(1, &[client_timeout(IN_DOUBT_TIMEOUT_MS)]).await;
     let (t, _) = b.tenants[0].clone();
     let a = &b.app.app;
+    let mut generated = Generated::default();
     assert!(
         b.deliver(sqs(&[(
             "m",
-            &[event(t, Meter::Queries, 5, minutes_ago(3))]
+            &[generated.event(t, Meter::Queries, 5, minutes_ago(3))]
         )]))
         .await
         .batch_item_failures
         .is_empty()
     );
     // handle_sqs already flushed through the real sink; start over with a window of its own.
-    let late = event(t, Meter::Questions, 2, minutes_ago(3));
+    let late = generated.event(t, Meter::Questions, 2, minutes_ago(3));
     let cfg = a.config.billing.meter.clone();
-    tenantry::billing::meter::record_events(&a.db, cfg.window_secs, vec![late]).await;
+    b.record(vec![late]).await;
     let crashing = CrashAfterSend(Arc::clone(&a.billing));
     let mut once = cfg.clone();
     once.attempts = 1;
@@ -232,43 +472,37 @@ async fn a_crash_after_stripe_accepted_is_settled_by_the_duplicate_answer() {
     );
 
     // The next run sends the same identifier with the same value: Stripe says duplicate.
-    let out = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-        .await
-        .unwrap();
+    let out = b.flush_tenant(t).await;
     assert_eq!((out.delivered, out.duplicates), (1, 1), "{out:?}");
     b.assert_in_step().await;
 
-    // The same through a timeout: Stripe records the event, the answer never comes in time
-    // (the client gives up after 1.5 s, Stripe answers after 2.5 s).
-    b.stub
-        .fault(&[Fault::AcceptThenHang(std::time::Duration::from_millis(
-            2500,
-        ))]);
-    tenantry::billing::meter::record_events(
-        &a.db,
-        cfg.window_secs,
-        vec![event(t, Meter::IngestedRecords, 40, minutes_ago(3))],
-    )
+    // The same through a timeout: Stripe records the event and holds its answer until the test
+    // lets it go; the client gives up first (STRIPE_TIMEOUT_MS).
+    let gate = Gate::new();
+    b.stub.fault(&[Fault::AcceptThenHold(gate.clone())]);
+    b.record(vec![generated.event(
+        t,
+        Meter::IngestedRecords,
+        40,
+        minutes_ago(3),
+    )])
     .await;
-    let out = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-        .await
-        .unwrap();
+    let out = b.flush_tenant(t).await;
     assert_eq!(
         (out.pending, out.calls),
         (1, 1),
         "timed out, not retried at once: {out:?}"
     );
     // Within the lease nobody calls Stripe again for this customer and meter.
-    let out = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-        .await
-        .unwrap();
+    let out = b.flush_tenant(t).await;
     assert_eq!(out.calls, 0, "{out:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
-    let out = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-        .await
-        .unwrap();
+    // Stripe finishes the call (its answer goes nowhere), then the lease runs out.
+    gate.open();
+    gate.passed().await;
+    assert_eq!(b.expire_leases().await, 1);
+    let out = b.flush_tenant(t).await;
     assert_eq!((out.delivered, out.duplicates), (1, 1), "{out:?}");
-    b.assert_in_step().await;
+    b.assert_totals(&generated).await;
 }
 
 #[tokio::test]
@@ -393,6 +627,7 @@ async fn refusals_and_out_of_range_timestamps_are_recorded_not_retried_forever()
 #[tokio::test]
 async fn drift_in_stripe_is_found_and_repaired_by_reconciliation() {
     let b = setup(2, &[]).await;
+    clear_of_midnight().await;
     let (t0, t1) = (b.tenants[0].0, b.tenants[1].0);
     let at = minutes_ago(3);
     b.deliver(sqs(&[(
@@ -471,6 +706,7 @@ async fn a_burst_of_100k_events_across_200_tenants_bills_exactly() {
     let meters = [Meter::Queries, Meter::Questions, Meter::IngestedRecords];
     let mut batches = Vec::new();
     let mut n = 0u64;
+    let mut generated = Generated::default();
     for chunk in 0..100 {
         let mut messages: Vec<(String, Vec<UsageEvent>)> = Vec::new();
         for m in 0..10 {
@@ -479,7 +715,7 @@ async fn a_burst_of_100k_events_across_200_tenants_bills_exactly() {
                     n += 1;
                     let k = (chunk * 1000 + m * 100 + i) as usize;
                     let (t, _) = b.tenants[k % 200];
-                    event(
+                    generated.event(
                         t,
                         meters[k % 3],
                         1 + (k % 5) as i64,
@@ -515,6 +751,11 @@ async fn a_burst_of_100k_events_across_200_tenants_bills_exactly() {
         .unwrap()
         .get(0);
     assert_eq!(count, 100_000);
+    // The ledger holds, per tenant and meter, exactly what was generated; Stripe bills exactly
+    // that, and its summaries show it.
+    assert_eq!(generated.0.len(), 200 * 3);
+    assert_eq!(generated.0.values().sum::<i64>(), 300_000);
+    b.assert_totals(&generated).await;
     b.assert_in_step().await;
     // Stripe calls bounded by tenants x meters x windows (4 one-minute windows here).
     let calls = b.stub.meter_event_calls() - calls_before;
@@ -589,7 +830,7 @@ async fn the_sample_events_are_what_the_functions_take() {
     .await
     .unwrap();
     let event: SqsEvent =
-        serde_json::from_str(include_str!("../../events/usage-meter/sqs-batch.json")).unwrap();
+        serde_json::from_str(include_str!("../../../events/usage-meter/sqs-batch.json")).unwrap();
     let r = b.deliver(event).await;
     let failed: Vec<&str> = r
         .batch_item_failures
@@ -606,8 +847,8 @@ async fn the_sample_events_are_what_the_functions_take() {
     assert_eq!(ledger[&(acme, "questions".to_owned())], 1);
 
     for raw in [
-        include_str!("../../events/billing-reconcile/reconcile.json"),
-        include_str!("../../events/billing-reconcile/flush.json"),
+        include_str!("../../../events/billing-reconcile/reconcile.json"),
+        include_str!("../../../events/billing-reconcile/flush.json"),
     ] {
         let input: ReconcileInput = serde_json::from_str(raw).unwrap();
         let a = &b.app.app;
@@ -717,18 +958,27 @@ fn event_now(t: TenantId) -> UsageEvent {
     UsageEvent::now(t, Meter::Queries, 1, "test")
 }
 
-/// A sink whose calls take `delay` and then fail as "provider unavailable" (never reach Stripe).
-#[derive(Debug)]
-struct SlowFailing(std::time::Duration);
+/// A sink whose call waits until the test releases it and then fails as "provider unavailable"
+/// (it never reaches Stripe): a sender stalled in its call past its lease.
+#[derive(Debug, Default)]
+struct Stalled {
+    in_call: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
 
-impl BillingSink for SlowFailing {
+impl BillingSink for Stalled {
     fn kind(&self) -> &'static str {
-        "slow-failing"
+        "stalled"
     }
     fn send<'a>(&'a self, _: &'a MeterEvent) -> SinkFuture<'a, Sent> {
         Box::pin(async move {
-            tokio::time::sleep(self.0).await;
-            Err(SinkError::Retryable("slow and down".into()))
+            self.in_call.notify_one();
+            within(
+                "the test releasing the stalled call",
+                self.release.notified(),
+            )
+            .await;
+            Err(SinkError::Retryable("stalled, then down".into()))
         })
     }
     fn day_totals<'a>(
@@ -744,53 +994,90 @@ impl BillingSink for SlowFailing {
 
 #[tokio::test]
 async fn a_sender_whose_lease_ran_out_cannot_release_another_senders_claim() {
-    use std::time::Duration;
+    // B's call is held at Stripe while A settles and C tries: B's client must not give up (and
+    // retry while its first call is still in progress) however long that takes on a loaded
+    // machine, nor its lease run out meanwhile.
     let b = setup(
         1,
         &[
-            ("USAGE_LEASE_SECS", "3".to_owned()),
-            ("STRIPE_TIMEOUT_MS", "5000".to_owned()),
+            client_timeout(CLIENT_TIMEOUT_MS),
+            ("USAGE_LEASE_SECS", "600".into()),
         ],
     )
     .await;
     let t = b.tenants[0].0;
     let a = &b.app.app;
     let cfg = a.config.billing.meter.clone();
-    tenantry::billing::meter::record_events(
-        &a.db,
-        cfg.window_secs,
-        vec![event(t, Meter::Queries, 9, minutes_ago(3))],
-    )
-    .await;
-    // A claims, then spends 4 s in a call that fails: its 3 s lease runs out meanwhile.
-    let stale = SlowFailing(Duration::from_secs(4));
+    let mut generated = Generated::default();
+    b.record(vec![generated.event(t, Meter::Queries, 9, minutes_ago(3))])
+        .await;
+    let stalled = Stalled::default();
     let once = MeterConfig {
         attempts: 1,
         ..cfg.clone()
     };
-    let sender_a = async { flush_tenant(&a.db, &stale, &once, t).await.unwrap() };
-    // B claims after A's lease ran out and its call takes 2 s (3.5 s .. 5.5 s); A settles at
-    // about 4 s, and C tries at 4.5 s, while B's call is in flight.
-    b.stub.fault(&[Fault::Slow(Duration::from_secs(2))]);
-    let sender_b = async {
-        tokio::time::sleep(Duration::from_millis(3500)).await;
-        flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-            .await
-            .unwrap()
+    // B's call to Stripe is held in progress until the test opens the gate.
+    let b_at_stripe = Gate::new();
+    b.stub.fault(&[Fault::Hold(b_at_stripe.clone())]);
+    let a_settled = tokio::sync::Notify::new();
+
+    // A claims the delivery and stalls in its call.
+    let sender_a = async {
+        let out = flush_tenant(&a.db, &stalled, &once, t).await.unwrap();
+        a_settled.notify_one();
+        out
     };
-    let sender_c = async {
-        tokio::time::sleep(Duration::from_millis(4500)).await;
-        flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
-            .await
-            .unwrap()
+    let rest = async {
+        within(
+            "A's call reaching the stalled sink",
+            stalled.in_call.notified(),
+        )
+        .await;
+        // A's lease runs out while it is stuck.
+        assert_eq!(b.expire_leases().await, 1);
+        // B claims it and calls Stripe, and while B's call is in progress:
+        let sender_b = async {
+            flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
+                .await
+                .unwrap()
+        };
+        let meanwhile = async {
+            b_at_stripe.reached().await;
+            // A's call fails and A settles what it believes it holds...
+            stalled.release.notify_one();
+            within("A settling after its call failed", a_settled.notified()).await;
+            // ...which changes nothing: B's claim and lease stand.
+            let admin = b.app.db.admin().await;
+            let row = admin
+                .query_one(
+                    "SELECT status, claim_id IS NOT NULL, coalesce(lease_until > now(), false) \
+                     FROM app.usage_deliveries",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let held: (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            // C tries now: B still holds the meter, so C must not call Stripe.
+            let out_c = flush_tenant(&a.db, a.billing.as_ref(), &cfg, t)
+                .await
+                .unwrap();
+            b_at_stripe.open();
+            (held, out_c)
+        };
+        tokio::join!(sender_b, meanwhile)
     };
-    let (out_a, out_b, out_c) = tokio::join!(sender_a, sender_b, sender_c);
+    let (out_a, (out_b, (held, out_c))) = tokio::join!(sender_a, rest);
     assert_eq!((out_a.pending, out_a.calls), (1, 1), "{out_a:?}");
-    assert_eq!((out_b.delivered, out_b.calls), (1, 1), "{out_b:?}");
+    assert_eq!(
+        held,
+        ("pending".to_owned(), true, true),
+        "A released B's claim"
+    );
     assert_eq!(out_c.calls, 0, "B still holds the meter: {out_c:?}");
-    assert_eq!(b.stub.concurrency_violations(), 0);
-    b.assert_in_step().await;
+    assert_eq!((out_b.delivered, out_b.calls), (1, 1), "{out_b:?}");
+    assert_eq!(b.stub.meter_event_calls(), 1);
     assert_eq!(b.delivery_states().await[0].3, "delivered");
+    b.assert_totals(&generated).await;
 }
 
 #[tokio::test]

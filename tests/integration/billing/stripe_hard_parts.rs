@@ -1,0 +1,354 @@
+//! The scenarios that need the Stripe test server's hard parts: summaries that lag, pages, the
+//! 24-hour dedupe window, rejections after a 200, and calls that outlive their client.
+
+use tenantry_tests::stripe_stub::DEDUPE_WINDOW;
+
+use super::*;
+
+#[tokio::test]
+async fn reconciliation_leaves_a_delivery_in_doubt_alone_and_the_resend_settles_it() {
+    // The call in doubt is one the client gave up on: this waits for its timeout to fire.
+    let b = setup(1, &[client_timeout(IN_DOUBT_TIMEOUT_MS)]).await;
+    clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let mut generated = Generated::default();
+    // Two closed windows of one meter. Stripe takes the first, but its answer is held until our
+    // client has given up: in doubt, the delivery stays pending under its lease, and the second
+    // window waits behind it.
+    b.record(vec![
+        generated.event(t, Meter::Queries, 6, minutes_ago(3)),
+        generated.event(t, Meter::Queries, 4, minutes_ago(2)),
+    ])
+    .await;
+    let gate = Gate::new();
+    b.stub.fault(&[Fault::AcceptThenHold(gate.clone())]);
+    let out = b.flush_tenant(t).await;
+    assert_eq!(
+        (out.pending, out.delivered, out.calls),
+        (2, 0, 1),
+        "{out:?}"
+    );
+    gate.reached().await;
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 6);
+    assert_eq!(b.stub.summarized_total(&customer, "tenantry_queries"), 6);
+
+    // Ledger 10, Stripe 6, nothing delivered as far as our records go: a naive comparison would
+    // take Stripe's 6 back. The pending delivery makes the day in flight instead.
+    let r = b.reconcile().await;
+    assert_eq!(r.repaired, 0, "{r:?}");
+    assert_eq!(r.in_flight, 1, "{r:?}");
+    assert!(b.repairs().await.is_empty());
+    assert_eq!(b.stub.meter_event_calls(), 1, "the lease holds the meter");
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 6);
+
+    // Stripe finishes the call (the answer goes nowhere); the lease runs out; the resend carries
+    // the same identifier and gets Stripe's duplicate answer, then the second window goes.
+    gate.open();
+    gate.passed().await;
+    assert_eq!(b.expire_leases().await, 1);
+    let out = b.flush_tenant(t).await;
+    assert_eq!(
+        (out.delivered, out.duplicates, out.calls),
+        (2, 1, 2),
+        "{out:?}"
+    );
+    let r = b.reconcile().await;
+    assert_eq!((r.in_sync, r.repaired, r.in_flight), (1, 0, 0), "{r:?}");
+    assert!(b.repairs().await.is_empty());
+    b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn reconciliation_during_summary_lag_leaves_the_day_alone_until_it_settles() {
+    let b = setup(2, &[("BILLING_SETTLE_SECS", "900".to_owned())]).await;
+    clear_of_midnight().await;
+    let mut generated = Generated::default();
+    let mut events = Vec::new();
+    for (i, (t, _)) in b.tenants.iter().enumerate() {
+        events.push(generated.event(*t, Meter::Queries, 5 + i as i64, minutes_ago(3)));
+        events.push(generated.event(*t, Meter::Questions, 2, minutes_ago(2)));
+    }
+    b.record(events).await;
+    // Stripe takes everything, but its summaries lag ten minutes on its clock, and on top of
+    // that the test holds them.
+    b.stub.set_summary_lag(std::time::Duration::from_secs(600));
+    b.stub.hold_summaries();
+    b.flush().await;
+    let shown = |b: &Billing| -> Vec<(i64, i64)> {
+        b.tenants
+            .iter()
+            .flat_map(|(_, c)| ["tenantry_queries", "tenantry_questions"].map(|e| (c.clone(), e)))
+            .map(|(c, e)| (b.stub.total(&c, e), b.stub.summarized_total(&c, e)))
+            .collect()
+    };
+    assert_eq!(shown(&b), [(5, 0), (2, 0), (6, 0), (2, 0)]);
+
+    // Within the settle window reconciliation leaves every day alone: no correction, nothing
+    // sent (a comparison now would bill everything twice).
+    let calls = b.stub.meter_event_calls();
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_flight, r.in_sync), (0, 4, 0), "{r:?}");
+    assert!(b.repairs().await.is_empty());
+    assert_eq!(b.stub.meter_event_calls(), calls);
+
+    // Released, the events are still within their lag; once Stripe's clock passes it they show.
+    b.stub.release_summaries();
+    assert_eq!(shown(&b), [(5, 0), (2, 0), (6, 0), (2, 0)]);
+    b.stub.advance(std::time::Duration::from_secs(600));
+    assert_eq!(shown(&b), [(5, 5), (2, 2), (6, 6), (2, 2)]);
+    // Consistent now, but still within the settle window: still left alone.
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_flight), (0, 4), "{r:?}");
+
+    // Past the settle window: in sync, nothing to repair.
+    b.past_the_settle_window().await;
+    let r = b.reconcile().await;
+    assert_eq!((r.in_sync, r.repaired, r.in_flight), (4, 0, 0), "{r:?}");
+    assert!(b.repairs().await.is_empty());
+    assert_eq!(b.stub.meter_event_calls(), calls);
+    b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn a_resend_after_stripes_dedupe_window_is_counted_twice_and_reconciliation_takes_it_back() {
+    // The call in doubt is one the client gave up on: this waits for its timeout to fire.
+    let b = setup(
+        1,
+        &[
+            ("BILLING_SETTLE_SECS", "900".to_owned()),
+            client_timeout(IN_DOUBT_TIMEOUT_MS),
+        ],
+    )
+    .await;
+    clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let lag = std::time::Duration::from_secs(300);
+    b.stub.set_summary_lag(lag);
+    let mut generated = Generated::default();
+    let at = minutes_ago(3);
+    b.record(vec![generated.event(t, Meter::Queries, 8, at)])
+        .await;
+    // Stripe takes it; our call times out: in doubt.
+    let gate = Gate::new();
+    b.stub.fault(&[Fault::AcceptThenHold(gate.clone())]);
+    let out = b.flush_tenant(t).await;
+    assert_eq!((out.pending, out.calls), (1, 1), "{out:?}");
+    gate.open();
+    gate.passed().await;
+
+    // More than a day passes at Stripe before the resend (our side was down that long): the
+    // identifier is past Stripe's dedupe window, and Stripe takes the same event again. The
+    // product does not avoid this double count yet; reconciliation is what repairs it.
+    b.stub
+        .advance(DEDUPE_WINDOW + std::time::Duration::from_secs(3600));
+    assert_eq!(b.expire_leases().await, 1);
+    let out = b.flush_tenant(t).await;
+    assert_eq!(
+        (out.delivered, out.duplicates),
+        (1, 0),
+        "Stripe counted it again: {out:?}"
+    );
+    let id = tenantry::billing::meter::identifier(
+        t,
+        Meter::Queries,
+        tenantry::usage::window_start(at, 60),
+        0,
+    );
+    assert_eq!(
+        b.stub
+            .events()
+            .iter()
+            .filter(|e| e.identifier == id)
+            .count(),
+        2
+    );
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 16);
+
+    // Within the settle window nothing is touched, even once the summaries show the 16.
+    b.stub.advance(lag);
+    assert_eq!(b.stub.summarized_total(&customer, "tenantry_queries"), 16);
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_flight), (0, 1), "{r:?}");
+
+    // Past it, the double count is found and taken back with a negative correction.
+    b.past_the_settle_window().await;
+    let r = b.reconcile().await;
+    assert_eq!(r.repaired, 1, "{r:?}");
+    let findings = b.findings(r.run_id).await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        (findings[0].2.as_str(), findings[0].3),
+        ("repaired", Some(-8)),
+        "{findings:?}"
+    );
+    assert_eq!(
+        b.repairs().await,
+        [("queries".to_owned(), -8, "delivered".to_owned())]
+    );
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 8);
+
+    // Once the correction shows and settles, the day is in sync.
+    b.stub.advance(lag);
+    b.past_the_settle_window().await;
+    let r = b.reconcile().await;
+    assert_eq!((r.in_sync, r.repaired, r.in_flight), (1, 0, 0), "{r:?}");
+    b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn a_month_of_daily_summaries_is_read_across_pages_and_reconciled_completely() {
+    let b = setup(1, &[]).await;
+    let today = clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let a = &b.app.app;
+    // Thirty days of usage, oldest first, a different amount each day.
+    let days: Vec<NaiveDate> = (0..30).map(|i| today - chrono::Days::new(29 - i)).collect();
+    let mut generated = Generated::default();
+    let mut per_day = BTreeMap::new();
+    let mut events = Vec::new();
+    for (i, day) in days.iter().enumerate() {
+        let q = 1 + i as i64;
+        per_day.insert(*day, q);
+        events.push(generated.event(
+            t,
+            Meter::Queries,
+            q,
+            day_start(*day) + chrono::Duration::minutes(1),
+        ));
+    }
+    b.record(events).await;
+    b.flush().await;
+    b.assert_totals(&generated).await;
+
+    // Pages of 7 (the adapter asks for 100): 30 days take five pages, newest first, and drift on
+    // the oldest day is on the last one.
+    b.stub.set_summary_page_size(7);
+    let injected = b.stub.inject(
+        &customer,
+        "tenantry_queries",
+        100,
+        (day_start(days[0]) + chrono::Duration::hours(12)).timestamp(),
+    );
+    let seen = b.stub.summary_requests().len();
+    let from = day_start(days[0]);
+    let to = day_start(today) + chrono::Duration::days(1);
+    let got = a
+        .billing
+        .day_totals(Meter::Queries, &customer, from, to)
+        .await
+        .unwrap();
+    let mut expected: Vec<(NaiveDate, i64)> = per_day.iter().map(|(d, q)| (*d, *q)).collect();
+    expected[0].1 += 100;
+    assert_eq!(got, expected);
+    let pages: Vec<_> = b.stub.summary_requests().split_off(seen);
+    assert_eq!(
+        pages
+            .iter()
+            .map(|p| (p.status, p.returned, p.has_more))
+            .collect::<Vec<_>>(),
+        [
+            (200, 7, true),
+            (200, 7, true),
+            (200, 7, true),
+            (200, 7, true),
+            (200, 2, false)
+        ]
+    );
+    assert!(pages.iter().all(|p| p.limit.as_deref() == Some("100")));
+    assert!(pages[0].starting_after.is_none());
+    assert!(pages[1..].iter().all(|p| p.starting_after.is_some()));
+    assert!(b.stub.lose(&injected));
+
+    // Reconciliation reads the current month. With pages a third of the month's days, the
+    // month's first day is on the last page: drift injected there is found and repaired.
+    let month_start = today.with_day(1).unwrap();
+    let month_days: Vec<NaiveDate> = per_day
+        .keys()
+        .copied()
+        .filter(|d| *d >= month_start)
+        .chain([month_start])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let per_page = month_days.len().div_ceil(3);
+    b.stub.set_summary_page_size(per_page);
+    b.stub.inject(
+        &customer,
+        "tenantry_queries",
+        50,
+        (day_start(month_start) + chrono::Duration::hours(12)).timestamp(),
+    );
+    let seen = b.stub.summary_requests().len();
+    let r = b.reconcile().await;
+    assert_eq!(
+        (r.days_checked, r.in_sync, r.repaired, r.in_flight),
+        (month_days.len(), month_days.len() - 1, 1, 0),
+        "{r:?}"
+    );
+    let findings = b.findings(r.run_id).await;
+    let repaired: Vec<_> = findings.iter().filter(|f| f.2 == "repaired").collect();
+    assert_eq!(repaired.len(), 1, "{findings:?}");
+    assert_eq!((repaired[0].1, repaired[0].3), (month_start, Some(-50)));
+    assert_eq!(
+        b.repairs().await,
+        [("queries".to_owned(), -50, "delivered".to_owned())]
+    );
+    let queries_pages = b.stub.summary_requests()[seen..]
+        .iter()
+        .filter(|p| p.meter == "mtr_queries")
+        .count();
+    assert_eq!(queries_pages, month_days.len().div_ceil(per_page));
+    let r = b.reconcile().await;
+    assert_eq!(r.repaired, 0, "{r:?}");
+    b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn an_event_stripe_rejects_after_answering_200_is_repaired_by_reconciliation() {
+    let b = setup(1, &[]).await;
+    clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let mut generated = Generated::default();
+    let at = minutes_ago(3);
+    let id = tenantry::billing::meter::identifier(
+        t,
+        Meter::Queries,
+        tenantry::usage::window_start(at, 60),
+        0,
+    );
+    b.stub.reject_async(&id, "meter_event_customer_not_found");
+    b.record(vec![
+        generated.event(t, Meter::Queries, 12, at),
+        generated.event(t, Meter::Questions, 3, at),
+    ])
+    .await;
+    let out = b.flush_tenant(t).await;
+    assert_eq!(
+        (out.delivered, out.failed),
+        (2, 0),
+        "Stripe answered 200 to both: {out:?}"
+    );
+    // Stripe then drops the queries event and says so in an error report (a
+    // `v1.billing.meter.error_report_triggered` event, which the product does not handle yet).
+    let reports = b.stub.error_reports();
+    assert_eq!(
+        reports
+            .iter()
+            .map(|r| (r.identifier.as_str(), r.code.as_str()))
+            .collect::<Vec<_>>(),
+        [(id.as_str(), "meter_event_customer_not_found")]
+    );
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 0);
+    assert_eq!(b.stub.total(&customer, "tenantry_questions"), 3);
+
+    // Reconciliation sees the missing 12 as drift and sends it again under a new identifier.
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_sync), (1, 1), "{r:?}");
+    assert_eq!(
+        b.repairs().await,
+        [("queries".to_owned(), 12, "delivered".to_owned())]
+    );
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_sync), (0, 2), "{r:?}");
+    b.assert_totals(&generated).await;
+}

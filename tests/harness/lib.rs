@@ -6,6 +6,7 @@
     missing_debug_implementations
 )]
 
+pub mod rls_probe;
 pub mod stripe_stub;
 pub use stripe_stub::{Fault, StripeStub};
 
@@ -201,6 +202,7 @@ impl TestDb {
             ))
             .await
             .unwrap();
+        rls_probe::apply_sql_mutant(&admin_url_for(&name)).await;
         let admin_url = admin_url_for(&name);
         let app_url = with_login(&admin_url, "tenantry_app", DEV_APP_PASSWORD, &name);
         Self {

@@ -1,66 +1,157 @@
 //! Isolation, table by table, written as the attack: two tenants, act as A, reach for B, and check
-//! both the refusal and that B's rows are byte-for-byte unchanged.
+//! both the exact refusal and that B's (and A's) rows are byte-for-byte unchanged.
+//!
+//! Each attack runs as the app role through TenantTx (the real path), where a missing grant may
+//! refuse before RLS is asked (the ledger is append-only), and again as the probe role, which has
+//! every DML grant and only RLS in its way; and as the owner, which forced RLS confines too.
 
 use tenantry::TenantId;
 use tenantry::auth::ApiKeys;
 use tenantry::db::{Db, Param, TenantTx};
+use tenantry_tests::rls_probe::{OWNER_ROLE, Outcome, PROBE_ROLE, Probe};
 use tenantry_tests::{TestDb, connect, tenant, tx};
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-/// Every tenant-owned table, with how to insert a row for a tenant ($1) in it.
-const TABLES: &[(&str, &str)] = &[
-    (
-        "tenants",
-        "INSERT INTO app.tenants (tenant_id, name, slug) VALUES ($1, 'Intruder', 'intruder-' || left(md5(random()::text), 8))",
-    ),
-    (
-        "members",
-        "INSERT INTO app.members (tenant_id, auth0_user_id, email) VALUES ($1, 'auth0|new', 'new@example.com')",
-    ),
-    (
-        "api_keys",
-        "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by)
-         VALUES ($1, left(md5(random()::text), 12), sha256('x'), 'k', 'user:test')",
-    ),
-    (
-        "datasets",
-        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'intruded')",
-    ),
-    (
-        "records",
-        "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, gen_random_uuid(), 'intruded', '{}')",
-    ),
-    (
-        "chunks",
-        "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content)
-         VALUES ($1, gen_random_uuid(), 'intruded', 0, 1, 'note', 'x')",
-    ),
-    (
-        "usage_events",
-        "INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source)
-         VALUES ($1, gen_random_uuid(), 'queries', 1, now(), date_trunc('hour', now()), 'intruder')",
-    ),
-    (
-        "usage_deliveries",
-        "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, value, event_time)
-         VALUES ($1, 'queries', date_trunc('hour', now()), 99, 1, now())",
-    ),
-    (
-        "billing_customers",
-        "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, 'cus_intruder')",
-    ),
-    (
-        "billing_reconciliations",
-        "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action)
-         VALUES ($1, gen_random_uuid(), 'queries', current_date, 0, 'in_sync')",
-    ),
-    (
-        "processed_webhooks",
-        "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type)
-         VALUES ($1, 'stripe', 'evt_intruder', 'x')",
-    ),
+/// Every tenant-owned table: how to insert a row in it, and what the app role's grants let it do.
+struct Table {
+    name: &'static str,
+    /// Inserts a row for tenant `$1` (`$2`: a dataset of that tenant, for tables that hang off
+    /// one) whose parents exist, so no foreign key can refuse it first. In `tenants` and
+    /// `billing_customers` the key is the tenant, so B's row would also collide with B's own:
+    /// the asserted message is what shows that RLS refused it, before any constraint.
+    insert: &'static str,
+    /// A SET clause that changes nothing, on a column the app role may update if it may update
+    /// the table at all.
+    touch: &'static str,
+    /// The app role may UPDATE the touched column.
+    update: bool,
+    /// The app role may UPDATE `tenant_id`.
+    update_tenant: bool,
+    /// The app role may DELETE.
+    delete: bool,
+    /// The owner reads every tenant's rows here (its read-only lookup policy, for the SECURITY
+    /// DEFINER lookups).
+    owner_lookup: bool,
+}
+
+const TABLES: &[Table] = &[
+    Table {
+        name: "tenants",
+        insert: "INSERT INTO app.tenants (tenant_id, name, slug) VALUES ($1, 'Intruder', 'intruder-' || left(md5(random()::text), 8))",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: false,
+        owner_lookup: true,
+    },
+    Table {
+        name: "members",
+        insert: "INSERT INTO app.members (tenant_id, auth0_user_id, email) VALUES ($1, 'auth0|new', 'new@example.com')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: false,
+    },
+    Table {
+        name: "api_keys",
+        insert: "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by)
+                 VALUES ($1, left(md5(random()::text), 12), sha256('x'), 'k', 'user:test')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: true,
+    },
+    Table {
+        name: "datasets",
+        insert: "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'intruded')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: false,
+    },
+    Table {
+        name: "records",
+        insert: "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'intruded', '{}')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: false,
+    },
+    Table {
+        name: "chunks",
+        insert: "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content)
+                 VALUES ($1, $2, 'r1', 1, 1, 'note', 'x')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: true,
+    },
+    Table {
+        name: "usage_events",
+        insert: "INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source)
+                 VALUES ($1, gen_random_uuid(), 'queries', 1, now(), date_trunc('hour', now()), 'intruder')",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+    },
+    Table {
+        name: "usage_deliveries",
+        insert: "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, value, event_time)
+                 VALUES ($1, 'queries', date_trunc('hour', now()), 99, 1, now())",
+        // Only a delivery's progress may change: status, reason, attempts, lease, claim, settled.
+        touch: "attempts = attempts",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+    },
+    Table {
+        name: "billing_customers",
+        insert: "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, 'cus_intruder')",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: false,
+        owner_lookup: true,
+    },
+    Table {
+        name: "billing_reconciliations",
+        insert: "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action)
+                 VALUES ($1, gen_random_uuid(), 'queries', current_date, 0, 'in_sync')",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+    },
+    Table {
+        name: "processed_webhooks",
+        insert: "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type)
+                 VALUES ($1, 'stripe', 'evt_intruder', 'x')",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+    },
 ];
+
+/// What the app role gets: `then` if it has the grant, else the missing grant's refusal.
+fn granted(has_grant: bool, table: &str, then: Outcome) -> Outcome {
+    if has_grant {
+        then
+    } else {
+        Outcome::no_grant(table)
+    }
+}
 
 struct Seeded {
     tenant: TenantId,
@@ -150,36 +241,45 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
 /// A fingerprint of every row a tenant owns, read as the superuser (who bypasses RLS).
 async fn fingerprint(admin: &tokio_postgres::Client, tenant: TenantId) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (table, _) in TABLES {
+    for table in TABLES {
         let row = admin
             .query_one(
                 &format!(
                     "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '')
-                     FROM app.{table} t WHERE tenant_id = $1"
+                     FROM app.{} t WHERE tenant_id = $1",
+                    table.name
                 ),
                 &[&tenant.as_uuid()],
             )
             .await
             .unwrap();
-        out.push(((*table).to_owned(), row.get(0)));
+        out.push((table.name.to_owned(), row.get(0)));
     }
     out
 }
 
-/// Runs one statement as A in its own transaction: Ok(rows changed) or the error, rolled back
-/// unless it succeeded.
-async fn attempt(
-    db: &Db,
-    as_a: TenantId,
-    sql: &str,
-    params: &[Param<'_>],
-) -> Result<u64, tenantry::db::DbError> {
+/// How many rows of `table` a tenant owns, read as the superuser.
+async fn owned(admin: &tokio_postgres::Client, table: &str, tenant: TenantId) -> u64 {
+    let n: i64 = admin
+        .query_one(
+            &format!("SELECT count(*) FROM app.{table} WHERE tenant_id = $1"),
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    u64::try_from(n).unwrap()
+}
+
+/// Runs one statement as A through TenantTx (the app role) in its own transaction: what it came
+/// to, committed if it succeeded.
+async fn attempt(db: &Db, as_a: TenantId, sql: &str, params: &[Param<'_>]) -> Outcome {
     let mut t: TenantTx = tx(db, as_a).await;
     let result = t.execute(sql, params).await;
     if result.is_ok() {
         t.commit().await.unwrap();
     }
-    result
+    Outcome::of_db(result)
 }
 
 #[tokio::test]
@@ -190,11 +290,18 @@ async fn every_tenant_table_has_an_attack_fixture() {
         .query("SELECT relname FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r' AND relrowsecurity", &[])
         .await
         .unwrap();
-    for row in rows {
-        let name: String = row.get(0);
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for name in &names {
         assert!(
-            TABLES.iter().any(|(t, _)| *t == name),
+            TABLES.iter().any(|t| t.name == name),
             "app.{name} is tenant-owned but the isolation tests do not attack it: add it to TABLES"
+        );
+    }
+    for t in TABLES {
+        assert!(
+            names.iter().any(|n| n == t.name),
+            "app.{} is attacked here but is not a table under RLS",
+            t.name
         );
     }
 }
@@ -204,95 +311,196 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
     let test = TestDb::new().await;
     let db = test.pool(4);
     let admin = test.admin().await;
+    let probe = Probe::new(&test.admin_url).await;
     let a = seed(&db, "alpha").await;
     let b = seed(&db, "bravo").await;
     let (a_id, b_id) = (a.tenant.as_uuid(), b.tenant.as_uuid());
-    let before = fingerprint(&admin, b.tenant).await;
+    let a_str = a.tenant.to_string();
+    let as_a = Some(a_str.as_str());
+    let before_a = fingerprint(&admin, a.tenant).await;
+    let before_b = fingerprint(&admin, b.tenant).await;
+    let b_only: [Param<'_>; 1] = [(&b_id, Type::UUID)];
+    let b_row: [Param<'_>; 2] = [(&b_id, Type::UUID), (&b.dataset, Type::UUID)];
 
-    for (table, insert) in TABLES {
-        // SELECT: A sees its own rows and none of B's, even when it asks for them by id.
-        let mut t = tx(&db, a.tenant).await;
-        let own: i64 = t
-            .query_one(&format!("SELECT count(*) FROM app.{table}"), &[])
+    for t in TABLES {
+        let table = t.name;
+        let mine = owned(&admin, table, a.tenant).await;
+        let theirs = owned(&admin, table, b.tenant).await;
+        assert!(
+            mine >= 1 && theirs >= 1,
+            "{table}: the seed left nothing to attack"
+        );
+
+        // SELECT with no tenant filter: exactly A's rows, as the app role and as the probe.
+        let count =
+            format!("SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM app.{table}");
+        let a_only: [Param<'_>; 1] = [(&a_id, Type::UUID)];
+        let mut tx_a = tx(&db, a.tenant).await;
+        let row = tx_a.query_one(&count, &a_only).await.unwrap();
+        tx_a.commit().await.unwrap();
+        let seen = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+        assert_eq!(
+            seen,
+            (mine, 0),
+            "{table}: app role as A sees (all, not A's)"
+        );
+        let rows = probe
+            .rows_as(PROBE_ROLE, as_a, &count, &a_only)
             .await
-            .unwrap()
-            .get(0);
-        let foreign: i64 = t
-            .query_one(
-                &format!("SELECT count(*) FROM app.{table} WHERE tenant_id <> $1"),
-                &[(&a_id, Type::UUID)],
+            .unwrap();
+        let seen = (
+            rows[0].get::<_, i64>(0) as u64,
+            rows[0].get::<_, i64>(1) as u64,
+        );
+        assert_eq!(seen, (mine, 0), "{table}: probe as A sees (all, not A's)");
+
+        // UPDATE aimed at B's rows: nothing matches. With no WHERE at all: A's rows only.
+        let upd_b = format!("UPDATE app.{table} SET {} WHERE tenant_id = $1", t.touch);
+        let upd_all = format!("UPDATE app.{table} SET {}", t.touch);
+        assert_eq!(
+            attempt(&db, a.tenant, &upd_b, &b_only).await,
+            granted(t.update, table, Outcome::Rows(0)),
+            "{table}: app role's UPDATE of B's rows"
+        );
+        assert_eq!(
+            attempt(&db, a.tenant, &upd_all, &[]).await,
+            granted(t.update, table, Outcome::Rows(mine)),
+            "{table}: app role's UPDATE with no WHERE"
+        );
+        assert_eq!(
+            probe.attempt(as_a, &upd_b, &b_only).await,
+            Outcome::Rows(0),
+            "{table}: probe's UPDATE of B's rows"
+        );
+        assert_eq!(
+            probe.attempt(as_a, &upd_all, &[]).await,
+            Outcome::Rows(mine),
+            "{table}: probe's UPDATE with no WHERE"
+        );
+
+        // DELETE aimed at B's rows: nothing matches. With no WHERE (rolled back): A's rows only.
+        let del_b = format!("DELETE FROM app.{table} WHERE tenant_id = $1");
+        assert_eq!(
+            attempt(&db, a.tenant, &del_b, &b_only).await,
+            granted(t.delete, table, Outcome::Rows(0)),
+            "{table}: app role's DELETE of B's rows"
+        );
+        assert_eq!(
+            probe.attempt(as_a, &del_b, &b_only).await,
+            Outcome::Rows(0),
+            "{table}: probe's DELETE of B's rows"
+        );
+        let deleted = probe
+            .rows_as(
+                PROBE_ROLE,
+                as_a,
+                &format!("DELETE FROM app.{table} RETURNING tenant_id"),
+                &[],
             )
             .await
-            .unwrap()
-            .get(0);
-        t.commit().await.unwrap();
-        assert!(own >= 1, "{table}: A cannot see its own rows");
-        assert_eq!(foreign, 0, "{table}: A sees rows of another tenant");
-
-        // UPDATE and DELETE aimed at B change nothing (or are refused outright).
-        let upd = attempt(
-            &db,
-            a.tenant,
-            &format!("UPDATE app.{table} SET tenant_id = tenant_id WHERE tenant_id = $1"),
-            &[(&b_id, Type::UUID)],
-        )
-        .await;
-        assert!(
-            matches!(upd, Ok(0) | Err(_)),
-            "{table}: UPDATE reached B: {upd:?}"
-        );
-        let del = attempt(
-            &db,
-            a.tenant,
-            &format!("DELETE FROM app.{table} WHERE tenant_id = $1"),
-            &[(&b_id, Type::UUID)],
-        )
-        .await;
-        assert!(
-            matches!(del, Ok(0) | Err(_)),
-            "{table}: DELETE reached B: {del:?}"
+            .unwrap();
+        let deleted: Vec<Uuid> = deleted.iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            deleted,
+            vec![a_id; mine as usize],
+            "{table}: probe's DELETE with no WHERE reached beyond A's rows"
         );
 
         // INSERT a row labelled as B's: refused by the policy's WITH CHECK.
-        let ins = attempt(&db, a.tenant, insert, &[(&b_id, Type::UUID)]).await;
-        assert!(
-            ins.as_ref().is_err_and(|e| e.is_permission_denied()),
-            "{table}: INSERT with B's tenant_id was not refused by RLS: {ins:?}"
+        assert_eq!(
+            attempt(&db, a.tenant, t.insert, &b_row).await,
+            Outcome::rls(table),
+            "{table}: app role's INSERT with B's tenant_id"
+        );
+        assert_eq!(
+            probe.attempt(as_a, t.insert, &b_row).await,
+            Outcome::rls(table),
+            "{table}: probe's INSERT with B's tenant_id"
         );
 
-        // Moving A's own row to B: refused by WITH CHECK.
-        let mv = attempt(
-            &db,
-            a.tenant,
-            &format!("UPDATE app.{table} SET tenant_id = $1 WHERE tenant_id = $2"),
-            &[(&b_id, Type::UUID), (&a_id, Type::UUID)],
-        )
-        .await;
-        assert!(
-            mv.as_ref().is_err_and(|e| e.is_permission_denied()),
-            "{table}: moving A's row to B was not refused by RLS: {mv:?}"
+        // Moving A's rows to B (no WHERE: every row A sees): refused by WITH CHECK.
+        let mv = format!("UPDATE app.{table} SET tenant_id = $1");
+        assert_eq!(
+            attempt(&db, a.tenant, &mv, &b_only).await,
+            granted(t.update_tenant, table, Outcome::rls(table)),
+            "{table}: app role moving A's rows to B"
         );
+        assert_eq!(
+            probe.attempt(as_a, &mv, &b_only).await,
+            Outcome::rls(table),
+            "{table}: probe moving A's rows to B"
+        );
+
+        // The owner is under RLS too (forced): the SECURITY DEFINER lookups run as the owner.
+        // Its lookup policy lets it read, never write, another tenant's rows.
+        let owner_reads = format!("SELECT count(*) FROM app.{table} WHERE tenant_id = $1");
+        let rows = probe
+            .rows_as(OWNER_ROLE, as_a, &owner_reads, &b_only)
+            .await
+            .unwrap();
+        let expected = if t.owner_lookup { theirs } else { 0 };
+        assert_eq!(
+            rows[0].get::<_, i64>(0) as u64,
+            expected,
+            "{table}: B's rows the owner reads as A"
+        );
+        for (what, sql, params, expected) in [
+            (
+                "UPDATE of B's rows",
+                upd_b.as_str(),
+                &b_only[..],
+                Outcome::Rows(0),
+            ),
+            (
+                "DELETE of B's rows",
+                del_b.as_str(),
+                &b_only[..],
+                Outcome::Rows(0),
+            ),
+            ("INSERT for B", t.insert, &b_row[..], Outcome::rls(table)),
+            (
+                "moving A's rows to B",
+                mv.as_str(),
+                &b_only[..],
+                Outcome::rls(table),
+            ),
+        ] {
+            assert_eq!(
+                probe.attempt_as(OWNER_ROLE, as_a, sql, params).await,
+                expected,
+                "{table}: the owner's {what}"
+            );
+        }
     }
 
-    // Upserts aimed at B's keys: either refused or confined to A's own rows.
-    let upserts: Vec<(&str, String, Vec<Param<'_>>)> = vec![
+    // Upserts aimed at B's keys: the inserted row is B's (WITH CHECK refuses it), or the
+    // conflicting row is (USING refuses updating it). Where the app role may not update the
+    // table at all, its grant refuses first, and the probe shows RLS would refuse too.
+    let b_customer = "cus_bravo";
+    let upserts: Vec<(&str, String, Vec<Param<'_>>, bool, Outcome)> = vec![
         (
             "tenants by id",
             "INSERT INTO app.tenants (tenant_id, name, slug) VALUES ($1, 'pwned', 'pwned') \
              ON CONFLICT (tenant_id) DO UPDATE SET name = 'pwned'".into(),
             vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("tenants"),
         ),
         (
             "tenants by slug",
             "INSERT INTO app.tenants (tenant_id, name, slug) VALUES ($1, 'pwned', 'bravo') \
              ON CONFLICT (slug) DO UPDATE SET name = 'pwned', plan = 'enterprise'".into(),
             vec![(&a_id, Type::UUID)],
+            true,
+            Outcome::rls_using("tenants"),
         ),
         (
             "members",
             "INSERT INTO app.members (tenant_id, auth0_user_id) VALUES ($1, 'auth0|shared') \
              ON CONFLICT (tenant_id, auth0_user_id) DO UPDATE SET role = 'owner'".into(),
             vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("members"),
         ),
         (
             "api_keys by prefix",
@@ -300,18 +508,24 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
              VALUES ($1, $2, sha256('x'), 'pwned', 'attacker') \
              ON CONFLICT (prefix) DO UPDATE SET hash = sha256('x'), revoked_at = NULL".into(),
             vec![(&a_id, Type::UUID), (&b.prefix, Type::TEXT)],
+            true,
+            Outcome::rls_using("api_keys"),
         ),
         (
             "datasets",
             "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'sales') \
              ON CONFLICT (tenant_id, name) DO UPDATE SET columns = '[\"pwned\"]'".into(),
             vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("datasets"),
         ),
         (
             "records",
             "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'r1', '{}') \
              ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE SET data = '{\"pwned\": true}'".into(),
             vec![(&b_id, Type::UUID), (&b.dataset, Type::UUID)],
+            true,
+            Outcome::rls("records"),
         ),
         (
             "chunks",
@@ -319,43 +533,119 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
              VALUES ($1, $2, 'r1', 0, 1, 'note', 'x') \
              ON CONFLICT (tenant_id, dataset_id, record_key, chunk_no) DO UPDATE SET content = 'pwned'".into(),
             vec![(&b_id, Type::UUID), (&b.dataset, Type::UUID)],
+            true,
+            Outcome::rls("chunks"),
+        ),
+        (
+            "usage_events",
+            "INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source) \
+             VALUES ($1, '01900000-0000-7000-8000-0000000000e1', 'queries', 1000, now(), date_trunc('hour', now()), 'x') \
+             ON CONFLICT (tenant_id, event_id) DO UPDATE SET quantity = 1000".into(),
+            vec![(&b_id, Type::UUID)],
+            false,
+            Outcome::rls("usage_events"),
+        ),
+        (
+            "usage_deliveries",
+            "INSERT INTO app.usage_deliveries (tenant_id, meter, window_start, seq, value, event_time) \
+             VALUES ($1, 'queries', date_trunc('hour', now()), 0, 1, now()) \
+             ON CONFLICT (tenant_id, meter, window_start, seq) DO UPDATE SET status = 'delivered'".into(),
+            vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("usage_deliveries"),
+        ),
+        (
+            "billing_customers by tenant",
+            "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, 'cus_pwned') \
+             ON CONFLICT (tenant_id) DO UPDATE SET billing_status = 'active'".into(),
+            vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("billing_customers"),
+        ),
+        (
+            "billing_customers by Stripe customer",
+            "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, $2) \
+             ON CONFLICT (stripe_customer_id) DO UPDATE SET billing_status = 'canceled'".into(),
+            vec![(&a_id, Type::UUID), (&b_customer, Type::TEXT)],
+            true,
+            Outcome::rls_using("billing_customers"),
+        ),
+        (
+            "billing_reconciliations",
+            "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action) \
+             VALUES ($1, '01900000-0000-7000-8000-0000000000e2', 'queries', current_date, 0, 'repaired') \
+             ON CONFLICT (tenant_id, run_id, meter, day) DO UPDATE SET ledger_total = 0".into(),
+            vec![(&b_id, Type::UUID)],
+            false,
+            Outcome::rls("billing_reconciliations"),
+        ),
+        (
+            // DO NOTHING needs no UPDATE grant: the webhook dedupe's own shape.
+            "processed_webhooks",
+            "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
+             VALUES ($1, 'stripe', 'evt_shared', 'x') ON CONFLICT DO NOTHING".into(),
+            vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("processed_webhooks"),
         ),
     ];
-    for (what, sql, params) in &upserts {
-        let result = attempt(&db, a.tenant, sql, params).await;
-        assert!(
-            result.is_err(),
-            "{what}: upsert against B's key was not refused: {result:?}"
+    for (what, sql, params, app_may, rls) in &upserts {
+        let table = what.split(' ').next().unwrap();
+        assert_eq!(
+            attempt(&db, a.tenant, sql, params).await,
+            granted(*app_may, table, rls.clone()),
+            "{what}: app role's upsert against B's key"
+        );
+        assert_eq!(
+            probe.attempt(as_a, sql, params).await,
+            *rls,
+            "{what}: probe's upsert against B's key"
         );
     }
 
     // A record of A's pointing at B's dataset is refused (the foreign key leads with tenant_id).
-    let cross = attempt(
-        &db,
-        a.tenant,
-        "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'x', '{}')",
-        &[(&a_id, Type::UUID), (&b.dataset, Type::UUID)],
-    )
-    .await;
-    assert!(cross.is_err(), "A attached a record to B's dataset");
+    let cross =
+        "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'x', '{}')";
+    let cross_params: [Param<'_>; 2] = [(&a_id, Type::UUID), (&b.dataset, Type::UUID)];
+    let fk = Outcome::refused(
+        "23503",
+        "insert or update on table \"records\" violates foreign key constraint \"records_dataset_fkey\"",
+    );
+    assert_eq!(attempt(&db, a.tenant, cross, &cross_params).await, fk);
+    assert_eq!(probe.attempt(as_a, cross, &cross_params).await, fk);
 
     assert_eq!(
         fingerprint(&admin, b.tenant).await,
-        before,
+        before_b,
         "B's rows changed"
     );
-    // A still has exactly its own seeded rows plus nothing from the attacks.
-    assert!(a.dataset != b.dataset);
+    assert_eq!(
+        fingerprint(&admin, a.tenant).await,
+        before_a,
+        "A's rows changed"
+    );
+    let tenants: i64 = admin
+        .query_one("SELECT count(*) FROM app.tenants", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tenants, 2, "a tenant appeared or disappeared");
 }
 
-/// With no tenant set, or an empty or malformed one, the app role reads nothing and writes nothing.
+/// With no tenant set, or an empty or malformed one, the app role reads nothing and writes
+/// nothing: the tenant is NULL, and NULL matches no row.
 #[tokio::test]
 async fn without_a_tenant_every_read_is_empty_and_every_write_fails() {
     let test = TestDb::new().await;
     let db = test.pool(2);
+    let admin = test.admin().await;
+    let probe = Probe::new(&test.admin_url).await;
     let a = seed(&db, "alpha").await;
+    let before = fingerprint(&admin, a.tenant).await;
     let raw = connect(&test.app_url).await;
     let a_id = a.tenant.as_uuid();
+    let a_row: [Param<'_>; 2] = [(&a_id, Type::UUID), (&a.dataset, Type::UUID)];
+    let nil = Uuid::nil();
 
     for setting in [None, Some("")] {
         if let Some(v) = setting {
@@ -363,32 +653,74 @@ async fn without_a_tenant_every_read_is_empty_and_every_write_fails() {
                 .await
                 .unwrap();
         }
-        for (table, insert) in TABLES {
-            let n: i64 = raw
-                .query_one(&format!("SELECT count(*) FROM app.{table}"), &[])
-                .await
-                .unwrap()
-                .get(0);
+        let current: Option<Uuid> = raw
+            .query_one("SELECT app.current_tenant_id()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(current, None, "the tenant with setting {setting:?}");
+        for t in TABLES {
+            let table = t.name;
+            let count = format!("SELECT count(*) FROM app.{table}");
+            let n: i64 = raw.query_one(&count, &[]).await.unwrap().get(0);
             assert_eq!(
                 n, 0,
                 "{table}: rows visible with tenant setting {setting:?}"
             );
-            let ins = raw.execute(*insert, &[&a_id]).await;
-            assert!(
-                ins.is_err(),
-                "{table}: insert succeeded with tenant setting {setting:?}"
+            let rows = probe
+                .rows_as(PROBE_ROLE, setting, &count, &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                rows[0].get::<_, i64>(0),
+                0,
+                "{table}: the probe sees rows with tenant setting {setting:?}"
             );
-            let upd = raw
-                .execute(
-                    &format!("UPDATE app.{table} SET tenant_id = tenant_id"),
-                    &[],
-                )
-                .await;
-            assert!(
-                matches!(upd, Ok(0) | Err(_)),
-                "{table}: update touched rows"
+
+            // Even a row labelled as a real tenant's is refused: the check compares with NULL.
+            let ins = Outcome::of_pg(raw.execute_typed(t.insert, &a_row).await);
+            assert_eq!(
+                ins,
+                Outcome::rls(table),
+                "{table}: app role's insert, {setting:?}"
+            );
+            assert_eq!(
+                probe.attempt(setting, t.insert, &a_row).await,
+                Outcome::rls(table),
+                "{table}: probe's insert, {setting:?}"
+            );
+
+            let upd = format!("UPDATE app.{table} SET {}", t.touch);
+            let del = format!("DELETE FROM app.{table}");
+            let upd_app = Outcome::of_pg(raw.execute_typed(&upd, &[]).await);
+            assert_eq!(
+                upd_app,
+                granted(t.update, table, Outcome::Rows(0)),
+                "{table}: app role's update, {setting:?}"
+            );
+            let del_app = Outcome::of_pg(raw.execute_typed(&del, &[]).await);
+            assert_eq!(
+                del_app,
+                granted(t.delete, table, Outcome::Rows(0)),
+                "{table}: app role's delete, {setting:?}"
+            );
+            assert_eq!(
+                probe.attempt(setting, &upd, &[]).await,
+                Outcome::Rows(0),
+                "{table}: probe's update, {setting:?}"
+            );
+            assert_eq!(
+                probe.attempt(setting, &del, &[]).await,
+                Outcome::Rows(0),
+                "{table}: probe's delete, {setting:?}"
             );
         }
+        // No tenant is not some default tenant: a row for the nil id is refused too.
+        let nil_tenant = Outcome::of_pg(
+            raw.execute_typed(TABLES[0].insert, &[(&nil, Type::UUID), (&nil, Type::UUID)])
+                .await,
+        );
+        assert_eq!(nil_tenant, Outcome::rls("tenants"), "{setting:?}");
     }
     // A malformed setting fails closed: an error, not rows.
     raw.query(
@@ -397,13 +729,20 @@ async fn without_a_tenant_every_read_is_empty_and_every_write_fails() {
     )
     .await
     .unwrap();
-    assert!(raw.query("SELECT * FROM app.records", &[]).await.is_err());
+    let malformed = raw.query("SELECT * FROM app.records", &[]).await;
+    assert_eq!(
+        malformed
+            .map(|r| r.len() as u64)
+            .map_err(|e| Outcome::of_pg_error(&e)),
+        Err(Outcome::refused(
+            "22P02",
+            "invalid input syntax for type uuid: \"not-a-uuid\""
+        ))
+    );
 
-    let admin = test.admin().await;
-    let n: i64 = admin
-        .query_one("SELECT count(*) FROM app.records", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1, "the seeded record is gone or a new one appeared");
+    assert_eq!(
+        fingerprint(&admin, a.tenant).await,
+        before,
+        "the seeded rows changed"
+    );
 }

@@ -1,6 +1,7 @@
 //! The app role is what every function logs in as: it must not be able to step outside RLS.
 
-use tenantry_tests::{DEV_APP_PASSWORD, TestDb, connect, with_login};
+use tenantry_tests::rls_probe::Outcome;
+use tenantry_tests::{DEV_APP_PASSWORD, TestDb, admin_url, connect, with_login};
 
 #[tokio::test]
 async fn app_role_is_unprivileged() {
@@ -58,31 +59,311 @@ async fn app_role_is_unprivileged() {
     assert!(bad.is_empty(), "unexpected privileges: {bad:?}");
 }
 
-/// Logged in as the app role, every way out of RLS is refused.
+/// The app role's grants, exactly: (table or table.column, privilege). Every row is a decision
+/// (append-only ledger, no deleting tenants, only a delivery's progress may change).
+const APP_GRANTS: &[(&str, &str)] = &[
+    ("api_keys", "DELETE"),
+    ("api_keys", "INSERT"),
+    ("api_keys", "SELECT"),
+    ("api_keys", "UPDATE"),
+    ("billing_customers", "INSERT"),
+    ("billing_customers", "SELECT"),
+    ("billing_customers", "UPDATE"),
+    ("billing_reconciliations", "INSERT"),
+    ("billing_reconciliations", "SELECT"),
+    ("chunks", "DELETE"),
+    ("chunks", "INSERT"),
+    ("chunks", "SELECT"),
+    ("chunks", "UPDATE"),
+    ("datasets", "DELETE"),
+    ("datasets", "INSERT"),
+    ("datasets", "SELECT"),
+    ("datasets", "UPDATE"),
+    ("members", "DELETE"),
+    ("members", "INSERT"),
+    ("members", "SELECT"),
+    ("members", "UPDATE"),
+    ("processed_webhooks", "INSERT"),
+    ("processed_webhooks", "SELECT"),
+    ("records", "DELETE"),
+    ("records", "INSERT"),
+    ("records", "SELECT"),
+    ("records", "UPDATE"),
+    ("tenants", "INSERT"),
+    ("tenants", "SELECT"),
+    ("tenants", "UPDATE"),
+    ("usage_deliveries", "INSERT"),
+    ("usage_deliveries", "SELECT"),
+    ("usage_deliveries.attempts", "UPDATE"),
+    ("usage_deliveries.claim_id", "UPDATE"),
+    ("usage_deliveries.lease_until", "UPDATE"),
+    ("usage_deliveries.reason", "UPDATE"),
+    ("usage_deliveries.settled_at", "UPDATE"),
+    ("usage_deliveries.status", "UPDATE"),
+    ("usage_events", "INSERT"),
+    ("usage_events", "SELECT"),
+];
+
+/// The functions the app role may call, exactly.
+const APP_FUNCTIONS: &[&str] = &[
+    "app.api_key_for_prefix(text)",
+    "app.current_actor_id()",
+    "app.current_tenant_id()",
+    "app.tenant_for_auth0_org(text)",
+    "app.tenant_for_stripe_customer(text)",
+    "app.tenant_ids()",
+    "app.tenants_with_pending_chunks(interval)",
+];
+
+#[tokio::test]
+async fn app_role_has_exactly_the_grants_the_migrations_give() {
+    let db = TestDb::new().await;
+    let admin = db.admin().await;
+    let grants: Vec<(String, String)> = admin
+        .query(
+            "SELECT c.relname::text, a.privilege_type
+             FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = 'tenantry_app'::regrole
+             UNION ALL
+             SELECT c.relname || '.' || att.attname, a.privilege_type
+             FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid, aclexplode(att.attacl) a
+             WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = 'tenantry_app'::regrole
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, String)> = APP_GRANTS
+        .iter()
+        .map(|(t, p)| ((*t).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(grants, expected, "the app role's table and column grants");
+
+    let functions: Vec<String> = admin
+        .query(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p
+             WHERE p.pronamespace = 'app'::regnamespace
+               AND has_function_privilege('tenantry_app', p.oid, 'EXECUTE')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(functions, APP_FUNCTIONS, "functions the app role may call");
+}
+
+/// Everything the attacks below could change, as one string (read as the superuser).
+async fn attack_surface(admin: &tokio_postgres::Client) -> String {
+    admin
+        .query_one(
+            "SELECT concat_ws(E'\n',
+               (SELECT string_agg(format('%s rls=%s forced=%s owner=%s', c.relname, c.relrowsecurity,
+                                         c.relforcerowsecurity, pg_get_userbyid(c.relowner)),
+                                  ', ' ORDER BY c.relname)
+                FROM pg_class c WHERE c.relnamespace = 'app'::regnamespace),
+               (SELECT string_agg(format('%s %s %s %s %s %s', p.polrelid::regclass, p.polname, p.polcmd,
+                                         p.polroles::regrole[], pg_get_expr(p.polqual, p.polrelid),
+                                         pg_get_expr(p.polwithcheck, p.polrelid)),
+                                  ', ' ORDER BY p.polrelid::regclass::text, p.polname)
+                FROM pg_policy p),
+               (SELECT string_agg(format('%s owner=%s src=%s config=%s definer=%s', p.oid::regprocedure,
+                                         pg_get_userbyid(p.proowner), md5(p.prosrc), p.proconfig, p.prosecdef),
+                                  ', ' ORDER BY p.oid::regprocedure::text)
+                FROM pg_proc p WHERE p.pronamespace = 'app'::regnamespace),
+               (SELECT string_agg(nspname, ', ' ORDER BY nspname) FROM pg_namespace
+                WHERE nspname NOT LIKE 'pg_temp%' AND nspname NOT LIKE 'pg_toast_temp%'),
+               (SELECT coalesce(string_agg(tgname, ', ' ORDER BY tgname), 'no triggers')
+                FROM pg_trigger WHERE NOT tgisinternal),
+               (SELECT format('app role super=%s bypassrls=%s createrole=%s memberships=%s', rolsuper,
+                              rolbypassrls, rolcreaterole,
+                              (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid))
+                FROM pg_roles r WHERE rolname = 'tenantry_app'),
+               (SELECT format('%s records, %s tenants', (SELECT count(*) FROM app.records),
+                              (SELECT count(*) FROM app.tenants))),
+               (SELECT coalesce(string_agg(relname, ', ' ORDER BY relname), 'nothing in public')
+                FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Logged in as the app role, every way out of RLS is refused, each for its own reason, and
+/// nothing it tried changed anything.
 #[tokio::test]
 async fn app_role_cannot_escape_rls() {
     let db = TestDb::new().await;
+    let admin = db.admin().await;
+    // Something to lose: a tenant with a record.
+    admin
+        .batch_execute(
+            "INSERT INTO app.tenants (tenant_id, name, slug) VALUES ('01900000-0000-7000-8000-0000000000a1', 'A', 'alpha');
+             INSERT INTO app.datasets (tenant_id, dataset_id, name)
+               VALUES ('01900000-0000-7000-8000-0000000000a1', '01900000-0000-7000-8000-0000000000d1', 'sales');
+             INSERT INTO app.records (tenant_id, dataset_id, key, data)
+               VALUES ('01900000-0000-7000-8000-0000000000a1', '01900000-0000-7000-8000-0000000000d1', 'r1', '{}')",
+        )
+        .await
+        .unwrap();
+    let before = attack_surface(&admin).await;
+    assert!(before.contains("1 records, 1 tenants"), "{before}");
+    let superuser = {
+        let cfg: tokio_postgres::Config = admin_url().parse().unwrap();
+        cfg.get_user().unwrap_or("postgres").to_owned()
+    };
+
     let url = with_login(&db.app_url, "tenantry_app", DEV_APP_PASSWORD, &db.name);
     let app = connect(&url).await;
-    for attack in [
-        "SET ROLE tenantry_owner",
-        "SET ROLE postgres",
-        "TRUNCATE app.records",
-        "ALTER TABLE app.records DISABLE ROW LEVEL SECURITY",
-        "ALTER TABLE app.records NO FORCE ROW LEVEL SECURITY",
-        "DROP POLICY tenant_isolation ON app.records",
-        "CREATE POLICY open ON app.records USING (true)",
-        "CREATE TABLE app.mine (x int)",
-        "CREATE FUNCTION app.current_tenant_id() RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'",
-        "CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'",
-        "SELECT * FROM tenantry_meta.schema_migrations",
-        "ALTER ROLE tenantry_app BYPASSRLS",
-    ] {
+    let owner = |what: &str| Outcome::refused("42501", &format!("must be owner of {what}"));
+    let set_role = |role: &str| {
+        Outcome::refused(
+            "42501",
+            &format!("permission denied to set role \"{role}\""),
+        )
+    };
+    let attacks: Vec<(String, Outcome)> = vec![
+        // Becoming someone else.
+        ("SET ROLE tenantry_owner".into(), set_role("tenantry_owner")),
+        (format!("SET ROLE {superuser}"), set_role(&superuser)),
+        (
+            "SELECT set_config('role', 'tenantry_owner', false)".into(),
+            set_role("tenantry_owner"),
+        ),
+        (
+            "SET SESSION AUTHORIZATION tenantry_owner".into(),
+            Outcome::refused(
+                "42501",
+                "permission denied to set session authorization \"tenantry_owner\"",
+            ),
+        ),
+        (
+            "GRANT tenantry_owner TO tenantry_app".into(),
+            Outcome::refused("42501", "permission denied to grant role \"tenantry_owner\""),
+        ),
+        (
+            "ALTER ROLE tenantry_app BYPASSRLS".into(),
+            Outcome::refused("42501", "permission denied to alter role"),
+        ),
+        // Emptying or unprotecting a table.
+        ("TRUNCATE app.records".into(), Outcome::no_grant("records")),
+        (
+            "ALTER TABLE app.records DISABLE ROW LEVEL SECURITY".into(),
+            owner("table records"),
+        ),
+        (
+            "ALTER TABLE app.records NO FORCE ROW LEVEL SECURITY".into(),
+            owner("table records"),
+        ),
+        (
+            "ALTER TABLE app.records OWNER TO tenantry_app".into(),
+            owner("table records"),
+        ),
+        ("DROP TABLE app.records".into(), owner("table records")),
+        (
+            "DROP POLICY tenant_isolation ON app.records".into(),
+            owner("relation records"),
+        ),
+        (
+            "CREATE POLICY open ON app.records USING (true)".into(),
+            owner("table records"),
+        ),
+        (
+            "ALTER POLICY tenant_isolation ON app.records USING (true)".into(),
+            owner("table records"),
+        ),
+        (
+            "CREATE TRIGGER t BEFORE INSERT ON app.records FOR EACH ROW EXECUTE FUNCTION app.current_tenant_id()".into(),
+            Outcome::no_grant("records"),
+        ),
+        // Replication mode would skip triggers, the foreign keys' among them.
+        (
+            "SET session_replication_role = replica".into(),
+            Outcome::refused(
+                "42501",
+                "permission denied to set parameter \"session_replication_role\"",
+            ),
+        ),
+        // Replacing what the policies call, or the lookups.
+        (
+            "CREATE FUNCTION app.current_tenant_id() RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'".into(),
+            Outcome::refused("42501", "permission denied for schema app"),
+        ),
+        (
+            "CREATE OR REPLACE FUNCTION app.current_tenant_id() RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'".into(),
+            Outcome::refused("42501", "permission denied for schema app"),
+        ),
+        (
+            "ALTER FUNCTION app.current_tenant_id() OWNER TO tenantry_app".into(),
+            owner("function current_tenant_id"),
+        ),
+        (
+            "DROP FUNCTION app.current_tenant_id()".into(),
+            owner("function app.current_tenant_id"),
+        ),
+        (
+            "ALTER FUNCTION app.tenant_for_auth0_org(text) SET search_path = public".into(),
+            owner("function app.tenant_for_auth0_org"),
+        ),
+        // Creating objects anywhere.
+        (
+            "CREATE TABLE app.mine (x int)".into(),
+            Outcome::refused("42501", "permission denied for schema app"),
+        ),
+        (
+            "CREATE TABLE public.mine (x int)".into(),
+            Outcome::refused("42501", "permission denied for schema public"),
+        ),
+        (
+            "CREATE SCHEMA mine".into(),
+            Outcome::refused("42501", &format!("permission denied for database {}", db.name)),
+        ),
+        // The migration bookkeeping and the server's files and programs.
+        (
+            "SELECT * FROM tenantry_meta.schema_migrations".into(),
+            Outcome::refused("42501", "permission denied for schema tenantry_meta"),
+        ),
+        (
+            "COPY app.records TO PROGRAM 'id'".into(),
+            Outcome::refused(
+                "42501",
+                "permission denied to COPY to or from an external program",
+            ),
+        ),
+        (
+            "SELECT pg_read_file('/etc/passwd')".into(),
+            Outcome::refused("42501", "permission denied for function pg_read_file"),
+        ),
+    ];
+    for (attack, expected) in &attacks {
         let result = app.batch_execute(attack).await;
-        assert!(result.is_err(), "the app role could run: {attack}");
+        let outcome = match result {
+            Ok(()) => Outcome::Rows(0),
+            Err(e) => Outcome::of_pg_error(&e),
+        };
+        assert_eq!(&outcome, expected, "the app role ran: {attack}");
     }
     // Turning row security off does not show rows: for a non-bypass role it makes queries that
     // RLS would filter fail outright.
     app.batch_execute("SET row_security = off").await.unwrap();
-    assert!(app.query("SELECT * FROM app.tenants", &[]).await.is_err());
+    let off = app.query("SELECT * FROM app.tenants", &[]).await;
+    assert_eq!(
+        off.map(|r| r.len()).map_err(|e| Outcome::of_pg_error(&e)),
+        Err(Outcome::refused(
+            "42501",
+            "query would be affected by row-level security policy for table \"tenants\""
+        ))
+    );
+
+    assert_eq!(
+        attack_surface(&admin).await,
+        before,
+        "an attack changed something"
+    );
 }

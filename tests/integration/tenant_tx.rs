@@ -185,3 +185,154 @@ async fn the_tenant_rides_along_with_the_first_statement() {
         "expected 2 round trips per transaction"
     );
 }
+
+/// The backend serving a one-connection pool right now.
+async fn backend_pid(db: &tenantry::db::Db, a: tenantry::TenantId) -> i32 {
+    let mut t = tx(db, a).await;
+    let pid: i32 = t
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    t.commit().await.unwrap();
+    pid
+}
+
+#[tokio::test]
+async fn query_opt_and_query_one_insist_on_their_row_counts() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let mut t = tx(&db, a).await;
+    let none = t.query_opt("SELECT 1 WHERE false", &[]).await.unwrap();
+    assert!(none.is_none());
+    let one: i32 = t
+        .query_opt("SELECT 7", &[])
+        .await
+        .unwrap()
+        .expect("one row")
+        .get(0);
+    assert_eq!(one, 7);
+    let two = t
+        .query_opt("SELECT * FROM generate_series(1, 2)", &[])
+        .await;
+    assert!(matches!(two, Err(DbError::RowCount(2))), "{two:?}");
+    // A wrong row count fails the transaction like any other error.
+    assert!(matches!(t.commit().await, Err(DbError::Aborted)));
+
+    let mut t = tx(&db, a).await;
+    let zero = t.query_one("SELECT 1 WHERE false", &[]).await;
+    assert!(matches!(zero, Err(DbError::RowCount(0))), "{zero:?}");
+    assert!(matches!(t.commit().await, Err(DbError::Aborted)));
+}
+
+/// Only a connection that died is retried: a statement Postgres refuses is not sent again on a
+/// new connection (it would run twice), and its connection stays in the pool.
+#[tokio::test]
+async fn a_refused_first_statement_is_not_retried_elsewhere() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let before = backend_pid(&db, a).await;
+    let admin = test.admin().await;
+    admin
+        .batch_execute("CREATE SEQUENCE public.attempts; GRANT USAGE ON SEQUENCE public.attempts TO tenantry_app")
+        .await
+        .unwrap();
+    let mut t = tx(&db, a).await;
+    let err = t
+        .query("SELECT nextval('public.attempts') / 0", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate().map(|s| s.code()), Some("22012"), "{err:?}");
+    drop(t);
+    let attempts: i64 = admin
+        .query_one("SELECT last_value FROM public.attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "the refused statement ran again");
+    assert_eq!(
+        backend_pid(&db, a).await,
+        before,
+        "a healthy connection was discarded"
+    );
+}
+
+/// An explicit rollback on a connection that died says so (and the pool then serves a new one).
+#[tokio::test]
+async fn a_rollback_that_could_not_be_sent_is_an_error() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let mut t = tx(&db, a).await;
+    let pid: i32 = t
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin = test.admin().await;
+    admin
+        .query("SELECT pg_terminate_backend($1, 10000)", &[&pid])
+        .await
+        .unwrap();
+    let result = t.rollback().await;
+    assert!(matches!(result, Err(DbError::Postgres(_))), "{result:?}");
+    assert_ne!(backend_pid(&db, a).await, pid);
+}
+
+/// A COMMIT that failed (here a deferred constraint, checked at COMMIT) is reported, and its
+/// connection is closed rather than handed to the next tenant.
+#[tokio::test]
+async fn a_failed_commit_is_reported_and_its_connection_is_not_reused() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let uid = a.as_uuid();
+    let admin = test.admin().await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION public.refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'refused at commit' USING ERRCODE = '23514'; END $$;
+             CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON app.datasets
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.refuse_at_commit();",
+        )
+        .await
+        .unwrap();
+    let mut t = tx(&db, a).await;
+    let pid: i32 = t
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    t.execute(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'never')",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
+    let result = t.commit().await;
+    assert_eq!(
+        result
+            .as_ref()
+            .err()
+            .and_then(|e| e.sqlstate())
+            .map(|s| s.code()),
+        Some("23514"),
+        "{result:?}"
+    );
+    assert_ne!(
+        backend_pid(&db, a).await,
+        pid,
+        "the failed connection was reused"
+    );
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM app.datasets WHERE name = 'never'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

@@ -651,15 +651,7 @@ async fn drift_in_stripe_is_found_and_repaired_by_reconciliation() {
         .unwrap();
     assert!(b.stub.lose(&lost.identifier));
 
-    let a = &b.app.app;
-    let out = run(
-        &a.db,
-        a.billing.as_ref(),
-        &a.config.billing.meter,
-        &ReconcileInput::default(),
-    )
-    .await
-    .unwrap();
+    let out = b.reconcile().await;
     assert_eq!(out.repaired, 2, "{out:?}");
     // Snapshots were written too (seats: each tenant has no members, so none; storage none).
     b.assert_in_step().await;
@@ -688,14 +680,7 @@ async fn drift_in_stripe_is_found_and_repaired_by_reconciliation() {
     assert_eq!(issues.len(), 1, "{}", r.json);
     assert_eq!(issues[0]["action"], "repaired");
     assert_eq!(issues[0]["drift"], -7);
-    let again = run(
-        &a.db,
-        a.billing.as_ref(),
-        &a.config.billing.meter,
-        &ReconcileInput::default(),
-    )
-    .await
-    .unwrap();
+    let again = b.reconcile().await;
     assert_eq!(again.repaired, 0, "{again:?}");
     b.assert_in_step().await;
 }

@@ -359,3 +359,65 @@ async fn auth0_members_drive_seats_once_and_in_order() {
         .get(0);
     assert_eq!(snapshot, 1);
 }
+
+/// User ids Auth0 could not have sent (empty, or longer than any it issues) are ignored, and
+/// one at the limit is applied.
+#[tokio::test]
+async fn auth0_member_ids_outside_what_auth0_issues_are_ignored() {
+    let app = app(SECRET).await;
+    let (a, _) = app.tenant_with_token("alpha").await;
+    let good = format!("Bearer {AUTH0_SECRET}");
+    let before = seats(&app, a).await;
+    let at_limit = format!("auth0|{}", "x".repeat(250));
+    assert_eq!(at_limit.len(), 256);
+    let too_long = format!("{at_limit}x");
+    for (id, user, applied, seats_after) in [
+        ("evt_u1", "", 0, before),
+        ("evt_u2", too_long.as_str(), 0, before),
+        ("evt_u3", at_limit.as_str(), 1, before + 1),
+    ] {
+        let r = auth0(&app, Some(&good), &member(id, true, user, 1)).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.json);
+        assert_eq!(
+            r.json,
+            json!({"applied": applied, "duplicates": 0, "ignored": 1 - applied}),
+            "{id}"
+        );
+        assert_eq!(seats(&app, a).await, seats_after, "{id}");
+    }
+}
+
+/// A paid invoice after a failed one brings the tenant's invoice state back to paid (both of
+/// Stripe's names for it).
+#[tokio::test]
+async fn a_newer_paid_invoice_replaces_a_failed_one() {
+    let app = app(SECRET).await;
+    let a = billed_tenant(&app, "alpha", "cus_alpha").await;
+    let t = now() - 1000;
+    for (id, kind, at, expect) in [
+        ("evt_i1", "invoice.payment_failed", t, "payment_failed"),
+        ("evt_i2", "invoice.paid", t + 10, "paid"),
+        ("evt_i3", "invoice.payment_failed", t + 20, "payment_failed"),
+        ("evt_i4", "invoice.payment_succeeded", t + 30, "paid"),
+    ] {
+        let body = json!({"id": id, "type": kind, "created": at,
+            "data": {"object": {"id": format!("in_{id}"), "customer": "cus_alpha"}}})
+        .to_string();
+        let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
+        let r = stripe(&app, &body, Some(&sig)).await;
+        assert_eq!(
+            (r.status, &r.json["outcome"]),
+            (200, &json!("applied")),
+            "{id}"
+        );
+        let s = state(&app, a).await;
+        assert_eq!(
+            (
+                s.last_invoice_status.as_deref(),
+                s.last_invoice_id.as_deref()
+            ),
+            (Some(expect), Some(format!("in_{id}").as_str())),
+            "{id}"
+        );
+    }
+}

@@ -100,11 +100,7 @@ async fn a_connection_killed_while_idle_is_replaced_transparently() {
     let db = test.pool(1);
     let a = tenant(&db, "alpha").await;
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
-    let pid: i32 = t
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_of(&mut t).await;
     t.commit().await.unwrap();
 
     // What happens to a Lambda's pooled connection while it is frozen: the server side goes away.
@@ -116,11 +112,7 @@ async fn a_connection_killed_while_idle_is_replaced_transparently() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
-    let new_pid: i32 = t
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let new_pid = backend_of(&mut t).await;
     t.commit().await.unwrap();
     assert_ne!(pid, new_pid);
 }
@@ -186,14 +178,18 @@ async fn the_tenant_rides_along_with_the_first_statement() {
     );
 }
 
+/// The backend serving a transaction.
+async fn backend_of(t: &mut tenantry::db::TenantTx) -> i32 {
+    t.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The backend serving a one-connection pool right now.
 async fn backend_pid(db: &tenantry::db::Db, a: tenantry::TenantId) -> i32 {
     let mut t = tx(db, a).await;
-    let pid: i32 = t
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_of(&mut t).await;
     t.commit().await.unwrap();
     pid
 }
@@ -266,11 +262,7 @@ async fn a_rollback_that_could_not_be_sent_is_an_error() {
     let db = test.pool(1);
     let a = tenant(&db, "alpha").await;
     let mut t = tx(&db, a).await;
-    let pid: i32 = t
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_of(&mut t).await;
     let admin = test.admin().await;
     admin
         .query("SELECT pg_terminate_backend($1, 10000)", &[&pid])
@@ -300,11 +292,7 @@ async fn a_failed_commit_is_reported_and_its_connection_is_not_reused() {
         .await
         .unwrap();
     let mut t = tx(&db, a).await;
-    let pid: i32 = t
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_of(&mut t).await;
     t.execute(
         "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'never')",
         &[(&uid, Type::UUID)],

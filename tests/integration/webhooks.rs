@@ -33,6 +33,12 @@ async fn stripe(app: &TestApp, body: &str, signature: Option<&str>) -> Reply {
     .await
 }
 
+/// `body` sent with a valid signature by the current secret, made now.
+async fn signed(app: &TestApp, body: &str) -> Reply {
+    let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
+    stripe(app, body, Some(&sig)).await
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -150,10 +156,7 @@ async fn replays_and_out_of_order_events_never_move_state_backwards() {
     let b = billed_tenant(&app, "bravo", "cus_bravo").await;
     let send = |body: String| {
         let app = &app;
-        async move {
-            let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
-            stripe(app, &body, Some(&sig)).await
-        }
+        async move { signed(app, &body).await }
     };
     let t = now() - 1000;
     // Newest first: active at t+20, then the older past_due at t+10 arrives late.
@@ -403,8 +406,7 @@ async fn a_newer_paid_invoice_replaces_a_failed_one() {
         let body = json!({"id": id, "type": kind, "created": at,
             "data": {"object": {"id": format!("in_{id}"), "customer": "cus_alpha"}}})
         .to_string();
-        let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
-        let r = stripe(&app, &body, Some(&sig)).await;
+        let r = signed(&app, &body).await;
         assert_eq!(
             (r.status, &r.json["outcome"]),
             (200, &json!("applied")),

@@ -153,6 +153,14 @@ fn inline_labels(text: &str) -> Vec<String> {
 /// passes repeat until nothing changes. Each pass is linear; text still changing after
 /// [`MAX_STRIP_PASSES`] is nested past anything honest, and loses every `<`, `[` and `]` left.
 pub fn strip_active_content(text: &str) -> String {
+    // Most text (a chunk of prose) holds none of what a pass acts on: one scan, no passes.
+    // (`drop_url_words` compares lowercased words, so the same lowercasing here.)
+    let markup = text
+        .bytes()
+        .any(|b| matches!(b, b'<' | b'[' | b'/' | b'\\'));
+    if !markup && !text.to_lowercase().contains("www.") {
+        return text.to_owned();
+    }
     let mut current = text.to_owned();
     for _ in 0..MAX_STRIP_PASSES {
         let next = strip_pass(&current);
@@ -169,14 +177,14 @@ pub const MAX_STRIP_PASSES: usize = 16;
 
 fn strip_pass(text: &str) -> String {
     drop_url_words(&strip_html_tags(&strip_markdown_links(
-        &drop_link_definitions(text),
+        &break_link_definitions(text),
     )))
 }
 
 /// Link reference definitions (`[label]: destination`, at a line's start or inside a quote, a
 /// list or a definition), which would turn `[x][label]` or `![x][label]` anywhere in the text
 /// into a link or an image: a space between `]` and `:` makes each one plain text.
-fn drop_link_definitions(text: &str) -> String {
+fn break_link_definitions(text: &str) -> String {
     text.replace("]:", "] :")
 }
 

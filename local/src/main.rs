@@ -247,6 +247,11 @@ fn token(args: &[String]) -> Result<(), Error> {
         .ok_or("usage: tenantry-local token ORG [SUB] [ROLE...]")?;
     let sub = args.get(1).map_or("auth0|dev-user", String::as_str);
     let roles: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
+    if roles.is_empty() {
+        eprintln!(
+            "note: a token without a role (owner, admin, member, viewer) may only call GET /v1/me"
+        );
+    }
     let token = dev_issuer(port()?)?.token(sub, org, &roles, Duration::from_secs(12 * 3600))?;
     println!("{token}");
     Ok(())

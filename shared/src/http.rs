@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::App;
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Permission, Principal};
 use crate::db::DbError;
 
 /// What a handler returns.
@@ -35,10 +35,28 @@ pub struct Route {
     pub path: &'static str,
     /// The Lambda function (folder under `functions/`) that serves it.
     pub function: &'static str,
-    /// Whether the caller must be authenticated.
-    pub authenticated: bool,
+    /// What the caller must be or hold; checked before the handler runs.
+    pub needs: Needs,
     /// The handler.
     pub handler: Handler,
+}
+
+/// What a route asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing the edge checks: the handler authenticates the sender itself (webhooks).
+    Sender,
+    /// Any authenticated caller of an active tenant, whatever it may do (`GET /v1/me`).
+    Principal,
+    /// An authenticated caller holding this permission.
+    Permission(Permission),
+}
+
+impl Needs {
+    /// Whether the edge authenticates the caller.
+    pub fn authenticated(self) -> bool {
+        self != Needs::Sender
+    }
 }
 
 /// What the dispatcher knows about a request before the handler runs.
@@ -269,6 +287,19 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// 403 for a caller that lacks `needed`; names the permission, never what the caller holds.
+pub fn insufficient_permission(needed: Permission) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "insufficient_permission",
+        format!(
+            "This needs the `{}` permission, which your role or API key does not grant.",
+            needed.name()
+        ),
+    )
+    .with_extra(json!({ "permission": needed.name() }))
+}
+
 /// A response with a body and content type.
 pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(body));
@@ -427,7 +458,7 @@ async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -
         .into_response(&request_id);
     }
 
-    let principal = if route.authenticated {
+    let principal = if route.needs.authenticated() {
         match app.auth.authenticate(req.headers()).await {
             Ok(p) => {
                 tracing::Span::current().record("tenant_id", tracing::field::display(p.tenant_id));
@@ -438,6 +469,11 @@ async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -
     } else {
         None
     };
+    if let (Needs::Permission(needed), Some(p)) = (route.needs, &principal)
+        && !p.can(needed)
+    {
+        return insufficient_permission(needed).into_response(&request_id);
+    }
     let ctx = RequestCtx {
         request_id,
         principal,

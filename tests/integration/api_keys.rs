@@ -21,7 +21,7 @@ async fn admins_create_list_and_revoke_keys() {
             "POST",
             "/v1/api-keys",
             &admin,
-            Some(r#"{"name": "nightly-etl"}"#),
+            Some(r#"{"name": "nightly-etl", "scopes": ["ingest", "read"]}"#),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.json);
@@ -37,6 +37,7 @@ async fn admins_create_list_and_revoke_keys() {
     assert!(keys[0]["last_used_at"].is_string(), "{}", list.json);
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["name"], "nightly-etl");
+    assert_eq!(keys[0]["scopes"], serde_json::json!(["read", "ingest"]));
     assert_eq!(keys[0]["created_by"], "user:auth0|alpha-user");
     assert!(keys[0].get("key").is_none() && keys[0].get("hash").is_none());
     assert!(
@@ -74,14 +75,27 @@ async fn admins_create_list_and_revoke_keys() {
             .status,
         404
     );
-    for body in [
-        "{}",
-        r#"{"name": ""}"#,
-        r#"{"name": "x", "scopes": ["all"]}"#,
+    for (body, code) in [
+        ("{}", "invalid_json"),
+        (r#"{"name": "x"}"#, "invalid_json"),
+        (r#"{"name": "", "scopes": ["read"]}"#, "invalid_name"),
+        (r#"{"name": "x", "scopes": ["all"]}"#, "invalid_scopes"),
+        (r#"{"name": "x", "scopes": []}"#, "invalid_scopes"),
+        (
+            r#"{"name": "x", "scopes": ["read", "manage_api_keys"]}"#,
+            "invalid_scopes",
+        ),
     ] {
         let r = app.call("POST", "/v1/api-keys", &admin, Some(body)).await;
-        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
     }
+    // Nothing of the refused requests was stored.
+    let list = app.call("GET", "/v1/api-keys", &admin, None).await;
+    assert_eq!(list.json["api_keys"].as_array().map(Vec::len), Some(1));
 }
 
 #[tokio::test]
@@ -99,7 +113,11 @@ async fn members_and_keys_cannot_manage_keys_and_tenants_cannot_touch_each_other
         .unwrap();
 
     for (method, path, body) in [
-        ("POST", "/v1/api-keys", Some(r#"{"name": "mine"}"#)),
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(r#"{"name": "mine", "scopes": ["read"]}"#),
+        ),
         ("GET", "/v1/api-keys", None),
         (
             "DELETE",
@@ -110,14 +128,19 @@ async fn members_and_keys_cannot_manage_keys_and_tenants_cannot_touch_each_other
         let r = app.call(method, path, &member_a, body).await;
         assert_eq!(
             (r.status, r.json["code"].as_str()),
-            (403, Some("insufficient_role")),
+            (403, Some("insufficient_permission")),
             "{method} {path}"
         );
     }
 
     // A key cannot mint another key (a leaked key must not be able to entrench itself).
     let key_a = app
-        .call("POST", "/v1/api-keys", &admin_a, Some(r#"{"name": "ci"}"#))
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &admin_a,
+            Some(r#"{"name": "ci", "scopes": ["read", "ingest"]}"#),
+        )
         .await;
     let key_a_secret = key_a.json["key"].as_str().unwrap().to_owned();
     let req = gateway_event(
@@ -127,9 +150,21 @@ async fn members_and_keys_cannot_manage_keys_and_tenants_cannot_touch_each_other
             ("x-api-key", &key_a_secret),
             ("content-type", "application/json"),
         ],
-        Some(r#"{"name": "persistence"}"#),
+        Some(r#"{"name": "persistence", "scopes": ["read"]}"#),
     );
-    assert_eq!(app.send(req).await.status, 403);
+    let r = app.send(req).await;
+    assert_eq!(
+        (
+            r.status,
+            r.json["code"].as_str(),
+            r.json["permission"].as_str()
+        ),
+        (
+            403,
+            Some("insufficient_permission"),
+            Some("manage_api_keys")
+        )
+    );
 
     // B's admin cannot see or revoke A's key: it looks like no key at all.
     let key_a_id = key_a.json["key_id"].as_str().unwrap();

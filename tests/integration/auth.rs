@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
-use tenantry::auth::{ApiKeys, AuthError, Principal, Subject};
+use tenantry::auth::{ApiKeys, AuthError, Permissions, Principal, Scope, Subject};
 use tenantry::db::Access;
 use tenantry_tests::{
     JwksServer, TestApp, as_tenant, attacker, dev_jwk, issuer, repo_file, tenant, tx,
@@ -297,10 +297,14 @@ async fn api_keys_are_checked_in_full_and_revocable() {
     let a = tenant(&db, "alpha").await;
     let b = tenant(&db, "bravo").await;
     let mut t = tx(&db, a).await;
-    let key_a = ApiKeys::create(&mut t, "ci").await.unwrap();
+    let key_a = ApiKeys::create(&mut t, "ci", &[Scope::Read, Scope::Ingest])
+        .await
+        .unwrap();
     t.commit().await.unwrap();
     let mut t = tx(&db, b).await;
-    let key_b = ApiKeys::create(&mut t, "etl").await.unwrap();
+    let key_b = ApiKeys::create(&mut t, "etl", &[Scope::Read, Scope::Ingest])
+        .await
+        .unwrap();
     t.commit().await.unwrap();
 
     let p = auth(&app, &api_key(&key_a.key)).await.unwrap();
@@ -308,8 +312,13 @@ async fn api_keys_are_checked_in_full_and_revocable() {
     assert_eq!(
         p.subject,
         Subject::ApiKey {
-            key_id: key_a.key_id
+            key_id: key_a.key_id,
+            scopes: vec![Scope::Read, Scope::Ingest],
         }
+    );
+    assert_eq!(
+        p.permissions,
+        Permissions::for_scopes(&[Scope::Read, Scope::Ingest])
     );
 
     // The stored row holds a hash, never the key.

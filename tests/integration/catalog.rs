@@ -5,7 +5,7 @@
 //! attacked with another tenant's identifiers, answers only what its contract says.
 
 use tenantry::TenantId;
-use tenantry::auth::ApiKeys;
+use tenantry::auth::{ApiKeys, Scope};
 use tenantry::db::{Db, Param};
 use tenantry::tenants::{self, NewTenant};
 use tenantry_tests::{TestDb, connect, tenant, tx};
@@ -34,7 +34,7 @@ const OWNER_LOOKUP_TABLES: &[&str] = &[
 const DEFINERS: &[(&str, &str)] = &[
     (
         "app.api_key_for_prefix(text)",
-        "TABLE(tenant_id uuid, key_id uuid, hash bytea, revoked boolean, tenant_status text)",
+        "TABLE(tenant_id uuid, key_id uuid, hash bytea, revoked boolean, tenant_status text, scopes text[])",
     ),
     (
         "app.tenant_for_auth0_org(text)",
@@ -600,7 +600,7 @@ async fn security_definer_lookups_answer_only_their_contract() {
     let mut keys = Vec::new();
     for t in [a, b] {
         let mut x = tx(&db, t).await;
-        keys.push(ApiKeys::create(&mut x, "ci").await.unwrap());
+        keys.push(ApiKeys::create(&mut x, "ci", &[Scope::Read]).await.unwrap());
         x.commit().await.unwrap();
     }
     let b_key = &keys[1];
@@ -672,7 +672,7 @@ async fn security_definer_lookups_answer_only_their_contract() {
         );
     }
 
-    // API-key prefix -> (tenant, key id, hash, revoked, tenant status): the one key.
+    // API-key prefix -> (tenant, key id, hash, revoked, tenant status, scopes): the one key.
     let hash: String = admin
         .query_one(
             "SELECT encode(hash, 'hex') FROM app.api_keys WHERE prefix = $1",
@@ -685,7 +685,7 @@ async fn security_definer_lookups_answer_only_their_contract() {
     assert_eq!(
         lookup(&raw, &db, a, key, Some(b_key.prefix.clone())).await,
         [format!(
-            "({b},{},\"\\\\x{hash}\",f,suspended)",
+            "({b},{},\"\\\\x{hash}\",f,suspended,{{read}})",
             b_key.key_id
         )]
     );

@@ -87,6 +87,37 @@ fn the_openapi_document_lists_exactly_the_routing_table() {
     assert_eq!(documented, routes);
 }
 
+/// Every operation states the permission its route declares (`x-permission`; `none` for any
+/// authenticated caller); webhooks, which authenticate their sender, state none, and a route
+/// without a declaration cannot exist (`Route::needs` is not optional).
+#[test]
+fn the_openapi_document_states_each_routes_permission() {
+    use tenantry::http::Needs;
+    let doc: Value = serde_json::from_slice(&repo_file("openapi.json")).unwrap();
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
+        let expected = match r.needs {
+            Needs::Sender => None,
+            Needs::Principal => Some("none"),
+            Needs::Permission(p) => Some(p.name()),
+        };
+        assert_eq!(
+            op["x-permission"].as_str(),
+            expected,
+            "{} {}",
+            r.method,
+            r.path
+        );
+        if expected.is_some() {
+            assert_eq!(
+                op["responses"]["403"]["$ref"], "#/components/responses/Problem",
+                "{} {}",
+                r.method, r.path
+            );
+        }
+    }
+}
+
 /// The sample events, in an order that makes each one meaningful (create before ingest, ...).
 const EVENTS: &[(&str, &str, u16)] = &[
     ("me", include_str!("../../events/me/get.json"), 200),

@@ -6,7 +6,7 @@
 //! every DML grant and only RLS in its way; and as the owner, which forced RLS confines too.
 
 use tenantry::TenantId;
-use tenantry::auth::ApiKeys;
+use tenantry::auth::{ApiKeys, Scope};
 use tenantry::db::{Db, Param, TenantTx};
 use tenantry_tests::rls_probe::{OWNER_ROLE, Outcome, PROBE_ROLE, Probe};
 use tenantry_tests::{TestDb, connect, tenant, tx};
@@ -56,11 +56,12 @@ const TABLES: &[Table] = &[
     },
     Table {
         name: "api_keys",
-        insert: "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by)
-                 VALUES ($1, left(md5(random()::text), 12), sha256('x'), 'k', 'user:test')",
-        touch: "tenant_id = tenant_id",
+        insert: "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by, scopes)
+                 VALUES ($1, left(md5(random()::text), 12), sha256('x'), 'k', 'user:test', '{read}')",
+        // The app role may update only these two columns (scopes are fixed at creation).
+        touch: "revoked_at = revoked_at, last_used_at = last_used_at",
         update: true,
-        update_tenant: true,
+        update_tenant: false,
         delete: true,
         owner_lookup: true,
     },
@@ -229,7 +230,9 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
                 .unwrap(),
         };
     }
-    let key = ApiKeys::create(&mut t, "ci").await.unwrap();
+    let key = ApiKeys::create(&mut t, "ci", &[Scope::Read, Scope::Ingest])
+        .await
+        .unwrap();
     t.commit().await.unwrap();
     Seeded {
         tenant,
@@ -504,9 +507,9 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
         ),
         (
             "api_keys by prefix",
-            "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by) \
-             VALUES ($1, $2, sha256('x'), 'pwned', 'attacker') \
-             ON CONFLICT (prefix) DO UPDATE SET hash = sha256('x'), revoked_at = NULL".into(),
+            "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by, scopes) \
+             VALUES ($1, $2, sha256('x'), 'pwned', 'attacker', '{read}') \
+             ON CONFLICT (prefix) DO UPDATE SET revoked_at = NULL".into(),
             vec![(&a_id, Type::UUID), (&b.prefix, Type::TEXT)],
             true,
             Outcome::rls_using("api_keys"),

@@ -14,6 +14,7 @@ mod ingest_faults;
 mod isolation;
 mod me;
 mod migrations;
+mod permissions;
 mod pooling;
 mod rag;
 mod rls_queries;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lambda_http::{Body, Request};
 use serde_json::Value;
 use tenantry::api::routes_for;
-use tenantry::auth::ApiKeys;
+use tenantry::auth::{ApiKeys, Scope};
 use tenantry::http::dispatch;
 use tenantry_tests::{TestApp, issuer, tenant, tx};
 
@@ -58,7 +58,9 @@ async fn me_with_an_api_key() {
     let app = TestApp::new().await;
     let b = tenant(&app.app.db, "bravo").await;
     let mut t = tx(&app.app.db, b).await;
-    let key = ApiKeys::create(&mut t, "etl").await.unwrap();
+    let key = ApiKeys::create(&mut t, "etl", &[Scope::Read, Scope::Ingest])
+        .await
+        .unwrap();
     t.commit().await.unwrap();
     let mut req = event(None);
     req.headers_mut()
@@ -175,7 +177,7 @@ async fn a_panicking_handler_becomes_a_500_problem() {
         method: http::Method::GET,
         path: "/v1/me",
         function: "me",
-        authenticated: false,
+        needs: tenantry::http::Needs::Sender,
         handler: panicking,
     };
     let resp = dispatch(&app.app, &[&route], event(None)).await;

@@ -595,7 +595,12 @@ async fn nothing_a_request_sets_survives_on_a_pgbouncer_server_connection() {
     assert_request_left_nothing(&raw, &baseline, "another tenant's dataset (404)").await;
 
     let r = app
-        .call("POST", "/v1/api-keys", &a, Some(r#"{"name": "etl"}"#))
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &a,
+            Some(r#"{"name": "etl", "scopes": ["ingest"]}"#),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.json);
     let key = r.json["key"].as_str().unwrap().to_owned();

@@ -123,7 +123,7 @@ async fn main() -> Result<(), Error> {
                 iss.token(
                     "auth0|bench",
                     &format!("org_bench_{i}"),
-                    &[],
+                    &["admin"],
                     Duration::from_secs(3600),
                 )
                 .unwrap()

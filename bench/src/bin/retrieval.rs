@@ -282,7 +282,7 @@ async fn main() -> Result<(), Error> {
                 iss.token(
                     "auth0|bench",
                     &format!("org_retrieval_{t}"),
-                    &[],
+                    &["admin"],
                     Duration::from_secs(3600),
                 )
                 .unwrap()

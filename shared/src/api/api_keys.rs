@@ -1,7 +1,8 @@
 //! `/v1/api-keys`: tenant admins create, list and revoke API keys for machine access.
 //!
-//! Only a signed-in person with the `owner` or `admin` role manages keys: an API key can neither
-//! mint nor revoke keys, so a leaked key cannot entrench itself.
+//! The routes need `manage_api_keys`, which only the `owner` and `admin` roles grant and no key
+//! scope does: a key can neither mint nor revoke keys, so a leaked key cannot entrench itself.
+//! A key's scopes are chosen here, at creation, and never change.
 
 use http::{HeaderValue, StatusCode};
 use lambda_http::Request;
@@ -11,34 +12,39 @@ use uuid::Uuid;
 
 use super::datasets::no_content;
 use crate::App;
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, Scope};
 use crate::db::Access;
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
-
-/// Roles that may manage API keys.
-const KEY_ADMIN_ROLES: &[&str] = &["owner", "admin"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
     name: String,
+    scopes: Vec<String>,
 }
 
-fn require_key_admin(ctx: &RequestCtx) -> Result<(), ApiError> {
-    if ctx.principal()?.is_user_with_any_role(KEY_ADMIN_ROLES) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "insufficient_role",
-            "Managing API keys needs a signed-in user with the owner or admin role.",
-        ))
+/// The scopes asked for, sorted and without repeats; at least one, each one we know.
+fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_scopes",
+            "`scopes` lists one or more of `read` (read data, query, ask) and `ingest` (write records).",
+        )
+    };
+    let mut scopes = names
+        .iter()
+        .map(|n| Scope::parse(n).ok_or_else(invalid))
+        .collect::<Result<Vec<_>, _>>()?;
+    scopes.sort_unstable();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(invalid());
     }
+    Ok(scopes)
 }
 
 pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
-        require_key_admin(ctx)?;
         let body: NewKey = json_body(req)?;
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -47,8 +53,9 @@ pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
                 "A key name is 1-200 characters without control characters.",
             ));
         }
+        let scopes = parse_scopes(&body.scopes)?;
         let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
-        let key = ApiKeys::create(&mut tx, name).await?;
+        let key = ApiKeys::create(&mut tx, name, &scopes).await?;
         tx.commit().await?;
         tracing::info!(key_id = %key.key_id, prefix = %key.prefix, "API key created");
         let mut resp = json_response(
@@ -57,6 +64,7 @@ pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
                 "key_id": key.key_id,
                 "prefix": key.prefix,
                 "name": key.name,
+                "scopes": key.scopes,
                 "key": key.key,
                 "note": "This is the only time the key is shown; store it now.",
             }),
@@ -72,7 +80,6 @@ pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) ->
 
 pub(super) fn list<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
     Box::pin(async move {
-        require_key_admin(ctx)?;
         let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
         let keys = ApiKeys::list(&mut tx).await?;
         tx.commit().await?;
@@ -86,7 +93,6 @@ pub(super) fn revoke<'a>(
     _req: &'a Request,
 ) -> HandlerFuture<'a> {
     Box::pin(async move {
-        require_key_admin(ctx)?;
         let not_found = || {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -106,4 +112,35 @@ pub(super) fn revoke<'a>(
         tracing::info!(key_id = %key_id, "API key revoked");
         Ok(no_content())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn scopes_are_known_names_sorted_without_repeats() {
+        assert_eq!(
+            parse_scopes(&names(&["ingest", "read", "ingest"])).ok(),
+            Some(vec![Scope::Read, Scope::Ingest])
+        );
+        assert_eq!(
+            parse_scopes(&names(&["ingest"])).ok(),
+            Some(vec![Scope::Ingest])
+        );
+        for bad in [
+            &[][..],
+            &["admin"],
+            &["read", "manage_api_keys"],
+            &["Read"],
+            &[""],
+        ] {
+            let err = parse_scopes(&names(bad)).err().map(|e| e.code);
+            assert_eq!(err, Some("invalid_scopes"), "{bad:?}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::App;
-use crate::auth::Subject;
+use crate::auth::{Permissions, Subject};
 use crate::db::Access;
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
 
@@ -35,6 +35,7 @@ struct PrincipalView<'a> {
     #[serde(flatten)]
     subject: &'a Subject,
     roles: &'a [String],
+    permissions: Permissions,
 }
 
 pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
@@ -66,6 +67,7 @@ pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> H
                 principal: PrincipalView {
                     subject: &principal.subject,
                     roles: &principal.roles,
+                    permissions: principal.permissions,
                 },
             },
         )

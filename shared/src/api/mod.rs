@@ -15,49 +15,73 @@ mod webhooks;
 use http::Method;
 
 use crate::App;
+use crate::auth::Permission as P;
 use crate::db::{Access, TenantTx, TxSettings};
-use crate::http::{ApiError, Handler, RequestCtx, Route};
+use crate::http::{ApiError, Handler, Needs, RequestCtx, Route};
 use crate::usage::queue::emit;
 use crate::usage::{Meter, UsageEvent};
 
 /// Every route of the HTTP API.
 pub static ROUTES: &[Route] = &[
-    route(Method::GET, "/v1/me", "me", me::get),
-    route(Method::POST, "/v1/datasets", "datasets", datasets::create),
-    route(Method::GET, "/v1/datasets", "datasets", datasets::list),
+    signed_in_route(Method::GET, "/v1/me", "me", me::get),
+    route(
+        Method::POST,
+        "/v1/datasets",
+        "datasets",
+        P::ManageDatasets,
+        datasets::create,
+    ),
+    route(
+        Method::GET,
+        "/v1/datasets",
+        "datasets",
+        P::ReadData,
+        datasets::list,
+    ),
     route(
         Method::GET,
         "/v1/datasets/{dataset}",
         "datasets",
+        P::ReadData,
         datasets::get,
     ),
     route(
         Method::DELETE,
         "/v1/datasets/{dataset}",
         "datasets",
+        P::ManageDatasets,
         datasets::delete,
     ),
     route(
         Method::POST,
         "/v1/datasets/{dataset}/records",
         "records",
+        P::WriteData,
         records::ingest,
     ),
     route(
         Method::GET,
         "/v1/datasets/{dataset}/records/{key}",
         "records",
+        P::ReadData,
         records::get,
     ),
     route(
         Method::DELETE,
         "/v1/datasets/{dataset}/records/{key}",
         "records",
+        P::WriteData,
         records::delete,
     ),
-    route(Method::POST, "/v1/query", "query", query::run),
-    route(Method::POST, "/v1/ask", "ask", ask::ask),
-    route(Method::GET, "/v1/usage", "usage", usage::get),
+    route(Method::POST, "/v1/query", "query", P::Query, query::run),
+    route(Method::POST, "/v1/ask", "ask", P::Query, ask::ask),
+    route(
+        Method::GET,
+        "/v1/usage",
+        "usage",
+        P::ReadBilling,
+        usage::get,
+    ),
     public_route(
         Method::POST,
         "/v1/webhooks/stripe",
@@ -70,29 +94,48 @@ pub static ROUTES: &[Route] = &[
         "auth0-webhook",
         webhooks::auth0,
     ),
-    route(Method::POST, "/v1/api-keys", "api-keys", api_keys::create),
-    route(Method::GET, "/v1/api-keys", "api-keys", api_keys::list),
+    route(
+        Method::POST,
+        "/v1/api-keys",
+        "api-keys",
+        P::ManageApiKeys,
+        api_keys::create,
+    ),
+    route(
+        Method::GET,
+        "/v1/api-keys",
+        "api-keys",
+        P::ManageApiKeys,
+        api_keys::list,
+    ),
     route(
         Method::DELETE,
         "/v1/api-keys/{key_id}",
         "api-keys",
+        P::ManageApiKeys,
         api_keys::revoke,
     ),
 ];
 
+/// A route for callers holding `permission`.
 const fn route(
+    method: Method,
+    path: &'static str,
+    function: &'static str,
+    permission: P,
+    handler: Handler,
+) -> Route {
+    row(method, path, function, Needs::Permission(permission), handler)
+}
+
+/// A route for any authenticated caller (what it shows depends on nothing it could misuse).
+const fn signed_in_route(
     method: Method,
     path: &'static str,
     function: &'static str,
     handler: Handler,
 ) -> Route {
-    Route {
-        method,
-        path,
-        function,
-        authenticated: true,
-        handler,
-    }
+    row(method, path, function, Needs::Principal, handler)
 }
 
 /// A route without a user token: the handler authenticates the sender itself (webhooks).
@@ -102,9 +145,23 @@ const fn public_route(
     function: &'static str,
     handler: Handler,
 ) -> Route {
-    let mut r = route(method, path, function, handler);
-    r.authenticated = false;
-    r
+    row(method, path, function, Needs::Sender, handler)
+}
+
+const fn row(
+    method: Method,
+    path: &'static str,
+    function: &'static str,
+    needs: Needs,
+    handler: Handler,
+) -> Route {
+    Route {
+        method,
+        path,
+        function,
+        needs,
+        handler,
+    }
 }
 
 /// The routes one function serves.

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::AuthError;
+use super::{AuthError, Scope};
 use crate::db::{Db, DbError, TenantRef, TenantTx};
 
 const PREFIX_LEN: usize = 12;
@@ -30,6 +30,8 @@ pub struct NewApiKey {
     pub key: String,
     /// The name it was given.
     pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
 }
 
 impl std::fmt::Debug for NewApiKey {
@@ -37,6 +39,7 @@ impl std::fmt::Debug for NewApiKey {
         f.debug_struct("NewApiKey")
             .field("key_id", &self.key_id)
             .field("prefix", &self.prefix)
+            .field("scopes", &self.scopes)
             .field("key", &"<redacted>")
             .finish()
     }
@@ -51,6 +54,8 @@ pub struct ApiKeyInfo {
     pub prefix: String,
     /// Its name.
     pub name: String,
+    /// What it may do (fixed at creation).
+    pub scopes: Vec<Scope>,
     /// Who created it (`user:<sub>`).
     pub created_by: String,
     /// When.
@@ -66,8 +71,13 @@ pub struct ApiKeyInfo {
 pub struct ApiKeys;
 
 impl ApiKeys {
-    /// Creates a key for the transaction's tenant, recorded as created by its actor.
-    pub async fn create(tx: &mut TenantTx, name: &str) -> Result<NewApiKey, DbError> {
+    /// Creates a key for the transaction's tenant with `scopes` (sorted, without repeats, not
+    /// empty: the caller validates), recorded as created by its actor.
+    pub async fn create(
+        tx: &mut TenantTx,
+        name: &str,
+        scopes: &[Scope],
+    ) -> Result<NewApiKey, DbError> {
         let prefix = random_prefix()?;
         let mut secret = [0u8; SECRET_BYTES];
         getrandom::fill(&mut secret).map_err(|e| DbError::Config(format!("randomness: {e}")))?;
@@ -75,16 +85,18 @@ impl ApiKeys {
         let hash = hash(&key);
         let tenant = tx.tenant_id().as_uuid();
         let actor = tx.context().actor_id.clone();
+        let scope_names: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
         let row = tx
             .query_one(
-                "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING key_id",
+                "INSERT INTO app.api_keys (tenant_id, prefix, hash, name, created_by, scopes) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING key_id",
                 &[
                     (&tenant, Type::UUID),
                     (&prefix, Type::TEXT),
                     (&hash.as_slice(), Type::BYTEA),
                     (&name, Type::TEXT),
                     (&actor, Type::TEXT),
+                    (&scope_names, Type::TEXT_ARRAY),
                 ],
             )
             .await?;
@@ -93,6 +105,7 @@ impl ApiKeys {
             prefix,
             key,
             name: name.to_owned(),
+            scopes: scopes.to_vec(),
         })
     }
 
@@ -101,8 +114,8 @@ impl ApiKeys {
         let tenant = tx.tenant_id().as_uuid();
         let rows = tx
             .query(
-                "SELECT key_id, prefix, name, created_by, created_at, last_used_at, revoked_at \
-                 FROM app.api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, key_id DESC",
+                "SELECT key_id, prefix, name, created_by, created_at, last_used_at, revoked_at, \
+                 scopes FROM app.api_keys WHERE tenant_id = $1 ORDER BY created_at DESC, key_id DESC",
                 &[(&tenant, Type::UUID)],
             )
             .await?;
@@ -116,6 +129,7 @@ impl ApiKeys {
                 created_at: r.get(4),
                 last_used_at: r.get(5),
                 revoked_at: r.get(6),
+                scopes: scopes_of(r.get(7)),
             })
             .collect())
     }
@@ -148,8 +162,11 @@ impl ApiKeys {
         Ok(n == 1)
     }
 
-    /// Checks a presented key; the key's id and tenant if it is valid and not revoked.
-    pub(crate) async fn verify(db: &Db, presented: &str) -> Result<(Uuid, TenantRef), AuthError> {
+    /// Checks a presented key; the key's id, scopes and tenant if it is valid and not revoked.
+    pub(crate) async fn verify(
+        db: &Db,
+        presented: &str,
+    ) -> Result<(Uuid, Vec<Scope>, TenantRef), AuthError> {
         let prefix = parse_prefix(presented).ok_or(AuthError::InvalidApiKey)?;
         let stored = db.api_key_for_prefix(prefix).await?;
         let presented_hash = hash(presented);
@@ -159,10 +176,16 @@ impl ApiKeys {
             .map_or(&[0u8; 32][..], |s| s.hash.as_slice());
         let matches: bool = presented_hash.as_slice().ct_eq(expected).into();
         match stored {
-            Some(s) if matches && !s.revoked => Ok((s.key_id, s.tenant)),
+            Some(s) if matches && !s.revoked => Ok((s.key_id, scopes_of(s.scopes), s.tenant)),
             _ => Err(AuthError::InvalidApiKey),
         }
     }
+}
+
+/// Stored scope names as scopes. The table's CHECK admits only known names; one this build does
+/// not know (a newer schema) grants nothing rather than failing every request of the key.
+fn scopes_of(names: Vec<String>) -> Vec<Scope> {
+    names.iter().filter_map(|n| Scope::parse(n)).collect()
 }
 
 fn hash(key: &str) -> [u8; 32] {

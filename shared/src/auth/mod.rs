@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod dev;
 mod jwt;
+pub mod permissions;
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use jwt::{JwtVerifier, VerifiedClaims};
+pub use permissions::{Permission, Permissions, Role, Scope};
 
 use crate::config::AuthConfig;
 use crate::db::{Db, DbError, TenantContext, TenantRef};
@@ -28,6 +30,8 @@ pub enum Subject {
     ApiKey {
         /// The key's id (never the key).
         key_id: Uuid,
+        /// What the key was made for.
+        scopes: Vec<Scope>,
     },
 }
 
@@ -40,6 +44,8 @@ pub struct Principal {
     pub subject: Subject,
     /// Roles from the token's roles claim; API keys carry none.
     pub roles: Vec<String>,
+    /// What the roles (a person) or the scopes (an API key) allow.
+    pub permissions: Permissions,
 }
 
 impl Principal {
@@ -47,14 +53,13 @@ impl Principal {
     pub fn actor_id(&self) -> String {
         match &self.subject {
             Subject::User { id } => format!("user:{id}"),
-            Subject::ApiKey { key_id } => format!("api_key:{key_id}"),
+            Subject::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
         }
     }
 
-    /// Whether this is a person holding one of `roles` (API keys hold no roles).
-    pub fn is_user_with_any_role(&self, roles: &[&str]) -> bool {
-        matches!(self.subject, Subject::User { .. })
-            && self.roles.iter().any(|r| roles.contains(&r.as_str()))
+    /// Whether the caller may do what `p` covers.
+    pub fn can(&self, p: Permission) -> bool {
+        self.permissions.contains(p)
     }
 
     /// The context a [`crate::db::TenantTx`] for this principal runs in.
@@ -161,21 +166,24 @@ impl Authenticator {
             .await?
             .ok_or(AuthError::UnknownOrganization)?;
         ensure_active(&tenant)?;
+        let roles = claims.roles(&self.roles_claim);
         Ok(Principal {
             tenant_id: tenant.tenant_id,
             subject: Subject::User {
                 id: claims.sub.clone(),
             },
-            roles: claims.roles(&self.roles_claim),
+            permissions: Permissions::for_roles(&roles),
+            roles,
         })
     }
 
     async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
-        let (key_id, tenant) = ApiKeys::verify(&self.db, key).await?;
+        let (key_id, scopes, tenant) = ApiKeys::verify(&self.db, key).await?;
         ensure_active(&tenant)?;
         let principal = Principal {
             tenant_id: tenant.tenant_id,
-            subject: Subject::ApiKey { key_id },
+            permissions: Permissions::for_scopes(&scopes),
+            subject: Subject::ApiKey { key_id, scopes },
             roles: Vec::new(),
         };
         self.record_key_use(&principal, key_id).await;

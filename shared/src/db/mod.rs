@@ -117,6 +117,8 @@ pub struct StoredApiKey {
     pub hash: Vec<u8>,
     /// Whether the key has been revoked.
     pub revoked: bool,
+    /// The scopes it was created with (`read`, `ingest`).
+    pub scopes: Vec<String>,
 }
 
 /// The functions' connection pool. Cheap to clone; build it once per cold start.
@@ -201,7 +203,7 @@ impl Db {
         let client = self.checkout().await?;
         let row = client
             .query_typed_opt(
-                "SELECT tenant_id, key_id, hash, revoked, tenant_status \
+                "SELECT tenant_id, key_id, hash, revoked, tenant_status, scopes \
                  FROM app.api_key_for_prefix($1)",
                 &[(&prefix, Type::TEXT)],
             )
@@ -214,6 +216,7 @@ impl Db {
             key_id: r.get(1),
             hash: r.get(2),
             revoked: r.get(3),
+            scopes: r.get(5),
         }))
     }
 

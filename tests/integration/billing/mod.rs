@@ -668,7 +668,7 @@ async fn drift_in_stripe_is_found_and_repaired_by_reconciliation() {
                 .token(
                     "auth0|u",
                     "org_billed-0",
-                    &[],
+                    &["owner"],
                     std::time::Duration::from_secs(60),
                 )
                 .unwrap(),

@@ -1,6 +1,5 @@
 //! What a function builds once per cold start and lends to every request.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
@@ -186,12 +185,7 @@ pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http
     if routes.is_empty() {
         return Err(format!("no routes for function {function}").into());
     }
-    lambda_http::run(lambda_http::service_fn(move |req| {
-        let app = Arc::clone(&app);
-        let routes = routes.clone();
-        async move { Ok::<_, Infallible>(crate::http::dispatch(&app, &routes, req).await) }
-    }))
-    .await
+    lambda_http::run(crate::http::router(app, &routes)).await
 }
 
 /// The whole `main` of the `embed` function (SQS batches and the scheduled sweep).

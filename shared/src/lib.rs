@@ -1,9 +1,19 @@
 //! Tenantry's shared library: everything the Lambda functions and the local runner have in common.
 //!
+//! - [`app`]: the [`App`] (configuration, pool, ports) a function builds once per cold start.
+//! - [`config`], [`secrets`]: configuration from the environment and Secrets Manager.
 //! - [`db`]: the Postgres pool, [`db::TenantTx`] (the only door to tenant data) and migrations.
-//! - [`auth`]: Auth0 JWTs and tenant API keys, resolved to a [`auth::Principal`].
-//! - [`http`]: request ids, problem+json errors, body limits and the routing table's dispatcher.
-//! - [`api`]: the route handlers, shared by the Lambda functions and the local runner.
+//! - [`auth`]: Auth0 JWTs and tenant API keys, resolved to a [`auth::Principal`] with its
+//!   permissions.
+//! - [`http`]: problem+json errors, the routing table's types and the edge serving it (axum,
+//!   tower-http).
+//! - [`api`]: the routing table and its handlers, shared by the Lambda functions and the local
+//!   runner.
+//! - [`analytics`]: datasets, ingest and the JSON query language.
+//! - [`rag`]: chunks, embeddings, hybrid retrieval and answers with citations.
+//! - [`usage`], [`billing`]: the usage ledger, its delivery to the billing provider,
+//!   reconciliation and the billing webhooks.
+//! - [`tenants`]: provisioning; [`ids`]: identifiers validated at the edge; [`telemetry`]: logs.
 
 pub mod analytics;
 pub mod api;

@@ -410,8 +410,8 @@ pub fn attacker() -> DevIssuer {
 
 /// A whole app (as a function builds it) over a fresh database and a JWKS server.
 pub struct TestApp {
-    /// The app.
-    pub app: App,
+    /// The app (a test may replace it; every request builds the edge over the current one).
+    pub app: Arc<App>,
     /// Its database.
     pub db: TestDb,
     /// Its JWKS server.
@@ -517,7 +517,7 @@ impl TestApp {
                 .map(|s| Arc::new(s) as Arc<dyn tenantry::billing::BillingSink>),
             false => None,
         };
-        let app = App::with_billing(config, sdk.as_ref(), billing).unwrap();
+        let app = Arc::new(App::with_billing(config, sdk.as_ref(), billing).unwrap());
         Self { app, db, jwks }
     }
 }
@@ -753,7 +753,7 @@ pub struct Reply {
 }
 
 impl TestApp {
-    /// Sends a request through the dispatcher exactly as the Lambda functions do.
+    /// Sends a request through the edge exactly as the Lambda functions do.
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> Reply {
         let auth = format!("Bearer {token}");
         let mut headers = vec![("authorization", auth.as_str())];
@@ -763,9 +763,10 @@ impl TestApp {
         self.send(gateway_event(method, path, &headers, body)).await
     }
 
-    /// Sends any request through the dispatcher.
+    /// Sends any request through the edge.
     pub async fn send(&self, req: lambda_http::Request) -> Reply {
-        let resp = tenantry::http::dispatch(&self.app, &tenantry::api::all_routes(), req).await;
+        let router = tenantry::http::router(Arc::clone(&self.app), &tenantry::api::all_routes());
+        let resp = tenantry::http::call(&router, req).await;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes: &[u8] = resp.body().as_ref();

@@ -1,4 +1,4 @@
-//! The analytics API through the dispatcher (as Lambda runs it), against real Postgres: datasets,
+//! The analytics API through the edge (as Lambda runs it), against real Postgres: datasets,
 //! ingest, queries with known answers, and every kind of bad input.
 
 use chrono::{DateTime, Duration as Days, TimeZone, Utc};
@@ -500,7 +500,9 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             400,
             "invalid_json",
         ),
-        ("POST", "/v1/datasets", None, 400, "invalid_json"),
+        // No body, so no Content-Type: not declared JSON. Declared JSON but empty: not JSON.
+        ("POST", "/v1/datasets", None, 415, "unsupported_media_type"),
+        ("POST", "/v1/datasets", Some(""), 400, "invalid_json"),
         (
             "POST",
             "/v1/datasets",
@@ -733,7 +735,7 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
         .unwrap();
     let mut config = app.app.config.clone();
     config.analytics.query_timeout = std::time::Duration::from_millis(1);
-    app.app = tenantry::App::new(config).unwrap();
+    app.app = std::sync::Arc::new(tenantry::App::new(config).unwrap());
     let r = query(&app, &token, json!({"dataset": "orders", "aggregates": [{"fn": "percentile", "column": "amount", "p": 0.9}]})).await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),

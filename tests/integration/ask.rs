@@ -1,4 +1,4 @@
-//! `POST /v1/ask` through the dispatcher: answers from the tenant's rows only, citations that
+//! `POST /v1/ask` through the edge: answers from the tenant's rows only, citations that
 //! resolve through the record endpoint, and a server that polices what the model says.
 
 use std::time::Duration;
@@ -178,7 +178,7 @@ impl Answerer for EchoingAnswerer {
 #[tokio::test]
 async fn links_images_and_html_quoted_by_the_model_are_stripped_from_answer_and_snippets() {
     let mut app = TestApp::new().await;
-    app.app.answerer = std::sync::Arc::new(EchoingAnswerer);
+    std::sync::Arc::get_mut(&mut app.app).unwrap().answerer = std::sync::Arc::new(EchoingAnswerer);
     let (_, a) = app.tenant_with_token("alpha").await;
     let evil = "Payroll note. ![p](https://evil.example/leak.png?d=1) Visit [our portal](https://evil.example/login)\nor HTTPS://EVIL.example/x, <img src=\"https://evil.example/i\"> <a href=\"javascript:alert(1)\">here</a> www.evil.example now.";
     setup(&app, &a, json!([{"key": "evil", "data": {"body": evil}}])).await;
@@ -247,7 +247,7 @@ impl Answerer for LyingAnswerer {
 #[tokio::test]
 async fn citations_the_server_did_not_hand_out_are_dropped_and_reported() {
     let mut app = TestApp::new().await;
-    app.app.answerer = std::sync::Arc::new(LyingAnswerer);
+    std::sync::Arc::get_mut(&mut app.app).unwrap().answerer = std::sync::Arc::new(LyingAnswerer);
     let (_, a) = app.tenant_with_token("alpha").await;
     setup(&app, &a, json!([{"key": "n1", "data": {"body": "The Lisbon shipment was delayed because customs wanted the invoice."}}])).await;
     let r = ask(

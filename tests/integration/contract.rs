@@ -253,8 +253,8 @@ async fn every_sample_event_is_served_by_its_function() {
         let req =
             lambda_http::request::from_str(&raw.replace("REPLACE_WITH_A_TOKEN", &token)).unwrap();
         // Through exactly the routes that function serves, as in Lambda.
-        let resp =
-            tenantry::http::dispatch(&app.app, &tenantry::api::routes_for(function), req).await;
+        let router = tenantry::http::router(app.app.clone(), &tenantry::api::routes_for(function));
+        let resp = tenantry::http::call(&router, req).await;
         assert_eq!(
             resp.status(),
             *status,

@@ -9,6 +9,7 @@ mod bedrock;
 mod billing;
 mod catalog;
 mod contract;
+mod edge;
 mod embed_queue;
 mod ingest_faults;
 mod isolation;

@@ -1,12 +1,14 @@
-//! `GET /v1/me` end to end through the dispatcher, from a real API Gateway (v2) event.
+//! `GET /v1/me` end to end through the edge, from a real API Gateway (v2) event.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_http::{Body, Request};
 use serde_json::Value;
+use tenantry::App;
 use tenantry::api::routes_for;
 use tenantry::auth::{ApiKeys, Scope};
-use tenantry::http::dispatch;
+use tenantry::http::Route;
 use tenantry_tests::{TestApp, issuer, tenant, tx};
 
 const EVENT: &str = include_str!("../../events/me/get.json");
@@ -19,8 +21,17 @@ fn event(authorization: Option<&str>) -> Request {
     lambda_http::request::from_str(&raw).unwrap()
 }
 
-fn body_json(resp: &lambda_http::Response<Body>) -> Value {
+fn body_json(resp: &http::Response<bytes::Bytes>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap()
+}
+
+/// Serves `req` with exactly `routes`, as the function serving them does in Lambda.
+async fn dispatch(
+    app: &Arc<App>,
+    routes: &[&'static Route],
+    req: Request,
+) -> http::Response<bytes::Bytes> {
+    tenantry::http::call(&tenantry::http::router(Arc::clone(app), routes), req).await
 }
 
 #[tokio::test]
@@ -147,7 +158,7 @@ async fn a_database_outage_is_a_503_not_a_leak() {
         tenantry_tests::free_port()
     );
     config.db.connect_timeout = Duration::from_secs(2);
-    app.app = tenantry::App::new(config).unwrap();
+    app.app = Arc::new(tenantry::App::new(config).unwrap());
     let resp = dispatch(
         &app.app,
         &routes_for("me"),
@@ -172,21 +183,21 @@ fn panicking<'a>(
 /// message never reaches the caller.
 #[tokio::test]
 async fn a_panicking_handler_becomes_a_500_problem() {
-    let app = TestApp::new().await;
-    let route = tenantry::http::Route {
+    static ROUTE: Route = Route {
         method: http::Method::GET,
         path: "/v1/me",
         function: "me",
         needs: tenantry::http::Needs::Sender,
         handler: panicking,
     };
-    let resp = dispatch(&app.app, &[&route], event(None)).await;
+    let app = TestApp::new().await;
+    let resp = dispatch(&app.app, &[&ROUTE], event(None)).await;
     assert_eq!(resp.status(), 500);
     let body = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
     assert!(!body.contains("hunter2"));
     assert_eq!(body_json(&resp)["code"], "internal");
     assert_eq!(resp.headers()["x-request-id"], "CZ5N8jXvjoEEMvA=");
     // And the app keeps serving.
-    let resp = dispatch(&app.app, &[&route], event(None)).await;
+    let resp = dispatch(&app.app, &[&ROUTE], event(None)).await;
     assert_eq!(resp.status(), 500);
 }

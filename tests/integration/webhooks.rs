@@ -1,4 +1,4 @@
-//! Stripe and Auth0 webhooks through the dispatcher, written as the attacks: missing, wrong,
+//! Stripe and Auth0 webhooks through the edge, written as the attacks: missing, wrong,
 //! stale and replayed credentials; events out of order; a tenant named in metadata.
 
 use serde_json::{Value, json};

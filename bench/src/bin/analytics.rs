@@ -1,5 +1,5 @@
 //! Analytics load: many tenants with realistic datasets, concurrent requests from all of them
-//! through the real handler path (JWT verification, TenantTx, query compiler, dispatcher), and
+//! through the real handler path (JWT verification, TenantTx, query compiler, edge), and
 //! the floor: the same SQL sent straight to Postgres on one connection.
 //!
 //! Environment: BENCH_TENANTS (200), BENCH_ROWS (20000 per tenant), BENCH_CONCURRENCY (4),
@@ -222,16 +222,14 @@ where
 {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
-    let routes = Arc::new(tenantry::api::all_routes());
+    let routes = Arc::new(tenantry::http::router(
+        Arc::clone(app),
+        &tenantry::api::all_routes(),
+    ));
     let mut workers = Vec::new();
     for w in 0..concurrency {
-        let (app, tokens, make, next, routes) = (
-            app.clone(),
-            tokens.clone(),
-            make.clone(),
-            next.clone(),
-            routes.clone(),
-        );
+        let (tokens, make, next, routes) =
+            (tokens.clone(), make.clone(), next.clone(), routes.clone());
         workers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (w as u64 + 1);
@@ -256,7 +254,7 @@ where
                     Some(&body),
                 );
                 let started = Instant::now();
-                let resp = tenantry::http::dispatch(&app, &routes, req).await;
+                let resp = tenantry::http::call(&routes, req).await;
                 if resp.status().is_success() {
                     samples.record(started.elapsed());
                 } else {

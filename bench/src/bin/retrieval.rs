@@ -1,6 +1,6 @@
 //! Retrieval at 200-tenant load: hybrid search (vectors + full text, RRF) in the tenant's
 //! transaction on the exact and the HNSW path, the HNSW path's recall@k against the exact one, and
-//! `/v1/ask` through the dispatcher.
+//! `/v1/ask` through the edge.
 //!
 //! Environment: BENCH_TENANTS (200), BENCH_CHUNKS (2000 per tenant), BENCH_DIMS (256),
 //! BENCH_CONCURRENCY (2), BENCH_REQUESTS (1000), BENCH_K (10).
@@ -274,7 +274,7 @@ async fn main() -> Result<(), Error> {
         json!({"scenario": "hybrid_hnsw_forced_recall", "detail": line})
     );
 
-    // 2. /v1/ask through the dispatcher: JWT, TenantTx, search, local answerer, policing.
+    // 2. /v1/ask through the edge: JWT, TenantTx, search, local answerer, policing.
     let iss = issuer();
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..tenants)
@@ -289,21 +289,14 @@ async fn main() -> Result<(), Error> {
             })
             .collect(),
     );
-    let routes = Arc::new(tenantry::api::all_routes());
+    let routes = Arc::new(tenantry::http::router(
+        Arc::clone(&app),
+        &tenantry::api::all_routes(),
+    ));
     let mut s = drive(concurrency, requests, {
-        let (app, tokens, questions, routes) = (
-            app.clone(),
-            tokens.clone(),
-            questions.clone(),
-            routes.clone(),
-        );
+        let (tokens, questions, routes) = (tokens.clone(), questions.clone(), routes.clone());
         move |i| {
-            let (app, tokens, questions, routes) = (
-                app.clone(),
-                tokens.clone(),
-                questions.clone(),
-                routes.clone(),
-            );
+            let (tokens, questions, routes) = (tokens.clone(), questions.clone(), routes.clone());
             async move {
                 let auth = format!("Bearer {}", tokens[(i * 7919) % tokens.len()]);
                 let body = json!({"question": questions[i % questions.len()], "k": k}).to_string();
@@ -316,7 +309,7 @@ async fn main() -> Result<(), Error> {
                     ],
                     Some(&body),
                 );
-                let resp = tenantry::http::dispatch(&app, &routes, req).await;
+                let resp = tenantry::http::call(&routes, req).await;
                 if resp.status().is_success() {
                     Ok(())
                 } else {

@@ -125,7 +125,13 @@ const fn route(
     permission: P,
     handler: Handler,
 ) -> Route {
-    row(method, path, function, Needs::Permission(permission), handler)
+    row(
+        method,
+        path,
+        function,
+        Needs::Permission(permission),
+        handler,
+    )
 }
 
 /// A route for any authenticated caller (what it shows depends on nothing it could misuse).

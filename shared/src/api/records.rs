@@ -16,20 +16,24 @@ enum Format {
     NdJson,
 }
 
+/// The batch's format: JSON (an array) or NDJSON, by `Content-Type`; anything else, or none, is 415.
 fn format(req: &Request) -> Result<Format, ApiError> {
-    let ct = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    if crate::http::is_json(req.headers()) {
+        return Ok(Format::Json);
+    }
+    let mut values = req.headers().get_all(http::header::CONTENT_TYPE).iter();
+    let essence = match (values.next(), values.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+        _ => String::new(),
+    };
     match essence.as_str() {
-        "application/json" | "" => Ok(Format::Json),
         "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
             Ok(Format::NdJson)
         }

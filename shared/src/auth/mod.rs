@@ -138,15 +138,22 @@ impl Authenticator {
 
     /// Authenticates a request: `Authorization: Bearer <Auth0 access token>` or
     /// `X-Api-Key: <tenant API key>`, never both.
+    ///
+    /// Exactly one credential: two `Authorization` headers, two `X-Api-Key` headers, one of each,
+    /// or a value holding a comma (API Gateway joins repeated headers with commas; no token or
+    /// key contains one) is [`AuthError::Ambiguous`]: we never pick one of several.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        let bearer = headers
-            .get(http::header::AUTHORIZATION)
+        let authorization = single(headers, http::header::AUTHORIZATION.as_str())?;
+        let api_key = single(headers, "x-api-key")?;
+        if authorization.is_some() && api_key.is_some() {
+            return Err(AuthError::Ambiguous);
+        }
+        let bearer = authorization
             .map(|v| {
                 bearer_token(v.as_bytes()).ok_or(AuthError::InvalidToken("not a bearer token"))
             })
             .transpose()?;
-        let api_key = headers
-            .get("x-api-key")
+        let api_key = api_key
             .map(|v| v.to_str().map_err(|_| AuthError::InvalidApiKey))
             .transpose()?;
         match (bearer, api_key) {
@@ -159,7 +166,15 @@ impl Authenticator {
 
     async fn by_token(&self, token: &str) -> Result<Principal, AuthError> {
         let claims = self.jwt.verify(token).await?;
+        // Signed, but still data: an id with a control character or of absurd length is refused
+        // here, before it reaches a log line or Postgres (which rejects NUL in text).
+        if !plausible_id(&claims.sub) {
+            return Err(AuthError::InvalidToken("implausible sub"));
+        }
         let org = claims.org_id.as_deref().ok_or(AuthError::NoOrganization)?;
+        if !plausible_id(org) {
+            return Err(AuthError::InvalidToken("implausible org_id"));
+        }
         let tenant = self
             .db
             .tenant_for_auth0_org(org)
@@ -220,6 +235,29 @@ fn ensure_active(tenant: &TenantRef) -> Result<(), AuthError> {
     }
 }
 
+/// The one value of a credential header, if sent; several values (or one joined with commas by
+/// a proxy) are ambiguous.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h http::HeaderValue>, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) if !v.as_bytes().contains(&b',') => Ok(Some(v)),
+        _ => Err(AuthError::Ambiguous),
+    }
+}
+
+/// The longest `sub` or `org_id` we accept (Auth0's are far shorter).
+const MAX_ID_LEN: usize = 256;
+
+/// Whether a claim can be an Auth0 user or organization id: 1 to 256 characters, none of them a
+/// control character.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
 fn bearer_token(value: &[u8]) -> Option<&str> {
     let value = std::str::from_utf8(value).ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -230,6 +268,52 @@ fn bearer_token(value: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_credential_header_or_it_is_ambiguous() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        let one = headers(&[("authorization", "Bearer a")]);
+        assert!(matches!(single(&one, "authorization"), Ok(Some(_))));
+        assert!(matches!(single(&one, "x-api-key"), Ok(None)));
+        for h in [
+            headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            headers(&[("authorization", "Bearer a, Bearer b")]),
+            headers(&[("authorization", "Bearer a,b")]),
+        ] {
+            assert!(matches!(
+                single(&h, "authorization"),
+                Err(AuthError::Ambiguous)
+            ));
+        }
+        let keys = headers(&[("x-api-key", "k1"), ("x-api-key", "k2")]);
+        assert!(matches!(
+            single(&keys, "x-api-key"),
+            Err(AuthError::Ambiguous)
+        ));
+    }
+
+    #[test]
+    fn ids_are_bounded_and_free_of_control_characters() {
+        assert!(plausible_id("auth0|abc"));
+        assert!(plausible_id("org_abc"));
+        assert!(plausible_id(&"x".repeat(MAX_ID_LEN)));
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_ID_LEN + 1),
+            "org\0abc".into(),
+            "org\nabc".into(),
+            "org\u{7f}".into(),
+            "org\u{85}x".into(),
+        ] {
+            assert!(!plausible_id(&bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn bearer_scheme_is_required() {

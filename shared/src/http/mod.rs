@@ -1,18 +1,20 @@
-//! HTTP plumbing shared by every function and the local runner: routing, request ids, body limits,
-//! problem+json errors, and a guarantee that no panic reaches the Lambda runtime.
+//! HTTP plumbing shared by every function and the local runner: the routing table's types,
+//! problem+json errors and the JSON helpers handlers use. The edge that serves the table (axum and
+//! tower-http) is in [`edge`].
+
+mod edge;
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
-use futures_util::FutureExt as _;
 use http::{HeaderValue, Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt as _, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tracing::Instrument as _;
 use uuid::Uuid;
+
+pub use edge::{call, router};
 
 use crate::App;
 use crate::auth::{AuthError, Permission, Principal};
@@ -59,7 +61,7 @@ impl Needs {
     }
 }
 
-/// What the dispatcher knows about a request before the handler runs.
+/// What the edge knows about a request before the handler runs.
 #[derive(Debug)]
 pub struct RequestCtx {
     /// This request's id: on every log line and in every response.
@@ -319,7 +321,18 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> HandlerResul
 
 /// Parses a JSON body into `T`: malformed JSON, wrong types and unknown fields are 400s that say
 /// where (use `#[serde(deny_unknown_fields)]` on `T`).
+///
+/// The body must be declared JSON (`application/json`, or a `+json` type such as
+/// `application/cloudevents+json`): anything else, or no `Content-Type`, is 415, so a form post
+/// or `text/plain` never reaches a parser that would accept it anyway.
 pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body as JSON with `Content-Type: application/json`.",
+        ));
+    }
     let bytes: &[u8] = req.body().as_ref();
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
@@ -333,6 +346,30 @@ pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Api
             format!("The request body is not valid for this endpoint: {e}"),
         )
     })
+}
+
+/// Whether the request declares a JSON body: exactly one `Content-Type` whose media type is
+/// `application/json` or `application/<something>+json` (parameters such as `charset` allowed).
+pub fn is_json(headers: &http::HeaderMap) -> bool {
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => {
+            sub == "json" || sub.strip_suffix("+json").is_some_and(|s| !s.is_empty())
+        }
+        _ => false,
+    }
 }
 
 /// Matches a path against a route template; returns the parameters if it matches.
@@ -368,7 +405,7 @@ pub fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static st
 
 /// The request id: API Gateway's own when there is one (so it matches its access logs), else a
 /// well-formed `x-request-id` from the caller (the local runner), else a new one.
-pub fn request_id(req: &Request) -> String {
+pub fn request_id<B>(req: &http::Request<B>) -> String {
     #[allow(unreachable_patterns)]
     let from_gateway = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.request_id.clone(),
@@ -388,110 +425,6 @@ pub fn request_id(req: &Request) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| Uuid::now_v7().to_string())
-}
-
-/// Serves one request with the routing table: the whole request path of every function.
-///
-/// Never fails and never panics outward: every error becomes a problem document, and a panic in a
-/// handler becomes a 500 (logged with the request id).
-pub async fn dispatch(app: &App, routes: &[&Route], req: Request) -> Response<Body> {
-    let request_id = request_id(&req);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %req.method(),
-        route = tracing::field::Empty,
-        tenant_id = tracing::field::Empty,
-    );
-    let rid = request_id.clone();
-    let result = AssertUnwindSafe(serve(app, routes, req, request_id).instrument(span.clone()))
-        .catch_unwind()
-        .await;
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(_) => span.in_scope(|| {
-            ApiError::internal(std::io::Error::other("handler panicked")).into_response(&rid)
-        }),
-    };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
-}
-
-async fn serve(app: &App, routes: &[&Route], req: Request, request_id: String) -> Response<Body> {
-    let path = req.raw_http_path().to_owned();
-    let path = if path.is_empty() {
-        req.uri().path().to_owned()
-    } else {
-        path
-    };
-    let mut path_matched = false;
-    let found = routes.iter().find_map(|r| {
-        let params = match_path(r.path, &path)?;
-        path_matched = true;
-        (r.method == req.method()).then_some((*r, params))
-    });
-    let Some((route, params)) = found else {
-        let err = if path_matched {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "This path does not accept that method.",
-            )
-        } else {
-            ApiError::not_found("No such route.")
-        };
-        return err.into_response(&request_id);
-    };
-    tracing::Span::current().record("route", route.path);
-
-    if req.body().len() > app.config.http.max_body_bytes {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "The request body exceeds {} bytes.",
-                app.config.http.max_body_bytes
-            ),
-        )
-        .into_response(&request_id);
-    }
-
-    let principal = if route.needs.authenticated() {
-        match app.auth.authenticate(req.headers()).await {
-            Ok(p) => {
-                tracing::Span::current().record("tenant_id", tracing::field::display(p.tenant_id));
-                Some(p)
-            }
-            Err(e) => return ApiError::from(e).into_response(&request_id),
-        }
-    } else {
-        None
-    };
-    if let (Needs::Permission(needed), Some(p)) = (route.needs, &principal)
-        && !p.can(needed)
-    {
-        return insufficient_permission(needed).into_response(&request_id);
-    }
-    let ctx = RequestCtx {
-        request_id,
-        principal,
-        params,
-    };
-    let started = std::time::Instant::now();
-    let result = (route.handler)(app, &ctx, &req).await;
-    match result {
-        Ok(resp) => {
-            tracing::info!(
-                status = resp.status().as_u16(),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "request served"
-            );
-            resp
-        }
-        Err(e) => e.into_response(&ctx.request_id),
-    }
 }
 
 #[cfg(test)]
@@ -526,5 +459,40 @@ mod tests {
         let doc: Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(doc["code"], "internal");
         assert_eq!(doc["request_id"], "rid-1");
+    }
+
+    #[test]
+    fn only_json_media_types_are_json() {
+        let of = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+                );
+            }
+            is_json(&h)
+        };
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+            "application/json ;charset=utf-8",
+        ] {
+            assert!(of(&[yes]), "{yes}");
+        }
+        for no in [
+            &[][..],
+            &["text/plain"],
+            &["application/x-www-form-urlencoded"],
+            &["multipart/form-data; boundary=x"],
+            &["application/+json"],
+            &["application/jsonx"],
+            &["text/json"],
+            &["application/json", "application/json"],
+            &[""],
+        ] {
+            assert!(!of(no), "{no:?}");
+        }
     }
 }

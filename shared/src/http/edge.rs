@@ -1,0 +1,249 @@
+//! The edge: the routing table served by axum, with tower-http for request ids, tracing and panic
+//! catching. The same [`router`] runs under `lambda_http` in every function, under `axum::serve`
+//! in the local runner, and in the tests (`tower::ServiceExt::oneshot`).
+//!
+//! For each request, in order: a request id (API Gateway's, else a well-formed `x-request-id`
+//! from the caller, else a new one) on the request, the response and every log line; routing
+//! (404 for an unknown path, 405 with `Allow` for a known path and another method); the body,
+//! refused past `HTTP_MAX_BODY_BYTES` (413); the caller authenticated and its permission checked
+//! as the route declares ([`Needs`]); then the handler. Every refusal is a problem document, and a
+//! panic anywhere below the request-id layer is a 500 problem, never a dropped connection.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, State};
+use axum::response::IntoResponse as _;
+use axum::routing::{MethodFilter, MethodRouter};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use lambda_http::Body;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::PropagateRequestIdLayer;
+use tower_http::trace::TraceLayer;
+
+use super::{ApiError, Needs, RequestCtx, Route, insufficient_permission, match_path, request_id};
+use crate::App;
+
+/// The header carrying the request id both ways.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    /// This request's id, for the panic handler (which sees only the panic).
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// An axum response.
+type AxumResponse = http::Response<axum::body::Body>;
+
+/// The router serving `routes` (a function's own rows, or all of them locally).
+pub fn router(app: Arc<App>, routes: &[&'static Route]) -> Router {
+    let mut by_path: BTreeMap<&'static str, Vec<&'static Route>> = BTreeMap::new();
+    for r in routes {
+        by_path.entry(r.path).or_default().push(r);
+    }
+    let mut router = Router::new();
+    for (path, rows) in by_path {
+        let allow = rows
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut methods: MethodRouter<Arc<App>> = MethodRouter::new();
+        for &route in &rows {
+            let filter = method_filter(&route.method);
+            methods = methods.on(filter, move |State(app): State<Arc<App>>, req| {
+                serve(app, route, req)
+            });
+        }
+        let allow: Arc<str> = allow.into();
+        methods = methods.fallback(move || method_not_allowed(allow.clone()));
+        router = router.route(path, methods);
+    }
+    router
+        .fallback(|| async { problem(ApiError::not_found("No such route.")) })
+        .with_state(app)
+        // Innermost first: each layer wraps the ones above it.
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &http::Request<axum::body::Body>| {
+                    let rid = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "request",
+                        request_id = %rid,
+                        method = %req.method(),
+                        route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+                        tenant_id = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(
+                    |resp: &http::Response<_>, latency: std::time::Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            status = resp.status().as_u16(),
+                            elapsed_ms = latency.as_secs_f64() * 1000.0,
+                            "request served"
+                        );
+                    },
+                )
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn(with_request_id))
+}
+
+/// Serves one request through `router` in process, its body collected: the entry for tests,
+/// benchmarks and tools that hold a `lambda_http::Request` (as Lambda delivers it).
+pub async fn call(router: &Router, req: lambda_http::Request) -> http::Response<bytes::Bytes> {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let (parts, body) = req.into_parts();
+    let req = http::Request::from_parts(parts, axum::body::Body::from(body.to_vec()));
+    let resp = match router.clone().oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    // The router's bodies are in memory; one that fails to collect is an empty body.
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    http::Response::from_parts(parts, bytes)
+}
+
+fn method_filter(method: &Method) -> MethodFilter {
+    match *method {
+        Method::GET => MethodFilter::GET,
+        Method::POST => MethodFilter::POST,
+        Method::PUT => MethodFilter::PUT,
+        Method::PATCH => MethodFilter::PATCH,
+        Method::DELETE => MethodFilter::DELETE,
+        // The table holds only the methods above (the contract test lists them).
+        _ => MethodFilter::OPTIONS,
+    }
+}
+
+/// Sets the request id on the request (replacing a malformed one from the caller) and keeps it
+/// for the panic handler.
+async fn with_request_id(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> AxumResponse {
+    let rid = request_id(&req);
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    CURRENT_REQUEST_ID.scope(rid, next.run(req)).await
+}
+
+fn current_request_id() -> String {
+    CURRENT_REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_default()
+}
+
+/// A panic below the request-id layer: a 500 problem (the payload is never shown or logged; it
+/// may hold row contents).
+fn panicked(_payload: Box<dyn Any + Send + 'static>) -> AxumResponse {
+    problem(ApiError::internal(std::io::Error::other(
+        "handler panicked",
+    )))
+}
+
+async fn method_not_allowed(allow: Arc<str>) -> AxumResponse {
+    let mut resp = problem(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("This path accepts {allow}."),
+    ));
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(http::header::ALLOW, v);
+    }
+    resp
+}
+
+/// One routed request: body, principal, permission, handler.
+async fn serve(app: Arc<App>, route: &'static Route, req: axum::extract::Request) -> AxumResponse {
+    let (parts, body) = req.into_parts();
+    let request_id = current_request_id();
+    let limit = app.config.http.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return problem(if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("The request body exceeds {limit} bytes."),
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", "The request body could not be read.")
+            });
+        }
+    };
+    let body = if bytes.is_empty() {
+        Body::Empty
+    } else {
+        match String::from_utf8(bytes.into()) {
+            Ok(text) => Body::Text(text),
+            Err(e) => Body::Binary(e.into_bytes()),
+        }
+    };
+    let req = http::Request::from_parts(parts, body);
+
+    // Percent-decoded parameters; a segment that is not UTF-8 (or is empty) names nothing.
+    let Some(params) = match_path(route.path, req.uri().path()) else {
+        return problem(ApiError::not_found("No such route."));
+    };
+    let principal = if route.needs.authenticated() {
+        match app.auth.authenticate(req.headers()).await {
+            Ok(p) => {
+                tracing::Span::current().record("tenant_id", tracing::field::display(p.tenant_id));
+                Some(p)
+            }
+            Err(e) => return problem(ApiError::from(e)),
+        }
+    } else {
+        None
+    };
+    if let (Needs::Permission(needed), Some(p)) = (route.needs, &principal)
+        && !p.can(needed)
+    {
+        return problem(insufficient_permission(needed));
+    }
+    let ctx = RequestCtx {
+        request_id,
+        principal,
+        params,
+    };
+    match (route.handler)(&app, &ctx, &req).await {
+        Ok(resp) => into_axum(resp),
+        Err(e) => into_axum(e.into_response(&ctx.request_id)),
+    }
+}
+
+/// A problem document for this request.
+fn problem(e: ApiError) -> AxumResponse {
+    into_axum(e.into_response(&current_request_id()))
+}
+
+fn into_axum(resp: http::Response<Body>) -> AxumResponse {
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        Body::Empty => axum::body::Body::empty(),
+        Body::Text(t) => axum::body::Body::from(t),
+        Body::Binary(b) => axum::body::Body::from(b),
+        _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    http::Response::from_parts(parts, body)
+}

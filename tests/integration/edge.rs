@@ -1,0 +1,234 @@
+//! The edge (axum + tower-http) as an attacker and a careless client meet it: bodies that are not
+//! declared JSON, several credentials at once, a method the path does not take, signed claims
+//! holding control characters or absurd lengths, and a forged request id. Each is refused with
+//! its problem code, and a refused write leaves nothing behind.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde_json::json;
+use tenantry_tests::{Reply, TestApp, gateway_event, issuer};
+
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    app.send(gateway_event(method, path, headers, body)).await
+}
+
+#[tokio::test]
+async fn json_endpoints_refuse_bodies_not_declared_json() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    let auth = format!("Bearer {token}");
+    let spec = r#"{"name": "orders", "columns": [{"name": "region", "type": "string"}]}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("text/json"),
+        Some("application/jsonx"),
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        for (path, body) in [
+            ("/v1/datasets", spec),
+            ("/v1/query", r#"{"dataset": "orders"}"#),
+            ("/v1/ask", r#"{"question": "anything?"}"#),
+            ("/v1/api-keys", r#"{"name": "k", "scopes": ["read"]}"#),
+            (
+                "/v1/datasets/orders/records",
+                r#"[{"key": "a", "data": {}}]"#,
+            ),
+        ] {
+            let r = send(&app, "POST", path, &headers, Some(body)).await;
+            assert_eq!(
+                (r.status, r.json["code"].as_str()),
+                (415, Some("unsupported_media_type")),
+                "{path} with {content_type:?}"
+            );
+        }
+    }
+    // Nothing was created by any of them.
+    let r = app.call("GET", "/v1/datasets", &token, None).await;
+    assert_eq!(r.json["datasets"], json!([]));
+    let r = app.call("GET", "/v1/api-keys", &token, None).await;
+    assert_eq!(r.json["api_keys"], json!([]));
+    // The same body declared JSON (with parameters, any case) is accepted.
+    let r = send(
+        &app,
+        "POST",
+        "/v1/datasets",
+        &[
+            ("authorization", &auth),
+            ("content-type", "Application/JSON; charset=utf-8"),
+        ],
+        Some(spec),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+}
+
+#[tokio::test]
+async fn several_credentials_are_ambiguous_never_the_first_one() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &token,
+            Some(r#"{"name": "k", "scopes": ["read"]}"#),
+        )
+        .await;
+    let key = created.json["key"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let cases: [(&str, Vec<(&str, String)>); 5] = [
+        (
+            "two bearer tokens",
+            vec![
+                ("authorization", bearer.clone()),
+                ("authorization", bearer.clone()),
+            ],
+        ),
+        (
+            "two keys",
+            vec![("x-api-key", key.clone()), ("x-api-key", key.clone())],
+        ),
+        (
+            "one of each",
+            vec![
+                ("authorization", bearer.clone()),
+                ("x-api-key", key.clone()),
+            ],
+        ),
+        // API Gateway joins a repeated header into one value with commas.
+        (
+            "joined tokens",
+            vec![("authorization", format!("{bearer}, {bearer}"))],
+        ),
+        ("joined keys", vec![("x-api-key", format!("{key},{key}"))]),
+    ];
+    for (what, headers) in cases {
+        let mut req = gateway_event("GET", "/v1/me", &[], None);
+        for (name, value) in headers {
+            req.headers_mut()
+                .append(name, HeaderValue::from_str(&value).unwrap());
+        }
+        let r = app.send(req).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (400, Some("ambiguous_credentials")),
+            "{what}"
+        );
+    }
+    // Each alone is fine.
+    let r = send(&app, "GET", "/v1/me", &[("x-api-key", &key)], None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_method_the_path_does_not_take_is_405_with_allow() {
+    let app = TestApp::new().await;
+    for (method, path, allowed) in [
+        ("DELETE", "/v1/me", vec!["GET"]),
+        ("PUT", "/v1/datasets", vec!["GET", "POST"]),
+        ("PATCH", "/v1/datasets/orders", vec!["DELETE", "GET"]),
+        ("GET", "/v1/query", vec!["POST"]),
+        ("OPTIONS", "/v1/api-keys", vec!["GET", "POST"]),
+    ] {
+        let r = send(&app, method, path, &[], None).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (405, Some("method_not_allowed")),
+            "{method} {path}"
+        );
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        let mut allow: Vec<&str> = r.headers["allow"].to_str().unwrap().split(", ").collect();
+        allow.sort_unstable();
+        assert_eq!(allow, allowed, "{method} {path}");
+    }
+    let r = send(&app, "GET", "/v1/nope", &[], None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert!(r.headers.get("allow").is_none());
+}
+
+/// A token signed with the trusted key can still carry hostile values: they are 401s, never a
+/// 5xx from Postgres (which refuses NUL in text) and never a log line with a control character.
+#[tokio::test]
+async fn hostile_signed_claims_are_401_not_5xx() {
+    let app = TestApp::new().await;
+    app.tenant_with_token("alpha").await;
+    let iss = issuer();
+    let long = "x".repeat(257);
+    for (what, sub, org) in [
+        ("NUL in org_id", "auth0|a", "org_alpha\u{0}"),
+        ("newline in org_id", "auth0|a", "org_alpha\nadmin"),
+        ("over-long org_id", "auth0|a", long.as_str()),
+        ("empty org_id", "auth0|a", ""),
+        ("NUL in sub", "auth0|\u{0}", "org_alpha"),
+        ("escape in sub", "auth0|\u{1b}[31m", "org_alpha"),
+        ("over-long sub", long.as_str(), "org_alpha"),
+    ] {
+        let token = iss
+            .token(sub, org, &["admin"], Duration::from_secs(600))
+            .unwrap();
+        let r = app.call("GET", "/v1/me", &token, None).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (401, Some("invalid_token")),
+            "{what}"
+        );
+    }
+    // A non-string org_id is a malformed token too.
+    let mut claims = iss.claims("auth0|a", "org_alpha", &["admin"], Duration::from_secs(600));
+    claims["org_id"] = json!(42);
+    let r = app
+        .call("GET", "/v1/me", &iss.sign(&claims).unwrap(), None)
+        .await;
+    assert_eq!(r.status, 401, "{}", r.json);
+    // At the limit it is a plain unknown organization.
+    let at_limit = "o".repeat(256);
+    let token = iss
+        .token("auth0|a", &at_limit, &["admin"], Duration::from_secs(600))
+        .unwrap();
+    let r = app.call("GET", "/v1/me", &token, None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (403, Some("unknown_organization"))
+    );
+}
+
+/// Without API Gateway's id (the local runner), a well-formed caller id is kept and a malformed
+/// one replaced: a log line never carries what a caller chose to inject.
+#[tokio::test]
+async fn a_forged_request_id_is_replaced() {
+    let app = TestApp::new().await;
+    let local = |rid: &str| {
+        http::Request::builder()
+            .method("GET")
+            .uri("/v1/me")
+            .header("x-request-id", rid)
+            .body(lambda_http::Body::Empty)
+            .unwrap()
+    };
+    let r = app.send(local("trace-1234.abc")).await;
+    assert_eq!(r.headers["x-request-id"], "trace-1234.abc");
+    assert_eq!(r.json["request_id"], "trace-1234.abc");
+    for forged in ["a b", "x\"y", &"z".repeat(129), ""] {
+        let r = app.send(local(forged)).await;
+        let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(rid, forged);
+        assert!(uuid::Uuid::parse_str(&rid).is_ok(), "{rid}");
+        assert_eq!(r.json["request_id"], rid.as_str());
+    }
+}

@@ -188,6 +188,44 @@ pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http
     lambda_http::run(crate::http::router(app, &routes)).await
 }
 
+/// The whole `main` of the `authorizer` function (API Gateway's REQUEST authorizer): the
+/// configuration, the pool and the [`Authenticator`], nothing else.
+pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
+    use crate::auth::authorizer::Authorizer;
+    use aws_lambda_events::apigw::ApiGatewayV2CustomAuthorizerV2Request;
+    crate::telemetry::init();
+    let ttl = match std::env::var("AUTHORIZER_CACHE_SECS") {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 300)
+            .ok_or(ConfigError::Invalid {
+                name: "AUTHORIZER_CACHE_SECS",
+                reason: "whole seconds, at most 300".into(),
+            })?,
+        Err(_) => 30,
+    };
+    let config = Config::from_env()?;
+    let sdk = match config.needs_aws() {
+        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        false => None,
+    };
+    let config = config.resolve(sdk.as_ref()).await?;
+    let db = Db::connect(&config.db)?;
+    let authorizer = Arc::new(Authorizer::new(
+        Authenticator::new(&config.auth, db),
+        std::time::Duration::from_secs(ttl),
+    ));
+    tracing::info!(cache_secs = ttl, "authorizer ready");
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<ApiGatewayV2CustomAuthorizerV2Request>| {
+            let authorizer = Arc::clone(&authorizer);
+            async move { Ok::<_, lambda_runtime::Error>(authorizer.handle(&event.payload).await?) }
+        },
+    ))
+    .await
+}
+
 /// The whole `main` of the `embed` function (SQS batches and the scheduled sweep).
 pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init();

@@ -55,8 +55,9 @@ fn every_function_package_serves_routes_and_every_route_has_a_package() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     let mut functions: BTreeSet<String> = ROUTES.iter().map(|r| r.function.to_owned()).collect();
-    // Functions that serve no route: queue consumers and scheduled jobs.
-    functions.extend(["embed", "usage-meter", "billing-reconcile"].map(str::to_owned));
+    // Functions that serve no route: queue consumers, scheduled jobs and the gateway's authorizer.
+    functions
+        .extend(["embed", "usage-meter", "billing-reconcile", "authorizer"].map(str::to_owned));
     assert_eq!(dirs, functions);
     // And the template builds every one of them.
     let template = String::from_utf8(repo_file("infra/template.yaml")).unwrap();
@@ -85,6 +86,24 @@ fn the_openapi_document_lists_exactly_the_routing_table() {
     }
     let routes: BTreeSet<(String, String)> = table().into_iter().map(|(m, p, _)| (m, p)).collect();
     assert_eq!(documented, routes);
+}
+
+/// Every authenticated route is behind the Lambda authorizer (the API's default); only the
+/// webhooks opt out, and no JWT authorizer (which refuses `X-Api-Key` callers) is left.
+#[test]
+fn the_gateway_authorizes_with_the_lambda_authorizer_and_only_webhooks_opt_out() {
+    let template = String::from_utf8(repo_file("infra/template.yaml")).unwrap();
+    assert!(template.contains("        DefaultAuthorizer: Tenantry\n"));
+    assert!(template.contains("            FunctionArn: !GetAtt AuthorizerFunction.Arn\n"));
+    assert!(template.contains("            AuthorizerPayloadFormatVersion: \"2.0\"\n"));
+    assert!(template.contains("            EnableSimpleResponses: true\n"));
+    assert!(!template.contains("JwtConfiguration"));
+    let opted_out = template.matches("              Authorizer: NONE\n").count();
+    let public = ROUTES
+        .iter()
+        .filter(|r| r.needs == tenantry::http::Needs::Sender)
+        .count();
+    assert_eq!(opted_out, public);
 }
 
 /// Every operation states the permission its route declares (`x-permission`; `none` for any
@@ -214,13 +233,13 @@ const EVENTS: &[(&str, &str, u16)] = &[
 
 #[tokio::test]
 async fn every_sample_event_is_served_by_its_function() {
-    // HTTP events only; the embed, usage-meter and billing-reconcile events are exercised in
-    // embed_queue.rs and billing.rs.
+    // HTTP events only; the embed, usage-meter, billing-reconcile and authorizer events are
+    // exercised in embed_queue.rs, billing and authorizer.rs.
     let on_disk: usize = std::fs::read_dir(repo_root().join("events"))
         .unwrap()
         .map(|d| d.unwrap().path())
         .filter(|p| {
-            !["embed", "usage-meter", "billing-reconcile"]
+            !["embed", "usage-meter", "billing-reconcile", "authorizer"]
                 .iter()
                 .any(|f| p.ends_with(f))
         })

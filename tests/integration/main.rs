@@ -5,6 +5,7 @@ mod analytics;
 mod api_keys;
 mod ask;
 mod auth;
+mod authorizer;
 mod bedrock;
 mod billing;
 mod catalog;

@@ -1,6 +1,7 @@
 //! Who is calling: Auth0 access tokens (RS256 only) and tenant API keys, resolved to a [`Principal`].
 
 pub mod api_keys;
+pub mod authorizer;
 pub mod dev;
 mod jwt;
 pub mod permissions;

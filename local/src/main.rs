@@ -31,7 +31,7 @@ const DEV_KID: &str = "tenantry-dev-1";
 
 #[tokio::main]
 async fn main() {
-    tenantry::telemetry::init();
+    tenantry::telemetry::init(tenantry::telemetry::LogFormat::Local);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("up") => up().await,
@@ -165,7 +165,7 @@ async fn up() -> Result<(), Error> {
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
     let billing = tenantry_stripe::StripeBilling::from_config(&config.billing)?
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn tenantry::billing::BillingSink>);
-    let app = std::sync::Arc::new(tenantry::App::with_billing(config, None, billing)?);
+    let app = std::sync::Arc::new(tenantry::App::builder(config).billing(billing).build()?);
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
     // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
     // every 30 s; snapshot and reconcile at start and every 10 minutes.

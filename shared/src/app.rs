@@ -1,16 +1,28 @@
-//! What a function builds once per cold start and lends to every request.
+//! The composition root: builds an [`App`] from configuration and runs a function with it. Every
+//! function's `main` calls one `run_*` here (or the Stripe crate's, which builds on
+//! [`AppBuilder`]); no other module imports this one.
+//!
+//! What a function links is its cargo features: `sqs` (the SQS adapters of the embed and usage
+//! queues) and `bedrock` (the Bedrock embedder and answerer). A port whose adapter the
+//! configuration names but this function does not link is [`Unlinked`]: it fails each call
+//! with a clear error instead of quietly using a local stand-in. A function links what its
+//! routes call, so the unlinked ports of a function are the ones it never calls.
 
 use std::sync::Arc;
 
+use crate::App;
+use crate::TenantId;
 use crate::auth::Authenticator;
 use crate::billing::{BillingSink, LocalBilling};
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
-use crate::rag::answer::{Answerer, LocalAnswerer};
-use crate::rag::bedrock::{BedrockAnswerer, BedrockEmbedder};
-use crate::rag::embed::{Embedder, LocalEmbedder};
-use crate::rag::queue::{EmbedQueue, InProcessEmbedQueue, SqsEmbedQueue};
-use crate::usage::queue::{InProcessUsageQueue, SqsUsageQueue, UsageQueue};
+use crate::rag::answer::{AnswerError, AnswerFuture, Answerer, LocalAnswerer, Source};
+use crate::rag::embed::{EmbedError, EmbedFuture, Embedder, LocalEmbedder};
+use crate::rag::queue::{EmbedQueue, EnqueueFuture, InProcessEmbedQueue, QueueError};
+use crate::runtime::Work;
+use crate::telemetry::LogFormat;
+use crate::usage::UsageEvent;
+use crate::usage::queue::{InProcessUsageQueue, SendFuture, UsageQueue, UsageQueueError};
 
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,105 +35,127 @@ pub enum StartError {
     Db(#[from] DbError),
 }
 
-/// Configuration, pool and clients: built once per cold start, shared by reference.
+/// Whether this process is a Lambda execution environment.
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+}
+
+/// How in-process work runs here: inline in Lambda, in the background elsewhere.
+pub fn work_mode() -> Work {
+    if in_lambda() {
+        Work::Inline
+    } else {
+        Work::Background
+    }
+}
+
+/// The log format here: JSON in Lambda, text elsewhere.
+pub fn log_format() -> LogFormat {
+    if in_lambda() {
+        LogFormat::Lambda
+    } else {
+        LogFormat::Local
+    }
+}
+
+/// Builds an [`App`]: the configuration, plus what the caller supplies (an AWS SDK configuration,
+/// a billing adapter, how in-process work runs).
 #[derive(Debug)]
-pub struct App {
-    /// The configuration it was built from.
-    pub config: Config,
-    /// The app role's connection pool.
-    pub db: Db,
-    /// Bearer-token and API-key verification.
-    pub auth: Authenticator,
-    /// Text → vectors (questions, and chunks through the queue).
-    pub embedder: Arc<dyn Embedder>,
-    /// Sources → answer.
-    pub answerer: Arc<dyn Answerer>,
-    /// Where embedding work goes after ingest.
-    pub embed_queue: Arc<dyn EmbedQueue>,
-    /// Where billable requests send their usage.
-    pub usage_queue: Arc<dyn UsageQueue>,
-    /// The billing provider (local unless a Stripe-linked function supplies its adapter).
-    pub billing: Arc<dyn BillingSink>,
+pub struct AppBuilder {
+    config: Config,
+    sdk: Option<aws_config::SdkConfig>,
+    billing: Option<Arc<dyn BillingSink>>,
+    work: Work,
 }
 
 impl App {
-    /// Builds the app with the local adapters (no AWS). Opens no connection yet.
-    pub fn new(config: Config) -> Result<Self, StartError> {
-        Self::with_sdk(config, None)
+    /// A builder over `config`: local adapters, no AWS, background work.
+    pub fn builder(config: Config) -> AppBuilder {
+        AppBuilder {
+            config,
+            sdk: None,
+            billing: None,
+            work: Work::Background,
+        }
+    }
+}
+
+impl AppBuilder {
+    /// The configuration from the environment, with its secrets resolved (Secrets Manager where
+    /// configured), the SDK configuration loaded if any setting needs AWS, and this process's
+    /// work mode.
+    pub async fn from_env() -> Result<Self, StartError> {
+        let config = Config::from_env()?;
+        let sdk = match config.needs_aws() {
+            true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+            false => None,
+        };
+        let config = config.resolve(sdk.as_ref()).await?;
+        let mut b = App::builder(config).work(work_mode());
+        b.sdk = sdk;
+        Ok(b)
     }
 
-    /// Builds the app; ports configured for AWS use clients made from `sdk`.
-    pub fn with_sdk(
-        config: Config,
-        sdk: Option<&aws_config::SdkConfig>,
-    ) -> Result<Self, StartError> {
-        Self::with_billing(config, sdk, None)
+    /// The configuration it will build from.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    /// As [`with_sdk`](Self::with_sdk), with the billing provider's adapter (None: the local
-    /// one, which records meter events instead of sending them).
-    pub fn with_billing(
-        config: Config,
-        sdk: Option<&aws_config::SdkConfig>,
-        billing: Option<Arc<dyn BillingSink>>,
-    ) -> Result<Self, StartError> {
+    /// Ports configured for AWS use clients made from `sdk`.
+    pub fn sdk(mut self, sdk: aws_config::SdkConfig) -> Self {
+        self.sdk = Some(sdk);
+        self
+    }
+
+    /// The billing provider's adapter (without one: the local adapter, which records meter
+    /// events instead of sending them).
+    pub fn billing(mut self, billing: Option<Arc<dyn BillingSink>>) -> Self {
+        self.billing = billing;
+        self
+    }
+
+    /// How in-process queues run their work.
+    pub fn work(mut self, work: Work) -> Self {
+        self.work = work;
+        self
+    }
+
+    /// Builds the app. Opens no connection yet.
+    pub fn build(self) -> Result<App, StartError> {
+        let AppBuilder {
+            config,
+            sdk,
+            billing,
+            work,
+        } = self;
         let db = Db::connect(&config.db)?;
         let auth = Authenticator::new(&config.auth, db.clone());
         let rag = &config.rag;
-        let bedrock = || {
-            sdk.map(crate::rag::bedrock::client)
-                .ok_or(ConfigError::Invalid {
-                    name: "BEDROCK_*_MODEL_ID",
-                    reason: "set, but no AWS configuration was loaded".into(),
-                })
-        };
         let embedder: Arc<dyn Embedder> = match &rag.embed_model_id {
-            Some(model) => Arc::new(BedrockEmbedder::new(
-                bedrock()?,
-                model,
-                rag.embed_dims,
-                rag.embed_concurrency,
-            )),
+            Some(model) => bedrock_embedder(sdk.as_ref(), model, &config)?,
             None => Arc::new(LocalEmbedder::new(rag.embed_dims)),
         };
         let answerer: Arc<dyn Answerer> = match &rag.answer_model_id {
-            Some(model) => Arc::new(BedrockAnswerer::new(
-                bedrock()?,
-                model,
-                rag.answer_max_tokens,
-            )),
+            Some(model) => bedrock_answerer(sdk.as_ref(), model, &config)?,
             None => Arc::new(LocalAnswerer::default()),
         };
-        let embed_queue: Arc<dyn EmbedQueue> = match (&rag.embed_queue_url, sdk) {
-            (Some(url), Some(sdk)) => {
-                Arc::new(SqsEmbedQueue::new(aws_sdk_sqs::Client::new(sdk), url))
-            }
-            (Some(_), None) => {
-                return Err(ConfigError::Invalid {
-                    name: "EMBED_QUEUE_URL",
-                    reason: "set, but no AWS configuration was loaded".into(),
-                }
-                .into());
-            }
-            (None, _) => Arc::new(InProcessEmbedQueue::new(db.clone(), Arc::clone(&embedder))),
+        let embed_queue: Arc<dyn EmbedQueue> = match &rag.embed_queue_url {
+            Some(url) => sqs_embed_queue(sdk.as_ref(), url)?,
+            None => Arc::new(InProcessEmbedQueue::new(
+                db.clone(),
+                Arc::clone(&embedder),
+                work,
+            )),
         };
         let billing: Arc<dyn BillingSink> =
             billing.unwrap_or_else(|| Arc::new(LocalBilling::default()));
-        let usage_queue: Arc<dyn UsageQueue> = match (&config.billing.usage_queue_url, sdk) {
-            (Some(url), Some(sdk)) => {
-                Arc::new(SqsUsageQueue::new(aws_sdk_sqs::Client::new(sdk), url))
-            }
-            (Some(_), None) => {
-                return Err(ConfigError::Invalid {
-                    name: "USAGE_QUEUE_URL",
-                    reason: "set, but no AWS configuration was loaded".into(),
-                }
-                .into());
-            }
-            (None, _) => Arc::new(InProcessUsageQueue::new(
+        let usage_queue: Arc<dyn UsageQueue> = match &config.billing.usage_queue_url {
+            Some(url) => sqs_usage_queue(sdk.as_ref(), url)?,
+            None => Arc::new(InProcessUsageQueue::new(
                 db.clone(),
                 Arc::clone(&billing),
                 config.billing.meter.clone(),
+                work,
             )),
         };
         if billing.kind() == "local" {
@@ -139,7 +173,7 @@ impl App {
             billing = billing.kind(),
             "app ready"
         );
-        Ok(Self {
+        Ok(App {
             config,
             db,
             auth,
@@ -150,42 +184,176 @@ impl App {
             billing,
         })
     }
+}
 
-    /// Builds the app from the environment (and Secrets Manager, where configured).
-    pub async fn from_env() -> Result<Self, StartError> {
-        Self::from_env_with_billing(|_| Ok(None)).await
-    }
-
-    /// As [`from_env`](Self::from_env), with the billing adapter `billing` makes from the
-    /// resolved configuration (None: the local one).
-    pub async fn from_env_with_billing(
-        billing: impl FnOnce(&Config) -> Result<Option<Arc<dyn BillingSink>>, ConfigError>,
-    ) -> Result<Self, StartError> {
-        let config = Config::from_env()?;
-        let sdk = match config.needs_aws() {
-            true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
-            false => None,
-        };
-        let config = config.resolve(sdk.as_ref()).await?;
-        let billing = billing(&config)?;
-        Self::with_billing(config, sdk.as_ref(), billing)
+#[cfg(any(feature = "sqs", feature = "bedrock"))]
+fn no_sdk(name: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: "set, but no AWS configuration was loaded".into(),
     }
 }
 
-/// Whether this process is a Lambda execution environment.
-pub fn in_lambda() -> bool {
-    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+#[cfg(feature = "bedrock")]
+fn bedrock_embedder(
+    sdk: Option<&aws_config::SdkConfig>,
+    model: &str,
+    config: &Config,
+) -> Result<Arc<dyn Embedder>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("BEDROCK_EMBED_MODEL_ID"))?;
+    let rag = &config.rag;
+    Ok(Arc::new(crate::rag::bedrock::BedrockEmbedder::new(
+        crate::rag::bedrock::client(sdk),
+        model,
+        rag.embed_dims,
+        rag.embed_concurrency,
+    )))
+}
+
+#[cfg(not(feature = "bedrock"))]
+fn bedrock_embedder(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+    _: &Config,
+) -> Result<Arc<dyn Embedder>, ConfigError> {
+    Ok(Arc::new(Unlinked("embedder (Bedrock)")))
+}
+
+#[cfg(feature = "bedrock")]
+fn bedrock_answerer(
+    sdk: Option<&aws_config::SdkConfig>,
+    model: &str,
+    config: &Config,
+) -> Result<Arc<dyn Answerer>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("BEDROCK_ANSWER_MODEL_ID"))?;
+    Ok(Arc::new(crate::rag::bedrock::BedrockAnswerer::new(
+        crate::rag::bedrock::client(sdk),
+        model,
+        config.rag.answer_max_tokens,
+    )))
+}
+
+#[cfg(not(feature = "bedrock"))]
+fn bedrock_answerer(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+    _: &Config,
+) -> Result<Arc<dyn Answerer>, ConfigError> {
+    Ok(Arc::new(Unlinked("answerer (Bedrock)")))
+}
+
+#[cfg(feature = "sqs")]
+fn sqs_embed_queue(
+    sdk: Option<&aws_config::SdkConfig>,
+    url: &str,
+) -> Result<Arc<dyn EmbedQueue>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("EMBED_QUEUE_URL"))?;
+    Ok(Arc::new(crate::rag::queue::SqsEmbedQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        url,
+    )))
+}
+
+#[cfg(not(feature = "sqs"))]
+fn sqs_embed_queue(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+) -> Result<Arc<dyn EmbedQueue>, ConfigError> {
+    Ok(Arc::new(Unlinked("embed queue (SQS)")))
+}
+
+#[cfg(feature = "sqs")]
+fn sqs_usage_queue(
+    sdk: Option<&aws_config::SdkConfig>,
+    url: &str,
+) -> Result<Arc<dyn UsageQueue>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("USAGE_QUEUE_URL"))?;
+    Ok(Arc::new(crate::usage::queue::SqsUsageQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        url,
+    )))
+}
+
+#[cfg(not(feature = "sqs"))]
+fn sqs_usage_queue(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+) -> Result<Arc<dyn UsageQueue>, ConfigError> {
+    Ok(Arc::new(Unlinked("usage queue (SQS)")))
+}
+
+/// A port whose configured adapter this function does not link: every call fails, naming it.
+#[derive(Debug)]
+pub struct Unlinked(pub &'static str);
+
+impl Unlinked {
+    fn message(&self) -> String {
+        format!("the {} is not linked into this function", self.0)
+    }
+}
+
+impl Embedder for Unlinked {
+    fn model(&self) -> &str {
+        "unlinked"
+    }
+    fn dims(&self) -> usize {
+        0
+    }
+    fn embed<'a>(&'a self, _: &'a [String]) -> EmbedFuture<'a> {
+        Box::pin(async move { Err(EmbedError::Fatal(self.message())) })
+    }
+}
+
+impl Answerer for Unlinked {
+    fn model(&self) -> &str {
+        "unlinked"
+    }
+    fn answer<'a>(&'a self, _: &'a str, _: &'a [Source]) -> AnswerFuture<'a> {
+        Box::pin(async move { Err(AnswerError::Fatal(self.message())) })
+    }
+}
+
+impl EmbedQueue for Unlinked {
+    fn kind(&self) -> &'static str {
+        "unlinked"
+    }
+    fn enqueue(&self, _: TenantId) -> EnqueueFuture<'_> {
+        Box::pin(async move { Err(QueueError(self.message())) })
+    }
+}
+
+impl UsageQueue for Unlinked {
+    fn kind(&self) -> &'static str {
+        "unlinked"
+    }
+    fn send<'a>(&'a self, _: &'a [UsageEvent]) -> SendFuture<'a> {
+        Box::pin(async move { Err(UsageQueueError(self.message())) })
+    }
+}
+
+/// In Lambda, an HTTP function must not meter through the in-process usage queue into the local
+/// billing adapter: that would mark usage delivered that never reached Stripe.
+pub fn refuse_local_billing_in_lambda(app: &App, lambda: bool) -> Result<(), ConfigError> {
+    if lambda && app.usage_queue.kind() == "in-process" && app.billing.kind() == "local" {
+        return Err(ConfigError::Invalid {
+            name: "USAGE_QUEUE_URL",
+            reason: "required in Lambda: without it usage would be billed by the local adapter"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// The whole `main` of an HTTP function: builds the app once, then serves `function`'s routes.
 pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http::Error> {
-    crate::telemetry::init();
-    let app = Arc::new(App::from_env().await?);
+    crate::telemetry::init(log_format());
     let routes = crate::api::routes_for(function);
     if routes.is_empty() {
         return Err(format!("no routes for function {function}").into());
     }
-    lambda_http::run(crate::http::router(app, &routes)).await
+    let app = AppBuilder::from_env().await?.build()?;
+    refuse_local_billing_in_lambda(&app, in_lambda())?;
+    lambda_http::run(crate::http::router(Arc::new(app), &routes)).await
 }
 
 /// The whole `main` of the `authorizer` function (API Gateway's REQUEST authorizer): the
@@ -193,7 +361,7 @@ pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http
 pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
     use crate::auth::authorizer::Authorizer;
     use aws_lambda_events::apigw::ApiGatewayV2CustomAuthorizerV2Request;
-    crate::telemetry::init();
+    crate::telemetry::init(log_format());
     let ttl = match std::env::var("AUTHORIZER_CACHE_SECS") {
         Ok(v) => v
             .parse::<u64>()
@@ -205,12 +373,7 @@ pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
             })?,
         Err(_) => 30,
     };
-    let config = Config::from_env()?;
-    let sdk = match config.needs_aws() {
-        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
-        false => None,
-    };
-    let config = config.resolve(sdk.as_ref()).await?;
+    let config = AppBuilder::from_env().await?.config;
     let db = Db::connect(&config.db)?;
     let authorizer = Arc::new(Authorizer::new(
         Authenticator::new(&config.auth, db),
@@ -228,8 +391,8 @@ pub async fn run_authorizer() -> Result<(), lambda_runtime::Error> {
 
 /// The whole `main` of the `embed` function (SQS batches and the scheduled sweep).
 pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
-    crate::telemetry::init();
-    let app = Arc::new(App::from_env().await?);
+    crate::telemetry::init(log_format());
+    let app = Arc::new(AppBuilder::from_env().await?.build()?);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<crate::rag::queue::EmbedEvent>| {
             let app = Arc::clone(&app);

@@ -1,6 +1,8 @@
 //! Tenantry's shared library: everything the Lambda functions and the local runner have in common.
 //!
-//! - [`app`]: the [`App`] (configuration, pool, ports) a function builds once per cold start.
+//! - [`state`]: the [`App`] (configuration, pool, ports) a function builds once per cold start;
+//!   [`app`]: the wiring that builds it and runs each function (nothing else imports it);
+//!   [`runtime`]: how in-process work runs.
 //! - [`config`], [`secrets`]: configuration from the environment and Secrets Manager.
 //! - [`db`]: the Postgres pool, [`db::TenantTx`] (the only door to tenant data) and migrations.
 //! - [`auth`]: Auth0 JWTs and tenant API keys, resolved to a [`auth::Principal`] with its
@@ -25,11 +27,14 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod rag;
+pub mod runtime;
 pub mod secrets;
+#[cfg(feature = "sqs")]
 mod sqs;
+pub mod state;
 pub mod telemetry;
 pub mod tenants;
 pub mod usage;
 
-pub use app::App;
 pub use ids::TenantId;
+pub use state::App;

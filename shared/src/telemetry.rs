@@ -1,31 +1,44 @@
-//! Logging: JSON lines in Lambda (CloudWatch), compact text locally, quiet in tests unless asked.
+//! Logging: JSON lines in Lambda (CloudWatch), compact text locally (coloured only on a
+//! terminal), quiet in tests unless asked.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
+/// Where the logs go, decided by the wiring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON lines without timestamps (Lambda adds its own), the request id on every line.
+    Lambda,
+    /// Compact text with ANSI colours only when stdout is a terminal (never in a file or pipe).
+    Local,
+}
+
 /// Installs the global subscriber once; later calls do nothing. `RUST_LOG` sets the filter.
-pub fn init() {
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let in_lambda = crate::app::in_lambda();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    let _ = if in_lambda {
+    let _ = match format {
         // Lambda adds its own timestamp; the request id rides on every line via the span.
-        builder
+        LogFormat::Lambda => builder
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .without_time()
             .with_ansi(false)
-            .try_init()
-    } else {
-        builder.compact().try_init()
+            .try_init(),
+        LogFormat::Local => builder
+            .compact()
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
     };
 }
 
 /// For tests: logs only when `TEST_LOG` is set.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {
-        init();
+        init(LogFormat::Local);
     }
 }

@@ -192,14 +192,13 @@ impl BillingSink for StripeBilling {
 /// Lambda, where a missing key or meter id is a startup error: the local adapter would mark usage
 /// delivered that never reached Stripe.
 pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
-    Ok(App::from_env_with_billing(|config| {
-        if tenantry::app::in_lambda() {
-            require_stripe(&config.billing)?;
-        }
-        Ok(StripeBilling::from_config(&config.billing)?
-            .map(|s| Arc::new(s) as Arc<dyn BillingSink>))
-    })
-    .await?)
+    let builder = tenantry::app::AppBuilder::from_env().await?;
+    let billing = &builder.config().billing;
+    if tenantry::app::in_lambda() {
+        require_stripe(billing)?;
+    }
+    let sink = StripeBilling::from_config(billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
+    Ok(builder.billing(sink).build()?)
 }
 
 /// Checks that `cfg` can bill through Stripe: a key and a meter id for every meter.
@@ -223,7 +222,7 @@ pub fn require_stripe(cfg: &BillingConfig) -> Result<(), ConfigError> {
 
 /// The whole `main` of the SQS-triggered `usage-meter` function.
 pub async fn run_usage_meter() -> Result<(), lambda_runtime::Error> {
-    tenantry::telemetry::init();
+    tenantry::telemetry::init(tenantry::app::log_format());
     let app = Arc::new(app_from_env().await?);
     let memo = Arc::new(tenantry::billing::meter::FlushMemo::default());
     lambda_runtime::run(lambda_runtime::service_fn(
@@ -248,7 +247,7 @@ pub async fn run_usage_meter() -> Result<(), lambda_runtime::Error> {
 
 /// The whole `main` of the scheduled `billing-reconcile` function.
 pub async fn run_billing_reconcile() -> Result<(), lambda_runtime::Error> {
-    tenantry::telemetry::init();
+    tenantry::telemetry::init(tenantry::app::log_format());
     let app = Arc::new(app_from_env().await?);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<tenantry::billing::reconcile::ReconcileInput>| {

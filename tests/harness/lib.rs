@@ -517,7 +517,11 @@ impl TestApp {
                 .map(|s| Arc::new(s) as Arc<dyn tenantry::billing::BillingSink>),
             false => None,
         };
-        let app = Arc::new(App::with_billing(config, sdk.as_ref(), billing).unwrap());
+        let mut builder = App::builder(config).billing(billing);
+        if let Some(sdk) = sdk {
+            builder = builder.sdk(sdk);
+        }
+        let app = Arc::new(builder.build().unwrap());
         Self { app, db, jwks }
     }
 }

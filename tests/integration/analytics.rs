@@ -735,7 +735,7 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
         .unwrap();
     let mut config = app.app.config.clone();
     config.analytics.query_timeout = std::time::Duration::from_millis(1);
-    app.app = std::sync::Arc::new(tenantry::App::new(config).unwrap());
+    app.app = std::sync::Arc::new(tenantry::App::builder(config).build().unwrap());
     let r = query(&app, &token, json!({"dataset": "orders", "aggregates": [{"fn": "percentile", "column": "amount", "p": 0.9}]})).await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),

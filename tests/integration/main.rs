@@ -24,3 +24,4 @@ mod roles;
 mod secrets;
 mod tenant_tx;
 mod webhooks;
+mod wiring;

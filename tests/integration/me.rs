@@ -158,7 +158,7 @@ async fn a_database_outage_is_a_503_not_a_leak() {
         tenantry_tests::free_port()
     );
     config.db.connect_timeout = Duration::from_secs(2);
-    app.app = Arc::new(tenantry::App::new(config).unwrap());
+    app.app = Arc::new(tenantry::App::builder(config).build().unwrap());
     let resp = dispatch(
         &app.app,
         &routes_for("me"),

@@ -518,7 +518,7 @@ async fn nothing_a_request_sets_survives_on_a_pgbouncer_server_connection() {
     let mut config = app.app.config.clone();
     config.db.url = url.clone();
     assert_eq!(config.db.pool_max, 1);
-    app.app = std::sync::Arc::new(tenantry::App::new(config).unwrap());
+    app.app = std::sync::Arc::new(tenantry::App::builder(config).build().unwrap());
 
     let client = tenantry_tests::connect(&url).await;
     let raw = Raw::Bouncer(&client);

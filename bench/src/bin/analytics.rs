@@ -93,7 +93,7 @@ async fn main() -> Result<(), Error> {
     ];
     let config =
         Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let app = Arc::new(App::new(config)?);
+    let app = Arc::new(App::builder(config).build()?);
 
     let ids: Vec<TenantId> = (0..tenants)
         .map(|i| {

@@ -43,11 +43,11 @@ async fn main() -> Result<(), Error> {
         Config::from_lookup(|key| vars.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone()))?;
     let sink: Arc<dyn BillingSink> =
         Arc::new(tenantry_stripe::StripeBilling::from_config(&config.billing)?.unwrap());
-    let app = Arc::new(tenantry::App::with_billing(
-        config,
-        None,
-        Some(Arc::clone(&sink)),
-    )?);
+    let app = Arc::new(
+        tenantry::App::builder(config)
+            .billing(Some(Arc::clone(&sink)))
+            .build()?,
+    );
 
     let mut ids = Vec::new();
     for t in 0..tenants {

@@ -113,7 +113,7 @@ async fn main() -> Result<(), Error> {
     ];
     let config =
         Config::from_lookup(|key| vars.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone()))?;
-    let app = Arc::new(App::new(config)?);
+    let app = Arc::new(App::builder(config).build()?);
     let embedder = LocalEmbedder::new(dims);
     // The same app on connections where sorting is priced out, so the planner takes the HNSW
     // index even where it (rightly) prefers an exact scan: measures the index path itself.
@@ -124,12 +124,15 @@ async fn main() -> Result<(), Error> {
             _ => (*n, v.clone()),
         })
         .collect();
-    let forced = Arc::new(App::new(Config::from_lookup(|key| {
-        forced_vars
-            .iter()
-            .find(|(n, _)| *n == key)
-            .map(|(_, v)| v.clone())
-    })?)?);
+    let forced = Arc::new(
+        App::builder(Config::from_lookup(|key| {
+            forced_vars
+                .iter()
+                .find(|(n, _)| *n == key)
+                .map(|(_, v)| v.clone())
+        })?)
+        .build()?,
+    );
 
     let ids: Vec<TenantId> = (0..tenants)
         .map(|i| {

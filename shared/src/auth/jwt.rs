@@ -60,7 +60,6 @@ pub struct JwtVerifier {
     http: reqwest::Client,
     cache: RwLock<KeyCache>,
     fetching: Mutex<()>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 impl JwtVerifier {
@@ -86,13 +85,7 @@ impl JwtVerifier {
             http,
             cache: RwLock::new(KeyCache::default()),
             fetching: Mutex::new(()),
-            fetches: Default::default(),
         }
-    }
-
-    /// How many times the JWKS has been fetched (for tests and metrics).
-    pub fn jwks_fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Verifies signature, algorithm, `iss`, `aud`, `exp` and `nbf`.
@@ -168,8 +161,6 @@ impl JwtVerifier {
     async fn fetch(
         &self,
     ) -> Result<HashMap<String, DecodingKey>, Box<dyn std::error::Error + Send + Sync>> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         #[derive(Deserialize)]
         struct Jwks {
             keys: Vec<serde_json::Value>,

@@ -19,7 +19,6 @@
 //! out and which is sent again with the same identifier and value — which the provider reports as
 //! a duplicate. Nothing is counted twice and nothing is dropped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
@@ -666,9 +665,6 @@ pub async fn handle_sqs(
         .collect();
     response
 }
-
-/// A sink shared by the app and its in-process queue.
-pub type SharedSink = Arc<dyn BillingSink>;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

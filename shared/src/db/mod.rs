@@ -53,11 +53,6 @@ impl DbError {
         }
     }
 
-    /// A unique or exclusion constraint refused the write.
-    pub fn is_unique_violation(&self) -> bool {
-        self.sqlstate() == Some(&SqlState::UNIQUE_VIOLATION)
-    }
-
     /// Row-level security (or a missing privilege) refused the statement.
     pub fn is_permission_denied(&self) -> bool {
         self.sqlstate() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
@@ -267,10 +262,5 @@ impl Db {
                 status: r.get(1),
             })
             .collect())
-    }
-
-    /// Pool statistics, for logs and benchmarks.
-    pub fn status(&self) -> deadpool_postgres::Status {
-        self.pool.status()
     }
 }

@@ -11,6 +11,7 @@
 //! - [`answer`]: the answerer port, citation policing and the sanitizer of answers and snippets.
 
 pub mod answer;
+#[cfg(feature = "bedrock")]
 pub mod bedrock;
 pub mod chunk;
 pub mod chunks;

@@ -12,6 +12,7 @@ use super::chunks::{EmbedPendingError, embed_pending};
 use super::embed::Embedder;
 use crate::TenantId;
 use crate::db::{Access, Db, TenantContext};
+use crate::runtime::Work;
 
 /// Why work could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +59,13 @@ pub async fn drain(
 pub struct InProcessEmbedQueue {
     db: Db,
     embedder: Arc<dyn Embedder>,
-    inline: bool,
+    work: Work,
 }
 
 impl InProcessEmbedQueue {
-    /// A queue that embeds with `embedder` through `db`; inline when running in Lambda.
-    pub fn new(db: Db, embedder: Arc<dyn Embedder>) -> Self {
-        let inline = crate::app::in_lambda();
-        Self {
-            db,
-            embedder,
-            inline,
-        }
+    /// A queue that embeds with `embedder` through `db`, run as `work` says.
+    pub fn new(db: Db, embedder: Arc<dyn Embedder>, work: Work) -> Self {
+        Self { db, embedder, work }
     }
 }
 
@@ -90,13 +86,9 @@ impl EmbedQueue for InProcessEmbedQueue {
                 }
             }
         };
-        let inline = self.inline;
+        let mode = self.work;
         Box::pin(async move {
-            if inline {
-                work.await;
-            } else {
-                tokio::spawn(work);
-            }
+            mode.run(work).await;
             Ok(())
         })
     }
@@ -111,12 +103,14 @@ pub struct EmbedJob {
 }
 
 /// Sends embedding work to the SQS queue the `embed` function consumes.
+#[cfg(feature = "sqs")]
 #[derive(Debug)]
 pub struct SqsEmbedQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
 }
 
+#[cfg(feature = "sqs")]
 impl SqsEmbedQueue {
     /// A queue adapter for `queue_url`.
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
@@ -127,6 +121,7 @@ impl SqsEmbedQueue {
     }
 }
 
+#[cfg(feature = "sqs")]
 impl EmbedQueue for SqsEmbedQueue {
     fn kind(&self) -> &'static str {
         "sqs"

@@ -13,8 +13,11 @@ use std::sync::Arc;
 use super::{UsageEvent, ledger};
 use crate::TenantId;
 use crate::billing::BillingSink;
-use crate::billing::meter::{MeterConfig, UsageMessage, flush_tenants, record_events};
+#[cfg(feature = "sqs")]
+use crate::billing::meter::UsageMessage;
+use crate::billing::meter::{MeterConfig, flush_tenants, record_events};
 use crate::db::{Access, Db, DbError, TenantContext};
+use crate::runtime::Work;
 
 /// Why the queue did not take the events.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +36,14 @@ pub trait UsageQueue: Send + Sync + std::fmt::Debug {
 }
 
 /// The SQS adapter: one message per call, consumed by `usage-meter`.
+#[cfg(feature = "sqs")]
 #[derive(Debug)]
 pub struct SqsUsageQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
 }
 
+#[cfg(feature = "sqs")]
 impl SqsUsageQueue {
     /// An adapter for `queue_url`.
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
@@ -49,6 +54,7 @@ impl SqsUsageQueue {
     }
 }
 
+#[cfg(feature = "sqs")]
 impl UsageQueue for SqsUsageQueue {
     fn kind(&self) -> &'static str {
         "sqs"
@@ -74,18 +80,17 @@ pub struct InProcessUsageQueue {
     db: Db,
     sink: Arc<dyn BillingSink>,
     cfg: MeterConfig,
-    inline: bool,
+    work: Work,
 }
 
 impl InProcessUsageQueue {
-    /// A queue writing through `db` and flushing to `sink`.
-    pub fn new(db: Db, sink: Arc<dyn BillingSink>, cfg: MeterConfig) -> Self {
-        let inline = crate::app::in_lambda();
+    /// A queue writing through `db` and flushing to `sink`, the flush run as `work` says.
+    pub fn new(db: Db, sink: Arc<dyn BillingSink>, cfg: MeterConfig, work: Work) -> Self {
         Self {
             db,
             sink,
             cfg,
-            inline,
+            work,
         }
     }
 }
@@ -107,11 +112,7 @@ impl UsageQueue for InProcessUsageQueue {
             let flush = async move {
                 flush_tenants(&db, sink.as_ref(), &cfg, &tenants).await;
             };
-            if self.inline {
-                flush.await;
-            } else {
-                tokio::spawn(flush);
-            }
+            self.work.run(flush).await;
             Ok(())
         })
     }

@@ -232,3 +232,60 @@ async fn a_forged_request_id_is_replaced() {
         assert_eq!(r.json["request_id"], rid.as_str());
     }
 }
+
+/// A statement of ours cancelled by the server is a 503 `database_busy` (the 422
+/// `query_timeout` belongs to the routes whose query the caller shapes); a connection that dies
+/// under a request (Postgres restarting, a proxy dropping it) is a 503 `database_unavailable`,
+/// never a 500. The request is held on a lock the test takes, so the server acts on it mid-flight.
+#[tokio::test]
+async fn a_statement_cancelled_or_a_connection_killed_mid_request_is_503() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    for (kill, status, code) in [
+        ("pg_cancel_backend", 503, "database_busy"),
+        ("pg_terminate_backend", 503, "database_unavailable"),
+    ] {
+        let mut locker = app.db.admin().await;
+        let lock = locker.transaction().await.unwrap();
+        lock.batch_execute("LOCK TABLE app.datasets IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let request = {
+            let (app, token) = (&app, token.clone());
+            async move { app.call("GET", "/v1/datasets", &token, None).await }
+        };
+        // Acts on every app backend waiting on the lock until the request is answered: a
+        // connection killed before anything could commit is retried once on a fresh one
+        // (TenantTx), so the retry is killed too.
+        let killer = async {
+            let admin = app.db.admin().await;
+            loop {
+                admin
+                    .execute(
+                        &format!(
+                            "SELECT {kill}(pid) FROM pg_stat_activity \
+                             WHERE usename = 'tenantry_app' AND wait_event_type = 'Lock'"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let r = tokio::select! {
+            r = request => r,
+            () = killer => unreachable!(),
+        };
+        lock.rollback().await.unwrap();
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (status, Some(code)),
+            "{kill}: {}",
+            r.json
+        );
+        // And the next request is served (a dead connection is not handed out again).
+        let again = app.call("GET", "/v1/datasets", &token, None).await;
+        assert_eq!(again.status, 200, "after {kill}: {}", again.json);
+    }
+}

@@ -62,6 +62,29 @@ impl DbError {
     pub fn is_timeout(&self) -> bool {
         self.sqlstate() == Some(&SqlState::QUERY_CANCELED)
     }
+
+    /// The connection went away under the statement: closed or broken (Postgres restarting, a
+    /// proxy dropping it), a connection exception (class 08), or the server shutting down
+    /// (57P01-57P03). Retrying later can succeed; nothing the caller sent is wrong.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|c| {
+                        c.code().starts_with("08")
+                            || [
+                                SqlState::ADMIN_SHUTDOWN,
+                                SqlState::CRASH_SHUTDOWN,
+                                SqlState::CANNOT_CONNECT_NOW,
+                            ]
+                            .contains(c)
+                    })
+                    || (e.code().is_none()
+                        && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A rustls connector that verifies the server against the Mozilla roots and `ca_file`'s CAs.

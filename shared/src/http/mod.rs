@@ -257,20 +257,47 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The error of a route whose query the caller shapes and whose transaction runs under the
+/// caller's query time limit (`/v1/query`): a statement cancelled there (503 `database_busy`
+/// elsewhere) is the caller's to fix, 422 `query_timeout`.
+pub fn caller_query_error(e: ApiError) -> ApiError {
+    if e.code == "database_busy" {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "query_timeout",
+            "The query ran longer than its time limit; narrow it (filters, time range) and retry.",
+        )
+    } else {
+        e
+    }
+}
+
 impl From<DbError> for ApiError {
+    /// A lost connection or a timeout on a statement of ours is a 503 (retry later), never a
+    /// 500 and never the caller's fault.
     fn from(e: DbError) -> Self {
+        let unavailable = |code: &'static str, detail: &str, e: DbError| Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            detail: detail.into(),
+            extra: None,
+            source: Some(Box::new(e)),
+        };
         match &e {
-            DbError::Unavailable(_) => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "database_unavailable",
-                detail: "The database is temporarily unavailable; retry shortly.".into(),
-                extra: None,
-                source: Some(Box::new(e)),
-            },
-            _ if e.is_timeout() => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "query_timeout",
-                "The query ran longer than its time limit; narrow it (filters, time range) and retry.",
+            DbError::Unavailable(_) => unavailable(
+                "database_unavailable",
+                "The database is temporarily unavailable; retry shortly.",
+                e,
+            ),
+            _ if e.is_connection_lost() => unavailable(
+                "database_unavailable",
+                "The database connection was lost; retry shortly.",
+                e,
+            ),
+            _ if e.is_timeout() => unavailable(
+                "database_busy",
+                "The database took too long to answer; retry shortly.",
+                e,
             ),
             // A data exception (class 22) from values the validators let through: the caller's
             // input, not our fault, and still never a 500 with nothing useful in it.

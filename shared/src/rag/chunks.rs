@@ -4,8 +4,8 @@ use serde_json::Value;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::chunk::{ChunkSpec, split};
 use super::embed::{EmbedError, Embedder, to_pgvector};
+use super::split::{ChunkSpec, split};
 use crate::analytics::Dataset;
 use crate::db::{DbError, TenantTx};
 

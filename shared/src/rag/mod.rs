@@ -2,7 +2,7 @@
 //! answer a question and answering from them with citations, all under the same RLS as every
 //! other row.
 //!
-//! - [`chunk`]: split long text at paragraph and sentence boundaries, with overlap.
+//! - [`split`]: split long text into chunks at paragraph and sentence boundaries, with overlap.
 //! - [`embed`]: the [`embed::Embedder`] port and its local, deterministic adapter.
 //! - [`bedrock`]: the Bedrock adapters of the embedder and answerer ports.
 //! - [`chunks`]: keeping `app.chunks` in step with records, and embedding what is pending.
@@ -13,8 +13,8 @@
 pub mod answer;
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
-pub mod chunk;
 pub mod chunks;
 pub mod embed;
 pub mod queue;
 pub mod search;
+pub mod split;

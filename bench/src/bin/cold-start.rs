@@ -6,6 +6,7 @@
 //! database connection). The floor is starting and reaping `/bin/true`, measured in the same run.
 //!
 //!   scripts/bench cold-start        # BENCH_FUNCTIONS=me,query BENCH_ITERATIONS=20
+//!                                   # BENCH_TARGET_DIR: where the functions are built
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,7 +69,9 @@ async fn main() -> Result<(), Error> {
     let iterations = env("BENCH_ITERATIONS", 20);
     let functions = std::env::var("BENCH_FUNCTIONS").unwrap_or_else(|_| "me,query".into());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR")
+    // Where the function packages are built (release): BENCH_TARGET_DIR, else the usual one.
+    let target = std::env::var("BENCH_TARGET_DIR")
+        .or_else(|_| std::env::var("CARGO_TARGET_DIR"))
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
 
@@ -121,6 +124,8 @@ async fn main() -> Result<(), Error> {
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--quiet", "--locked", "--release", "-p"])
                 .arg(format!("tenantry-fn-{function}"))
+                .arg("--target-dir")
+                .arg(&target)
                 .current_dir(&root)
                 .status()?;
         if !status.success() {

@@ -15,7 +15,20 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber once; later calls do nothing. `RUST_LOG` sets the filter.
+/// Also replaces the panic hook: a panic is logged with its location only, never its message
+/// (which may quote row contents or a secret).
 pub fn init(format: LogFormat) {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(location, "panicked");
+    }));
+    install(format);
+}
+
+fn install(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -38,7 +51,8 @@ pub fn init(format: LogFormat) {
 
 /// For tests: logs only when `TEST_LOG` is set.
 pub fn init_for_tests() {
+    // The panic hook stays the default here: a failing assertion must say what failed.
     if std::env::var_os("TEST_LOG").is_some() {
-        init(LogFormat::Local);
+        install(LogFormat::Local);
     }
 }

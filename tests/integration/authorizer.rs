@@ -113,8 +113,19 @@ async fn allowed_credentials_are_cached_for_the_ttl_and_refusals_never() {
     let fresh = authorizer(&app, Duration::ZERO);
     let d = fresh.decide(&with_key.headers).await.unwrap();
     assert_eq!((d.principal.is_none(), d.reason), (true, "invalid_api_key"));
-    let d = fresh.decide(&with_key.headers).await.unwrap();
-    assert!(!d.cached);
+    // A refusal is never cached, even by an authorizer that caches.
+    let other_cache = authorizer(&app, Duration::from_secs(30));
+    for _ in 0..2 {
+        let d = other_cache.decide(&with_key.headers).await.unwrap();
+        assert_eq!((d.principal.is_none(), d.cached), (true, false));
+    }
+    // And an allowed entry lapses after its TTL.
+    let short = authorizer(&app, Duration::from_millis(50));
+    let by_token = event(&BEARER.replace("REPLACE_WITH_A_TOKEN", &token));
+    assert!(!short.decide(&by_token.headers).await.unwrap().cached);
+    assert!(short.decide(&by_token.headers).await.unwrap().cached);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(!short.decide(&by_token.headers).await.unwrap().cached);
 
     // A token is cached under its own value: another user's token is verified on its own.
     let other = issuer()

@@ -160,6 +160,57 @@ async fn a_method_the_path_does_not_take_is_405_with_allow() {
         (404, Some("not_found"))
     );
     assert!(r.headers.get("allow").is_none());
+    // Refusals before any route carry the request id too (API Gateway's, from the event).
+    let rid = r.json["request_id"].as_str().unwrap();
+    assert!(rid.starts_with("test-"), "{rid}");
+    assert_eq!(r.headers["x-request-id"], rid);
+    let r = send(&app, "DELETE", "/v1/me", &[], None).await;
+    assert_eq!(
+        r.headers["x-request-id"],
+        r.json["request_id"].as_str().unwrap()
+    );
+}
+
+/// Routing uses the path as the caller sent it: API Gateway's raw path (the URI `lambda_http`
+/// builds drops `.` and `..` segments), so a record keyed `..` or `.` is as reachable in AWS as
+/// locally; and a trailing slash names the same route.
+#[tokio::test]
+async fn routes_match_the_path_as_sent() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    app.create_dataset(
+        &token,
+        r#"{"name": "orders", "columns": [{"name": "region", "type": "string"}]}"#,
+    )
+    .await;
+    app.ingest(
+        &token,
+        "orders",
+        &json!([{"key": "..", "data": {"region": "EU"}}, {"key": ".", "data": {"region": "US"}}]),
+    )
+    .await;
+    for (path, region) in [
+        ("/v1/datasets/orders/records/%2E%2E", "EU"),
+        ("/v1/datasets/orders/records/..", "EU"),
+        ("/v1/datasets/orders/records/%2E", "US"),
+    ] {
+        let r = app.call("GET", path, &token, None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.json);
+        assert_eq!(r.json["record"]["data"]["region"], region, "{path}");
+    }
+    let r = app.call("GET", "/v1/me/", &token, None).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = app
+        .call("DELETE", "/v1/datasets/orders/records/%2E%2E", &token, None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    let r = app
+        .call("GET", "/v1/datasets/orders/records/%2E%2E", &token, None)
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (404, Some("record_not_found"))
+    );
 }
 
 /// A token signed with the trusted key can still carry hostile values: they are 401s, never a

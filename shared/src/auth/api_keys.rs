@@ -71,8 +71,8 @@ pub struct ApiKeyInfo {
 pub struct ApiKeys;
 
 impl ApiKeys {
-    /// Creates a key for the transaction's tenant with `scopes` (sorted, without repeats, not
-    /// empty: the caller validates), recorded as created by its actor.
+    /// Creates a key for the transaction's tenant with `scopes` (not empty: the caller
+    /// validates), recorded as created by its actor.
     pub async fn create(
         tx: &mut TenantTx,
         name: &str,
@@ -85,6 +85,10 @@ impl ApiKeys {
         let hash = hash(&key);
         let tenant = tx.tenant_id().as_uuid();
         let actor = tx.context().actor_id.clone();
+        // Stored sorted and without repeats, the one form the table's CHECK admits.
+        let mut scopes = scopes.to_vec();
+        scopes.sort_unstable();
+        scopes.dedup();
         let scope_names: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
         let row = tx
             .query_one(
@@ -105,7 +109,7 @@ impl ApiKeys {
             prefix,
             key,
             name: name.to_owned(),
-            scopes: scopes.to_vec(),
+            scopes,
         })
     }
 

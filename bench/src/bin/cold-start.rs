@@ -3,10 +3,12 @@
 //! stand-in for the Lambda Runtime API. `init_ms` is process start to the first
 //! `GET /runtime/invocation/next` (the whole init: configuration, SDK, pool, router); `first_ms`
 //! is process start to the first response posted back (the first request, which opens the
-//! database connection). The floor is starting and reaping `/bin/true`, measured in the same run.
+//! database connection; `query` also sends its usage to SQS, on moto). The floor is starting and
+//! reaping `/bin/true`, measured in the same run.
 //!
 //!   scripts/bench cold-start        # BENCH_FUNCTIONS=me,query BENCH_ITERATIONS=20
 //!                                   # BENCH_TARGET_DIR: where the functions are built
+//!                                   # BENCH_BINARIES: a directory of prebuilt ones instead
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,6 +111,10 @@ async fn main() -> Result<(), Error> {
         return Err(format!("creating the dataset: {}", created.status()).into());
     }
 
+    // A real SQS API (moto) for the usage queue, as in AWS: `query` sends its usage there.
+    let moto = tenantry_tests::Moto::start();
+    let (_, usage_queue_url) = moto.queue("usage").await;
+
     // The floor: starting and reaping a process that does nothing.
     let mut floor = Samples::default();
     for _ in 0..iterations {
@@ -119,19 +125,30 @@ async fn main() -> Result<(), Error> {
     let floor_ms = floor.quantile_ms(0.5);
     floor.report("process_floor", json!({}));
 
+    // BENCH_BINARIES: a directory of already built function binaries (e.g. an older build, to
+    // compare); without it each function is built here from its own package.
+    let prebuilt = std::env::var("BENCH_BINARIES")
+        .ok()
+        .map(std::path::PathBuf::from);
     for function in functions.split(',') {
-        let status =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--quiet", "--locked", "--release", "-p"])
-                .arg(format!("tenantry-fn-{function}"))
-                .arg("--target-dir")
-                .arg(&target)
-                .current_dir(&root)
-                .status()?;
-        if !status.success() {
-            return Err(format!("building {function}").into());
+        let binary = match &prebuilt {
+            Some(dir) => dir.join(function),
+            None => target.join("release").join(function),
+        };
+        if prebuilt.is_none() {
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .args(["build", "--quiet", "--locked", "--release", "-p"])
+            .arg(format!("tenantry-fn-{function}"))
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&root)
+            .status()?;
+            if !status.success() {
+                return Err(format!("building {function}").into());
+            }
         }
-        let binary = target.join("release").join(function);
         let bytes = std::fs::metadata(&binary)?.len();
         let (method, path, body) = match function {
             "query" => (
@@ -180,10 +197,9 @@ async fn main() -> Result<(), Error> {
                 .env("AWS_REGION", "eu-west-1")
                 .env("AWS_ACCESS_KEY_ID", "bench")
                 .env("AWS_SECRET_ACCESS_KEY", "bench")
-                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-                // Required in Lambda; `me` does not link SQS, `query` sends usage there (refused
-                // at once on this port, so the ledger takes it: counted in first_ms).
-                .env("USAGE_QUEUE_URL", "http://127.0.0.1:9/123456789012/usage")
+                .env("AWS_ENDPOINT_URL", &moto.endpoint)
+                // Required in Lambda; `me` does not link SQS, `query` sends its usage there.
+                .env("USAGE_QUEUE_URL", &usage_queue_url)
                 .env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())
                 .spawn()?;

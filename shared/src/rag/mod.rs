@@ -4,7 +4,7 @@
 //!
 //! - [`split`]: split long text into chunks at paragraph and sentence boundaries, with overlap.
 //! - [`embed`]: the [`embed::Embedder`] port and its local, deterministic adapter.
-//! - [`bedrock`]: the Bedrock adapters of the embedder and answerer ports.
+//! - `bedrock` (feature `bedrock`): the Bedrock adapters of the embedder and answerer ports.
 //! - [`chunks`]: keeping `app.chunks` in step with records, and embedding what is pending.
 //! - [`queue`]: the embed queue port (SQS in AWS, in-process locally) and the embed worker.
 //! - [`search`]: hybrid retrieval (vector + full text, fused by reciprocal rank).

@@ -21,20 +21,8 @@ fn format(req: &Request) -> Result<Format, ApiError> {
     if crate::http::is_json(req.headers()) {
         return Ok(Format::Json);
     }
-    let mut values = req.headers().get_all(http::header::CONTENT_TYPE).iter();
-    let essence = match (values.next(), values.next()) {
-        (Some(v), None) => v
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase(),
-        _ => String::new(),
-    };
-    match essence.as_str() {
-        "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
+    match crate::http::media_type(req.headers()).as_deref() {
+        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => {
             Ok(Format::NdJson)
         }
         _ => Err(ApiError::new(

@@ -77,10 +77,11 @@ impl Authorizer {
                     cached: false,
                 })
             }
-            Err(AuthError::Unavailable(e)) => Err(AuthError::Unavailable(e)),
+            Err(e @ AuthError::Unavailable(_)) => Err(e),
+            // The same stable code the functions answer with.
             Err(e) => Ok(Decision {
                 principal: None,
-                reason: refusal(&e),
+                reason: crate::http::ApiError::from(e).code,
                 cached: false,
             }),
         }
@@ -140,20 +141,6 @@ fn cache_key(headers: &HeaderMap) -> [u8; 32] {
         }
     }
     h.finalize().into()
-}
-
-/// The stable reason of a refusal, for the log.
-fn refusal(e: &AuthError) -> &'static str {
-    match e {
-        AuthError::Missing => "missing_credentials",
-        AuthError::Ambiguous => "ambiguous_credentials",
-        AuthError::InvalidToken(_) => "invalid_token",
-        AuthError::InvalidApiKey => "invalid_api_key",
-        AuthError::NoOrganization => "organization_required",
-        AuthError::UnknownOrganization => "unknown_organization",
-        AuthError::TenantInactive => "tenant_inactive",
-        AuthError::Unavailable(_) => "auth_unavailable",
-    }
 }
 
 #[cfg(test)]

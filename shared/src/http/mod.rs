@@ -378,25 +378,26 @@ pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Api
 /// Whether the request declares a JSON body: exactly one `Content-Type` whose media type is
 /// `application/json` or `application/<something>+json` (parameters such as `charset` allowed).
 pub fn is_json(headers: &http::HeaderMap) -> bool {
-    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    let Ok(value) = value.to_str() else {
-        return false;
-    };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match essence.split_once('/') {
+    match media_type(headers)
+        .as_deref()
+        .and_then(|m| m.split_once('/'))
+    {
         Some(("application", sub)) => {
             sub == "json" || sub.strip_suffix("+json").is_some_and(|s| !s.is_empty())
         }
         _ => false,
     }
+}
+
+/// The media type of the request's one `Content-Type`, lower case and without parameters; None
+/// when there is none, several, or one that is not text.
+pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let essence = value.to_str().ok()?.split(';').next().unwrap_or("");
+    Some(essence.trim().to_ascii_lowercase())
 }
 
 /// Matches a path against a route template; returns the parameters if it matches.

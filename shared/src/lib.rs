@@ -3,7 +3,10 @@
 //! - [`state`]: the [`App`] (configuration, pool, ports) a function builds once per cold start;
 //!   [`app`]: the wiring that builds it and runs each function (nothing else imports it);
 //!   [`runtime`]: how in-process work runs.
-//! - [`config`], [`secrets`]: configuration from the environment and Secrets Manager.
+//! - [`config`], [`env`](mod@env), [`secrets`]: configuration from the environment and Secrets
+//!   Manager. [`config::Config`] puts the sections together; each module that owns a section
+//!   (`db`, `auth`, `http`, `analytics`, `rag`, `billing`) defines and parses it through
+//!   [`env::Env`], a leaf that imports nothing of the crate.
 //! - [`db`]: the Postgres pool, [`db::TenantTx`] (the only door to tenant data) and migrations.
 //! - [`auth`]: Auth0 JWTs and tenant API keys, resolved to a [`auth::Principal`] with its
 //!   permissions.
@@ -24,6 +27,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod db;
+pub mod env;
 pub mod http;
 pub mod ids;
 pub mod rag;

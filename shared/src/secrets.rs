@@ -7,7 +7,7 @@
 use aws_config::SdkConfig;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::env::ConfigError;
 
 #[derive(Deserialize)]
 struct RdsSecret {

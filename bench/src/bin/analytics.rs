@@ -194,7 +194,7 @@ async fn main() -> Result<(), Error> {
             .await?;
             let started = Instant::now();
             match raw
-                .query_typed(&compiled[t].sql, &compiled[t].params())
+                .query_typed(&compiled[t].sql, &compiled[t].params.as_params())
                 .await
             {
                 Ok(_) => samples.record(started.elapsed()),

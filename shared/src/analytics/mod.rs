@@ -5,6 +5,8 @@
 //! - [`ingest`]: validating and writing batches of records (all or nothing, idempotent by key).
 //! - [`query`]: the JSON query language and its compiler to parameterized SQL.
 //!
+//! Its limits ([`AnalyticsConfig`]) are read from the environment here.
+//!
 //! [`TenantTx`]: crate::db::TenantTx
 
 pub mod datasets;
@@ -14,6 +16,32 @@ pub mod schema;
 
 pub use datasets::Dataset;
 pub use schema::{ColumnDef, ColumnType, DatasetSpec};
+
+use std::time::Duration;
+
+use crate::env::{ConfigError, Env};
+
+/// Limits of the analytics API.
+#[derive(Clone, Debug)]
+pub struct AnalyticsConfig {
+    /// Most records in one ingest request.
+    pub max_ingest_records: usize,
+    /// Each query's `statement_timeout`.
+    pub query_timeout: Duration,
+    /// Hard cap on a query's `limit`.
+    pub query_max_limit: u32,
+}
+
+impl AnalyticsConfig {
+    /// `MAX_INGEST_RECORDS`, `QUERY_TIMEOUT_MS`, `QUERY_MAX_LIMIT`.
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_ingest_records: env.parse("MAX_INGEST_RECORDS", 1000)?,
+            query_timeout: Duration::from_millis(env.parse("QUERY_TIMEOUT_MS", 5000)?),
+            query_max_limit: env.parse("QUERY_MAX_LIMIT", 10_000)?,
+        })
+    }
+}
 
 /// A problem with one part of a request: where, and what is wrong. Lists of these go back to the
 /// caller in the problem document's `errors` member.

@@ -4,16 +4,16 @@
 use http::StatusCode;
 use lambda_http::Request;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::datasets::find_dataset;
 use crate::App;
 use crate::analytics::datasets::DatasetRef;
-use crate::analytics::query::compile_filter;
+use crate::analytics::query::{Filter, compile_filter};
 use crate::db::{Access, TxSettings};
 use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
 use crate::rag::answer::{NO_ANSWER, Source, police, strip_active_content};
-use crate::rag::search::{FILTER_FIRST_PARAM, SearchRequest, embed_question, search};
+use crate::rag::search::{SearchRequest, embed_question, search};
 use crate::usage::Meter;
 
 const MAX_QUESTION_CHARS: usize = 2000;
@@ -30,7 +30,7 @@ struct AskRequest {
     k: Option<usize>,
     /// A filter in the query language's grammar, on the columns of the one dataset named.
     #[serde(default)]
-    filters: Option<Value>,
+    filters: Option<Filter>,
 }
 
 #[derive(Serialize)]
@@ -109,14 +109,13 @@ pub(super) fn ask<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> Ha
             let r = DatasetRef::parse(d).ok_or_else(super::datasets::dataset_not_found)?;
             let ds = find_dataset(&mut tx, &r).await?;
             if let Some(f) = &body.filters {
-                let compiled =
-                    compile_filter(f, &ds, FILTER_FIRST_PARAM, "/filters").map_err(|errors| {
-                        ApiError::bad_request(
-                            "invalid_filters",
-                            "The filters do not fit the dataset; see errors.",
-                        )
-                        .with_extra(json!({ "errors": errors }))
-                    })?;
+                let compiled = compile_filter(f, &ds, "/filters").map_err(|errors| {
+                    ApiError::bad_request(
+                        "invalid_filters",
+                        "The filters do not fit the dataset; see errors.",
+                    )
+                    .with_extra(json!({ "errors": errors }))
+                })?;
                 filter = Some(compiled);
             }
             ids.push(ds.id);

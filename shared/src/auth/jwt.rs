@@ -9,8 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
-use super::AuthError;
-use crate::config::AuthConfig;
+use super::{AuthConfig, AuthError};
 
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;

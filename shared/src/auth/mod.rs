@@ -1,7 +1,10 @@
 //! Who is calling: Auth0 access tokens (RS256 only) and tenant API keys, resolved to a [`Principal`].
+//!
+//! How tokens are verified ([`AuthConfig`]) is read from the environment here.
 
 pub mod api_keys;
 pub mod authorizer;
+mod config;
 pub mod dev;
 mod jwt;
 pub mod permissions;
@@ -11,10 +14,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
+pub use config::AuthConfig;
 pub use jwt::{JwtVerifier, VerifiedClaims};
 pub use permissions::{Permission, Permissions, Role, Scope};
 
-use crate::config::AuthConfig;
 use crate::db::{Db, DbError, TenantContext, TenantRef};
 use crate::ids::TenantId;
 

@@ -8,6 +8,8 @@
 //! - [`meter`]: windows → deliveries (the outbox) → the sink, with deterministic identifiers.
 //! - [`reconcile`]: ledger vs the provider per tenant, meter and day; repairs; snapshots.
 //! - [`webhooks`]: Stripe (signed) and Auth0 (shared secret) webhooks.
+//! - [`BillingConfig`]: the billing section of the configuration (the meter's own part is
+//!   [`meter::MeterConfig`]), read from the environment here.
 
 pub mod customers;
 pub mod meter;
@@ -18,8 +20,84 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::env::{ConfigError, Env, Secret};
+use crate::usage::Meter;
+
+/// Usage metering and billing settings.
+#[derive(Clone, Debug)]
+pub struct BillingConfig {
+    /// SQS queue for usage events (consumed by `usage-meter`); unset: in-process.
+    pub usage_queue_url: Option<String>,
+    /// Windows, leases, retries.
+    pub meter: meter::MeterConfig,
+    /// Stripe secret key; unset: the local billing adapter.
+    pub stripe_api_key: Option<Secret>,
+    /// Stripe API base URL (tests point it at a local server).
+    pub stripe_api_base: String,
+    /// Per-call timeout for Stripe requests.
+    pub stripe_timeout: Duration,
+    /// Stripe meter id per meter (for reading event summaries back).
+    pub stripe_meter_ids: Vec<(Meter, String)>,
+    /// Stripe webhook signing secrets (more than one while a secret is being rolled).
+    pub stripe_webhook_secrets: Vec<Secret>,
+    /// Seconds a Stripe webhook signature stays valid.
+    pub stripe_webhook_tolerance_secs: i64,
+    /// Shared secret Auth0's log stream / action sends in `Authorization: Bearer ...`.
+    pub auth0_webhook_secret: Option<Secret>,
+    /// Secrets Manager secret with `stripe_api_key`, `stripe_webhook_secrets`,
+    /// `auth0_webhook_secret` (JSON), read at cold start.
+    pub secret_arn: Option<String>,
+}
+
+impl BillingConfig {
+    /// `USAGE_QUEUE_URL`, the meter's settings ([`meter::MeterConfig`]), `STRIPE_API_KEY`,
+    /// `STRIPE_API_BASE`, `STRIPE_TIMEOUT_MS`, one [`stripe_meter_var`] per meter,
+    /// `STRIPE_WEBHOOK_SECRETS` (comma-separated), `STRIPE_WEBHOOK_TOLERANCE_SECS`,
+    /// `AUTH0_WEBHOOK_SECRET`, `BILLING_SECRET_ARN`.
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            usage_queue_url: env.var("USAGE_QUEUE_URL"),
+            meter: meter::MeterConfig::from_env(env)?,
+            stripe_api_key: env.var("STRIPE_API_KEY").map(Secret::new),
+            stripe_api_base: env
+                .var("STRIPE_API_BASE")
+                .unwrap_or_else(|| "https://api.stripe.com/".into()),
+            stripe_timeout: Duration::from_millis(env.parse("STRIPE_TIMEOUT_MS", 10_000)?),
+            stripe_meter_ids: crate::usage::METERS
+                .iter()
+                .filter_map(|d| env.var(stripe_meter_var(d.meter)).map(|id| (d.meter, id)))
+                .collect(),
+            stripe_webhook_secrets: env
+                .var("STRIPE_WEBHOOK_SECRETS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            stripe_webhook_tolerance_secs: env.parse("STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?,
+            auth0_webhook_secret: env.var("AUTH0_WEBHOOK_SECRET").map(Secret::new),
+            secret_arn: env.var("BILLING_SECRET_ARN"),
+        })
+    }
+}
+
+/// The environment variable holding a meter's Stripe meter id.
+pub fn stripe_meter_var(meter: Meter) -> &'static str {
+    match meter {
+        Meter::Queries => "STRIPE_METER_ID_QUERIES",
+        Meter::Questions => "STRIPE_METER_ID_QUESTIONS",
+        Meter::IngestedRecords => "STRIPE_METER_ID_INGESTED_RECORDS",
+        Meter::Storage => "STRIPE_METER_ID_STORAGE",
+        Meter::Seats => "STRIPE_METER_ID_SEATS",
+    }
+}
 
 /// A meter event as the provider takes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::types::Type;
 
 use crate::TenantId;
-use crate::config::Secret;
 use crate::db::{Access, Db, DbError, TenantContext, TenantTx};
+use crate::env::Secret;
 
 /// Why a webhook's signature was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,9 +1,11 @@
-//! Postgres: the connection pool, [`TenantTx`] and migrations.
+//! Postgres: its settings ([`DbConfig`]), the connection pool, [`TenantTx`] and migrations.
 //!
 //! Handler code reaches tenant data only through [`TenantTx`]; [`Db`] hands out nothing else but the
 //! few lookups that must run before a tenant is known (each a narrow SECURITY DEFINER function).
 
+mod config;
 pub mod migrate;
+mod params;
 mod tx;
 
 use std::time::Duration;
@@ -14,11 +16,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+pub use config::{DbConfig, DbTls};
+pub use params::Params;
 pub use tokio_postgres::Row;
 pub use tokio_postgres::types::{ToSql, Type as SqlType};
 pub use tx::{Access, Param, TenantContext, TenantTx, TxSettings};
 
-use crate::config::{DbConfig, DbTls};
 use crate::ids::TenantId;
 
 /// A database failure, classified so the HTTP layer can answer with the right status.

@@ -5,9 +5,10 @@
 //! For each request, in order: a request id (API Gateway's, else a well-formed `x-request-id`
 //! from the caller, else a new one) on the request, the response and every log line; routing
 //! (404 for an unknown path, 405 with `Allow` for a known path and another method); the body,
-//! refused past `HTTP_MAX_BODY_BYTES` (413); the caller authenticated and its permission checked
-//! as the route declares ([`Needs`]); then the handler. Every refusal is a problem document, and a
-//! panic anywhere below the request-id layer is a 500 problem, never a dropped connection.
+//! refused past `MAX_BODY_BYTES` (413; [`HttpConfig`], read from the environment here); the caller
+//! authenticated and its permission checked as the route declares ([`Needs`]); then the handler.
+//! Every refusal is a problem document, and a panic anywhere below the request-id layer is a 500
+//! problem, never a dropped connection.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use super::{ApiError, Needs, RequestCtx, Route, insufficient_permission, match_path, request_id};
 use crate::App;
+use crate::env::{ConfigError, Env};
 
 /// The header carrying the request id both ways.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,6 +38,22 @@ tokio::task_local! {
 
 /// An axum response.
 type AxumResponse = http::Response<axum::body::Body>;
+
+/// HTTP limits.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Larger request bodies are refused with 413 before any parsing.
+    pub max_body_bytes: usize,
+}
+
+impl HttpConfig {
+    /// `MAX_BODY_BYTES`.
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_body_bytes: env.parse("MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+        })
+    }
+}
 
 /// The router serving `routes` (a function's own rows, or all of them locally).
 pub fn router(app: Arc<App>, routes: &[&'static Route]) -> Router {

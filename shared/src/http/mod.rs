@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub use edge::HttpConfig;
 pub use edge::{call, router};
 
 use crate::App;
@@ -367,12 +368,67 @@ pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Api
             "The request body is empty; send JSON.",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    parse_json(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
-            format!("The request body is not valid for this endpoint: {e}"),
+            format!(
+                "The request body is not valid for this endpoint: {}",
+                e.message
+            ),
         )
+        .with_extra(json!({
+            "errors": [{"path": e.path, "reason": "invalid_json", "message": e.message}]
+        }))
     })
+}
+
+/// Why a body did not parse: where (a JSON pointer to the member being read, `""` for the whole
+/// body) and what serde said, both cut short so a huge key does not come back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyError {
+    /// The JSON pointer, each member name at most 64 characters.
+    pub path: String,
+    /// serde's message, at most 300 characters.
+    pub message: String,
+}
+
+/// Parses `bytes` as one JSON document of type `T`, reporting where it failed.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| BodyError {
+        path: json_pointer(e.path()),
+        message: cut(&e.inner().to_string(), 300),
+    })?;
+    de.end().map_err(|e| BodyError {
+        path: String::new(),
+        message: cut(&e.to_string(), 300),
+    })?;
+    Ok(parsed)
+}
+
+/// `filter.and[2].op` as `/filter/and/2/op` (RFC 6901 escapes).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                out.push('/');
+                out.push_str(&cut(key, 64).replace('~', "~0").replace('/', "~1"));
+            }
+            // A member serde could not name (a non-string key): the path stops at its parent.
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+fn cut(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// Whether the request declares a JSON body: exactly one `Content-Type` whose media type is

@@ -9,6 +9,8 @@
 //! - [`queue`]: the embed queue port (SQS in AWS, in-process locally) and the embed worker.
 //! - [`search`]: hybrid retrieval (vector + full text, fused by reciprocal rank).
 //! - [`answer`]: the answerer port, citation policing and the sanitizer of answers and snippets.
+//!
+//! Its settings ([`RagConfig`]) are read from the environment here.
 
 pub mod answer;
 #[cfg(feature = "bedrock")]
@@ -18,3 +20,60 @@ pub mod embed;
 pub mod queue;
 pub mod search;
 pub mod split;
+
+use crate::env::{ConfigError, Env};
+
+/// Retrieval settings.
+#[derive(Clone, Debug)]
+pub struct RagConfig {
+    /// Embedding dimension: 256, 512 or 1024 (what Titan Text Embeddings V2 offers).
+    pub embed_dims: usize,
+    /// Bedrock embedding model (e.g. `amazon.titan-embed-text-v2:0`); unset: the local embedder.
+    pub embed_model_id: Option<String>,
+    /// Bedrock calls in flight per embedding batch.
+    pub embed_concurrency: usize,
+    /// Bedrock Converse model for answers; unset: the local extractive answerer.
+    pub answer_model_id: Option<String>,
+    /// Most tokens an answer may have.
+    pub answer_max_tokens: i32,
+    /// SQS queue for embedding work; unset: embed in-process.
+    pub embed_queue_url: Option<String>,
+    /// Tenants with at most this many chunks get an exact vector scan; larger ones the HNSW index.
+    pub exact_max_chunks: i64,
+    /// `hnsw.ef_search` for the approximate path (candidate list size; higher: better recall).
+    pub hnsw_ef_search: u32,
+}
+
+impl RagConfig {
+    /// `EMBED_DIMS`, `BEDROCK_EMBED_MODEL_ID`, `BEDROCK_EMBED_CONCURRENCY`,
+    /// `BEDROCK_ANSWER_MODEL_ID`, `BEDROCK_ANSWER_MAX_TOKENS`, `EMBED_QUEUE_URL`,
+    /// `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`.
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            embed_dims: match env.parse("EMBED_DIMS", 256)? {
+                d @ (256 | 512 | 1024) => d,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "EMBED_DIMS",
+                        reason: "use 256, 512 or 1024".into(),
+                    });
+                }
+            },
+            embed_model_id: env.var("BEDROCK_EMBED_MODEL_ID"),
+            embed_concurrency: env.parse("BEDROCK_EMBED_CONCURRENCY", 4)?,
+            answer_model_id: env.var("BEDROCK_ANSWER_MODEL_ID"),
+            answer_max_tokens: env.parse("BEDROCK_ANSWER_MAX_TOKENS", 800)?,
+            embed_queue_url: env.var("EMBED_QUEUE_URL"),
+            exact_max_chunks: env.parse("RAG_EXACT_MAX_CHUNKS", 5_000)?,
+            hnsw_ef_search: match env.parse("RAG_HNSW_EF_SEARCH", 100)? {
+                n @ 1..=1000 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "RAG_HNSW_EF_SEARCH",
+                        reason: "use 1 to 1000 (pgvector's range)".into(),
+                    });
+                }
+            },
+        })
+    }
+}

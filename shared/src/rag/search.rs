@@ -18,13 +18,10 @@ use uuid::Uuid;
 
 use super::embed::{EmbedError, Embedder, to_pgvector};
 use crate::analytics::query::CompiledFilter;
-use crate::db::{DbError, Param, TenantTx};
+use crate::db::{DbError, TenantTx};
 
 /// Reciprocal-rank-fusion constant (the usual 60).
 const RRF_K: f64 = 60.0;
-
-/// The first parameter number a [`SearchRequest::filter`] may use (the search binds `$1`..`$7`).
-pub const FILTER_FIRST_PARAM: usize = 8;
 
 /// A retrieved chunk.
 #[derive(Clone, Debug, Serialize)]
@@ -63,8 +60,8 @@ pub struct SearchRequest<'a> {
     pub k: usize,
     /// Only these datasets (None: all of the tenant's).
     pub datasets: Option<&'a [Uuid]>,
-    /// Only chunks whose record matches this condition on `r` (an `app.records` row), its
-    /// parameters numbered from [`FILTER_FIRST_PARAM`].
+    /// Only chunks whose record matches this condition on `r` (an `app.records` row); the
+    /// search binds its own parameters after the filter's.
     pub filter: Option<&'a CompiledFilter>,
     /// Tenants with more chunks than this take the approximate path (the transaction must then
     /// have been begun with `hnsw_ef_search` set).
@@ -135,14 +132,18 @@ async fn fused(
     req: &SearchRequest<'_>,
     exact: bool,
 ) -> Result<(Retrieved, i64), DbError> {
-    let tenant = tx.tenant_id().as_uuid();
-    let q = to_pgvector(req.vector);
+    // The filter's parameters come first; the search's own are bound after them.
+    let mut params = req.filter.map(|f| f.params.clone()).unwrap_or_default();
+    let tenant = params.bind(tx.tenant_id().as_uuid(), Type::UUID);
+    let question_vector = params.bind(to_pgvector(req.vector), Type::TEXT);
+    let candidates = params.bind(req.candidates(), Type::INT8);
+    let datasets = params.bind(req.datasets.map(<[Uuid]>::to_vec), Type::UUID_ARRAY);
+    let question = params.bind(req.question.to_owned(), Type::TEXT);
+    let rrf_k = params.bind(RRF_K, Type::FLOAT8);
+    let limit = params.bind(req.k as i64, Type::INT8);
     // The dimension is ours (the embedder's), never a client's: a literal, so the planner can
     // match the partial expression index.
     let dims = req.vector.len();
-    let candidates = req.candidates();
-    let limit = req.k as i64;
-    let datasets: Option<Vec<Uuid>> = req.datasets.map(<[Uuid]>::to_vec);
     let record_filter = match req.filter {
         Some(f) => format!(
             " AND EXISTS (SELECT 1 FROM app.records r WHERE r.tenant_id = c.tenant_id \
@@ -152,9 +153,9 @@ async fn fused(
         None => String::new(),
     };
     let distance = if exact {
-        format!("c.embedding <=> $2::vector({dims})")
+        format!("c.embedding <=> {question_vector}::vector({dims})")
     } else {
-        format!("c.embedding::vector({dims}) <=> $2::vector({dims})")
+        format!("c.embedding::vector({dims}) <=> {question_vector}::vector({dims})")
     };
     // The approximate path orders by distance alone (what the index serves); ties are
     // broken after fusion.
@@ -167,9 +168,9 @@ async fn fused(
         "WITH vec AS MATERIALIZED ( \
            SELECT c.dataset_id, c.record_key, c.chunk_no, {distance} AS dist \
            FROM app.chunks c \
-           WHERE c.tenant_id = $1 AND vector_dims(c.embedding) = {dims} \
-             AND ($4::uuid[] IS NULL OR c.dataset_id = ANY($4)){record_filter} \
-           ORDER BY {order} LIMIT $3 \
+           WHERE c.tenant_id = {tenant} AND vector_dims(c.embedding) = {dims} \
+             AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
+           ORDER BY {order} LIMIT {candidates} \
          ), vrank AS ( \
            SELECT dataset_id, record_key, chunk_no, \
                   row_number() OVER (ORDER BY dist, record_key, chunk_no) AS rank FROM vec \
@@ -177,43 +178,26 @@ async fn fused(
            SELECT dataset_id, record_key, chunk_no, \
                   row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
              SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
-             FROM app.chunks c, websearch_to_tsquery('english', $5) q \
-             WHERE c.tenant_id = $1 AND c.tsv @@ q \
-               AND ($4::uuid[] IS NULL OR c.dataset_id = ANY($4)){record_filter} \
-             ORDER BY r DESC, c.record_key, c.chunk_no LIMIT $3) f \
+             FROM app.chunks c, websearch_to_tsquery('english', {question}) q \
+             WHERE c.tenant_id = {tenant} AND c.tsv @@ q \
+               AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
+             ORDER BY r DESC, c.record_key, c.chunk_no LIMIT {candidates}) f \
          ), m AS ( \
            SELECT dataset_id, record_key, chunk_no, vrank.rank AS vrank, fts.rank AS trank \
            FROM vrank FULL JOIN fts USING (dataset_id, record_key, chunk_no) \
          ) \
          SELECT c.dataset_id, d.name, c.record_key, c.record_version, c.chunk_no, c.column_name, \
                 c.content, \
-                coalesce(1.0 / ($6 + m.vrank), 0) + coalesce(1.0 / ($6 + m.trank), 0) AS score, \
+                coalesce(1.0 / ({rrf_k} + m.vrank), 0) + coalesce(1.0 / ({rrf_k} + m.trank), 0) \
+                  AS score, \
                 m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m) \
          FROM m \
-         JOIN app.chunks c ON c.tenant_id = $1 AND c.dataset_id = m.dataset_id \
+         JOIN app.chunks c ON c.tenant_id = {tenant} AND c.dataset_id = m.dataset_id \
            AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
-         JOIN app.datasets d ON d.tenant_id = $1 AND d.dataset_id = c.dataset_id \
-         ORDER BY score DESC, c.record_key, c.chunk_no LIMIT $7"
+         JOIN app.datasets d ON d.tenant_id = {tenant} AND d.dataset_id = c.dataset_id \
+         ORDER BY score DESC, c.record_key, c.chunk_no LIMIT {limit}"
     );
-    let mut params: Vec<Param<'_>> = vec![
-        (&tenant, Type::UUID),
-        (&q, Type::TEXT),
-        (&candidates, Type::INT8),
-        (&datasets, Type::UUID_ARRAY),
-        (&req.question, Type::TEXT),
-        (&RRF_K, Type::FLOAT8),
-        (&limit, Type::INT8),
-    ];
-    debug_assert_eq!(params.len() + 1, FILTER_FIRST_PARAM);
-    if let Some(f) = req.filter {
-        params.extend(f.params.iter().map(|(v, t)| {
-            (
-                v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync),
-                t.clone(),
-            )
-        }));
-    }
-    let rows = tx.query(&sql, &params).await?;
+    let rows = tx.query(&sql, &params.as_params()).await?;
     let vector_found = rows.first().map_or(0, |r| r.get::<_, i64>(10));
     let considered = rows.first().map_or(0, |r| r.get::<_, i64>(11));
     let hits = rows

@@ -1,4 +1,4 @@
-//! From ledger to provider, exactly once per unit of usage.
+//! The outbox: from ledger to provider, exactly once per unit of usage.
 //!
 //! Per tenant, [`flush_tenant`]:
 //! 1. **plans**, in one transaction holding the tenant's billing row lock: for every closed window
@@ -18,78 +18,22 @@
 //! A crash anywhere leaves either no delivery (planned again), or a pending one whose lease runs
 //! out and which is sent again with the same identifier and value — which the provider reports as
 //! a duplicate. Nothing is counted twice and nothing is dropped.
+//!
+//! [`flush_tenants`] flushes several tenants; [`FlushMemo`] says which tenants a queue batch
+//! makes due.
 
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_postgres::types::Type;
 
-use super::{BillingSink, MeterEvent, Sent, SinkError};
+use super::MeterConfig;
 use crate::TenantId;
+use crate::billing::{BillingSink, MeterEvent, Sent, SinkError};
 use crate::db::{Access, Db, DbError, TenantContext, TenantTx};
-use crate::usage::{Meter, UsageEvent, ledger};
-
-/// How the meter windows, leases and retries.
-#[derive(Clone, Debug)]
-pub struct MeterConfig {
-    /// Aggregation window length; divides a day.
-    pub window_secs: i64,
-    /// A window is closed this long after its end (late queue deliveries still make it).
-    pub grace_secs: i64,
-    /// How long a claimed delivery is reserved for its sender.
-    pub lease_secs: i64,
-    /// Calls per delivery before giving up for this run (the lease then lapses; a later run
-    /// tries again).
-    pub attempts: u32,
-    /// First backoff; doubled per attempt, capped at `backoff_max`, fully jittered.
-    pub backoff_base: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
-    /// Oldest event time the provider accepts (Stripe: 35 days), with a safety margin.
-    pub max_age: chrono::Duration,
-    /// Tenants flushed at once.
-    pub concurrency: usize,
-    /// Reconciliation leaves a day alone while a delivery for it settled less than this ago
-    /// (the provider's totals are eventually consistent).
-    pub settle_secs: i64,
-}
-
-impl Default for MeterConfig {
-    fn default() -> Self {
-        Self {
-            window_secs: 3600,
-            grace_secs: 120,
-            lease_secs: 60,
-            attempts: 4,
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(5),
-            max_age: chrono::Duration::days(35) - chrono::Duration::hours(1),
-            concurrency: 8,
-            settle_secs: 900,
-        }
-    }
-}
-
-impl MeterConfig {
-    /// Windows that start at or before this are closed at `now`.
-    pub fn closed_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - chrono::Duration::seconds(self.window_secs + self.grace_secs)
-    }
-}
-
-/// The deterministic identifier of a delivery (what `app.usage_deliveries.identifier` derives).
-pub fn identifier(tenant: TenantId, meter: Meter, window_start: DateTime<Utc>, seq: i32) -> String {
-    format!(
-        "tnt_{}_{}_{}_{}",
-        tenant.as_uuid().simple(),
-        meter.name(),
-        window_start.timestamp(),
-        seq
-    )
-}
+use crate::usage::Meter;
 
 /// What one flush did for one tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -503,53 +447,6 @@ fn backoff(cfg: &MeterConfig, attempt: u32) -> Duration {
     Duration::from_millis(r % millis)
 }
 
-/// The usage queue's message: the events of one request (or several).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsageMessage {
-    /// The events.
-    pub events: Vec<UsageEvent>,
-}
-
-/// Writes events to the ledger, one transaction per tenant (`concurrency` at a time). Returns,
-/// per tenant, whether it succeeded (and how many events were new).
-pub async fn record_events(
-    db: &Db,
-    window_secs: i64,
-    events: Vec<UsageEvent>,
-) -> Vec<(TenantId, Result<u64, DbError>)> {
-    record_events_with(db, window_secs, events, 1).await
-}
-
-/// As [`record_events`], with up to `concurrency` tenants' transactions in flight.
-pub async fn record_events_with(
-    db: &Db,
-    window_secs: i64,
-    events: Vec<UsageEvent>,
-    concurrency: usize,
-) -> Vec<(TenantId, Result<u64, DbError>)> {
-    let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<UsageEvent>> = Default::default();
-    for e in events {
-        by_tenant.entry(e.tenant_id).or_default().push(e);
-    }
-    let by_tenant: Vec<(TenantId, Vec<UsageEvent>)> = by_tenant.into_iter().collect();
-    let mut out = Vec::with_capacity(by_tenant.len());
-    for group in by_tenant.chunks(concurrency.max(1)) {
-        let results = join_all(group.iter().map(|(tenant, list)| async move {
-            let ctx = TenantContext {
-                tenant_id: *tenant,
-                actor_id: "system:usage-meter".into(),
-            };
-            let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-            let n = ledger::record(&mut tx, list, window_secs).await?;
-            tx.commit().await?;
-            Ok::<_, DbError>(n)
-        }))
-        .await;
-        out.extend(group.iter().map(|(t, _)| *t).zip(results));
-    }
-    out
-}
-
 /// Which window boundary each tenant was last flushed at, in this execution environment: a
 /// tenant is flushed when a window of its has closed since, not on every batch (the scheduled
 /// flush catches the rest).
@@ -600,91 +497,10 @@ pub async fn flush_tenants(
     total
 }
 
-/// The `usage-meter` function's handler: every message's events into the ledger (idempotent by
-/// event id), failing exactly the messages whose events could not be recorded (malformed ones
-/// included, so they reach the dead-letter queue), then a flush of each tenant seen that has had
-/// a window close since this environment last flushed it (see [`FlushMemo`]).
-pub async fn handle_sqs(
-    db: &Db,
-    sink: &dyn BillingSink,
-    cfg: &MeterConfig,
-    memo: &FlushMemo,
-    event: SqsEvent,
-) -> SqsBatchResponse {
-    let now = Utc::now();
-    let skew = chrono::Duration::minutes(5);
-    let mut failed: Vec<String> = Vec::new();
-    let mut accepted: Vec<(String, Vec<UsageEvent>)> = Vec::new();
-    for record in event.records {
-        let id = record.message_id.unwrap_or_default();
-        let parsed = serde_json::from_str::<UsageMessage>(record.body.as_deref().unwrap_or(""))
-            .map_err(|e| format!("malformed message: {e}"))
-            .and_then(|m| {
-                m.events
-                    .iter()
-                    .try_for_each(|e| e.validate(now, skew))
-                    .map(|()| m.events)
-            });
-        match parsed {
-            Ok(events) => accepted.push((id, events)),
-            Err(reason) => {
-                tracing::warn!(message_id = %id, reason, "usage message refused");
-                failed.push(id);
-            }
-        }
-    }
-    let all: Vec<UsageEvent> = accepted.iter().flat_map(|(_, e)| e.clone()).collect();
-    let results = record_events_with(db, cfg.window_secs, all, cfg.concurrency).await;
-    let mut ok_tenants = Vec::new();
-    for (tenant, r) in &results {
-        match r {
-            Ok(n) => {
-                tracing::info!(tenant_id = %tenant, new_events = n, "usage recorded");
-                ok_tenants.push(*tenant);
-            }
-            Err(e) => {
-                tracing::warn!(tenant_id = %tenant, error = %e, "usage not recorded");
-                for (id, events) in &accepted {
-                    if events.iter().any(|e| e.tenant_id == *tenant) && !failed.contains(id) {
-                        failed.push(id.clone());
-                    }
-                }
-            }
-        }
-    }
-    let due = memo.due(cfg, now, &ok_tenants);
-    flush_tenants(db, sink, cfg, &due).await;
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failed
-        .into_iter()
-        .map(|id| {
-            let mut f = BatchItemFailure::default();
-            f.item_identifier = id;
-            f
-        })
-        .collect();
-    response
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identifiers_are_deterministic_and_short_enough() {
-        let t = TenantId::from(uuid::Uuid::from_u128(
-            0x0190_0000_0000_7000_8000_0000_0000_a0e1,
-        ));
-        let w = DateTime::from_timestamp(1_764_115_200, 0).unwrap();
-        let id = identifier(t, Meter::IngestedRecords, w, 3);
-        assert_eq!(
-            id,
-            "tnt_0190000000007000800000000000a0e1_ingested_records_1764115200_3"
-        );
-        assert!(id.len() <= 100);
-        assert_eq!(id, identifier(t, Meter::IngestedRecords, w, 3));
-    }
 
     #[test]
     fn a_tenant_is_flushed_once_per_closed_window_boundary() {

@@ -1,39 +1,21 @@
-//! The JSON query language and its compiler to parameterized SQL.
+//! A [`QuerySpec`] checked against its dataset's schema and compiled to one statement.
 //!
-//! A query names a dataset and may filter (`eq ne lt lte gt gte in between contains is_null`,
-//! combined with `and`/`or`/`not`), group (by columns, and by `minute hour day week month`
-//! buckets of timestamp columns), aggregate (`count sum avg min max count_distinct percentile`),
-//! order, limit and restrict to a time range. Everything is validated against the dataset's
-//! schema first; the SQL is built from column names the schema declared (checked identifiers)
-//! and every value is a parameter. Nothing a client sends is ever spliced into SQL text.
+//! Column names come only from the schema (checked identifiers, mapped to their typed storage
+//! columns by [`Dataset::column_expr`]); every value is bound through [`Params`]. Problems are
+//! collected, not stopped at: the caller gets every one, each named by path.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 
-use super::datasets::Dataset;
-use super::schema::{ColumnDef, ColumnType};
-use super::{FieldError, is_identifier};
-use crate::db::{DbError, TenantTx};
-
-/// Bounds on what one query may ask for.
-#[derive(Clone, Copy, Debug)]
-pub struct QueryLimits {
-    /// Rows returned when the query sets no limit.
-    pub default_limit: u32,
-    /// The hard cap on `limit`.
-    pub max_limit: u32,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        Self {
-            default_limit: 100,
-            max_limit: 10_000,
-        }
-    }
-}
+use super::spec::{
+    AggFn, AggregateSpec, Bucket, Condition, Direction, Filter, GroupKey, Literal, Op, Operand,
+    QuerySpec, TimeRangeSpec,
+};
+use super::{OutputColumn, QueryLimits};
+use crate::analytics::datasets::Dataset;
+use crate::analytics::schema::{ColumnDef, ColumnType};
+use crate::analytics::{FieldError, is_identifier};
+use crate::db::Params;
 
 const MAX_FILTER_DEPTH: usize = 8;
 const MAX_CONDITIONS: usize = 100;
@@ -41,194 +23,24 @@ const MAX_IN_VALUES: usize = 1_000;
 const MAX_GROUP_BY: usize = 5;
 const MAX_AGGREGATES: usize = 20;
 
-/// A query as the client sends it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuerySpec {
-    /// The dataset, by name or id.
-    pub dataset: String,
-    /// A condition tree.
-    #[serde(default)]
-    pub filter: Option<Value>,
-    /// Column names, or `{"column", "bucket", "as"?}` time buckets.
-    #[serde(default)]
-    pub group_by: Vec<Value>,
-    /// `{"fn", "column"?, "p"?, "as"?}`.
-    #[serde(default)]
-    pub aggregates: Vec<AggregateSpec>,
-    /// Columns to return when neither grouping nor aggregating (default: all).
-    #[serde(default)]
-    pub select: Vec<String>,
-    /// `{"by", "dir"?}` on output names.
-    #[serde(default)]
-    pub order_by: Vec<OrderSpec>,
-    /// Rows to return.
-    #[serde(default)]
-    pub limit: Option<u64>,
-    /// `{"from"?, "to"?, "column"?}`: from inclusive, to exclusive.
-    #[serde(default)]
-    pub time_range: Option<TimeRangeSpec>,
-}
-
-/// An aggregate.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AggregateSpec {
-    /// Which function.
-    #[serde(rename = "fn")]
-    pub func: AggFn,
-    /// Its column (`count` may omit it).
-    #[serde(default)]
-    pub column: Option<String>,
-    /// For `percentile`: 0..=1.
-    #[serde(default)]
-    pub p: Option<f64>,
-    /// Output name.
-    #[serde(default, rename = "as")]
-    pub alias: Option<String>,
-}
-
-/// Aggregate functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggFn {
-    /// Rows (or non-null values of a column).
-    Count,
-    /// Sum of a numeric column.
-    Sum,
-    /// Mean of a numeric column.
-    Avg,
-    /// Smallest value.
-    Min,
-    /// Largest value.
-    Max,
-    /// Distinct non-null values.
-    CountDistinct,
-    /// Continuous percentile of a numeric column.
-    Percentile,
-}
-
-/// A time bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Bucket {
-    /// Minute.
-    Minute,
-    /// Hour.
-    Hour,
-    /// Day (UTC).
-    Day,
-    /// ISO week (Monday, UTC).
-    Week,
-    /// Calendar month (UTC).
-    Month,
-}
-
-impl Bucket {
-    fn as_str(self) -> &'static str {
-        match self {
-            Bucket::Minute => "minute",
-            Bucket::Hour => "hour",
-            Bucket::Day => "day",
-            Bucket::Week => "week",
-            Bucket::Month => "month",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BucketSpec {
-    column: String,
-    bucket: Bucket,
-    #[serde(default, rename = "as")]
-    alias: Option<String>,
-}
-
-/// An ordering.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderSpec {
-    /// An output name.
-    pub by: String,
-    /// `asc` (default) or `desc`; nulls always last.
-    #[serde(default)]
-    pub dir: Direction,
-}
-
-/// Sort direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Ascending.
-    #[default]
-    Asc,
-    /// Descending.
-    Desc,
-}
-
-/// A time range.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeRangeSpec {
-    /// Inclusive start (RFC 3339).
-    #[serde(default)]
-    pub from: Option<String>,
-    /// Exclusive end (RFC 3339).
-    #[serde(default)]
-    pub to: Option<String>,
-    /// The timestamp column (default: the dataset's time column).
-    #[serde(default)]
-    pub column: Option<String>,
-}
-
-/// An output column.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OutputColumn {
-    /// Its name.
-    pub name: String,
-    /// Its type (`string integer number boolean timestamp`).
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-}
-
-/// A statement parameter the compiler owns, with its declared type.
-pub type BoxedParam = (Box<dyn ToSql + Sync + Send>, Type);
-
 /// A filter compiled on its own: a condition on `r` (a row of `app.records` of the dataset), for a
 /// caller that embeds it in a statement of its own (retrieval filters by column values this way).
+#[derive(Debug)]
 pub struct CompiledFilter {
-    /// The condition; its parameters are numbered from the `first_param` given to
-    /// [`compile_filter`].
+    /// The condition.
     pub sql: String,
-    /// Its parameters, in order.
-    pub params: Vec<BoxedParam>,
+    /// Its parameters, `$1` first: the statement embedding the condition binds its own after
+    /// these, into a clone.
+    pub params: Params,
 }
 
-impl std::fmt::Debug for CompiledFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledFilter")
-            .field("sql", &self.sql)
-            .field("params", &self.params.len())
-            .finish()
-    }
-}
-
-/// Compiles a filter (the query language's `filter`) against `ds`, numbering its parameters from
-/// `$first_param`. Errors are named by path under `path`.
+/// Compiles a filter against `ds`. Errors are named by path under `path`.
 pub fn compile_filter(
-    filter: &Value,
+    filter: &Filter,
     ds: &Dataset,
-    first_param: usize,
     path: &str,
 ) -> Result<CompiledFilter, Vec<FieldError>> {
-    let mut c = Compiler {
-        ds,
-        base: first_param.saturating_sub(1),
-        params: Vec::new(),
-        errors: Vec::new(),
-        conditions: 0,
-    };
+    let mut c = Compiler::new(ds);
     let sql = c.filter(filter, path, 0);
     match sql {
         Some(sql) if c.errors.is_empty() => Ok(CompiledFilter {
@@ -240,86 +52,30 @@ pub fn compile_filter(
 }
 
 /// A query compiled to one SQL statement and its parameters.
+#[derive(Debug)]
 pub struct CompiledQuery {
     /// The SQL: one `jsonb` array per row.
     pub sql: String,
-    params: Vec<BoxedParam>,
+    /// Its parameters.
+    pub params: Params,
     /// What each position of a row is.
     pub columns: Vec<OutputColumn>,
     /// Rows requested (one more is fetched to tell whether there were more).
     pub limit: usize,
 }
 
-impl std::fmt::Debug for CompiledQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledQuery")
-            .field("sql", &self.sql)
-            .field("params", &self.params.len())
-            .field("columns", &self.columns)
-            .finish()
-    }
-}
-
-impl CompiledQuery {
-    /// The parameters, typed, in the form statements take.
-    pub fn params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        self.params
-            .iter()
-            .map(|(v, t)| (v.as_ref() as &(dyn ToSql + Sync), t.clone()))
-            .collect()
-    }
-}
-
-/// A query's answer.
-#[derive(Clone, Debug, Serialize)]
-pub struct QueryResult {
-    /// Output columns.
-    pub columns: Vec<OutputColumn>,
-    /// Rows, each an array in column order.
-    pub rows: Vec<Value>,
-    /// Rows returned.
-    pub row_count: usize,
-    /// True if the limit cut the result short.
-    pub truncated: bool,
-}
-
-/// Runs a compiled query in the tenant's transaction.
-pub async fn run(tx: &mut TenantTx, q: &CompiledQuery) -> Result<QueryResult, DbError> {
-    let rows = tx.query(&q.sql, &q.params()).await?;
-    let truncated = rows.len() > q.limit;
-    let rows: Vec<Value> = rows
-        .iter()
-        .take(q.limit)
-        .map(|r| r.get::<_, Value>(0))
-        .collect();
-    Ok(QueryResult {
-        columns: q.columns.clone(),
-        row_count: rows.len(),
-        rows,
-        truncated,
-    })
-}
-
-/// Compiles a query against its dataset. The tenant is `$1` and the dataset `$2`, on top of RLS.
+/// Compiles a query against its dataset. The statement names the tenant and the dataset itself,
+/// on top of RLS.
 pub fn compile(
     spec: &QuerySpec,
     ds: &Dataset,
     tenant: uuid::Uuid,
     limits: QueryLimits,
 ) -> Result<CompiledQuery, Vec<FieldError>> {
-    let mut c = Compiler {
-        ds,
-        base: 0,
-        params: vec![
-            (Box::new(tenant), Type::UUID),
-            (Box::new(ds.id), Type::UUID),
-        ],
-        errors: Vec::new(),
-        conditions: 0,
-    };
+    let mut c = Compiler::new(ds);
     let mut wheres = vec![
-        "r.tenant_id = $1".to_owned(),
-        "r.dataset_id = $2".to_owned(),
+        format!("r.tenant_id = {}", c.param(tenant, Type::UUID)),
+        format!("r.dataset_id = {}", c.param(ds.id, Type::UUID)),
     ];
     if let Some(sql) = spec.filter.as_ref().and_then(|f| c.filter(f, "/filter", 0)) {
         wheres.push(sql);
@@ -478,9 +234,7 @@ pub fn compile(
 
 struct Compiler<'d> {
     ds: &'d Dataset,
-    /// Parameters already bound ahead of this compiler's (its first is `$base+1`).
-    base: usize,
-    params: Vec<BoxedParam>,
+    params: Params,
     errors: Vec<FieldError>,
     conditions: usize,
 }
@@ -494,14 +248,26 @@ enum Scalar {
     Time(DateTime<Utc>),
 }
 
-impl Compiler<'_> {
+impl<'d> Compiler<'d> {
+    fn new(ds: &'d Dataset) -> Self {
+        Self {
+            ds,
+            params: Params::new(),
+            errors: Vec::new(),
+            conditions: 0,
+        }
+    }
+
     fn err(&mut self, path: impl Into<String>, reason: &'static str, message: impl Into<String>) {
         self.errors.push(FieldError::new(path, reason, message));
     }
 
-    fn param(&mut self, value: impl ToSql + Sync + Send + 'static, ty: Type) -> String {
-        self.params.push((Box::new(value), ty));
-        format!("${}", self.base + self.params.len())
+    fn param(
+        &mut self,
+        value: impl tokio_postgres::types::ToSql + Sync + Send + 'static,
+        ty: Type,
+    ) -> String {
+        self.params.bind(value, ty)
     }
 
     fn column(&mut self, name: &str, path: &str) -> Option<&'_ ColumnDef> {
@@ -521,15 +287,15 @@ impl Compiler<'_> {
         self.ds.column_expr(c)
     }
 
-    fn scalar(&mut self, ty: ColumnType, v: &Value, path: &str) -> Option<Scalar> {
+    fn scalar(&mut self, ty: ColumnType, v: &Literal, path: &str) -> Option<Scalar> {
         let s = match (ty, v) {
-            (ColumnType::String, Value::String(s)) if !s.contains('\0') => {
+            (ColumnType::String, Literal::Text(s)) if !s.contains('\0') => {
                 Some(Scalar::Text(s.clone()))
             }
-            (ColumnType::Integer, Value::Number(n)) => n.as_i64().map(Scalar::Int),
-            (ColumnType::Number, Value::Number(n)) => n.as_f64().map(Scalar::Float),
-            (ColumnType::Boolean, Value::Bool(b)) => Some(Scalar::Bool(*b)),
-            (ColumnType::Timestamp, Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            (ColumnType::Integer, Literal::Number(n)) => n.as_i64().map(Scalar::Int),
+            (ColumnType::Number, Literal::Number(n)) => n.as_f64().map(Scalar::Float),
+            (ColumnType::Boolean, Literal::Bool(b)) => Some(Scalar::Bool(*b)),
+            (ColumnType::Timestamp, Literal::Text(s)) => DateTime::parse_from_rfc3339(s)
                 .ok()
                 .map(|t| Scalar::Time(t.with_timezone(&Utc))),
             _ => None,
@@ -580,7 +346,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn filter(&mut self, f: &Value, path: &str, depth: usize) -> Option<String> {
+    fn filter(&mut self, f: &Filter, path: &str, depth: usize) -> Option<String> {
         if depth > MAX_FILTER_DEPTH {
             self.err(
                 path,
@@ -589,54 +355,27 @@ impl Compiler<'_> {
             );
             return None;
         }
-        let Value::Object(obj) = f else {
-            self.err(path, "invalid_filter", "A filter is an object: a condition, or {\"and\": [...]}, {\"or\": [...]}, {\"not\": {...}}.");
-            return None;
-        };
-        if let (1, Some((k, v))) = (obj.len(), obj.iter().next()) {
-            {
-                match k.as_str() {
-                    "and" | "or" => {
-                        let Value::Array(items) = v else {
-                            self.err(
-                                format!("{path}/{k}"),
-                                "invalid_filter",
-                                format!("\"{k}\" takes a non-empty array of filters."),
-                            );
-                            return None;
-                        };
-                        if items.is_empty() {
-                            self.err(
-                                format!("{path}/{k}"),
-                                "invalid_filter",
-                                format!("\"{k}\" takes a non-empty array of filters."),
-                            );
-                            return None;
-                        }
-                        let parts: Vec<Option<String>> = items
-                            .iter()
-                            .enumerate()
-                            .map(|(i, item)| {
-                                self.filter(item, &format!("{path}/{k}/{i}"), depth + 1)
-                            })
-                            .collect();
-                        let parts: Option<Vec<String>> = parts.into_iter().collect();
-                        let joiner = if k == "and" { " AND " } else { " OR " };
-                        return parts.map(|p| format!("({})", p.join(joiner)));
-                    }
-                    "not" => {
-                        return self
-                            .filter(v, &format!("{path}/not"), depth + 1)
-                            .map(|s| format!("(NOT {s})"));
-                    }
-                    _ => {}
-                }
+        let (items, key, joiner) = match f {
+            Filter::And(items) => (items, "and", " AND "),
+            Filter::Or(items) => (items, "or", " OR "),
+            Filter::Not(inner) => {
+                return self
+                    .filter(inner, &format!("{path}/not"), depth + 1)
+                    .map(|s| format!("(NOT {s})"));
             }
-        }
-        self.condition(obj, path)
+            Filter::Condition(c) => return self.condition(c, path),
+        };
+        // Every branch is compiled, so every problem is reported.
+        let parts: Vec<Option<String>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.filter(item, &format!("{path}/{key}/{i}"), depth + 1))
+            .collect();
+        let parts: Option<Vec<String>> = parts.into_iter().collect();
+        parts.map(|p| format!("({})", p.join(joiner)))
     }
 
-    fn condition(&mut self, obj: &Map<String, Value>, path: &str) -> Option<String> {
+    fn condition(&mut self, cond: &Condition, path: &str) -> Option<String> {
         self.conditions += 1;
         if self.conditions == MAX_CONDITIONS + 1 {
             self.err(
@@ -645,70 +384,61 @@ impl Compiler<'_> {
                 format!("A filter has at most {MAX_CONDITIONS} conditions."),
             );
         }
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "column" | "op" | "value"))
-        {
-            self.err(
-                format!("{path}/{}", k.chars().take(64).collect::<String>()),
-                "invalid_filter",
-                "A condition has only column, op and value.",
-            );
-            return None;
-        }
-        let (Some(Value::String(column)), Some(Value::String(op))) =
-            (obj.get("column"), obj.get("op"))
-        else {
-            self.err(
-                path,
-                "invalid_filter",
-                "A condition needs a string \"column\" and \"op\".",
-            );
-            return None;
-        };
-        let col = self.column(column, &format!("{path}/column"))?.clone();
+        let col = self
+            .column(&cond.column, &format!("{path}/column"))?
+            .clone();
         let expr = self.column_expr(&col);
-        let value = obj.get("value");
-        let vpath = format!("{path}/value");
-        let need_value = |this: &mut Self| {
-            if value.is_none() {
-                this.err(
+        let op = cond.op;
+        let (vpath, oppath) = (format!("{path}/value"), format!("{path}/op"));
+        let operand = match (op, &cond.value) {
+            (Op::IsNull, _) => None,
+            (_, Some(v)) => Some(v),
+            (_, None) => {
+                self.err(
                     &vpath,
                     "missing_value",
-                    format!("Operator {op} needs a value."),
+                    format!("Operator {} needs a value.", op.as_str()),
                 );
+                return None;
             }
-            value
         };
-        match op.as_str() {
-            "eq" | "ne" | "lt" | "lte" | "gt" | "gte" => {
-                let v = need_value(self)?;
-                if col.ty == ColumnType::Boolean && !matches!(op.as_str(), "eq" | "ne") {
-                    self.err(
-                        format!("{path}/op"),
-                        "invalid_operator",
-                        "Booleans compare with eq and ne only.",
-                    );
-                    return None;
-                }
+        let operator_refused = match op {
+            Op::Lt | Op::Lte | Op::Gt | Op::Gte if col.ty == ColumnType::Boolean => {
+                Some("Booleans compare with eq and ne only.")
+            }
+            Op::Between if col.ty == ColumnType::Boolean => {
+                Some("between does not apply to booleans.")
+            }
+            Op::Contains if col.ty != ColumnType::String => {
+                Some("contains applies to string columns.")
+            }
+            _ => None,
+        };
+        if let Some(message) = operator_refused {
+            self.err(oppath, "invalid_operator", message);
+            return None;
+        }
+        match (op, operand) {
+            (Op::Eq | Op::Ne | Op::Lt | Op::Lte | Op::Gt | Op::Gte, Some(Operand::Scalar(v))) => {
                 let s = self.scalar(col.ty, v, &vpath)?;
                 let p = self.scalar_param(s);
-                let sql_op = match op.as_str() {
-                    "eq" => "=",
-                    "ne" => "<>",
-                    "lt" => "<",
-                    "lte" => "<=",
-                    "gt" => ">",
+                let sql_op = match op {
+                    Op::Eq => "=",
+                    Op::Ne => "<>",
+                    Op::Lt => "<",
+                    Op::Lte => "<=",
+                    Op::Gt => ">",
                     _ => ">=",
                 };
                 Some(format!("{expr} {sql_op} {p}"))
             }
-            "in" => {
-                let v = need_value(self)?;
-                let Value::Array(items) = v else {
-                    self.err(&vpath, "type_mismatch", "in takes an array of values.");
-                    return None;
-                };
+            (Op::Contains, Some(Operand::Scalar(v))) => {
+                let s = self.scalar(col.ty, v, &vpath)?;
+                let p = self.scalar_param(s);
+                // strpos, not LIKE: the client's % and _ are plain characters.
+                Some(format!("strpos({expr}, {p}) > 0"))
+            }
+            (Op::In, Some(Operand::List(items))) => {
                 if items.is_empty() || items.len() > MAX_IN_VALUES {
                     self.err(
                         &vpath,
@@ -725,48 +455,17 @@ impl Compiler<'_> {
                 let p = self.array_param(col.ty, scalars?);
                 Some(format!("{expr} = ANY({p})"))
             }
-            "between" => {
-                let v = need_value(self)?;
-                let items = match v {
-                    Value::Array(items) if items.len() == 2 => items,
-                    _ => {
-                        self.err(&vpath, "invalid_value", "between takes [low, high].");
-                        return None;
-                    }
-                };
-                if col.ty == ColumnType::Boolean {
-                    self.err(
-                        format!("{path}/op"),
-                        "invalid_operator",
-                        "between does not apply to booleans.",
-                    );
-                    return None;
-                }
+            (Op::Between, Some(Operand::List(items))) if items.len() == 2 => {
                 let lo = self.scalar(col.ty, &items[0], &format!("{vpath}/0"));
                 let hi = self.scalar(col.ty, &items[1], &format!("{vpath}/1"));
                 let (lo, hi) = (lo?, hi?);
                 let (lo, hi) = (self.scalar_param(lo), self.scalar_param(hi));
                 Some(format!("{expr} BETWEEN {lo} AND {hi}"))
             }
-            "contains" => {
-                let v = need_value(self)?;
-                if col.ty != ColumnType::String {
-                    self.err(
-                        format!("{path}/op"),
-                        "invalid_operator",
-                        "contains applies to string columns.",
-                    );
-                    return None;
-                }
-                let s = self.scalar(col.ty, v, &vpath)?;
-                let p = self.scalar_param(s);
-                // strpos, not LIKE: the client's % and _ are plain characters.
-                Some(format!("strpos({expr}, {p}) > 0"))
-            }
-            "is_null" => {
-                let want_null = match value {
+            (Op::IsNull, _) => {
+                let want_null = match &cond.value {
                     None => true,
-                    Some(Value::Bool(b)) => *b,
+                    Some(Operand::Scalar(Literal::Bool(b))) => *b,
                     Some(_) => {
                         self.err(
                             &vpath,
@@ -781,14 +480,19 @@ impl Compiler<'_> {
                     if want_null { "" } else { "NOT " }
                 ))
             }
-            other => {
+            (Op::In, _) => {
+                self.err(&vpath, "type_mismatch", "in takes an array of values.");
+                None
+            }
+            (Op::Between, _) => {
+                self.err(&vpath, "invalid_value", "between takes [low, high].");
+                None
+            }
+            (_, _) => {
                 self.err(
-                    format!("{path}/op"),
-                    "invalid_operator",
-                    format!(
-                        "Unknown operator {}; use eq ne lt lte gt gte in between contains is_null.",
-                        shorten(other)
-                    ),
+                    &vpath,
+                    "type_mismatch",
+                    format!("{} takes one value, not an array.", op.as_str()),
                 );
                 None
             }
@@ -846,25 +550,14 @@ impl Compiler<'_> {
         }
     }
 
-    fn group_key(&mut self, g: &Value, path: &str) -> Option<(String, &'static str, String)> {
+    fn group_key(&mut self, g: &GroupKey, path: &str) -> Option<(String, &'static str, String)> {
         match g {
-            Value::String(name) => {
+            GroupKey::Column(name) => {
                 let col = self.column(name, path)?.clone();
                 let expr = self.column_expr(&col);
                 Some((col.name, col.ty.as_str(), expr))
             }
-            Value::Object(_) => {
-                let spec: BucketSpec = match serde_json::from_value(g.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.err(
-                            path,
-                            "invalid_group_by",
-                            format!("A time bucket is {{\"column\", \"bucket\", \"as\"?}}: {e}"),
-                        );
-                        return None;
-                    }
-                };
+            GroupKey::Bucket(spec) => {
                 let col = self
                     .column(&spec.column, &format!("{path}/column"))?
                     .clone();
@@ -877,20 +570,12 @@ impl Compiler<'_> {
                     return None;
                 }
                 let name = self.alias(
-                    spec.alias,
+                    spec.alias.clone(),
                     format!("{}_{}", col.name, spec.bucket.as_str()),
                     &format!("{path}/as"),
                 )?;
                 let expr = bucket_expr(spec.bucket, &self.column_expr(&col));
                 Some((name, "timestamp", expr))
-            }
-            _ => {
-                self.err(
-                    path,
-                    "invalid_group_by",
-                    "group_by takes column names or time buckets.",
-                );
-                None
             }
         }
     }
@@ -1024,8 +709,7 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::schema::ColumnDef;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use uuid::Uuid;
 
     fn ds() -> Dataset {
@@ -1103,17 +787,22 @@ mod tests {
     }
 
     #[test]
-    fn unknown_columns_operators_and_type_errors_are_named_by_path() {
+    fn every_problem_against_the_schema_is_named_by_path() {
         assert_eq!(
             reasons(json!({"dataset": "orders", "filter": {"and": [
                 {"column": "region\"; --", "op": "eq", "value": "x"},
                 {"column": "qty", "op": "eq", "value": "three"},
                 {"column": "paid", "op": "lt", "value": true},
-                {"column": "amount", "op": "like", "value": 1},
+                {"column": "amount", "op": "contains", "value": 1},
                 {"column": "at", "op": "gt", "value": "tomorrow"},
                 {"column": "qty", "op": "in", "value": []},
                 {"column": "qty", "op": "eq"},
-                {"column": "qty", "op": "eq", "value": 1, "sql": "1=1"}
+                {"column": "qty", "op": "in", "value": 3},
+                {"column": "qty", "op": "eq", "value": [3]},
+                {"column": "qty", "op": "between", "value": [1]},
+                {"column": "qty", "op": "is_null", "value": "yes"},
+                {"column": "qty", "op": "eq", "value": 1.5},
+                {"column": "region", "op": "eq", "value": "nul\u{0}"}
             ]}})),
             vec![
                 ("/filter/and/0/column".into(), "unknown_column"),
@@ -1123,7 +812,12 @@ mod tests {
                 ("/filter/and/4/value".into(), "type_mismatch"),
                 ("/filter/and/5/value".into(), "invalid_value"),
                 ("/filter/and/6/value".into(), "missing_value"),
-                ("/filter/and/7/sql".into(), "invalid_filter"),
+                ("/filter/and/7/value".into(), "type_mismatch"),
+                ("/filter/and/8/value".into(), "type_mismatch"),
+                ("/filter/and/9/value".into(), "invalid_value"),
+                ("/filter/and/10/value".into(), "type_mismatch"),
+                ("/filter/and/11/value".into(), "type_mismatch"),
+                ("/filter/and/12/value".into(), "type_mismatch"),
             ]
         );
         assert_eq!(
@@ -1140,6 +834,127 @@ mod tests {
                 ("/order_by/0/by".into(), "unknown_output"),
             ]
         );
+    }
+
+    /// The parser refuses a malformed query at its first problem, naming the member.
+    fn parse_error(q: Value) -> (String, String) {
+        match crate::http::parse_json::<QuerySpec>(q.to_string().as_bytes()) {
+            Ok(spec) => panic!("parsed: {spec:?}"),
+            Err(e) => (e.path, e.message),
+        }
+    }
+
+    #[test]
+    fn a_malformed_query_is_refused_by_the_parser_at_the_member() {
+        let cond = |extra: Value| {
+            let mut c = json!({"column": "qty", "op": "eq", "value": 1});
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                c[k] = v.clone();
+            }
+            json!({"dataset": "orders", "filter": {"or": [{"column": "qty", "op": "eq", "value": 1}, c]}})
+        };
+        for (query, path, says) in [
+            (
+                cond(json!({"op": "like"})),
+                "/filter/or/1/op",
+                "unknown variant `like`",
+            ),
+            (
+                cond(json!({"sql": "1=1"})),
+                "/filter/or/1/sql",
+                "unknown field `sql`",
+            ),
+            // (json! sorts members: `and` is read first, then `column` beside it is refused)
+            (
+                cond(json!({"and": [{"column": "qty", "op": "is_null"}]})),
+                "/filter/or/1/column",
+                "stand alone",
+            ),
+            (
+                json!({"dataset": "orders", "filter": {"column": "qty", "not": {"column": "qty", "op": "is_null"}}}),
+                "/filter/not",
+                "stand alone",
+            ),
+            (
+                json!({"dataset": "orders", "filter": {"column": "qty", "column ": 1}}),
+                "/filter/column ",
+                "unknown field",
+            ),
+            (
+                cond(json!({"value": {"a": 1}})),
+                "/filter/or/1/value",
+                "string, number or boolean",
+            ),
+            (
+                cond(json!({"value": [[1]]})),
+                "/filter/or/1/value",
+                "string, number or boolean",
+            ),
+            (
+                cond(json!({"column": 7})),
+                "/filter/or/1/column",
+                "expected a string",
+            ),
+            (
+                json!({"dataset": "orders", "filter": {"and": [{"column": "qty"}]}}),
+                "/filter/and/0",
+                "missing field `op`",
+            ),
+            (
+                json!({"dataset": "orders", "filter": {"and": []}}),
+                "/filter/and",
+                "non-empty array",
+            ),
+            (
+                json!({"dataset": "orders", "filter": {"not": {"column": "qty", "op": "eq"}, "or": []}}),
+                "/filter/or",
+                "stand alone",
+            ),
+            (
+                json!({"dataset": "orders", "filter": "1=1"}),
+                "/filter",
+                "a filter",
+            ),
+            (
+                json!({"dataset": "orders", "group_by": [{"column": "at", "bucket": "year"}]}),
+                "/group_by/0",
+                "a time bucket",
+            ),
+            (
+                json!({"dataset": "orders", "aggregates": [{"fn": "median"}]}),
+                "/aggregates/0/fn",
+                "unknown variant `median`",
+            ),
+            (
+                json!({"dataset": "orders", "where": "1=1"}),
+                "/where",
+                "unknown field `where`",
+            ),
+            (
+                json!({"dataset": "orders", "limit": "ten"}),
+                "/limit",
+                "expected u64",
+            ),
+        ] {
+            let (got_path, message) = parse_error(query.clone());
+            assert_eq!(got_path, path, "{query}: {message}");
+            assert!(message.contains(says), "{query}: {message}");
+        }
+        // A repeated member is refused rather than one copy silently winning.
+        let twice = r#"{"dataset": "orders", "filter": {"column": "qty", "op": "eq", "op": "ne", "value": 1}}"#;
+        let e = crate::http::parse_json::<QuerySpec>(twice.as_bytes()).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.path.as_str()),
+            Some("/filter/op"),
+            "{e:?}"
+        );
+        let trailing = r#"{"dataset": "orders"} {"dataset": "orders"}"#;
+        let e = crate::http::parse_json::<QuerySpec>(trailing.as_bytes()).err();
+        assert!(e.is_some_and(|e| e.path.is_empty() && e.message.contains("trailing")));
+        // A member name in an error is cut short: a 1 MB key does not come back in the problem.
+        let long = "k".repeat(1 << 20);
+        let (_, message) = parse_error(cond(json!({ long: 1 })));
+        assert!(message.len() < 400, "{}", message.len());
     }
 
     #[test]
@@ -1176,5 +991,151 @@ mod tests {
             q.sql
         );
         assert_eq!(q.limit, 100);
+    }
+
+    /// Generated filters, well and badly formed: the parser never panics and what it accepts
+    /// round-trips; what the compiler accepts binds exactly the placeholders it uses, and no
+    /// client string reaches the SQL text.
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        const MARK: &str = "ZqX'\"; --";
+
+        fn value() -> impl Strategy<Value = Value> {
+            let scalar = prop_oneof![
+                Just(json!(null)),
+                any::<bool>().prop_map(Value::from),
+                (-5_i64..5).prop_map(Value::from),
+                (-5.0_f64..5.0).prop_map(Value::from),
+                Just(json!("2026-01-01T00:00:00Z")),
+                "[a-z%_ ]{0,6}".prop_map(|s| Value::from(format!("{MARK}{s}"))),
+            ];
+            prop_oneof![
+                4 => scalar.clone(),
+                2 => prop::collection::vec(scalar, 0..4).prop_map(Value::from),
+                1 => Just(json!({"a": 1})),
+            ]
+        }
+
+        fn condition() -> impl Strategy<Value = Value> {
+            let column = prop::sample::select(vec![
+                "region", "qty", "amount", "paid", "at", "nope", "x'; --",
+            ]);
+            let op = prop::sample::select(vec![
+                "eq", "ne", "lt", "lte", "gt", "gte", "in", "between", "contains", "is_null",
+                "like",
+            ]);
+            (
+                prop::option::weighted(0.95, column),
+                prop::option::weighted(0.95, op),
+                prop::option::weighted(0.8, value()),
+                prop::option::weighted(0.05, Just("sql")),
+            )
+                .prop_map(|(c, o, v, extra)| {
+                    let mut m = serde_json::Map::new();
+                    if let Some(c) = c {
+                        m.insert("column".into(), c.into());
+                    }
+                    if let Some(o) = o {
+                        m.insert("op".into(), o.into());
+                    }
+                    if let Some(v) = v {
+                        m.insert("value".into(), v);
+                    }
+                    if let Some(k) = extra {
+                        m.insert(k.into(), json!("1=1"));
+                    }
+                    Value::Object(m)
+                })
+        }
+
+        fn filter() -> impl Strategy<Value = Value> {
+            condition().prop_recursive(5, 40, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(|v| json!({"and": v})),
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(|v| json!({"or": v})),
+                    inner.clone().prop_map(|f| json!({"not": f})),
+                    (inner, condition()).prop_map(|(f, c)| json!({"and": [f], "column": c})),
+                ]
+            })
+        }
+
+        /// The `$n` placeholders in `sql`, in order of first appearance, deduplicated.
+        fn placeholders(sql: &str) -> Vec<usize> {
+            let mut out = Vec::new();
+            let bytes = sql.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'$' {
+                    let digits: String = sql[i + 1..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    if let Ok(n) = digits.parse::<usize>()
+                        && !out.contains(&n)
+                    {
+                        out.push(n);
+                    }
+                    i += digits.len();
+                }
+                i += 1;
+            }
+            out.sort_unstable();
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn filters_parse_compile_and_bind_soundly(f in filter()) {
+                let text = f.to_string();
+                let Ok(parsed) = crate::http::parse_json::<Filter>(text.as_bytes()) else {
+                    return Ok(());
+                };
+                let again = serde_json::to_string(&parsed).unwrap_or_default();
+                prop_assert_eq!(
+                    crate::http::parse_json::<Filter>(again.as_bytes()).ok(),
+                    Some(parsed.clone())
+                );
+                match compile_filter(&parsed, &ds(), "/f") {
+                    Ok(c) => {
+                        prop_assert!(!c.sql.contains("ZqX"), "{}", c.sql);
+                        prop_assert_eq!(
+                            placeholders(&c.sql),
+                            (1..=c.params.len()).collect::<Vec<_>>()
+                        );
+                        prop_assert_eq!(c.sql.matches('(').count(), c.sql.matches(')').count());
+                    }
+                    Err(errors) => {
+                        prop_assert!(!errors.is_empty());
+                        prop_assert!(errors.iter().all(|e| e.path.starts_with("/f")));
+                    }
+                }
+                // Inside a whole query the filter's placeholders follow the tenant's and the
+                // dataset's, and the limit's follow the filter's.
+                let spec = QuerySpec {
+                    dataset: "orders".into(),
+                    filter: Some(parsed),
+                    group_by: vec![],
+                    aggregates: vec![],
+                    select: vec![],
+                    order_by: vec![],
+                    limit: None,
+                    time_range: None,
+                };
+                if let Ok(q) = compile(&spec, &ds(), Uuid::nil(), QueryLimits::default()) {
+                    prop_assert!(q.sql.starts_with("SELECT jsonb_build_array("));
+                    prop_assert!(q.sql.contains("WHERE r.tenant_id = $1 AND r.dataset_id = $2"));
+                    prop_assert_eq!(
+                        placeholders(&q.sql),
+                        (1..=q.params.len()).collect::<Vec<_>>()
+                    );
+                    let last = format!("LIMIT ${}", q.params.len());
+                    prop_assert!(q.sql.ends_with(&last), "{}", q.sql);
+                }
+            }
+        }
     }
 }

@@ -211,6 +211,22 @@ async fn routes_match_the_path_as_sent() {
         (r.status, r.json["code"].as_str()),
         (404, Some("record_not_found"))
     );
+    // Segments that name nothing: not UTF-8 once decoded, or one too many (the 404 of an unknown
+    // path, before any handler runs); empty (the 404 of an unknown dataset).
+    for (path, code) in [
+        ("/v1/datasets/orders/records/%FF", "not_found"),
+        ("/v1/datasets/%C3%28/records/a", "not_found"),
+        ("/v1/datasets/orders/records/a/b", "not_found"),
+        ("/v1/datasets//records/a", "dataset_not_found"),
+    ] {
+        let r = app.call("GET", path, &token, None).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (404, Some(code)),
+            "{path}: {}",
+            r.json
+        );
+    }
 }
 
 /// A token signed with the trusted key can still carry hostile values: they are 401s, never a

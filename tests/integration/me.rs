@@ -171,12 +171,8 @@ async fn a_database_outage_is_a_503_not_a_leak() {
     assert_eq!(body_json(&resp)["code"], "auth_unavailable");
 }
 
-fn panicking<'a>(
-    _app: &'a tenantry::App,
-    _ctx: &'a tenantry::http::RequestCtx,
-    _req: &'a Request,
-) -> tenantry::http::HandlerFuture<'a> {
-    Box::pin(async move { panic!("a bug in a handler, with secret=hunter2 in its message") })
+async fn panicking() -> tenantry::http::HandlerResult {
+    panic!("a bug in a handler, with secret=hunter2 in its message")
 }
 
 /// A handler that panics answers a problem document; the panic never reaches the runtime and its
@@ -188,7 +184,7 @@ async fn a_panicking_handler_becomes_a_500_problem() {
         path: "/v1/me",
         function: "me",
         needs: tenantry::http::Needs::Sender,
-        handler: panicking,
+        endpoint: |method| axum::routing::on(method, panicking),
     };
     let app = TestApp::new().await;
     let resp = dispatch(&app.app, &[&ROUTE], event(None)).await;

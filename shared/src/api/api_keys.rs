@@ -4,8 +4,10 @@
 //! scope does: a key can neither mint nor revoke keys, so a leaked key cannot entrench itself.
 //! A key's scopes are chosen here, at creation, and never change.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use http::{HeaderValue, StatusCode};
-use lambda_http::Request;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -14,11 +16,17 @@ use super::datasets::no_content;
 use crate::App;
 use crate::auth::{ApiKeys, Scope};
 use crate::db::Access;
-use crate::http::{ApiError, HandlerFuture, RequestCtx, json_body, json_response};
+use crate::http::{ApiError, Caller, HandlerResult, Json, PathParams, json_response};
+
+/// `{key_id}`.
+#[derive(Deserialize)]
+pub(super) struct KeyPath {
+    key_id: String,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
+pub(super) struct NewKey {
     name: String,
     scopes: Vec<String>,
 }
@@ -43,75 +51,69 @@ fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, ApiError> {
     Ok(scopes)
 }
 
-pub(super) fn create<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let body: NewKey = json_body(req)?;
-        let name = body.name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
-                "invalid_name",
-                "A key name is 1-200 characters without control characters.",
-            ));
-        }
-        let scopes = parse_scopes(&body.scopes)?;
-        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
-        let key = ApiKeys::create(&mut tx, name, &scopes).await?;
-        tx.commit().await?;
-        tracing::info!(key_id = %key.key_id, prefix = %key.prefix, "API key created");
-        let mut resp = json_response(
-            StatusCode::CREATED,
-            &json!({
-                "key_id": key.key_id,
-                "prefix": key.prefix,
-                "name": key.name,
-                "scopes": key.scopes,
-                "key": key.key,
-                "note": "This is the only time the key is shown; store it now.",
-            }),
-        )?;
-        // The body holds a secret: no cache anywhere may keep it.
-        resp.headers_mut().insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        );
-        Ok(resp)
-    })
+pub(super) async fn create(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Json(body): Json<NewKey>,
+) -> HandlerResult {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "A key name is 1-200 characters without control characters.",
+        ));
+    }
+    let scopes = parse_scopes(&body.scopes)?;
+    let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
+    let key = ApiKeys::create(&mut tx, name, &scopes).await?;
+    tx.commit().await?;
+    tracing::info!(key_id = %key.key_id, prefix = %key.prefix, "API key created");
+    let mut resp = json_response(
+        StatusCode::CREATED,
+        &json!({
+            "key_id": key.key_id,
+            "prefix": key.prefix,
+            "name": key.name,
+            "scopes": key.scopes,
+            "key": key.key,
+            "note": "This is the only time the key is shown; store it now.",
+        }),
+    )?;
+    // The body holds a secret: no cache anywhere may keep it.
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
-pub(super) fn list<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
-        let keys = ApiKeys::list(&mut tx).await?;
-        tx.commit().await?;
-        json_response(StatusCode::OK, &json!({ "api_keys": keys }))
-    })
+pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> HandlerResult {
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let keys = ApiKeys::list(&mut tx).await?;
+    tx.commit().await?;
+    json_response(StatusCode::OK, &json!({ "api_keys": keys }))
 }
 
-pub(super) fn revoke<'a>(
-    app: &'a App,
-    ctx: &'a RequestCtx,
-    _req: &'a Request,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let not_found = || {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "api_key_not_found",
-                "No such API key.",
-            )
-        };
-        let key_id = ctx
-            .param("key_id")
-            .and_then(|s| Uuid::try_parse(s).ok())
-            .ok_or_else(not_found)?;
-        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
-        if !ApiKeys::revoke(&mut tx, key_id).await? {
-            return Err(not_found());
-        }
-        tx.commit().await?;
-        tracing::info!(key_id = %key_id, "API key revoked");
-        Ok(no_content())
-    })
+pub(super) async fn revoke(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<KeyPath>,
+) -> HandlerResult {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "api_key_not_found",
+            "No such API key.",
+        )
+    };
+    let key_id = Uuid::try_parse(&path.key_id).map_err(|_| not_found())?;
+    let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
+    if !ApiKeys::revoke(&mut tx, key_id).await? {
+        return Err(not_found());
+    }
+    tx.commit().await?;
+    tracing::info!(key_id = %key_id, "API key revoked");
+    Ok(no_content())
 }
 
 #[cfg(test)]

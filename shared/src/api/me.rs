@@ -3,8 +3,10 @@
 //! [`TenantTx`]: crate::db::TenantTx
 
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+use axum::extract::State;
 use http::StatusCode;
-use lambda_http::Request;
 use serde::Serialize;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
@@ -12,7 +14,7 @@ use uuid::Uuid;
 use crate::App;
 use crate::auth::{Permissions, Subject};
 use crate::db::Access;
-use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
+use crate::http::{ApiError, Caller, HandlerResult, json_response};
 
 #[derive(Serialize)]
 struct Me<'a> {
@@ -38,38 +40,36 @@ struct PrincipalView<'a> {
     permissions: Permissions,
 }
 
-pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let principal = ctx.principal()?;
-        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
-        let tenant_id = principal.tenant_id.as_uuid();
-        let row = tx
-            .query_opt(
-                "SELECT tenant_id, name, slug, plan, status, created_at \
+pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerResult {
+    let principal = caller.principal();
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let tenant_id = principal.tenant_id.as_uuid();
+    let row = tx
+        .query_opt(
+            "SELECT tenant_id, name, slug, plan, status, created_at \
                  FROM app.tenants WHERE tenant_id = $1",
-                &[(&tenant_id, Type::UUID)],
-            )
-            .await?;
-        tx.commit().await?;
-        // Authenticated a moment ago, so only a tenant deleted in between lands here.
-        let row = row.ok_or_else(|| ApiError::not_found("The tenant no longer exists."))?;
-        json_response(
-            StatusCode::OK,
-            &Me {
-                tenant: Tenant {
-                    id: row.get(0),
-                    name: row.get(1),
-                    slug: row.get(2),
-                    plan: row.get(3),
-                    status: row.get(4),
-                    created_at: row.get(5),
-                },
-                principal: PrincipalView {
-                    subject: &principal.subject,
-                    roles: &principal.roles,
-                    permissions: principal.permissions,
-                },
-            },
+            &[(&tenant_id, Type::UUID)],
         )
-    })
+        .await?;
+    tx.commit().await?;
+    // Authenticated a moment ago, so only a tenant deleted in between lands here.
+    let row = row.ok_or_else(|| ApiError::not_found("The tenant no longer exists."))?;
+    json_response(
+        StatusCode::OK,
+        &Me {
+            tenant: Tenant {
+                id: row.get(0),
+                name: row.get(1),
+                slug: row.get(2),
+                plan: row.get(3),
+                status: row.get(4),
+                created_at: row.get(5),
+            },
+            principal: PrincipalView {
+                subject: &principal.subject,
+                roles: &principal.roles,
+                permissions: principal.permissions,
+            },
+        },
+    )
 }

@@ -17,103 +17,122 @@ use http::Method;
 use crate::App;
 use crate::auth::Permission as P;
 use crate::db::{Access, TenantTx, TxSettings};
-use crate::http::{ApiError, Handler, Needs, RequestCtx, Route};
+use crate::http::{ApiError, Caller, Endpoint, Needs, Route};
+
+/// A handler as the table holds it: served by axum for the route's method.
+macro_rules! endpoint {
+    ($handler:path) => {
+        |method| ::axum::routing::on(method, $handler)
+    };
+}
 use crate::usage::queue::emit;
 use crate::usage::{Meter, UsageEvent};
 
 /// Every route of the HTTP API.
 pub static ROUTES: &[Route] = &[
-    signed_in_route(Method::GET, "/v1/me", "me", me::get),
+    signed_in_route(Method::GET, "/v1/me", "me", endpoint!(me::get)),
     route(
         Method::POST,
         "/v1/datasets",
         "datasets",
         P::ManageDatasets,
-        datasets::create,
+        endpoint!(datasets::create),
     ),
     route(
         Method::GET,
         "/v1/datasets",
         "datasets",
         P::ReadData,
-        datasets::list,
+        endpoint!(datasets::list),
     ),
     route(
         Method::GET,
         "/v1/datasets/{dataset}",
         "datasets",
         P::ReadData,
-        datasets::get,
+        endpoint!(datasets::get),
     ),
     route(
         Method::DELETE,
         "/v1/datasets/{dataset}",
         "datasets",
         P::ManageDatasets,
-        datasets::delete,
+        endpoint!(datasets::delete),
     ),
     route(
         Method::POST,
         "/v1/datasets/{dataset}/records",
         "records",
         P::WriteData,
-        records::ingest,
+        endpoint!(records::ingest),
     ),
     route(
         Method::GET,
         "/v1/datasets/{dataset}/records/{key}",
         "records",
         P::ReadData,
-        records::get,
+        endpoint!(records::get),
     ),
     route(
         Method::DELETE,
         "/v1/datasets/{dataset}/records/{key}",
         "records",
         P::WriteData,
-        records::delete,
+        endpoint!(records::delete),
     ),
-    route(Method::POST, "/v1/query", "query", P::Query, query::run),
-    route(Method::POST, "/v1/ask", "ask", P::Query, ask::ask),
+    route(
+        Method::POST,
+        "/v1/query",
+        "query",
+        P::Query,
+        endpoint!(query::run),
+    ),
+    route(
+        Method::POST,
+        "/v1/ask",
+        "ask",
+        P::Query,
+        endpoint!(ask::ask),
+    ),
     route(
         Method::GET,
         "/v1/usage",
         "usage",
         P::ReadBilling,
-        usage::get,
+        endpoint!(usage::get),
     ),
     public_route(
         Method::POST,
         "/v1/webhooks/stripe",
         "stripe-webhook",
-        webhooks::stripe,
+        endpoint!(webhooks::stripe),
     ),
     public_route(
         Method::POST,
         "/v1/webhooks/auth0",
         "auth0-webhook",
-        webhooks::auth0,
+        endpoint!(webhooks::auth0),
     ),
     route(
         Method::POST,
         "/v1/api-keys",
         "api-keys",
         P::ManageApiKeys,
-        api_keys::create,
+        endpoint!(api_keys::create),
     ),
     route(
         Method::GET,
         "/v1/api-keys",
         "api-keys",
         P::ManageApiKeys,
-        api_keys::list,
+        endpoint!(api_keys::list),
     ),
     route(
         Method::DELETE,
         "/v1/api-keys/{key_id}",
         "api-keys",
         P::ManageApiKeys,
-        api_keys::revoke,
+        endpoint!(api_keys::revoke),
     ),
 ];
 
@@ -123,14 +142,14 @@ const fn route(
     path: &'static str,
     function: &'static str,
     permission: P,
-    handler: Handler,
+    endpoint: Endpoint,
 ) -> Route {
     row(
         method,
         path,
         function,
         Needs::Permission(permission),
-        handler,
+        endpoint,
     )
 }
 
@@ -139,9 +158,9 @@ const fn signed_in_route(
     method: Method,
     path: &'static str,
     function: &'static str,
-    handler: Handler,
+    endpoint: Endpoint,
 ) -> Route {
-    row(method, path, function, Needs::Principal, handler)
+    row(method, path, function, Needs::Principal, endpoint)
 }
 
 /// A route without a user token: the handler authenticates the sender itself (webhooks).
@@ -149,9 +168,9 @@ const fn public_route(
     method: Method,
     path: &'static str,
     function: &'static str,
-    handler: Handler,
+    endpoint: Endpoint,
 ) -> Route {
-    row(method, path, function, Needs::Sender, handler)
+    row(method, path, function, Needs::Sender, endpoint)
 }
 
 const fn row(
@@ -159,14 +178,14 @@ const fn row(
     path: &'static str,
     function: &'static str,
     needs: Needs,
-    handler: Handler,
+    endpoint: Endpoint,
 ) -> Route {
     Route {
         method,
         path,
         function,
         needs,
-        handler,
+        endpoint,
     }
 }
 
@@ -184,12 +203,12 @@ pub fn all_routes() -> Vec<&'static Route> {
 /// ledger directly. If neither takes it, the request fails with 503 (nothing is served unbilled).
 async fn meter(
     app: &App,
-    ctx: &RequestCtx,
+    caller: &Caller,
     meter: Meter,
     quantity: i64,
     source: &str,
 ) -> Result<(), ApiError> {
-    let principal = ctx.principal()?;
+    let principal = caller.principal();
     let event = UsageEvent::now(principal.tenant_id, meter, quantity, source);
     emit(
         app.usage_queue.as_ref(),
@@ -210,18 +229,18 @@ async fn meter(
 }
 
 /// Begins the caller's transaction: the only way a handler reaches tenant data.
-async fn begin(app: &App, ctx: &RequestCtx, access: Access) -> Result<TenantTx, ApiError> {
-    begin_with(app, ctx, access, TxSettings::default()).await
+async fn begin(app: &App, caller: &Caller, access: Access) -> Result<TenantTx, ApiError> {
+    begin_with(app, caller, access, TxSettings::default()).await
 }
 
 /// As [`begin`], with per-transaction settings.
 async fn begin_with(
     app: &App,
-    ctx: &RequestCtx,
+    caller: &Caller,
     access: Access,
     settings: TxSettings,
 ) -> Result<TenantTx, ApiError> {
-    let principal = ctx.principal()?;
+    let principal = caller.principal();
     Ok(app
         .db
         .begin_with(&principal.tenant_context(), access, settings)

@@ -1,8 +1,10 @@
 //! `POST /v1/query`: a JSON query, validated against the dataset's schema, run read-only with a
 //! statement timeout.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use http::StatusCode;
-use lambda_http::Request;
 use serde_json::json;
 
 use super::datasets::{dataset_not_found, find_dataset};
@@ -10,28 +12,30 @@ use crate::App;
 use crate::analytics::datasets::DatasetRef;
 use crate::analytics::query::{self, QueryLimits, QuerySpec};
 use crate::db::{Access, TxSettings};
-use crate::http::{
-    ApiError, HandlerFuture, HandlerResult, RequestCtx, caller_query_error, json_body,
-    json_response,
-};
+use crate::http::{ApiError, Caller, HandlerResult, Json, caller_query_error, json_response};
 use crate::usage::Meter;
 
 /// `POST /v1/query`. The caller shapes the query and its transaction runs under the query time
 /// limit, so a statement cancelled by that limit is the caller's 422 `query_timeout`.
-pub(super) fn run<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move { run_query(app, ctx, req).await.map_err(caller_query_error) })
+pub(super) async fn run(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Json(spec): Json<QuerySpec>,
+) -> HandlerResult {
+    run_query(&app, &caller, spec)
+        .await
+        .map_err(caller_query_error)
 }
 
-async fn run_query(app: &App, ctx: &RequestCtx, req: &Request) -> HandlerResult {
-    let spec: QuerySpec = json_body(req)?;
+async fn run_query(app: &App, caller: &Caller, spec: QuerySpec) -> HandlerResult {
     let dataset = DatasetRef::parse(&spec.dataset).ok_or_else(dataset_not_found)?;
-    let tenant = ctx.principal()?.tenant_id.as_uuid();
+    let tenant = caller.principal().tenant_id.as_uuid();
     let cfg = &app.config.analytics;
     let settings = TxSettings {
         statement_timeout: Some(cfg.query_timeout),
         ..TxSettings::default()
     };
-    let mut tx = super::begin_with(app, ctx, Access::ReadOnly, settings).await?;
+    let mut tx = super::begin_with(app, caller, Access::ReadOnly, settings).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
     let limits = QueryLimits {
         max_limit: cfg.query_max_limit,
@@ -46,6 +50,6 @@ async fn run_query(app: &App, ctx: &RequestCtx, req: &Request) -> HandlerResult 
     })?;
     let result = query::run(&mut tx, &compiled).await?;
     tx.commit().await?;
-    super::meter(app, ctx, Meter::Queries, 1, "api:query").await?;
+    super::meter(app, caller, Meter::Queries, 1, "api:query").await?;
     json_response(StatusCode::OK, &result)
 }

@@ -1,14 +1,17 @@
 //! `/v1/datasets/{dataset}/records`: batch ingest (JSON array or NDJSON), get and delete by key.
 
-use http::StatusCode;
-use lambda_http::Request;
+use std::sync::Arc;
+
+use axum::extract::State;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::datasets::{dataset_ref, find_dataset, no_content};
+use super::datasets::{DatasetPath, dataset_ref, find_dataset, no_content};
 use crate::App;
 use crate::analytics::ingest::{self, RecordError};
 use crate::db::Access;
-use crate::http::{ApiError, HandlerFuture, RequestCtx, json_response};
+use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
 use crate::usage::{Meter, UsageEvent, ledger};
 
 enum Format {
@@ -17,11 +20,11 @@ enum Format {
 }
 
 /// The batch's format: JSON (an array) or NDJSON, by `Content-Type`; anything else, or none, is 415.
-fn format(req: &Request) -> Result<Format, ApiError> {
-    if crate::http::is_json(req.headers()) {
+fn format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    if crate::http::is_json(headers) {
         return Ok(Format::Json);
     }
-    match crate::http::media_type(req.headers()).as_deref() {
+    match crate::http::media_type(headers).as_deref() {
         Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => {
             Ok(Format::NdJson)
         }
@@ -41,77 +44,84 @@ fn invalid_records(total: usize, errors: Vec<RecordError>) -> ApiError {
     .with_extra(json!({ "error_count": total, "errors": errors }))
 }
 
-pub(super) fn ingest<'a>(app: &'a App, ctx: &'a RequestCtx, req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let dataset = dataset_ref(ctx)?;
-        let body: &[u8] = req.body().as_ref();
-        let items: Vec<Value> = match format(req)? {
-            Format::Json => match serde_json::from_slice::<Value>(body) {
-                Ok(Value::Array(items)) => items,
-                Ok(_) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_json",
-                        "Send a JSON array of records.",
-                    ));
-                }
-                Err(e) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_json",
-                        format!("The body is not JSON: {e}"),
-                    ));
-                }
-            },
-            Format::NdJson => ingest::parse_ndjson(body)
-                .map_err(|errors| invalid_records(errors.len(), errors))?,
-        };
-        let max = app.config.analytics.max_ingest_records;
-        if items.is_empty() {
-            return Err(ApiError::bad_request("no_records", "The batch is empty."));
-        }
-        if items.len() > max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_records",
-                format!("At most {max} records per request; split the batch."),
-            ));
-        }
-        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
-        let ds = find_dataset(&mut tx, &dataset).await?;
-        let batch = ingest::validate(&ds, items)
-            .map_err(|(total, errors)| invalid_records(total, errors))?;
-        let outcome = ingest::write(&mut tx, &ds, &batch).await?;
-        let changed = (outcome.inserted + outcome.updated) as i64;
-        if changed > 0 {
-            // In the ingest's own transaction: the count and the records commit together, so a
-            // retry after any failure neither loses nor doubles it.
-            let event = UsageEvent::now(
-                tx.tenant_id(),
-                Meter::IngestedRecords,
-                changed,
-                "api:ingest",
-            );
-            ledger::record(&mut tx, &[event], app.config.billing.meter.window_secs).await?;
-        }
-        tx.commit().await?;
-        if outcome.inserted + outcome.updated > 0 && !ds.text_columns.is_empty() {
-            // The chunks are committed either way: if queueing fails they stay pending until the
-            // tenant's next ingest queues work again, and the ingest itself has succeeded.
-            let tenant = ctx.principal()?.tenant_id;
-            if let Err(e) = app.embed_queue.enqueue(tenant).await {
-                tracing::warn!(error = %e, "embedding not queued");
+pub(super) async fn ingest(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<DatasetPath>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> HandlerResult {
+    let dataset = path.dataset()?;
+    let items: Vec<Value> = match format(&headers)? {
+        Format::Json => match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(items)) => items,
+            Ok(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    "Send a JSON array of records.",
+                ));
             }
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "invalid_json",
+                    format!("The body is not JSON: {e}"),
+                ));
+            }
+        },
+        Format::NdJson => {
+            ingest::parse_ndjson(&body).map_err(|errors| invalid_records(errors.len(), errors))?
         }
-        tracing::info!(dataset = %ds.id, received = outcome.received, inserted = outcome.inserted,
+    };
+    let max = app.config.analytics.max_ingest_records;
+    if items.is_empty() {
+        return Err(ApiError::bad_request("no_records", "The batch is empty."));
+    }
+    if items.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!("At most {max} records per request; split the batch."),
+        ));
+    }
+    let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
+    let ds = find_dataset(&mut tx, &dataset).await?;
+    let batch =
+        ingest::validate(&ds, items).map_err(|(total, errors)| invalid_records(total, errors))?;
+    let outcome = ingest::write(&mut tx, &ds, &batch).await?;
+    let changed = (outcome.inserted + outcome.updated) as i64;
+    if changed > 0 {
+        // In the ingest's own transaction: the count and the records commit together, so a
+        // retry after any failure neither loses nor doubles it.
+        let event = UsageEvent::now(
+            tx.tenant_id(),
+            Meter::IngestedRecords,
+            changed,
+            "api:ingest",
+        );
+        ledger::record(&mut tx, &[event], app.config.billing.meter.window_secs).await?;
+    }
+    tx.commit().await?;
+    if outcome.inserted + outcome.updated > 0 && !ds.text_columns.is_empty() {
+        // The chunks are committed either way: if queueing fails they stay pending until the
+        // tenant's next ingest queues work again, and the ingest itself has succeeded.
+        let tenant = caller.principal().tenant_id;
+        if let Err(e) = app.embed_queue.enqueue(tenant).await {
+            tracing::warn!(error = %e, "embedding not queued");
+        }
+    }
+    tracing::info!(dataset = %ds.id, received = outcome.received, inserted = outcome.inserted,
             updated = outcome.updated, unchanged = outcome.unchanged, "ingested");
-        json_response(
-            StatusCode::OK,
-            &json!({ "dataset": ds.name, "result": outcome }),
-        )
-    })
+    json_response(
+        StatusCode::OK,
+        &json!({ "dataset": ds.name, "result": outcome }),
+    )
 }
 
-fn key(ctx: &RequestCtx) -> Result<&str, ApiError> {
-    ctx.param("key").ok_or_else(record_not_found)
+/// `{dataset}` and `{key}`: a record's routes.
+#[derive(Debug, Deserialize)]
+pub(super) struct RecordPath {
+    dataset: String,
+    key: String,
 }
 
 fn record_not_found() -> ApiError {
@@ -122,37 +132,37 @@ fn record_not_found() -> ApiError {
     )
 }
 
-pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let dataset = dataset_ref(ctx)?;
-        let key = key(ctx)?;
-        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
-        let ds = find_dataset(&mut tx, &dataset).await?;
-        let record = ingest::get(&mut tx, ds.id, key)
-            .await?
-            .ok_or_else(record_not_found)?;
-        tx.commit().await?;
-        json_response(
-            StatusCode::OK,
-            &json!({ "dataset": ds.name, "record": record }),
-        )
-    })
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<RecordPath>,
+) -> HandlerResult {
+    let dataset = dataset_ref(&path.dataset)?;
+    let key = &path.key;
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let ds = find_dataset(&mut tx, &dataset).await?;
+    let record = ingest::get(&mut tx, ds.id, key)
+        .await?
+        .ok_or_else(record_not_found)?;
+    tx.commit().await?;
+    json_response(
+        StatusCode::OK,
+        &json!({ "dataset": ds.name, "record": record }),
+    )
 }
 
-pub(super) fn delete<'a>(
-    app: &'a App,
-    ctx: &'a RequestCtx,
-    _req: &'a Request,
-) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let dataset = dataset_ref(ctx)?;
-        let key = key(ctx)?;
-        let mut tx = super::begin(app, ctx, Access::ReadWrite).await?;
-        let ds = find_dataset(&mut tx, &dataset).await?;
-        if !ingest::delete(&mut tx, ds.id, key).await? {
-            return Err(record_not_found());
-        }
-        tx.commit().await?;
-        Ok(no_content())
-    })
+pub(super) async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<RecordPath>,
+) -> HandlerResult {
+    let dataset = dataset_ref(&path.dataset)?;
+    let key = &path.key;
+    let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
+    let ds = find_dataset(&mut tx, &dataset).await?;
+    if !ingest::delete(&mut tx, ds.id, key).await? {
+        return Err(record_not_found());
+    }
+    tx.commit().await?;
+    Ok(no_content())
 }

@@ -2,8 +2,10 @@
 //! the billing provider acknowledged, what is on its way — and the last reconciliation's result.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use std::sync::Arc;
+
+use axum::extract::State;
 use http::StatusCode;
-use lambda_http::Request;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::types::Type;
@@ -11,7 +13,7 @@ use tokio_postgres::types::Type;
 use crate::App;
 use crate::billing::customers;
 use crate::db::Access;
-use crate::http::{HandlerFuture, RequestCtx, json_response};
+use crate::http::{Caller, HandlerResult, json_response};
 use crate::usage::{METERS, Meter};
 
 #[derive(Default, Serialize)]
@@ -31,128 +33,126 @@ struct MeterUsage {
     refused: i64,
 }
 
-pub(super) fn get<'a>(app: &'a App, ctx: &'a RequestCtx, _req: &'a Request) -> HandlerFuture<'a> {
-    Box::pin(async move {
-        let now = Utc::now();
-        let (start, end) = month(now);
-        let mut tx = super::begin(app, ctx, Access::ReadOnly).await?;
-        let tenant = tx.tenant_id().as_uuid();
-        let billing = customers::state(&mut tx).await?;
-        let mut meters: Vec<MeterUsage> = METERS
-            .iter()
-            .map(|d| MeterUsage {
-                meter: d.name,
-                unit: d.unit,
-                event_name: d.event_name,
-                ..MeterUsage::default()
-            })
-            .collect();
-        let slot = |meters: &mut Vec<MeterUsage>, name: &str| -> Option<usize> {
-            let m = Meter::from_name(name)?;
-            meters.iter().position(|u| u.meter == m.name())
-        };
-        let recorded = tx
-            .query(
-                "SELECT meter, sum(quantity)::int8 FROM app.usage_events \
+pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerResult {
+    let now = Utc::now();
+    let (start, end) = month(now);
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let tenant = tx.tenant_id().as_uuid();
+    let billing = customers::state(&mut tx).await?;
+    let mut meters: Vec<MeterUsage> = METERS
+        .iter()
+        .map(|d| MeterUsage {
+            meter: d.name,
+            unit: d.unit,
+            event_name: d.event_name,
+            ..MeterUsage::default()
+        })
+        .collect();
+    let slot = |meters: &mut Vec<MeterUsage>, name: &str| -> Option<usize> {
+        let m = Meter::from_name(name)?;
+        meters.iter().position(|u| u.meter == m.name())
+    };
+    let recorded = tx
+        .query(
+            "SELECT meter, sum(quantity)::int8 FROM app.usage_events \
                  WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY 1",
-                &[
-                    (&tenant, Type::UUID),
-                    (&start, Type::TIMESTAMPTZ),
-                    (&end, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await?;
-        for r in &recorded {
-            if let Some(i) = slot(&mut meters, r.get(0)) {
-                meters[i].recorded = r.get(1);
-                meters[i].unsent = r.get(1);
-            }
+            &[
+                (&tenant, Type::UUID),
+                (&start, Type::TIMESTAMPTZ),
+                (&end, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    for r in &recorded {
+        if let Some(i) = slot(&mut meters, r.get(0)) {
+            meters[i].recorded = r.get(1);
+            meters[i].unsent = r.get(1);
         }
-        let deliveries = tx
-            .query(
-                "SELECT meter, status, kind, sum(value)::int8 FROM app.usage_deliveries \
+    }
+    let deliveries = tx
+        .query(
+            "SELECT meter, status, kind, sum(value)::int8 FROM app.usage_deliveries \
                  WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 GROUP BY 1, 2, 3",
-                &[
-                    (&tenant, Type::UUID),
-                    (&start, Type::TIMESTAMPTZ),
-                    (&end, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await?;
-        for r in &deliveries {
-            let Some(i) = slot(&mut meters, r.get(0)) else {
-                continue;
-            };
-            let (status, kind, value): (&str, &str, i64) = (r.get(1), r.get(2), r.get(3));
-            let m = &mut meters[i];
-            if kind == "window" {
-                m.unsent -= value;
-            }
-            match status {
-                "delivered" => m.acknowledged += value,
-                "pending" => m.pending += value,
-                _ => m.refused += value,
-            }
+            &[
+                (&tenant, Type::UUID),
+                (&start, Type::TIMESTAMPTZ),
+                (&end, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    for r in &deliveries {
+        let Some(i) = slot(&mut meters, r.get(0)) else {
+            continue;
+        };
+        let (status, kind, value): (&str, &str, i64) = (r.get(1), r.get(2), r.get(3));
+        let m = &mut meters[i];
+        if kind == "window" {
+            m.unsent -= value;
         }
-        let last = tx
-            .query(
-                "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
+        match status {
+            "delivered" => m.acknowledged += value,
+            "pending" => m.pending += value,
+            _ => m.refused += value,
+        }
+    }
+    let last = tx
+        .query(
+            "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
                         detail \
                  FROM app.billing_reconciliations \
                  WHERE tenant_id = $1 AND run_id = (SELECT run_id FROM app.billing_reconciliations \
                                                     WHERE tenant_id = $1 \
                                                     ORDER BY created_at DESC, run_id DESC LIMIT 1) \
                  ORDER BY meter, day",
-                &[(&tenant, Type::UUID)],
-            )
-            .await?;
-        tx.commit().await?;
-
-        let last_reconciliation = last.first().map(|first| {
-            let at: DateTime<Utc> = first.get(1);
-            let mut counts = serde_json::Map::new();
-            let mut issues = Vec::new();
-            for r in &last {
-                let action: &str = r.get(7);
-                let n = counts.get(action).and_then(Value::as_u64).unwrap_or(0);
-                counts.insert(action.to_owned(), json!(n + 1));
-                if action != "in_sync" {
-                    let day: chrono::NaiveDate = r.get(3);
-                    issues.push(json!({
-                        "meter": r.get::<_, &str>(2),
-                        "day": day.to_string(),
-                        "ledger_total": r.get::<_, i64>(4),
-                        "provider_total": r.get::<_, Option<i64>>(5),
-                        "drift": r.get::<_, Option<i64>>(6),
-                        "action": action,
-                        "detail": r.get::<_, Option<&str>>(8),
-                    }));
-                }
-            }
-            json!({
-                "run_id": first.get::<_, uuid::Uuid>(0),
-                "at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "days_checked": last.len(),
-                "actions": counts,
-                "issues": issues,
-            })
-        });
-        json_response(
-            StatusCode::OK,
-            &json!({
-                "period": {
-                    "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                },
-                "billing": {
-                    "adapter": app.billing.kind(),
-                    "customer": billing,
-                },
-                "meters": meters,
-                "last_reconciliation": last_reconciliation,
-            }),
+            &[(&tenant, Type::UUID)],
         )
-    })
+        .await?;
+    tx.commit().await?;
+
+    let last_reconciliation = last.first().map(|first| {
+        let at: DateTime<Utc> = first.get(1);
+        let mut counts = serde_json::Map::new();
+        let mut issues = Vec::new();
+        for r in &last {
+            let action: &str = r.get(7);
+            let n = counts.get(action).and_then(Value::as_u64).unwrap_or(0);
+            counts.insert(action.to_owned(), json!(n + 1));
+            if action != "in_sync" {
+                let day: chrono::NaiveDate = r.get(3);
+                issues.push(json!({
+                    "meter": r.get::<_, &str>(2),
+                    "day": day.to_string(),
+                    "ledger_total": r.get::<_, i64>(4),
+                    "provider_total": r.get::<_, Option<i64>>(5),
+                    "drift": r.get::<_, Option<i64>>(6),
+                    "action": action,
+                    "detail": r.get::<_, Option<&str>>(8),
+                }));
+            }
+        }
+        json!({
+            "run_id": first.get::<_, uuid::Uuid>(0),
+            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "days_checked": last.len(),
+            "actions": counts,
+            "issues": issues,
+        })
+    });
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "period": {
+                "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
+            "billing": {
+                "adapter": app.billing.kind(),
+                "customer": billing,
+            },
+            "meters": meters,
+            "last_reconciliation": last_reconciliation,
+        }),
+    )
 }
 
 /// The calendar month (UTC) holding `now`: `[start, end)`.

@@ -4,11 +4,12 @@
 //!
 //! For each request, in order: a request id (API Gateway's, else a well-formed `x-request-id`
 //! from the caller, else a new one) on the request, the response and every log line; routing
-//! (404 for an unknown path, 405 with `Allow` for a known path and another method); the body,
-//! refused past `MAX_BODY_BYTES` (413; [`HttpConfig`], read from the environment here); the caller
-//! authenticated and its permission checked as the route declares ([`Needs`]); then the handler.
-//! Every refusal is a problem document, and a panic anywhere below the request-id layer is a 500
-//! problem, never a dropped connection.
+//! (404 for an unknown path, 405 with `Allow` for a known path and another method); then the
+//! route's admission ([`admit`]): the body read, refused past `MAX_BODY_BYTES` (413;
+//! [`HttpConfig`], read from the environment here), the caller authenticated and its permission
+//! checked as the route declares ([`Needs`]), the [`Caller`] handed to the handler; then the
+//! handler with its extractors. Every refusal is a problem document, and a panic anywhere below
+//! the request-id layer is a 500 problem, never a dropped connection.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -19,12 +20,11 @@ use axum::extract::{MatchedPath, State};
 use axum::response::IntoResponse as _;
 use axum::routing::{MethodFilter, MethodRouter};
 use http::{HeaderName, HeaderValue, StatusCode};
-use lambda_http::Body;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::trace::TraceLayer;
 
-use super::{ApiError, Needs, RequestCtx, Route, insufficient_permission, match_path, request_id};
+use super::{ApiError, Caller, Needs, Route, insufficient_permission, request_id};
 use crate::App;
 use crate::env::{ConfigError, Env};
 
@@ -75,9 +75,14 @@ pub fn router(app: Arc<App>, routes: &[&'static Route]) -> Router {
                 tracing::error!(method = %route.method, path, "route not served");
                 continue;
             };
-            methods = methods.on(filter, move |State(app): State<Arc<App>>, req| {
-                serve(app, route, req)
-            });
+            let admission = Admission {
+                app: app.clone(),
+                needs: route.needs,
+            };
+            methods = methods.merge(
+                (route.endpoint)(filter)
+                    .route_layer(axum::middleware::from_fn_with_state(admission, admit)),
+            );
         }
         let allow: Arc<str> = allow.into();
         methods = methods.fallback(move || method_not_allowed(allow.clone()));
@@ -185,7 +190,8 @@ async fn with_request_id(
     CURRENT_REQUEST_ID.scope(rid, next.run(req)).await
 }
 
-fn current_request_id() -> String {
+/// The id of the request being served ("" outside one).
+pub(super) fn current_request_id() -> String {
     CURRENT_REQUEST_ID
         .try_with(Clone::clone)
         .unwrap_or_default()
@@ -211,11 +217,23 @@ async fn method_not_allowed(allow: Arc<str>) -> AxumResponse {
     resp
 }
 
-/// One routed request: body, principal, permission, handler.
-async fn serve(app: Arc<App>, route: &'static Route, req: axum::extract::Request) -> AxumResponse {
-    let (parts, body) = req.into_parts();
-    let request_id = current_request_id();
-    let limit = app.config.http.max_body_bytes;
+/// What a route's admission needs: the app (its limits, its authenticator) and the route's
+/// [`Needs`].
+#[derive(Clone)]
+struct Admission {
+    app: Arc<App>,
+    needs: Needs,
+}
+
+/// A routed request's admission, before its handler: the body read within the limit, the caller
+/// authenticated and its permission checked, the [`Caller`] put where the extractor finds it.
+async fn admit(
+    State(a): State<Admission>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> AxumResponse {
+    let (mut parts, body) = req.into_parts();
+    let limit = a.app.config.http.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -232,59 +250,27 @@ async fn serve(app: Arc<App>, route: &'static Route, req: axum::extract::Request
             });
         }
     };
-    let body = if bytes.is_empty() {
-        Body::Empty
-    } else {
-        match String::from_utf8(bytes.into()) {
-            Ok(text) => Body::Text(text),
-            Err(e) => Body::Binary(e.into_bytes()),
-        }
-    };
-    let req = http::Request::from_parts(parts, body);
-
-    // Percent-decoded parameters; a segment that is not UTF-8 (or is empty) names nothing.
-    let Some(params) = match_path(route.path, req.uri().path()) else {
-        return problem(ApiError::not_found("No such route."));
-    };
-    let principal = if route.needs.authenticated() {
-        match app.auth.authenticate(req.headers()).await {
-            Ok(p) => {
-                tracing::Span::current().record("tenant_id", tracing::field::display(p.tenant_id));
-                Some(p)
-            }
+    if a.needs.authenticated() {
+        let principal = match a.app.auth.authenticate(&parts.headers).await {
+            Ok(p) => p,
             Err(e) => return problem(ApiError::from(e)),
+        };
+        tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant_id));
+        if let Needs::Permission(needed) = a.needs
+            && !principal.can(needed)
+        {
+            return problem(insufficient_permission(needed));
         }
-    } else {
-        None
-    };
-    if let (Needs::Permission(needed), Some(p)) = (route.needs, &principal)
-        && !p.can(needed)
-    {
-        return problem(insufficient_permission(needed));
+        parts.extensions.insert(Caller(principal));
     }
-    let ctx = RequestCtx {
-        request_id,
-        principal,
-        params,
-    };
-    match (route.handler)(&app, &ctx, &req).await {
-        Ok(resp) => into_axum(resp),
-        Err(e) => into_axum(e.into_response(&ctx.request_id)),
-    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// A problem document for this request.
 fn problem(e: ApiError) -> AxumResponse {
-    into_axum(e.into_response(&current_request_id()))
-}
-
-fn into_axum(resp: http::Response<Body>) -> AxumResponse {
-    let (parts, body) = resp.into_parts();
-    let body = match body {
-        Body::Empty => axum::body::Body::empty(),
-        Body::Text(t) => axum::body::Body::from(t),
-        Body::Binary(b) => axum::body::Body::from(b),
-        _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    http::Response::from_parts(parts, body)
+    e.into_response()
 }

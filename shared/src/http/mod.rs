@@ -1,15 +1,19 @@
-//! HTTP plumbing shared by every function and the local runner: the routing table's types,
-//! problem+json errors and the JSON helpers handlers use. The edge that serves the table (axum and
-//! tower-http) is in [`edge`].
+//! HTTP plumbing shared by every function and the local runner: the routing table's types
+//! ([`Route`], [`Needs`], [`Endpoint`]), problem+json errors ([`ApiError`], which handlers return
+//! and axum renders), the extractors handlers take ([`Caller`], [`PathParams`], [`Json`],
+//! [`RawBody`]) and the JSON helpers behind them. The edge that serves the table (axum and
+//! tower-http) is in `edge`.
 
 mod edge;
+mod extract;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
 use http::{HeaderValue, Method, StatusCode};
+use lambda_http::RequestExt as _;
 use lambda_http::request::RequestContext;
-use lambda_http::{Body, Request, RequestExt as _, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -18,15 +22,18 @@ pub use edge::HttpConfig;
 pub use edge::{call, router};
 
 use crate::App;
-use crate::auth::{AuthError, Permission, Principal};
+use crate::auth::{AuthError, Permission};
 use crate::db::DbError;
 
+pub use extract::{Caller, Json, PathParams, RawBody};
+
 /// What a handler returns.
-pub type HandlerResult = Result<Response<Body>, ApiError>;
-/// A boxed handler future borrowing the app, context and request.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
-/// A route handler: a plain function, callable from a test without the Lambda runtime.
-pub type Handler = for<'a> fn(&'a App, &'a RequestCtx, &'a Request) -> HandlerFuture<'a>;
+pub type HandlerResult = Result<Response, ApiError>;
+
+/// A route's handler, as axum serves it for the route's method: an `async fn` taking extractors
+/// ([`Caller`], [`PathParams`], [`Json`], `State<Arc<App>>`), callable from a test like any other.
+/// Written in the table as `|method| axum::routing::on(method, handler)`.
+pub type Endpoint = fn(MethodFilter) -> MethodRouter<Arc<App>>;
 
 /// One row of the routing table: the single source for the Lambda functions, the local runner and
 /// the infrastructure template.
@@ -41,7 +48,7 @@ pub struct Route {
     /// What the caller must be or hold; checked before the handler runs.
     pub needs: Needs,
     /// The handler.
-    pub handler: Handler,
+    pub endpoint: Endpoint,
 }
 
 /// What a route asks of its caller.
@@ -59,34 +66,6 @@ impl Needs {
     /// Whether the edge authenticates the caller.
     pub fn authenticated(self) -> bool {
         self != Needs::Sender
-    }
-}
-
-/// What the edge knows about a request before the handler runs.
-#[derive(Debug)]
-pub struct RequestCtx {
-    /// This request's id: on every log line and in every response.
-    pub request_id: String,
-    /// The authenticated caller (always `Some` on authenticated routes).
-    pub principal: Option<Principal>,
-    /// Path parameters by name.
-    pub params: Vec<(&'static str, String)>,
-}
-
-impl RequestCtx {
-    /// The principal of an authenticated route.
-    pub fn principal(&self) -> Result<&Principal, ApiError> {
-        self.principal
-            .as_ref()
-            .ok_or_else(|| ApiError::from(AuthError::Missing))
-    }
-
-    /// A path parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -152,8 +131,8 @@ impl ApiError {
         self
     }
 
-    /// Renders the problem document.
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
+    /// Renders the problem document for request `request_id`.
+    pub fn problem(self, request_id: &str) -> Response {
         if self.status.is_server_error() {
             let cause = self.source.as_ref().map(|e| error_chain(e.as_ref()));
             tracing::error!(
@@ -190,6 +169,13 @@ impl ApiError {
             );
         }
         resp
+    }
+}
+
+/// The problem document, for the request being served.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.problem(&edge::current_request_id())
     }
 }
 
@@ -331,8 +317,8 @@ pub fn insufficient_permission(needed: Permission) -> ApiError {
 }
 
 /// A response with a body and content type.
-pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut resp = Response::new(Body::Text(body));
+pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut resp = Response::new(axum::body::Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -347,21 +333,23 @@ pub fn json_response(status: StatusCode, value: &impl Serialize) -> HandlerResul
     Ok(response(status, "application/json", body))
 }
 
-/// Parses a JSON body into `T`: malformed JSON, wrong types and unknown fields are 400s that say
-/// where (use `#[serde(deny_unknown_fields)]` on `T`).
-///
-/// The body must be declared JSON (`application/json`, or a `+json` type such as
-/// `application/cloudevents+json`): anything else, or no `Content-Type`, is 415, so a form post
-/// or `text/plain` never reaches a parser that would accept it anyway.
-pub fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    if !is_json(req.headers()) {
-        return Err(ApiError::new(
+/// 415 unless the request declares a JSON body ([`is_json`]).
+pub fn require_json(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if is_json(headers) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "Send the body as JSON with `Content-Type: application/json`.",
-        ));
+        ))
     }
-    let bytes: &[u8] = req.body().as_ref();
+}
+
+/// Parses a JSON body into `T`: an empty body, malformed JSON, wrong types and unknown fields are
+/// 400 `invalid_json` naming the member (use `#[serde(deny_unknown_fields)]` on `T`). What the
+/// [`Json`] extractor does after checking the content type.
+pub fn json_from<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -456,37 +444,6 @@ pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
     Some(essence.trim().to_ascii_lowercase())
 }
 
-/// Matches a path against a route template; returns the parameters if it matches.
-pub fn match_path(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
-    let mut params = Vec::new();
-    let mut t = template.trim_matches('/').split('/');
-    let mut p = path
-        .trim_end_matches('/')
-        .trim_start_matches('/')
-        .split('/');
-    loop {
-        match (t.next(), p.next()) {
-            (None, None) => return Some(params),
-            (Some(ts), Some(ps)) => {
-                if let Some(name) = ts.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
-                    // Parameters arrive percent-encoded (API Gateway's rawPath, or the local
-                    // runner's URI); a segment that does not decode to UTF-8 matches nothing.
-                    let decoded = percent_encoding::percent_decode_str(ps)
-                        .decode_utf8()
-                        .ok()?;
-                    if decoded.is_empty() {
-                        return None;
-                    }
-                    params.push((name, decoded.into_owned()));
-                } else if ts != ps {
-                    return None;
-                }
-            }
-            _ => return None,
-        }
-    }
-}
-
 /// The request id: API Gateway's own when there is one (so it matches its access logs), else a
 /// well-formed `x-request-id` from the caller (the local runner), else a new one.
 pub fn request_id<B>(req: &http::Request<B>) -> String {
@@ -515,30 +472,14 @@ pub fn request_id<B>(req: &http::Request<B>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn paths_match_templates() {
-        assert_eq!(match_path("/v1/me", "/v1/me"), Some(vec![]));
-        assert_eq!(match_path("/v1/me", "/v1/me/"), Some(vec![]));
-        assert_eq!(match_path("/v1/me", "/v1/mee"), None);
-        assert_eq!(
-            match_path("/v1/datasets/{id}", "/v1/datasets/abc"),
-            Some(vec![("id", "abc".to_owned())])
-        );
-        assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/"), None);
-        assert_eq!(
-            match_path("/v1/d/{id}/r/{key}", "/v1/d/x/r/a%2Fb%20c"),
-            Some(vec![("id", "x".to_owned()), ("key", "a/b c".to_owned())])
-        );
-        assert_eq!(match_path("/v1/d/{id}", "/v1/d/%FF"), None);
-        assert_eq!(match_path("/v1/datasets/{id}", "/v1/datasets/a/b"), None);
-    }
-
-    #[test]
-    fn server_errors_hide_their_cause() {
+    #[tokio::test]
+    async fn server_errors_hide_their_cause() {
+        use http_body_util::BodyExt as _;
         let err = ApiError::internal(std::io::Error::other("password=hunter2"));
-        let resp = err.into_response("rid-1");
+        let resp = err.problem("rid-1");
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = String::from_utf8_lossy(resp.body().as_ref()).into_owned();
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes());
+        let body = String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned();
         assert!(!body.contains("hunter2"));
         let doc: Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(doc["code"], "internal");

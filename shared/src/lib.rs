@@ -18,11 +18,13 @@
 //! - [`rag`]: chunks, embeddings, hybrid retrieval and answers with citations.
 //! - [`usage`], [`billing`]: the usage ledger, its delivery to the billing provider,
 //!   reconciliation and the billing webhooks.
+//! - [`audit`]: the tenant's hash-chained, append-only audit log.
 //! - [`tenants`]: provisioning; [`ids`]: identifiers validated at the edge; [`telemetry`]: logs.
 
 pub mod analytics;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod billing;
 pub mod config;

@@ -33,6 +33,10 @@ struct Table {
     /// The owner reads every tenant's rows here (its read-only lookup policy, for the SECURITY
     /// DEFINER lookups).
     owner_lookup: bool,
+    /// A trigger refuses every UPDATE of a row (append-only), whoever asks: its message.
+    update_refused: Option<&'static str>,
+    /// A trigger refuses every DELETE of a row, whoever asks: its message.
+    delete_refused: Option<&'static str>,
 }
 
 const TABLES: &[Table] = &[
@@ -44,6 +48,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: false,
         owner_lookup: true,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "members",
@@ -53,6 +59,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: true,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "api_keys",
@@ -64,6 +72,8 @@ const TABLES: &[Table] = &[
         update_tenant: false,
         delete: true,
         owner_lookup: true,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "datasets",
@@ -73,6 +83,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: true,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "records",
@@ -82,6 +94,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: true,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "chunks",
@@ -92,6 +106,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: true,
         owner_lookup: true,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "usage_events",
@@ -102,6 +118,8 @@ const TABLES: &[Table] = &[
         update_tenant: false,
         delete: false,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "usage_deliveries",
@@ -113,6 +131,8 @@ const TABLES: &[Table] = &[
         update_tenant: false,
         delete: false,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "billing_customers",
@@ -122,6 +142,8 @@ const TABLES: &[Table] = &[
         update_tenant: true,
         delete: false,
         owner_lookup: true,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "billing_reconciliations",
@@ -132,6 +154,8 @@ const TABLES: &[Table] = &[
         update_tenant: false,
         delete: false,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
     },
     Table {
         name: "processed_webhooks",
@@ -142,8 +166,43 @@ const TABLES: &[Table] = &[
         update_tenant: false,
         delete: false,
         owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
+        name: "audit_events",
+        // The trigger skips chaining a row that is not the transaction's tenant's, so RLS is
+        // what refuses it.
+        insert: "INSERT INTO app.audit_events (tenant_id, action) VALUES ($1, 'dataset.created')",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+        update_refused: Some("audit_events is append-only: UPDATE refused"),
+        delete_refused: Some("audit_events is append-only: DELETE refused"),
+    },
+    Table {
+        name: "audit_heads",
+        insert: "INSERT INTO app.audit_heads (tenant_id, seq, hash) VALUES ($1, 0, sha256('x'))",
+        // The app role moves a head forward (seq, hash) in the audit trigger, never elsewhere.
+        touch: "seq = seq",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: Some("audit_heads is append-only: DELETE refused"),
     },
 ];
+
+/// A trigger's refusal, or what the statement does without it.
+fn unless_refused(refused: Option<&str>, then: Outcome) -> Outcome {
+    match refused {
+        Some(message) => Outcome::refused("42501", message),
+        None => then,
+    }
+}
 
 /// What the app role gets: `then` if it has the grant, else the missing grant's refusal.
 fn granted(has_grant: bool, table: &str, then: Outcome) -> Outcome {
@@ -233,6 +292,15 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     let key = ApiKeys::create(&mut t, "ci", &[Scope::Read, Scope::Ingest])
         .await
         .unwrap();
+    tenantry::audit::record(
+        &mut t,
+        tenantry::audit::Action::DatasetCreated,
+        Some("sales"),
+        serde_json::json!({}),
+        None,
+    )
+    .await
+    .unwrap();
     t.commit().await.unwrap();
     Seeded {
         tenant,
@@ -377,7 +445,7 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
         );
         assert_eq!(
             probe.attempt(as_a, &upd_all, &[]).await,
-            Outcome::Rows(mine),
+            unless_refused(t.update_refused, Outcome::Rows(mine)),
             "{table}: probe's UPDATE with no WHERE"
         );
 
@@ -401,13 +469,19 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
                 &[],
             )
             .await
-            .unwrap();
-        let deleted: Vec<Uuid> = deleted.iter().map(|r| r.get(0)).collect();
-        assert_eq!(
-            deleted,
-            vec![a_id; mine as usize],
-            "{table}: probe's DELETE with no WHERE reached beyond A's rows"
-        );
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect::<Vec<Uuid>>());
+        match t.delete_refused {
+            Some(message) => assert_eq!(
+                deleted.err(),
+                Some(Outcome::refused("42501", message)),
+                "{table}: probe's DELETE with no WHERE"
+            ),
+            None => assert_eq!(
+                deleted.ok(),
+                Some(vec![a_id; mine as usize]),
+                "{table}: probe's DELETE with no WHERE reached beyond A's rows"
+            ),
+        }
 
         // INSERT a row labelled as B's: refused by the policy's WITH CHECK.
         assert_eq!(
@@ -430,7 +504,7 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
         );
         assert_eq!(
             probe.attempt(as_a, &mv, &b_only).await,
-            Outcome::rls(table),
+            unless_refused(t.update_refused, Outcome::rls(table)),
             "{table}: probe moving A's rows to B"
         );
 
@@ -465,7 +539,7 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
                 "moving A's rows to B",
                 mv.as_str(),
                 &b_only[..],
-                Outcome::rls(table),
+                unless_refused(t.update_refused, Outcome::rls(table)),
             ),
         ] {
             assert_eq!(

@@ -4,6 +4,7 @@
 mod analytics;
 mod api_keys;
 mod ask;
+mod audit;
 mod auth;
 mod authorizer;
 mod bedrock;

@@ -88,6 +88,8 @@ const MATRIX: &[(&str, &str, &str, u16)] = &[
         200,
     ),
     ("GET /v1/usage", "owner admin", "read_billing", 200),
+    ("GET /v1/audit", "owner admin", "read_audit", 200),
+    ("GET /v1/audit/verify", "owner admin", "read_audit", 200),
     ("POST /v1/api-keys", "owner admin", "manage_api_keys", 201),
     ("GET /v1/api-keys", "owner admin", "manage_api_keys", 200),
     (
@@ -234,6 +236,8 @@ impl World {
                 Probe::None,
             ),
             "GET /v1/usage" => ("/v1/usage".into(), None, Probe::None),
+            "GET /v1/audit" => ("/v1/audit".into(), None, Probe::None),
+            "GET /v1/audit/verify" => ("/v1/audit/verify".into(), None, Probe::None),
             "POST /v1/api-keys" => (
                 "/v1/api-keys".into(),
                 Some(json!({"name": format!("made-{n}"), "scopes": ["read"]}).to_string()),

@@ -38,7 +38,7 @@ async fn app_role_is_unprivileged() {
     assert_eq!(owned, 0, "the app role owns objects");
 
     // No TRUNCATE, REFERENCES or TRIGGER on anything in the app schema; nothing at all on the
-    // migration bookkeeping; the support role has nothing yet.
+    // migration bookkeeping; the support role has only what SUPPORT_GRANTS pins (checked below).
     let bad = admin
         .query(
             "SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
@@ -49,7 +49,8 @@ async fn app_role_is_unprivileged() {
              SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
                     unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) p
              WHERE n.nspname IN ('app', 'tenantry_meta') AND c.relkind IN ('r', 'p', 'v')
-               AND (has_table_privilege('tenantry_support', c.oid, p)
+               AND ((has_table_privilege('tenantry_support', c.oid, p)
+                     AND NOT (n.nspname = 'app' AND c.relname IN ('audit_events', 'audit_heads')))
                     OR (n.nspname = 'tenantry_meta' AND has_table_privilege('tenantry_app', c.oid, p)))",
             &[],
         )
@@ -67,6 +68,16 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("api_keys", "SELECT"),
     ("api_keys.last_used_at", "UPDATE"),
     ("api_keys.revoked_at", "UPDATE"),
+    ("audit_events", "SELECT"),
+    ("audit_events.action", "INSERT"),
+    ("audit_events.details", "INSERT"),
+    ("audit_events.request_id", "INSERT"),
+    ("audit_events.target", "INSERT"),
+    ("audit_events.tenant_id", "INSERT"),
+    ("audit_heads", "INSERT"),
+    ("audit_heads", "SELECT"),
+    ("audit_heads.hash", "UPDATE"),
+    ("audit_heads.seq", "UPDATE"),
     ("billing_customers", "INSERT"),
     ("billing_customers", "SELECT"),
     ("billing_customers", "UPDATE"),
@@ -105,9 +116,25 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("usage_events", "SELECT"),
 ];
 
+/// The support role's grants, exactly: it appends to and reads a tenant's audit log (what support
+/// does is recorded, reads included), under RLS like the app.
+const SUPPORT_GRANTS: &[(&str, &str)] = &[
+    ("audit_events", "SELECT"),
+    ("audit_events.action", "INSERT"),
+    ("audit_events.details", "INSERT"),
+    ("audit_events.request_id", "INSERT"),
+    ("audit_events.target", "INSERT"),
+    ("audit_events.tenant_id", "INSERT"),
+    ("audit_heads", "INSERT"),
+    ("audit_heads", "SELECT"),
+    ("audit_heads.hash", "UPDATE"),
+    ("audit_heads.seq", "UPDATE"),
+];
+
 /// The functions the app role may call, exactly.
 const APP_FUNCTIONS: &[&str] = &[
     "app.api_key_for_prefix(text)",
+    "app.audit_hash(app.audit_events)",
     "app.current_actor_id()",
     "app.current_tenant_id()",
     "app.tenant_for_auth0_org(text)",
@@ -120,28 +147,34 @@ const APP_FUNCTIONS: &[&str] = &[
 async fn app_role_has_exactly_the_grants_the_migrations_give() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
-    let grants: Vec<(String, String)> = admin
-        .query(
-            "SELECT c.relname::text, a.privilege_type
-             FROM pg_class c, aclexplode(c.relacl) a
-             WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = 'tenantry_app'::regrole
-             UNION ALL
-             SELECT c.relname || '.' || att.attname, a.privilege_type
-             FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid, aclexplode(att.attacl) a
-             WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = 'tenantry_app'::regrole
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let expected: Vec<(String, String)> = APP_GRANTS
-        .iter()
-        .map(|(t, p)| ((*t).to_owned(), (*p).to_owned()))
-        .collect();
-    assert_eq!(grants, expected, "the app role's table and column grants");
+    for (role, pinned) in [
+        ("tenantry_app", APP_GRANTS),
+        ("tenantry_support", SUPPORT_GRANTS),
+    ] {
+        let grants: Vec<(String, String)> = admin
+            .query(
+                "SELECT c.relname::text, a.privilege_type
+                 FROM pg_class c, aclexplode(c.relacl) a
+                 WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = $1::text::regrole
+                 UNION ALL
+                 SELECT c.relname || '.' || att.attname, a.privilege_type
+                 FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid,
+                      aclexplode(att.attacl) a
+                 WHERE c.relnamespace = 'app'::regnamespace AND a.grantee = $1::text::regrole
+                 ORDER BY 1, 2",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected: Vec<(String, String)> = pinned
+            .iter()
+            .map(|(t, p)| ((*t).to_owned(), (*p).to_owned()))
+            .collect();
+        assert_eq!(grants, expected, "{role}'s table and column grants");
+    }
 
     let functions: Vec<String> = admin
         .query(

@@ -50,6 +50,24 @@ fn subscription(id: &str, customer: &str, status: &str, created: i64) -> String 
     .to_string()
 }
 
+/// The tenant's audit log as (action, target, actor, status or event id), oldest first, read as
+/// the superuser.
+async fn audit_log(app: &TestApp, t: TenantId) -> Vec<(String, Option<String>, String, String)> {
+    app.db
+        .admin()
+        .await
+        .query(
+            "SELECT action, target, actor_id, coalesce(details->>'status', details->>'auth0_event', '') \
+             FROM app.audit_events WHERE tenant_id = $1 ORDER BY seq",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
 async fn billed_tenant(app: &TestApp, slug: &str, customer: &str) -> TenantId {
     let (t, _) = app.tenant_with_token(slug).await;
     let mut tx = tx(&app.app.db, t).await;
@@ -225,6 +243,31 @@ async fn replays_and_out_of_order_events_never_move_state_backwards() {
         (before_b.status, before_b.last_invoice_status),
         "B's billing state moved through metadata"
     );
+    // Each change that took effect is in A's audit log, in order, by the webhook; the late,
+    // replayed and foreign events left nothing there, and nothing reached B's.
+    let stripe = "system:stripe-webhook".to_owned();
+    let entry = |action: &str, target: &str, status: &str| {
+        (
+            action.to_owned(),
+            Some(target.to_owned()),
+            stripe.clone(),
+            status.to_owned(),
+        )
+    };
+    assert_eq!(
+        audit_log(&app, a).await,
+        vec![
+            entry("billing.status_changed", "sub_1", "active"),
+            entry("billing.status_changed", "sub_1", "canceled"),
+            entry(
+                "billing.invoice_status_changed",
+                "in_evt_5",
+                "payment_failed"
+            ),
+            entry("billing.status_changed", "sub_1", "past_due"),
+        ]
+    );
+    assert_eq!(audit_log(&app, b).await, vec![]);
     // A customer we do not bill: acknowledged, ignored.
     let r = send(subscription("evt_9", "cus_stranger", "active", t)).await;
     assert_eq!((r.status, &r.json["outcome"]), (200, &json!("ignored")));
@@ -338,6 +381,26 @@ async fn auth0_members_drive_seats_once_and_in_order() {
     foreign["data"]["object"]["organization"]["id"] = json!("org_unknown");
     let r = auth0(&app, Some(&good), &foreign).await;
     assert_eq!(r.json["ignored"], 1);
+    // What changed membership is in the audit log, in order; the replay and Bob's late addition
+    // (which changed nothing) are not.
+    let auth0 = "system:auth0-webhook".to_owned();
+    let entry = |action: &str, user: &str, event: &str| {
+        (
+            action.to_owned(),
+            Some(user.to_owned()),
+            auth0.clone(),
+            event.to_owned(),
+        )
+    };
+    assert_eq!(
+        audit_log(&app, a).await,
+        vec![
+            entry("member.added", "auth0|ann", "evt_m1"),
+            entry("member.removed", "auth0|bob", "evt_m3"),
+            entry("member.removed", "auth0|ann", "evt_m4"),
+            entry("member.added", "auth0|ann", "evt_m5"),
+        ]
+    );
 
     // The seats meter counts exactly the current members (a daily snapshot in the ledger).
     let a_app = &app.app;

@@ -60,6 +60,7 @@ fn each_function_links_only_the_sdks_it_calls() {
         ("datasets", &secrets),
         ("usage", &secrets),
         ("api-keys", &secrets),
+        ("audit", &secrets),
         ("authorizer", &secrets),
         ("stripe-webhook", &secrets),
         ("auth0-webhook", &secrets),

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::datasets::no_content;
 use crate::App;
+use crate::audit::Action;
 use crate::auth::{ApiKeys, Scope};
 use crate::db::Access;
 use crate::http::{ApiError, Caller, HandlerResult, Json, PathParams, json_response};
@@ -66,6 +67,9 @@ pub(super) async fn create(
     let scopes = parse_scopes(&body.scopes)?;
     let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
     let key = ApiKeys::create(&mut tx, name, &scopes).await?;
+    let details = json!({"name": key.name, "prefix": key.prefix, "scopes": key.scopes});
+    let target = key.key_id.to_string();
+    super::audit(&mut tx, Action::ApiKeyCreated, Some(&target), details).await?;
     tx.commit().await?;
     tracing::info!(key_id = %key.key_id, prefix = %key.prefix, "API key created");
     let mut resp = json_response(
@@ -111,6 +115,8 @@ pub(super) async fn revoke(
     if !ApiKeys::revoke(&mut tx, key_id).await? {
         return Err(not_found());
     }
+    let target = key_id.to_string();
+    super::audit(&mut tx, Action::ApiKeyRevoked, Some(&target), json!({})).await?;
     tx.commit().await?;
     tracing::info!(key_id = %key_id, "API key revoked");
     Ok(no_content())

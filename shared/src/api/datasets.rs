@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::App;
 use crate::analytics::datasets::{self, DatasetRef};
 use crate::analytics::{Dataset, DatasetSpec};
+use crate::audit::Action;
 use crate::db::{Access, TenantTx};
 use crate::http::{ApiError, Caller, HandlerResult, Json, PathParams, json_response};
 
@@ -66,6 +67,10 @@ pub(super) async fn create(
     }
     let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
     let created = datasets::create(&mut tx, &spec).await?;
+    if let Some(d) = &created {
+        let details = json!({"dataset_id": d.id, "columns": d.columns.len()});
+        super::audit(&mut tx, Action::DatasetCreated, Some(&d.name), details).await?;
+    }
     tx.commit().await?;
     let dataset = created.ok_or_else(|| {
         ApiError::new(
@@ -110,6 +115,13 @@ pub(super) async fn delete(
     if !datasets::delete(&mut tx, &dataset).await? {
         return Err(dataset_not_found());
     }
+    super::audit(
+        &mut tx,
+        Action::DatasetDeleted,
+        Some(&path.dataset),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(no_content())
 }

@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod ask;
+mod audit;
 mod datasets;
 mod me;
 mod query;
@@ -134,6 +135,20 @@ pub static ROUTES: &[Route] = &[
         P::ManageApiKeys,
         endpoint!(api_keys::revoke),
     ),
+    route(
+        Method::GET,
+        "/v1/audit",
+        "audit",
+        P::ReadAudit,
+        endpoint!(audit::list),
+    ),
+    route(
+        Method::GET,
+        "/v1/audit/verify",
+        "audit",
+        P::ReadAudit,
+        endpoint!(audit::verify),
+    ),
 ];
 
 /// A route for callers holding `permission`.
@@ -226,6 +241,19 @@ async fn meter(
         )
         .with_source(e)
     })
+}
+
+/// Records what the request did in the tenant's audit log, in its transaction `tx` (so the entry
+/// commits with the action, or neither does).
+async fn audit(
+    tx: &mut TenantTx,
+    action: crate::audit::Action,
+    target: Option<&str>,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let request_id = crate::http::current_request_id();
+    crate::audit::record(tx, action, target, details, Some(&request_id)).await?;
+    Ok(())
 }
 
 /// Begins the caller's transaction: the only way a handler reaches tenant data.

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::datasets::{DatasetPath, dataset_ref, find_dataset, no_content};
 use crate::App;
 use crate::analytics::ingest::{self, RecordError};
+use crate::audit::Action;
 use crate::db::Access;
 use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
 use crate::usage::{Meter, UsageEvent, ledger};
@@ -88,6 +89,14 @@ pub(super) async fn ingest(
     let batch =
         ingest::validate(&ds, items).map_err(|(total, errors)| invalid_records(total, errors))?;
     let outcome = ingest::write(&mut tx, &ds, &batch).await?;
+    // Counts only: never what the records hold.
+    super::audit(
+        &mut tx,
+        Action::RecordsIngested,
+        Some(&ds.name),
+        json!(outcome),
+    )
+    .await?;
     let changed = (outcome.inserted + outcome.updated) as i64;
     if changed > 0 {
         // In the ingest's own transaction: the count and the records commit together, so a
@@ -163,6 +172,8 @@ pub(super) async fn delete(
     if !ingest::delete(&mut tx, ds.id, key).await? {
         return Err(record_not_found());
     }
+    let target = format!("{}/{key}", ds.name);
+    super::audit(&mut tx, Action::RecordDeleted, Some(&target), json!({})).await?;
     tx.commit().await?;
     Ok(no_content())
 }

@@ -12,15 +12,18 @@
 //!
 //! Both dedupe by event id in the same transaction as the effect (`app.processed_webhooks`), and
 //! order effects by the event's own time, so replays and out-of-order deliveries change nothing.
+//! An effect that changed something is recorded in the tenant's audit log in that transaction.
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio_postgres::types::Type;
 
 use crate::TenantId;
+use crate::audit::{self, Action};
 use crate::db::{Access, Db, DbError, TenantContext, TenantTx};
 use crate::env::Secret;
 
@@ -182,10 +185,37 @@ pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome,
     let object_id = event.data.object.id.as_deref();
     if subscription {
         if let Some(status) = billing_status(&event.kind, event.data.object.status.as_deref()) {
-            tx.execute(
-                "UPDATE app.billing_customers SET billing_status = $2, subscription_id = $3, \
+            let changed = tx
+                .execute(
+                    "UPDATE app.billing_customers SET billing_status = $2, subscription_id = $3, \
                    status_event_at = $4, updated_at = now() \
                  WHERE tenant_id = $1 AND (status_event_at IS NULL OR status_event_at <= $4)",
+                    &[
+                        (&t, Type::UUID),
+                        (&status, Type::TEXT),
+                        (&object_id, Type::TEXT),
+                        (&at, Type::TIMESTAMPTZ),
+                    ],
+                )
+                .await?;
+            if changed > 0 {
+                let details = json!({"status": status, "subscription_id": object_id, "stripe_event": event.id});
+                audit::record(
+                    &mut tx,
+                    Action::BillingStatusChanged,
+                    object_id,
+                    details,
+                    None,
+                )
+                .await?;
+            }
+        }
+    } else if let Some(status) = invoice {
+        let changed = tx
+            .execute(
+                "UPDATE app.billing_customers SET last_invoice_status = $2, last_invoice_id = $3, \
+               invoice_event_at = $4, updated_at = now() \
+             WHERE tenant_id = $1 AND (invoice_event_at IS NULL OR invoice_event_at <= $4)",
                 &[
                     (&t, Type::UUID),
                     (&status, Type::TEXT),
@@ -194,20 +224,18 @@ pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome,
                 ],
             )
             .await?;
+        if changed > 0 {
+            let details =
+                json!({"status": status, "invoice_id": object_id, "stripe_event": event.id});
+            audit::record(
+                &mut tx,
+                Action::InvoiceStatusChanged,
+                object_id,
+                details,
+                None,
+            )
+            .await?;
         }
-    } else if let Some(status) = invoice {
-        tx.execute(
-            "UPDATE app.billing_customers SET last_invoice_status = $2, last_invoice_id = $3, \
-               invoice_event_at = $4, updated_at = now() \
-             WHERE tenant_id = $1 AND (invoice_event_at IS NULL OR invoice_event_at <= $4)",
-            &[
-                (&t, Type::UUID),
-                (&status, Type::TEXT),
-                (&object_id, Type::TEXT),
-                (&at, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
     }
     tx.commit().await?;
     tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant, "stripe event applied");
@@ -286,7 +314,7 @@ pub async fn apply_auth0_event(db: &Db, event: &Auth0Event) -> Result<Outcome, D
     let removed_at: Option<DateTime<Utc>> = (!added).then_some(event.time);
     // One statement either way: insert the member (or a tombstone, for a removal that overtook
     // its addition), or update it unless we already applied a newer event for it.
-    tx.execute(
+    let changed = tx.execute(
         "INSERT INTO app.members (tenant_id, auth0_user_id, removed_at, membership_event_at) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (tenant_id, auth0_user_id) DO UPDATE \
@@ -302,6 +330,15 @@ pub async fn apply_auth0_event(db: &Db, event: &Auth0Event) -> Result<Outcome, D
         ],
     )
     .await?;
+    if changed > 0 {
+        let action = if added {
+            Action::MemberAdded
+        } else {
+            Action::MemberRemoved
+        };
+        let details = json!({"auth0_event": event.id});
+        audit::record(&mut tx, action, Some(&user.user_id), details, None).await?;
+    }
     tx.commit().await?;
     tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant.tenant_id, "auth0 event applied");
     Ok(Outcome::Applied)

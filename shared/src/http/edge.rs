@@ -191,7 +191,7 @@ async fn with_request_id(
 }
 
 /// The id of the request being served ("" outside one).
-pub(super) fn current_request_id() -> String {
+pub fn current_request_id() -> String {
     CURRENT_REQUEST_ID
         .try_with(Clone::clone)
         .unwrap_or_default()

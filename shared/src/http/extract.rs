@@ -2,6 +2,7 @@
 //!
 //! - [`Caller`]: the authenticated principal the edge admitted (authenticated routes only).
 //! - [`PathParams`]: the path's parameters, percent-decoded into a typed struct.
+//! - [`QueryParams`]: the query string parsed into a typed struct.
 //! - [`Json`]: a JSON body parsed into `T` (415 unless the body is declared JSON; 400
 //!   `invalid_json` naming the member the parser stopped at).
 //! - [`RawBody`]: the body's bytes, for handlers that check a signature over them or take
@@ -61,6 +62,37 @@ where
             Err(_) => Err(ApiError::not_found("No such route.")),
         }
     }
+}
+
+/// The query string as `T`; unknown or malformed parameters are 400 `invalid_query_parameters`.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_query_parameters",
+                    format!(
+                        "The query string is not valid for this endpoint: {}",
+                        cut(&e.to_string())
+                    ),
+                )
+            })
+    }
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(300).collect()
 }
 
 /// A JSON body parsed into `T` (use `#[serde(deny_unknown_fields)]` on `T`).

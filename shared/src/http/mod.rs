@@ -25,7 +25,8 @@ use crate::App;
 use crate::auth::{AuthError, Permission};
 use crate::db::DbError;
 
-pub use extract::{Caller, Json, PathParams, RawBody};
+pub use edge::current_request_id;
+pub use extract::{Caller, Json, PathParams, QueryParams, RawBody};
 
 /// What a handler returns.
 pub type HandlerResult = Result<Response, ApiError>;

@@ -4,7 +4,12 @@
 //! tenantry-local up        migrate, seed the demo tenants, serve every route on 127.0.0.1
 //! tenantry-local migrate   apply pending migrations to DATABASE_URL (also usable against RDS)
 //! tenantry-local token ORG [SUB] [ROLE...]   print a dev token for an Auth0 org id
+//! tenantry-local stripe-signature FILE        print a Stripe-Signature header for FILE's bytes
 //! ```
+//!
+//! The webhooks' secrets come from the environment (`STRIPE_WEBHOOK_SECRETS`,
+//! `AUTH0_WEBHOOK_SECRET`); unset, `up` makes dev ones and prints them, as `stripe listen` does,
+//! so both webhooks can be called with a signed request.
 //!
 //! `DATABASE_URL` is an admin URL (the local superuser from `scripts/pg`). Tokens are signed with
 //! the dev key in `dev/` and verified against the JWKS this process serves: dev-only.
@@ -37,7 +42,11 @@ async fn main() {
         Some("up") => up().await,
         Some("migrate") => migrate_only().await.map(|_| ()),
         Some("token") => token(&args[1..]),
-        _ => Err("usage: tenantry-local up | migrate | token ORG [SUB] [ROLE...]".into()),
+        Some("stripe-signature") => stripe_signature(&args[1..]),
+        _ => Err(
+            "usage: tenantry-local up | migrate | token ORG [SUB] [ROLE...] | stripe-signature FILE"
+                .into(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("tenantry-local: {e}");
@@ -151,6 +160,13 @@ async fn up() -> Result<(), Error> {
         ("USAGE_GRACE_SECS", env_or("USAGE_GRACE_SECS", "5")),
         ("BILLING_SETTLE_SECS", env_or("BILLING_SETTLE_SECS", "60")),
     ];
+    // The webhooks' secrets: the environment's, else dev ones made for this run.
+    let stripe_secret = std::env::var("STRIPE_WEBHOOK_SECRETS")
+        .unwrap_or_else(|_| format!("whsec_dev_{}", uuid::Uuid::new_v4().simple()));
+    let auth0_secret = std::env::var("AUTH0_WEBHOOK_SECRET")
+        .unwrap_or_else(|_| format!("auth0_dev_{}", uuid::Uuid::new_v4().simple()));
+    vars.push(("STRIPE_WEBHOOK_SECRETS", stripe_secret.clone()));
+    vars.push(("AUTH0_WEBHOOK_SECRET", auth0_secret.clone()));
     // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally.
     let meter_vars = tenantry::usage::METERS.map(|d| tenantry::config::stripe_meter_var(d.meter));
     for name in ["STRIPE_API_KEY", "STRIPE_API_BASE"]
@@ -201,6 +217,12 @@ async fn up() -> Result<(), Error> {
             t.name, t.org_id, t.env_name
         );
     }
+    let first_stripe_secret = stripe_secret.split(',').next().unwrap_or_default().trim();
+    println!(
+        "Webhook secrets (from the environment, or made for this run):\n  \
+         export STRIPE_WEBHOOK_SECRET={first_stripe_secret}\n  \
+         export AUTH0_WEBHOOK_SECRET={auth0_secret}\n"
+    );
     let base = format!("http://127.0.0.1:{port}");
     let query = r#"{"dataset": "orders", "group_by": ["region"], "aggregates": [{"fn": "sum", "column": "amount", "as": "revenue"}], "order_by": [{"by": "revenue", "dir": "desc"}]}"#;
     println!("Try (README.md has more):");
@@ -239,6 +261,28 @@ async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {
         tick += 1;
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
+}
+
+/// Prints the `Stripe-Signature` header Stripe would send for FILE's bytes, signed now with
+/// `STRIPE_WEBHOOK_SECRET` (or the first of `STRIPE_WEBHOOK_SECRETS`).
+fn stripe_signature(args: &[String]) -> Result<(), Error> {
+    let file = args
+        .first()
+        .ok_or("usage: tenantry-local stripe-signature FILE")?;
+    let secret = std::env::var("STRIPE_WEBHOOK_SECRET")
+        .or_else(|_| {
+            std::env::var("STRIPE_WEBHOOK_SECRETS")
+                .map(|all| all.split(',').next().unwrap_or_default().trim().to_owned())
+        })
+        .map_err(|_| "set STRIPE_WEBHOOK_SECRET (tenantry-local up prints it)")?;
+    let body = std::fs::read(file)?;
+    let header = tenantry::billing::webhooks::stripe_signature_header(
+        &body,
+        &secret,
+        chrono::Utc::now().timestamp(),
+    );
+    println!("{header}");
+    Ok(())
 }
 
 fn token(args: &[String]) -> Result<(), Error> {

@@ -280,20 +280,69 @@ async fn replays_and_out_of_order_events_never_move_state_backwards() {
 #[tokio::test]
 async fn webhooks_without_configured_secrets_are_refused() {
     let app = TestApp::new().await;
+    // What the requests below log (this test's thread only: the runtime is current-thread).
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let body = subscription("evt_1", "cus_x", "active", now());
     let sig = stripe_signature_header(body.as_bytes(), SECRET, now());
-    let r = stripe(&app, &body, Some(&sig)).await;
-    assert_eq!(
-        (r.status, r.json["code"].as_str()),
-        (503, Some("webhook_not_configured"))
-    );
-    let r = auth0(
-        &app,
-        Some("Bearer anything"),
-        &member("evt_1", true, "u", 0),
-    )
-    .await;
-    assert_eq!(r.status, 503);
+    for _ in 0..3 {
+        let r = stripe(&app, &body, Some(&sig)).await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (503, Some("webhook_not_configured"))
+        );
+        let r = auth0(
+            &app,
+            Some("Bearer anything"),
+            &member("evt_1", true, "u", 0),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (503, Some("webhook_not_configured"))
+        );
+    }
+    // The deployment's state, not six failures: refusals at INFO, no ERROR line.
+    let text = logs.text();
+    assert_eq!(text.matches("webhook_not_configured").count(), 6, "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 async fn auth0(app: &TestApp, authorization: Option<&str>, body: &Value) -> Reply {
@@ -401,6 +450,18 @@ async fn auth0_members_drive_seats_once_and_in_order() {
             entry("member.added", "auth0|ann", "evt_m5"),
         ]
     );
+    let untraced: i64 = app
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM app.audit_events WHERE tenant_id = $1 AND request_id IS NULL",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(untraced, 0, "an entry without the delivery's request id");
 
     // The seats meter counts exactly the current members (a daily snapshot in the ledger).
     let a_app = &app.app;

@@ -22,6 +22,8 @@ fn not_configured(what: &str) -> ApiError {
         "webhook_not_configured",
         format!("This deployment has no {what} configured."),
     )
+    // The deployment's state, not a failure: one error line per request would bury real ones.
+    .expected()
 }
 
 pub(super) async fn stripe(
@@ -53,7 +55,8 @@ pub(super) async fn stripe(
     // The signature covers the bytes; only then are they read.
     require_json(&headers)?;
     let event: StripeEvent = json_from(&body)?;
-    let outcome = apply_stripe_event(&app.db, &event).await?;
+    let request_id = crate::http::current_request_id();
+    let outcome = apply_stripe_event(&app.db, &event, Some(&request_id)).await?;
     json_response(
         StatusCode::OK,
         &json!({"received": true, "outcome": outcome}),
@@ -90,9 +93,10 @@ pub(super) async fn auth0(
         Auth0Body::One(e) => vec![*e],
         Auth0Body::Many(list) => list,
     };
+    let request_id = crate::http::current_request_id();
     let (mut applied, mut duplicates, mut ignored) = (0, 0, 0);
     for e in &events {
-        match apply_auth0_event(&app.db, e).await? {
+        match apply_auth0_event(&app.db, e, Some(&request_id)).await? {
             Outcome::Applied => applied += 1,
             Outcome::Duplicate => duplicates += 1,
             Outcome::Ignored => ignored += 1,

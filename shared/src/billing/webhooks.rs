@@ -157,8 +157,12 @@ fn billing_status(kind: &str, status: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// Applies a verified Stripe event.
-pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome, DbError> {
+/// Applies a verified Stripe event (`request_id`: the delivery's, for the audit entry).
+pub async fn apply_stripe_event(
+    db: &Db,
+    event: &StripeEvent,
+    request_id: Option<&str>,
+) -> Result<Outcome, DbError> {
     let subscription = event.kind.starts_with("customer.subscription.");
     let invoice = match event.kind.as_str() {
         "invoice.paid" | "invoice.payment_succeeded" => Some("paid"),
@@ -205,7 +209,7 @@ pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome,
                     Action::BillingStatusChanged,
                     object_id,
                     details,
-                    None,
+                    request_id,
                 )
                 .await?;
             }
@@ -232,7 +236,7 @@ pub async fn apply_stripe_event(db: &Db, event: &StripeEvent) -> Result<Outcome,
                 Action::InvoiceStatusChanged,
                 object_id,
                 details,
-                None,
+                request_id,
             )
             .await?;
         }
@@ -288,8 +292,12 @@ pub struct Auth0User {
     pub user_id: String,
 }
 
-/// Applies an authenticated Auth0 event.
-pub async fn apply_auth0_event(db: &Db, event: &Auth0Event) -> Result<Outcome, DbError> {
+/// Applies an authenticated Auth0 event (`request_id`: the delivery's, for the audit entry).
+pub async fn apply_auth0_event(
+    db: &Db,
+    event: &Auth0Event,
+    request_id: Option<&str>,
+) -> Result<Outcome, DbError> {
     let added = match event.kind.as_str() {
         "organization.member.added" => true,
         "organization.member.deleted" => false,
@@ -337,7 +345,7 @@ pub async fn apply_auth0_event(db: &Db, event: &Auth0Event) -> Result<Outcome, D
             Action::MemberRemoved
         };
         let details = json!({"auth0_event": event.id});
-        audit::record(&mut tx, action, Some(&user.user_id), details, None).await?;
+        audit::record(&mut tx, action, Some(&user.user_id), details, request_id).await?;
     }
     tx.commit().await?;
     tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant.tenant_id, "auth0 event applied");

@@ -85,6 +85,8 @@ pub struct ApiError {
     /// Extra members of the problem document (e.g. a list of invalid fields).
     pub extra: Option<Value>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// A 5xx that is the deployment's known state, not a failure (logged as a refusal).
+    expected: bool,
 }
 
 impl ApiError {
@@ -96,6 +98,7 @@ impl ApiError {
             detail: detail.into(),
             extra: None,
             source: None,
+            expected: false,
         }
     }
 
@@ -117,12 +120,20 @@ impl ApiError {
             detail: "An internal error occurred. Quote the request id when reporting it.".into(),
             extra: None,
             source: Some(Box::new(source)),
+            expected: false,
         }
     }
 
     /// Keeps the cause for the log (5xx only ever log it).
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Marks a 5xx as the deployment's known state (a feature not configured), so each request
+    /// it refuses is logged as a refusal, not as a failure someone must look at.
+    pub fn expected(mut self) -> Self {
+        self.expected = true;
         self
     }
 
@@ -134,7 +145,7 @@ impl ApiError {
 
     /// Renders the problem document for request `request_id`.
     pub fn problem(self, request_id: &str) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && !self.expected {
             let cause = self.source.as_ref().map(|e| error_chain(e.as_ref()));
             tracing::error!(
                 code = self.code,
@@ -240,6 +251,7 @@ impl From<AuthError> for ApiError {
                 detail: "Authentication is temporarily unavailable; retry shortly.".into(),
                 extra: None,
                 source: Some(source),
+                expected: false,
             },
         }
     }
@@ -270,6 +282,7 @@ impl From<DbError> for ApiError {
             detail: detail.into(),
             extra: None,
             source: Some(Box::new(e)),
+            expected: false,
         };
         match &e {
             DbError::Unavailable(_) => unavailable(

@@ -40,11 +40,15 @@ pub enum Action {
     BillingStatusChanged,
     /// Stripe reported an invoice paid or failed.
     InvoiceStatusChanged,
+    /// The tenant was created (from its Auth0 organization).
+    TenantCreated,
+    /// The tenant's billing customer was created and linked (target: the customer id).
+    CustomerLinked,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 12] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -55,6 +59,8 @@ impl Action {
         Action::MemberRemoved,
         Action::BillingStatusChanged,
         Action::InvoiceStatusChanged,
+        Action::TenantCreated,
+        Action::CustomerLinked,
     ];
 
     /// The stable name (`dataset.created`).
@@ -70,6 +76,8 @@ impl Action {
             Action::MemberRemoved => "member.removed",
             Action::BillingStatusChanged => "billing.status_changed",
             Action::InvoiceStatusChanged => "billing.invoice_status_changed",
+            Action::TenantCreated => "tenant.created",
+            Action::CustomerLinked => "billing.customer_linked",
         }
     }
 

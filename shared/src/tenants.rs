@@ -45,3 +45,168 @@ pub async fn provision(db: &Db, tenant: &NewTenant, actor_id: &str) -> Result<bo
     tx.commit().await?;
     Ok(created == 1)
 }
+
+/// The tenant of an Auth0 organization, and whether this call created it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrgTenant {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// False when the organization already had one (a redelivery, or a concurrent creation).
+    pub created: bool,
+}
+
+/// Creates the tenant of Auth0 organization `org_id` (display name `name`, slug from
+/// `slug_hint`), idempotently by the organization: however often, and however concurrently, this
+/// is called for one organization, it has one tenant. A new tenant is `customer_pending` (its
+/// billing customer is made next, and retried by the scheduled reconcile until it is) and its
+/// creation is the first entry of its audit log.
+pub async fn create_for_org(
+    db: &Db,
+    org_id: &str,
+    name: &str,
+    slug_hint: &str,
+    ctx: CreateContext<'_>,
+) -> Result<OrgTenant, DbError> {
+    if let Some(t) = db.tenant_for_auth0_org(org_id).await? {
+        return Ok(OrgTenant {
+            tenant_id: t.tenant_id,
+            created: false,
+        });
+    }
+    let name: String = match name.trim() {
+        "" => org_id.to_owned(),
+        n => n.chars().filter(|c| !c.is_control()).take(200).collect(),
+    };
+    // The slug is the hint's, unless another tenant has it: then with the organization's mark.
+    for slug in [
+        slugify(slug_hint, org_id, false),
+        slugify(slug_hint, org_id, true),
+    ] {
+        let tenant_id = TenantId::new();
+        let mut tx = db
+            .begin(
+                &TenantContext {
+                    tenant_id,
+                    actor_id: ctx.actor_id.to_owned(),
+                },
+                Access::ReadWrite,
+            )
+            .await?;
+        let id = tenant_id.as_uuid();
+        let inserted = tx
+            .execute(
+                "INSERT INTO app.tenants (tenant_id, name, slug, auth0_org_id, customer_pending) \
+                 VALUES ($1, $2, $3, $4, true) ON CONFLICT DO NOTHING",
+                &[
+                    (&id, Type::UUID),
+                    (&name, Type::TEXT),
+                    (&slug, Type::TEXT),
+                    (&org_id, Type::TEXT),
+                ],
+            )
+            .await?;
+        if inserted == 1 {
+            let details = serde_json::json!({"auth0_org_id": org_id, "slug": slug});
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Action::TenantCreated,
+                Some(&slug),
+                details,
+                ctx.request_id,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(OrgTenant {
+                tenant_id,
+                created: true,
+            });
+        }
+        drop(tx);
+        // Refused by a unique key: the organization's (created concurrently) or the slug's.
+        if let Some(t) = db.tenant_for_auth0_org(org_id).await? {
+            return Ok(OrgTenant {
+                tenant_id: t.tenant_id,
+                created: false,
+            });
+        }
+    }
+    Err(DbError::Invalid(format!(
+        "no free slug for organization {}",
+        org_id.chars().take(64).collect::<String>()
+    )))
+}
+
+/// Who creates a tenant, for its transaction and audit entry.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateContext<'a> {
+    /// The actor (`system:auth0-webhook`, a support person).
+    pub actor_id: &'a str,
+    /// The request that did it.
+    pub request_id: Option<&'a str>,
+}
+
+/// A slug from `hint` (lower case; anything but letters and digits becomes `-`), 2 to 63
+/// characters; `marked` appends six hex characters of the organization id's hash, for when the
+/// plain slug is taken.
+fn slugify(hint: &str, org_id: &str, marked: bool) -> String {
+    use sha2::Digest as _;
+    let mut slug = String::new();
+    for c in hint.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && (slug.is_empty() || slug.ends_with('-'))) {
+            slug.push(c);
+        }
+    }
+    let mut slug: String = slug.trim_end_matches('-').chars().take(56).collect();
+    if slug.len() < 2 {
+        slug = format!("org-{slug}").trim_end_matches('-').to_owned();
+    }
+    if marked || slug.len() < 2 {
+        let digest = sha2::Sha256::digest(org_id.as_bytes());
+        let mark: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+        slug = format!("{}-{mark}", slug.trim_end_matches('-'));
+    }
+    slug
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slugify;
+
+    #[test]
+    fn slugs_fit_the_tenants_check() {
+        let ok = |s: &str| {
+            let b = s.as_bytes();
+            (2..=63).contains(&b.len())
+                && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        };
+        for hint in [
+            "acme",
+            "Acme Inc.",
+            "--x--",
+            "",
+            "é",
+            "a",
+            "ünïcödé_org",
+            &"z".repeat(300),
+            "org_2a3b",
+            "  spaced   out  ",
+        ] {
+            for marked in [false, true] {
+                let s = slugify(hint, "org_abc", marked);
+                assert!(ok(&s), "{hint:?} -> {s:?}");
+            }
+        }
+        assert_eq!(slugify("Acme Inc.", "org_abc", false), "acme-inc");
+        assert_ne!(
+            slugify("acme", "org_abc", true),
+            slugify("acme", "org_abd", true)
+        );
+    }
+}

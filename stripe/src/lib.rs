@@ -1,11 +1,16 @@
 //! The Stripe Billing adapter ([`StripeBilling`], a [`BillingSink`]) on `async-stripe` 1.0, and the
-//! `main`s of the functions that talk to Stripe (`usage-meter`, `billing-reconcile`). Only these
+//! `main`s of the functions that talk to Stripe (`usage-meter`, `billing-reconcile`, and
+//! `auth0-webhook`, which makes a new tenant's customer). Only these
 //! link Stripe's client; everything else about billing lives in `tenantry::billing`.
 //!
 //! - Meter events carry the delivery's deterministic identifier; a resend of one Stripe already
 //!   has gets Stripe's duplicate-identifier refusal, which counts as delivered. No
 //!   `Idempotency-Key` is sent: Stripe replays a saved 500 for the same key for 24 hours, which
 //!   would turn one transient failure into a day of them; the identifier is the dedupe.
+//! - Customers are created with an `Idempotency-Key` derived from the tenant id
+//!   (`tenantry-customer-<tenant>`), and the tenant id in their metadata: a retry, a redelivered
+//!   event or a concurrent creation gets the same customer. (Stripe replays a saved 500 for that
+//!   key for 24 hours; the tenant then stays pending and the reconcile tries again.)
 //! - The client makes one attempt per call (`RequestStrategy::Once`, no retries of its own); the
 //!   meter retries with backoff and jitter, and knows which errors are worth it.
 
@@ -19,6 +24,7 @@ use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
 use stripe_billing::billing_meter_event_summary::{
     ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
 };
+use stripe_core::customer::CreateCustomer;
 use tenantry::App;
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture};
 use tenantry::config::{BillingConfig, ConfigError};
@@ -137,6 +143,29 @@ impl BillingSink for StripeBilling {
         })
     }
 
+    fn create_customer<'a>(
+        &'a self,
+        tenant: tenantry::TenantId,
+        name: &'a str,
+    ) -> SinkFuture<'a, String> {
+        Box::pin(async move {
+            let key =
+                stripe::IdempotencyKey::try_from(format!("tenantry-customer-{}", tenant.as_uuid()))
+                    .map_err(|e| SinkError::Retryable(format!("idempotency key: {e}")))?;
+            let metadata = HashMap::from([("tenant_id".to_owned(), tenant.to_string())]);
+            let customer = CreateCustomer::new()
+                .name(name.to_owned())
+                .metadata(metadata)
+                .customize()
+                .request_strategy(RequestStrategy::Idempotent(key))
+                .timeout(self.timeout)
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            Ok(customer.id.to_string())
+        })
+    }
+
     fn day_totals<'a>(
         &'a self,
         meter: Meter,
@@ -199,6 +228,30 @@ pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
     }
     let sink = StripeBilling::from_config(billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
     Ok(builder.billing(sink).build()?)
+}
+
+/// The whole `main` of an HTTP function that makes billing customers (`auth0-webhook`, for
+/// `organization.created`): the usual HTTP wiring with Stripe as the billing port. In Lambda a
+/// Stripe key is required (the local adapter's customers exist nowhere).
+pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http::Error> {
+    tenantry::telemetry::init(tenantry::app::log_format());
+    let routes = tenantry::api::routes_for(function);
+    if routes.is_empty() {
+        return Err(format!("no routes for function {function}").into());
+    }
+    let builder = tenantry::app::AppBuilder::from_env().await?;
+    let billing = &builder.config().billing;
+    if tenantry::app::in_lambda() && billing.stripe_api_key.is_none() {
+        return Err(ConfigError::Invalid {
+            name: "STRIPE_API_KEY",
+            reason: "required in Lambda (set it in the BILLING_SECRET_ARN secret)".into(),
+        }
+        .into());
+    }
+    let sink = StripeBilling::from_config(billing)?.map(|s| Arc::new(s) as Arc<dyn BillingSink>);
+    let app = builder.billing(sink).build()?;
+    tenantry::app::refuse_local_billing_in_lambda(&app, tenantry::app::in_lambda())?;
+    lambda_http::run(tenantry::http::router(Arc::new(app), &routes)).await
 }
 
 /// Checks that `cfg` can bill through Stripe: a key and a meter id for every meter.

@@ -25,8 +25,11 @@
 //!   [`Gate`] until the test opens it), outages, drift injection, and a check of Stripe's
 //!   one-concurrent-call-per-customer-per-meter rule.
 
+mod customers;
 mod meter_events;
 mod summaries;
+
+pub use customers::StubCustomer;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -198,6 +201,12 @@ struct State {
     doomed: HashMap<String, String>,
     error_reports: Vec<ErrorReport>,
     summaries: summaries::Listing,
+    /// Idempotency key → (sorted parameters, the answer saved for it).
+    customer_keys: HashMap<String, (Vec<(String, String)>, Value)>,
+    created_customers: Vec<StubCustomer>,
+    /// The next this many customer creations answer 429 (saving nothing).
+    customer_failures: u32,
+    customer_calls: u64,
 }
 
 impl State {
@@ -302,6 +311,21 @@ impl StripeStub {
     pub fn customer(&self, id: &str) -> String {
         self.state.lock().unwrap().customers.insert(id.to_owned());
         id.to_owned()
+    }
+
+    /// The customers made through `POST /v1/customers`, in order.
+    pub fn created_customers(&self) -> Vec<StubCustomer> {
+        self.state.lock().unwrap().created_customers.clone()
+    }
+
+    /// The next `n` customer creations answer 429, as Stripe does before running a request.
+    pub fn fail_customers(&self, n: u32) {
+        self.state.lock().unwrap().customer_failures = n;
+    }
+
+    /// `POST /v1/customers` calls received (failed ones included).
+    pub fn customer_calls(&self) -> u64 {
+        self.state.lock().unwrap().customer_calls
     }
 
     /// Queues faults for the next meter-event calls, in order.
@@ -489,6 +513,11 @@ async fn handle(
         );
     }
     let method = req.method().clone();
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let path = req.uri().path().to_owned();
     let query: HashMap<String, String> = req
         .uri()
@@ -511,6 +540,7 @@ async fn handle(
                 .await
                 .unwrap_or_else(|_| error(500, "api_error", None, "stub task failed"))
         }
+        ("POST", "/v1/customers") => customers::create(state, idempotency_key, &form),
         ("GET", p) if p.starts_with("/v1/billing/meters/") && p.ends_with("/event_summaries") => {
             let id = p
                 .trim_start_matches("/v1/billing/meters/")

@@ -223,6 +223,12 @@ const EVENTS: &[(&str, &str, u16)] = &[
         include_str!("../../events/auth0-webhook/member-added.json"),
         200,
     ),
+    // A new organization: its tenant is created (with the local billing adapter's customer).
+    (
+        "auth0-webhook",
+        include_str!("../../events/auth0-webhook/organization-created.json"),
+        200,
+    ),
     ("audit", include_str!("../../events/audit/list.json"), 200),
     ("audit", include_str!("../../events/audit/verify.json"), 200),
     // The sample names a key id no tenant has: the function answers, with the documented 404.

@@ -15,6 +15,7 @@ mod edge;
 mod embed_queue;
 mod ingest_faults;
 mod isolation;
+mod lifecycle;
 mod me;
 mod migrations;
 mod permissions;

@@ -96,7 +96,7 @@ pub(super) async fn auth0(
     let request_id = crate::http::current_request_id();
     let (mut applied, mut duplicates, mut ignored) = (0, 0, 0);
     for e in &events {
-        match apply_auth0_event(&app.db, e, Some(&request_id)).await? {
+        match apply_auth0_event(&app.db, app.billing.as_ref(), e, Some(&request_id)).await? {
             Outcome::Applied => applied += 1,
             Outcome::Duplicate => duplicates += 1,
             Outcome::Ignored => ignored += 1,

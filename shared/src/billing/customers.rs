@@ -56,3 +56,114 @@ pub async fn state(tx: &mut TenantTx) -> Result<Option<BillingState>, DbError> {
             status_event_at: r.get(5),
         }))
 }
+
+/// What [`ensure_customer`] came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// The customer was made and linked now.
+    Created(String),
+    /// The tenant has a customer (linked before, or meanwhile by someone else).
+    Linked(String),
+    /// The tenant is not waiting for one (provisioned otherwise; left alone).
+    NotPending,
+}
+
+/// Why a customer could not be made for a tenant (it stays pending; the reconcile retries).
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The billing provider.
+    #[error(transparent)]
+    Provider(#[from] super::SinkError),
+}
+
+/// Makes and links the billing customer of a tenant that is waiting for one
+/// (`customer_pending`), through `sink` (idempotent by tenant, so a retry, a redelivered event or
+/// two concurrent callers all get the same customer). The provider is called outside any
+/// transaction; the link, the pending flag and the audit entry commit together. On a provider
+/// failure the tenant stays pending with the reason recorded, for support and the next attempt.
+pub async fn ensure_customer(
+    db: &crate::db::Db,
+    sink: &dyn super::BillingSink,
+    tenant: crate::TenantId,
+    actor_id: &str,
+    request_id: Option<&str>,
+) -> Result<Ensured, EnsureError> {
+    use crate::db::{Access, TenantContext};
+    let ctx = TenantContext {
+        tenant_id: tenant,
+        actor_id: actor_id.to_owned(),
+    };
+    let t = tenant.as_uuid();
+    let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
+    let row = tx
+        .query_opt(
+            "SELECT ten.name, ten.customer_pending, c.stripe_customer_id \
+             FROM app.tenants ten LEFT JOIN app.billing_customers c ON c.tenant_id = ten.tenant_id \
+             WHERE ten.tenant_id = $1",
+            &[(&t, Type::UUID)],
+        )
+        .await?;
+    tx.commit().await?;
+    let Some(row) = row else {
+        return Ok(Ensured::NotPending);
+    };
+    let (name, pending, linked): (String, bool, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if !pending {
+        return Ok(linked.map_or(Ensured::NotPending, Ensured::Linked));
+    }
+    let created = match linked {
+        // Linked by hand while pending: that customer stands, none is made.
+        Some(id) => Ok(id),
+        None => sink.create_customer(tenant, &name).await,
+    };
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    let customer = match created {
+        Ok(id) => id,
+        Err(e) => {
+            let reason: String = e.to_string().chars().take(500).collect();
+            tx.execute(
+                "UPDATE app.tenants SET customer_error = $2, updated_at = now() WHERE tenant_id = $1",
+                &[(&t, Type::UUID), (&reason, Type::TEXT)],
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(e.into());
+        }
+    };
+    // A customer linked meanwhile (by hand, or a concurrent caller) stays: the same tenant's
+    // provider customer is the same one anyway.
+    let inserted = tx
+        .execute(
+            "INSERT INTO app.billing_customers (tenant_id, stripe_customer_id) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id) DO NOTHING",
+            &[(&t, Type::UUID), (&customer, Type::TEXT)],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE app.tenants SET customer_pending = false, customer_error = NULL, updated_at = now() \
+         WHERE tenant_id = $1",
+        &[(&t, Type::UUID)],
+    )
+    .await?;
+    if inserted == 1 {
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Action::CustomerLinked,
+            Some(&customer),
+            serde_json::json!({}),
+            request_id,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(tenant_id = %tenant, "billing customer linked");
+    Ok(if inserted == 1 {
+        Ensured::Created(customer)
+    } else {
+        Ensured::Linked(customer)
+    })
+}

@@ -23,6 +23,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::BillingSink;
+use super::customers::{EnsureError, Ensured, ensure_customer};
 use super::meter::{FlushOutcome, MeterConfig, flush_tenant};
 use crate::TenantId;
 use crate::db::{Access, Db, DbError, TenantContext};
@@ -67,6 +68,10 @@ pub struct RunOutcome {
     pub in_flight: usize,
     /// Deliveries made by the flushes.
     pub flush: FlushOutcome,
+    /// Tenants created from their organization whose billing customer was made by this run.
+    pub customers_linked: usize,
+    /// Tenants still waiting for their billing customer (the provider failed again).
+    pub customers_pending: usize,
 }
 
 /// Runs over every tenant, one at a time.
@@ -82,6 +87,22 @@ pub async fn run(
     };
     for t in db.tenant_ids().await? {
         out.tenants += 1;
+        // A tenant whose billing customer could not be made when it was created: again now.
+        if t.status == "active" {
+            match ensure_customer(db, sink, t.tenant_id, "system:billing-reconcile", None).await {
+                Ok(Ensured::Created(_)) => out.customers_linked += 1,
+                Ok(Ensured::Linked(_) | Ensured::NotPending) => {}
+                Err(EnsureError::Db(e)) => {
+                    out.tenant_errors += 1;
+                    tracing::warn!(tenant_id = %t.tenant_id, error = %e, "customer check failed");
+                    continue;
+                }
+                Err(e) => {
+                    out.customers_pending += 1;
+                    tracing::warn!(tenant_id = %t.tenant_id, error = %e, "billing customer still not created");
+                }
+            }
+        }
         let result = match input.mode {
             Mode::Flush => flush_tenant(db, sink, cfg, t.tenant_id)
                 .await

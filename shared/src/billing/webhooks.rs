@@ -267,9 +267,19 @@ pub struct Auth0Data {
     pub object: Auth0Object,
 }
 
-/// The member and organization.
+/// The member and organization (`organization.member.*`), or the organization itself
+/// (`organization.created`: `id`, `name`, `display_name`).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Auth0Object {
+    /// The organization's id (`organization.created`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The organization's name, a slug (`organization.created`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The organization's display name (`organization.created`).
+    #[serde(default)]
+    pub display_name: Option<String>,
     /// The organization.
     #[serde(default)]
     pub organization: Option<Auth0Org>,
@@ -295,12 +305,14 @@ pub struct Auth0User {
 /// Applies an authenticated Auth0 event (`request_id`: the delivery's, for the audit entry).
 pub async fn apply_auth0_event(
     db: &Db,
+    sink: &dyn super::BillingSink,
     event: &Auth0Event,
     request_id: Option<&str>,
 ) -> Result<Outcome, DbError> {
     let added = match event.kind.as_str() {
         "organization.member.added" => true,
         "organization.member.deleted" => false,
+        "organization.created" => return organization_created(db, sink, event, request_id).await,
         _ => return Ok(Outcome::Ignored),
     };
     let (Some(org), Some(user)) = (&event.data.object.organization, &event.data.object.user) else {
@@ -350,6 +362,62 @@ pub async fn apply_auth0_event(
     tx.commit().await?;
     tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant.tenant_id, "auth0 event applied");
     Ok(Outcome::Applied)
+}
+
+const AUTH0_ACTOR: &str = "system:auth0-webhook";
+
+/// `organization.created`: the organization's tenant, created once however often (or however
+/// concurrently) the event arrives, and its billing customer. A provider failure leaves the
+/// tenant `customer_pending` for the scheduled reconcile; the event is still acknowledged (the
+/// tenant exists, and Auth0 redelivering it would change nothing the reconcile does not).
+async fn organization_created(
+    db: &Db,
+    sink: &dyn super::BillingSink,
+    event: &Auth0Event,
+    request_id: Option<&str>,
+) -> Result<Outcome, DbError> {
+    let o = &event.data.object;
+    let Some(org_id) = o.id.as_deref().filter(|id| valid_org_id(id)) else {
+        return Ok(Outcome::Ignored);
+    };
+    let slug_hint = o.name.as_deref().unwrap_or(org_id);
+    let name = o
+        .display_name
+        .as_deref()
+        .or(o.name.as_deref())
+        .unwrap_or(org_id);
+    let ctx = crate::tenants::CreateContext {
+        actor_id: AUTH0_ACTOR,
+        request_id,
+    };
+    let tenant = crate::tenants::create_for_org(db, org_id, name, slug_hint, ctx).await?;
+    let mut tx = begin(db, tenant.tenant_id, AUTH0_ACTOR).await?;
+    let first = first_time(&mut tx, "auth0", &event.id, &event.kind).await?;
+    tx.commit().await?;
+    match super::customers::ensure_customer(db, sink, tenant.tenant_id, AUTH0_ACTOR, request_id)
+        .await
+    {
+        Ok(_) => {}
+        Err(super::customers::EnsureError::Db(e)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(tenant_id = %tenant.tenant_id, error = %e,
+                "billing customer not created; the reconcile retries it");
+        }
+    }
+    tracing::info!(event_id = %event.id, tenant_id = %tenant.tenant_id, created = tenant.created,
+        "auth0 organization applied");
+    Ok(if tenant.created || first {
+        Outcome::Applied
+    } else {
+        Outcome::Duplicate
+    })
+}
+
+/// What Auth0 issues as organization ids (`org_` and up to 64 letters and digits).
+fn valid_org_id(id: &str) -> bool {
+    id.strip_prefix("org_").is_some_and(|rest| {
+        (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 async fn begin(db: &Db, tenant: TenantId, actor: &str) -> Result<TenantTx, DbError> {

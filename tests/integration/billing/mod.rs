@@ -429,6 +429,13 @@ impl BillingSink for CrashAfterSend {
             Err(SinkError::Retryable("process died before recording".into()))
         })
     }
+    fn create_customer<'a>(
+        &'a self,
+        tenant: tenantry::TenantId,
+        name: &'a str,
+    ) -> SinkFuture<'a, String> {
+        self.0.create_customer(tenant, name)
+    }
     fn day_totals<'a>(
         &'a self,
         meter: Meter,
@@ -965,6 +972,9 @@ impl BillingSink for Stalled {
             .await;
             Err(SinkError::Retryable("stalled, then down".into()))
         })
+    }
+    fn create_customer<'a>(&'a self, _: tenantry::TenantId, _: &'a str) -> SinkFuture<'a, String> {
+        Box::pin(async { Err(SinkError::Retryable("stalled, then down".into())) })
     }
     fn day_totals<'a>(
         &'a self,

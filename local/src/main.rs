@@ -28,6 +28,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// The app role's password on a local cluster (a dev constant, like the cluster's own).
 const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
+/// The support role's password on a local cluster.
+const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
+/// The staff organization locally (`SUPPORT_ORG_ID` overrides it).
+const DEV_STAFF_ORG: &str = "org_tenantrystaff";
 const AUDIENCE: &str = "https://api.tenantry.local";
 const ROLES_CLAIM: &str = "https://tenantry.dev/roles";
 const DEV_KEY: &[u8] = include_bytes!("../../dev/jwt-dev-key.pem");
@@ -82,8 +86,9 @@ fn admin_url() -> Result<String, Error> {
         .map_err(|_| "DATABASE_URL is not set (scripts/run-local sets it from scripts/pg)".into())
 }
 
-/// Creates the local database if needed, migrates it, and returns the app role's URL for it.
-async fn migrate_only() -> Result<String, Error> {
+/// Creates the local database if needed, migrates it, and returns the app role's and the support
+/// role's URLs for it.
+async fn migrate_only() -> Result<(String, String), Error> {
     let admin: tokio_postgres::Config = admin_url()?.parse()?;
     let db_name = std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into());
     if !db_name
@@ -97,17 +102,22 @@ async fn migrate_only() -> Result<String, Error> {
     ensure_database(&admin, &db_name).await?;
 
     let password = std::env::var("APP_DB_PASSWORD").unwrap_or_else(|_| DEV_APP_PASSWORD.into());
+    let support_password =
+        std::env::var("SUPPORT_DB_PASSWORD").unwrap_or_else(|_| DEV_SUPPORT_PASSWORD.into());
     let applied = migrate::run(
         &url_for(&admin, &user, &admin_password, &db_name),
         &migrate::embedded()?,
         &RolePasswords {
             app: Some(password.clone()),
-            support: None,
+            support: Some(support_password.clone()),
         },
     )
     .await?;
     println!("database {db_name}: {} migrations applied", applied.len());
-    Ok(url_for(&admin, "tenantry_app", &password, &db_name))
+    Ok((
+        url_for(&admin, "tenantry_app", &password, &db_name),
+        url_for(&admin, "tenantry_support", &support_password, &db_name),
+    ))
 }
 
 async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), Error> {
@@ -147,10 +157,13 @@ fn url_for(cfg: &tokio_postgres::Config, user: &str, password: &str, db: &str) -
 
 async fn up() -> Result<(), Error> {
     let port = port()?;
-    let app_url = migrate_only().await?;
+    let (app_url, support_url) = migrate_only().await?;
+    let staff_org = std::env::var("SUPPORT_ORG_ID").unwrap_or_else(|_| DEV_STAFF_ORG.into());
     let env_or = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let mut vars = vec![
         ("APP_DATABASE_URL", app_url),
+        ("SUPPORT_DATABASE_URL", support_url),
+        ("SUPPORT_ORG_ID", staff_org.clone()),
         ("AUTH0_ISSUER", issuer_url(port)),
         ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
         ("AUTH_ROLES_CLAIM", ROLES_CLAIM.to_owned()),
@@ -217,6 +230,16 @@ async fn up() -> Result<(), Error> {
             t.name, t.org_id, t.env_name
         );
     }
+    let staff_token = issuer.token(
+        "auth0|dev-support",
+        &staff_org,
+        &["support_admin"],
+        Duration::from_secs(12 * 3600),
+    )?;
+    println!(
+        "Support staff ({staff_org}, role support_admin) for /admin/v1/..., token valid 12h:\n  \
+         export TOKEN_STAFF={staff_token}\n"
+    );
     let first_stripe_secret = stripe_secret.split(',').next().unwrap_or_default().trim();
     println!(
         "Webhook secrets (from the environment, or made for this run):\n  \

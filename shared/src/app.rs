@@ -129,6 +129,14 @@ impl AppBuilder {
             work,
         } = self;
         let db = Db::connect(&config.db)?;
+        let support_db = match &config.db.support_url {
+            Some(url) => Some(Db::connect(&crate::db::DbConfig {
+                url: url.clone(),
+                support_url: None,
+                ..config.db.clone()
+            })?),
+            None => None,
+        };
         let auth = Authenticator::new(&config.auth, db.clone());
         let rag = &config.rag;
         let embedder: Arc<dyn Embedder> = match &rag.embed_model_id {
@@ -176,6 +184,7 @@ impl AppBuilder {
         Ok(App {
             config,
             db,
+            support_db,
             auth,
             embedder,
             answerer,

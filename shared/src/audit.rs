@@ -44,11 +44,17 @@ pub enum Action {
     TenantCreated,
     /// The tenant's billing customer was created and linked (target: the customer id).
     CustomerLinked,
+    /// Support suspended the tenant (details: the reason).
+    TenantSuspended,
+    /// Support resumed the tenant.
+    TenantResumed,
+    /// Support changed the tenant's plan (details: from, to).
+    PlanChanged,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 12] = [
+    pub const ALL: [Action; 15] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -61,6 +67,9 @@ impl Action {
         Action::InvoiceStatusChanged,
         Action::TenantCreated,
         Action::CustomerLinked,
+        Action::TenantSuspended,
+        Action::TenantResumed,
+        Action::PlanChanged,
     ];
 
     /// The stable name (`dataset.created`).
@@ -78,6 +87,9 @@ impl Action {
             Action::InvoiceStatusChanged => "billing.invoice_status_changed",
             Action::TenantCreated => "tenant.created",
             Action::CustomerLinked => "billing.customer_linked",
+            Action::TenantSuspended => "tenant.suspended",
+            Action::TenantResumed => "tenant.resumed",
+            Action::PlanChanged => "tenant.plan_changed",
         }
     }
 

@@ -59,6 +59,16 @@ impl Config {
             }
             _ => tracing::info!(source = "environment", "database credentials"),
         }
+        if let (Some(arn), None) = (&self.db.support_secret_arn, &self.db.support_url) {
+            let sdk = sdk.ok_or(ConfigError::Invalid {
+                name: "SUPPORT_DATABASE_SECRET_ARN",
+                reason: "set, but no AWS configuration was loaded".into(),
+            })?;
+            self.db.support_url = Some(
+                crate::secrets::database_url(sdk, arn, self.db.host_override.as_deref()).await?,
+            );
+            tracing::info!(source = "secrets_manager", "support database credentials");
+        }
         if let Some(arn) = self.billing.secret_arn.clone() {
             let sdk = sdk.ok_or(ConfigError::Invalid {
                 name: "BILLING_SECRET_ARN",
@@ -86,6 +96,7 @@ impl Config {
     /// Whether any setting needs AWS (and so an SDK configuration at cold start).
     pub fn needs_aws(&self) -> bool {
         self.db.secret_arn.is_some()
+            || self.db.support_secret_arn.is_some()
             || self.rag.embed_model_id.is_some()
             || self.rag.answer_model_id.is_some()
             || self.rag.embed_queue_url.is_some()

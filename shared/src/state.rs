@@ -19,6 +19,8 @@ pub struct App {
     pub config: Config,
     /// The app role's connection pool.
     pub db: Db,
+    /// The support role's pool (the admin function's cross-tenant reads), if configured.
+    pub support_db: Option<Db>,
     /// Bearer-token and API-key verification.
     pub auth: Authenticator,
     /// Text → vectors (questions, and chunks through the queue).

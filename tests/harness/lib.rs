@@ -34,6 +34,10 @@ use tokio_postgres::types::Type;
 
 /// The app role's password on dev and test clusters (set by the migrate step).
 pub const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
+/// The support role's password on the test cluster.
+pub const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
+/// The staff organization of every test app (`SUPPORT_ORG_ID`).
+pub const STAFF_ORG: &str = "org_tenantrystaff";
 /// The token audience the tests use.
 pub const AUDIENCE: &str = "https://api.tenantry.test";
 /// The token issuer the tests use.
@@ -138,7 +142,7 @@ async fn template() -> String {
                     &migrations,
                     &RolePasswords {
                         app: Some(DEV_APP_PASSWORD.into()),
-                        support: None,
+                        support: Some(DEV_SUPPORT_PASSWORD.into()),
                     },
                 )
                 .await
@@ -187,6 +191,8 @@ pub struct TestDb {
     pub admin_url: String,
     /// App-role URL.
     pub app_url: String,
+    /// Support-role URL.
+    pub support_url: String,
 }
 
 impl TestDb {
@@ -205,10 +211,12 @@ impl TestDb {
         rls_probe::apply_sql_mutant(&admin_url_for(&name)).await;
         let admin_url = admin_url_for(&name);
         let app_url = with_login(&admin_url, "tenantry_app", DEV_APP_PASSWORD, &name);
+        let support_url = with_login(&admin_url, "tenantry_support", DEV_SUPPORT_PASSWORD, &name);
         Self {
             name,
             admin_url,
             app_url,
+            support_url,
         }
     }
 
@@ -496,6 +504,8 @@ impl TestApp {
         let jwks = JwksServer::start(serde_json::json!({ "keys": [dev_jwk("dev")] })).await;
         let mut vars = vec![
             ("APP_DATABASE_URL", db.app_url.clone()),
+            ("SUPPORT_DATABASE_URL", db.support_url.clone()),
+            ("SUPPORT_ORG_ID", STAFF_ORG.to_owned()),
             ("AUTH0_ISSUER", ISSUER.to_owned()),
             ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
             ("AUTH0_JWKS_URL", jwks.url.clone()),
@@ -799,6 +809,13 @@ impl TestApp {
             .call("POST", &path, token, Some(&records.to_string()))
             .await;
         assert_eq!(r.status, 200, "{}", r.json);
+    }
+
+    /// A staff token (the staff organization) for `sub` with `roles`.
+    pub fn staff_token(sub: &str, roles: &[&str]) -> String {
+        issuer()
+            .token(sub, STAFF_ORG, roles, Duration::from_secs(3600))
+            .unwrap()
     }
 
     /// A tenant with org `org_<slug>` and a token for a user in it.

@@ -287,7 +287,21 @@ async fn organizations_must_map_to_an_active_tenant() {
         &bearer(&iss.token("auth0|alice", "org_alpha", &[], HOUR).unwrap()),
     )
     .await;
-    assert!(matches!(r, Err(AuthError::TenantInactive)), "{r:?}");
+    assert!(matches!(r, Err(AuthError::TenantSuspended)), "{r:?}");
+    let mut t = tx(&db, a).await;
+    t.execute(
+        "UPDATE app.tenants SET status = 'closed' WHERE tenant_id = $1",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
+    t.commit().await.unwrap();
+    let r = auth(
+        &app,
+        &bearer(&iss.token("auth0|alice", "org_alpha", &[], HOUR).unwrap()),
+    )
+    .await;
+    assert!(matches!(r, Err(AuthError::TenantClosed)), "{r:?}");
 }
 
 #[tokio::test]

@@ -167,3 +167,37 @@ async fn a_database_outage_fails_the_invocation_never_allows() {
         Err(tenantry::auth::AuthError::Unavailable(_))
     ));
 }
+
+/// Admin routes take staff tokens only, and every other route refuses them.
+#[tokio::test]
+async fn staff_pass_to_admin_routes_only_and_tenants_never_do() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    let staff = TestApp::staff_token("auth0|sam", &["support"]);
+    let no_role = TestApp::staff_token("auth0|nora", &[]);
+    let a = authorizer(&app, Duration::from_secs(30));
+    let on_admin = |credential: &str| {
+        let mut e = event(&BEARER.replace("REPLACE_WITH_A_TOKEN", credential));
+        e.route_key = Some("GET /admin/v1/tenants".into());
+        e
+    };
+    assert_eq!(
+        answer(&a, &on_admin(&staff)).await,
+        json!({"isAuthorized": true, "context": {"actor": "staff:auth0|sam"}})
+    );
+    let refused = json!({"isAuthorized": false, "context": {}});
+    // Twice each: an allowed tenant credential cached for a tenant route is not reused here.
+    let on_tenant = event(&BEARER.replace("REPLACE_WITH_A_TOKEN", &token));
+    assert_eq!(answer(&a, &on_tenant).await["isAuthorized"], true);
+    for (what, e) in [
+        ("a tenant's token", on_admin(&token)),
+        ("a tenant's token again", on_admin(&token)),
+        ("staff without a staff role", on_admin(&no_role)),
+        (
+            "a staff token on a tenant route",
+            event(&BEARER.replace("REPLACE_WITH_A_TOKEN", &staff)),
+        ),
+    ] {
+        assert_eq!(answer(&a, &e).await, refused, "{what}");
+    }
+}

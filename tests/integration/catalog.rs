@@ -30,6 +30,18 @@ const OWNER_LOOKUP_TABLES: &[&str] = &[
     "app.tenants",
 ];
 
+/// Tables the support role reads across tenants (counts and states for the admin routes), with
+/// its read-only policy for itself alone; `roles.rs` pins which columns it may read.
+const SUPPORT_READ_TABLES: &[&str] = &[
+    "app.billing_customers",
+    "app.billing_reconciliations",
+    "app.chunks",
+    "app.members",
+    "app.tenants",
+    "app.usage_deliveries",
+    "app.usage_events",
+];
+
 /// Every SECURITY DEFINER function, with what it returns (its whole contract's shape).
 const DEFINERS: &[(&str, &str)] = &[
     (
@@ -186,6 +198,16 @@ pub async fn violations(client: &Client) -> Vec<String> {
                 "true",
                 "",
                 &["tenantry_owner".to_owned()],
+            ));
+        }
+        if SUPPORT_READ_TABLES.contains(&name.as_str()) {
+            expected.push(policy_shape(
+                "support_read",
+                "r",
+                true,
+                "true",
+                "",
+                &["tenantry_support".to_owned()],
             ));
         }
         expected.sort();

@@ -119,6 +119,7 @@ fn the_openapi_document_states_each_routes_permission() {
             Needs::Sender => None,
             Needs::Principal => Some("none"),
             Needs::Permission(p) => Some(p.name()),
+            Needs::Staff(p) => Some(p.name()),
         };
         assert_eq!(
             op["x-permission"].as_str(),
@@ -230,6 +231,17 @@ const EVENTS: &[(&str, &str, u16)] = &[
         200,
     ),
     ("audit", include_str!("../../events/audit/list.json"), 200),
+    // Staff tokens: the list, and a suspension of a tenant id nobody has (the documented 404).
+    (
+        "admin",
+        include_str!("../../events/admin/list-tenants.json"),
+        200,
+    ),
+    (
+        "admin",
+        include_str!("../../events/admin/suspend-tenant.json"),
+        404,
+    ),
     ("audit", include_str!("../../events/audit/verify.json"), 200),
     // The sample names a key id no tenant has: the function answers, with the documented 404.
     (
@@ -278,7 +290,11 @@ async fn every_sample_event_is_served_by_its_function() {
             route.function
         );
         let req =
-            lambda_http::request::from_str(&raw.replace("REPLACE_WITH_A_TOKEN", &token)).unwrap();
+            lambda_http::request::from_str(&raw.replace("REPLACE_WITH_A_TOKEN", &token).replace(
+                "REPLACE_WITH_A_STAFF_TOKEN",
+                &TestApp::staff_token("auth0|staff-contract", &["support_admin"]),
+            ))
+            .unwrap();
         // Through exactly the routes that function serves, as in Lambda.
         let router = tenantry::http::router(app.app.clone(), &tenantry::api::routes_for(function));
         let resp = tenantry::http::call(&router, req).await;
@@ -307,8 +323,10 @@ async fn webhook_app() -> TestApp {
 async fn every_openapi_example_is_accepted_by_its_handler() {
     let doc: Value = serde_json::from_slice(&repo_file("openapi.json")).unwrap();
     let app = webhook_app().await;
-    let (_, token) = app.tenant_with_token("acme").await;
-    // Order matters: the dataset first, then records, then queries.
+    let (acme, token) = app.tenant_with_token("acme").await;
+    let staff = TestApp::staff_token("auth0|staff-contract", &["support_admin"]);
+    // Order matters: the dataset first, then records, then queries; a suspension before the
+    // resumption.
     let order = [
         ("/v1/datasets", "post"),
         ("/v1/datasets/{dataset}/records", "post"),
@@ -317,11 +335,16 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
         ("/v1/ask", "post"),
         ("/v1/webhooks/stripe", "post"),
         ("/v1/webhooks/auth0", "post"),
+        ("/admin/v1/tenants/{tenant}/plan", "post"),
+        ("/admin/v1/tenants/{tenant}/suspend", "post"),
+        ("/admin/v1/tenants/{tenant}/resume", "post"),
     ];
     let mut seen = 0;
     for (path, method) in order {
         let op = &doc["paths"][path][method];
-        let example_path = path.replace("{dataset}", "orders");
+        let example_path = path
+            .replace("{dataset}", "orders")
+            .replace("{tenant}", &acme.to_string());
         for (name, example) in op["requestBody"]["content"]["application/json"]["examples"]
             .as_object()
             .unwrap()
@@ -347,6 +370,10 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
                         Some(&body),
                     ))
                     .await
+                }
+                p if p.starts_with("/admin/") => {
+                    app.call(&method.to_uppercase(), &example_path, &staff, Some(&body))
+                        .await
                 }
                 _ => {
                     app.call(&method.to_uppercase(), &example_path, &token, Some(&body))

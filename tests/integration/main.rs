@@ -24,6 +24,7 @@ mod rag;
 mod rls_queries;
 mod roles;
 mod secrets;
+mod support;
 mod tenant_tx;
 mod webhooks;
 mod wiring;

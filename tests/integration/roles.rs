@@ -38,7 +38,7 @@ async fn app_role_is_unprivileged() {
     assert_eq!(owned, 0, "the app role owns objects");
 
     // No TRUNCATE, REFERENCES or TRIGGER on anything in the app schema; nothing at all on the
-    // migration bookkeeping; the support role has only what SUPPORT_GRANTS pins (checked below).
+    // migration bookkeeping (the support role's app grants are pinned in SUPPORT_GRANTS).
     let bad = admin
         .query(
             "SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
@@ -49,9 +49,14 @@ async fn app_role_is_unprivileged() {
              SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
                     unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) p
              WHERE n.nspname IN ('app', 'tenantry_meta') AND c.relkind IN ('r', 'p', 'v')
-               AND ((has_table_privilege('tenantry_support', c.oid, p)
-                     AND NOT (n.nspname = 'app' AND c.relname IN ('audit_events', 'audit_heads')))
-                    OR (n.nspname = 'tenantry_meta' AND has_table_privilege('tenantry_app', c.oid, p)))",
+               AND n.nspname = 'tenantry_meta'
+               AND (has_table_privilege('tenantry_support', c.oid, p)
+                    OR has_table_privilege('tenantry_app', c.oid, p))
+             UNION ALL
+             SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+                    unnest(ARRAY['TRUNCATE', 'REFERENCES', 'TRIGGER', 'UPDATE', 'DELETE']) p
+             WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p', 'v')
+               AND has_table_privilege('tenantry_support', c.oid, p)",
             &[],
         )
         .await
@@ -117,7 +122,9 @@ const APP_GRANTS: &[(&str, &str)] = &[
 ];
 
 /// The support role's grants, exactly: it appends to and reads a tenant's audit log (what support
-/// does is recorded, reads included), under RLS like the app.
+/// does is recorded, reads included), under RLS like the app; and it reads, across tenants, the
+/// counts and states of the admin routes — of members and chunks only the columns that count
+/// them, and nothing of datasets, records or API keys.
 const SUPPORT_GRANTS: &[(&str, &str)] = &[
     ("audit_events", "SELECT"),
     ("audit_events.action", "INSERT"),
@@ -129,6 +136,16 @@ const SUPPORT_GRANTS: &[(&str, &str)] = &[
     ("audit_heads", "SELECT"),
     ("audit_heads.hash", "UPDATE"),
     ("audit_heads.seq", "UPDATE"),
+    ("billing_customers", "SELECT"),
+    ("billing_reconciliations", "SELECT"),
+    ("chunks.created_at", "SELECT"),
+    ("chunks.embedding_model", "SELECT"),
+    ("chunks.tenant_id", "SELECT"),
+    ("members.removed_at", "SELECT"),
+    ("members.tenant_id", "SELECT"),
+    ("tenants", "SELECT"),
+    ("usage_deliveries", "SELECT"),
+    ("usage_events", "SELECT"),
 ];
 
 /// The functions the app role may call, exactly.

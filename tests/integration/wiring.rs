@@ -61,6 +61,7 @@ fn each_function_links_only_the_sdks_it_calls() {
         ("usage", &secrets),
         ("api-keys", &secrets),
         ("audit", &secrets),
+        ("admin", &secrets),
         ("authorizer", &secrets),
         ("stripe-webhook", &secrets),
         ("auth0-webhook", &secrets),

@@ -3,6 +3,7 @@
 //! [`ROUTES`] is the single source of truth: each Lambda function serves its rows, the local runner
 //! serves them all, and a test checks the SAM template against it.
 
+mod admin;
 mod api_keys;
 mod ask;
 mod audit;
@@ -17,6 +18,7 @@ use http::Method;
 
 use crate::App;
 use crate::auth::Permission as P;
+use crate::auth::StaffPermission as S;
 use crate::db::{Access, TenantTx, TxSettings};
 use crate::http::{ApiError, Caller, Endpoint, Needs, Route};
 
@@ -135,6 +137,36 @@ pub static ROUTES: &[Route] = &[
         P::ManageApiKeys,
         endpoint!(api_keys::revoke),
     ),
+    staff_route(
+        Method::GET,
+        "/admin/v1/tenants",
+        S::SupportRead,
+        endpoint!(admin::list),
+    ),
+    staff_route(
+        Method::GET,
+        "/admin/v1/tenants/{tenant}",
+        S::SupportRead,
+        endpoint!(admin::get),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/suspend",
+        S::SupportAdmin,
+        endpoint!(admin::suspend),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/resume",
+        S::SupportAdmin,
+        endpoint!(admin::resume),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/plan",
+        S::SupportAdmin,
+        endpoint!(admin::set_plan),
+    ),
     route(
         Method::GET,
         "/v1/audit",
@@ -166,6 +198,16 @@ const fn route(
         Needs::Permission(permission),
         endpoint,
     )
+}
+
+/// An admin route (served by the `admin` function) for staff holding `permission`.
+const fn staff_route(
+    method: Method,
+    path: &'static str,
+    permission: S,
+    endpoint: Endpoint,
+) -> Route {
+    row(method, path, "admin", Needs::Staff(permission), endpoint)
 }
 
 /// A route for any authenticated caller (what it shows depends on nothing it could misuse).

@@ -12,6 +12,10 @@
 //! key". So the gateway's cache is off and this process caches an allowed credential for a short
 //! TTL (`AUTHORIZER_CACHE_SECS`, 30 s by default), keyed by a hash of the credential headers: a
 //! revoked key is refused here within the TTL and by the function at once.
+//!
+//! Admin routes (`/admin/...`) take staff tokens only ([`Authenticator::authenticate_staff`]),
+//! checked on every request (no cache: staff traffic is small and a removed staff role must stop
+//! at once); every other route refuses a staff token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,8 +96,22 @@ impl Authorizer {
         &self,
         event: &ApiGatewayV2CustomAuthorizerV2Request,
     ) -> Result<Value, AuthError> {
-        let decision = self.decide(&event.headers).await?;
         let route = event.route_key.as_deref().unwrap_or("");
+        if is_admin_route(route) {
+            return Ok(match self.auth.authenticate_staff(&event.headers).await {
+                Ok(staff) => {
+                    tracing::info!(route, "authorized (staff)");
+                    json!({ "isAuthorized": true, "context": { "actor": staff.actor_id() } })
+                }
+                Err(e @ AuthError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    let reason = crate::http::ApiError::from(e).code;
+                    tracing::info!(route, reason, "refused");
+                    json!({ "isAuthorized": false, "context": {} })
+                }
+            });
+        }
+        let decision = self.decide(&event.headers).await?;
         Ok(match decision.principal {
             Some(p) => {
                 tracing::info!(route, tenant_id = %p.tenant_id, cached = decision.cached, "authorized");
@@ -126,6 +144,13 @@ impl Authorizer {
             cache.insert(key, (Instant::now(), p.clone()));
         }
     }
+}
+
+/// `GET /admin/v1/...` (API Gateway's route key: method, space, path template).
+fn is_admin_route(route_key: &str) -> bool {
+    route_key
+        .split_once(' ')
+        .is_some_and(|(_, path)| path.starts_with("/admin/"))
 }
 
 /// A hash of every credential header value (names and values, in order), so two requests share

@@ -20,12 +20,14 @@ pub struct AuthConfig {
     pub roles_claim: String,
     /// The least time between two JWKS fetches caused by an unknown `kid`.
     pub jwks_refetch_interval: Duration,
+    /// The Auth0 organization of support staff (`SUPPORT_ORG_ID`); unset: no staff sign-in.
+    pub support_org_id: Option<String>,
 }
 
 impl AuthConfig {
     /// `AUTH0_ISSUER` (https, or http on 127.0.0.1 for local use), `AUTH0_AUDIENCE`,
     /// `AUTH0_JWKS_URL` (derived from the issuer when unset), `AUTH_LEEWAY_SECS`,
-    /// `AUTH_ROLES_CLAIM`, `JWKS_REFETCH_INTERVAL_SECS`.
+    /// `AUTH_ROLES_CLAIM`, `JWKS_REFETCH_INTERVAL_SECS`, `SUPPORT_ORG_ID`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let issuer = env.required("AUTH0_ISSUER")?;
         if !(issuer.starts_with("https://") || issuer.starts_with("http://127.0.0.1:")) {
@@ -48,6 +50,7 @@ impl AuthConfig {
             jwks_refetch_interval: Duration::from_secs(
                 env.parse("JWKS_REFETCH_INTERVAL_SECS", 60)?,
             ),
+            support_org_id: env.var("SUPPORT_ORG_ID"),
         })
     }
 }

@@ -8,6 +8,7 @@ mod config;
 pub mod dev;
 mod jwt;
 pub mod permissions;
+pub mod staff;
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -17,6 +18,7 @@ pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use config::AuthConfig;
 pub use jwt::{JwtVerifier, VerifiedClaims};
 pub use permissions::{Permission, Permissions, Role, Scope};
+pub use staff::{Staff, StaffPermission};
 
 use crate::db::{Db, DbError, TenantContext, TenantRef};
 use crate::ids::TenantId;
@@ -96,9 +98,20 @@ pub enum AuthError {
     /// The API key is malformed, unknown, wrong or revoked (deliberately one answer).
     #[error("invalid API key")]
     InvalidApiKey,
-    /// The tenant exists but is suspended or closed.
-    #[error("tenant is not active")]
-    TenantInactive,
+    /// The tenant is suspended: nothing it holds is served until support resumes it.
+    #[error("tenant is suspended")]
+    TenantSuspended,
+    /// The tenant is closed.
+    #[error("tenant is closed")]
+    TenantClosed,
+    /// A staff token on a tenant route: staff act in a tenant only through an impersonation
+    /// session, never as one of its people.
+    #[error("staff token on a tenant route")]
+    StaffToken,
+    /// Not a staff member (another organization's token, no staff role, an API key) on an admin
+    /// route.
+    #[error("not staff")]
+    NotStaff,
     /// The keys or the tenant mapping could not be read.
     #[error("authentication unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -116,6 +129,7 @@ pub struct Authenticator {
     jwt: JwtVerifier,
     db: Db,
     roles_claim: String,
+    support_org_id: Option<String>,
     /// When this process last recorded each key's use, so `last_used_at` costs a write at most
     /// once a minute per key rather than on every request.
     key_uses: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
@@ -131,6 +145,7 @@ impl Authenticator {
             jwt: JwtVerifier::new(cfg),
             db,
             roles_claim: cfg.roles_claim.clone(),
+            support_org_id: cfg.support_org_id.clone(),
             key_uses: Default::default(),
         }
     }
@@ -179,6 +194,9 @@ impl Authenticator {
         if !plausible_id(org) {
             return Err(AuthError::InvalidToken("implausible org_id"));
         }
+        if self.support_org_id.as_deref() == Some(org) {
+            return Err(AuthError::StaffToken);
+        }
         let tenant = self
             .db
             .tenant_for_auth0_org(org)
@@ -194,6 +212,41 @@ impl Authenticator {
             permissions: Permissions::for_roles(&roles),
             roles,
         })
+    }
+
+    /// Authenticates a staff member for an admin route: exactly one bearer token (no API key:
+    /// keys belong to tenants), of the staff organization, with a staff role. Whether they hold
+    /// the route's permission is the caller's check.
+    pub async fn authenticate_staff(&self, headers: &HeaderMap) -> Result<Staff, AuthError> {
+        let authorization = single(headers, http::header::AUTHORIZATION.as_str())?;
+        if single(headers, "x-api-key")?.is_some() {
+            return Err(AuthError::NotStaff);
+        }
+        let token = authorization
+            .map(|v| {
+                bearer_token(v.as_bytes()).ok_or(AuthError::InvalidToken("not a bearer token"))
+            })
+            .transpose()?
+            .ok_or(AuthError::Missing)?;
+        let claims = self.jwt.verify(token).await?;
+        if !plausible_id(&claims.sub) {
+            return Err(AuthError::InvalidToken("implausible sub"));
+        }
+        let org = claims.org_id.as_deref().ok_or(AuthError::NotStaff)?;
+        if !plausible_id(org) {
+            return Err(AuthError::InvalidToken("implausible org_id"));
+        }
+        if self.support_org_id.as_deref() != Some(org) {
+            return Err(AuthError::NotStaff);
+        }
+        let staff = Staff {
+            id: claims.sub.clone(),
+            roles: claims.roles(&self.roles_claim),
+        };
+        if !staff.is_staff() {
+            return Err(AuthError::NotStaff);
+        }
+        Ok(staff)
     }
 
     async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
@@ -232,10 +285,10 @@ impl Authenticator {
 }
 
 fn ensure_active(tenant: &TenantRef) -> Result<(), AuthError> {
-    if tenant.status == "active" {
-        Ok(())
-    } else {
-        Err(AuthError::TenantInactive)
+    match tenant.status.as_str() {
+        "active" => Ok(()),
+        "suspended" => Err(AuthError::TenantSuspended),
+        _ => Err(AuthError::TenantClosed),
     }
 }
 

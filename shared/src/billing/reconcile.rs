@@ -110,7 +110,9 @@ pub async fn run(
                     flush: f,
                     ..TenantReport::default()
                 }),
-            Mode::Reconcile => reconcile_tenant(db, sink, cfg, t.tenant_id, out.run_id).await,
+            Mode::Reconcile => {
+                reconcile_tenant(db, sink, cfg, t.tenant_id, t.status == "active", out.run_id).await
+            }
         };
         match result {
             Ok(r) => {
@@ -153,6 +155,7 @@ pub async fn reconcile_tenant(
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
     tenant: TenantId,
+    active: bool,
     run_id: Uuid,
 ) -> Result<TenantReport, DbError> {
     let now = Utc::now();
@@ -160,7 +163,11 @@ pub async fn reconcile_tenant(
         tenant_id: tenant,
         actor_id: "system:billing-reconcile".into(),
     };
-    snapshot(db, &ctx, cfg, now).await?;
+    // A suspended or closed tenant accrues nothing: no storage or seats snapshot. What it used
+    // before is still delivered and reconciled.
+    if active {
+        snapshot(db, &ctx, cfg, now).await?;
+    }
     let mut report = TenantReport {
         flush: flush_tenant(db, sink, cfg, tenant).await?,
         ..TenantReport::default()

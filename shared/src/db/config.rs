@@ -34,6 +34,11 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     /// TLS to the database.
     pub tls: DbTls,
+    /// The support role's URL (`postgres://tenantry_support:...`), for the admin function's
+    /// cross-tenant reads. Holds a password: never logged. Unset: no support pool.
+    pub support_url: Option<String>,
+    /// Secrets Manager secret holding the support role's credentials (AWS).
+    pub support_secret_arn: Option<String>,
 }
 
 impl DbConfig {
@@ -46,11 +51,14 @@ impl DbConfig {
             secret_arn: None,
             host_override: None,
             tls: DbTls::Disable,
+            support_url: None,
+            support_secret_arn: None,
         }
     }
 
     /// `APP_DATABASE_URL` (or `APP_DATABASE_SECRET_ARN`, resolved at cold start), `DB_HOST`,
-    /// `DB_SSLMODE` and `DB_SSL_ROOT_CERT`, `DB_POOL_MAX`, `DB_CONNECT_TIMEOUT_SECS`.
+    /// `DB_SSLMODE` and `DB_SSL_ROOT_CERT`, `DB_POOL_MAX`, `DB_CONNECT_TIMEOUT_SECS`, and for the
+    /// admin function `SUPPORT_DATABASE_URL` (or `SUPPORT_DATABASE_SECRET_ARN`).
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             url: match (
@@ -79,6 +87,8 @@ impl DbConfig {
                     });
                 }
             },
+            support_url: env.var("SUPPORT_DATABASE_URL"),
+            support_secret_arn: env.var("SUPPORT_DATABASE_SECRET_ARN"),
             pool_max: env.parse("DB_POOL_MAX", 4)?,
             connect_timeout: Duration::from_secs(env.parse("DB_CONNECT_TIMEOUT_SECS", 5)?),
         })
@@ -90,6 +100,11 @@ impl std::fmt::Debug for DbConfig {
         f.debug_struct("DbConfig")
             .field("url", &"<redacted>")
             .field("secret_arn", &self.secret_arn)
+            .field(
+                "support_url",
+                &self.support_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("support_secret_arn", &self.support_secret_arn)
             .field("host_override", &self.host_override)
             .field("tls", &self.tls)
             .field("pool_max", &self.pool_max)

@@ -289,4 +289,17 @@ impl Db {
             })
             .collect())
     }
+
+    /// One statement on a pool that logs in as the support role: reads across tenants, as far
+    /// as that role's policies and column grants go (counts and states, never tenant data;
+    /// `migrations/0011_support_plane.sql`), outside any tenant. On the app role's pool the same
+    /// statement sees no tenant rows at all.
+    pub async fn read_across_tenants(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
+        let client = self.checkout().await?;
+        Ok(client.query_typed(sql, params).await?)
+    }
 }

@@ -24,7 +24,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::trace::TraceLayer;
 
-use super::{ApiError, Caller, Needs, Route, insufficient_permission, request_id};
+use super::{
+    ApiError, Caller, Needs, Route, StaffCaller, insufficient_permission,
+    insufficient_staff_permission, request_id,
+};
 use crate::App;
 use crate::env::{ConfigError, Env};
 
@@ -250,7 +253,16 @@ async fn admit(
             });
         }
     };
-    if a.needs.authenticated() {
+    if let Needs::Staff(needed) = a.needs {
+        let staff = match a.app.auth.authenticate_staff(&parts.headers).await {
+            Ok(s) => s,
+            Err(e) => return problem(ApiError::from(e)),
+        };
+        if !staff.can(needed) {
+            return problem(insufficient_staff_permission(needed));
+        }
+        parts.extensions.insert(StaffCaller(staff));
+    } else if a.needs.authenticated() {
         let principal = match a.app.auth.authenticate(&parts.headers).await {
             Ok(p) => p,
             Err(e) => return problem(ApiError::from(e)),

@@ -1,6 +1,7 @@
 //! Extractors: what a handler takes from a request, each refusing with our problem codes.
 //!
-//! - [`Caller`]: the authenticated principal the edge admitted (authenticated routes only).
+//! - [`Caller`]: the authenticated principal the edge admitted (tenant routes only).
+//! - [`StaffCaller`]: the staff member the edge admitted (admin routes only).
 //! - [`PathParams`]: the path's parameters, percent-decoded into a typed struct.
 //! - [`QueryParams`]: the query string parsed into a typed struct.
 //! - [`Json`]: a JSON body parsed into `T` (415 unless the body is declared JSON; 400
@@ -17,7 +18,7 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, json_from, require_json};
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, Staff};
 
 /// The authenticated caller of this request.
 #[derive(Clone, Debug)]
@@ -41,6 +42,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| ApiError::from(AuthError::Missing))
+    }
+}
+
+/// The authenticated staff member of an admin route.
+#[derive(Clone, Debug)]
+pub struct StaffCaller(pub Staff);
+
+impl<S: Send + Sync> FromRequestParts<S> for StaffCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<StaffCaller>()
+            .cloned()
+            .ok_or_else(|| ApiError::from(AuthError::NotStaff))
     }
 }
 

@@ -22,11 +22,11 @@ pub use edge::HttpConfig;
 pub use edge::{call, router};
 
 use crate::App;
-use crate::auth::{AuthError, Permission};
+use crate::auth::{AuthError, Permission, StaffPermission};
 use crate::db::DbError;
 
 pub use edge::current_request_id;
-pub use extract::{Caller, Json, PathParams, QueryParams, RawBody};
+pub use extract::{Caller, Json, PathParams, QueryParams, RawBody, StaffCaller};
 
 /// What a handler returns.
 pub type HandlerResult = Result<Response, ApiError>;
@@ -61,12 +61,24 @@ pub enum Needs {
     Principal,
     /// An authenticated caller holding this permission.
     Permission(Permission),
+    /// A support staff member (the admin routes) holding this staff permission.
+    Staff(StaffPermission),
 }
 
 impl Needs {
-    /// Whether the edge authenticates the caller.
+    /// Whether the edge authenticates the caller (as a tenant's principal or as staff).
     pub fn authenticated(self) -> bool {
         self != Needs::Sender
+    }
+
+    /// The name of what is needed, as the OpenAPI document's `x-permission` states it (none for
+    /// `Sender` and `Principal`).
+    pub fn permission_name(self) -> Option<&'static str> {
+        match self {
+            Needs::Permission(p) => Some(p.name()),
+            Needs::Staff(p) => Some(p.name()),
+            Needs::Sender | Needs::Principal => None,
+        }
     }
 }
 
@@ -240,10 +252,23 @@ impl From<AuthError> for ApiError {
                 "unknown_organization",
                 "The token's organization is not a Tenantry tenant.",
             ),
-            AuthError::TenantInactive => Self::new(
+            AuthError::TenantSuspended => Self::new(
                 S::FORBIDDEN,
-                "tenant_inactive",
-                "This tenant is suspended or closed.",
+                "tenant_suspended",
+                "This tenant is suspended; contact support.",
+            ),
+            AuthError::TenantClosed => {
+                Self::new(S::FORBIDDEN, "tenant_closed", "This tenant is closed.")
+            }
+            AuthError::StaffToken => Self::new(
+                S::FORBIDDEN,
+                "staff_token_not_accepted",
+                "Staff tokens do not act in a tenant; use an impersonation session.",
+            ),
+            AuthError::NotStaff => Self::new(
+                S::FORBIDDEN,
+                "not_staff",
+                "This route is for support staff, signed in through the staff organization.",
             ),
             AuthError::Unavailable(source) => Self {
                 status: S::SERVICE_UNAVAILABLE,
@@ -319,15 +344,21 @@ impl From<DbError> for ApiError {
 
 /// 403 for a caller that lacks `needed`; names the permission, never what the caller holds.
 pub fn insufficient_permission(needed: Permission) -> ApiError {
+    lacking(needed.name(), "your role or API key")
+}
+
+/// 403 for a staff member that lacks `needed`.
+pub fn insufficient_staff_permission(needed: StaffPermission) -> ApiError {
+    lacking(needed.name(), "your staff role")
+}
+
+fn lacking(permission: &'static str, holder: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "insufficient_permission",
-        format!(
-            "This needs the `{}` permission, which your role or API key does not grant.",
-            needed.name()
-        ),
+        format!("This needs the `{permission}` permission, which {holder} does not grant."),
     )
-    .with_extra(json!({ "permission": needed.name() }))
+    .with_extra(json!({ "permission": permission }))
 }
 
 /// A response with a body and content type.

@@ -1,0 +1,376 @@
+//! `/admin/v1/...`: the support plane's routes, for staff only (the `admin` function).
+//!
+//! - `GET /admin/v1/tenants` (`support_read`): the tenant list, searchable, with what support
+//!   looks at first: plan, status, members, this month's usage per meter, billing state, the
+//!   last reconciliation's drift, pending and failed deliveries, the embedding backlog, and
+//!   whether the tenant still waits for its billing customer.
+//! - `GET /admin/v1/tenants/{tenant}` (`support_read`): one tenant, the same fields.
+//! - `POST /admin/v1/tenants/{tenant}/suspend` `{reason}`, `.../resume` `{reason}`,
+//!   `.../plan` `{plan, reason}` (`support_admin`).
+//!
+//! Reads go through the support role's pool ([`crate::db::Db::read_across_tenants`]): counts and
+//! states of every tenant, never their data. Changes run in the tenant's own transaction as the
+//! app role, with the staff member as actor, and are recorded in the tenant's audit log.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::App;
+use crate::TenantId;
+use crate::audit::Action;
+use crate::db::{Access, Db, TenantContext};
+use crate::http::{
+    ApiError, HandlerResult, Json, PathParams, QueryParams, StaffCaller, json_response,
+};
+
+const PLANS: [&str; 4] = ["free", "team", "business", "enterprise"];
+
+/// One tenant as support sees it.
+#[derive(Debug, Serialize)]
+struct TenantView {
+    id: Uuid,
+    name: String,
+    slug: String,
+    auth0_org_id: Option<String>,
+    plan: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    members: i64,
+    /// This calendar month (UTC), per meter, as the ledger has it.
+    usage_this_month: Value,
+    billing: Value,
+    last_reconciliation: Value,
+    deliveries: Value,
+    embedding_backlog: i64,
+}
+
+/// The columns of [`TenantView`], for both routes. `$1`: a tenant id or NULL; `$2`: a search
+/// string or NULL; `$3`: a status or NULL; `$4`: the page size; `$5`: a `created_at` cursor.
+const TENANTS_SQL: &str = "\
+    SELECT t.tenant_id, t.name, t.slug, t.auth0_org_id, t.plan, t.status, t.created_at, \
+      (SELECT count(*) FROM app.members m WHERE m.tenant_id = t.tenant_id AND m.removed_at IS NULL), \
+      (SELECT coalesce(jsonb_object_agg(x.meter, x.q), '{}') FROM ( \
+         SELECT u.meter, sum(u.quantity) AS q FROM app.usage_events u \
+         WHERE u.tenant_id = t.tenant_id \
+           AND u.occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+         GROUP BY u.meter) x), \
+      jsonb_build_object('customer_id', c.stripe_customer_id, 'status', c.billing_status, \
+        'last_invoice_status', c.last_invoice_status, \
+        'customer_pending', t.customer_pending, 'customer_error', t.customer_error), \
+      (SELECT jsonb_build_object('run_id', r.run_id, 'at', max(r.created_at), \
+          'drift', sum(abs(coalesce(r.drift, 0))), \
+          'days_not_in_sync', count(*) FILTER (WHERE r.action <> 'in_sync')) \
+       FROM app.billing_reconciliations r WHERE r.tenant_id = t.tenant_id \
+       GROUP BY r.run_id ORDER BY max(r.created_at) DESC LIMIT 1), \
+      (SELECT jsonb_build_object( \
+          'pending', count(*) FILTER (WHERE d.status = 'pending'), \
+          'failed', count(*) FILTER (WHERE d.status = 'failed')) \
+       FROM app.usage_deliveries d WHERE d.tenant_id = t.tenant_id), \
+      (SELECT count(*) FROM app.chunks ch \
+       WHERE ch.tenant_id = t.tenant_id AND ch.embedding_model IS NULL) \
+    FROM app.tenants t LEFT JOIN app.billing_customers c ON c.tenant_id = t.tenant_id \
+    WHERE ($1::uuid IS NULL OR t.tenant_id = $1) \
+      AND ($2::text IS NULL OR strpos(lower(t.name), lower($2)) > 0 \
+           OR strpos(t.slug, lower($2)) > 0 OR t.auth0_org_id = $2) \
+      AND ($3::text IS NULL OR t.status = $3) \
+      AND ($5::timestamptz IS NULL OR t.created_at < $5) \
+    ORDER BY t.created_at DESC, t.tenant_id \
+    LIMIT $4";
+
+async fn tenants(
+    support: &Db,
+    id: Option<Uuid>,
+    q: Option<&str>,
+    status: Option<&str>,
+    limit: i64,
+    before: Option<DateTime<Utc>>,
+) -> Result<Vec<TenantView>, ApiError> {
+    let rows = support
+        .read_across_tenants(
+            TENANTS_SQL,
+            &[
+                (&id, Type::UUID),
+                (&q, Type::TEXT),
+                (&status, Type::TEXT),
+                (&limit, Type::INT8),
+                (&before, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TenantView {
+            id: r.get(0),
+            name: r.get(1),
+            slug: r.get(2),
+            auth0_org_id: r.get(3),
+            plan: r.get(4),
+            status: r.get(5),
+            created_at: r.get(6),
+            members: r.get(7),
+            usage_this_month: r.get(8),
+            billing: r.get(9),
+            last_reconciliation: r.get::<_, Option<Value>>(10).unwrap_or(Value::Null),
+            deliveries: r.get(11),
+            embedding_backlog: r.get(12),
+        })
+        .collect())
+}
+
+fn support_db(app: &App) -> Result<&Db, ApiError> {
+    app.support_db.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "support_plane_not_configured",
+            "This deployment has no support database access configured.",
+        )
+        .expected()
+    })
+}
+
+/// `GET /admin/v1/tenants`'s query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    q: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    /// The `created_at` of the last tenant of the previous page.
+    before: Option<DateTime<Utc>>,
+}
+
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    _staff: StaffCaller,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> HandlerResult {
+    let invalid = |d: &str| ApiError::bad_request("invalid_query_parameters", d);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(invalid("limit is between 1 and 200."));
+    }
+    if let Some(s) = &q.status
+        && !["active", "suspended", "closed"].contains(&s.as_str())
+    {
+        return Err(invalid("status is active, suspended or closed."));
+    }
+    let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > 200 || s.contains('\0')) {
+        return Err(invalid("q is at most 200 characters."));
+    }
+    let found = tenants(
+        support_db(&app)?,
+        None,
+        search,
+        q.status.as_deref(),
+        limit + 1,
+        q.before,
+    )
+    .await?;
+    let more = found.len() as i64 > limit;
+    let page: Vec<TenantView> = found.into_iter().take(limit as usize).collect();
+    let next = more.then(|| page.last().map(|t| t.created_at)).flatten();
+    json_response(
+        StatusCode::OK,
+        &json!({"tenants": page, "next_before": next}),
+    )
+}
+
+/// `{tenant}`: a tenant id.
+#[derive(Debug, Deserialize)]
+pub(super) struct TenantPath {
+    tenant: String,
+}
+
+impl TenantPath {
+    fn id(&self) -> Result<Uuid, ApiError> {
+        Uuid::try_parse(&self.tenant).map_err(|_| tenant_not_found())
+    }
+}
+
+fn tenant_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant.")
+}
+
+async fn one(app: &App, id: Uuid) -> Result<TenantView, ApiError> {
+    tenants(support_db(app)?, Some(id), None, None, 1, None)
+        .await?
+        .pop()
+        .ok_or_else(tenant_not_found)
+}
+
+pub(super) async fn get(
+    State(app): State<Arc<App>>,
+    _staff: StaffCaller,
+    PathParams(path): PathParams<TenantPath>,
+) -> HandlerResult {
+    json_response(StatusCode::OK, &one(&app, path.id()?).await?)
+}
+
+/// Why support changes a tenant: required, recorded in the tenant's audit log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Reason {
+    reason: String,
+}
+
+/// A plan change, and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlanChange {
+    plan: String,
+    reason: String,
+}
+
+fn checked_reason(reason: &str) -> Result<String, ApiError> {
+    let r = reason.trim();
+    if r.chars().count() < 10 || r.chars().count() > 500 || r.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "Give a reason of 10 to 500 characters (it is recorded in the tenant's audit log).",
+        ));
+    }
+    Ok(r.to_owned())
+}
+
+/// Moves the tenant from `from` to `to` (a status), or answers 409 if it is not in `from`.
+async fn transition(
+    app: &App,
+    staff: &StaffCaller,
+    id: Uuid,
+    from: &str,
+    to: &str,
+    action: Action,
+    reason: String,
+) -> HandlerResult {
+    let ctx = TenantContext {
+        tenant_id: TenantId::from(id),
+        actor_id: staff.0.actor_id(),
+    };
+    let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM app.tenants WHERE tenant_id = $1 FOR UPDATE",
+            &[(&id, Type::UUID)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(status) = status else {
+        return Err(tenant_not_found());
+    };
+    if status != from {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_transition",
+            format!("The tenant is {status}; this needs it {from}."),
+        ));
+    }
+    tx.execute(
+        "UPDATE app.tenants SET status = $2, updated_at = now() WHERE tenant_id = $1",
+        &[(&id, Type::UUID), (&to, Type::TEXT)],
+    )
+    .await?;
+    let request_id = crate::http::current_request_id();
+    let details = json!({"from": from, "to": to, "reason": reason});
+    crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
+    tx.commit().await?;
+    tracing::info!(tenant_id = %id, from, to, "tenant status changed by support");
+    json_response(StatusCode::OK, &one(app, id).await?)
+}
+
+pub(super) async fn suspend(
+    State(app): State<Arc<App>>,
+    staff: StaffCaller,
+    PathParams(path): PathParams<TenantPath>,
+    Json(body): Json<Reason>,
+) -> HandlerResult {
+    let reason = checked_reason(&body.reason)?;
+    let id = path.id()?;
+    transition(
+        &app,
+        &staff,
+        id,
+        "active",
+        "suspended",
+        Action::TenantSuspended,
+        reason,
+    )
+    .await
+}
+
+pub(super) async fn resume(
+    State(app): State<Arc<App>>,
+    staff: StaffCaller,
+    PathParams(path): PathParams<TenantPath>,
+    Json(body): Json<Reason>,
+) -> HandlerResult {
+    let reason = checked_reason(&body.reason)?;
+    let id = path.id()?;
+    transition(
+        &app,
+        &staff,
+        id,
+        "suspended",
+        "active",
+        Action::TenantResumed,
+        reason,
+    )
+    .await
+}
+
+pub(super) async fn set_plan(
+    State(app): State<Arc<App>>,
+    staff: StaffCaller,
+    PathParams(path): PathParams<TenantPath>,
+    Json(body): Json<PlanChange>,
+) -> HandlerResult {
+    let reason = checked_reason(&body.reason)?;
+    if !PLANS.contains(&body.plan.as_str()) {
+        return Err(ApiError::bad_request(
+            "invalid_plan",
+            "plan is free, team, business or enterprise.",
+        ));
+    }
+    let id = path.id()?;
+    let ctx = TenantContext {
+        tenant_id: TenantId::from(id),
+        actor_id: staff.0.actor_id(),
+    };
+    let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
+    let from: Option<String> = tx
+        .query_opt(
+            "SELECT plan FROM app.tenants WHERE tenant_id = $1 FOR UPDATE",
+            &[(&id, Type::UUID)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let Some(from) = from else {
+        return Err(tenant_not_found());
+    };
+    if from != body.plan {
+        tx.execute(
+            "UPDATE app.tenants SET plan = $2, updated_at = now() WHERE tenant_id = $1",
+            &[(&id, Type::UUID), (&body.plan, Type::TEXT)],
+        )
+        .await?;
+        let request_id = crate::http::current_request_id();
+        let details = json!({"from": from, "to": body.plan, "reason": reason});
+        crate::audit::record(
+            &mut tx,
+            Action::PlanChanged,
+            None,
+            details,
+            Some(&request_id),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    json_response(StatusCode::OK, &one(&app, id).await?)
+}

@@ -240,49 +240,81 @@ fn checked_reason(reason: &str) -> Result<String, ApiError> {
     Ok(r.to_owned())
 }
 
-/// Moves the tenant from `from` to `to` (a status), or answers 409 if it is not in `from`.
-async fn transition(
+/// A tenant column support may change.
+#[derive(Clone, Copy)]
+enum Field {
+    Status,
+    Plan,
+}
+
+impl Field {
+    fn column(self) -> &'static str {
+        match self {
+            Field::Status => "status",
+            Field::Plan => "plan",
+        }
+    }
+}
+
+/// Changes one field of the tenant, in the tenant's own transaction with the staff member as
+/// actor: the row locked, `decide` told the current value (it answers the new one, `None` for no
+/// change, or a refusal), and the change recorded in the tenant's audit log with its reason.
+async fn change(
     app: &App,
     staff: &StaffCaller,
     id: Uuid,
-    from: &str,
-    to: &str,
+    field: Field,
     action: Action,
     reason: String,
+    decide: impl FnOnce(&str) -> Result<Option<String>, ApiError>,
 ) -> HandlerResult {
     let ctx = TenantContext {
         tenant_id: TenantId::from(id),
         actor_id: staff.0.actor_id(),
     };
+    let column = field.column();
     let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
-    let status: Option<String> = tx
+    let current: Option<String> = tx
         .query_opt(
-            "SELECT status FROM app.tenants WHERE tenant_id = $1 FOR UPDATE",
+            &format!("SELECT {column} FROM app.tenants WHERE tenant_id = $1 FOR UPDATE"),
             &[(&id, Type::UUID)],
         )
         .await?
         .map(|r| r.get(0));
-    let Some(status) = status else {
-        return Err(tenant_not_found());
-    };
-    if status != from {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_transition",
-            format!("The tenant is {status}; this needs it {from}."),
-        ));
+    let current = current.ok_or_else(tenant_not_found)?;
+    if let Some(to) = decide(&current)? {
+        tx.execute(
+            &format!(
+                "UPDATE app.tenants SET {column} = $2, updated_at = now() WHERE tenant_id = $1"
+            ),
+            &[(&id, Type::UUID), (&to, Type::TEXT)],
+        )
+        .await?;
+        let request_id = crate::http::current_request_id();
+        let details = json!({"from": current, "to": to, "reason": reason});
+        crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
+        tracing::info!(tenant_id = %id, column, "tenant changed by support");
     }
-    tx.execute(
-        "UPDATE app.tenants SET status = $2, updated_at = now() WHERE tenant_id = $1",
-        &[(&id, Type::UUID), (&to, Type::TEXT)],
-    )
-    .await?;
-    let request_id = crate::http::current_request_id();
-    let details = json!({"from": from, "to": to, "reason": reason});
-    crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
     tx.commit().await?;
-    tracing::info!(tenant_id = %id, from, to, "tenant status changed by support");
     json_response(StatusCode::OK, &one(app, id).await?)
+}
+
+/// A status change from `from` to `to`; 409 when the tenant is not in `from`.
+fn transition(
+    from: &'static str,
+    to: &'static str,
+) -> impl FnOnce(&str) -> Result<Option<String>, ApiError> {
+    move |status| {
+        if status == from {
+            Ok(Some(to.to_owned()))
+        } else {
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                format!("The tenant is {status}; this needs it {from}."),
+            ))
+        }
+    }
 }
 
 pub(super) async fn suspend(
@@ -293,14 +325,15 @@ pub(super) async fn suspend(
 ) -> HandlerResult {
     let reason = checked_reason(&body.reason)?;
     let id = path.id()?;
-    transition(
+    let decide = transition("active", "suspended");
+    change(
         &app,
         &staff,
         id,
-        "active",
-        "suspended",
+        Field::Status,
         Action::TenantSuspended,
         reason,
+        decide,
     )
     .await
 }
@@ -313,14 +346,15 @@ pub(super) async fn resume(
 ) -> HandlerResult {
     let reason = checked_reason(&body.reason)?;
     let id = path.id()?;
-    transition(
+    let decide = transition("suspended", "active");
+    change(
         &app,
         &staff,
         id,
-        "suspended",
-        "active",
+        Field::Status,
         Action::TenantResumed,
         reason,
+        decide,
     )
     .await
 }
@@ -339,38 +373,15 @@ pub(super) async fn set_plan(
         ));
     }
     let id = path.id()?;
-    let ctx = TenantContext {
-        tenant_id: TenantId::from(id),
-        actor_id: staff.0.actor_id(),
-    };
-    let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
-    let from: Option<String> = tx
-        .query_opt(
-            "SELECT plan FROM app.tenants WHERE tenant_id = $1 FOR UPDATE",
-            &[(&id, Type::UUID)],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let Some(from) = from else {
-        return Err(tenant_not_found());
-    };
-    if from != body.plan {
-        tx.execute(
-            "UPDATE app.tenants SET plan = $2, updated_at = now() WHERE tenant_id = $1",
-            &[(&id, Type::UUID), (&body.plan, Type::TEXT)],
-        )
-        .await?;
-        let request_id = crate::http::current_request_id();
-        let details = json!({"from": from, "to": body.plan, "reason": reason});
-        crate::audit::record(
-            &mut tx,
-            Action::PlanChanged,
-            None,
-            details,
-            Some(&request_id),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    json_response(StatusCode::OK, &one(&app, id).await?)
+    let plan = body.plan;
+    change(
+        &app,
+        &staff,
+        id,
+        Field::Plan,
+        Action::PlanChanged,
+        reason,
+        |from| Ok((from != plan).then_some(plan)),
+    )
+    .await
 }

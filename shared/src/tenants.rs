@@ -165,7 +165,7 @@ fn slugify(hint: &str, org_id: &str, marked: bool) -> String {
     if slug.len() < 2 {
         slug = format!("org-{slug}").trim_end_matches('-').to_owned();
     }
-    if marked || slug.len() < 2 {
+    if marked {
         let digest = sha2::Sha256::digest(org_id.as_bytes());
         let mark: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
         slug = format!("{}-{mark}", slug.trim_end_matches('-'));

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::{ApiError, json_from, require_json};
+use super::{ApiError, cut, json_from, require_json};
 use crate::auth::{AuthError, Principal, Staff};
 
 /// The authenticated caller of this request.
@@ -101,15 +101,11 @@ where
                     "invalid_query_parameters",
                     format!(
                         "The query string is not valid for this endpoint: {}",
-                        cut(&e.to_string())
+                        cut(&e.to_string(), 300)
                     ),
                 )
             })
     }
-}
-
-fn cut(s: &str) -> String {
-    s.chars().take(300).collect()
 }
 
 /// A JSON body parsed into `T` (use `#[serde(deny_unknown_fields)]` on `T`).

@@ -457,7 +457,8 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-fn cut(s: &str, max_chars: usize) -> String {
+/// `s`, at most `max_chars` characters (an ellipsis marks a cut).
+pub(crate) fn cut(s: &str, max_chars: usize) -> String {
     match s.char_indices().nth(max_chars) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),

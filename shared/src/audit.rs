@@ -50,11 +50,25 @@ pub enum Action {
     TenantResumed,
     /// Support changed the tenant's plan (details: from, to).
     PlanChanged,
+    /// A staff member started an impersonation session (target: the session; details: mode,
+    /// minutes, reason, ticket, approvals needed).
+    ImpersonationStarted,
+    /// A session was approved (details: by whom: staff or tenant).
+    ImpersonationApproved,
+    /// A session was ended early (details: by whom).
+    ImpersonationEnded,
+    /// A request under an impersonation session, recorded before it runs, reads and refusals
+    /// included (target: the path; details: method, route, whether it was allowed).
+    ImpersonatedRequest,
+    /// The owner changed the tenant's support access (details: from, to).
+    SupportAccessChanged,
+    /// All datasets and records were exported (`GET /v1/export`).
+    DataExported,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 21] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -70,6 +84,12 @@ impl Action {
         Action::TenantSuspended,
         Action::TenantResumed,
         Action::PlanChanged,
+        Action::ImpersonationStarted,
+        Action::ImpersonationApproved,
+        Action::ImpersonationEnded,
+        Action::ImpersonatedRequest,
+        Action::SupportAccessChanged,
+        Action::DataExported,
     ];
 
     /// The stable name (`dataset.created`).
@@ -90,6 +110,12 @@ impl Action {
             Action::TenantSuspended => "tenant.suspended",
             Action::TenantResumed => "tenant.resumed",
             Action::PlanChanged => "tenant.plan_changed",
+            Action::ImpersonationStarted => "impersonation.started",
+            Action::ImpersonationApproved => "impersonation.approved",
+            Action::ImpersonationEnded => "impersonation.ended",
+            Action::ImpersonatedRequest => "impersonation.request",
+            Action::SupportAccessChanged => "tenant.support_access_changed",
+            Action::DataExported => "data.exported",
         }
     }
 
@@ -156,6 +182,8 @@ pub struct ListFilter {
     pub action: Option<Action>,
     /// Only this actor.
     pub actor: Option<String>,
+    /// Only entries made under this impersonation session.
+    pub impersonation_id: Option<Uuid>,
     /// At or after.
     pub since: Option<DateTime<Utc>>,
     /// Before.
@@ -190,6 +218,9 @@ pub async fn list(tx: &mut TenantTx, f: &ListFilter) -> Result<Page, DbError> {
     }
     if let Some(actor) = &f.actor {
         wheres.push(format!("actor_id = {}", p.bind(actor.clone(), Type::TEXT)));
+    }
+    if let Some(id) = f.impersonation_id {
+        wheres.push(format!("impersonation_id = {}", p.bind(id, Type::UUID)));
     }
     if let Some(t) = f.since {
         wheres.push(format!("occurred_at >= {}", p.bind(t, Type::TIMESTAMPTZ)));

@@ -34,3 +34,47 @@ pub struct App {
     /// The billing provider (local unless a Stripe-linked function supplies its adapter).
     pub billing: Arc<dyn BillingSink>,
 }
+
+/// Why a principal's transaction could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    /// A read-only impersonation session needs the support role's pool, and this function has
+    /// none (`SUPPORT_DATABASE_URL` / `SUPPORT_DATABASE_SECRET_ARN` unset).
+    #[error("impersonation is not configured here")]
+    NoSupportPool,
+    /// The database refused or failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+}
+
+impl App {
+    /// Begins `principal`'s transaction: the one way a request reaches tenant data.
+    ///
+    /// Under a read-only impersonation session it runs on the support role's pool as the
+    /// impersonation role, which can read the tenant (while the session is live) and append to
+    /// its audit log, nothing else: the database, not only the handler, refuses any write.
+    /// Under any session, `app.impersonation_id` is set, so the audit log records it with every
+    /// entry.
+    pub async fn begin_for(
+        &self,
+        principal: &crate::auth::Principal,
+        access: crate::db::Access,
+        mut settings: crate::db::TxSettings,
+    ) -> Result<crate::db::TenantTx, BeginError> {
+        let ctx = principal.tenant_context();
+        let Some(session) = principal.impersonation() else {
+            return Ok(self.db.begin_with(&ctx, access, settings).await?);
+        };
+        settings.impersonation_id = Some(session.session_id);
+        match session.mode {
+            crate::auth::ImpersonationMode::ReadWrite => {
+                Ok(self.db.begin_with(&ctx, access, settings).await?)
+            }
+            crate::auth::ImpersonationMode::ReadOnly => {
+                let db = self.support_db.as_ref().ok_or(BeginError::NoSupportPool)?;
+                settings.impersonation_role = true;
+                Ok(db.begin_with(&ctx, access, settings).await?)
+            }
+        }
+    }
+}

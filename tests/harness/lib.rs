@@ -784,8 +784,20 @@ impl TestApp {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes: &[u8] = resp.body().as_ref();
+        let ndjson = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/x-ndjson");
         let json = if bytes.is_empty() {
             serde_json::Value::Null
+        } else if ndjson {
+            // One JSON document per line (an export): the lines, as an array.
+            serde_json::Value::Array(
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).unwrap())
+                    .collect(),
+            )
         } else {
             serde_json::from_slice(bytes).unwrap()
         };

@@ -27,8 +27,28 @@ const OWNER_LOOKUP_TABLES: &[&str] = &[
     "app.api_keys",
     "app.billing_customers",
     "app.chunks",
+    "app.impersonation_sessions",
     "app.tenants",
 ];
+
+/// Tables a read-only impersonation session reads (as `tenantry_impersonation`), each with a
+/// restrictive policy for that role that requires the transaction's session to be live.
+const IMPERSONATION_TABLES: &[&str] = &[
+    "app.audit_events",
+    "app.audit_heads",
+    "app.billing_customers",
+    "app.billing_reconciliations",
+    "app.chunks",
+    "app.datasets",
+    "app.impersonation_sessions",
+    "app.records",
+    "app.tenants",
+    "app.usage_deliveries",
+    "app.usage_events",
+];
+
+/// The restrictive policy's clauses, as Postgres prints them.
+const LIVE_SESSION_CLAUSE: &str = "(SELECT app.impersonation_live() AS impersonation_live)";
 
 /// Tables the support role reads across tenants (counts and states for the admin routes), with
 /// its read-only policy for itself alone; `roles.rs` pins which columns it may read.
@@ -36,6 +56,7 @@ const SUPPORT_READ_TABLES: &[&str] = &[
     "app.billing_customers",
     "app.billing_reconciliations",
     "app.chunks",
+    "app.impersonation_sessions",
     "app.members",
     "app.tenants",
     "app.usage_deliveries",
@@ -52,6 +73,11 @@ const DEFINERS: &[(&str, &str)] = &[
         "app.tenant_for_auth0_org(text)",
         "TABLE(tenant_id uuid, status text)",
     ),
+    (
+        "app.impersonation_for(uuid)",
+        "TABLE(tenant_id uuid, staff_id text, mode text, allow_export boolean, expires_at timestamp with time zone, ended boolean, awaiting_approval boolean, tenant_status text, support_access text)",
+    ),
+    ("app.impersonation_live()", "boolean"),
     ("app.tenant_for_stripe_customer(text)", "SETOF uuid"),
     ("app.tenant_ids()", "TABLE(tenant_id uuid, status text)"),
     ("app.tenants_with_pending_chunks(interval)", "SETOF uuid"),
@@ -210,6 +236,16 @@ pub async fn violations(client: &Client) -> Vec<String> {
                 &["tenantry_support".to_owned()],
             ));
         }
+        if IMPERSONATION_TABLES.contains(&name.as_str()) {
+            expected.push(policy_shape(
+                "impersonation_live",
+                "*",
+                false,
+                LIVE_SESSION_CLAUSE,
+                LIVE_SESSION_CLAUSE,
+                &["tenantry_impersonation".to_owned()],
+            ));
+        }
         expected.sort();
         for e in &expected {
             if !found.contains(e) {
@@ -303,13 +339,14 @@ pub async fn violations(client: &Client) -> Vec<String> {
             volatility.as_str(),
             language.as_str(),
         );
-        let want = (
-            *contract,
-            DEFINER_CONFIG,
-            "tenantry_app".to_owned(),
-            "s",
-            "sql",
-        );
+        // The one lookup the app role does not call: the restrictive policies of read-only
+        // impersonation sessions call it, as the role they run as.
+        let caller = if name == "app.impersonation_live()" {
+            "tenantry_impersonation"
+        } else {
+            "tenantry_app"
+        };
+        let want = (*contract, DEFINER_CONFIG, caller.to_owned(), "s", "sql");
         if shape != want {
             out.push(format!(
                 "{name}: SECURITY DEFINER (result, config, callers, volatility, language) is \

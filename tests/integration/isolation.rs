@@ -194,6 +194,21 @@ const TABLES: &[Table] = &[
         update_refused: None,
         delete_refused: Some("audit_heads is append-only: DELETE refused"),
     },
+    Table {
+        name: "impersonation_sessions",
+        insert: "INSERT INTO app.impersonation_sessions (tenant_id, session_id, staff_id, reason, mode, \
+                 needs_staff_approval, needs_tenant_approval, expires_at) \
+                 VALUES ($1, gen_random_uuid(), 'auth0|x', 'a long enough reason', 'read_only', \
+                 false, false, now() + interval '5 minutes')",
+        // Only approvals and the end may change (once); this changes nothing.
+        touch: "ended_by = ended_by",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: true,
+        update_refused: None,
+        delete_refused: Some("impersonation_sessions is append-only: DELETE refused"),
+    },
 ];
 
 /// A trigger's refusal, or what the statement does without it.
@@ -278,6 +293,13 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
         (
             "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
              VALUES ($1, 'stripe', 'evt_shared', 'invoice.paid')",
+            None,
+        ),
+        (
+            "INSERT INTO app.impersonation_sessions (tenant_id, session_id, staff_id, reason, mode, \
+               needs_staff_approval, needs_tenant_approval, expires_at) \
+             VALUES ($1, gen_random_uuid(), 'auth0|shared', 'a long enough reason', 'read_only', \
+               false, false, now() + interval '5 minutes')",
             None,
         ),
     ] {

@@ -13,6 +13,8 @@ mod catalog;
 mod contract;
 mod edge;
 mod embed_queue;
+mod export;
+mod impersonation;
 mod ingest_faults;
 mod isolation;
 mod lifecycle;

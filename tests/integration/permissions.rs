@@ -98,6 +98,37 @@ const MATRIX: &[(&str, &str, &str, u16)] = &[
         "manage_api_keys",
         204,
     ),
+    ("GET /v1/export", "owner admin", "export_data", 200),
+    (
+        "GET /v1/impersonations",
+        "owner admin",
+        "oversee_support",
+        200,
+    ),
+    (
+        "POST /v1/impersonations/{session}/approve",
+        "owner admin",
+        "oversee_support",
+        200,
+    ),
+    (
+        "POST /v1/impersonations/{session}/end",
+        "owner admin",
+        "oversee_support",
+        200,
+    ),
+    (
+        "GET /v1/settings/support-access",
+        "owner admin",
+        "oversee_support",
+        200,
+    ),
+    (
+        "PUT /v1/settings/support-access",
+        "owner",
+        "manage_support_access",
+        200,
+    ),
 ];
 
 struct World {
@@ -113,6 +144,16 @@ impl World {
         let app = TestApp::new().await;
         let (tenant, admin) = app.tenant_with_token("alpha").await;
         app.create_dataset(&admin, ORDERS).await;
+        // Every support session waits for the tenant, so each approval has something to do.
+        app.db
+            .admin()
+            .await
+            .execute(
+                "UPDATE app.tenants SET support_access = 'ask' WHERE tenant_id = $1",
+                &[&tenant.as_uuid()],
+            )
+            .await
+            .unwrap();
         let mut tokens = Vec::new();
         for (caller, roles) in [
             ("owner", &["owner"][..]),
@@ -255,14 +296,83 @@ impl World {
                     Probe::KeyLive(id.to_owned()),
                 )
             }
+            "GET /v1/export" => ("/v1/export".into(), None, Probe::None),
+            "GET /v1/impersonations" => ("/v1/impersonations".into(), None, Probe::None),
+            "POST /v1/impersonations/{session}/approve"
+            | "POST /v1/impersonations/{session}/end" => {
+                let id = self.session().await;
+                let (path, check) = if route.ends_with("/approve") {
+                    ("approve", "tenant_approved_at IS NOT NULL")
+                } else {
+                    ("end", "ended_at IS NOT NULL")
+                };
+                (
+                    format!("/v1/impersonations/{id}/{path}"),
+                    None,
+                    Probe::Sql(format!(
+                        "SELECT {check} FROM app.impersonation_sessions \
+                         WHERE tenant_id = $1 AND session_id = '{id}'"
+                    )),
+                )
+            }
+            "GET /v1/settings/support-access" => {
+                ("/v1/settings/support-access".into(), None, Probe::None)
+            }
+            "PUT /v1/settings/support-access" => {
+                self.app
+                    .db
+                    .admin()
+                    .await
+                    .execute(
+                        "UPDATE app.tenants SET support_access = 'ask' WHERE tenant_id = $1",
+                        &[&self.tenant.as_uuid()],
+                    )
+                    .await
+                    .unwrap();
+                (
+                    "/v1/settings/support-access".into(),
+                    Some(json!({"support_access": "off"}).to_string()),
+                    Probe::Sql(
+                        "SELECT support_access = 'off' FROM app.tenants WHERE tenant_id = $1"
+                            .into(),
+                    ),
+                )
+            }
             other => panic!("no request for {other}: add the route to MATRIX and to this test"),
         }
+    }
+
+    /// A new support session waiting for the tenant's approval.
+    async fn session(&self) -> String {
+        let staff = TestApp::staff_token("auth0|sam", &["support"]);
+        let body = json!({"tenant": self.tenant.to_string(), "reason": "Checking a report, SUP-1", "minutes": 10});
+        let r = self
+            .app
+            .call(
+                "POST",
+                "/admin/v1/impersonations",
+                &staff,
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+        r.json["id"].as_str().unwrap().to_owned()
     }
 
     /// What the probe sees now: whether the thing exists (or the key is live).
     async fn probe(&self, probe: &Probe) -> Option<bool> {
         match probe {
             Probe::None => None,
+            Probe::Sql(sql) => Some(
+                self.app
+                    .db
+                    .admin()
+                    .await
+                    .query_one(sql.as_str(), &[&self.tenant.as_uuid()])
+                    .await
+                    .unwrap()
+                    .get(0),
+            ),
             Probe::Exists(path) => Some(self.as_admin("GET", path, None).await.0 == 200),
             Probe::KeyNamed(name) => {
                 let (_, doc) = self.as_admin("GET", "/v1/api-keys", None).await;
@@ -290,6 +400,8 @@ enum Probe {
     Exists(String),
     KeyNamed(String),
     KeyLive(String),
+    /// A boolean the superuser reads (`$1`: the tenant).
+    Sql(String),
 }
 
 fn method_and_template(route: &str) -> (&str, &str) {

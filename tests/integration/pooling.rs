@@ -193,6 +193,7 @@ const SESSION_JSON: &str = "json_build_object(
     'pid', pg_backend_pid(),
     'tenant', coalesce(current_setting('app.tenant_id', true), ''),
     'actor', coalesce(current_setting('app.actor_id', true), ''),
+    'impersonation', coalesce(current_setting('app.impersonation_id', true), ''),
     'statement_timeout', current_setting('statement_timeout'),
     'time_zone', current_setting('TimeZone'),
     'ef_search', coalesce(current_setting('hnsw.ef_search', true), ''),
@@ -227,6 +228,7 @@ struct Session {
     pid: i64,
     tenant: String,
     actor: String,
+    impersonation: String,
     statement_timeout: String,
     time_zone: String,
     ef_search: String,
@@ -242,6 +244,7 @@ impl Session {
             pid: v["pid"].as_i64().unwrap(),
             tenant: s("tenant"),
             actor: s("actor"),
+            impersonation: s("impersonation"),
             statement_timeout: s("statement_timeout"),
             time_zone: s("time_zone"),
             ef_search: s("ef_search"),
@@ -257,6 +260,11 @@ impl Session {
         for (what, now, before) in [
             ("app.tenant_id", &self.tenant, &baseline.tenant),
             ("app.actor_id", &self.actor, &baseline.actor),
+            (
+                "app.impersonation_id",
+                &self.impersonation,
+                &baseline.impersonation,
+            ),
             (
                 "statement_timeout",
                 &self.statement_timeout,
@@ -352,6 +360,8 @@ async fn use_once(db: &Db, tenant: TenantId, how: Use, n: usize) -> Option<i64> 
         Use::TimeoutSetThenCommit | Use::ReadOnlyCommit => TxSettings {
             statement_timeout: Some(Duration::from_secs(7)),
             hnsw_ef_search: Some(EF_SEARCH),
+            impersonation_id: Some(uuid::Uuid::from_u128(n as u128 + 1)),
+            ..TxSettings::default()
         },
         _ => TxSettings::default(),
     };

@@ -96,6 +96,14 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("datasets", "INSERT"),
     ("datasets", "SELECT"),
     ("datasets", "UPDATE"),
+    ("impersonation_sessions", "INSERT"),
+    ("impersonation_sessions", "SELECT"),
+    ("impersonation_sessions.ended_at", "UPDATE"),
+    ("impersonation_sessions.ended_by", "UPDATE"),
+    ("impersonation_sessions.staff_approved_at", "UPDATE"),
+    ("impersonation_sessions.staff_approved_by", "UPDATE"),
+    ("impersonation_sessions.tenant_approved_at", "UPDATE"),
+    ("impersonation_sessions.tenant_approved_by", "UPDATE"),
     ("members", "DELETE"),
     ("members", "INSERT"),
     ("members", "SELECT"),
@@ -141,8 +149,34 @@ const SUPPORT_GRANTS: &[(&str, &str)] = &[
     ("chunks.created_at", "SELECT"),
     ("chunks.embedding_model", "SELECT"),
     ("chunks.tenant_id", "SELECT"),
+    ("impersonation_sessions", "SELECT"),
     ("members.removed_at", "SELECT"),
     ("members.tenant_id", "SELECT"),
+    ("tenants", "SELECT"),
+    ("usage_deliveries", "SELECT"),
+    ("usage_events", "SELECT"),
+];
+
+/// The read-only impersonation role's grants, exactly: it reads the tenant's data and state (not
+/// API keys, members or webhooks) and appends to the audit log; the support role switches to it
+/// inside a session's transaction.
+const IMPERSONATION_GRANTS: &[(&str, &str)] = &[
+    ("audit_events", "SELECT"),
+    ("audit_events.action", "INSERT"),
+    ("audit_events.details", "INSERT"),
+    ("audit_events.request_id", "INSERT"),
+    ("audit_events.target", "INSERT"),
+    ("audit_events.tenant_id", "INSERT"),
+    ("audit_heads", "INSERT"),
+    ("audit_heads", "SELECT"),
+    ("audit_heads.hash", "UPDATE"),
+    ("audit_heads.seq", "UPDATE"),
+    ("billing_customers", "SELECT"),
+    ("billing_reconciliations", "SELECT"),
+    ("chunks", "SELECT"),
+    ("datasets", "SELECT"),
+    ("impersonation_sessions", "SELECT"),
+    ("records", "SELECT"),
     ("tenants", "SELECT"),
     ("usage_deliveries", "SELECT"),
     ("usage_events", "SELECT"),
@@ -154,6 +188,8 @@ const APP_FUNCTIONS: &[&str] = &[
     "app.audit_hash(app.audit_events)",
     "app.current_actor_id()",
     "app.current_tenant_id()",
+    "app.impersonation_for(uuid)",
+    "app.impersonation_usable(app.impersonation_sessions)",
     "app.tenant_for_auth0_org(text)",
     "app.tenant_for_stripe_customer(text)",
     "app.tenant_ids()",
@@ -167,6 +203,7 @@ async fn app_role_has_exactly_the_grants_the_migrations_give() {
     for (role, pinned) in [
         ("tenantry_app", APP_GRANTS),
         ("tenantry_support", SUPPORT_GRANTS),
+        ("tenantry_impersonation", IMPERSONATION_GRANTS),
     ] {
         let grants: Vec<(String, String)> = admin
             .query(

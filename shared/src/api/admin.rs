@@ -124,7 +124,7 @@ async fn tenants(
         .collect())
 }
 
-fn support_db(app: &App) -> Result<&Db, ApiError> {
+pub(super) fn support_db(app: &App) -> Result<&Db, ApiError> {
     app.support_db.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -195,7 +195,7 @@ impl TenantPath {
     }
 }
 
-fn tenant_not_found() -> ApiError {
+pub(super) fn tenant_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant.")
 }
 
@@ -229,7 +229,7 @@ pub(super) struct PlanChange {
     reason: String,
 }
 
-fn checked_reason(reason: &str) -> Result<String, ApiError> {
+pub(super) fn checked_reason(reason: &str) -> Result<String, ApiError> {
     let r = reason.trim();
     if r.chars().count() < 10 || r.chars().count() > 500 || r.chars().any(char::is_control) {
         return Err(ApiError::bad_request(

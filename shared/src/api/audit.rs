@@ -23,6 +23,7 @@ const MAX_LIMIT: i64 = 200;
 pub(super) struct AuditQuery {
     action: Option<String>,
     actor: Option<String>,
+    impersonation: Option<uuid::Uuid>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     cursor: Option<String>,
@@ -66,6 +67,7 @@ impl AuditQuery {
         Ok(ListFilter {
             action,
             actor: self.actor,
+            impersonation_id: self.impersonation,
             since: self.since,
             until: self.until,
             before_seq,

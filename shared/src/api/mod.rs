@@ -8,6 +8,8 @@ mod api_keys;
 mod ask;
 mod audit;
 mod datasets;
+mod export;
+mod impersonation;
 mod me;
 mod query;
 mod records;
@@ -99,6 +101,13 @@ pub static ROUTES: &[Route] = &[
     ),
     route(
         Method::GET,
+        "/v1/export",
+        "datasets",
+        P::ExportData,
+        endpoint!(export::export),
+    ),
+    route(
+        Method::GET,
         "/v1/usage",
         "usage",
         P::ReadBilling,
@@ -166,6 +175,65 @@ pub static ROUTES: &[Route] = &[
         "/admin/v1/tenants/{tenant}/plan",
         S::SupportAdmin,
         endpoint!(admin::set_plan),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/impersonations",
+        S::SupportRead,
+        endpoint!(impersonation::start),
+    ),
+    staff_route(
+        Method::GET,
+        "/admin/v1/impersonations",
+        S::SupportRead,
+        endpoint!(impersonation::staff_list),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/impersonations/{session}/approve",
+        S::SupportAdmin,
+        endpoint!(impersonation::staff_approve),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/impersonations/{session}/end",
+        S::SupportRead,
+        endpoint!(impersonation::staff_end),
+    ),
+    route(
+        Method::GET,
+        "/v1/impersonations",
+        "audit",
+        P::OverseeSupport,
+        endpoint!(impersonation::tenant_list),
+    ),
+    route(
+        Method::POST,
+        "/v1/impersonations/{session}/approve",
+        "audit",
+        P::OverseeSupport,
+        endpoint!(impersonation::tenant_approve),
+    ),
+    route(
+        Method::POST,
+        "/v1/impersonations/{session}/end",
+        "audit",
+        P::OverseeSupport,
+        endpoint!(impersonation::tenant_end),
+    ),
+    route(
+        Method::GET,
+        "/v1/settings/support-access",
+        "audit",
+        P::OverseeSupport,
+        endpoint!(impersonation::get_support_access),
+    ),
+    route(
+        Method::PUT,
+        "/v1/settings/support-access",
+        "audit",
+        P::ManageSupportAccess,
+        endpoint!(impersonation::set_support_access),
     ),
     route(
         Method::GET,
@@ -266,6 +334,10 @@ async fn meter(
     source: &str,
 ) -> Result<(), ApiError> {
     let principal = caller.principal();
+    // Support's requests under impersonation are ours, not the tenant's: nothing accrues.
+    if principal.impersonation().is_some() {
+        return Ok(());
+    }
     let event = UsageEvent::now(principal.tenant_id, meter, quantity, source);
     emit(
         app.usage_queue.as_ref(),
@@ -310,9 +382,5 @@ async fn begin_with(
     access: Access,
     settings: TxSettings,
 ) -> Result<TenantTx, ApiError> {
-    let principal = caller.principal();
-    Ok(app
-        .db
-        .begin_with(&principal.tenant_context(), access, settings)
-        .await?)
+    Ok(app.begin_for(caller.principal(), access, settings).await?)
 }

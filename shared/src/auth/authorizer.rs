@@ -15,7 +15,8 @@
 //!
 //! Admin routes (`/admin/...`) take staff tokens only ([`Authenticator::authenticate_staff`]),
 //! checked on every request (no cache: staff traffic is small and a removed staff role must stop
-//! at once); every other route refuses a staff token.
+//! at once); every other route refuses a staff token, unless it names an impersonation session
+//! of that staff member (`Tenantry-Impersonation`), which is checked on every request too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -134,7 +135,9 @@ impl Authorizer {
     }
 
     fn remember(&self, key: [u8; 32], p: &Principal) {
-        if self.ttl.is_zero() {
+        // An impersonation session is checked on every request: ended or expired, it must stop
+        // at once.
+        if self.ttl.is_zero() || p.impersonation().is_some() {
             return;
         }
         if let Ok(mut cache) = self.cache.lock() {
@@ -157,7 +160,7 @@ fn is_admin_route(route_key: &str) -> bool {
 /// an entry only if they carry the same credentials.
 fn cache_key(headers: &HeaderMap) -> [u8; 32] {
     let mut h = Sha256::new();
-    for name in ["authorization", "x-api-key"] {
+    for name in ["authorization", "x-api-key", super::IMPERSONATION_HEADER] {
         for v in headers.get_all(name) {
             h.update(name.as_bytes());
             h.update([0]);
@@ -186,6 +189,13 @@ mod tests {
         assert_ne!(a, of(&[("authorization", "Bearer b")]));
         assert_ne!(a, of(&[("x-api-key", "Bearer a")]));
         assert_ne!(a, of(&[("authorization", "Bearer a"), ("x-api-key", "k")]));
+        assert_ne!(
+            a,
+            of(&[
+                ("authorization", "Bearer a"),
+                ("tenantry-impersonation", "s")
+            ])
+        );
         assert_ne!(
             of(&[("authorization", "ab"), ("authorization", "c")]),
             of(&[("authorization", "a"), ("authorization", "bc")])

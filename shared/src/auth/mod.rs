@@ -39,7 +39,61 @@ pub enum Subject {
         /// What the key was made for.
         scopes: Vec<Scope>,
     },
+    /// A support staff member acting in the tenant through an impersonation session.
+    Support {
+        /// The staff member's Auth0 `sub`.
+        id: String,
+        /// The session they act under.
+        session: Impersonation,
+    },
 }
+
+/// The impersonation session a staff member's request acts under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Impersonation {
+    /// The session's id (what the `Tenantry-Impersonation` header carries).
+    pub session_id: Uuid,
+    /// What the session allows.
+    pub mode: ImpersonationMode,
+    /// Whether the session may export the tenant's data (approved at its start).
+    pub allow_export: bool,
+    /// When it ends on its own.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What an impersonation session may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImpersonationMode {
+    /// Read the tenant's data; every transaction runs as a role that cannot write.
+    ReadOnly,
+    /// Also write the tenant's data (approved by a second `support_admin`).
+    ReadWrite,
+}
+
+impl ImpersonationMode {
+    /// The stored and shown name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImpersonationMode::ReadOnly => "read_only",
+            ImpersonationMode::ReadWrite => "read_write",
+        }
+    }
+
+    /// The mode of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "read_only" => Some(ImpersonationMode::ReadOnly),
+            "read_write" => Some(ImpersonationMode::ReadWrite),
+            _ => None,
+        }
+    }
+}
+
+/// The request header naming the impersonation session a staff token acts under; the response
+/// carries it back (`<session id>; mode=<mode>; expires_at=<RFC 3339>`) so a console can show a
+/// banner.
+pub const IMPERSONATION_HEADER: &str = "tenantry-impersonation";
 
 /// An authenticated caller: the tenant it acts in, who it is, and its roles.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,6 +114,15 @@ impl Principal {
         match &self.subject {
             Subject::User { id } => format!("user:{id}"),
             Subject::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
+            Subject::Support { id, .. } => format!("staff:{id}"),
+        }
+    }
+
+    /// The impersonation session this request acts under, if any.
+    pub fn impersonation(&self) -> Option<&Impersonation> {
+        match &self.subject {
+            Subject::Support { session, .. } => Some(session),
+            _ => None,
         }
     }
 
@@ -109,9 +172,24 @@ pub enum AuthError {
     #[error("staff token on a tenant route")]
     StaffToken,
     /// Not a staff member (another organization's token, no staff role, an API key) on an admin
-    /// route.
+    /// route, or a tenant's token naming an impersonation session.
     #[error("not staff")]
     NotStaff,
+    /// The impersonation session does not exist, or is another staff member's (one answer).
+    #[error("unknown impersonation session")]
+    ImpersonationInvalid,
+    /// The impersonation session was ended.
+    #[error("impersonation session ended")]
+    ImpersonationEnded,
+    /// The impersonation session ran out of time.
+    #[error("impersonation session expired")]
+    ImpersonationExpired,
+    /// The impersonation session waits for an approval (a second support_admin, or the tenant).
+    #[error("impersonation session awaits approval")]
+    ImpersonationAwaitingApproval,
+    /// The tenant's owner has turned support access off.
+    #[error("support access is off")]
+    SupportAccessOff,
     /// The keys or the tenant mapping could not be read.
     #[error("authentication unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -161,7 +239,13 @@ impl Authenticator {
     /// Exactly one credential: two `Authorization` headers, two `X-Api-Key` headers, one of each,
     /// or a value holding a comma (API Gateway joins repeated headers with commas; no token or
     /// key contains one) is [`AuthError::Ambiguous`]: we never pick one of several.
+    ///
+    /// A request naming an impersonation session (`Tenantry-Impersonation`) must carry the staff
+    /// token of the staff member who started it, and acts in that session's tenant.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        if let Some(session) = single(headers, IMPERSONATION_HEADER)? {
+            return self.by_impersonation(headers, session).await;
+        }
         let authorization = single(headers, http::header::AUTHORIZATION.as_str())?;
         let api_key = single(headers, "x-api-key")?;
         if authorization.is_some() && api_key.is_some() {
@@ -211,6 +295,57 @@ impl Authenticator {
             },
             permissions: Permissions::for_roles(&roles),
             roles,
+        })
+    }
+
+    /// A staff member acting in a tenant: their staff token, and a session of theirs that is
+    /// usable now, in a tenant that lets support in.
+    async fn by_impersonation(
+        &self,
+        headers: &HeaderMap,
+        session: &http::HeaderValue,
+    ) -> Result<Principal, AuthError> {
+        let staff = self.authenticate_staff(headers).await?;
+        let session_id = session
+            .to_str()
+            .ok()
+            .and_then(|s| Uuid::parse_str(s.trim()).ok())
+            .ok_or(AuthError::ImpersonationInvalid)?;
+        let found = self
+            .db
+            .impersonation_session(session_id)
+            .await?
+            .filter(|s| s.staff_id == staff.id)
+            .ok_or(AuthError::ImpersonationInvalid)?;
+        if found.ended {
+            return Err(AuthError::ImpersonationEnded);
+        }
+        if found.expires_at <= chrono::Utc::now() {
+            return Err(AuthError::ImpersonationExpired);
+        }
+        if found.tenant_status == "closed" {
+            return Err(AuthError::TenantClosed);
+        }
+        if found.support_access == "off" {
+            return Err(AuthError::SupportAccessOff);
+        }
+        if found.awaiting_approval {
+            return Err(AuthError::ImpersonationAwaitingApproval);
+        }
+        let mode = ImpersonationMode::parse(&found.mode).ok_or(AuthError::ImpersonationInvalid)?;
+        Ok(Principal {
+            tenant_id: found.tenant_id,
+            permissions: Permissions::for_impersonation(mode, found.allow_export),
+            subject: Subject::Support {
+                id: staff.id,
+                session: Impersonation {
+                    session_id,
+                    mode,
+                    allow_export: found.allow_export,
+                    expires_at: found.expires_at,
+                },
+            },
+            roles: Vec::new(),
         })
     }
 

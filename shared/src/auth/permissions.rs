@@ -11,13 +11,24 @@
 //! | `manage_members`  |   ✓   |   ✓   |        |        |            |              |
 //! | `read_billing`    |   ✓   |   ✓   |        |        |            |              |
 //! | `read_audit`      |   ✓   |   ✓   |        |        |            |              |
+//! | `export_data`     |   ✓   |   ✓   |        |        |            |              |
+//! | `oversee_support` |   ✓   |   ✓   |        |        |            |              |
+//! | `manage_support_access` | ✓ |     |        |        |            |              |
 //!
 //! Unknown role names grant nothing, and a person with no known role can only read who they are
 //! (`GET /v1/me`). No scope grants key or member management, so a leaked key cannot mint keys
-//! or entrench itself. The README and the OpenAPI document carry the same table; a unit test
+//! or entrench itself.
+//!
+//! Support staff acting through an impersonation session hold a fixed set
+//! ([`Permissions::for_impersonation`]): a read-only session reads, queries, asks and reads
+//! usage and the audit log; a read-write session also writes data and manages datasets; an
+//! export needs a session approved for it. No session manages API keys, members or support
+//! access, or oversees support sessions. The README and the OpenAPI document carry the same table; a unit test
 //! below pins it.
 
 use serde::{Serialize, Serializer};
+
+use super::ImpersonationMode;
 
 /// One thing a route may need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,11 +49,17 @@ pub enum Permission {
     ReadBilling,
     /// Read the tenant's audit log.
     ReadAudit,
+    /// Download all the tenant's datasets and records (`GET /v1/export`).
+    ExportData,
+    /// See support's impersonation sessions on the tenant, approve and end them.
+    OverseeSupport,
+    /// Decide whether support may come in at all (the tenant's support access setting).
+    ManageSupportAccess,
 }
 
 impl Permission {
     /// Every permission, in the order of the table above.
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 11] = [
         Permission::ReadData,
         Permission::Query,
         Permission::WriteData,
@@ -51,6 +68,9 @@ impl Permission {
         Permission::ManageMembers,
         Permission::ReadBilling,
         Permission::ReadAudit,
+        Permission::ExportData,
+        Permission::OverseeSupport,
+        Permission::ManageSupportAccess,
     ];
 
     /// The stable name used in problem documents, `/v1/me` and the OpenAPI document.
@@ -64,6 +84,9 @@ impl Permission {
             Permission::ManageMembers => "manage_members",
             Permission::ReadBilling => "read_billing",
             Permission::ReadAudit => "read_audit",
+            Permission::ExportData => "export_data",
+            Permission::OverseeSupport => "oversee_support",
+            Permission::ManageSupportAccess => "manage_support_access",
         }
     }
 
@@ -120,6 +143,23 @@ impl Permissions {
             .iter()
             .filter_map(|r| Role::parse(r.as_ref()))
             .fold(Self::NONE, |acc, r| acc.union(r.permissions()))
+    }
+
+    /// What a staff member may do in a tenant under an impersonation session of `mode`.
+    pub const fn for_impersonation(mode: ImpersonationMode, allow_export: bool) -> Self {
+        use Permission as P;
+        let read = Permissions::of(&[P::ReadData, P::Query, P::ReadBilling, P::ReadAudit]);
+        let base = match mode {
+            ImpersonationMode::ReadOnly => read,
+            ImpersonationMode::ReadWrite => {
+                read.union(Permissions::of(&[P::WriteData, P::ManageDatasets]))
+            }
+        };
+        if allow_export {
+            base.union(Permissions::of(&[P::ExportData]))
+        } else {
+            base
+        }
     }
 
     /// What an API key with `scopes` may do.
@@ -180,7 +220,19 @@ impl Role {
     pub const fn permissions(self) -> Permissions {
         use Permission as P;
         match self {
-            Role::Owner | Role::Admin => Permissions::of(&P::ALL),
+            Role::Owner => Permissions::of(&P::ALL),
+            Role::Admin => Permissions::of(&[
+                P::ReadData,
+                P::Query,
+                P::WriteData,
+                P::ManageDatasets,
+                P::ManageApiKeys,
+                P::ManageMembers,
+                P::ReadBilling,
+                P::ReadAudit,
+                P::ExportData,
+                P::OverseeSupport,
+            ]),
             Role::Member => {
                 Permissions::of(&[P::ReadData, P::Query, P::WriteData, P::ManageDatasets])
             }
@@ -243,7 +295,11 @@ mod tests {
     fn the_role_and_scope_table_is_the_documented_one() {
         let all = names(Permissions::of(&Permission::ALL));
         assert_eq!(names(Role::Owner.permissions()), all);
-        assert_eq!(names(Role::Admin.permissions()), all);
+        assert_eq!(
+            names(Role::Admin.permissions()),
+            &all[..all.len() - 1],
+            "all but manage_support_access"
+        );
         assert_eq!(
             names(Role::Member.permissions()),
             ["read_data", "query", "write_data", "manage_datasets"]
@@ -251,6 +307,39 @@ mod tests {
         assert_eq!(names(Role::Viewer.permissions()), ["read_data", "query"]);
         assert_eq!(names(Scope::Read.permissions()), ["read_data", "query"]);
         assert_eq!(names(Scope::Ingest.permissions()), ["write_data"]);
+    }
+
+    #[test]
+    fn impersonation_never_manages_keys_members_or_support() {
+        use ImpersonationMode::*;
+        assert_eq!(
+            names(Permissions::for_impersonation(ReadOnly, false)),
+            ["read_data", "query", "read_billing", "read_audit"]
+        );
+        assert_eq!(
+            names(Permissions::for_impersonation(ReadWrite, false)),
+            [
+                "read_data",
+                "query",
+                "write_data",
+                "manage_datasets",
+                "read_billing",
+                "read_audit"
+            ]
+        );
+        for mode in [ReadOnly, ReadWrite] {
+            let with_export = Permissions::for_impersonation(mode, true);
+            assert!(with_export.contains(Permission::ExportData));
+            assert!(!Permissions::for_impersonation(mode, false).contains(Permission::ExportData));
+            for p in [
+                Permission::ManageApiKeys,
+                Permission::ManageMembers,
+                Permission::OverseeSupport,
+                Permission::ManageSupportAccess,
+            ] {
+                assert!(!with_export.contains(p), "{mode:?} {p:?}");
+            }
+        }
     }
 
     #[test]

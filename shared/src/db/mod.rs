@@ -142,6 +142,29 @@ pub struct StoredApiKey {
     pub scopes: Vec<String>,
 }
 
+/// An impersonation session as authentication sees it (before any tenant is known).
+#[derive(Clone, Debug)]
+pub struct ImpersonationLookup {
+    /// The tenant it acts in.
+    pub tenant_id: TenantId,
+    /// The staff member who started it (Auth0 `sub`).
+    pub staff_id: String,
+    /// `read_only` or `read_write`.
+    pub mode: String,
+    /// Whether it may export.
+    pub allow_export: bool,
+    /// When it ends on its own.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Whether it was ended early.
+    pub ended: bool,
+    /// Whether an approval it needs is still missing.
+    pub awaiting_approval: bool,
+    /// The tenant's status.
+    pub tenant_status: String,
+    /// The tenant's support access setting (`off`, `read_only`, `ask`).
+    pub support_access: String,
+}
+
 /// The functions' connection pool. Cheap to clone; build it once per cold start.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -238,6 +261,33 @@ impl Db {
             hash: r.get(2),
             revoked: r.get(3),
             scopes: r.get(5),
+        }))
+    }
+
+    /// An impersonation session by its id (before any tenant is known; authentication).
+    pub async fn impersonation_session(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Option<ImpersonationLookup>, DbError> {
+        let client = self.checkout().await?;
+        let row = client
+            .query_typed_opt(
+                "SELECT tenant_id, staff_id, mode, allow_export, expires_at, ended, \
+                        awaiting_approval, tenant_status, support_access \
+                 FROM app.impersonation_for($1)",
+                &[(&session_id, Type::UUID)],
+            )
+            .await?;
+        Ok(row.map(|r| ImpersonationLookup {
+            tenant_id: TenantId::from(r.get::<_, Uuid>(0)),
+            staff_id: r.get(1),
+            mode: r.get(2),
+            allow_export: r.get(3),
+            expires_at: r.get(4),
+            ended: r.get(5),
+            awaiting_approval: r.get(6),
+            tenant_status: r.get(7),
+            support_access: r.get(8),
         }))
     }
 

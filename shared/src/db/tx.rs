@@ -29,6 +29,9 @@ pub enum Access {
     ReadOnly,
     /// A normal read-write transaction.
     ReadWrite,
+    /// `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`: every statement sees the same
+    /// snapshot (an export, read a page at a time, is one consistent copy).
+    Snapshot,
 }
 
 /// Per-transaction settings, applied with `set_config(..., true)` alongside the tenant.
@@ -40,6 +43,13 @@ pub struct TxSettings {
     /// (`hnsw.iterative_scan = relaxed_order`) so filtered searches keep scanning until they
     /// have enough rows.
     pub hnsw_ef_search: Option<u32>,
+    /// The impersonation session this transaction acts under (`app.impersonation_id`, which the
+    /// audit log records with every entry).
+    pub impersonation_id: Option<uuid::Uuid>,
+    /// Run as `tenantry_impersonation` (`SET LOCAL ROLE`), the role that can only read, and only
+    /// while the session is live. Only on the support role's pool (a member of that role); on
+    /// any other the transaction's first statement fails.
+    pub impersonation_role: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,27 +83,21 @@ pub struct TenantTx {
     failed: bool,
 }
 
-/// The statement that sets the transaction's context (`$1` tenant, `$2` actor, `$3` statement
-/// timeout), plus any extra `set_config` calls.
-macro_rules! set_context {
-    ($($extra:literal),*) => {
-        concat!(
-            "SELECT set_config('app.tenant_id', $1, true), \
-             set_config('app.actor_id', $2, true), \
-             set_config('statement_timeout', $3, true), \
-             set_config('TimeZone', 'UTC', true)"
-            $(, ", ", $extra)*
-        )
-    };
-}
+/// The statement that sets the transaction's context: `$1` tenant, `$2` actor, `$3` statement
+/// timeout, `$4` impersonation session (or ''). [`TenantTx::pipeline_begin`] appends the
+/// optional settings.
+const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
+     set_config('app.actor_id', $2, true), \
+     set_config('statement_timeout', $3, true), \
+     set_config('TimeZone', 'UTC', true), \
+     set_config('app.impersonation_id', $4, true)";
 
-const SET_CONTEXT: &str = set_context!();
+/// The HNSW search settings (`$5` ef_search).
+const SET_HNSW: &str = ", set_config('hnsw.ef_search', $5, true), \
+     set_config('hnsw.iterative_scan', 'relaxed_order', true)";
 
-/// [`SET_CONTEXT`] plus the HNSW search settings (`$4` ef_search).
-const SET_CONTEXT_HNSW: &str = set_context!(
-    "set_config('hnsw.ef_search', $4, true)",
-    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-);
+/// The read-only impersonation role.
+const SET_IMPERSONATION_ROLE: &str = ", set_config('role', 'tenantry_impersonation', true)";
 
 impl TenantTx {
     pub(super) async fn begin(
@@ -253,26 +257,34 @@ impl TenantTx {
             .unwrap_or_else(|| "0".into());
         let begin_sql = match self.access {
             Access::ReadOnly => "BEGIN READ ONLY",
+            Access::Snapshot => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             Access::ReadWrite => "BEGIN",
         };
         // Futures send nothing until polled; join! polls them in this order on its first poll,
         // so the three requests leave in one write and the connection answers them in order.
         let ef_search = self.settings.hnsw_ef_search.map(|n| n.to_string());
+        let impersonation = self
+            .settings
+            .impersonation_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
         let mut set_params: Vec<Param<'_>> = vec![
             (&tenant, Type::TEXT),
             (&self.ctx.actor_id, Type::TEXT),
             (&timeout, Type::TEXT),
+            (&impersonation, Type::TEXT),
         ];
-        let set_sql = match &ef_search {
-            Some(ef) => {
-                set_params.push((ef, Type::TEXT));
-                SET_CONTEXT_HNSW
-            }
-            None => SET_CONTEXT,
-        };
+        let mut set_sql = std::borrow::Cow::Borrowed(SET_CONTEXT);
+        if let Some(ef) = &ef_search {
+            set_params.push((ef, Type::TEXT));
+            set_sql.to_mut().push_str(SET_HNSW);
+        }
+        if self.settings.impersonation_role {
+            set_sql.to_mut().push_str(SET_IMPERSONATION_ROLE);
+        }
         let (begin, set, out) = tokio::join!(
             conn.batch_execute(begin_sql),
-            conn.query_typed(set_sql, &set_params),
+            conn.query_typed(&set_sql, &set_params),
             statement(conn, kind, sql, params),
         );
         begin?;

@@ -29,6 +29,7 @@ use super::{
     insufficient_staff_permission, request_id,
 };
 use crate::App;
+use crate::auth::IMPERSONATION_HEADER;
 use crate::env::{ConfigError, Env};
 
 /// The header carrying the request id both ways.
@@ -268,18 +269,109 @@ async fn admit(
             Err(e) => return problem(ApiError::from(e)),
         };
         tracing::Span::current().record("tenant_id", tracing::field::display(principal.tenant_id));
-        if let Needs::Permission(needed) = a.needs
-            && !principal.can(needed)
-        {
-            return problem(insufficient_permission(needed));
+        let needed = match a.needs {
+            Needs::Permission(needed) => Some(needed),
+            _ => None,
+        };
+        let allowed = needed.is_none_or(|n| principal.can(n));
+        let Some(session) = principal.impersonation().cloned() else {
+            if let Some(needed) = needed.filter(|_| !allowed) {
+                return problem(insufficient_permission(needed));
+            }
+            parts.extensions.insert(Caller(principal));
+            return next
+                .run(axum::extract::Request::from_parts(
+                    parts,
+                    axum::body::Body::from(bytes),
+                ))
+                .await;
+        };
+        // Every request under impersonation is in the tenant's audit log before it runs,
+        // refused ones too; if it cannot be recorded, it does not run.
+        let mut resp = match record_impersonated(&a.app, &principal, &parts, allowed).await {
+            Err(e) => problem(e),
+            Ok(()) => match needed.filter(|_| !allowed) {
+                Some(needed) => problem(not_under_impersonation(needed, session.mode)),
+                None => {
+                    parts.extensions.insert(Caller(principal));
+                    next.run(axum::extract::Request::from_parts(
+                        parts,
+                        axum::body::Body::from(bytes),
+                    ))
+                    .await
+                }
+            },
+        };
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{}; mode={}; expires_at={}",
+            session.session_id,
+            session.mode.name(),
+            session
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(IMPERSONATION_HEADER), v);
         }
-        parts.extensions.insert(Caller(principal));
+        return resp;
     }
     next.run(axum::extract::Request::from_parts(
         parts,
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// Records a request made under impersonation in the tenant's audit log (in a transaction of
+/// its own, as the session: the read-only role can append to the log and nothing else).
+async fn record_impersonated(
+    app: &App,
+    principal: &crate::auth::Principal,
+    parts: &http::request::Parts,
+    allowed: bool,
+) -> Result<(), ApiError> {
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let mut tx = app
+        .begin_for(
+            principal,
+            crate::db::Access::ReadWrite,
+            crate::db::TxSettings::default(),
+        )
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        crate::audit::Action::ImpersonatedRequest,
+        Some(parts.uri.path()),
+        serde_json::json!({
+            "method": parts.method.as_str(),
+            "route": route,
+            "allowed": allowed,
+        }),
+        Some(&current_request_id()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// 403 for a permission no impersonation session of this mode holds.
+fn not_under_impersonation(
+    needed: crate::auth::Permission,
+    mode: crate::auth::ImpersonationMode,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "not_allowed_under_impersonation",
+        format!(
+            "A {} impersonation session cannot do this (it needs `{}`).",
+            mode.name().replace('_', "-"),
+            needed.name()
+        ),
+    )
+    .with_extra(serde_json::json!({ "permission": needed.name(), "mode": mode.name() }))
 }
 
 /// A problem document for this request.

@@ -270,6 +270,31 @@ impl From<AuthError> for ApiError {
                 "not_staff",
                 "This route is for support staff, signed in through the staff organization.",
             ),
+            AuthError::ImpersonationInvalid => Self::new(
+                S::UNAUTHORIZED,
+                "impersonation_invalid",
+                "No impersonation session of yours has this id.",
+            ),
+            AuthError::ImpersonationEnded => Self::new(
+                S::UNAUTHORIZED,
+                "impersonation_ended",
+                "This impersonation session has been ended; start a new one.",
+            ),
+            AuthError::ImpersonationExpired => Self::new(
+                S::UNAUTHORIZED,
+                "impersonation_expired",
+                "This impersonation session has expired; start a new one.",
+            ),
+            AuthError::ImpersonationAwaitingApproval => Self::new(
+                S::FORBIDDEN,
+                "impersonation_awaiting_approval",
+                "This impersonation session waits for its approval.",
+            ),
+            AuthError::SupportAccessOff => Self::new(
+                S::FORBIDDEN,
+                "support_access_off",
+                "The tenant does not allow support access.",
+            ),
             AuthError::Unavailable(source) => Self {
                 status: S::SERVICE_UNAVAILABLE,
                 code: "auth_unavailable",
@@ -338,6 +363,22 @@ impl From<DbError> for ApiError {
                 )
             }
             _ => Self::internal(e),
+        }
+    }
+}
+
+impl From<crate::state::BeginError> for ApiError {
+    fn from(e: crate::state::BeginError) -> Self {
+        match e {
+            crate::state::BeginError::Db(e) => e.into(),
+            e @ crate::state::BeginError::NoSupportPool => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "impersonation_unavailable",
+                detail: "Impersonation is not configured for this function.".into(),
+                extra: None,
+                source: Some(Box::new(e)),
+                expected: false,
+            },
         }
     }
 }

@@ -64,11 +64,19 @@ pub enum Action {
     SupportAccessChanged,
     /// All datasets and records were exported (`GET /v1/export`).
     DataExported,
+    /// Support closed the tenant (details: the reason, when its data will be deleted).
+    TenantClosed,
+    /// A closed tenant's data was deleted after its retention period (details: counts).
+    TenantDataDeleted,
+    /// Support put the tenant's failed usage deliveries back to pending (details: count, reason).
+    DeliveriesRetried,
+    /// Auth0 reported a member's role assigned or removed (details: from, to).
+    MemberRoleChanged,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 21] = [
+    pub const ALL: [Action; 25] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -90,6 +98,10 @@ impl Action {
         Action::ImpersonatedRequest,
         Action::SupportAccessChanged,
         Action::DataExported,
+        Action::TenantClosed,
+        Action::TenantDataDeleted,
+        Action::DeliveriesRetried,
+        Action::MemberRoleChanged,
     ];
 
     /// The stable name (`dataset.created`).
@@ -116,6 +128,10 @@ impl Action {
             Action::ImpersonatedRequest => "impersonation.request",
             Action::SupportAccessChanged => "tenant.support_access_changed",
             Action::DataExported => "data.exported",
+            Action::TenantClosed => "tenant.closed",
+            Action::TenantDataDeleted => "tenant.data_deleted",
+            Action::DeliveriesRetried => "billing.deliveries_retried",
+            Action::MemberRoleChanged => "member.role_changed",
         }
     }
 

@@ -3,7 +3,8 @@
 //! [`Config`] puts the sections together; each is defined and parsed by the module that owns it,
 //! through [`crate::env::Env`]: [`DbConfig`] in `db`, [`AuthConfig`] in `auth`, [`HttpConfig`] in
 //! `http`, [`AnalyticsConfig`] in `analytics`, [`RagConfig`] in `rag`, [`BillingConfig`] in
-//! `billing` (with the meter's [`MeterConfig`](crate::billing::meter::MeterConfig)). They are
+//! `billing` (with the meter's [`MeterConfig`](crate::billing::meter::MeterConfig)),
+//! [`TenantsConfig`] in `tenants`. They are
 //! re-exported here, with [`ConfigError`] and [`Secret`] from `env`.
 //!
 //! Secrets (the database URL with its password) come from the environment locally; in AWS the
@@ -17,6 +18,7 @@ pub use crate::db::{DbConfig, DbTls};
 pub use crate::env::{ConfigError, Secret};
 pub use crate::http::HttpConfig;
 pub use crate::rag::RagConfig;
+pub use crate::tenants::TenantsConfig;
 
 use crate::env::Env;
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub rag: RagConfig,
     /// Usage metering and billing.
     pub billing: BillingConfig,
+    /// The tenant lifecycle (how long a closed tenant's data is kept).
+    pub tenants: TenantsConfig,
 }
 
 impl Config {
@@ -121,6 +125,7 @@ impl Config {
             analytics: AnalyticsConfig::from_env(&env)?,
             rag: RagConfig::from_env(&env)?,
             billing: BillingConfig::from_env(&env)?,
+            tenants: TenantsConfig::from_env(&env)?,
         })
     }
 }

@@ -1,10 +1,108 @@
-//! Provisioning tenants. A new tenant is inserted under its own id, through its own [`TenantTx`]:
-//! even creation obeys RLS.
+//! Tenants' lifecycle: provisioning (a new tenant is inserted under its own id, through its own
+//! [`TenantTx`](crate::db::TenantTx): even creation obeys RLS), creation from an Auth0
+//! organization, and the deletion of a closed tenant's data once its retention period is over
+//! ([`TenantsConfig`], read from the environment here).
 
 use tokio_postgres::types::Type;
 
 use crate::db::{Access, Db, DbError, TenantContext};
+use crate::env::{ConfigError, Env};
 use crate::ids::TenantId;
+
+/// The tenant lifecycle's settings.
+#[derive(Clone, Debug)]
+pub struct TenantsConfig {
+    /// How long a closed tenant's data is kept before it is deleted (its people may export it
+    /// meanwhile).
+    pub retention_days: u32,
+}
+
+impl TenantsConfig {
+    /// `CLOSED_TENANT_RETENTION_DAYS` (30 by default; 0 to 3650).
+    pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let retention_days = env.parse("CLOSED_TENANT_RETENTION_DAYS", 30_u32)?;
+        if retention_days > 3650 {
+            return Err(ConfigError::Invalid {
+                name: "CLOSED_TENANT_RETENTION_DAYS",
+                reason: "at most 3650 days".into(),
+            });
+        }
+        Ok(Self { retention_days })
+    }
+}
+
+/// The actor of the retention job.
+const RETENTION_ACTOR: &str = "system:retention";
+
+/// Deletes the data of every closed tenant whose retention period is over: datasets, records,
+/// chunks, API keys and members, in one transaction per tenant, recorded in its audit log with
+/// the counts. The tenant row, its ledger, deliveries, billing state, reconciliations, audit log
+/// and support sessions stay (billing and compliance need them). Idempotent: a tenant whose data
+/// is gone is skipped. Returns the tenants whose data this call deleted; a tenant that fails is
+/// logged and tried again by the next run.
+pub async fn delete_expired_data(db: &Db) -> Result<Vec<TenantId>, DbError> {
+    let mut deleted = Vec::new();
+    for t in db.tenant_ids().await? {
+        if t.status != "closed" {
+            continue;
+        }
+        match delete_if_due(db, t.tenant_id).await {
+            Ok(true) => deleted.push(t.tenant_id),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "closed tenant's data not deleted");
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+async fn delete_if_due(db: &Db, tenant_id: TenantId) -> Result<bool, DbError> {
+    let ctx = TenantContext {
+        tenant_id,
+        actor_id: RETENTION_ACTOR.to_owned(),
+    };
+    let id = tenant_id.as_uuid();
+    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+    let due: bool = tx
+        .query_opt(
+            "SELECT status = 'closed' AND delete_after <= now() AND data_deleted_at IS NULL \
+             FROM app.tenants WHERE tenant_id = $1 FOR UPDATE",
+            &[(&id, Type::UUID)],
+        )
+        .await?
+        .is_some_and(|r| r.get(0));
+    if !due {
+        return Ok(false);
+    }
+    let mut counts = serde_json::Map::new();
+    // Children first; each table's rows of this tenant only (RLS would confine it anyway).
+    for table in ["chunks", "records", "datasets", "api_keys", "members"] {
+        let n = tx
+            .execute(
+                &format!("DELETE FROM app.{table} WHERE tenant_id = $1"),
+                &[(&id, Type::UUID)],
+            )
+            .await?;
+        counts.insert(table.to_owned(), n.into());
+    }
+    tx.execute(
+        "UPDATE app.tenants SET data_deleted_at = now(), updated_at = now() WHERE tenant_id = $1",
+        &[(&id, Type::UUID)],
+    )
+    .await?;
+    crate::audit::record(
+        &mut tx,
+        crate::audit::Action::TenantDataDeleted,
+        None,
+        serde_json::Value::Object(counts),
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(tenant_id = %tenant_id, "closed tenant's data deleted");
+    Ok(true)
+}
 
 /// A tenant to create.
 #[derive(Clone, Debug)]

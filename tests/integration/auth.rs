@@ -290,7 +290,7 @@ async fn organizations_must_map_to_an_active_tenant() {
     assert!(matches!(r, Err(AuthError::TenantSuspended)), "{r:?}");
     let mut t = tx(&db, a).await;
     t.execute(
-        "UPDATE app.tenants SET status = 'closed' WHERE tenant_id = $1",
+        "UPDATE app.tenants SET status = 'closed', closed_at = now(), delete_after = now() WHERE tenant_id = $1",
         &[(&uid, Type::UUID)],
     )
     .await

@@ -340,6 +340,11 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
         ("/admin/v1/tenants/{tenant}/resume", "post"),
         ("/admin/v1/impersonations", "post"),
         ("/v1/settings/support-access", "put"),
+        ("/admin/v1/tenants", "post"),
+        ("/admin/v1/tenants/{tenant}/reconcile", "post"),
+        ("/admin/v1/tenants/{tenant}/deliveries/retry", "post"),
+        // Last: a closed tenant takes nothing more.
+        ("/admin/v1/tenants/{tenant}/close", "post"),
     ];
     let owner = tenantry_tests::issuer()
         .token(

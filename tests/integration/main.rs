@@ -20,6 +20,7 @@ mod isolation;
 mod lifecycle;
 mod me;
 mod migrations;
+mod operations;
 mod permissions;
 mod pooling;
 mod rag;

@@ -13,6 +13,13 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/v1/tenants/{t}/suspend"),
     ("POST", "/admin/v1/tenants/{t}/resume"),
     ("POST", "/admin/v1/tenants/{t}/plan"),
+    ("POST", "/admin/v1/tenants"),
+    ("POST", "/admin/v1/tenants/{t}/close"),
+    ("POST", "/admin/v1/tenants/{t}/reconcile"),
+    ("GET", "/admin/v1/deliveries"),
+    ("POST", "/admin/v1/tenants/{t}/deliveries/retry"),
+    ("GET", "/admin/v1/impersonations"),
+    ("POST", "/admin/v1/impersonations/{t}/approve"),
 ];
 
 async fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {

@@ -34,13 +34,13 @@ const PLANS: [&str; 4] = ["free", "team", "business", "enterprise"];
 
 /// One tenant as support sees it.
 #[derive(Debug, Serialize)]
-struct TenantView {
+pub(super) struct TenantView {
     id: Uuid,
     name: String,
     slug: String,
     auth0_org_id: Option<String>,
     plan: String,
-    status: String,
+    pub(super) status: String,
     created_at: DateTime<Utc>,
     members: i64,
     /// This calendar month (UTC), per meter, as the ledger has it.
@@ -49,6 +49,10 @@ struct TenantView {
     last_reconciliation: Value,
     deliveries: Value,
     embedding_backlog: i64,
+    /// Whether and how support may impersonate (the tenant owner's setting).
+    support_access: String,
+    /// When a closed tenant was closed, when its data goes, and when it went.
+    lifecycle: Value,
 }
 
 /// The columns of [`TenantView`], for both routes. `$1`: a tenant id or NULL; `$2`: a search
@@ -74,7 +78,10 @@ const TENANTS_SQL: &str = "\
           'failed', count(*) FILTER (WHERE d.status = 'failed')) \
        FROM app.usage_deliveries d WHERE d.tenant_id = t.tenant_id), \
       (SELECT count(*) FROM app.chunks ch \
-       WHERE ch.tenant_id = t.tenant_id AND ch.embedding_model IS NULL) \
+       WHERE ch.tenant_id = t.tenant_id AND ch.embedding_model IS NULL), \
+      t.support_access, \
+      jsonb_build_object('closed_at', t.closed_at, 'delete_after', t.delete_after, \
+        'data_deleted_at', t.data_deleted_at) \
     FROM app.tenants t LEFT JOIN app.billing_customers c ON c.tenant_id = t.tenant_id \
     WHERE ($1::uuid IS NULL OR t.tenant_id = $1) \
       AND ($2::text IS NULL OR strpos(lower(t.name), lower($2)) > 0 \
@@ -120,6 +127,8 @@ async fn tenants(
             last_reconciliation: r.get::<_, Option<Value>>(10).unwrap_or(Value::Null),
             deliveries: r.get(11),
             embedding_backlog: r.get(12),
+            support_access: r.get(13),
+            lifecycle: r.get(14),
         })
         .collect())
 }
@@ -190,7 +199,7 @@ pub(super) struct TenantPath {
 }
 
 impl TenantPath {
-    fn id(&self) -> Result<Uuid, ApiError> {
+    pub(super) fn id(&self) -> Result<Uuid, ApiError> {
         Uuid::try_parse(&self.tenant).map_err(|_| tenant_not_found())
     }
 }
@@ -199,7 +208,7 @@ pub(super) fn tenant_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant.")
 }
 
-async fn one(app: &App, id: Uuid) -> Result<TenantView, ApiError> {
+pub(super) async fn one(app: &App, id: Uuid) -> Result<TenantView, ApiError> {
     tenants(support_db(app)?, Some(id), None, None, 1, None)
         .await?
         .pop()
@@ -245,13 +254,27 @@ pub(super) fn checked_reason(reason: &str) -> Result<String, ApiError> {
 enum Field {
     Status,
     Plan,
+    /// The status, to `closed`: with when it closed and when its data goes.
+    Closed {
+        retention_days: u32,
+    },
 }
 
 impl Field {
     fn column(self) -> &'static str {
         match self {
-            Field::Status => "status",
+            Field::Status | Field::Closed { .. } => "status",
             Field::Plan => "plan",
+        }
+    }
+
+    /// What else the change sets (a number from the configuration, never from the request).
+    fn also(self) -> String {
+        match self {
+            Field::Status | Field::Plan => String::new(),
+            Field::Closed { retention_days } => format!(
+                ", closed_at = now(), delete_after = now() + make_interval(days => {retention_days})"
+            ),
         }
     }
 }
@@ -283,15 +306,19 @@ async fn change(
         .map(|r| r.get(0));
     let current = current.ok_or_else(tenant_not_found)?;
     if let Some(to) = decide(&current)? {
+        let also = field.also();
         tx.execute(
             &format!(
-                "UPDATE app.tenants SET {column} = $2, updated_at = now() WHERE tenant_id = $1"
+                "UPDATE app.tenants SET {column} = $2{also}, updated_at = now() WHERE tenant_id = $1"
             ),
             &[(&id, Type::UUID), (&to, Type::TEXT)],
         )
         .await?;
         let request_id = crate::http::current_request_id();
-        let details = json!({"from": current, "to": to, "reason": reason});
+        let mut details = json!({"from": current, "to": to, "reason": reason});
+        if let Field::Closed { retention_days } = field {
+            details["retention_days"] = json!(retention_days);
+        }
         crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
         tracing::info!(tenant_id = %id, column, "tenant changed by support");
     }
@@ -299,19 +326,22 @@ async fn change(
     json_response(StatusCode::OK, &one(app, id).await?)
 }
 
-/// A status change from `from` to `to`; 409 when the tenant is not in `from`.
+/// A status change from one of `from` to `to`; 409 when the tenant is in none of them.
 fn transition(
-    from: &'static str,
+    from: &'static [&'static str],
     to: &'static str,
 ) -> impl FnOnce(&str) -> Result<Option<String>, ApiError> {
     move |status| {
-        if status == from {
+        if from.contains(&status) {
             Ok(Some(to.to_owned()))
         } else {
             Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_transition",
-                format!("The tenant is {status}; this needs it {from}."),
+                format!(
+                    "The tenant is {status}; this needs it {}.",
+                    from.join(" or ")
+                ),
             ))
         }
     }
@@ -325,7 +355,7 @@ pub(super) async fn suspend(
 ) -> HandlerResult {
     let reason = checked_reason(&body.reason)?;
     let id = path.id()?;
-    let decide = transition("active", "suspended");
+    let decide = transition(&["active"], "suspended");
     change(
         &app,
         &staff,
@@ -346,13 +376,38 @@ pub(super) async fn resume(
 ) -> HandlerResult {
     let reason = checked_reason(&body.reason)?;
     let id = path.id()?;
-    let decide = transition("suspended", "active");
+    let decide = transition(&["suspended"], "active");
     change(
         &app,
         &staff,
         id,
         Field::Status,
         Action::TenantResumed,
+        reason,
+        decide,
+    )
+    .await
+}
+
+/// Closes the tenant: its people may then only export their data, which is deleted after the
+/// configured retention period (`CLOSED_TENANT_RETENTION_DAYS`) by the scheduled job. Not undone
+/// by an API: reopening a closed tenant is a decision for an operator at the database.
+pub(super) async fn close(
+    State(app): State<Arc<App>>,
+    staff: StaffCaller,
+    PathParams(path): PathParams<TenantPath>,
+    Json(body): Json<Reason>,
+) -> HandlerResult {
+    let reason = checked_reason(&body.reason)?;
+    let id = path.id()?;
+    let retention_days = app.config.tenants.retention_days;
+    let decide = transition(&["active", "suspended"], "closed");
+    change(
+        &app,
+        &staff,
+        id,
+        Field::Closed { retention_days },
+        Action::TenantClosed,
         reason,
         decide,
     )

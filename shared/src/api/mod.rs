@@ -4,6 +4,7 @@
 //! serves them all, and a test checks the SAM template against it.
 
 mod admin;
+mod admin_ops;
 mod api_keys;
 mod ask;
 mod audit;
@@ -147,10 +148,34 @@ pub static ROUTES: &[Route] = &[
         endpoint!(api_keys::revoke),
     ),
     staff_route(
+        Method::POST,
+        "/admin/v1/tenants",
+        S::SupportAdmin,
+        endpoint!(admin_ops::create),
+    ),
+    staff_route(
         Method::GET,
         "/admin/v1/tenants",
         S::SupportRead,
         endpoint!(admin::list),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/reconcile",
+        S::SupportAdmin,
+        endpoint!(admin_ops::reconcile),
+    ),
+    staff_route(
+        Method::GET,
+        "/admin/v1/deliveries",
+        S::SupportRead,
+        endpoint!(admin_ops::deliveries),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/deliveries/retry",
+        S::SupportAdmin,
+        endpoint!(admin_ops::retry_deliveries),
     ),
     staff_route(
         Method::GET,
@@ -169,6 +194,12 @@ pub static ROUTES: &[Route] = &[
         "/admin/v1/tenants/{tenant}/resume",
         S::SupportAdmin,
         endpoint!(admin::resume),
+    ),
+    staff_route(
+        Method::POST,
+        "/admin/v1/tenants/{tenant}/close",
+        S::SupportAdmin,
+        endpoint!(admin::close),
     ),
     staff_route(
         Method::POST,

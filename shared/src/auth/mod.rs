@@ -106,6 +106,11 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// What the roles (a person) or the scopes (an API key) allow.
     pub permissions: Permissions,
+    /// The tenant is closed: its data waits for deletion, and the one thing left to do is take
+    /// it (`permissions` then hold at most `export_data`; every other route is 403
+    /// `tenant_closed`).
+    #[serde(skip)]
+    pub closed: bool,
 }
 
 impl Principal {
@@ -286,15 +291,16 @@ impl Authenticator {
             .tenant_for_auth0_org(org)
             .await?
             .ok_or(AuthError::UnknownOrganization)?;
-        ensure_active(&tenant)?;
         let roles = claims.roles(&self.roles_claim);
+        let (permissions, closed) = admitted(&tenant, Permissions::for_roles(&roles))?;
         Ok(Principal {
             tenant_id: tenant.tenant_id,
             subject: Subject::User {
                 id: claims.sub.clone(),
             },
-            permissions: Permissions::for_roles(&roles),
+            permissions,
             roles,
+            closed,
         })
     }
 
@@ -346,6 +352,7 @@ impl Authenticator {
                 },
             },
             roles: Vec::new(),
+            closed: false,
         })
     }
 
@@ -386,12 +393,13 @@ impl Authenticator {
 
     async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let (key_id, scopes, tenant) = ApiKeys::verify(&self.db, key).await?;
-        ensure_active(&tenant)?;
+        let (permissions, closed) = admitted(&tenant, Permissions::for_scopes(&scopes))?;
         let principal = Principal {
             tenant_id: tenant.tenant_id,
-            permissions: Permissions::for_scopes(&scopes),
+            permissions,
             subject: Subject::ApiKey { key_id, scopes },
             roles: Vec::new(),
+            closed,
         };
         self.record_key_use(&principal, key_id).await;
         Ok(principal)
@@ -419,11 +427,24 @@ impl Authenticator {
     }
 }
 
-fn ensure_active(tenant: &TenantRef) -> Result<(), AuthError> {
+/// What a caller holding `permissions` may do in `tenant`, given its status, and whether it is
+/// closed: everything when active; nothing when suspended; when closed, only the export (and a
+/// caller who may not export is refused outright).
+fn admitted(
+    tenant: &TenantRef,
+    permissions: Permissions,
+) -> Result<(Permissions, bool), AuthError> {
     match tenant.status.as_str() {
-        "active" => Ok(()),
+        "active" => Ok((permissions, false)),
         "suspended" => Err(AuthError::TenantSuspended),
-        _ => Err(AuthError::TenantClosed),
+        _ => {
+            let left = permissions.intersection(Permissions::only(Permission::ExportData));
+            if left == Permissions::NONE {
+                Err(AuthError::TenantClosed)
+            } else {
+                Ok((left, true))
+            }
+        }
     }
 }
 

@@ -124,6 +124,17 @@ impl Permissions {
         self.0 & p.bit() != 0
     }
 
+    /// The set of `p` alone.
+    pub const fn only(p: Permission) -> Self {
+        Permissions(p.bit())
+    }
+
+    /// What both sets hold.
+    #[must_use]
+    pub const fn intersection(self, other: Permissions) -> Self {
+        Permissions(self.0 & other.0)
+    }
+
     /// The union of two sets.
     #[must_use]
     pub const fn union(self, other: Permissions) -> Self {

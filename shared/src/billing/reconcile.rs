@@ -72,6 +72,8 @@ pub struct RunOutcome {
     pub customers_linked: usize,
     /// Tenants still waiting for their billing customer (the provider failed again).
     pub customers_pending: usize,
+    /// Closed tenants whose data this run deleted (their retention period was over).
+    pub tenants_data_deleted: usize,
 }
 
 /// Runs over every tenant, one at a time.
@@ -85,6 +87,11 @@ pub async fn run(
         run_id: Uuid::now_v7(),
         ..RunOutcome::default()
     };
+    // Closed tenants past their retention period lose their data first (the daily run does it;
+    // the billing rows it keeps are then reconciled below like any others).
+    if input.mode == Mode::Reconcile {
+        out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
+    }
     for t in db.tenant_ids().await? {
         out.tenants += 1;
         // A tenant whose billing customer could not be made when it was created: again now.
@@ -135,7 +142,7 @@ pub async fn run(
 }
 
 /// One tenant's reconciliation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TenantReport {
     /// (meter, day) pairs compared.
     pub days_checked: usize,

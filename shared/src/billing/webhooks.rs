@@ -286,6 +286,16 @@ pub struct Auth0Object {
     /// The user.
     #[serde(default)]
     pub user: Option<Auth0User>,
+    /// The role (`organization.member.role.*`).
+    #[serde(default)]
+    pub role: Option<Auth0Role>,
+}
+
+/// A role reference.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Auth0Role {
+    /// The role's name: ours when it is `owner`, `admin`, `member` or `viewer`.
+    pub name: String,
 }
 
 /// An organization reference.
@@ -313,6 +323,9 @@ pub async fn apply_auth0_event(
         "organization.member.added" => true,
         "organization.member.deleted" => false,
         "organization.created" => return organization_created(db, sink, event, request_id).await,
+        "organization.member.role.assigned" | "organization.member.role.deleted" => {
+            return member_role(db, event, request_id).await;
+        }
         _ => return Ok(Outcome::Ignored),
     };
     let (Some(org), Some(user)) = (&event.data.object.organization, &event.data.object.user) else {
@@ -365,6 +378,71 @@ pub async fn apply_auth0_event(
 }
 
 const AUTH0_ACTOR: &str = "system:auth0-webhook";
+
+/// `organization.member.role.assigned` / `.deleted`: the member's role as `app.members` mirrors
+/// it (for the tenant's and support's views; requests are authorized by the token's roles
+/// claim). Assigning one of our roles sets it; deleting the member's current role leaves the
+/// default, `member`. Roles we do not know, members we do not have, and redeliveries change
+/// nothing. Every change is in the tenant's audit log.
+async fn member_role(
+    db: &Db,
+    event: &Auth0Event,
+    request_id: Option<&str>,
+) -> Result<Outcome, DbError> {
+    let o = &event.data.object;
+    let (Some(org), Some(user), Some(role)) = (&o.organization, &o.user, &o.role) else {
+        return Ok(Outcome::Ignored);
+    };
+    if crate::auth::Role::parse(&role.name).is_none() || user.user_id.len() > 256 {
+        return Ok(Outcome::Ignored);
+    }
+    let Some(tenant) = db.tenant_for_auth0_org(&org.id).await? else {
+        return Ok(Outcome::Ignored);
+    };
+    let mut tx = begin(db, tenant.tenant_id, AUTH0_ACTOR).await?;
+    if !first_time(&mut tx, "auth0", &event.id, &event.kind).await? {
+        tx.commit().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    let t = tenant.tenant_id.as_uuid();
+    let assigned = event.kind.ends_with(".assigned");
+    // Assigned: that role. Deleted: the default, if the deleted role is the one held.
+    let row = tx
+        .query_opt(
+            "WITH old AS (SELECT role FROM app.members \
+                          WHERE tenant_id = $1 AND auth0_user_id = $2 AND removed_at IS NULL \
+                          FOR UPDATE) \
+             UPDATE app.members m SET role = CASE WHEN $3 THEN $4 ELSE 'member' END, \
+                    updated_at = now() \
+             FROM old \
+             WHERE m.tenant_id = $1 AND m.auth0_user_id = $2 AND m.removed_at IS NULL \
+               AND ($3 OR m.role = $4) \
+               AND m.role IS DISTINCT FROM CASE WHEN $3 THEN $4 ELSE 'member' END \
+             RETURNING old.role, m.role",
+            &[
+                (&t, Type::UUID),
+                (&user.user_id, Type::TEXT),
+                (&assigned, Type::BOOL),
+                (&role.name, Type::TEXT),
+            ],
+        )
+        .await?;
+    if let Some(r) = row {
+        let (from, to): (String, String) = (r.get(0), r.get(1));
+        let details = json!({"from": from, "to": to, "auth0_event": event.id});
+        audit::record(
+            &mut tx,
+            Action::MemberRoleChanged,
+            Some(&user.user_id),
+            details,
+            request_id,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant.tenant_id, "auth0 role event applied");
+    Ok(Outcome::Applied)
+}
 
 /// `organization.created`: the organization's tenant, created once however often (or however
 /// concurrently) the event arrives, and its billing customer. A provider failure leaves the

@@ -274,6 +274,10 @@ async fn admit(
             _ => None,
         };
         let allowed = needed.is_none_or(|n| principal.can(n));
+        // A closed tenant's people may take their data (the export) and do nothing else.
+        if principal.closed && (needed.is_none() || !allowed) {
+            return problem(ApiError::from(crate::auth::AuthError::TenantClosed));
+        }
         let Some(session) = principal.impersonation().cloned() else {
             if let Some(needed) = needed.filter(|_| !allowed) {
                 return problem(insufficient_permission(needed));

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde_json::json;
 use tenantry::TenantId;
 use tenantry::billing::meter::{
     FlushMemo, FlushOutcome, MeterConfig, UsageMessage, flush_tenant, handle_sqs,
@@ -1108,4 +1109,97 @@ async fn a_revoked_stripe_key_leaves_usage_pending_not_refused() {
     assert!(tenantry_stripe::require_stripe(&missing).is_err());
     missing.stripe_api_key = None;
     assert!(tenantry_stripe::require_stripe(&missing).is_err());
+}
+
+#[tokio::test]
+async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed() {
+    let b = setup(1, &[]).await;
+    let (t, customer) = b.tenants[0].clone();
+    // The customer is wrong at first: Stripe refuses for good, and the delivery is failed.
+    let mut t_tx = tx(&b.app.app.db, t).await;
+    customers::link(&mut t_tx, "cus_unknown").await.unwrap();
+    t_tx.commit().await.unwrap();
+    b.deliver(sqs(&[(
+        "m",
+        &[event(t, Meter::Queries, 4, minutes_ago(3))],
+    )]))
+    .await;
+    b.flush().await;
+    let support = TestApp::staff_token("auth0|sam", &["support"]);
+    let admin_staff = TestApp::staff_token("auth0|sue", &["support_admin"]);
+    let r = b
+        .app
+        .call("GET", "/admin/v1/deliveries", &support, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let failed = r.json["deliveries"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{}", r.json);
+    assert_eq!(failed[0]["tenant_id"], t.to_string());
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("No such customer")
+    );
+    // Support fixes the link, then retries: plain support may not, support_admin may, with a
+    // reason.
+    let mut t_tx = tx(&b.app.app.db, t).await;
+    customers::link(&mut t_tx, &customer).await.unwrap();
+    t_tx.commit().await.unwrap();
+    let path = format!("/admin/v1/tenants/{t}/deliveries/retry");
+    let body = json!({"reason": "Customer id corrected, SUP-88"}).to_string();
+    let r = b.app.call("POST", &path, &support, Some(&body)).await;
+    assert_eq!(r.status, 403);
+    let r = b
+        .app
+        .call("POST", &path, &admin_staff, Some(r#"{"reason": "x"}"#))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 0);
+    let r = b.app.call("POST", &path, &admin_staff, Some(&body)).await;
+    assert_eq!(
+        (r.status, &r.json["retried"], &r.json["flush"]["delivered"]),
+        (200, &json!(1), &json!(1)),
+        "{}",
+        r.json
+    );
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 4);
+    // Again: nothing failed, nothing sent twice.
+    let r = b.app.call("POST", &path, &admin_staff, Some(&body)).await;
+    assert_eq!(r.json["retried"], 0);
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 4);
+    let r = b
+        .app
+        .call("GET", "/admin/v1/deliveries", &support, None)
+        .await;
+    assert_eq!(r.json["deliveries"], json!([]));
+    // A reconcile for this one tenant, on demand: in step.
+    let r = b
+        .app
+        .call(
+            "POST",
+            &format!("/admin/v1/tenants/{t}/reconcile"),
+            &admin_staff,
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["report"]["repaired"], 0, "{}", r.json);
+    let r = b
+        .app
+        .call(
+            "GET",
+            "/v1/audit?action=billing.deliveries_retried",
+            &tenantry_tests::issuer()
+                .token(
+                    "auth0|o",
+                    "org_billed-0",
+                    &["admin"],
+                    std::time::Duration::from_secs(600),
+                )
+                .unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["events"].as_array().unwrap().len(), 1, "{}", r.json);
 }

@@ -129,20 +129,27 @@ CREATE FUNCTION app.impersonation_for(p_session uuid)
   AS $$
     SELECT s.tenant_id, s.staff_id, s.mode, s.allow_export, s.expires_at, s.ended_at IS NOT NULL,
            (s.needs_staff_approval AND s.staff_approved_at IS NULL)
-             OR (s.needs_tenant_approval AND s.tenant_approved_at IS NULL),
+             OR ((s.needs_tenant_approval OR t.support_access = 'ask') AND s.tenant_approved_at IS NULL),
            t.status, t.support_access
     FROM app.impersonation_sessions s JOIN app.tenants t ON t.tenant_id = s.tenant_id
     WHERE s.session_id = p_session
   $$;
 
 -- Whether this transaction's session (app.impersonation_id) is live, for this transaction's
--- tenant and actor, in a tenant that lets support in. What the restrictive policies below ask.
+-- tenant and actor, in a tenant that lets support in as the session would (its setting now). What
+-- the restrictive policies below ask; the clock is read per statement, so a transaction that
+-- outlives the session's hour reads nothing more.
 CREATE FUNCTION app.impersonation_live() RETURNS boolean
   LANGUAGE sql STABLE SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
   AS $$
     SELECT coalesce((
-      SELECT app.impersonation_usable(s) AND t.support_access <> 'off' AND t.status <> 'closed'
+      SELECT app.impersonation_usable(s) AND s.expires_at > clock_timestamp()
+         AND t.status <> 'closed' AND t.support_access <> 'off'
+         -- The tenant's setting now, not at the session's start: read-write only under `ask`,
+         -- and under `ask` nothing without the tenant's approval.
+         AND (s.mode = 'read_only' OR t.support_access = 'ask')
+         AND (t.support_access <> 'ask' OR s.tenant_approved_at IS NOT NULL)
       FROM app.impersonation_sessions s JOIN app.tenants t ON t.tenant_id = s.tenant_id
       WHERE s.session_id = nullif(current_setting('app.impersonation_id', true), '')::uuid
         AND s.tenant_id = app.current_tenant_id()

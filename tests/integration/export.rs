@@ -179,6 +179,23 @@ async fn support_exports_only_under_a_session_approved_for_it() {
             None,
         )
         .await;
+    // An export is the whole tenant: its admin approves it too, whatever its setting.
+    assert_eq!(
+        (r.status, &r.json["state"]),
+        (200, &json!("awaiting_approval")),
+        "{}",
+        r.json
+    );
+    let (status, _, _) = raw(&app, &headers).await;
+    assert_eq!(status, 403, "exported without the tenant's approval");
+    let r = app
+        .call(
+            "POST",
+            &format!("/v1/impersonations/{sid}/approve"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(
         (r.status, &r.json["state"]),
         (200, &json!("active")),

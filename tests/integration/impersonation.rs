@@ -256,6 +256,32 @@ async fn a_read_only_session_reads_is_recorded_and_every_write_is_refused_twice(
         .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "tenantry_support");
 
+    // The app's own path for the session's transactions is that role, not the handler's say-so.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {sam}").parse().unwrap());
+    headers.insert("tenantry-impersonation", sid.parse().unwrap());
+    let principal = app.app.auth.authenticate(&headers).await.unwrap();
+    let mut tx = app
+        .app
+        .begin_for(&principal, Access::ReadWrite, TxSettings::default())
+        .await
+        .unwrap();
+    let who: String = tx
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "tenantry_impersonation");
+    let e = tx
+        .execute(
+            "INSERT INTO app.datasets (tenant_id, name) VALUES (app.current_tenant_id(), 'planted')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_permission_denied(), "{e:?}");
+    drop(tx);
+
     // The tenant sees the session and every request, refused ones included.
     let r = app.call("GET", "/v1/impersonations", &admin, None).await;
     assert_eq!(r.status, 200, "{}", r.json);
@@ -767,7 +793,9 @@ async fn read_write_needs_two_support_admins_the_tenant_decides_and_keys_stay_ou
         r.json
     );
 
-    // Now it writes data, under the session's name in the audit log...
+    // Now it writes data, under the session's name in the audit log, billed to no one...
+    let usage = "SELECT count(*) FROM app.usage_events WHERE tenant_id = $1";
+    let usage_before = count(&app, usage, a).await;
     let r = as_session(
         &app,
         &sue,
@@ -778,6 +806,11 @@ async fn read_write_needs_two_support_admins_the_tenant_decides_and_keys_stay_ou
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        count(&app, usage, a).await,
+        usage_before,
+        "support's ingest was billed to the tenant"
+    );
     assert!(
         r.headers["tenantry-impersonation"]
             .to_str()
@@ -828,6 +861,36 @@ async fn read_write_needs_two_support_admins_the_tenant_decides_and_keys_stay_ou
         )
         .await,
         0
+    );
+
+    // The owner's setting holds for live sessions: back to read-only stops the read-write one.
+    assert_eq!(put(&owner, "read_only").await.status, 200);
+    let r = as_session(&app, &sue, &sid, "GET", "/v1/datasets", None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (403, Some("support_access_read_only"))
+    );
+    // A read-only session started without asking waits for the tenant once it says `ask`.
+    let ro = start(&app, &sam, start_body(a, 10)).await;
+    let ro = ro["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        as_session(&app, &sam, &ro, "GET", "/v1/datasets", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(put(&owner, "ask").await.status, 200);
+    let r = as_session(&app, &sam, &ro, "GET", "/v1/datasets", None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (403, Some("impersonation_awaiting_approval"))
+    );
+    let support = support_pool(&app);
+    let ro_id = Uuid::parse_str(&ro).unwrap();
+    assert!(
+        visible_datasets(&support, a, "auth0|sam", ro_id)
+            .await
+            .is_empty()
     );
 
     // The owner turns support off: the live session stops, and no new one starts.

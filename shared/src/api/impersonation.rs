@@ -208,7 +208,8 @@ pub(super) async fn start(
         _ => {}
     }
     let needs_staff = body.mode == ImpersonationMode::ReadWrite || body.allow_export;
-    let needs_tenant = access == "ask";
+    // An export is the whole tenant: the tenant approves it, whatever its setting.
+    let needs_tenant = access == "ask" || body.allow_export;
     let session_id = Uuid::now_v7();
     let minutes = i32::try_from(body.minutes).unwrap_or(1);
     let row = tx

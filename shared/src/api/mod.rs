@@ -365,8 +365,7 @@ async fn meter(
     source: &str,
 ) -> Result<(), ApiError> {
     let principal = caller.principal();
-    // Support's requests under impersonation are ours, not the tenant's: nothing accrues.
-    if principal.impersonation().is_some() {
+    if !billable(principal) {
         return Ok(());
     }
     let event = UsageEvent::now(principal.tenant_id, meter, quantity, source);
@@ -386,6 +385,12 @@ async fn meter(
         )
         .with_source(e)
     })
+}
+
+/// Whether what this caller does is billed to the tenant: not support's requests under an
+/// impersonation session (ours, not the tenant's), whatever they do.
+fn billable(principal: &crate::auth::Principal) -> bool {
+    principal.impersonation().is_none()
 }
 
 /// Records what the request did in the tenant's audit log, in its transaction `tx` (so the entry

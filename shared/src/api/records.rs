@@ -98,7 +98,7 @@ pub(super) async fn ingest(
     )
     .await?;
     let changed = (outcome.inserted + outcome.updated) as i64;
-    if changed > 0 {
+    if changed > 0 && super::billable(caller.principal()) {
         // In the ingest's own transaction: the count and the records commit together, so a
         // retry after any failure neither loses nor doubles it.
         let event = UsageEvent::now(

@@ -195,6 +195,9 @@ pub enum AuthError {
     /// The tenant's owner has turned support access off.
     #[error("support access is off")]
     SupportAccessOff,
+    /// A read-write session in a tenant that now allows read-only support access.
+    #[error("support access is read-only")]
+    SupportAccessReadOnly,
     /// The keys or the tenant mapping could not be read.
     #[error("authentication unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -332,13 +335,17 @@ impl Authenticator {
         if found.tenant_status == "closed" {
             return Err(AuthError::TenantClosed);
         }
+        // The tenant's setting now, not at the session's start.
         if found.support_access == "off" {
             return Err(AuthError::SupportAccessOff);
+        }
+        let mode = ImpersonationMode::parse(&found.mode).ok_or(AuthError::ImpersonationInvalid)?;
+        if mode == ImpersonationMode::ReadWrite && found.support_access != "ask" {
+            return Err(AuthError::SupportAccessReadOnly);
         }
         if found.awaiting_approval {
             return Err(AuthError::ImpersonationAwaitingApproval);
         }
-        let mode = ImpersonationMode::parse(&found.mode).ok_or(AuthError::ImpersonationInvalid)?;
         Ok(Principal {
             tenant_id: found.tenant_id,
             permissions: Permissions::for_impersonation(mode, found.allow_export),

@@ -157,7 +157,8 @@ pub struct ImpersonationLookup {
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// Whether it was ended early.
     pub ended: bool,
-    /// Whether an approval it needs is still missing.
+    /// Whether an approval it needs is still missing (the tenant's, too, whenever the tenant's
+    /// support access is now `ask`).
     pub awaiting_approval: bool,
     /// The tenant's status.
     pub tenant_status: String,

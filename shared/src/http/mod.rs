@@ -295,6 +295,11 @@ impl From<AuthError> for ApiError {
                 "support_access_off",
                 "The tenant does not allow support access.",
             ),
+            AuthError::SupportAccessReadOnly => Self::new(
+                S::FORBIDDEN,
+                "support_access_read_only",
+                "The tenant allows read-only support access only.",
+            ),
             AuthError::Unavailable(source) => Self {
                 status: S::SERVICE_UNAVAILABLE,
                 code: "auth_unavailable",

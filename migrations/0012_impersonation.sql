@@ -7,20 +7,31 @@
 -- - The tenant's owner decides whether support may come in at all (tenants.support_access):
 --   `off`, `read_only` (read-only sessions, no asking; the default) or `ask` (every session waits
 --   for a tenant admin's approval; read-write sessions are possible only here).
--- - A read-only session's transactions run as tenantry_impersonation: the support login role
---   switches to it (SET LOCAL ROLE; it is a member without inheriting) and it can only read,
---   apart from appending to the audit log. Its reads pass a restrictive policy on every table:
---   the transaction's session (app.impersonation_id) must be live, for this tenant
---   (app.tenant_id) and this staff member (app.actor_id). So even a handler bug, or a session id
---   replayed after its end, can neither write nor read.
+-- - A read-only session's transactions run as tenantry_impersonation: the tenant functions log in
+--   for them as tenantry_impersonator, a login role with no privilege of its own whose one
+--   membership is tenantry_impersonation (not inherited: SET LOCAL ROLE in the transaction), and
+--   that role can only read, apart from appending to the audit log. Its reads pass a restrictive
+--   policy on every table: the transaction's session (app.impersonation_id) must be live, for
+--   this tenant (app.tenant_id) and this staff member (app.actor_id). So a handler bug, a session
+--   id replayed after its end, or a RESET ROLE, can neither write nor read beyond the session.
 
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenantry_impersonation') THEN
     CREATE ROLE tenantry_impersonation NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION NOINHERIT;
   END IF;
-  IF NOT pg_has_role('tenantry_support', 'tenantry_impersonation', 'SET') THEN
-    GRANT tenantry_impersonation TO tenantry_support WITH INHERIT FALSE, SET TRUE;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenantry_impersonator') THEN
+    CREATE ROLE tenantry_impersonator LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION NOINHERIT;
+  END IF;
+  IF NOT pg_has_role('tenantry_impersonator', 'tenantry_impersonation', 'SET') THEN
+    GRANT tenantry_impersonation TO tenantry_impersonator WITH INHERIT FALSE, SET TRUE;
+  END IF;
+  -- Nobody else becomes it (a development version of this file granted it to the support role;
+  -- roles are cluster-wide, so a cluster that ran it would keep that grant).
+  IF EXISTS (SELECT FROM pg_auth_members
+             WHERE roleid = 'tenantry_impersonation'::regrole
+               AND member = 'tenantry_support'::regrole) THEN
+    REVOKE tenantry_impersonation FROM tenantry_support;
   END IF;
 END
 $$;

@@ -125,6 +125,7 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
         &tenantry::db::migrate::RolePasswords {
             app: Some(APP_PASSWORD.into()),
             support: None,
+            impersonator: None,
         },
     )
     .await?;

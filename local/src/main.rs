@@ -30,6 +30,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
 /// The support role's password on a local cluster.
 const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
+const DEV_IMPERSONATOR_PASSWORD: &str = "tenantry_impersonator_dev";
 /// The staff organization locally (`SUPPORT_ORG_ID` overrides it).
 const DEV_STAFF_ORG: &str = "org_tenantrystaff";
 const AUDIENCE: &str = "https://api.tenantry.local";
@@ -88,7 +89,7 @@ fn admin_url() -> Result<String, Error> {
 
 /// Creates the local database if needed, migrates it, and returns the app role's and the support
 /// role's URLs for it.
-async fn migrate_only() -> Result<(String, String), Error> {
+async fn migrate_only() -> Result<(String, String, String), Error> {
     let admin: tokio_postgres::Config = admin_url()?.parse()?;
     let db_name = std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into());
     if !db_name
@@ -104,12 +105,15 @@ async fn migrate_only() -> Result<(String, String), Error> {
     let password = std::env::var("APP_DB_PASSWORD").unwrap_or_else(|_| DEV_APP_PASSWORD.into());
     let support_password =
         std::env::var("SUPPORT_DB_PASSWORD").unwrap_or_else(|_| DEV_SUPPORT_PASSWORD.into());
+    let impersonator_password = std::env::var("IMPERSONATOR_DB_PASSWORD")
+        .unwrap_or_else(|_| DEV_IMPERSONATOR_PASSWORD.into());
     let applied = migrate::run(
         &url_for(&admin, &user, &admin_password, &db_name),
         &migrate::embedded()?,
         &RolePasswords {
             app: Some(password.clone()),
             support: Some(support_password.clone()),
+            impersonator: Some(impersonator_password.clone()),
         },
     )
     .await?;
@@ -117,6 +121,12 @@ async fn migrate_only() -> Result<(String, String), Error> {
     Ok((
         url_for(&admin, "tenantry_app", &password, &db_name),
         url_for(&admin, "tenantry_support", &support_password, &db_name),
+        url_for(
+            &admin,
+            "tenantry_impersonator",
+            &impersonator_password,
+            &db_name,
+        ),
     ))
 }
 
@@ -157,12 +167,13 @@ fn url_for(cfg: &tokio_postgres::Config, user: &str, password: &str, db: &str) -
 
 async fn up() -> Result<(), Error> {
     let port = port()?;
-    let (app_url, support_url) = migrate_only().await?;
+    let (app_url, support_url, impersonation_url) = migrate_only().await?;
     let staff_org = std::env::var("SUPPORT_ORG_ID").unwrap_or_else(|_| DEV_STAFF_ORG.into());
     let env_or = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let mut vars = vec![
         ("APP_DATABASE_URL", app_url),
         ("SUPPORT_DATABASE_URL", support_url),
+        ("IMPERSONATION_DATABASE_URL", impersonation_url),
         ("SUPPORT_ORG_ID", staff_org.clone()),
         ("AUTH0_ISSUER", issuer_url(port)),
         ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),

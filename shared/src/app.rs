@@ -133,6 +133,16 @@ impl AppBuilder {
             Some(url) => Some(Db::connect(&crate::db::DbConfig {
                 url: url.clone(),
                 support_url: None,
+                impersonation_url: None,
+                ..config.db.clone()
+            })?),
+            None => None,
+        };
+        let impersonation_db = match &config.db.impersonation_url {
+            Some(url) => Some(Db::connect(&crate::db::DbConfig {
+                url: url.clone(),
+                support_url: None,
+                impersonation_url: None,
                 ..config.db.clone()
             })?),
             None => None,
@@ -185,6 +195,7 @@ impl AppBuilder {
             config,
             db,
             support_db,
+            impersonation_db,
             auth,
             embedder,
             answerer,

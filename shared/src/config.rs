@@ -73,6 +73,22 @@ impl Config {
             );
             tracing::info!(source = "secrets_manager", "support database credentials");
         }
+        if let (Some(arn), None) = (
+            &self.db.impersonation_secret_arn,
+            &self.db.impersonation_url,
+        ) {
+            let sdk = sdk.ok_or(ConfigError::Invalid {
+                name: "IMPERSONATION_DATABASE_SECRET_ARN",
+                reason: "set, but no AWS configuration was loaded".into(),
+            })?;
+            self.db.impersonation_url = Some(
+                crate::secrets::database_url(sdk, arn, self.db.host_override.as_deref()).await?,
+            );
+            tracing::info!(
+                source = "secrets_manager",
+                "impersonation database credentials"
+            );
+        }
         if let Some(arn) = self.billing.secret_arn.clone() {
             let sdk = sdk.ok_or(ConfigError::Invalid {
                 name: "BILLING_SECRET_ARN",
@@ -101,6 +117,7 @@ impl Config {
     pub fn needs_aws(&self) -> bool {
         self.db.secret_arn.is_some()
             || self.db.support_secret_arn.is_some()
+            || self.db.impersonation_secret_arn.is_some()
             || self.rag.embed_model_id.is_some()
             || self.rag.answer_model_id.is_some()
             || self.rag.embed_queue_url.is_some()

@@ -21,6 +21,9 @@ pub struct App {
     pub db: Db,
     /// The support role's pool (the admin function's cross-tenant reads), if configured.
     pub support_db: Option<Db>,
+    /// The impersonator role's pool (read-only impersonation sessions, which switch to the
+    /// read-only `tenantry_impersonation` role), if configured.
+    pub impersonation_db: Option<Db>,
     /// Bearer-token and API-key verification.
     pub auth: Authenticator,
     /// Text → vectors (questions, and chunks through the queue).
@@ -38,8 +41,8 @@ pub struct App {
 /// Why a principal's transaction could not begin.
 #[derive(Debug, thiserror::Error)]
 pub enum BeginError {
-    /// A read-only impersonation session needs the support role's pool, and this function has
-    /// none (`SUPPORT_DATABASE_URL` / `SUPPORT_DATABASE_SECRET_ARN` unset).
+    /// A read-only impersonation session needs the impersonator role's pool, and this function
+    /// has none (`IMPERSONATION_DATABASE_URL` / `IMPERSONATION_DATABASE_SECRET_ARN` unset).
     #[error("impersonation is not configured here")]
     NoSupportPool,
     /// The database refused or failed.
@@ -50,7 +53,7 @@ pub enum BeginError {
 impl App {
     /// Begins `principal`'s transaction: the one way a request reaches tenant data.
     ///
-    /// Under a read-only impersonation session it runs on the support role's pool as the
+    /// Under a read-only impersonation session it runs on the impersonator role's pool as the
     /// impersonation role, which can read the tenant (while the session is live) and append to
     /// its audit log, nothing else: the database, not only the handler, refuses any write.
     /// Under any session, `app.impersonation_id` is set, so the audit log records it with every
@@ -71,7 +74,10 @@ impl App {
                 Ok(self.db.begin_with(&ctx, access, settings).await?)
             }
             crate::auth::ImpersonationMode::ReadOnly => {
-                let db = self.support_db.as_ref().ok_or(BeginError::NoSupportPool)?;
+                let db = self
+                    .impersonation_db
+                    .as_ref()
+                    .ok_or(BeginError::NoSupportPool)?;
                 settings.impersonation_role = true;
                 Ok(db.begin_with(&ctx, access, settings).await?)
             }

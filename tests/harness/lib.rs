@@ -36,6 +36,8 @@ use tokio_postgres::types::Type;
 pub const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
 /// The support role's password on the test cluster.
 pub const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
+/// The impersonator role's password on the test cluster.
+pub const DEV_IMPERSONATOR_PASSWORD: &str = "tenantry_impersonator_dev";
 /// The staff organization of every test app (`SUPPORT_ORG_ID`).
 pub const STAFF_ORG: &str = "org_tenantrystaff";
 /// The token audience the tests use.
@@ -143,6 +145,7 @@ async fn template() -> String {
                     &RolePasswords {
                         app: Some(DEV_APP_PASSWORD.into()),
                         support: Some(DEV_SUPPORT_PASSWORD.into()),
+                        impersonator: Some(DEV_IMPERSONATOR_PASSWORD.into()),
                     },
                 )
                 .await
@@ -193,6 +196,8 @@ pub struct TestDb {
     pub app_url: String,
     /// Support-role URL.
     pub support_url: String,
+    /// Impersonator-role URL (read-only impersonation sessions).
+    pub impersonator_url: String,
 }
 
 impl TestDb {
@@ -212,11 +217,18 @@ impl TestDb {
         let admin_url = admin_url_for(&name);
         let app_url = with_login(&admin_url, "tenantry_app", DEV_APP_PASSWORD, &name);
         let support_url = with_login(&admin_url, "tenantry_support", DEV_SUPPORT_PASSWORD, &name);
+        let impersonator_url = with_login(
+            &admin_url,
+            "tenantry_impersonator",
+            DEV_IMPERSONATOR_PASSWORD,
+            &name,
+        );
         Self {
             name,
             admin_url,
             app_url,
             support_url,
+            impersonator_url,
         }
     }
 
@@ -505,6 +517,7 @@ impl TestApp {
         let mut vars = vec![
             ("APP_DATABASE_URL", db.app_url.clone()),
             ("SUPPORT_DATABASE_URL", db.support_url.clone()),
+            ("IMPERSONATION_DATABASE_URL", db.impersonator_url.clone()),
             ("SUPPORT_ORG_ID", STAFF_ORG.to_owned()),
             ("AUTH0_ISSUER", ISSUER.to_owned()),
             ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),

@@ -222,3 +222,31 @@ async fn support_exports_only_under_a_session_approved_for_it() {
         r.json
     );
 }
+
+#[tokio::test]
+async fn an_export_past_the_configured_size_is_refused_before_any_byte() {
+    let app = TestApp::with_vars(&[("EXPORT_MAX_BYTES", "200".into())]).await;
+    let (_, admin) = app.tenant_with_token("alpha").await;
+    app.create_dataset(
+        &admin,
+        r#"{"name": "notes", "columns": [{"name": "x", "type": "string"}]}"#,
+    )
+    .await;
+    app.ingest(
+        &admin,
+        "notes",
+        &json!([{"key": "n1", "data": {"x": "small"}}]),
+    )
+    .await;
+    let auth = format!("Bearer {admin}");
+    let (status, _, _) = raw(&app, &[("authorization", &auth)]).await;
+    assert_eq!(status, 200, "under the limit");
+    let big: Vec<Value> = (0..5)
+        .map(|i| json!({"key": format!("b{i}"), "data": {"x": "y".repeat(100)}}))
+        .collect();
+    app.ingest(&admin, "notes", &json!(big)).await;
+    let (status, headers, body) = raw(&app, &[("authorization", &auth)]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(body.contains("export_too_large"), "{body}");
+}

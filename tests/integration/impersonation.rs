@@ -90,9 +90,9 @@ async fn count(app: &TestApp, sql: &str, t: TenantId) -> i64 {
         .get(0)
 }
 
-/// The support role's pool, as a tenant function's `support_db`.
+/// The impersonator role's pool, as a tenant function's `impersonation_db`.
 fn support_pool(app: &TestApp) -> Db {
-    app.db.pool_at(&app.db.support_url, 2)
+    app.db.pool_at(&app.db.impersonator_url, 2)
 }
 
 /// A transaction exactly as a read-only session's: the support pool, the session set, the
@@ -236,7 +236,7 @@ async fn a_read_only_session_reads_is_recorded_and_every_write_is_refused_twice(
             e.sqlstate().map(|s| s.code().to_owned())
         );
     }
-    // Stepping back out of the role leaves the support role, which cannot write either.
+    // Stepping back out of the role leaves the impersonator login, which holds nothing at all.
     let mut tx = session_tx(&support, a, "auth0|sam", session).await;
     tx.execute("RESET ROLE", &[]).await.unwrap();
     let e = tx
@@ -254,7 +254,7 @@ async fn a_read_only_session_reads_is_recorded_and_every_write_is_refused_twice(
         .read_across_tenants("SELECT current_user::text", &[])
         .await
         .unwrap();
-    assert_eq!(rows[0].get::<_, String>(0), "tenantry_support");
+    assert_eq!(rows[0].get::<_, String>(0), "tenantry_impersonator");
 
     // The app's own path for the session's transactions is that role, not the handler's say-so.
     let mut headers = http::HeaderMap::new();

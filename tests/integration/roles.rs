@@ -196,6 +196,51 @@ const APP_FUNCTIONS: &[&str] = &[
     "app.tenants_with_pending_chunks(interval)",
 ];
 
+/// The login roles' memberships, exactly: only the impersonator is a member of anything (the
+/// read-only role, which it may SET but does not inherit), and nobody is a member of it.
+#[tokio::test]
+async fn only_the_impersonator_can_become_the_read_only_role() {
+    let db = TestDb::new().await;
+    let admin = db.admin().await;
+    let rows: Vec<(String, String, bool, bool)> = admin
+        .query(
+            "SELECT m.member::regrole::text, m.roleid::regrole::text, m.inherit_option, m.set_option
+             FROM pg_auth_members m
+             WHERE m.roleid::regrole::text LIKE 'tenantry%' OR m.member::regrole::text LIKE 'tenantry%'
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .filter(|(member, ..): &(String, String, bool, bool)| member.starts_with("tenantry"))
+        .collect();
+    assert_eq!(
+        rows,
+        [(
+            "tenantry_impersonator".to_owned(),
+            "tenantry_impersonation".to_owned(),
+            false,
+            true
+        )]
+    );
+    let flags = admin
+        .query_one(
+            "SELECT rolcanlogin, rolinherit, rolsuper, rolbypassrls FROM pg_roles
+             WHERE rolname = 'tenantry_impersonation'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let flags: [bool; 4] = std::array::from_fn(|i| flags.get(i));
+    assert_eq!(
+        flags,
+        [false, false, false, false],
+        "login, inherit, super, bypassrls"
+    );
+}
+
 #[tokio::test]
 async fn app_role_has_exactly_the_grants_the_migrations_give() {
     let db = TestDb::new().await;
@@ -204,6 +249,7 @@ async fn app_role_has_exactly_the_grants_the_migrations_give() {
         ("tenantry_app", APP_GRANTS),
         ("tenantry_support", SUPPORT_GRANTS),
         ("tenantry_impersonation", IMPERSONATION_GRANTS),
+        ("tenantry_impersonator", &[]),
     ] {
         let grants: Vec<(String, String)> = admin
             .query(

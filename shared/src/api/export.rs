@@ -1,6 +1,11 @@
 //! `GET /v1/export` (`export_data`: owners and admins, or support under a session approved for
-//! it): every dataset and record of the tenant as NDJSON, streamed a page at a time from one
-//! snapshot, so the copy is consistent however long it takes. Metered as no usage.
+//! it): every dataset and record of the tenant as NDJSON, a page at a time from one snapshot, so
+//! the copy is consistent. Metered as no usage.
+//!
+//! Locally the body streams. In AWS the HTTP API and `lambda_http` buffer a response, and Lambda
+//! returns at most 6 MB: so the template sets `EXPORT_MAX_BYTES`, and an export whose records
+//! hold more is refused up front (413 `export_too_large`) rather than failing half-way. An
+//! asynchronous export to S3 (a presigned link) is what lifts that limit.
 //!
 //! One JSON object per line, each with a `type`:
 //! - `export`: first; the tenant, when, and the format (`tenantry-export/1`);
@@ -51,6 +56,25 @@ pub(super) async fn export(State(app): State<Arc<App>>, caller: Caller) -> Handl
     log.commit().await?;
 
     let mut tx = super::begin(&app, &caller, Access::Snapshot).await?;
+    if let Some(max) = app.config.http.max_export_bytes {
+        let bytes: i64 = tx
+            .query_one(
+                "SELECT coalesce(sum(octet_length(data::text)), 0)::int8 FROM app.records",
+                &[],
+            )
+            .await?
+            .get(0);
+        if bytes > max {
+            return Err(crate::http::ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "export_too_large",
+                format!(
+                    "The export holds {bytes} bytes of records; this deployment returns at most \
+                     {max}. Ask support for a bulk export."
+                ),
+            ));
+        }
+    }
     let all = datasets::list(&mut tx).await?;
     let now = Utc::now();
     let head = line(&json!({

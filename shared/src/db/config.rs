@@ -39,6 +39,12 @@ pub struct DbConfig {
     pub support_url: Option<String>,
     /// Secrets Manager secret holding the support role's credentials (AWS).
     pub support_secret_arn: Option<String>,
+    /// The impersonator role's URL (`postgres://tenantry_impersonator:...`), for read-only
+    /// impersonation sessions in the tenant functions. Holds a password: never logged. Unset:
+    /// read-only sessions are refused with 503.
+    pub impersonation_url: Option<String>,
+    /// Secrets Manager secret holding the impersonator role's credentials (AWS).
+    pub impersonation_secret_arn: Option<String>,
 }
 
 impl DbConfig {
@@ -53,12 +59,15 @@ impl DbConfig {
             tls: DbTls::Disable,
             support_url: None,
             support_secret_arn: None,
+            impersonation_url: None,
+            impersonation_secret_arn: None,
         }
     }
 
     /// `APP_DATABASE_URL` (or `APP_DATABASE_SECRET_ARN`, resolved at cold start), `DB_HOST`,
     /// `DB_SSLMODE` and `DB_SSL_ROOT_CERT`, `DB_POOL_MAX`, `DB_CONNECT_TIMEOUT_SECS`, and for the
-    /// admin function `SUPPORT_DATABASE_URL` (or `SUPPORT_DATABASE_SECRET_ARN`).
+    /// admin function `SUPPORT_DATABASE_URL` (or `SUPPORT_DATABASE_SECRET_ARN`), for the tenant
+    /// functions `IMPERSONATION_DATABASE_URL` (or `IMPERSONATION_DATABASE_SECRET_ARN`).
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             url: match (
@@ -89,6 +98,8 @@ impl DbConfig {
             },
             support_url: env.var("SUPPORT_DATABASE_URL"),
             support_secret_arn: env.var("SUPPORT_DATABASE_SECRET_ARN"),
+            impersonation_url: env.var("IMPERSONATION_DATABASE_URL"),
+            impersonation_secret_arn: env.var("IMPERSONATION_DATABASE_SECRET_ARN"),
             pool_max: env.parse("DB_POOL_MAX", 4)?,
             connect_timeout: Duration::from_secs(env.parse("DB_CONNECT_TIMEOUT_SECS", 5)?),
         })
@@ -105,6 +116,11 @@ impl std::fmt::Debug for DbConfig {
                 &self.support_url.as_ref().map(|_| "<redacted>"),
             )
             .field("support_secret_arn", &self.support_secret_arn)
+            .field(
+                "impersonation_url",
+                &self.impersonation_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("impersonation_secret_arn", &self.impersonation_secret_arn)
             .field("host_override", &self.host_override)
             .field("tls", &self.tls)
             .field("pool_max", &self.pool_max)

@@ -99,6 +99,8 @@ pub struct RolePasswords {
     pub app: Option<String>,
     /// For `tenantry_support`.
     pub support: Option<String>,
+    /// For `tenantry_impersonator` (read-only impersonation sessions).
+    pub impersonator: Option<String>,
 }
 
 impl std::fmt::Debug for RolePasswords {
@@ -189,6 +191,7 @@ pub async fn run(
         for (role, password) in [
             ("tenantry_app", &passwords.app),
             ("tenantry_support", &passwords.support),
+            ("tenantry_impersonator", &passwords.impersonator),
         ] {
             if let Some(password) = password {
                 // Utility statements take no parameters: quote with format(%I, %L) server-side.

@@ -18,7 +18,7 @@ pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 pub struct TenantContext {
     /// The tenant every statement is confined to by RLS.
     pub tenant_id: TenantId,
-    /// Who acts: `user:<auth0 sub>`, `api_key:<key id>`, `system:<job>`.
+    /// Who acts: `user:<auth0 sub>`, `api_key:<key id>`, `staff:<auth0 sub>`, `system:<job>`.
     pub actor_id: String,
 }
 
@@ -47,8 +47,8 @@ pub struct TxSettings {
     /// audit log records with every entry).
     pub impersonation_id: Option<uuid::Uuid>,
     /// Run as `tenantry_impersonation` (`SET LOCAL ROLE`), the role that can only read, and only
-    /// while the session is live. Only on the support role's pool (a member of that role); on
-    /// any other the transaction's first statement fails.
+    /// while the session is live. Only on the impersonator role's pool (a member of that role);
+    /// on any other the transaction's first statement fails.
     pub impersonation_role: bool,
 }
 

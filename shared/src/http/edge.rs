@@ -48,13 +48,21 @@ type AxumResponse = http::Response<axum::body::Body>;
 pub struct HttpConfig {
     /// Larger request bodies are refused with 413 before any parsing.
     pub max_body_bytes: usize,
+    /// An export whose records hold more JSON than this is refused with 413 (where responses
+    /// are buffered: Lambda returns at most 6 MB). None: no limit.
+    pub max_export_bytes: Option<i64>,
 }
 
 impl HttpConfig {
-    /// `MAX_BODY_BYTES`.
+    /// `MAX_BODY_BYTES`, `EXPORT_MAX_BYTES`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let max_export_bytes = match env.var("EXPORT_MAX_BYTES") {
+            None => None,
+            Some(_) => Some(env.parse("EXPORT_MAX_BYTES", 0_i64)?),
+        };
         Ok(Self {
             max_body_bytes: env.parse("MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            max_export_bytes,
         })
     }
 }

@@ -44,7 +44,7 @@ pub enum BeginError {
     /// A read-only impersonation session needs the impersonator role's pool, and this function
     /// has none (`IMPERSONATION_DATABASE_URL` / `IMPERSONATION_DATABASE_SECRET_ARN` unset).
     #[error("impersonation is not configured here")]
-    NoSupportPool,
+    NoImpersonationPool,
     /// The database refused or failed.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
@@ -77,7 +77,7 @@ impl App {
                 let db = self
                     .impersonation_db
                     .as_ref()
-                    .ok_or(BeginError::NoSupportPool)?;
+                    .ok_or(BeginError::NoImpersonationPool)?;
                 settings.impersonation_role = true;
                 Ok(db.begin_with(&ctx, access, settings).await?)
             }

@@ -347,25 +347,29 @@ fn transition(
     }
 }
 
+/// A status change from one of `from` to `to`, with its required reason.
+async fn to_status(
+    app: &App,
+    staff: &StaffCaller,
+    path: &TenantPath,
+    body: &Reason,
+    (field, action): (Field, Action),
+    from: &'static [&'static str],
+    to: &'static str,
+) -> HandlerResult {
+    let reason = checked_reason(&body.reason)?;
+    let id = path.id()?;
+    change(app, staff, id, field, action, reason, transition(from, to)).await
+}
+
 pub(super) async fn suspend(
     State(app): State<Arc<App>>,
     staff: StaffCaller,
     PathParams(path): PathParams<TenantPath>,
     Json(body): Json<Reason>,
 ) -> HandlerResult {
-    let reason = checked_reason(&body.reason)?;
-    let id = path.id()?;
-    let decide = transition(&["active"], "suspended");
-    change(
-        &app,
-        &staff,
-        id,
-        Field::Status,
-        Action::TenantSuspended,
-        reason,
-        decide,
-    )
-    .await
+    let what = (Field::Status, Action::TenantSuspended);
+    to_status(&app, &staff, &path, &body, what, &["active"], "suspended").await
 }
 
 pub(super) async fn resume(
@@ -374,19 +378,8 @@ pub(super) async fn resume(
     PathParams(path): PathParams<TenantPath>,
     Json(body): Json<Reason>,
 ) -> HandlerResult {
-    let reason = checked_reason(&body.reason)?;
-    let id = path.id()?;
-    let decide = transition(&["suspended"], "active");
-    change(
-        &app,
-        &staff,
-        id,
-        Field::Status,
-        Action::TenantResumed,
-        reason,
-        decide,
-    )
-    .await
+    let what = (Field::Status, Action::TenantResumed);
+    to_status(&app, &staff, &path, &body, what, &["suspended"], "active").await
 }
 
 /// Closes the tenant: its people may then only export their data, which is deleted after the
@@ -398,20 +391,10 @@ pub(super) async fn close(
     PathParams(path): PathParams<TenantPath>,
     Json(body): Json<Reason>,
 ) -> HandlerResult {
-    let reason = checked_reason(&body.reason)?;
-    let id = path.id()?;
     let retention_days = app.config.tenants.retention_days;
-    let decide = transition(&["active", "suspended"], "closed");
-    change(
-        &app,
-        &staff,
-        id,
-        Field::Closed { retention_days },
-        Action::TenantClosed,
-        reason,
-        decide,
-    )
-    .await
+    let what = (Field::Closed { retention_days }, Action::TenantClosed);
+    let from = &["active", "suspended"];
+    to_status(&app, &staff, &path, &body, what, from, "closed").await
 }
 
 pub(super) async fn set_plan(

@@ -112,10 +112,6 @@ fn session_not_found() -> ApiError {
     )
 }
 
-fn refused(status: StatusCode, code: &'static str, detail: &str) -> ApiError {
-    ApiError::new(status, code, detail.to_owned())
-}
-
 /// `POST /admin/v1/impersonations`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,14 +173,14 @@ pub(super) async fn start(
     let (status, access, org): (String, String, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     if org.is_some() && org == app.config.auth.support_org_id {
-        return Err(refused(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "staff_tenant",
             "Staff do not impersonate the staff organization.",
         ));
     }
     if status == "closed" {
-        return Err(refused(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "tenant_closed",
             "The tenant is closed.",
@@ -192,14 +188,14 @@ pub(super) async fn start(
     }
     match (access.as_str(), body.mode) {
         ("off", _) => {
-            return Err(refused(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "support_access_off",
                 "The tenant does not allow support access.",
             ));
         }
         ("read_only", ImpersonationMode::ReadWrite) => {
-            return Err(refused(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "support_access_read_only",
                 "The tenant allows read-only support access only.",
@@ -397,7 +393,7 @@ async fn approve(app: &App, by: By<'_>, id: Uuid) -> HandlerResult {
     let mut tx = session_tx(app, &by, id).await?;
     let s = locked(&mut tx, id).await?;
     if s.state == "ended" || s.state == "expired" {
-        return Err(refused(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "impersonation_over",
             "The session is over; nothing to approve.",
@@ -416,7 +412,7 @@ async fn approve(app: &App, by: By<'_>, id: Uuid) -> HandlerResult {
         ),
     };
     if !needed || done {
-        return Err(refused(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "nothing_to_approve",
             "The session does not wait for this approval.",
@@ -425,7 +421,7 @@ async fn approve(app: &App, by: By<'_>, id: Uuid) -> HandlerResult {
     let approver = match &by {
         By::Staff(staff) => {
             if staff.id == s.staff_id {
-                return Err(refused(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "self_approval",
                     "A second support_admin approves a session, not its requester.",

@@ -376,7 +376,7 @@ impl From<crate::state::BeginError> for ApiError {
     fn from(e: crate::state::BeginError) -> Self {
         match e {
             crate::state::BeginError::Db(e) => e.into(),
-            e @ crate::state::BeginError::NoSupportPool => Self {
+            e @ crate::state::BeginError::NoImpersonationPool => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "impersonation_unavailable",
                 detail: "Impersonation is not configured for this function.".into(),

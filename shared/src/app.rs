@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use crate::App;
 use crate::TenantId;
+use crate::analytics::planner::local::LocalPlanner;
+use crate::analytics::planner::{PlanError, PlanFuture, PlanRequest, QueryPlanner};
 use crate::auth::Authenticator;
 use crate::billing::{BillingSink, LocalBilling};
 use crate::config::{Config, ConfigError};
@@ -157,6 +159,10 @@ impl AppBuilder {
             Some(model) => bedrock_answerer(sdk.as_ref(), model, &config)?,
             None => Arc::new(LocalAnswerer::default()),
         };
+        let planner: Arc<dyn QueryPlanner> = match &rag.planner_model_id {
+            Some(model) => bedrock_planner(sdk.as_ref(), model)?,
+            None => Arc::new(LocalPlanner),
+        };
         let embed_queue: Arc<dyn EmbedQueue> = match &rag.embed_queue_url {
             Some(url) => sqs_embed_queue(sdk.as_ref(), url)?,
             None => Arc::new(InProcessEmbedQueue::new(
@@ -186,6 +192,7 @@ impl AppBuilder {
             pool_max = config.db.pool_max,
             embedder = embedder.model(),
             answerer = answerer.model(),
+            planner = planner.model(),
             embed_queue = embed_queue.kind(),
             usage_queue = usage_queue.kind(),
             billing = billing.kind(),
@@ -199,6 +206,7 @@ impl AppBuilder {
             auth,
             embedder,
             answerer,
+            planner,
             embed_queue,
             usage_queue,
             billing,
@@ -260,6 +268,28 @@ fn bedrock_answerer(
     _: &Config,
 ) -> Result<Arc<dyn Answerer>, ConfigError> {
     Ok(Arc::new(Unlinked("answerer (Bedrock)")))
+}
+
+#[cfg(feature = "bedrock")]
+fn bedrock_planner(
+    sdk: Option<&aws_config::SdkConfig>,
+    model: &str,
+) -> Result<Arc<dyn QueryPlanner>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("BEDROCK_PLANNER_MODEL_ID"))?;
+    Ok(Arc::new(
+        crate::analytics::planner::bedrock::BedrockPlanner::new(
+            crate::rag::bedrock::client(sdk),
+            model,
+        ),
+    ))
+}
+
+#[cfg(not(feature = "bedrock"))]
+fn bedrock_planner(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+) -> Result<Arc<dyn QueryPlanner>, ConfigError> {
+    Ok(Arc::new(Unlinked("query planner (Bedrock)")))
 }
 
 #[cfg(feature = "sqs")]
@@ -330,6 +360,15 @@ impl Answerer for Unlinked {
     }
     fn answer<'a>(&'a self, _: &'a str, _: &'a [Source]) -> AnswerFuture<'a> {
         Box::pin(async move { Err(AnswerError::Fatal(self.message())) })
+    }
+}
+
+impl QueryPlanner for Unlinked {
+    fn model(&self) -> &str {
+        "unlinked"
+    }
+    fn plan<'a>(&'a self, _: &'a PlanRequest<'a>) -> PlanFuture<'a> {
+        Box::pin(async move { Err(PlanError::Fatal(self.message())) })
     }
 }
 

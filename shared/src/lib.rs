@@ -41,6 +41,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tenants;
 pub mod usage;
+pub mod words;
 
 pub use ids::TenantId;
 pub use state::App;

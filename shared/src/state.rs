@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::analytics::planner::QueryPlanner;
 use crate::auth::Authenticator;
 use crate::billing::BillingSink;
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct App {
     pub embedder: Arc<dyn Embedder>,
     /// Sources → answer.
     pub answerer: Arc<dyn Answerer>,
+    /// Question → queries in the query language (questions about figures).
+    pub planner: Arc<dyn QueryPlanner>,
     /// Where embedding work goes after ingest.
     pub embed_queue: Arc<dyn EmbedQueue>,
     /// Where billable requests send their usage.

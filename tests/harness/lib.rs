@@ -461,6 +461,10 @@ impl TestApp {
                 "BEDROCK_ANSWER_MODEL_ID",
                 "amazon.nova-lite-v1:0".to_owned(),
             ),
+            (
+                "BEDROCK_PLANNER_MODEL_ID",
+                "amazon.nova-pro-v1:0".to_owned(),
+            ),
         ];
         Self::build(Duration::from_secs(60), &vars, Some(sdk)).await
     }
@@ -956,6 +960,7 @@ pub struct BedrockStub {
     requests: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
     throttle: Arc<std::sync::atomic::AtomicU32>,
     reply: Arc<Mutex<String>>,
+    plan: Arc<Mutex<Vec<serde_json::Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -967,16 +972,22 @@ impl BedrockStub {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let throttle = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let reply = Arc::new(Mutex::new("From your data [S1].".to_owned()));
-        let (r, t, p) = (requests.clone(), throttle.clone(), reply.clone());
+        let plan: Arc<Mutex<Vec<serde_json::Value>>> = Arc::new(Mutex::new(Vec::new()));
+        let (r, t, p, pl) = (
+            requests.clone(),
+            throttle.clone(),
+            reply.clone(),
+            plan.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (r, t, p) = (r.clone(), t.clone(), p.clone());
+                let (r, t, p, pl) = (r.clone(), t.clone(), p.clone(), pl.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (r, t, p) = (r.clone(), t.clone(), p.clone());
+                        let (r, t, p, pl) = (r.clone(), t.clone(), p.clone(), pl.clone());
                         async move {
                             use http_body_util::BodyExt as _;
                             let path = req.uri().path().to_owned();
@@ -1026,6 +1037,25 @@ impl BedrockStub {
                                     None,
                                 );
                             }
+                            if path.ends_with("/converse") && body.get("toolConfig").is_some() {
+                                // The planner's call: the scripted content blocks (tool calls
+                                // and text), or a reply without a tool call.
+                                let mut content = pl.lock().unwrap().clone();
+                                if content.is_empty() {
+                                    content.push(serde_json::json!({"text": "That is not a question about figures."}));
+                                }
+                                let tool = content.iter().any(|c| c.get("toolUse").is_some());
+                                return json(
+                                    200,
+                                    serde_json::json!({
+                                        "output": {"message": {"role": "assistant", "content": content}},
+                                        "stopReason": if tool { "tool_use" } else { "end_turn" },
+                                        "usage": {"inputTokens": 300, "outputTokens": 40, "totalTokens": 340},
+                                        "metrics": {"latencyMs": 42}
+                                    }),
+                                    None,
+                                );
+                            }
                             if path.ends_with("/converse") {
                                 let text = p.lock().unwrap().clone();
                                 return json(
@@ -1057,8 +1087,20 @@ impl BedrockStub {
             requests,
             throttle,
             reply,
+            plan,
             task,
         }
+    }
+
+    /// What the planner's `Converse` call (the one with a tool) answers from now on: these
+    /// content blocks (`{"toolUse": {...}}`, `{"text": ...}`); none: a reply with no tool call.
+    pub fn plan_with(&self, content: Vec<serde_json::Value>) {
+        *self.plan.lock().unwrap() = content;
+    }
+
+    /// A tool call of the planner's tool with `input`.
+    pub fn tool_use(input: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"toolUse": {"toolUseId": "tooluse_1", "name": "run_query", "input": input}})
     }
 
     /// The next `n` requests get a throttling error.

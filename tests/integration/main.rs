@@ -4,6 +4,7 @@
 mod analytics;
 mod api_keys;
 mod ask;
+mod ask_figures;
 mod audit;
 mod auth;
 mod authorizer;

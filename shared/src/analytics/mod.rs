@@ -11,6 +11,7 @@
 
 pub mod datasets;
 pub mod ingest;
+pub mod planner;
 pub mod query;
 pub mod schema;
 

@@ -10,6 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::embed::LocalEmbedder;
+use crate::analytics::planner;
+use crate::analytics::query::{QueryResult, QuerySpec};
 
 /// One source handed to the answerer.
 #[derive(Clone, Debug)]
@@ -60,7 +62,31 @@ pub trait Answerer: Send + Sync + std::fmt::Debug {
     fn model(&self) -> &str;
     /// Answers `question` from `sources` only.
     fn answer<'a>(&'a self, question: &'a str, sources: &'a [Source]) -> AnswerFuture<'a>;
+    /// States the figures of `result`, the answer to `query`, for `question`. The default is
+    /// the template of [`planner::describe`] (named [`TEMPLATE_MODEL`]); the caller checks that
+    /// every number an adapter writes is in the result, and falls back to the template if not.
+    fn describe<'a>(
+        &'a self,
+        question: &'a str,
+        query: &'a QuerySpec,
+        result: &'a QueryResult,
+    ) -> AnswerFuture<'a> {
+        let _ = question;
+        Box::pin(async move { Ok(template(query, result)) })
+    }
 }
+
+/// The figures of a result in the template's words ([`planner::describe`]).
+pub fn template(query: &QuerySpec, result: &QueryResult) -> Draft {
+    Draft {
+        text: planner::describe(query, result),
+        citations: Vec::new(),
+        model: TEMPLATE_MODEL.to_owned(),
+    }
+}
+
+/// The name of the template that states figures.
+pub const TEMPLATE_MODEL: &str = "local-template-v1";
 
 /// What [`police`] let through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,11 +363,15 @@ impl Answerer for LocalAnswerer {
     fn answer<'a>(&'a self, question: &'a str, sources: &'a [Source]) -> AnswerFuture<'a> {
         Box::pin(async move {
             let q = self.embedder.vector(question);
+            let topic = crate::words::topic_stems(question);
             let mut scored: Vec<(f32, &str, &str)> = Vec::new();
             for s in sources {
                 for sentence in s.text.split_inclusive(['.', '!', '?']) {
                     let sentence = sentence.trim();
-                    if sentence.len() < 3 {
+                    // A sentence is quoted only if it shares a topic word with the question:
+                    // close wording alone ("the customer asked...") is no answer.
+                    let stems = crate::words::topic_stems(sentence);
+                    if sentence.len() < 3 || !topic.iter().any(|t| stems.contains(t)) {
                         continue;
                     }
                     let v = self.embedder.vector(sentence);

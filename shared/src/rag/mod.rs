@@ -34,6 +34,11 @@ pub struct RagConfig {
     pub embed_concurrency: usize,
     /// Bedrock Converse model for answers; unset: the local extractive answerer.
     pub answer_model_id: Option<String>,
+    /// Bedrock Converse model that plans queries for questions about figures (tool use); unset:
+    /// the local planner.
+    pub planner_model_id: Option<String>,
+    /// Hits less relevant than this (0..1, see [`search::Hit::relevance`]) are not answered from.
+    pub min_relevance: f64,
     /// Most tokens an answer may have.
     pub answer_max_tokens: i32,
     /// SQS queue for embedding work; unset: embed in-process.
@@ -46,8 +51,8 @@ pub struct RagConfig {
 
 impl RagConfig {
     /// `EMBED_DIMS`, `BEDROCK_EMBED_MODEL_ID`, `BEDROCK_EMBED_CONCURRENCY`,
-    /// `BEDROCK_ANSWER_MODEL_ID`, `BEDROCK_ANSWER_MAX_TOKENS`, `EMBED_QUEUE_URL`,
-    /// `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`.
+    /// `BEDROCK_ANSWER_MODEL_ID`, `BEDROCK_PLANNER_MODEL_ID`, `BEDROCK_ANSWER_MAX_TOKENS`,
+    /// `EMBED_QUEUE_URL`, `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`, `RAG_MIN_RELEVANCE`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             embed_dims: match env.parse("EMBED_DIMS", 256)? {
@@ -62,6 +67,16 @@ impl RagConfig {
             embed_model_id: env.var("BEDROCK_EMBED_MODEL_ID"),
             embed_concurrency: env.parse("BEDROCK_EMBED_CONCURRENCY", 4)?,
             answer_model_id: env.var("BEDROCK_ANSWER_MODEL_ID"),
+            planner_model_id: env.var("BEDROCK_PLANNER_MODEL_ID"),
+            min_relevance: match env.parse("RAG_MIN_RELEVANCE", 0.25)? {
+                r if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "RAG_MIN_RELEVANCE",
+                        reason: "use 0 to 1".into(),
+                    });
+                }
+            },
             answer_max_tokens: env.parse("BEDROCK_ANSWER_MAX_TOKENS", 800)?,
             embed_queue_url: env.var("EMBED_QUEUE_URL"),
             exact_max_chunks: env.parse("RAG_EXACT_MAX_CHUNKS", 5_000)?,

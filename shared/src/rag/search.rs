@@ -46,6 +46,26 @@ pub struct Hit {
     pub vector_rank: Option<i64>,
     /// Rank among full-text candidates (1-based), if it was one.
     pub text_rank: Option<i64>,
+    /// Cosine similarity of its embedding to the question's (None while it has none).
+    pub similarity: Option<f64>,
+    /// How relevant it is to the question, 0 to 1 ([`relevance`]).
+    pub relevance: f64,
+}
+
+/// A hit's relevance, 0 to 1, comparable across questions (unlike the fused score, a rank):
+/// the mean of its cosine similarity to the question (below 0 counted as 0) and the share of
+/// the question's topic words (stemmed, function words left out) its text contains. A chunk
+/// that shares no topic word with the question is at most half relevant, however close its
+/// vector; what `RAG_MIN_RELEVANCE` lets through is set against the answers benchmark.
+pub fn relevance(question: &str, content: &str, similarity: Option<f64>) -> f64 {
+    let wanted = crate::words::topic_stems(question);
+    let coverage = if wanted.is_empty() {
+        0.0
+    } else {
+        let have = crate::words::topic_stems(content);
+        wanted.iter().filter(|w| have.contains(w)).count() as f64 / wanted.len() as f64
+    };
+    (similarity.unwrap_or(0.0).clamp(0.0, 1.0) + coverage) / 2.0
 }
 
 /// What to search for.
@@ -190,7 +210,9 @@ async fn fused(
                 c.content, \
                 coalesce(1.0 / ({rrf_k} + m.vrank), 0) + coalesce(1.0 / ({rrf_k} + m.trank), 0) \
                   AS score, \
-                m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m) \
+                m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m), \
+                CASE WHEN vector_dims(c.embedding) = {dims} \
+                  THEN 1 - (c.embedding <=> {question_vector}::vector({dims})) END \
          FROM m \
          JOIN app.chunks c ON c.tenant_id = {tenant} AND c.dataset_id = m.dataset_id \
            AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
@@ -202,17 +224,23 @@ async fn fused(
     let considered = rows.first().map_or(0, |r| r.get::<_, i64>(11));
     let hits = rows
         .iter()
-        .map(|r| Hit {
-            dataset_id: r.get(0),
-            dataset: r.get(1),
-            record_key: r.get(2),
-            record_version: r.get(3),
-            chunk_no: r.get(4),
-            column: r.get(5),
-            content: r.get(6),
-            score: r.get(7),
-            vector_rank: r.get(8),
-            text_rank: r.get(9),
+        .map(|r| {
+            let content: String = r.get(6);
+            let similarity: Option<f64> = r.get(12);
+            Hit {
+                relevance: relevance(req.question, &content, similarity),
+                similarity,
+                dataset_id: r.get(0),
+                dataset: r.get(1),
+                record_key: r.get(2),
+                record_version: r.get(3),
+                chunk_no: r.get(4),
+                column: r.get(5),
+                content,
+                score: r.get(7),
+                vector_rank: r.get(8),
+                text_rank: r.get(9),
+            }
         })
         .collect();
     Ok((

@@ -7,11 +7,12 @@
 
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// A query.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuerySpec {
     /// The dataset, by name or id.
@@ -56,7 +57,8 @@ pub enum Filter {
 
 /// A condition on one column. Whether `value` fits the operator and the column's type is decided
 /// against the dataset's schema, by the compiler.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Condition {
     /// The column.
     pub column: String,
@@ -69,7 +71,7 @@ pub struct Condition {
 }
 
 /// Condition operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Equal.
@@ -113,7 +115,7 @@ impl Op {
 }
 
 /// A condition's operand.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(
     untagged,
     expecting = "a string, number or boolean, or an array of them"
@@ -126,7 +128,7 @@ pub enum Operand {
 }
 
 /// A JSON scalar.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged, expecting = "a string, number or boolean")]
 pub enum Literal {
     /// A boolean.
@@ -138,7 +140,7 @@ pub enum Literal {
 }
 
 /// A `group_by` entry.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(
     untagged,
     expecting = "a column name, or a time bucket {\"column\", \"bucket\", \"as\"?}"
@@ -151,7 +153,7 @@ pub enum GroupKey {
 }
 
 /// A time bucket of a timestamp column.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BucketSpec {
     /// The timestamp column.
@@ -164,7 +166,7 @@ pub struct BucketSpec {
 }
 
 /// An aggregate.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateSpec {
     /// Which function.
@@ -182,7 +184,7 @@ pub struct AggregateSpec {
 }
 
 /// Aggregate functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AggFn {
     /// Rows (or non-null values of a column).
@@ -202,7 +204,7 @@ pub enum AggFn {
 }
 
 /// A time bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Bucket {
     /// Minute.
@@ -231,7 +233,7 @@ impl Bucket {
 }
 
 /// An ordering.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderSpec {
     /// An output name.
@@ -242,7 +244,7 @@ pub struct OrderSpec {
 }
 
 /// Sort direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Ascending.
@@ -253,7 +255,7 @@ pub enum Direction {
 }
 
 /// A time range.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeRangeSpec {
     /// Inclusive start (RFC 3339).
@@ -265,6 +267,32 @@ pub struct TimeRangeSpec {
     /// The timestamp column (default: the dataset's time column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+}
+
+/// The filter grammar as JSON Schema: what [`Filter`]'s own parser accepts (a condition, or one of
+/// `and`/`or`/`not` alone in its object).
+impl JsonSchema for Filter {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Filter".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let condition = generator.subschema_for::<Condition>();
+        let filter = generator.subschema_for::<Filter>();
+        let list = json_schema!({"type": "array", "items": filter, "minItems": 1});
+        let alone = |key: &str, value: Schema| {
+            json_schema!({
+                "type": "object",
+                "properties": { key: value },
+                "required": [key],
+                "additionalProperties": false
+            })
+        };
+        json_schema!({
+            "description": "A condition on one column, or and/or/not of filters (alone in their object).",
+            "oneOf": [condition, alone("and", list.clone()), alone("or", list), alone("not", filter)]
+        })
+    }
 }
 
 const CONDITION_FIELDS: &[&str] = &["column", "op", "value"];

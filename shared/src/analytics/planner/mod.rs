@@ -1,0 +1,553 @@
+//! Questions about figures, planned as queries in **our** query language ([`QuerySpec`]), never
+//! as SQL: whatever a planner returns is validated and compiled by the same code as
+//! `POST /v1/query`, and a plan that does not fit the dataset is refused, not run.
+//!
+//! - [`QueryPlanner`]: the port. It gets the question, the request time and the tenant's dataset
+//!   profiles ([`profile`]: names, types, the time column and, for low-cardinality string
+//!   columns, their most common values, read in the tenant's transaction under RLS).
+//! - [`local::LocalPlanner`] (`local-planner-v1`): deterministic English phrasings, for the
+//!   embedded mode and tests. It refuses what it cannot map rather than guessing.
+//! - `bedrock::BedrockPlanner` (feature `bedrock`): Converse with one tool whose input schema is
+//!   the query language, generated from the Rust types ([`query_language_schema`]).
+//! - [`describe`]: the figures of a result as a sentence, and [`unsupported_figures`]: the
+//!   numbers of an answer that its result does not hold.
+
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
+pub mod local;
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::types::Type;
+
+use super::datasets::Dataset;
+use super::query::{
+    AggFn, AggregateSpec, Filter, GroupKey, Literal, Op, Operand, QueryResult, QuerySpec,
+};
+use super::schema::ColumnType;
+use crate::db::{DbError, TenantTx};
+
+/// String columns with at most this many distinct values (in the sampled rows) have their values
+/// shown to planners.
+pub const MAX_COMMON_VALUES: usize = 30;
+/// Rows sampled per column for its common values.
+const PROFILE_SAMPLE_ROWS: i64 = 5_000;
+
+/// A column as a planner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ColumnProfile {
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// For a low-cardinality string column: its values, most common first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// A dataset as a planner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DatasetProfile {
+    /// Its name.
+    pub name: String,
+    /// Its columns.
+    pub columns: Vec<ColumnProfile>,
+    /// The default time column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_column: Option<String>,
+}
+
+impl DatasetProfile {
+    /// A column by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnProfile> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// What a planner is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanRequest<'a> {
+    /// The question.
+    pub question: &'a str,
+    /// The request time: "last month" is relative to it, in UTC.
+    pub now: DateTime<Utc>,
+    /// The datasets the question may be about.
+    pub datasets: &'a [DatasetProfile],
+}
+
+/// What a planner made of a question.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanOutcome {
+    /// Queries that answer it (empty: not a question about figures, or refused).
+    pub plans: Vec<QuerySpec>,
+    /// Why a question about figures cannot be answered from the data (set with no plans).
+    pub refusal: Option<String>,
+    /// Candidate plans refused before running (a model's tool input that is no query).
+    pub rejected: usize,
+}
+
+/// Why no plan could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Worth retrying later.
+    #[error("planning temporarily unavailable: {0}")]
+    Retryable(String),
+    /// Will not succeed as asked.
+    #[error("planning failed: {0}")]
+    Fatal(String),
+}
+
+/// A boxed planning future.
+pub type PlanFuture<'a> = Pin<Box<dyn Future<Output = Result<PlanOutcome, PlanError>> + Send + 'a>>;
+
+/// Plans queries for a question about figures.
+pub trait QueryPlanner: Send + Sync + std::fmt::Debug {
+    /// The planner's name, reported in responses.
+    fn model(&self) -> &str;
+    /// Zero or more plans for `req.question`, in the query language.
+    fn plan<'a>(&'a self, req: &'a PlanRequest<'a>) -> PlanFuture<'a>;
+}
+
+/// The query language as JSON Schema, generated from [`QuerySpec`]'s types (so a model's tool
+/// and the parser cannot drift apart).
+pub fn query_language_schema() -> Value {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<QuerySpec>();
+    schema.to_value()
+}
+
+/// Profiles `datasets` for a planner, in the tenant's transaction: one statement per string
+/// column that is not a retrieval text column, over at most [`PROFILE_SAMPLE_ROWS`] rows.
+pub async fn profile(
+    tx: &mut TenantTx,
+    datasets: &[Dataset],
+) -> Result<Vec<DatasetProfile>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let mut out = Vec::with_capacity(datasets.len());
+    for ds in datasets {
+        let mut columns = Vec::with_capacity(ds.columns.len());
+        for c in &ds.columns {
+            let mut values = Vec::new();
+            if c.ty == ColumnType::String && !ds.text_columns.contains(&c.name) {
+                let expr = ds.column_expr(c);
+                let fetch = (MAX_COMMON_VALUES + 1) as i64;
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT v FROM (SELECT {expr} AS v FROM app.records r \
+                             WHERE r.tenant_id = $1 AND r.dataset_id = $2 LIMIT $3) s \
+                             WHERE v IS NOT NULL GROUP BY v ORDER BY count(*) DESC, v LIMIT $4"
+                        ),
+                        &[
+                            (&tenant, Type::UUID),
+                            (&ds.id, Type::UUID),
+                            (&PROFILE_SAMPLE_ROWS, Type::INT8),
+                            (&fetch, Type::INT8),
+                        ],
+                    )
+                    .await?;
+                if rows.len() <= MAX_COMMON_VALUES {
+                    values = rows
+                        .iter()
+                        .map(|r| r.get::<_, String>(0))
+                        .filter(|v| v.chars().count() <= 100)
+                        .collect();
+                }
+            }
+            columns.push(ColumnProfile {
+                name: c.name.clone(),
+                ty: c.ty,
+                values,
+            });
+        }
+        out.push(DatasetProfile {
+            name: ds.name.clone(),
+            columns,
+            time_column: ds.time_column.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A number as answers write it: integers as they are, others rounded to two decimals with
+/// trailing zeros cut.
+pub fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        return format!("{n:.0}");
+    }
+    let s = format!("{n:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "none".to_owned(),
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), format_number),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn aggregate_phrase(a: &AggregateSpec) -> String {
+    let col = a.column.as_deref().unwrap_or("records");
+    match a.func {
+        AggFn::Count if a.column.is_none() => "the number of records".to_owned(),
+        AggFn::Count => format!("the number of {col} values"),
+        AggFn::Sum => format!("the total {col}"),
+        AggFn::Avg => format!("the average {col}"),
+        AggFn::Min => format!("the lowest {col}"),
+        AggFn::Max => format!("the highest {col}"),
+        AggFn::CountDistinct => format!("the number of distinct {col} values"),
+        AggFn::Percentile => match a.p {
+            Some(p) if (p - 0.5).abs() < f64::EPSILON => format!("the median {col}"),
+            Some(p) => format!("the {}th percentile of {col}", format_number(p * 100.0)),
+            None => format!("a percentile of {col}"),
+        },
+    }
+}
+
+fn literal(l: &Literal) -> String {
+    match l {
+        Literal::Bool(b) => b.to_string(),
+        Literal::Number(n) => n.to_string(),
+        Literal::Text(s) => s.clone(),
+    }
+}
+
+fn filter_phrase(f: &Filter) -> String {
+    match f {
+        Filter::And(items) => items
+            .iter()
+            .map(filter_phrase)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        Filter::Or(items) => format!(
+            "({})",
+            items
+                .iter()
+                .map(filter_phrase)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        Filter::Not(inner) => format!("not {}", filter_phrase(inner)),
+        Filter::Condition(c) => {
+            let value = match &c.value {
+                Some(Operand::Scalar(l)) => literal(l),
+                Some(Operand::List(ls)) => ls.iter().map(literal).collect::<Vec<_>>().join(", "),
+                None => String::new(),
+            };
+            let op = match c.op {
+                Op::Eq => "is",
+                Op::Ne => "is not",
+                Op::Lt => "is below",
+                Op::Lte => "is at most",
+                Op::Gt => "is above",
+                Op::Gte => "is at least",
+                Op::In => "is one of",
+                Op::Between => "is between",
+                Op::Contains => "contains",
+                Op::IsNull => "is empty",
+            };
+            format!("{} {op} {value}", c.column).trim_end().to_owned()
+        }
+    }
+}
+
+/// Where the figures come from, in words: the dataset, its filter and time range.
+fn scope(spec: &QuerySpec) -> String {
+    let mut s = format!("in {}", spec.dataset);
+    if let Some(f) = &spec.filter {
+        let _ = write!(s, " where {}", filter_phrase(f));
+    }
+    if let Some(t) = &spec.time_range {
+        let day = |v: &Option<String>| v.as_deref().map(|x| x.get(..10).unwrap_or(x).to_owned());
+        match (day(&t.from), day(&t.to)) {
+            (Some(from), Some(to)) => {
+                let _ = write!(s, " from {from} up to (not including) {to}");
+            }
+            (Some(from), None) => {
+                let _ = write!(s, " from {from}");
+            }
+            (None, Some(to)) => {
+                let _ = write!(s, " before {to}");
+            }
+            (None, None) => {}
+        }
+    }
+    s
+}
+
+/// Rows an answer lists before it points at the result table.
+const LISTED_ROWS: usize = 10;
+
+/// The figures of `result` (the answer to `spec`) as a sentence: every number in it is a cell of
+/// the result, formatted by [`format_number`].
+pub fn describe(spec: &QuerySpec, result: &QueryResult) -> String {
+    let scope = scope(spec);
+    let groups = spec.group_by.len();
+    if result.rows.is_empty() {
+        return format!("No records match {scope}, so there is no figure to report.");
+    }
+    let default_count = [AggregateSpec {
+        func: AggFn::Count,
+        column: None,
+        p: None,
+        alias: None,
+    }];
+    let aggs = if spec.aggregates.is_empty() && groups > 0 {
+        &default_count[..]
+    } else {
+        &spec.aggregates[..]
+    };
+    if aggs.is_empty() {
+        return format!(
+            "{} records {scope} are in the result table.",
+            result.row_count
+        );
+    }
+    let row_cells = |row: &Value| -> Vec<String> {
+        row.as_array()
+            .map(|cells| cells.iter().map(cell).collect())
+            .unwrap_or_default()
+    };
+    let phrases: Vec<String> = aggs.iter().map(aggregate_phrase).collect();
+    if groups == 0 {
+        let cells = row_cells(&result.rows[0]);
+        let parts: Vec<String> = phrases
+            .iter()
+            .zip(&cells)
+            .map(|(p, v)| format!("{p} is {v}"))
+            .collect();
+        let mut text = parts.join(", and ");
+        if let Some(first) = text.get(..1) {
+            text = format!("{}{}", first.to_uppercase(), &text[1..]);
+        }
+        return format!("{text} ({scope}).");
+    }
+    let group_names: Vec<String> = spec
+        .group_by
+        .iter()
+        .map(|g| match g {
+            GroupKey::Column(c) => c.clone(),
+            GroupKey::Bucket(b) => format!("{} of {}", b.bucket.as_str(), b.column),
+        })
+        .collect();
+    let ranked = spec.limit.is_some() && !spec.order_by.is_empty();
+    let lines: Vec<String> = result
+        .rows
+        .iter()
+        .take(LISTED_ROWS)
+        .map(|row| {
+            let cells = row_cells(row);
+            let (keys, values) = cells.split_at(groups.min(cells.len()));
+            format!("{}: {}", keys.join(" / "), values.join(", "))
+        })
+        .collect();
+    let mut text = if ranked && result.row_count == 1 {
+        format!(
+            "{} has {} ({scope}): {}.",
+            lines[0].split(": ").next().unwrap_or_default(),
+            phrases.join(", "),
+            lines[0].split(": ").nth(1).unwrap_or_default()
+        )
+    } else {
+        format!(
+            "{} by {} ({scope}): {}.",
+            capitalize(&phrases.join(", ")),
+            group_names.join(" and "),
+            lines.join("; ")
+        )
+    };
+    if result.row_count > LISTED_ROWS {
+        let _ = write!(
+            text,
+            " {} more rows are in the result table.",
+            result.row_count - LISTED_ROWS
+        );
+    }
+    if result.truncated {
+        text.push_str(" The result was cut at the query's limit.");
+    }
+    text
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// Numbers written in `text` (digits with an optional fraction; `1,234.5` read as 1234.5).
+fn numbers_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let joins = (c == '.' || c == ',')
+            && !cur.is_empty()
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_ascii_digit() {
+            cur.push(c);
+        } else if joins {
+            if c == '.' {
+                cur.push('.');
+            }
+        } else if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The numbers of `answer` that neither `result` holds (as a cell, rounded as written) nor the
+/// question, the query or the result's text cells spell out. An answer whose figures all come
+/// from its result returns an empty list.
+pub fn unsupported_figures(
+    answer: &str,
+    question: &str,
+    spec: &QuerySpec,
+    result: &QueryResult,
+) -> Vec<String> {
+    let mut values: Vec<f64> = Vec::new();
+    let mut spelled: Vec<String> = numbers_in(question);
+    spelled.extend(numbers_in(&serde_json::to_string(spec).unwrap_or_default()));
+    for row in &result.rows {
+        for v in row.as_array().into_iter().flatten() {
+            match v {
+                Value::Number(n) => values.extend(n.as_f64()),
+                Value::String(s) => spelled.extend(numbers_in(s)),
+                _ => {}
+            }
+        }
+    }
+    spelled.push(result.row_count.to_string());
+    numbers_in(answer)
+        .into_iter()
+        .filter(|figure| {
+            if spelled.iter().any(|s| s == figure) {
+                return false;
+            }
+            let Ok(x) = figure.parse::<f64>() else {
+                return true;
+            };
+            let decimals = figure.split('.').nth(1).map_or(0, str::len) as i32;
+            let scale = 10f64.powi(decimals);
+            !values
+                .iter()
+                .any(|v| ((v * scale).round() - x * scale).abs() < 0.5)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::query::OutputColumn;
+    use serde_json::json;
+
+    fn result(columns: &[&str], rows: Vec<Value>) -> QueryResult {
+        QueryResult {
+            columns: columns
+                .iter()
+                .map(|c| OutputColumn {
+                    name: (*c).to_owned(),
+                    ty: "number",
+                })
+                .collect(),
+            row_count: rows.len(),
+            rows,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn described_figures_are_all_in_the_result() {
+        let spec: QuerySpec = serde_json::from_value(json!({
+            "dataset": "orders",
+            "filter": {"column": "region", "op": "eq", "value": "EU"},
+            "group_by": ["product"],
+            "aggregates": [{"fn": "sum", "column": "amount"}],
+            "time_range": {"from": "2026-10-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = result(
+            &["product", "sum_amount"],
+            vec![json!(["gadget", 1234.5600000001]), json!(["widget", 17])],
+        );
+        let text = describe(&spec, &r);
+        assert_eq!(
+            text,
+            "The total amount by product (in orders where region is EU from 2026-10-01 up to \
+             (not including) 2026-11-01): gadget: 1234.56; widget: 17."
+        );
+        assert!(unsupported_figures(&text, "q", &spec, &r).is_empty());
+        let invented = "Gadget brought 1234.57 and widget 18, about 1,234.56 in all.";
+        assert_eq!(
+            unsupported_figures(invented, "q", &spec, &r),
+            ["1234.57", "18"]
+        );
+    }
+
+    #[test]
+    fn numbers_are_read_as_written() {
+        assert_eq!(
+            numbers_in("1,234.5 and 7. Then 2026-10-01"),
+            ["1234.5", "7", "2026", "10", "01"]
+        );
+        assert_eq!(format_number(12.0), "12");
+        assert_eq!(format_number(12.345), "12.35");
+        assert_eq!(format_number(0.1 + 0.2), "0.3");
+    }
+
+    #[test]
+    fn the_tool_schema_is_the_query_language() {
+        let schema = query_language_schema();
+        let props = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{schema}"));
+        let mut names: Vec<&str> = props.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "aggregates",
+                "dataset",
+                "filter",
+                "group_by",
+                "limit",
+                "order_by",
+                "select",
+                "time_range"
+            ]
+        );
+        assert_eq!(schema["required"], json!(["dataset"]));
+        assert_eq!(schema["additionalProperties"], json!(false));
+        let text = schema.to_string();
+        for op in [
+            "\"eq\"",
+            "\"between\"",
+            "\"is_null\"",
+            "\"count_distinct\"",
+            "\"percentile\"",
+            "\"month\"",
+        ] {
+            assert!(text.contains(op), "{op} missing from {text}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod billing;
 mod catalog;
 mod contract;
 mod edge;
+mod embed_lease;
 mod embed_queue;
 mod export;
 mod impersonation;

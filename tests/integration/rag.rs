@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 use tenantry::TenantId;
 use tenantry::db::{Access, TxSettings};
-use tenantry::rag::chunks::embed_pending;
 use tenantry::rag::embed::LocalEmbedder;
 use tenantry::rag::search::{Hit, SearchRequest, search};
 use tenantry_tests::{TestApp, as_tenant};
@@ -25,19 +24,14 @@ async fn ingest(app: &TestApp, token: &str, records: Value) {
 }
 
 /// Embeds the tenant's pending chunks (alongside the in-process queue ingest already started,
-/// which may hold some of them: SKIP LOCKED) until none are pending; returns how many it has.
+/// which may hold some of them under its lease) until none are pending; returns how many it has.
 async fn embed_all(app: &TestApp, tenant: TenantId) -> i64 {
     let embedder = LocalEmbedder::new(256);
     let admin = app.db.admin().await;
     for _ in 0..200 {
-        let mut tx = app
-            .app
-            .db
-            .begin(&as_tenant(tenant), Access::ReadWrite)
+        tenantry::rag::queue::drain(&app.app.db, &embedder, tenant)
             .await
             .unwrap();
-        embed_pending(&mut tx, &embedder, 1000).await.unwrap();
-        tx.commit().await.unwrap();
         let row = admin
             .query_one(
                 "SELECT count(*) FILTER (WHERE embedding IS NULL), count(*) FROM app.chunks WHERE tenant_id = $1",

@@ -1,10 +1,11 @@
-//! `app.chunks`: kept in step with records by ingest, embedded by [`embed_pending`].
+//! `app.chunks`: kept in step with records by ingest, embedded under a lease
+//! ([`claim_pending`], then [`store_vectors`]) with no transaction open while the model works.
 
 use serde_json::Value;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::embed::{EmbedError, Embedder, to_pgvector};
+use super::embed::{EmbedError, to_pgvector};
 use super::split::{ChunkSpec, split};
 use crate::analytics::Dataset;
 use crate::db::{DbError, TenantTx};
@@ -92,52 +93,111 @@ pub enum EmbedPendingError {
     Embed(#[from] EmbedError),
 }
 
-/// Embeds up to `limit` chunks of the transaction's tenant that have no vector yet; returns how
-/// many. Rows are locked (`SKIP LOCKED`) so concurrent workers share the work.
-pub async fn embed_pending(
+/// A pending chunk claimed under a lease.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    dataset_id: Uuid,
+    record_key: String,
+    chunk_no: i32,
+    /// Its text, to embed.
+    pub content: String,
+}
+
+/// Claims up to `limit` chunks of the transaction's tenant that have no vector and no live
+/// lease, under `lease` for `lease_for`. Commit before embedding: the claim is what keeps
+/// other workers off them, not a row lock held across the model call.
+pub async fn claim_pending(
     tx: &mut TenantTx,
-    embedder: &dyn Embedder,
+    lease: Uuid,
     limit: i64,
-) -> Result<usize, EmbedPendingError> {
+    lease_for: std::time::Duration,
+) -> Result<Vec<Claimed>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
+    let secs = lease_for.as_secs_f64();
     let rows = tx
         .query(
-            "SELECT dataset_id, record_key, chunk_no, content FROM app.chunks \
-             WHERE tenant_id = $1 AND embedding IS NULL ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[(&tenant, Type::UUID), (&limit, Type::INT8)],
+            // Materialized: picked once. As a plain subquery in FROM, a nested-loop plan may
+            // rescan it, each rescan taking up to `limit` more rows.
+            "WITH p AS MATERIALIZED ( \
+               SELECT dataset_id, record_key, chunk_no FROM app.chunks \
+               WHERE tenant_id = $1 AND embedding IS NULL \
+                 AND (embed_lease_until IS NULL OR embed_lease_until < clock_timestamp()) \
+               ORDER BY created_at, record_key, chunk_no LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE app.chunks c SET embed_lease = $2, \
+               embed_lease_until = clock_timestamp() + make_interval(secs => $4) \
+             FROM p WHERE c.tenant_id = $1 AND c.dataset_id = p.dataset_id \
+               AND c.record_key = p.record_key AND c.chunk_no = p.chunk_no \
+             RETURNING c.dataset_id, c.record_key, c.chunk_no, c.content",
+            &[
+                (&tenant, Type::UUID),
+                (&lease, Type::UUID),
+                (&limit, Type::INT8),
+                (&secs, Type::FLOAT8),
+            ],
         )
         .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let texts: Vec<String> = rows.iter().map(|r| r.get(3)).collect();
-    let vectors = embedder.embed(&texts).await?;
-    if vectors.len() != rows.len() {
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            dataset_id: r.get(0),
+            record_key: r.get(1),
+            chunk_no: r.get(2),
+            content: r.get(3),
+        })
+        .collect())
+}
+
+/// Writes the vectors of `claimed` (in order) where `lease` still holds them; returns how many
+/// were written. A chunk whose lease was lost, or that was replaced, keeps what it has.
+pub async fn store_vectors(
+    tx: &mut TenantTx,
+    lease: Uuid,
+    claimed: &[Claimed],
+    vectors: &[Vec<f32>],
+    model: &str,
+) -> Result<usize, EmbedPendingError> {
+    if vectors.len() != claimed.len() {
         return Err(EmbedError::Fatal(format!(
             "{} vectors for {} texts",
             vectors.len(),
-            rows.len()
+            claimed.len()
         ))
         .into());
     }
-    let datasets: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
-    let keys: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-    let nos: Vec<i32> = rows.iter().map(|r| r.get(2)).collect();
+    let tenant = tx.tenant_id().as_uuid();
+    let datasets: Vec<Uuid> = claimed.iter().map(|c| c.dataset_id).collect();
+    let keys: Vec<String> = claimed.iter().map(|c| c.record_key.clone()).collect();
+    let nos: Vec<i32> = claimed.iter().map(|c| c.chunk_no).collect();
     let vecs: Vec<String> = vectors.iter().map(|v| to_pgvector(v)).collect();
-    let model = embedder.model().to_owned();
+    let model = model.to_owned();
+    let n = tx
+        .execute(
+            "UPDATE app.chunks c SET embedding = u.e::vector, embedding_model = $2, \
+               embed_lease = NULL, embed_lease_until = NULL \
+             FROM unnest($3::uuid[], $4::text[], $5::int4[], $6::text[]) AS u(d, k, n, e) \
+             WHERE c.tenant_id = $1 AND c.dataset_id = u.d AND c.record_key = u.k \
+               AND c.chunk_no = u.n AND c.embed_lease = $7 AND c.embedding IS NULL",
+            &[
+                (&tenant, Type::UUID),
+                (&model, Type::TEXT),
+                (&datasets, Type::UUID_ARRAY),
+                (&keys, Type::TEXT_ARRAY),
+                (&nos, Type::INT4_ARRAY),
+                (&vecs, Type::TEXT_ARRAY),
+                (&lease, Type::UUID),
+            ],
+        )
+        .await?;
+    Ok(n as usize)
+}
+
+/// Gives up `lease` (after a failed embedding), so the chunks can be claimed again at once.
+pub async fn release(tx: &mut TenantTx, lease: Uuid) -> Result<u64, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
     tx.execute(
-        "UPDATE app.chunks c SET embedding = u.e::vector, embedding_model = $2 \
-         FROM unnest($3::uuid[], $4::text[], $5::int4[], $6::text[]) AS u(d, k, n, e) \
-         WHERE c.tenant_id = $1 AND c.dataset_id = u.d AND c.record_key = u.k AND c.chunk_no = u.n",
-        &[
-            (&tenant, Type::UUID),
-            (&model, Type::TEXT),
-            (&datasets, Type::UUID_ARRAY),
-            (&keys, Type::TEXT_ARRAY),
-            (&nos, Type::INT4_ARRAY),
-            (&vecs, Type::TEXT_ARRAY),
-        ],
+        "UPDATE app.chunks SET embed_lease = NULL, embed_lease_until = NULL \
+         WHERE tenant_id = $1 AND embed_lease = $2",
+        &[(&tenant, Type::UUID), (&lease, Type::UUID)],
     )
-    .await?;
-    Ok(rows.len())
+    .await
 }

@@ -7,8 +7,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::chunks::{EmbedPendingError, embed_pending};
+use uuid::Uuid;
+
+use super::chunks::{EmbedPendingError, claim_pending, release, store_vectors};
 use super::embed::Embedder;
 use crate::TenantId;
 use crate::db::{Access, Db, TenantContext};
@@ -30,8 +33,17 @@ pub trait EmbedQueue: Send + Sync + std::fmt::Debug {
     fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_>;
 }
 
-/// Embeds every pending chunk of `tenant`, in batches, each batch its own transaction. Returns
-/// how many were embedded. This is the worker's whole job, wherever the request came from.
+/// Chunks claimed per batch.
+pub const EMBED_BATCH: i64 = 64;
+/// How long a claim keeps other workers off its chunks (a worker that dies loses them after it).
+pub const EMBED_LEASE: Duration = Duration::from_secs(300);
+
+/// Embeds every pending chunk of `tenant`, in batches. Returns how many were embedded. This is
+/// the worker's whole job, wherever the request came from.
+///
+/// Each batch is claimed under a lease in one short transaction, embedded with **no transaction
+/// open** (a connection never waits in a transaction on the model), and written back in a
+/// second one where the lease still holds. A failed embedding gives the lease up.
 pub async fn drain(
     db: &Db,
     embedder: &dyn Embedder,
@@ -43,13 +55,31 @@ pub async fn drain(
     };
     let mut total = 0;
     loop {
+        let lease = Uuid::new_v4();
         let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-        let n = embed_pending(&mut tx, embedder, 64).await?;
+        let claimed = claim_pending(&mut tx, lease, EMBED_BATCH, EMBED_LEASE).await?;
         tx.commit().await?;
-        total += n;
-        if n == 0 {
+        if claimed.is_empty() {
             return Ok(total);
         }
+        let texts: Vec<String> = claimed.iter().map(|c| c.content.clone()).collect();
+        let vectors = match embedder.embed(&texts).await {
+            Ok(v) => v,
+            Err(e) => {
+                let released = async {
+                    let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+                    release(&mut tx, lease).await?;
+                    tx.commit().await
+                };
+                if let Err(r) = released.await {
+                    tracing::warn!(error = %r, "could not release an embedding lease; it expires");
+                }
+                return Err(e.into());
+            }
+        };
+        let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+        total += store_vectors(&mut tx, lease, &claimed, &vectors, embedder.model()).await?;
+        tx.commit().await?;
     }
 }
 

@@ -417,3 +417,42 @@ fn cited_keys(r: &tenantry_tests::Reply) -> Vec<String> {
     assert!(!keys.is_empty(), "{}", r.json);
     keys
 }
+
+#[tokio::test]
+async fn a_question_nothing_relevant_answers_cites_nothing() {
+    let app = TestApp::new().await;
+    let (_, a) = app.tenant_with_token("alpha").await;
+    setup(&app, &a, json!([
+        {"key": "n1", "data": {"body": "The Lisbon shipment was delayed because customs wanted the invoice."}},
+        {"key": "n2", "data": {"body": "Quarterly revenue grew in APAC."}}
+    ]))
+    .await;
+    // Retrieval always has nearest neighbours; none of them is about this.
+    let r = ask(
+        &app,
+        &a,
+        json!({"question": "What is the capital of Peru?"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert!(
+        r.json["retrieval"]["candidates"].as_u64() > Some(0),
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["retrieval"]["relevant"], 0, "{}", r.json);
+    assert_eq!(r.json["kind"], "none");
+    assert_eq!(r.json["citations"], json!([]));
+    assert_eq!(r.json["answer"], tenantry::rag::answer::NO_ANSWER);
+    // The same data answers what it is about, with the relevance of what it cites.
+    let r = ask(
+        &app,
+        &a,
+        json!({"question": "Why was the Lisbon shipment delayed?"}),
+    )
+    .await;
+    assert_eq!(r.json["kind"], "content", "{}", r.json);
+    assert_eq!(r.json["citations"][0]["record_key"], "n1");
+    let relevance = r.json["citations"][0]["relevance"].as_f64().unwrap();
+    assert!((0.25..=1.0).contains(&relevance), "{}", r.json);
+}

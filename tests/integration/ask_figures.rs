@@ -385,6 +385,48 @@ async fn what_a_model_plans_is_validated_before_it_runs_and_its_figures_checked(
     }
     assert_eq!(count().await, before);
 
+    // What the request names is checked before any model is paid for.
+    let calls = stub.requests().len();
+    let many: Vec<String> = (0..21).map(|i| format!("d{i}")).collect();
+    for (body, status, code) in [
+        (
+            json!({"question": "q?", "datasets": many}),
+            400,
+            "too_many_datasets",
+        ),
+        (
+            json!({"question": "q?", "datasets": ["nope"]}),
+            404,
+            "dataset_not_found",
+        ),
+        (
+            json!({"question": "q?", "datasets": ["bravo_secrets"]}),
+            404,
+            "dataset_not_found",
+        ),
+        (
+            json!({"question": "q?", "datasets": ["sales"], "filters": {"column": "nope", "op": "eq", "value": 1}}),
+            400,
+            "invalid_filters",
+        ),
+        (json!({"question": "q?", "k": 0}), 400, "invalid_k"),
+    ] {
+        let r = app
+            .call("POST", "/v1/ask", &a, Some(&body.to_string()))
+            .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {}",
+            r.json
+        );
+    }
+    assert_eq!(
+        stub.requests().len(),
+        calls,
+        "a model was called for a refused request"
+    );
+
     // No tool call: a question about content, answered by retrieval.
     stub.plan_with(vec![json!({"text": "This is about what customers said."})]);
     stub.reply_with("A customer in EU bought it [S1].");

@@ -183,7 +183,7 @@ pub fn strip_active_content(text: &str) -> String {
     // (`drop_url_words` compares lowercased words, so the same lowercasing here.)
     let markup = text
         .bytes()
-        .any(|b| matches!(b, b'<' | b'[' | b'/' | b'\\'));
+        .any(|b| matches!(b, b'<' | b'[' | b'/' | b'\\' | b':'));
     if !markup && !text.to_lowercase().contains("www.") {
         return text.to_owned();
     }
@@ -315,7 +315,8 @@ fn drop_url_words(text: &str) -> String {
         let lower = word.to_lowercase();
         let url = ["//", ":\\", "\\\\", "www."]
             .iter()
-            .any(|m| lower.contains(m));
+            .any(|m| lower.contains(m))
+            || has_scheme(&lower);
         if !url {
             out.push_str(word);
         }
@@ -331,6 +332,25 @@ fn drop_url_words(text: &str) -> String {
     }
     flush(&mut word, &mut out);
     out
+}
+
+/// Whether `word` holds a URL scheme: a run of letters, digits, `+`, `-` or `.` starting with a
+/// letter, then `:` and something other than whitespace (`javascript:alert(1)`, `mailto:a@b`,
+/// `data:text/html,...`, `tel:123`, after any punctuation: `(see,javascript:x)`). A time
+/// (`12:30`) is no scheme; `Note:this` (no space after the colon) is dropped with them.
+pub fn has_scheme(word: &str) -> bool {
+    let chars: Vec<char> = word.chars().collect();
+    chars.iter().enumerate().any(|(i, &c)| {
+        if c != ':' || i == 0 || chars.get(i + 1).is_none_or(|n| n.is_whitespace()) {
+            return false;
+        }
+        let run = chars[..i]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last();
+        run.is_some_and(char::is_ascii_alphabetic)
+    })
 }
 
 /// The local answerer: quotes the sentences of the sources closest to the question, with their
@@ -550,6 +570,31 @@ mod tests {
     }
 
     #[test]
+    fn any_scheme_after_any_separator_goes_and_times_stay() {
+        for (text, kept) in [
+            ("Call at 12:30 today", "Call at 12:30 today"),
+            ("see,JavaScript:alert(1) now", "now"),
+            ("a\tVBSCRIPT:msgbox\nb", "a\t\nb"),
+            ("(data:text/html,x) c", " c"),
+            ("mail mailto:a@evil.example", "mail "),
+            ("ratio: 3", "ratio: 3"),
+        ] {
+            let out = strip_active_content(text);
+            assert!(
+                out.starts_with(kept) || out.ends_with(kept),
+                "{text:?} -> {out:?}"
+            );
+            assert_inert(&out);
+        }
+        assert!(
+            has_scheme("x-y.z+w:1")
+                && !has_scheme("12:30")
+                && !has_scheme("a:")
+                && !has_scheme(":a")
+        );
+    }
+
+    #[test]
     fn reference_links_protocol_relative_and_backslash_urls_are_stripped() {
         for text in [
             "See ![a [b] c](//evil.example/p.png) now",
@@ -592,6 +637,22 @@ mod tests {
                 return Err(format!("{marker:?} in {text:?}"));
             }
         }
+        // Any scheme, independently of `has_scheme`: a letter, then letters, digits, `+-.`, a
+        // colon and a non-space.
+        let chars: Vec<char> = lower.chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            if *c == ':' && chars.get(i + 1).is_some_and(|n| !n.is_whitespace()) {
+                let mut j = i;
+                while j > 0
+                    && (chars[j - 1].is_ascii_alphanumeric() || "+-.".contains(chars[j - 1]))
+                {
+                    j -= 1;
+                }
+                if j < i && chars[j].is_ascii_alphabetic() {
+                    return Err(format!("a scheme at {i} in {text:?}"));
+                }
+            }
+        }
         let mut options = Options::all();
         options.remove(Options::ENABLE_WIKILINKS);
         for event in Parser::new_ext(text, options) {
@@ -619,7 +680,9 @@ mod tests {
             Just("\n".to_owned()),
             Just("\t".to_owned()),
             "(?i)(https?://|//|https?:\\\\\\\\|www\\.)[a-z]{1,5}\\.example(/[a-z]{0,3})?",
-            "(?i)(javascript|mailto|data):[a-z]{1,5}",
+            "(?i)(javascript|mailto|data|vbscript|file|tel|ftp):[a-z0-9]{1,5}",
+            // Any scheme, right after punctuation or a letter.
+            "[,;()'\"!?.*_~|]{0,2}(?i)[a-z][a-z0-9+.-]{0,8}:[a-z0-9/(]{1,6}",
             prop::sample::select(vec![
                 "[",
                 "]",
@@ -668,6 +731,31 @@ mod tests {
             prop_assume!(!text.to_lowercase().contains("www."));
             prop_assert_eq!(strip_active_content(&text), text);
         }
+    }
+
+    #[tokio::test]
+    async fn the_local_answerer_never_quotes_a_sentence_off_the_question() {
+        let a = LocalAnswerer::default();
+        // Close in wording (shared function words and letter trigrams), no shared topic word.
+        let sources = vec![Source {
+            label: "S1".into(),
+            text: "What was the point of that? It was the one in there. Customs held the parcel."
+                .into(),
+        }];
+        let d = a
+            .answer("What was the reason for the delay in Lisbon?", &sources)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.text, NO_ANSWER, "quoted off-topic text: {}", d.text);
+        let d = a
+            .answer("Why did customs hold the parcel?", &sources)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.citations.len(), 1, "{}", d.text);
+        assert_eq!(
+            d.citations[0].quote.as_deref(),
+            Some("Customs held the parcel.")
+        );
     }
 
     #[tokio::test]

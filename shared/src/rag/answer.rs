@@ -373,6 +373,8 @@ impl LocalAnswerer {
     pub const MODEL: &'static str = "local-extractive-v1";
     /// Sentences less similar than this to the question are not quoted.
     const MIN_SIMILARITY: f32 = 0.15;
+    /// Sentences less similar than this share of the best one's similarity are not quoted.
+    const NEAR_BEST: f32 = 0.8;
 }
 
 impl Answerer for LocalAnswerer {
@@ -402,8 +404,11 @@ impl Answerer for LocalAnswerer {
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));
             // The best sentences, each once; a sentence several sources share cites them all.
             let mut picked: Vec<(&str, Vec<&str>)> = Vec::new();
+            let best = scored.first().map_or(0.0, |s| s.0);
             for (sim, sentence, label) in &scored {
-                if *sim < Self::MIN_SIMILARITY {
+                // Only sentences about as close as the best: a weaker match beside a strong
+                // one is a citation the reader has to discard.
+                if *sim < Self::MIN_SIMILARITY || *sim < best * Self::NEAR_BEST {
                     break;
                 }
                 let full = picked.len() >= 3;

@@ -779,41 +779,36 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
         needs_metric(AggFn::Percentile)
     } else if let Some(at) = count_at {
         // "how many <noun>": the dataset's records, a measure (units), or a column's values.
+        // Words the filters took ("paid", "gadget") may stand before the noun.
+        let is_records =
+            |j: usize| w.is(j, RECORD_NOUNS) || w.find_stems(&tokens_of(&ds.name)).contains(&j);
         let noun = (at..w.len()).find(|&j| {
-            !w.used[j] && !is_stopword(&w.lower[j]) && !w.is(j, DISTINCT) && !w.is(j, &["total"])
+            !is_stopword(&w.lower[j])
+                && !w.is(j, DISTINCT)
+                && !w.is(j, &["total"])
+                && (is_records(j) || !w.used[j])
         });
+        let column_at_j = |j: usize| {
+            ds.columns
+                .iter()
+                .find(|c| w.find_stems(&tokens_of(&c.name)).contains(&j))
+                .map(|c| c.name.clone())
+        };
         match noun {
             None => Ok(count()),
-            Some(j) if w.is(j, RECORD_NOUNS) || w.find_stems(&tokens_of(&ds.name)).contains(&j) => {
-                Ok(count())
-            }
-            Some(j) if metric_at(&w, j, ds).is_some() => {
-                let m = metric_at(&w, j, ds).map(|(c, _)| c);
-                Ok(AggregateSpec {
-                    func: AggFn::Sum,
-                    column: m,
-                    p: None,
-                    alias: None,
-                })
-            }
-            Some(j)
-                if ds
-                    .columns
-                    .iter()
-                    .any(|c| w.find_stems(&tokens_of(&c.name)).contains(&j)) =>
-            {
-                let c = ds
-                    .columns
-                    .iter()
-                    .find(|c| w.find_stems(&tokens_of(&c.name)).contains(&j))
-                    .map(|c| c.name.clone());
-                Ok(AggregateSpec {
-                    func: AggFn::CountDistinct,
-                    column: c,
-                    p: None,
-                    alias: None,
-                })
-            }
+            Some(j) if is_records(j) => Ok(count()),
+            Some(j) if metric_at(&w, j, ds).is_some() => Ok(AggregateSpec {
+                func: AggFn::Sum,
+                column: metric_at(&w, j, ds).map(|(c, _)| c),
+                p: None,
+                alias: None,
+            }),
+            Some(j) if column_at_j(j).is_some() => Ok(AggregateSpec {
+                func: AggFn::CountDistinct,
+                column: column_at_j(j),
+                p: None,
+                alias: None,
+            }),
             Some(j) => Err(refuse(format!("{} does not record {}", ds.name, w.orig[j]))),
         }
     } else if rank.is_some() && metric.is_none() {

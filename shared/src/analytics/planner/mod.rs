@@ -27,7 +27,7 @@ use tokio_postgres::types::Type;
 
 use super::datasets::Dataset;
 use super::query::{
-    AggFn, AggregateSpec, Filter, GroupKey, Literal, Op, Operand, QueryResult, QuerySpec,
+    AggFn, AggregateSpec, Bucket, Filter, GroupKey, Literal, Op, Operand, QueryResult, QuerySpec,
 };
 use super::schema::ColumnType;
 use crate::db::{DbError, TenantTx};
@@ -350,7 +350,20 @@ pub fn describe(spec: &QuerySpec, result: &QueryResult) -> String {
         .iter()
         .take(LISTED_ROWS)
         .map(|row| {
-            let cells = row_cells(row);
+            let mut cells = row_cells(row);
+            // A time bucket as wide as it is: `2026-10` for a month, not its first instant.
+            for (cell, g) in cells.iter_mut().zip(&spec.group_by) {
+                if let GroupKey::Bucket(b) = g {
+                    let width = match b.bucket {
+                        Bucket::Month => 7,
+                        Bucket::Day | Bucket::Week => 10,
+                        Bucket::Hour | Bucket::Minute => 16,
+                    };
+                    if let Some(short) = cell.get(..width) {
+                        *cell = short.replace('T', " ");
+                    }
+                }
+            }
             let (keys, values) = cells.split_at(groups.min(cells.len()));
             format!("{}: {}", keys.join(" / "), values.join(", "))
         })
@@ -371,10 +384,11 @@ pub fn describe(spec: &QuerySpec, result: &QueryResult) -> String {
         )
     };
     if result.row_count > LISTED_ROWS {
+        // The row count, not "N more": every number written is one the result holds.
         let _ = write!(
             text,
-            " {} more rows are in the result table.",
-            result.row_count - LISTED_ROWS
+            " The first {LISTED_ROWS} are listed; the result table holds all {}.",
+            result.row_count
         );
     }
     if result.truncated {

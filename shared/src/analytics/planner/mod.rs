@@ -27,7 +27,8 @@ use tokio_postgres::types::Type;
 
 use super::datasets::Dataset;
 use super::query::{
-    AggFn, AggregateSpec, Bucket, Filter, GroupKey, Literal, Op, Operand, QueryResult, QuerySpec,
+    AggFn, AggregateSpec, Bucket, Direction, Filter, GroupKey, Literal, Op, Operand, QueryResult,
+    QuerySpec,
 };
 use super::schema::ColumnType;
 use crate::db::{DbError, TenantTx};
@@ -368,12 +369,28 @@ pub fn describe(spec: &QuerySpec, result: &QueryResult) -> String {
             format!("{}: {}", keys.join(" / "), values.join(", "))
         })
         .collect();
+    let extreme = if spec
+        .order_by
+        .first()
+        .is_some_and(|o| o.dir == Direction::Desc)
+    {
+        "highest"
+    } else {
+        "lowest"
+    };
+    let measure = phrases
+        .iter()
+        .map(|p| p.trim_start_matches("the ").to_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut text = if ranked && result.row_count == 1 {
+        let (key, value) = lines[0].split_once(": ").unwrap_or_default();
+        format!("{key} has the {extreme} {measure} ({scope}): {value}.")
+    } else if ranked {
         format!(
-            "{} has {} ({scope}): {}.",
-            lines[0].split(": ").next().unwrap_or_default(),
-            phrases.join(", "),
-            lines[0].split(": ").nth(1).unwrap_or_default()
+            "The {} with the {extreme} {measure} ({scope}): {}.",
+            group_names.join(" and "),
+            lines.join("; ")
         )
     } else {
         format!(
@@ -391,7 +408,8 @@ pub fn describe(spec: &QuerySpec, result: &QueryResult) -> String {
             result.row_count
         );
     }
-    if result.truncated {
+    // A ranking's limit is its question ("the top 3"); any other cut is worth saying.
+    if result.truncated && !ranked {
         text.push_str(" The result was cut at the query's limit.");
     }
     text
@@ -515,6 +533,33 @@ mod tests {
         assert_eq!(
             unsupported_figures(invented, "q", &spec, &r),
             ["1234.57", "18"]
+        );
+    }
+
+    #[test]
+    fn rankings_name_their_extreme_and_not_their_limit() {
+        let spec: QuerySpec = serde_json::from_value(json!({
+            "dataset": "orders", "group_by": ["product"],
+            "aggregates": [{"fn": "sum", "column": "qty", "as": "value"}],
+            "order_by": [{"by": "value", "dir": "desc"}], "limit": 1
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut r = result(&["product", "value"], vec![json!(["gadget", 300])]);
+        r.truncated = true;
+        assert_eq!(
+            describe(&spec, &r),
+            "gadget has the highest total qty (in orders): 300."
+        );
+        let mut spec = spec;
+        spec.order_by[0].dir = Direction::Asc;
+        spec.limit = Some(2);
+        let r = result(
+            &["product", "value"],
+            vec![json!(["gizmo", 3]), json!(["widget", 4])],
+        );
+        assert_eq!(
+            describe(&spec, &r),
+            "The product with the lowest total qty (in orders): gizmo: 3; widget: 4."
         );
     }
 

@@ -72,7 +72,11 @@ async fn seed(app: &TestApp, token: &str) {
             };
             json!({"key": r.key, "data": {"region": r.region, "product": r.product,
                 "amount": r.amount, "qty": r.qty, "paid": i % 4 != 0,
-                "note": format!("Sale {i} to a customer in {}.", r.region),
+                "note": if r.product == "gizmo" {
+                    "The gizmo was returned because its hinge arrived broken.".to_owned()
+                } else {
+                    format!("Sale {i} to a customer in {}.", r.region)
+                },
                 "sold_at": at.to_rfc3339()}})
         })
         .collect();
@@ -239,6 +243,42 @@ async fn figures_come_from_a_planned_query_that_reruns_and_matches_the_data() {
         "{r}"
     );
 
+    // Figures and the reasons the records give: both, each cited.
+    let r = ask(
+        &app,
+        &a,
+        "What was the total amount for gizmo, and why were gizmos returned?",
+    )
+    .await;
+    assert_eq!(r["kind"], "both", "{r}");
+    let answer = r["answer"].as_str().unwrap();
+    assert!(
+        answer.contains(&format_number(gizmo)) && answer.contains("hinge arrived broken"),
+        "{r}"
+    );
+    let labels: Vec<(&str, &str)> = r["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["label"].as_str().unwrap(),
+                c["record_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        labels.contains(&("R1", "s-007")) && labels.contains(&("R2", "s-030")),
+        "{r}"
+    );
+    assert!(
+        labels
+            .iter()
+            .any(|(l, k)| l.starts_with('S') && ["s-007", "s-030"].contains(k)),
+        "{r}"
+    );
+    assert!(r["retrieval"].is_object(), "{r}");
+
     // Rankings and counts.
     let r = ask(&app, &a, "Which product sold the most units?").await;
     let mut units: std::collections::BTreeMap<&str, i64> = Default::default();
@@ -269,7 +309,7 @@ async fn figures_come_from_a_planned_query_that_reruns_and_matches_the_data() {
         );
     }
     // Every question is metered once, whichever path answered it.
-    assert_eq!(questions_metered(&app, alpha).await, 8);
+    assert_eq!(questions_metered(&app, alpha).await, 9);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //!   number checked to be in the result; the response carries each executed query (re-runnable
 //!   with `POST /v1/query`), its result table and, when the figures rest on at most
 //!   [`MAX_RECORD_CITATIONS`] records, citations of those records.
+//! - **About figures and reasons** ("… and why?"): both, when retrieval finds relevant records.
 //! - **About content**: hybrid retrieval and an answer with citations to the exact record
 //!   versions, from hits at least `RAG_MIN_RELEVANCE` relevant; with none, the answer says so.
 //! - **About figures the data does not hold**: "I can't answer that from your data", with the
@@ -92,7 +93,7 @@ struct Executed {
 #[derive(Serialize)]
 struct Answer<'a> {
     answer: String,
-    /// `figures`, `content` or `none`.
+    /// `figures`, `content`, `both` (figures, and records that say why) or `none`.
     kind: &'static str,
     citations: Vec<Citation>,
     model: String,
@@ -193,10 +194,34 @@ async fn ask_inner(app: &App, caller: &Caller, body: &AskRequest) -> HandlerResu
     {
         content(app, caller, &checked, outcome.rejected).await?
     } else {
-        figures(app, caller, &checked, body, outcome).await?
+        let mut answer = figures(app, caller, &checked, body, outcome).await?;
+        // "What did gizmos bring in, and why were they returned?": the figures, and what the
+        // records say, when they say something relevant.
+        if answer.kind == "figures" && asks_for_reasons(question) {
+            let more = content(app, caller, &checked, 0).await?;
+            if more.kind == "content" {
+                answer.kind = "both";
+                answer.answer = format!("{} {}", answer.answer, more.answer);
+                answer.model = format!("{} + {}", answer.model, more.model);
+                answer.citations.extend(more.citations);
+                answer.retrieval = more.retrieval;
+                answer.dropped_citations += more.dropped_citations;
+            }
+        }
+        answer
     };
     super::meter(app, caller, Meter::Questions, 1, "api:ask").await?;
     json_response(StatusCode::OK, &response)
+}
+
+/// Whether a question also asks for reasons, which records' text may hold.
+fn asks_for_reasons(question: &str) -> bool {
+    crate::words::words(question).iter().any(|w| {
+        matches!(
+            w.as_str(),
+            "why" | "reason" | "reasons" | "explain" | "explains" | "cause" | "caused" | "because"
+        )
+    })
 }
 
 async fn read_only(app: &App, caller: &Caller) -> Result<TenantTx, ApiError> {

@@ -243,7 +243,23 @@ async fn figures_come_from_a_planned_query_that_reruns_and_matches_the_data() {
         "{r}"
     );
 
-    // Figures and the reasons the records give: both, each cited.
+    // Figures and the reasons the records give: both, each cited (once the in-process embedding
+    // queued by ingest has caught up).
+    let admin = app.db.admin().await;
+    for _ in 0..200 {
+        let pending: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM app.chunks WHERE embedding IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     let r = ask(
         &app,
         &a,

@@ -389,6 +389,8 @@ async fn figures<'a>(
         text.push(' ');
         text.push_str(&planner::describe(&e.query, &e.result));
     }
+    // Templates quote row values and filter literals: the whole answer is made inert.
+    let text = strip_active_content(&text).trim().to_owned();
     Ok(Answer {
         answer: text,
         kind: "figures",

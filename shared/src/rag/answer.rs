@@ -312,10 +312,13 @@ fn drop_url_words(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
+        // A backslash before `/` is a markdown escape a renderer decodes (`/\/x` is `//x`).
         let lower = word.to_lowercase();
+        let unescaped = lower.replace('\\', "/");
         let url = ["//", ":\\", "\\\\", "www."]
             .iter()
             .any(|m| lower.contains(m))
+            || unescaped.contains("//")
             || has_scheme(&lower);
         if !url {
             out.push_str(word);
@@ -575,6 +578,19 @@ mod tests {
     }
 
     #[test]
+    fn escaped_brackets_and_slashes_hide_no_image() {
+        for text in [
+            "![a\\]](/\\/evil.example/p.png)",
+            "[x\\]](\\/\\/evil.example) ok",
+            "see /\\/evil.example/a",
+        ] {
+            let out = strip_active_content(text);
+            assert_inert(&out);
+            assert!(!out.contains("evil"), "{text:?} -> {out:?}");
+        }
+    }
+
+    #[test]
     fn any_scheme_after_any_separator_goes_and_times_stay() {
         for (text, kept) in [
             ("Call at 12:30 today", "Call at 12:30 today"),
@@ -707,6 +723,8 @@ mod tests {
                 "[r]: ",
                 "[r]",
                 "\\",
+                "\\]",
+                "/\\/",
                 ":",
             ])
             .prop_map(str::to_owned),

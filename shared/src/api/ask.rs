@@ -275,6 +275,25 @@ async fn check<'r>(
     })
 }
 
+const NOT_RUN: &str = "The planned query did not fit your data, so it was not run.";
+
+/// The answer to a question about figures the data cannot answer: nothing run, nothing cited.
+fn refused(planner: &str, rejected: usize, reason: String) -> Answer<'_> {
+    Answer {
+        answer: CANT_ANSWER.to_owned(),
+        kind: "none",
+        citations: Vec::new(),
+        model: planner.to_owned(),
+        planner,
+        queries: Vec::new(),
+        retrieval: None,
+        dropped_citations: 0,
+        dropped_figures: 0,
+        rejected_plans: rejected,
+        reason: Some(reason),
+    }
+}
+
 async fn figures<'a>(
     app: &'a App,
     caller: &Caller,
@@ -285,22 +304,8 @@ async fn figures<'a>(
     let planner_model = app.planner.model();
     let mut rejected = outcome.rejected;
     if outcome.plans.is_empty() {
-        let reason = outcome
-            .refusal
-            .or_else(|| Some("The planned query did not fit your data, so it was not run.".into()));
-        return Ok(Answer {
-            answer: CANT_ANSWER.to_owned(),
-            kind: "none",
-            citations: Vec::new(),
-            model: planner_model.to_owned(),
-            planner: planner_model,
-            queries: Vec::new(),
-            retrieval: None,
-            dropped_citations: 0,
-            dropped_figures: 0,
-            rejected_plans: rejected,
-            reason,
-        });
+        let reason = outcome.refusal.unwrap_or_else(|| NOT_RUN.into());
+        return Ok(refused(planner_model, rejected, reason));
     }
     let cfg = &app.config.analytics;
     let limits = QueryLimits {
@@ -346,19 +351,7 @@ async fn figures<'a>(
     }
     tx.commit().await?;
     let Some(first) = executed.first() else {
-        return Ok(Answer {
-            answer: CANT_ANSWER.to_owned(),
-            kind: "none",
-            citations: Vec::new(),
-            model: planner_model.to_owned(),
-            planner: planner_model,
-            queries: Vec::new(),
-            retrieval: None,
-            dropped_citations: 0,
-            dropped_figures: 0,
-            rejected_plans: rejected,
-            reason: Some("The planned query did not fit your data, so it was not run.".into()),
-        });
+        return Ok(refused(planner_model, rejected, NOT_RUN.into()));
     };
     let draft = match app
         .answerer

@@ -41,10 +41,17 @@ pub fn client(sdk: &SdkConfig) -> Client {
     Client::from_conf(config)
 }
 
-pub(crate) fn retryable<
+/// An SDK error as (whether it is worth retrying, its message with context).
+pub(crate) fn classify<
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 >(
+    e: &SdkError<E, R>,
+) -> (bool, String) {
+    (retryable(e), DisplayErrorContext(e).to_string())
+}
+
+fn retryable<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     e: &SdkError<E, R>,
 ) -> bool {
     match e {
@@ -105,13 +112,9 @@ impl BedrockEmbedder {
             .body(Blob::new(body.to_string()))
             .send()
             .await
-            .map_err(|e| {
-                let msg = DisplayErrorContext(&e).to_string();
-                if retryable(&e) {
-                    EmbedError::Retryable(msg)
-                } else {
-                    EmbedError::Fatal(msg)
-                }
+            .map_err(|e| match classify(&e) {
+                (true, msg) => EmbedError::Retryable(msg),
+                (false, msg) => EmbedError::Fatal(msg),
             })?;
         let parsed: Response = serde_json::from_slice(out.body().as_ref())
             .map_err(|e| EmbedError::Fatal(format!("unexpected Titan response: {e}")))?;
@@ -221,13 +224,9 @@ impl BedrockAnswerer {
             )
             .send()
             .await
-            .map_err(|e| {
-                let msg = DisplayErrorContext(&e).to_string();
-                if retryable(&e) {
-                    AnswerError::Retryable(msg)
-                } else {
-                    AnswerError::Fatal(msg)
-                }
+            .map_err(|e| match classify(&e) {
+                (true, msg) => AnswerError::Retryable(msg),
+                (false, msg) => AnswerError::Fatal(msg),
             })?;
         let text: String = out
             .output()

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use aws_sdk_bedrockruntime::Client;
-use aws_sdk_bedrockruntime::error::DisplayErrorContext;
 use aws_sdk_bedrockruntime::types::{
     AutoToolChoice, ContentBlock, ConversationRole, InferenceConfiguration, Message,
     SystemContentBlock, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolSpecification,
@@ -22,7 +21,7 @@ use super::{
     query_language_schema,
 };
 use crate::analytics::query::QuerySpec;
-use crate::rag::bedrock::retryable;
+use crate::rag::bedrock::classify;
 
 /// The tool's name.
 pub const TOOL_NAME: &str = "run_query";
@@ -120,13 +119,9 @@ impl QueryPlanner for BedrockPlanner {
                 )
                 .send()
                 .await
-                .map_err(|e| {
-                    let msg = DisplayErrorContext(&e).to_string();
-                    if retryable(&e) {
-                        PlanError::Retryable(msg)
-                    } else {
-                        PlanError::Fatal(msg)
-                    }
+                .map_err(|e| match classify(&e) {
+                    (true, msg) => PlanError::Retryable(msg),
+                    (false, msg) => PlanError::Fatal(msg),
                 })?;
             let mut outcome = PlanOutcome::default();
             let content = out

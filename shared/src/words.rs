@@ -37,6 +37,11 @@ const STOPWORDS: &[&str] = &[
     "will", "with", "would", "you", "your",
 ];
 
+/// Words that ask for reasons, which the records' text may hold and figures never do.
+pub const REASON_WORDS: &[&str] = &[
+    "why", "reason", "reasons", "explain", "explains", "cause", "caused", "because",
+];
+
 /// Whether `word` (lowercase) is a function word.
 pub fn is_stopword(word: &str) -> bool {
     STOPWORDS.contains(&word)

@@ -1041,6 +1041,13 @@ impl BedrockStub {
                                 // The planner's call: the scripted content blocks (tool calls
                                 // and text), or a reply without a tool call.
                                 let mut content = pl.lock().unwrap().clone();
+                                if let Some(e) = content.first().and_then(|c| c["error"].as_str()) {
+                                    return json(
+                                        400,
+                                        serde_json::json!({"message": "The model rejected the request."}),
+                                        Some(e),
+                                    );
+                                }
                                 if content.is_empty() {
                                     content.push(serde_json::json!({"text": "That is not a question about figures."}));
                                 }
@@ -1093,7 +1100,8 @@ impl BedrockStub {
     }
 
     /// What the planner's `Converse` call (the one with a tool) answers from now on: these
-    /// content blocks (`{"toolUse": {...}}`, `{"text": ...}`); none: a reply with no tool call.
+    /// content blocks (`{"toolUse": {...}}`, `{"text": ...}`); none: a reply with no tool call;
+    /// `[{"error": "ValidationException"}]`: a 400 of that error type.
     pub fn plan_with(&self, content: Vec<serde_json::Value>) {
         *self.plan.lock().unwrap() = content;
     }

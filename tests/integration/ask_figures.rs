@@ -489,4 +489,98 @@ async fn what_a_model_plans_is_validated_before_it_runs_and_its_figures_checked(
     let r = ask(&app, &a, "What did the customer in EU buy?").await;
     assert!(r["retrieval"].is_object(), "{r}");
     assert!(r.get("queries").is_none(), "{r}");
+
+    // CANNOT: figures the data does not hold are refused, not sent to retrieval, and the
+    // model's words are not passed on.
+    stub.plan_with(vec![
+        json!({"text": "CANNOT (there is no profit column; revenue was 5)"}),
+    ]);
+    let calls = stub.requests().len();
+    let r = ask(&app, &a, "What was our profit margin?").await;
+    assert_eq!(r["kind"], "none", "{r}");
+    assert_eq!(r["answer"], "I can't answer that from your data.");
+    assert!(r.get("retrieval").is_none(), "{r}");
+    assert!(!r["reason"].as_str().unwrap().contains('5'), "{r}");
+    assert_eq!(
+        stub.requests().len(),
+        calls + 1,
+        "only the planner was called"
+    );
+
+    // Figures whose reasons cannot be looked up (the embedder refuses the question) still
+    // stand, with a notice.
+    stub.plan_with(vec![BedrockStub::tool_use(sum_all.clone())]);
+    stub.reply_with(&format!("You sold {figure} in all."));
+    let r = ask(
+        &app,
+        &a,
+        "How much did we sell, and why? force-validation-error",
+    )
+    .await;
+    assert_eq!(r["kind"], "figures", "{r}");
+    assert_eq!(r["answer"], format!("You sold {figure} in all."), "{r}");
+    assert!(
+        r["notice"].as_str().unwrap().contains("only the figures"),
+        "{r}"
+    );
+
+    // A planner that fails does not take the question down: retrieval answers, and says so.
+    stub.plan_with(vec![json!({"error": "ValidationException"})]);
+    let r = ask(&app, &a, "What did the customer in EU buy?").await;
+    assert!(r["retrieval"].is_object(), "{r}");
+    assert!(
+        r["notice"]
+            .as_str()
+            .unwrap()
+            .contains("Planning queries is unavailable"),
+        "{r}"
+    );
+}
+
+/// A statement of /v1/ask's own that the server cancels (here the profile read, waiting on a
+/// lock) is a 503 `database_busy`; only a planned query past its limit is the caller's 422.
+#[tokio::test]
+async fn a_cancelled_profile_read_is_503_not_the_callers_query_timeout() {
+    let app = TestApp::new().await;
+    let (_, a) = app.tenant_with_token("alpha").await;
+    seed(&app, &a).await;
+    let mut locker = app.db.admin().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE app.records IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let request = async {
+        app.call(
+            "POST",
+            "/v1/ask",
+            &a,
+            Some(&json!({"question": "What was the total amount?"}).to_string()),
+        )
+        .await
+    };
+    let killer = async {
+        let admin = app.db.admin().await;
+        loop {
+            admin
+                .execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                     WHERE usename = 'tenantry_app' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let r = tokio::select! {
+        r = request => r,
+        () = killer => unreachable!(),
+    };
+    lock.rollback().await.unwrap();
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (503, Some("database_busy")),
+        "{}",
+        r.json
+    );
 }

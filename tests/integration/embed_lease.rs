@@ -23,6 +23,8 @@ struct Probe {
     texts: Mutex<Vec<String>>,
     during: Mutex<Option<String>>,
     fail: bool,
+    /// Returns one vector fewer than it was given texts.
+    short: bool,
 }
 
 impl std::fmt::Debug for Probe {
@@ -40,6 +42,7 @@ impl Probe {
             texts: Mutex::new(Vec::new()),
             during: Mutex::new(None),
             fail: false,
+            short: false,
         })
     }
 }
@@ -75,7 +78,8 @@ impl Embedder for Probe {
             if self.fail {
                 return Err(EmbedError::Retryable("throttled".into()));
             }
-            Ok(texts.iter().map(|t| self.inner.vector(t)).collect())
+            let n = texts.len() - usize::from(self.short);
+            Ok(texts[..n].iter().map(|t| self.inner.vector(t)).collect())
         })
     }
 }
@@ -217,6 +221,14 @@ async fn a_failed_embedding_gives_its_lease_up_and_a_lost_lease_writes_nothing()
         (3, 0, 3),
         "nothing written, the lease released"
     );
+    // An embedder that answers with too few vectors has failed too: nothing is written, and
+    // the lease is not left to expire.
+    let short = Arc::new(Probe {
+        short: true,
+        ..Arc::into_inner(Probe::new(&app).await).unwrap()
+    });
+    assert!(drain(&app.app.db, short.as_ref(), tenant).await.is_err());
+    assert_eq!(state(&app).await, (3, 0, 3), "short batch: lease released");
 
     // A worker that claimed, then lost its lease (expired, claimed again and embedded by
     // another), writes nothing when it comes back.

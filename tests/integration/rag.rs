@@ -81,6 +81,7 @@ async fn search_as(
         datasets,
         filter: None,
         exact_max_chunks,
+        min_relevance: 0.0,
     };
     let got = search(&mut tx, &request).await.unwrap();
     tx.commit().await.unwrap();

@@ -357,6 +357,7 @@ async fn run_search(
         datasets: None,
         filter: None,
         exact_max_chunks,
+        min_relevance: 0.0,
     };
     let got = search(&mut tx, &request).await.map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())?;

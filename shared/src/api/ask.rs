@@ -48,6 +48,12 @@ pub const MAX_RECORD_CITATIONS: usize = 5;
 
 /// What a question about figures the data cannot answer gets.
 pub const CANT_ANSWER: &str = "I can't answer that from your data.";
+/// The notice of an answer from retrieval because the planner failed.
+const PLANNER_FAILED: &str = "Planning queries is unavailable just now, so this was answered \
+                              from your records' text only; retry for figures.";
+/// The notice of figures whose reasons could not be looked up.
+const REASONS_FAILED: &str = "Searching your records' text is unavailable just now, so only \
+                              the figures are given; retry for the reasons.";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +114,9 @@ struct Answer<'a> {
     rejected_plans: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// What part of the question could not be worked on just now (a model was unavailable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<&'static str>,
 }
 
 /// The request, checked: what every path needs before anything is paid for.
@@ -125,9 +134,7 @@ pub(super) async fn ask(
     caller: Caller,
     Json(body): Json<AskRequest>,
 ) -> HandlerResult {
-    ask_inner(&app, &caller, &body)
-        .await
-        .map_err(caller_query_error)
+    ask_inner(&app, &caller, &body).await
 }
 
 async fn ask_inner(app: &App, caller: &Caller, body: &AskRequest) -> HandlerResult {
@@ -173,39 +180,55 @@ async fn ask_inner(app: &App, caller: &Caller, body: &AskRequest) -> HandlerResu
         tx.commit().await?;
         profiles
     };
-    let outcome = app
+    let planned = app
         .planner
         .plan(&PlanRequest {
             question,
             now: Utc::now(),
             datasets: &profiles,
         })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "planner_unavailable",
-                "Planning the question is temporarily unavailable; retry shortly.",
-            )
-            .with_source(e)
-        })?;
+        .await;
+    // A planner that fails does not take retrieval down with it: the question is answered from
+    // the records' text, and the response says figures were not planned.
+    let (outcome, planner_failed) = match planned {
+        Ok(o) => (o, false),
+        Err(e) => {
+            tracing::warn!(error = %e, "planning failed; answering from retrieval");
+            (PlanOutcome::default(), true)
+        }
+    };
     // No plan, no refusal and nothing rejected: the planner saw no question about figures.
     let response = if outcome.plans.is_empty() && outcome.refusal.is_none() && outcome.rejected == 0
     {
-        content(app, caller, &checked, outcome.rejected).await?
+        let mut answer = content(app, caller, &checked, outcome.rejected).await?;
+        if planner_failed {
+            answer.notice = Some(PLANNER_FAILED);
+        }
+        answer
     } else {
         let mut answer = figures(app, caller, &checked, body, outcome).await?;
         // "What did gizmos bring in, and why were they returned?": the figures, and what the
         // records say, when they say something relevant.
         if answer.kind == "figures" && asks_for_reasons(question) {
-            let more = content(app, caller, &checked, 0).await?;
-            if more.kind == "content" {
-                answer.kind = "both";
-                answer.answer = format!("{} {}", answer.answer, more.answer);
-                answer.model = format!("{} + {}", answer.model, more.model);
-                answer.citations.extend(more.citations);
-                answer.retrieval = more.retrieval;
-                answer.dropped_citations += more.dropped_citations;
+            // The figures stand even when retrieval is unavailable; the response says so.
+            match content(app, caller, &checked, 0).await {
+                Ok(more) if more.kind == "content" => {
+                    answer.kind = "both";
+                    answer.answer = format!("{} {}", answer.answer, more.answer);
+                    answer.model = format!("{} + {}", answer.model, more.model);
+                    answer.citations.extend(more.citations);
+                    answer.retrieval = more.retrieval;
+                    answer.dropped_citations += more.dropped_citations;
+                }
+                Ok(_) => {}
+                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    tracing::warn!(
+                        code = e.code,
+                        "retrieval for the reasons failed; figures only"
+                    );
+                    answer.notice = Some(REASONS_FAILED);
+                }
+                Err(e) => return Err(e),
             }
         }
         answer
@@ -216,12 +239,9 @@ async fn ask_inner(app: &App, caller: &Caller, body: &AskRequest) -> HandlerResu
 
 /// Whether a question also asks for reasons, which records' text may hold.
 fn asks_for_reasons(question: &str) -> bool {
-    crate::words::words(question).iter().any(|w| {
-        matches!(
-            w.as_str(),
-            "why" | "reason" | "reasons" | "explain" | "explains" | "cause" | "caused" | "because"
-        )
-    })
+    crate::words::words(question)
+        .iter()
+        .any(|w| crate::words::REASON_WORDS.contains(&w.as_str()))
 }
 
 async fn read_only(app: &App, caller: &Caller) -> Result<TenantTx, ApiError> {
@@ -291,6 +311,7 @@ fn refused(planner: &str, rejected: usize, reason: String) -> Answer<'_> {
         dropped_figures: 0,
         rejected_plans: rejected,
         reason: Some(reason),
+        notice: None,
     }
 }
 
@@ -342,7 +363,11 @@ async fn figures<'a>(
             rejected += 1;
             continue;
         };
-        let result = query::run(&mut tx, &compiled).await?;
+        // A planned query that runs past the time limit is the caller's to narrow (422), as
+        // on `POST /v1/query`; a timeout anywhere else in /v1/ask is ours (503).
+        let result = query::run(&mut tx, &compiled)
+            .await
+            .map_err(|e| caller_query_error(e.into()))?;
         citations.extend(record_citations(&mut tx, &spec, &ds, tenant, citations.len()).await?);
         executed.push(Executed {
             query: spec,
@@ -396,6 +421,7 @@ async fn figures<'a>(
         dropped_figures: dropped,
         rejected_plans: rejected,
         reason: None,
+        notice: None,
     })
 }
 
@@ -491,16 +517,12 @@ async fn content<'a>(
         datasets: (!ids.is_empty()).then_some(&ids[..]),
         filter: checked.filter.as_ref(),
         exact_max_chunks: app.config.rag.exact_max_chunks,
+        min_relevance: app.config.rag.min_relevance,
     };
     let retrieved = search(&mut tx, &request).await?;
     tx.commit().await?;
-    // Only what is relevant enough is answered from: nothing relevant, no answer and no
-    // citations.
-    let hits: Vec<_> = retrieved
-        .hits
-        .iter()
-        .filter(|h| h.relevance >= app.config.rag.min_relevance)
-        .collect();
+    // Only what is relevant enough was kept: nothing relevant, no answer and no citations.
+    let hits = &retrieved.hits;
 
     let sources: Vec<Source> = hits
         .iter()
@@ -567,5 +589,6 @@ async fn content<'a>(
         dropped_figures: 0,
         rejected_plans: rejected,
         reason: None,
+        notice: None,
     })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::chunks::{EmbedPendingError, claim_pending, release, store_vectors};
-use super::embed::Embedder;
+use super::embed::{EmbedError, Embedder};
 use crate::TenantId;
 use crate::db::{Access, Db, TenantContext};
 use crate::runtime::Work;
@@ -63,7 +63,19 @@ pub async fn drain(
             return Ok(total);
         }
         let texts: Vec<String> = claimed.iter().map(|c| c.content.clone()).collect();
-        let vectors = match embedder.embed(&texts).await {
+        // A vector count that does not match is a failed embedding too: the lease is given up.
+        let embedded = embedder.embed(&texts).await.and_then(|v| {
+            if v.len() == texts.len() {
+                Ok(v)
+            } else {
+                Err(EmbedError::Fatal(format!(
+                    "{} vectors for {} texts",
+                    v.len(),
+                    texts.len()
+                )))
+            }
+        });
+        let vectors = match embedded {
             Ok(v) => v,
             Err(e) => {
                 let released = async {

@@ -86,6 +86,9 @@ pub struct SearchRequest<'a> {
     /// Tenants with more chunks than this take the approximate path (the transaction must then
     /// have been begun with `hnsw_ef_search` set).
     pub exact_max_chunks: i64,
+    /// Hits less [`relevance`] than this are left out *before* the `k` best are taken, so an
+    /// irrelevant chunk that fuses high never pushes out a relevant one (0: keep all).
+    pub min_relevance: f64,
 }
 
 impl SearchRequest<'_> {
@@ -98,7 +101,7 @@ impl SearchRequest<'_> {
 /// What a search found, and how.
 #[derive(Clone, Debug)]
 pub struct Retrieved {
-    /// At most `k` hits, best first.
+    /// At most `k` hits at least `min_relevance` relevant, best first.
     pub hits: Vec<Hit>,
     /// Vector and full-text candidates considered before fusion (distinct chunks).
     pub candidates: usize,
@@ -160,7 +163,6 @@ async fn fused(
     let datasets = params.bind(req.datasets.map(<[Uuid]>::to_vec), Type::UUID_ARRAY);
     let question = params.bind(req.question.to_owned(), Type::TEXT);
     let rrf_k = params.bind(RRF_K, Type::FLOAT8);
-    let limit = params.bind(req.k as i64, Type::INT8);
     // The dimension is ours (the embedder's), never a client's: a literal, so the planner can
     // match the partial expression index.
     let dims = req.vector.len();
@@ -217,11 +219,13 @@ async fn fused(
          JOIN app.chunks c ON c.tenant_id = {tenant} AND c.dataset_id = m.dataset_id \
            AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
          JOIN app.datasets d ON d.tenant_id = {tenant} AND d.dataset_id = c.dataset_id \
-         ORDER BY score DESC, c.record_key, c.chunk_no LIMIT {limit}"
+         ORDER BY score DESC, c.record_key, c.chunk_no"
     );
     let rows = tx.query(&sql, &params.as_params()).await?;
     let vector_found = rows.first().map_or(0, |r| r.get::<_, i64>(10));
     let considered = rows.first().map_or(0, |r| r.get::<_, i64>(11));
+    // Every fused candidate (at most twice `candidates`) is read, its relevance computed, and
+    // only then are the `k` best relevant ones kept.
     let hits = rows
         .iter()
         .map(|r| {
@@ -242,6 +246,8 @@ async fn fused(
                 text_rank: r.get(9),
             }
         })
+        .filter(|h| h.relevance >= req.min_relevance)
+        .take(req.k)
         .collect();
     Ok((
         Retrieved {

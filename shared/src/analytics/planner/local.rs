@@ -115,15 +115,138 @@ const TIME_WORDS: &[&str] = &[
 ];
 /// Capitalized words that name no value.
 const PLAIN_NAMES: &[&str] = &["I", "UTC", "OK"];
-
-const CANT: &str = "I can't answer that from your data";
+/// Words that negate what follows: "not from EU" is not "from EU", so they are refused unless a
+/// boolean column's filter took them ("not paid").
+const NEGATIONS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "without",
+    "excluding",
+    "exclude",
+    "except",
+    "excepting",
+    "besides",
+    "other",
+    "non",
+    "neither",
+    "nor",
+    "none",
+    "apart",
+    "outside",
+];
+/// Words of questions about figures that name nothing in the data. Any other word the plan
+/// did not take (a column, a value, a measure, a time) is refused: "how many orders were
+/// returned" is not the count of all orders.
+const FILLER: &[&str] = &[
+    "show",
+    "give",
+    "list",
+    "get",
+    "got",
+    "find",
+    "compute",
+    "calculate",
+    "report",
+    "display",
+    "see",
+    "know",
+    "want",
+    "need",
+    "like",
+    "let",
+    "tell",
+    "so",
+    "far",
+    "up",
+    "ever",
+    "whole",
+    "everything",
+    "figure",
+    "number",
+    "value",
+    "place",
+    "placed",
+    "single",
+    "come",
+    "came",
+    "buy",
+    "bought",
+    "sell",
+    "sold",
+    "selling",
+    "make",
+    "made",
+    "generate",
+    "generated",
+    "take",
+    "took",
+    "receive",
+    "received",
+    "grand",
+    "out",
+    "just",
+    "only",
+    "also",
+    "now",
+    "being",
+    "am",
+    "exactly",
+    "roughly",
+    "approximately",
+    "around",
+    "across",
+    "among",
+    "within",
+    "during",
+    "entire",
+    "full",
+    "every",
+    "both",
+    "whose",
+    "done",
+    "date",
+    "s",
+    "ve",
+    "re",
+    "ll",
+    "d",
+    "m",
+    "in",
+    "much",
+    "many",
+    "which",
+    "what",
+    "top",
+    "bottom",
+    "median",
+    "count",
+    "this",
+    "last",
+    "previous",
+    "past",
+    "prior",
+    "current",
+    "single",
+    "one",
+    "altogether",
+    "amount",
+    "worth",
+    "price",
+    "value",
+    "all",
+    "each",
+    "per",
+    "by",
+    "for",
+    "of",
+    "so",
+    "far",
+    "currently",
+];
 
 fn refuse(reason: impl Into<String>) -> PlanOutcome {
-    PlanOutcome {
-        plans: Vec::new(),
-        refusal: Some(format!("{CANT}: {}.", reason.into())),
-        rejected: 0,
-    }
+    PlanOutcome::refused(reason)
 }
 
 /// The question's words: as written, lowercase, and stemmed, aligned by position.
@@ -383,8 +506,14 @@ fn time_range(w: &mut Words, now: DateTime<Utc>) -> Result<Option<Range>, String
             .and_then(|d| d.parse::<u32>().ok())
             .filter(|q| (1..=4).contains(q))
         {
-            let year = year_at(w, i + 1).unwrap_or(now.year());
-            let start = month_start(year, (q - 1) * 3 + 1).ok_or("no date")?;
+            // A quarter without a year is its latest start up to now.
+            let first = (q - 1) * 3 + 1;
+            let year = year_at(w, i + 1).unwrap_or(if first <= now.month() {
+                now.year()
+            } else {
+                now.year() - 1
+            });
+            let start = month_start(year, first).ok_or("no date")?;
             set(
                 (
                     start,
@@ -429,6 +558,77 @@ fn time_range(w: &mut Words, now: DateTime<Utc>) -> Result<Option<Range>, String
         }
     }
     Ok(found)
+}
+
+/// A refusal for the first word before any reason clause ("… and why were they returned?" is
+/// for retrieval) that the plan did not take and that names nothing this planner reads: a
+/// negation, a number, or a word it does not know. What it leaves out it would get wrong.
+fn unread_words(w: &Words, ds: &DatasetProfile) -> Option<PlanOutcome> {
+    let end = (0..w.len())
+        .find(|&i| w.is(i, crate::words::REASON_WORDS))
+        .unwrap_or(w.len());
+    let names: Vec<String> = ds
+        .columns
+        .iter()
+        .flat_map(|c| tokens_of(&c.name))
+        .chain(tokens_of(&ds.name))
+        .chain(
+            ds.columns
+                .iter()
+                .flat_map(|c| c.values.iter().flat_map(|v| tokens_of(v))),
+        )
+        .collect();
+    let vocabulary: [&[&str]; 16] = [
+        FILLER,
+        SUM,
+        MONEY,
+        MONEY_COLUMNS,
+        UNITS,
+        UNIT_COLUMNS,
+        AVG,
+        MIN,
+        MAX,
+        DISTINCT,
+        RECORD_NOUNS,
+        COMPARATIVES,
+        MONTHS,
+        TIME_WORDS,
+        &["how", "number", "daily", "hourly", "weekly", "monthly"],
+        &["i", "utc", "ok"],
+    ];
+    for i in (0..end).filter(|&i| !w.used[i]) {
+        let lower = &w.lower[i];
+        if w.is(i, NEGATIONS) {
+            return Some(refuse(format!(
+                "I don't read negations such as \"{}\"; ask for what to include",
+                w.orig[i]
+            )));
+        }
+        // "didn't": the word before the contraction's `t`.
+        if lower.ends_with('n') && w.lower.get(i + 1).is_some_and(|t| t == "t") {
+            return Some(refuse(format!(
+                "I don't read negations such as \"{}'t\"; ask for what to include",
+                w.orig[i]
+            )));
+        }
+        if lower.chars().all(|c| c.is_ascii_digit()) || (w.number(i).is_some() && lower != "one") {
+            return Some(refuse(format!("I can't tell what {} refers to", w.orig[i])));
+        }
+        let known = is_stopword(lower)
+            || vocabulary.iter().any(|list| w.is(i, list))
+            || names.contains(&w.stems[i])
+            || month_at(w, i).is_some()
+            || lower
+                .strip_prefix('q')
+                .is_some_and(|d| ["1", "2", "3", "4"].contains(&d));
+        if !known {
+            return Some(refuse(format!(
+                "I don't know what \"{}\" means in {}",
+                w.orig[i], ds.name
+            )));
+        }
+    }
+    None
 }
 
 fn condition(column: &str, op: Op, value: Option<Operand>) -> Filter {
@@ -581,8 +781,9 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
         }
     }
 
-    // Ranking: "which <column> ... most", "top N <column>".
-    let mut rank: Option<(String, Direction, u64)> = None;
+    // Ranking: "which <column> ... most", "top N <column>"; "… the highest and the lowest"
+    // is two rankings.
+    let mut rank: Option<(String, Vec<Direction>, u64)> = None;
     for c in ds
         .columns
         .iter()
@@ -597,16 +798,22 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
                 w.is(word, &["top", "bottom", "best", "worst"])
                     .then_some((n, word))
             });
-            let direction = |w: &Words| {
-                let max = w.any(MAX);
-                let min = w.any(MIN);
-                match (max, min) {
-                    (Some(a), Some(b)) if a < b => Some(Direction::Desc),
-                    (Some(_), Some(_)) => Some(Direction::Asc),
-                    (Some(_), None) => Some(Direction::Desc),
-                    (None, Some(_)) => Some(Direction::Asc),
-                    (None, None) => None,
+            // The directions the question's words ask for, in the order they come.
+            let directions = |w: &Words, skip: Option<usize>| {
+                let mut out: Vec<Direction> = Vec::new();
+                for i in (0..w.len()).filter(|&i| Some(i) != skip) {
+                    let d = if w.is(i, MAX) {
+                        Direction::Desc
+                    } else if w.is(i, MIN) {
+                        Direction::Asc
+                    } else {
+                        continue;
+                    };
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
                 }
+                out
             };
             if let Some((n, word)) = top_n {
                 if n == 0 || n > 100 {
@@ -617,9 +824,17 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
                 } else {
                     Direction::Desc
                 };
-                rank = Some((c.name.clone(), dir, u64::from(n)));
-            } else if which && let Some(dir) = direction(&w) {
-                rank = Some((c.name.clone(), dir, 1));
+                // "top 3 products by lowest revenue" says both ways: not guessed.
+                if directions(&w, Some(word)).iter().any(|d| *d != dir) {
+                    return refuse("it asks for the highest and the lowest at once; ask for one");
+                }
+                rank = Some((c.name.clone(), vec![dir], u64::from(n)));
+                w.mark(word, 2);
+            } else if which {
+                let dirs = directions(&w, None);
+                if !dirs.is_empty() {
+                    rank = Some((c.name.clone(), dirs, 1));
+                }
             }
             if rank.is_some() {
                 w.mark(at, tokens_of(&c.name).len());
@@ -681,10 +896,15 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
                     continue;
                 }
                 let not_before = i > 0 && w.is(i - 1, &["not", "non", "never"]);
-                let value = !(negated_word || not_before);
+                // "weren't paid": the contraction's `t`, after a word ending in n.
+                let contracted = i > 1 && w.lower[i - 1] == "t" && w.lower[i - 2].ends_with('n');
+                let value = !(negated_word || not_before || contracted);
                 w.mark(i, 1);
                 if not_before {
                     w.mark(i - 1, 1);
+                }
+                if contracted {
+                    w.mark(i - 2, 2);
                 }
                 filters.push(condition(
                     &c.name,
@@ -766,6 +986,8 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
         p: None,
         alias: None,
     };
+    // Aggregates after the first (the lowest beside the highest).
+    let mut also: Vec<AggregateSpec> = Vec::new();
     let aggregate: Result<AggregateSpec, PlanOutcome> = if let Some(col) = distinct {
         Ok(AggregateSpec {
             func: AggFn::CountDistinct,
@@ -821,8 +1043,23 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
         needs_metric(AggFn::Sum)
     } else if w.any(MIN).is_some() && w.any(MAX).is_none() {
         needs_metric(AggFn::Min)
-    } else if w.any(MAX).is_some() {
-        needs_metric(AggFn::Max)
+    } else if let Some(max_at) = w.any(MAX) {
+        // "the lowest and the highest amount": both, in the question's order.
+        match w.any(MIN) {
+            Some(min_at) => {
+                let (first, second) = if min_at < max_at {
+                    (AggFn::Min, AggFn::Max)
+                } else {
+                    (AggFn::Max, AggFn::Min)
+                };
+                match needs_metric(second) {
+                    Ok(a) => also.push(a),
+                    Err(refusal) => return refusal,
+                }
+                needs_metric(first)
+            }
+            None => needs_metric(AggFn::Max),
+        }
     } else {
         Err(refuse("I can't tell which figure it asks for"))
     };
@@ -830,6 +1067,9 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
         Ok(a) => a,
         Err(refusal) => return refusal,
     };
+    if let Some(refusal) = unread_words(&w, ds) {
+        return refusal;
+    }
     // Time-ish words that no range or bucket took ("the week of the 5th") are not guessed at.
     if let Some(i) = (0..w.len()).find(|&i| !w.used[i] && TIME_WORDS.contains(&w.lower[i].as_str()))
     {
@@ -854,17 +1094,30 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
             column: None,
         }),
     };
-    if let Some((_, dir, n)) = rank {
-        aggregate.alias = Some("value".into());
-        spec.order_by.push(OrderSpec {
-            by: "value".into(),
-            dir,
-        });
-        spec.limit = Some(n);
-    }
-    spec.aggregates.push(aggregate);
+    let plans = match rank {
+        Some((_, dirs, n)) => {
+            aggregate.alias = Some("value".into());
+            spec.aggregates.push(aggregate);
+            spec.limit = Some(n);
+            dirs.into_iter()
+                .map(|dir| {
+                    let mut s = spec.clone();
+                    s.order_by.push(OrderSpec {
+                        by: "value".into(),
+                        dir,
+                    });
+                    s
+                })
+                .collect()
+        }
+        None => {
+            spec.aggregates.push(aggregate);
+            spec.aggregates.extend(also);
+            vec![spec]
+        }
+    };
     PlanOutcome {
-        plans: vec![spec],
+        plans,
         refusal: None,
         rejected: 0,
     }
@@ -872,6 +1125,7 @@ pub fn plan(req: &PlanRequest<'_>) -> PlanOutcome {
 
 #[cfg(test)]
 mod tests {
+    use super::super::CANT;
     use super::*;
     use serde_json::{Value, json};
 
@@ -1070,6 +1324,85 @@ mod tests {
             assert!(refused(q).starts_with(CANT), "{q}");
         }
         assert!(refused("What did EMEA bring in?").contains("EMEA"));
+    }
+
+    #[test]
+    fn words_it_would_have_to_leave_out_are_refused() {
+        for (q, why) in [
+            ("total revenue excluding EU", "negations"),
+            ("revenue not from EU last month", "negations"),
+            ("How many gadget orders didn't ship?", "didn't"),
+            ("How many orders had no note?", "negations"),
+            ("what did emea bring in last month?", "\"emea\""),
+            ("Tokyo sales this year", "\"Tokyo\""),
+            ("How many orders were returned?", "\"returned\""),
+            ("total amount for orders of 100 or more", "100"),
+            ("revenue 2025", "2025"),
+            ("sales on October 5", "5"),
+            ("how many orders with three units", "three"),
+            (
+                "top 3 products with the lowest revenue",
+                "highest and the lowest",
+            ),
+        ] {
+            let r = refused(q);
+            assert!(r.starts_with(CANT) && r.contains(why), "{q}: {r}");
+        }
+        // A negation a boolean filter reads is not refused, written out or contracted.
+        for q in [
+            "How many orders weren't paid?",
+            "How many orders were not paid?",
+        ] {
+            assert_eq!(
+                spec_of(q)["filter"],
+                json!({"column": "paid", "op": "eq", "value": false}),
+                "{q}"
+            );
+        }
+        // What follows "why" is for retrieval: the figures part is planned on its own.
+        assert_eq!(
+            spec_of("What was the total amount for gizmo, and why were gizmos returned?")["aggregates"],
+            json!([{"fn": "sum", "column": "amount"}])
+        );
+    }
+
+    #[test]
+    fn both_extremes_are_both_asked_for() {
+        assert_eq!(
+            spec_of("What were the lowest and highest order amounts?")["aggregates"],
+            json!([{"fn": "min", "column": "amount"}, {"fn": "max", "column": "amount"}])
+        );
+        let out = planned("Which region has the highest and the lowest revenue?");
+        let orders: Vec<Value> = out
+            .plans
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap_or_default()["order_by"].clone())
+            .collect();
+        assert_eq!(
+            orders,
+            [
+                json!([{"by": "value", "dir": "desc"}]),
+                json!([{"by": "value", "dir": "asc"}])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quarter_without_a_year_is_its_latest_start() {
+        let ds = [orders()];
+        let may = DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let range = |q: &str| {
+            let out = plan(&PlanRequest {
+                question: q,
+                now: may,
+                datasets: &ds,
+            });
+            serde_json::to_value(&out.plans[0]).unwrap_or_default()["time_range"]["from"].clone()
+        };
+        assert_eq!(range("sales in Q3"), "2025-07-01T00:00:00Z");
+        assert_eq!(range("sales in Q2"), "2026-04-01T00:00:00Z");
     }
 
     #[test]

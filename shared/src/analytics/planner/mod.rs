@@ -93,6 +93,20 @@ pub struct PlanOutcome {
     pub rejected: usize,
 }
 
+/// How every refusal begins.
+pub const CANT: &str = "I can't answer that from your data";
+
+impl PlanOutcome {
+    /// A refusal of a question about figures, with its reason (a phrase, no full stop).
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self {
+            plans: Vec::new(),
+            refusal: Some(format!("{CANT}: {}.", reason.into())),
+            rejected: 0,
+        }
+    }
+}
+
 /// Why no plan could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -422,34 +436,106 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Numbers written in `text` (digits with an optional fraction; `1,234.5` read as 1234.5).
-fn numbers_in(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
+/// Figures written in `text`, in order: numbers with their sign and fraction (`1,234.5` read
+/// as `1234.5`, `-3` as `-3`, a hyphen between digits is no sign) and dates as one figure
+/// (`2026-10`, `2026-10-01`, `2026-10-01 14:00[:00]`, `T` read as a space).
+fn figures_in(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        let joins = (c == '.' || c == ',')
-            && !cur.is_empty()
-            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if c.is_ascii_digit() {
-            cur.push(c);
-        } else if joins {
-            if c == '.' {
-                cur.push('.');
-            }
-        } else if !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
+    let digit = |i: usize| chars.get(i).is_some_and(char::is_ascii_digit);
+    let digits = |from: usize, n: usize| (from..from + n).all(digit);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let after_word = i > 0 && chars[i - 1].is_alphanumeric();
+        let sign = matches!(c, '-' | '\u{2212}') && digit(i + 1) && !after_word;
+        if !(c.is_ascii_digit() || sign) {
+            i += 1;
+            continue;
         }
-    }
-    if !cur.is_empty() {
+        let mut cur = String::new();
+        if sign {
+            cur.push('-');
+            i += 1;
+        }
+        let start = i;
+        while i < chars.len() {
+            if digit(i) {
+                cur.push(chars[i]);
+            } else if matches!(chars[i], '.' | ',') && digit(i + 1) && i > start {
+                if chars[i] == '.' {
+                    cur.push('.');
+                }
+            } else {
+                break;
+            }
+            i += 1;
+        }
+        // A date: four digits, then -MM, maybe -DD, maybe a time.
+        if !sign
+            && i - start == 4
+            && !cur.contains('.')
+            && chars.get(i) == Some(&'-')
+            && digits(i + 1, 2)
+            && !digit(i + 3)
+        {
+            cur.extend(&chars[i..i + 3]);
+            i += 3;
+            if chars.get(i) == Some(&'-') && digits(i + 1, 2) && !digit(i + 3) {
+                cur.extend(&chars[i..i + 3]);
+                i += 3;
+                if matches!(chars.get(i), Some('T' | ' '))
+                    && digits(i + 1, 2)
+                    && chars.get(i + 3) == Some(&':')
+                    && digits(i + 4, 2)
+                {
+                    cur.push(' ');
+                    cur.extend(&chars[i + 1..i + 6]);
+                    i += 6;
+                    if chars.get(i) == Some(&':') && digits(i + 1, 2) {
+                        cur.extend(&chars[i..i + 3]);
+                        i += 3;
+                    }
+                }
+            }
+        }
         out.push(cur);
     }
     out
 }
 
-/// The numbers of `answer` that neither `result` holds (as a cell, rounded as written) nor the
-/// question, the query or the result's text cells spell out. An answer whose figures all come
-/// from its result returns an empty list.
+fn is_date(figure: &str) -> bool {
+    figure.len() > 4 && figure.as_bytes().get(4) == Some(&b'-')
+}
+
+fn filter_numbers(f: &Filter, out: &mut Vec<f64>) {
+    let mut literal = |l: &Literal| {
+        if let Literal::Number(n) = l {
+            out.extend(n.as_f64());
+        }
+    };
+    match f {
+        Filter::And(items) | Filter::Or(items) => {
+            for item in items {
+                filter_numbers(item, out);
+            }
+        }
+        Filter::Not(inner) => filter_numbers(inner, out),
+        Filter::Condition(c) => match &c.value {
+            Some(Operand::Scalar(l)) => literal(l),
+            Some(Operand::List(ls)) => ls.iter().for_each(literal),
+            None => {}
+        },
+    }
+}
+
+/// The figures of `answer` that its result does not hold. A number must be a cell of `result`
+/// (rounded as written, sign included), its row count, or a number of the query itself (its
+/// limit, a filter's number, a percentile); a date must begin a date of the result's cells or
+/// of the query's time range, whose years may also be written. From the question only years
+/// and lengths of time ("30 days") may be repeated: "was it over 1,000,000?" does not make
+/// 1,000,000 a figure of the answer. An answer whose figures all come from its result returns
+/// an empty list.
 pub fn unsupported_figures(
     answer: &str,
     question: &str,
@@ -457,21 +543,61 @@ pub fn unsupported_figures(
     result: &QueryResult,
 ) -> Vec<String> {
     let mut values: Vec<f64> = Vec::new();
-    let mut spelled: Vec<String> = numbers_in(question);
-    spelled.extend(numbers_in(&serde_json::to_string(spec).unwrap_or_default()));
+    let mut dates: Vec<String> = Vec::new();
+    let mut spelled: Vec<String> = Vec::new();
+    // A text's dates are dates (and their years may be written); its other numbers as spelled.
+    let text_figures = |text: &str, spelled: &mut Vec<String>, dates: &mut Vec<String>| {
+        for f in figures_in(text) {
+            if is_date(&f) {
+                spelled.push(f[..4].to_owned());
+                dates.push(f);
+            } else {
+                spelled.push(f);
+            }
+        }
+    };
     for row in &result.rows {
         for v in row.as_array().into_iter().flatten() {
             match v {
                 Value::Number(n) => values.extend(n.as_f64()),
-                Value::String(s) => spelled.extend(numbers_in(s)),
+                Value::String(s) => text_figures(s, &mut spelled, &mut dates),
                 _ => {}
             }
         }
     }
-    spelled.push(result.row_count.to_string());
-    numbers_in(answer)
+    if let Some(t) = &spec.time_range {
+        for bound in [&t.from, &t.to].into_iter().flatten() {
+            text_figures(bound, &mut spelled, &mut dates);
+        }
+    }
+    values.push(result.row_count as f64);
+    if result.row_count > LISTED_ROWS {
+        values.push(LISTED_ROWS as f64);
+    }
+    values.extend(spec.limit.map(|l| l as f64));
+    if let Some(f) = &spec.filter {
+        filter_numbers(f, &mut values);
+    }
+    for a in &spec.aggregates {
+        values.extend(a.p.into_iter().flat_map(|p| [p, p * 100.0]));
+    }
+    let question_words = crate::words::words(question);
+    for (i, w) in question_words.iter().enumerate() {
+        let year = w.len() == 4 && w.parse::<i32>().is_ok_and(|y| (1970..=2200).contains(&y));
+        let span = question_words.get(i + 1).is_some_and(|u| {
+            let u = crate::words::stem(u);
+            ["hour", "day", "week", "month", "quarter", "year"].contains(&u.as_str())
+        });
+        if w.chars().all(|c| c.is_ascii_digit()) && (year || span) {
+            spelled.push(w.clone());
+        }
+    }
+    figures_in(answer)
         .into_iter()
         .filter(|figure| {
+            if is_date(figure) {
+                return !dates.iter().any(|d| d.starts_with(figure.as_str()));
+            }
             if spelled.iter().any(|s| s == figure) {
                 return false;
             }
@@ -534,6 +660,86 @@ mod tests {
             unsupported_figures(invented, "q", &spec, &r),
             ["1234.57", "18"]
         );
+        // A sign is part of the figure.
+        assert_eq!(
+            unsupported_figures("Gadget lost -17.", "q", &spec, &r),
+            ["-17"]
+        );
+        // The question's own numbers are not figures, except years and lengths of time; the
+        // scope's dates and years are, its month numbers alone are not.
+        let q = "Was EU revenue over 5000 in the last 30 days of 2026?";
+        assert_eq!(
+            unsupported_figures("Yes, 5000: 30 days of 2026.", q, &spec, &r),
+            ["5000"]
+        );
+        assert_eq!(
+            unsupported_figures(
+                "From 2026-10-01 to 2026-11 (2026), gadget 17.",
+                "q",
+                &spec,
+                &r
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            unsupported_figures("In month 10 of 2026 gadget sold 17.", "q", &spec, &r),
+            ["10"]
+        );
+        assert_eq!(
+            unsupported_figures("On 2026-12-01 gadget sold 17.", "q", &spec, &r),
+            ["2026-12-01"]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the result (signs, fractions, dates as keys, many rows), the template
+        /// writes no figure the check would drop; and a figure off by one is dropped.
+        #[test]
+        fn the_template_passes_its_own_check(
+            cells in proptest::collection::vec((0u32..40, -1e7f64..1e7), 1..15),
+            monthly in proptest::bool::ANY,
+            limit in proptest::option::of(1u64..50),
+        ) {
+            let mut spec: QuerySpec = serde_json::from_value(json!({
+                "dataset": "orders",
+                "filter": {"column": "qty", "op": "eq", "value": 3},
+                "group_by": [if monthly {
+                    json!({"column": "at", "bucket": "month", "as": "month"})
+                } else {
+                    json!("product")
+                }],
+                "aggregates": [{"fn": "sum", "column": "amount"}],
+                "time_range": {"from": "2025-01-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"}
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+            spec.limit = limit;
+            let rows: Vec<Value> = cells
+                .iter()
+                .map(|(k, v)| {
+                    let key = if monthly {
+                        format!("2025-{:02}-01T00:00:00Z", k % 12 + 1)
+                    } else {
+                        format!("p{k}")
+                    };
+                    json!([key, v])
+                })
+                .collect();
+            let r = result(&["key", "sum_amount"], rows);
+            let text = describe(&spec, &r);
+            proptest::prop_assert!(
+                unsupported_figures(&text, "q", &spec, &r).is_empty(),
+                "{}", text
+            );
+            let (_, first) = &cells[0];
+            let off = format_number(first + 1.0);
+            if !cells.iter().any(|(_, v)| format_number(*v) == off) {
+                let claim = format!("The total was {off}.");
+                proptest::prop_assert!(
+                    !unsupported_figures(&claim, "q", &spec, &r).is_empty(),
+                    "{}", claim
+                );
+            }
+        }
     }
 
     #[test]
@@ -566,8 +772,18 @@ mod tests {
     #[test]
     fn numbers_are_read_as_written() {
         assert_eq!(
-            numbers_in("1,234.5 and 7. Then 2026-10-01"),
-            ["1234.5", "7", "2026", "10", "01"]
+            figures_in("1,234.5 and 7. Then 2026-10-01, 2026-10 and 2026-10-01T14:00:00Z."),
+            [
+                "1234.5",
+                "7",
+                "2026-10-01",
+                "2026-10",
+                "2026-10-01 14:00:00"
+            ]
+        );
+        assert_eq!(
+            figures_in("fell -3 (−4.5), Q3-2026, 10-20"),
+            ["-3", "-4.5", "3", "2026", "10", "20"]
         );
         assert_eq!(format_number(12.0), "12");
         assert_eq!(format_number(12.345), "12.35");

@@ -1,9 +1,15 @@
-//! Shared pieces of the benchmark binaries: latency statistics and JSON lines.
+//! Shared pieces of the benchmark binaries: latency statistics and JSON lines, benchmark
+//! databases, a concurrent driver and the tenant-scoped search `/v1/ask` runs.
 #![allow(clippy::print_stdout)] // benchmarks report on stdout
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tenantry::db::{Access, TenantContext, TenantTx, TxSettings};
+use tenantry::rag::search::{Retrieved, SearchRequest, search};
+use tenantry::{App, TenantId};
 
 /// Boxed error for benchmark plumbing.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -149,4 +155,93 @@ impl Samples {
         self.micros.extend(other.micros);
         self.errors += other.errors;
     }
+}
+
+/// A read-only transaction of `tenant` with the HNSW settings `/v1/ask` sets.
+pub async fn read_tx(
+    app: &App,
+    tenant: TenantId,
+    ef_search: u32,
+) -> Result<TenantTx, tenantry::db::DbError> {
+    let ctx = TenantContext {
+        tenant_id: tenant,
+        actor_id: "system:bench".into(),
+    };
+    let settings = TxSettings {
+        hnsw_ef_search: Some(ef_search),
+        ..TxSettings::default()
+    };
+    app.db.begin_with(&ctx, Access::ReadOnly, settings).await
+}
+
+/// Marks a seeded benchmark database complete (so [`bench_database`] reuses it): analyzed, and
+/// the marker table `bench_seeded` created.
+pub async fn mark_seeded(admin: &tokio_postgres::Client, started: Instant) -> Result<(), Error> {
+    admin
+        .batch_execute("VACUUM ANALYZE; CREATE TABLE public.bench_seeded ()")
+        .await?;
+    eprintln!("seeded in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One search in the tenant's transaction, as `/v1/ask` runs it.
+pub async fn run_search(
+    app: &App,
+    tenant: TenantId,
+    question: &str,
+    vector: &[f32],
+    k: usize,
+    exact_max_chunks: i64,
+    ef_search: u32,
+) -> Result<Retrieved, String> {
+    let mut tx = read_tx(app, tenant, ef_search)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = SearchRequest {
+        question,
+        vector,
+        k,
+        datasets: None,
+        filter: None,
+        exact_max_chunks,
+        min_relevance: 0.0,
+    };
+    let got = search(&mut tx, &request).await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(got)
+}
+
+/// Runs `total` operations with `concurrency` workers.
+pub async fn drive<F, Fut>(concurrency: usize, total: usize, op: F) -> Samples
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return samples;
+                }
+                let started = Instant::now();
+                match op(i).await {
+                    Ok(()) => samples.record(started.elapsed()),
+                    Err(_) => samples.errors += 1,
+                }
+            }
+        }));
+    }
+    let mut all = Samples::default();
+    for w in workers {
+        match w.await {
+            Ok(samples) => all.merge(samples),
+            Err(_) => all.errors += 1,
+        }
+    }
+    all
 }

@@ -130,6 +130,30 @@ async fn migrate_only() -> Result<(String, String, String), Error> {
     ))
 }
 
+/// Chunks embedded by another model than this run's (the embedder was switched since the last
+/// run) are made pending again, so the seed's drain and the start-up sweep embed them anew:
+/// vectors of two models are never compared. Every tenant's, as the admin role.
+async fn reembed_other_models(model: &str) -> Result<(), Error> {
+    let mut admin: tokio_postgres::Config = admin_url()?.parse()?;
+    admin.dbname(std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into()));
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let reset = client
+        .execute_typed(
+            "UPDATE app.chunks SET embedding = NULL, embedding_model = NULL, \
+               embed_lease = NULL, embed_lease_until = NULL \
+             WHERE embedding IS NOT NULL AND embedding_model IS DISTINCT FROM $1",
+            &[(&model, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?;
+    if reset > 0 {
+        println!("embedder {model}: {reset} chunks embedded by another model are embedded again");
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
 async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), Error> {
     let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
@@ -191,9 +215,11 @@ async fn up() -> Result<(), Error> {
         .unwrap_or_else(|_| format!("auth0_dev_{}", uuid::Uuid::new_v4().simple()));
     vars.push(("STRIPE_WEBHOOK_SECRETS", stripe_secret.clone()));
     vars.push(("AUTH0_WEBHOOK_SECRET", auth0_secret.clone()));
-    // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally.
+    // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally. With
+    // EMBED_MODEL_DIR (`scripts/run-local` sets it for LOCAL_EMBEDDER=minilm), embed with
+    // all-MiniLM-L6-v2 in-process.
     let meter_vars = tenantry::usage::METERS.map(|d| tenantry::config::stripe_meter_var(d.meter));
-    for name in ["STRIPE_API_KEY", "STRIPE_API_BASE"]
+    for name in ["STRIPE_API_KEY", "STRIPE_API_BASE", "EMBED_MODEL_DIR"]
         .into_iter()
         .chain(meter_vars)
     {
@@ -206,6 +232,7 @@ async fn up() -> Result<(), Error> {
     let billing = tenantry_stripe::StripeBilling::from_config(&config.billing)?
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn tenantry::billing::BillingSink>);
     let app = std::sync::Arc::new(tenantry::App::builder(config).billing(billing).build()?);
+    reembed_other_models(app.embedder.model()).await?;
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
     // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
     // every 30 s; snapshot and reconcile at start and every 10 minutes.

@@ -3,7 +3,8 @@
 //! [`AppBuilder`]); no other module imports this one.
 //!
 //! What a function links is its cargo features: `sqs` (the SQS adapters of the embed and usage
-//! queues) and `bedrock` (the Bedrock embedder and answerer). A port whose adapter the
+//! queues) and `bedrock` (the Bedrock embedder and answerer); `minilm` (all-MiniLM-L6-v2
+//! in-process) is for the local runner, the tests and the benchmarks only. A port whose adapter the
 //! configuration names but this function does not link is [`Unlinked`]: it fails each call
 //! with a clear error instead of quietly using a local stand-in. A function links what its
 //! routes call, so the unlinked ports of a function are the ones it never calls.
@@ -151,9 +152,10 @@ impl AppBuilder {
         };
         let auth = Authenticator::new(&config.auth, db.clone());
         let rag = &config.rag;
-        let embedder: Arc<dyn Embedder> = match &rag.embed_model_id {
-            Some(model) => bedrock_embedder(sdk.as_ref(), model, &config)?,
-            None => Arc::new(LocalEmbedder::new(rag.embed_dims)),
+        let embedder: Arc<dyn Embedder> = match (&rag.embed_model_id, &rag.embed_model_dir) {
+            (Some(model), _) => bedrock_embedder(sdk.as_ref(), model, &config)?,
+            (None, Some(dir)) => minilm_embedder(dir)?,
+            (None, None) => Arc::new(LocalEmbedder::new(rag.embed_dims)),
         };
         let answerer: Arc<dyn Answerer> = match &rag.answer_model_id {
             Some(model) => bedrock_answerer(sdk.as_ref(), model, &config)?,
@@ -212,6 +214,26 @@ impl AppBuilder {
             billing,
         })
     }
+}
+
+#[cfg(feature = "minilm")]
+fn minilm_embedder(dir: &std::path::Path) -> Result<Arc<dyn Embedder>, ConfigError> {
+    let started = std::time::Instant::now();
+    let embedder =
+        crate::rag::minilm::MiniLmEmbedder::load(dir).map_err(|e| ConfigError::Invalid {
+            name: "EMBED_MODEL_DIR",
+            reason: format!("not a usable all-MiniLM-L6-v2 directory: {e}"),
+        })?;
+    tracing::info!(
+        load_ms = started.elapsed().as_millis() as u64,
+        "embedder: all-MiniLM-L6-v2 loaded"
+    );
+    Ok(Arc::new(embedder))
+}
+
+#[cfg(not(feature = "minilm"))]
+fn minilm_embedder(_: &std::path::Path) -> Result<Arc<dyn Embedder>, ConfigError> {
+    Ok(Arc::new(Unlinked("embedder (all-MiniLM-L6-v2)")))
 }
 
 #[cfg(any(feature = "sqs", feature = "bedrock"))]

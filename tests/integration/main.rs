@@ -22,6 +22,7 @@ mod isolation;
 mod lifecycle;
 mod me;
 mod migrations;
+mod minilm;
 mod operations;
 mod permissions;
 mod pooling;

@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tenantry::config::Config;
-use tenantry::db::{Access, TenantContext, TxSettings};
 use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
-use tenantry::rag::search::{Retrieved, SearchRequest, embed_question, search};
+use tenantry::rag::search::{Retrieved, embed_question};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, Samples, bench_database, env};
+use tenantry_bench::{Error, bench_database, drive, env, mark_seeded, run_search};
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
 
@@ -185,14 +184,7 @@ async fn main() -> Result<(), Error> {
                 )
                 .await?;
         }
-        admin.batch_execute("VACUUM ANALYZE").await?;
-        admin
-            .batch_execute("CREATE TABLE public.bench_seeded ()")
-            .await?;
-        eprintln!(
-            "seeded {tenants} tenants x {chunks} chunks in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
+        mark_seeded(&admin, started).await?;
     }
     let questions: Arc<Vec<String>> =
         Arc::new((0..512).map(|i| sentence(7_777_777 + i, 6)).collect());
@@ -325,73 +317,4 @@ async fn main() -> Result<(), Error> {
     s.report("ask_local_answerer", base.clone());
 
     Ok(())
-}
-
-/// One search in the tenant's transaction, as `/v1/ask` runs it.
-async fn run_search(
-    app: &App,
-    tenant: TenantId,
-    question: &str,
-    vector: &[f32],
-    k: usize,
-    exact_max_chunks: i64,
-    ef_search: u32,
-) -> Result<Retrieved, String> {
-    let ctx = TenantContext {
-        tenant_id: tenant,
-        actor_id: "system:bench".into(),
-    };
-    let settings = TxSettings {
-        hnsw_ef_search: Some(ef_search),
-        ..TxSettings::default()
-    };
-    let mut tx = app
-        .db
-        .begin_with(&ctx, Access::ReadOnly, settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = SearchRequest {
-        question,
-        vector,
-        k,
-        datasets: None,
-        filter: None,
-        exact_max_chunks,
-        min_relevance: 0.0,
-    };
-    let got = search(&mut tx, &request).await.map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
-    Ok(got)
-}
-
-/// Runs `total` operations with `concurrency` workers.
-async fn drive<F, Fut>(concurrency: usize, total: usize, op: F) -> Samples
-where
-    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (op, next) = (op.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return samples;
-                }
-                let started = Instant::now();
-                match op(i).await {
-                    Ok(()) => samples.record(started.elapsed()),
-                    Err(_) => samples.errors += 1,
-                }
-            }
-        }));
-    }
-    let mut all = Samples::default();
-    for w in workers {
-        all.merge(w.await.unwrap());
-    }
-    all
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`split`]: split long text into chunks at paragraph and sentence boundaries, with overlap.
 //! - [`embed`]: the [`embed::Embedder`] port and its local, deterministic adapter.
+//! - `minilm` (feature `minilm`): all-MiniLM-L6-v2 in-process, the embedded mode's real model.
 //! - `bedrock` (feature `bedrock`): the Bedrock adapters of the embedder and answerer ports.
 //! - [`chunks`]: keeping `app.chunks` in step with records, and embedding what is pending.
 //! - [`queue`]: the embed queue port (SQS in AWS, in-process locally) and the embed worker.
@@ -17,9 +18,13 @@ pub mod answer;
 pub mod bedrock;
 pub mod chunks;
 pub mod embed;
+#[cfg(feature = "minilm")]
+pub mod minilm;
 pub mod queue;
 pub mod search;
 pub mod split;
+
+use std::path::PathBuf;
 
 use crate::env::{ConfigError, Env};
 
@@ -28,8 +33,11 @@ use crate::env::{ConfigError, Env};
 pub struct RagConfig {
     /// Embedding dimension: 256, 512 or 1024 (what Titan Text Embeddings V2 offers).
     pub embed_dims: usize,
-    /// Bedrock embedding model (e.g. `amazon.titan-embed-text-v2:0`); unset: the local embedder.
+    /// Bedrock embedding model (e.g. `amazon.titan-embed-text-v2:0`); unset: a local embedder.
     pub embed_model_id: Option<String>,
+    /// A sentence-transformers directory holding all-MiniLM-L6-v2, embedded in-process (where
+    /// the `minilm` feature is linked); unset, and no Bedrock model: the hashed local embedder.
+    pub embed_model_dir: Option<PathBuf>,
     /// Bedrock calls in flight per embedding batch.
     pub embed_concurrency: usize,
     /// Bedrock Converse model for answers; unset: the local extractive answerer.
@@ -50,10 +58,18 @@ pub struct RagConfig {
 }
 
 impl RagConfig {
-    /// `EMBED_DIMS`, `BEDROCK_EMBED_MODEL_ID`, `BEDROCK_EMBED_CONCURRENCY`,
+    /// `EMBED_DIMS`, `BEDROCK_EMBED_MODEL_ID`, `EMBED_MODEL_DIR`, `BEDROCK_EMBED_CONCURRENCY`,
     /// `BEDROCK_ANSWER_MODEL_ID`, `BEDROCK_PLANNER_MODEL_ID`, `BEDROCK_ANSWER_MAX_TOKENS`,
     /// `EMBED_QUEUE_URL`, `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`, `RAG_MIN_RELEVANCE`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let embed_model_id = env.var("BEDROCK_EMBED_MODEL_ID");
+        let embed_model_dir = env.var("EMBED_MODEL_DIR").map(PathBuf::from);
+        if embed_model_id.is_some() && embed_model_dir.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "EMBED_MODEL_DIR",
+                reason: "set this or BEDROCK_EMBED_MODEL_ID, not both".into(),
+            });
+        }
         Ok(Self {
             embed_dims: match env.parse("EMBED_DIMS", 256)? {
                 d @ (256 | 512 | 1024) => d,
@@ -64,7 +80,8 @@ impl RagConfig {
                     });
                 }
             },
-            embed_model_id: env.var("BEDROCK_EMBED_MODEL_ID"),
+            embed_model_id,
+            embed_model_dir,
             embed_concurrency: env.parse("BEDROCK_EMBED_CONCURRENCY", 4)?,
             answer_model_id: env.var("BEDROCK_ANSWER_MODEL_ID"),
             planner_model_id: env.var("BEDROCK_PLANNER_MODEL_ID"),

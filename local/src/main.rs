@@ -87,9 +87,16 @@ fn admin_url() -> Result<String, Error> {
         .map_err(|_| "DATABASE_URL is not set (scripts/run-local sets it from scripts/pg)".into())
 }
 
-/// Creates the local database if needed, migrates it, and returns the app role's and the support
-/// role's URLs for it.
-async fn migrate_only() -> Result<(String, String, String), Error> {
+/// The local database's URLs, per role.
+struct Urls {
+    admin: String,
+    app: String,
+    support: String,
+    impersonation: String,
+}
+
+/// Creates the local database if needed, migrates it, and returns its URLs.
+async fn migrate_only() -> Result<Urls, Error> {
     let admin: tokio_postgres::Config = admin_url()?.parse()?;
     let db_name = std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into());
     if !db_name
@@ -118,40 +125,60 @@ async fn migrate_only() -> Result<(String, String, String), Error> {
     )
     .await?;
     println!("database {db_name}: {} migrations applied", applied.len());
-    Ok((
-        url_for(&admin, "tenantry_app", &password, &db_name),
-        url_for(&admin, "tenantry_support", &support_password, &db_name),
-        url_for(
+    Ok(Urls {
+        admin: url_for(&admin, &user, &admin_password, &db_name),
+        app: url_for(&admin, "tenantry_app", &password, &db_name),
+        support: url_for(&admin, "tenantry_support", &support_password, &db_name),
+        impersonation: url_for(
             &admin,
             "tenantry_impersonator",
             &impersonator_password,
             &db_name,
         ),
-    ))
+    })
 }
 
-/// Chunks embedded by another model than this run's (the embedder was switched since the last
-/// run) are made pending again, so the seed's drain and the start-up sweep embed them anew:
-/// vectors of two models are never compared. Every tenant's, as the admin role.
-async fn reembed_other_models(model: &str) -> Result<(), Error> {
-    let mut admin: tokio_postgres::Config = admin_url()?.parse()?;
-    admin.dbname(std::env::var("TENANTRY_DB").unwrap_or_else(|_| "tenantry".into()));
-    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(conn);
-    let reset = client
-        .execute_typed(
+/// One runner per database: the first holds this advisory lock for its lifetime (on the admin
+/// session [`claim_database`] keeps open), so a second one refuses to start instead of resetting
+/// the first one's embeddings under it.
+const RUNNER_LOCK: i64 = 0x7465_6e61_6e74_7279; // "tenantry"
+
+/// Takes the database for this runner (see [`RUNNER_LOCK`]) and readies its chunks for this
+/// run's embedder: chunks embedded by another model (the embedder was switched since the last
+/// run) are made pending again, so vectors of two models are never compared, and leases left by
+/// a runner that was stopped mid-embedding are released. The seed's drain and the start-up sweep
+/// then embed them. Every tenant's, as the admin role; returns the session holding the lock.
+async fn claim_database(admin_url: &str, model: &str) -> Result<tokio_postgres::Client, Error> {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Err("another tenantry-local is running on this database; stop it first".into());
+    }
+    let other_model = client
+        .execute(
             "UPDATE app.chunks SET embedding = NULL, embedding_model = NULL, \
                embed_lease = NULL, embed_lease_until = NULL \
              WHERE embedding IS NOT NULL AND embedding_model IS DISTINCT FROM $1",
-            &[(&model, tokio_postgres::types::Type::TEXT)],
+            &[&model],
         )
         .await?;
-    if reset > 0 {
-        println!("embedder {model}: {reset} chunks embedded by another model are embedded again");
+    if other_model > 0 {
+        println!(
+            "embedder {model}: {other_model} chunks embedded by another model are embedded again"
+        );
     }
-    drop(client);
-    let _ = task.await;
-    Ok(())
+    client
+        .execute(
+            "UPDATE app.chunks SET embed_lease = NULL, embed_lease_until = NULL \
+             WHERE embedding IS NULL AND embed_lease IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(client)
 }
 
 async fn ensure_database(admin: &tokio_postgres::Config, name: &str) -> Result<(), Error> {
@@ -191,13 +218,13 @@ fn url_for(cfg: &tokio_postgres::Config, user: &str, password: &str, db: &str) -
 
 async fn up() -> Result<(), Error> {
     let port = port()?;
-    let (app_url, support_url, impersonation_url) = migrate_only().await?;
+    let urls = migrate_only().await?;
     let staff_org = std::env::var("SUPPORT_ORG_ID").unwrap_or_else(|_| DEV_STAFF_ORG.into());
     let env_or = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
     let mut vars = vec![
-        ("APP_DATABASE_URL", app_url),
-        ("SUPPORT_DATABASE_URL", support_url),
-        ("IMPERSONATION_DATABASE_URL", impersonation_url),
+        ("APP_DATABASE_URL", urls.app),
+        ("SUPPORT_DATABASE_URL", urls.support),
+        ("IMPERSONATION_DATABASE_URL", urls.impersonation),
         ("SUPPORT_ORG_ID", staff_org.clone()),
         ("AUTH0_ISSUER", issuer_url(port)),
         ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
@@ -232,7 +259,9 @@ async fn up() -> Result<(), Error> {
     let billing = tenantry_stripe::StripeBilling::from_config(&config.billing)?
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn tenantry::billing::BillingSink>);
     let app = std::sync::Arc::new(tenantry::App::builder(config).billing(billing).build()?);
-    reembed_other_models(app.embedder.model()).await?;
+    // The port first, then the database: a runner that cannot serve changes nothing.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let _runner_lock = claim_database(&urls.admin, app.embedder.model()).await?;
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;
     // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
     // every 30 s; snapshot and reconcile at start and every 10 minutes.
@@ -246,7 +275,6 @@ async fn up() -> Result<(), Error> {
     )
     .await?;
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let issuer = dev_issuer(port)?;
     println!("\nTenantry is running on http://127.0.0.1:{port} (local mode, dev-only tokens)\n");
     match app.billing.kind() {

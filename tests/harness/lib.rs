@@ -840,6 +840,35 @@ impl TestApp {
         assert_eq!(r.status, 200, "{}", r.json);
     }
 
+    /// Embeds `tenant`'s pending chunks with `embedder` (alongside the in-process queue ingest
+    /// already started, which may hold some of them under its lease) until none are pending;
+    /// returns how many chunks the tenant has.
+    pub async fn embed_all(
+        &self,
+        tenant: TenantId,
+        embedder: &dyn tenantry::rag::embed::Embedder,
+    ) -> i64 {
+        let admin = self.db.admin().await;
+        for _ in 0..600 {
+            tenantry::rag::queue::drain(&self.app.db, embedder, tenant)
+                .await
+                .unwrap();
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE embedding IS NULL), count(*) \
+                     FROM app.chunks WHERE tenant_id = $1",
+                    &[&tenant.as_uuid()],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 0 {
+                return row.get(1);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("chunks stayed pending");
+    }
+
     /// A staff token (the staff organization) for `sub` with `roles`.
     pub fn staff_token(sub: &str, roles: &[&str]) -> String {
         issuer()

@@ -103,10 +103,23 @@ async fn padding_batching_and_order_change_no_vector() {
             .fold(0f32, f32::max);
         assert!(d < 1e-4, "text {i}: {d}");
     }
-    // Truncation at 256 tokens: what lies past them does not change the vector.
+    // Truncation at 256 tokens: what lies past them does not change the vector, what lies
+    // before them does (so neither the tokenizer file's own 128 nor a longer limit is in force).
     let longer = format!("{long} Entirely different closing words about quarterly revenue.");
     let v = model.embed(&[long.clone(), longer]).await.unwrap();
     assert!(cos(&v[0], &v[1]) > 0.9999);
+    let head = "The warehouse in Osaka reported a delayed pallet of sensors. ".repeat(12);
+    let tail = "The invoice for the turbine was paid by bank transfer in March. ".repeat(8);
+    let other = "A cat slept on the mat while the rain fell over the quiet harbour. ".repeat(8);
+    let v = model
+        .embed(&[format!("{head}{tail}"), format!("{head}{other}")])
+        .await
+        .unwrap();
+    assert!(
+        cos(&v[0], &v[1]) < 0.999,
+        "tokens 160 to 250 were not read: {}",
+        cos(&v[0], &v[1])
+    );
     assert_eq!(model.embed(&[]).await.unwrap().len(), 0);
 }
 
@@ -193,14 +206,31 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
             "The new espresso machine in the office kitchen makes excellent coffee.",
         ),
     ];
+    // Enough other notes that the approximate path finds its 20 candidates (k = 3) and does
+    // not fall back to the exact scan.
+    let fillers: Vec<(String, String)> = (0..30)
+        .map(|i| {
+            let topic = [
+                "the team offsite",
+                "a printer driver",
+                "the garden",
+                "a chess club",
+            ][i % 4];
+            (
+                format!("f-{i}"),
+                format!("Meeting note {i} about {topic} and the plans for week {i}."),
+            )
+        })
+        .collect();
     let records: Vec<_> = notes
         .iter()
+        .map(|(key, body)| (key.to_string(), body.to_string()))
+        .chain(fillers)
         .map(|(key, body)| json!({"key": key, "data": {"body": body}}))
         .collect();
     app.ingest(&token, "notes", &json!(records)).await;
-    tenantry::rag::queue::drain(&app.app.db, app.app.embedder.as_ref(), tenant)
-        .await
-        .unwrap();
+    let embedder = app.app.embedder.clone();
+    assert_eq!(app.embed_all(tenant, embedder.as_ref()).await, 35);
 
     // Stored as 384-dimension vectors named after the model.
     let admin = app.db.admin().await;
@@ -211,7 +241,7 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), notes.len());
+    assert_eq!(rows.len(), 35);
     for r in &rows {
         assert_eq!(r.get::<_, Option<i32>>(0), Some(384));
         assert_eq!(
@@ -221,9 +251,9 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
     }
 
     // Questions that share no word with the note they mean: the vector ranks that note first
-    // (no full-text candidate can help), on the exact and on the approximate path.
+    // (no full-text candidate can help), on the exact and on the approximate (HNSW) path.
     let questions = [
-        ("Which shipment was detained by border control?", "n-1"),
+        ("Which shipment was detained at the frontier?", "n-1"),
         ("Did sales in Asia increase?", "n-2"),
         ("Was I billed double for a purchase?", "n-4"),
     ];
@@ -257,6 +287,7 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
             .await
             .unwrap();
             tx.commit().await.unwrap();
+            assert_eq!(found.exact, exact_max_chunks > 0, "{question}: path");
             let best = found
                 .hits
                 .iter()

@@ -23,28 +23,9 @@ async fn ingest(app: &TestApp, token: &str, records: Value) {
     assert_eq!(r.status, 200, "{}", r.json);
 }
 
-/// Embeds the tenant's pending chunks (alongside the in-process queue ingest already started,
-/// which may hold some of them under its lease) until none are pending; returns how many it has.
+/// Embeds the tenant's pending chunks with the local embedder the app uses.
 async fn embed_all(app: &TestApp, tenant: TenantId) -> i64 {
-    let embedder = LocalEmbedder::new(256);
-    let admin = app.db.admin().await;
-    for _ in 0..200 {
-        tenantry::rag::queue::drain(&app.app.db, &embedder, tenant)
-            .await
-            .unwrap();
-        let row = admin
-            .query_one(
-                "SELECT count(*) FILTER (WHERE embedding IS NULL), count(*) FROM app.chunks WHERE tenant_id = $1",
-                &[&tenant.as_uuid()],
-            )
-            .await
-            .unwrap();
-        if row.get::<_, i64>(0) == 0 {
-            return row.get(1);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("chunks stayed pending");
+    app.embed_all(tenant, &LocalEmbedder::new(256)).await
 }
 
 async fn ask(app: &TestApp, tenant: TenantId, question: &str, k: usize) -> Vec<Hit> {

@@ -2,10 +2,12 @@
 //! and the HNSW path's recall@k against the exact scan, for MiniLM's vectors and the hashed
 //! embedder's of the same texts.
 //!
-//! The text is real English prose that every machine that built this benchmark has: the doc
+//! The text is real English prose that a machine that built this benchmark has: the doc
 //! comments of the crates `Cargo.lock` pins, read from cargo's registry sources (paragraphs of
-//! 8 to 80 words, code blocks left out), shuffled with a fixed seed. Chunks and questions are
-//! disjoint: a question is a paragraph no tenant holds.
+//! 8 to 80 words, code blocks left out), shuffled with a fixed seed. Which of the pinned crates
+//! are unpacked there depends on the platform (and on cargo's cleaning), so the corpus's size is
+//! printed and is part of the seeded database's name. Chunks and questions are disjoint: a
+//! question is a paragraph no tenant holds.
 //!
 //! Environment: BENCH_TENANTS (4 per embedder), BENCH_CHUNKS (6000 per tenant), BENCH_QUERIES
 //! (200), BENCH_K (10), BENCH_CONCURRENCY (2), BENCH_EMBED_SAMPLE (2000), EMBED_MODEL_DIR (set by
@@ -15,6 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
@@ -24,7 +27,10 @@ use tenantry::rag::minilm::MiniLmEmbedder;
 use tenantry::rag::search::Retrieved;
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, bench_database, drive, env, mark_seeded, read_tx, run_search};
+use tenantry_bench::{
+    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, read_tx, run_search,
+    sort_priced_out,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 
@@ -79,7 +85,7 @@ async fn main() -> Result<(), Error> {
 
     // 2. A database with `tenants` tenants embedded by each model (same texts, own slices).
     let db = bench_database(
-        &format!("bench_minilm_{tenants}_{chunks}"),
+        &format!("bench_minilm_{tenants}_{chunks}_{}", corpus.len()),
         Some("bench_seeded"),
     )
     .await?;
@@ -94,9 +100,7 @@ async fn main() -> Result<(), Error> {
             vars.iter()
                 .find(|(n, _)| *n == key)
                 .map(|(_, v)| match key {
-                    // Sorting priced out: the planner takes the HNSW index whatever it costs, so
-                    // the index path itself is what is measured.
-                    "APP_DATABASE_URL" if forced => format!("{v}?options=-c%20enable_sort%3Doff"),
+                    "APP_DATABASE_URL" if forced => sort_priced_out(v),
                     _ => v.clone(),
                 })
         })?;
@@ -117,6 +121,7 @@ async fn main() -> Result<(), Error> {
         let started = Instant::now();
         let (admin, conn) = tokio_postgres::connect(&db.admin_url, NoTls).await?;
         tokio::spawn(conn);
+        let indexes = drop_vector_indexes(&admin).await?;
         for (group, (name, embedder)) in models.iter().enumerate() {
             for (t, id) in ids(group).into_iter().enumerate() {
                 provision(
@@ -154,7 +159,7 @@ async fn main() -> Result<(), Error> {
                     .await?;
             }
         }
-        mark_seeded(&admin, started).await?;
+        mark_seeded(&admin, &indexes, started).await?;
     }
 
     // 3. Per embedder: search latency on both paths, and the HNSW path's recall@k against the
@@ -172,12 +177,24 @@ async fn main() -> Result<(), Error> {
             ("search_exact", &exact_app, i64::MAX),
             ("search_hnsw_forced", &forced_app, 0),
         ] {
+            // Searches on the approximate path that came back short and ran the exact scan.
+            let fell_back = Arc::new(AtomicUsize::new(0));
             let mut s = drive(concurrency, questions.len() * 2, {
-                let (app, ids, questions, vectors) =
-                    (app.clone(), ids.clone(), questions.clone(), vectors.clone());
+                let (app, ids, questions, vectors, fell_back) = (
+                    app.clone(),
+                    ids.clone(),
+                    questions.clone(),
+                    vectors.clone(),
+                    fell_back.clone(),
+                );
                 move |i| {
-                    let (app, ids, questions, vectors) =
-                        (app.clone(), ids.clone(), questions.clone(), vectors.clone());
+                    let (app, ids, questions, vectors, fell_back) = (
+                        app.clone(),
+                        ids.clone(),
+                        questions.clone(),
+                        vectors.clone(),
+                        fell_back.clone(),
+                    );
                     async move {
                         let q = i % questions.len();
                         let tenant = ids[i % ids.len()];
@@ -191,7 +208,11 @@ async fn main() -> Result<(), Error> {
                             ef_search,
                         )
                         .await
-                        .map(|_| ())
+                        .map(|got| {
+                            if got.exact && threshold == 0 {
+                                fell_back.fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
                     }
                 }
             })
@@ -199,9 +220,11 @@ async fn main() -> Result<(), Error> {
             let mut line = base.clone();
             line["embedder"] = json!(embedder.model());
             line["ef_search"] = json!(ef_search);
+            line["exact_fallbacks"] = json!(fell_back.load(Ordering::Relaxed));
             s.report(&format!("{scenario}_{name}"), line);
         }
         let (mut vector_found, mut fused_found, mut fused_wanted) = (0usize, 0usize, 0usize);
+        let mut fell_back = 0usize;
         for (q, question) in questions.iter().enumerate() {
             let tenant = ids[q % ids.len()];
             let exact = nearest(&exact_app, tenant, &vectors[q], k, true, ef_search).await?;
@@ -222,9 +245,10 @@ async fn main() -> Result<(), Error> {
                 )
                 .await?,
             );
-            let approx = keys(
-                run_search(&forced_app, tenant, question, &vectors[q], k, 0, ef_search).await?,
-            );
+            let approx =
+                run_search(&forced_app, tenant, question, &vectors[q], k, 0, ef_search).await?;
+            fell_back += usize::from(approx.exact);
+            let approx = keys(approx);
             fused_wanted += exact.len();
             fused_found += exact.iter().filter(|e| approx.contains(e)).count();
         }
@@ -235,6 +259,7 @@ async fn main() -> Result<(), Error> {
         line["vector_recall_at_k"] =
             json!(round3(vector_found as f64 / (questions.len() * k) as f64));
         line["fused_recall_at_k"] = json!(round3(fused_found as f64 / fused_wanted.max(1) as f64));
+        line["fused_exact_fallbacks"] = json!(fell_back);
         println!(
             "{}",
             json!({"scenario": format!("hnsw_recall_{name}"), "detail": line})
@@ -310,7 +335,7 @@ fn corpus() -> Result<Vec<String>, Error> {
         }
     }
     let mut out: Vec<String> = paragraphs.into_iter().collect();
-    // Fisher-Yates with xorshift64: the same order on every machine.
+    // Fisher-Yates with xorshift64: the same order for the same paragraphs.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in (1..out.len()).rev() {
         x ^= x << 13;

@@ -16,7 +16,10 @@ use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
 use tenantry::rag::search::{Retrieved, embed_question};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, bench_database, drive, env, mark_seeded, run_search};
+use tenantry_bench::{
+    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, run_search,
+    sort_priced_out,
+};
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
 
@@ -119,7 +122,7 @@ async fn main() -> Result<(), Error> {
     let forced_vars: Vec<(&str, String)> = vars
         .iter()
         .map(|(n, v)| match *n {
-            "APP_DATABASE_URL" => (*n, format!("{v}?options=-c%20enable_sort%3Doff")),
+            "APP_DATABASE_URL" => (*n, sort_priced_out(v)),
             _ => (*n, v.clone()),
         })
         .collect();
@@ -144,6 +147,7 @@ async fn main() -> Result<(), Error> {
         let started = Instant::now();
         let (admin, conn) = tokio_postgres::connect(&db.admin_url, NoTls).await?;
         tokio::spawn(conn);
+        let indexes = drop_vector_indexes(&admin).await?;
         for (t, id) in ids.iter().enumerate() {
             provision(
                 &app.db,
@@ -184,7 +188,7 @@ async fn main() -> Result<(), Error> {
                 )
                 .await?;
         }
-        mark_seeded(&admin, started).await?;
+        mark_seeded(&admin, &indexes, started).await?;
     }
     let questions: Arc<Vec<String>> =
         Arc::new((0..512).map(|i| sentence(7_777_777 + i, 6)).collect());

@@ -24,8 +24,8 @@ use super::embed::{EmbedError, EmbedFuture, Embedder};
 
 /// Longest input in tokens (the model's `max_seq_length`); longer texts are truncated.
 const MAX_TOKENS: usize = 256;
-/// Texts per forward pass.
-const BATCH: usize = 16;
+/// Texts per forward pass: small batches ran fastest on 2 cores (BENCHMARKS.md, `minilm`).
+const BATCH: usize = 4;
 
 /// The model, loaded once and shared by every call.
 pub struct MiniLmEmbedder {
@@ -102,7 +102,7 @@ impl MiniLmEmbedder {
 
 impl Model {
     /// Embeds `texts` (one batch) synchronously.
-    fn embed_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    fn embed_batch(&self, texts: Vec<&str>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let fatal =
             |e: &dyn fmt::Display| EmbedError::Fatal(format!("{}: {e}", MiniLmEmbedder::MODEL));
         let encodings = self
@@ -154,7 +154,7 @@ impl Embedder for MiniLmEmbedder {
                 let mut out = vec![Vec::new(); texts.len()];
                 for batch in order.chunks(BATCH) {
                     let vectors =
-                        model.embed_batch(batch.iter().map(|&i| texts[i].clone()).collect())?;
+                        model.embed_batch(batch.iter().map(|&i| texts[i].as_str()).collect())?;
                     for (&i, v) in batch.iter().zip(vectors) {
                         out[i] = v;
                     }

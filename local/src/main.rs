@@ -244,11 +244,16 @@ async fn up() -> Result<(), Error> {
     vars.push(("AUTH0_WEBHOOK_SECRET", auth0_secret.clone()));
     // With Stripe test-mode settings in the environment, bill to Stripe; otherwise locally. With
     // EMBED_MODEL_DIR (`scripts/run-local` sets it for LOCAL_EMBEDDER=minilm), embed with
-    // all-MiniLM-L6-v2 in-process.
+    // all-MiniLM-L6-v2 in-process; RAG_MIN_RELEVANCE to calibrate retrieval for it.
     let meter_vars = tenantry::usage::METERS.map(|d| tenantry::config::stripe_meter_var(d.meter));
-    for name in ["STRIPE_API_KEY", "STRIPE_API_BASE", "EMBED_MODEL_DIR"]
-        .into_iter()
-        .chain(meter_vars)
+    for name in [
+        "STRIPE_API_KEY",
+        "STRIPE_API_BASE",
+        "EMBED_MODEL_DIR",
+        "RAG_MIN_RELEVANCE",
+    ]
+    .into_iter()
+    .chain(meter_vars)
     {
         if let Ok(v) = std::env::var(name) {
             vars.push((name, v));

@@ -159,6 +159,11 @@ impl AppBuilder {
         };
         let answerer: Arc<dyn Answerer> = match &rag.answer_model_id {
             Some(model) => bedrock_answerer(sdk.as_ref(), model, &config)?,
+            // The local answerer picks sentences with the app's embedder when that one is
+            // in-process too (hashed or all-MiniLM-L6-v2), never by paying Bedrock per sentence.
+            None if rag.embed_model_id.is_none() => {
+                Arc::new(LocalAnswerer::with_embedder(Arc::clone(&embedder)))
+            }
             None => Arc::new(LocalAnswerer::default()),
         };
         let planner: Arc<dyn QueryPlanner> = match &rag.planner_model_id {

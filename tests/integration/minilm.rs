@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde_json::json;
 use tenantry::config::Config;
 use tenantry::db::{Access, TxSettings};
+use tenantry::rag::answer::{Answerer, LocalAnswerer, NO_ANSWER, Source};
 use tenantry::rag::embed::{Embedder, to_pgvector};
 use tenantry::rag::minilm::MiniLmEmbedder;
 use tenantry::rag::search::{SearchRequest, embed_question, search};
@@ -205,6 +206,10 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
             "n-5",
             "The new espresso machine in the office kitchen makes excellent coffee.",
         ),
+        (
+            "n-6",
+            "Delivered to Austin; the box arrived dented and the customer wants a partial refund.",
+        ),
     ];
     // Enough other notes that the approximate path finds its 20 candidates (k = 3) and does
     // not fall back to the exact scan.
@@ -230,7 +235,7 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
         .collect();
     app.ingest(&token, "notes", &json!(records)).await;
     let embedder = app.app.embedder.clone();
-    assert_eq!(app.embed_all(tenant, embedder.as_ref()).await, 35);
+    assert_eq!(app.embed_all(tenant, embedder.as_ref()).await, 36);
 
     // Stored as 384-dimension vectors named after the model.
     let admin = app.db.admin().await;
@@ -241,7 +246,7 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 35);
+    assert_eq!(rows.len(), 36);
     for r in &rows {
         assert_eq!(r.get::<_, Option<i32>>(0), Some(384));
         assert_eq!(
@@ -343,4 +348,42 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
         r.json
     );
     assert_eq!(r.json["citations"][0]["record_key"], "n-1", "{}", r.json);
+
+    // The local answerer picks the sentence to quote with the app's embedder: by meaning here,
+    // where the hashed embedder's wording similarity is too low to quote anything.
+    let question = "Which boxes were damaged?";
+    let r = app
+        .call(
+            "POST",
+            "/v1/ask",
+            &token,
+            Some(&json!({"question": question, "k": 3}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["kind"], "content", "{}", r.json);
+    assert_eq!(r.json["citations"][0]["record_key"], "n-6", "{}", r.json);
+    assert!(
+        r.json["answer"].as_str().unwrap().contains("dented"),
+        "{}",
+        r.json
+    );
+    let source = [Source {
+        label: "S1".into(),
+        text: notes[5].1.to_owned(),
+    }];
+    let hashed = LocalAnswerer::default()
+        .answer(question, &source)
+        .await
+        .unwrap();
+    assert_eq!(
+        hashed.text, NO_ANSWER,
+        "the hashed embedder quoted: {}",
+        hashed.text
+    );
+    let semantic = LocalAnswerer::with_embedder(embedder)
+        .answer(question, &source)
+        .await
+        .unwrap();
+    assert!(semantic.text.contains("dented"), "{}", semantic.text);
 }

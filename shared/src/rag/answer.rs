@@ -8,8 +8,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use super::embed::LocalEmbedder;
+use super::embed::{EmbedError, Embedder, LocalEmbedder};
 use crate::analytics::planner;
 use crate::analytics::query::{QueryResult, QuerySpec};
 
@@ -358,22 +359,27 @@ pub fn has_scheme(word: &str) -> bool {
 
 /// The local answerer: quotes the sentences of the sources closest to the question, with their
 /// labels. It never writes anything the sources do not say. Named `local-extractive-v1`.
+/// "Closest" is measured by an embedder: the app's own (so with all-MiniLM-L6-v2 a sentence is
+/// chosen by meaning), the hashed one by default.
 #[derive(Clone, Debug)]
 pub struct LocalAnswerer {
-    embedder: LocalEmbedder,
+    embedder: Arc<dyn Embedder>,
 }
 
 impl Default for LocalAnswerer {
     fn default() -> Self {
-        Self {
-            embedder: LocalEmbedder::new(256),
-        }
+        Self::with_embedder(Arc::new(LocalEmbedder::new(256)))
     }
 }
 
 impl LocalAnswerer {
     /// The model name it reports.
     pub const MODEL: &'static str = "local-extractive-v1";
+
+    /// An answerer that compares sentences with the question through `embedder`.
+    pub fn with_embedder(embedder: Arc<dyn Embedder>) -> Self {
+        Self { embedder }
+    }
     /// Sentences less similar than this to the question are not quoted.
     const MIN_SIMILARITY: f32 = 0.15;
     /// Sentences less similar than this share of the best one's similarity are not quoted.
@@ -387,9 +393,8 @@ impl Answerer for LocalAnswerer {
 
     fn answer<'a>(&'a self, question: &'a str, sources: &'a [Source]) -> AnswerFuture<'a> {
         Box::pin(async move {
-            let q = self.embedder.vector(question);
             let topic = crate::words::topic_stems(question);
-            let mut scored: Vec<(f32, &str, &str)> = Vec::new();
+            let mut candidates: Vec<(&str, &str)> = Vec::new();
             for s in sources {
                 for sentence in s.text.split_inclusive(['.', '!', '?']) {
                     let sentence = sentence.trim();
@@ -399,11 +404,38 @@ impl Answerer for LocalAnswerer {
                     if sentence.len() < 3 || !topic.iter().any(|t| stems.contains(t)) {
                         continue;
                     }
-                    let v = self.embedder.vector(sentence);
-                    let sim: f32 = q.iter().zip(&v).map(|(a, b)| a * b).sum();
-                    scored.push((sim, sentence, s.label.as_str()));
+                    candidates.push((sentence, s.label.as_str()));
                 }
             }
+            let no_answer = || Draft {
+                text: NO_ANSWER.to_owned(),
+                citations: Vec::new(),
+                model: Self::MODEL.to_owned(),
+            };
+            if candidates.is_empty() {
+                return Ok(no_answer());
+            }
+            // The question and every candidate in one call to the embedder.
+            let texts: Vec<String> = std::iter::once(question)
+                .chain(candidates.iter().map(|(sentence, _)| *sentence))
+                .map(str::to_owned)
+                .collect();
+            let vectors = self.embedder.embed(&texts).await.map_err(|e| match e {
+                EmbedError::Retryable(m) => AnswerError::Retryable(m),
+                EmbedError::Fatal(m) => AnswerError::Fatal(m),
+            })?;
+            let Some((q, vectors)) = vectors.split_first() else {
+                return Err(AnswerError::Fatal(
+                    "the embedder returned no vectors".into(),
+                ));
+            };
+            let mut scored: Vec<(f32, &str, &str)> = candidates
+                .iter()
+                .zip(vectors)
+                .map(|((sentence, label), v)| {
+                    (q.iter().zip(v).map(|(a, b)| a * b).sum(), *sentence, *label)
+                })
+                .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));
             // The best sentences, each once; a sentence several sources share cites them all.
             let mut picked: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -425,11 +457,7 @@ impl Answerer for LocalAnswerer {
                 }
             }
             if picked.is_empty() {
-                return Ok(Draft {
-                    text: NO_ANSWER.to_owned(),
-                    citations: Vec::new(),
-                    model: Self::MODEL.to_owned(),
-                });
+                return Ok(no_answer());
             }
             let text = picked
                 .iter()

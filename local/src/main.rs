@@ -150,7 +150,16 @@ const RUNNER_LOCK: i64 = 0x7465_6e61_6e74_7279; // "tenantry"
 /// then embed them. Every tenant's, as the admin role; returns the session holding the lock.
 async fn claim_database(admin_url: &str, model: &str) -> Result<tokio_postgres::Client, Error> {
     let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    // The lock lives as long as this session: if the server ends it (a restart), the runner
+    // stops rather than go on without it. (Dropping the client at shutdown ends it cleanly.)
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!(
+                "tenantry-local: the session holding the runner's lock ended ({e}); stopping"
+            );
+            std::process::exit(1);
+        }
+    });
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK])
         .await?
@@ -264,7 +273,8 @@ async fn up() -> Result<(), Error> {
     let billing = tenantry_stripe::StripeBilling::from_config(&config.billing)?
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn tenantry::billing::BillingSink>);
     let app = std::sync::Arc::new(tenantry::App::builder(config).billing(billing).build()?);
-    // The port first, then the database: a runner that cannot serve changes nothing.
+    // The port first, then the lock: a second runner stops before it resets any chunk (it has
+    // applied pending migrations by then, which a running runner tolerates).
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let _runner_lock = claim_database(&urls.admin, app.embedder.model()).await?;
     let tenants = seed::demo(&app.db, app.embedder.as_ref()).await?;

@@ -159,9 +159,10 @@ impl AppBuilder {
         };
         let answerer: Arc<dyn Answerer> = match &rag.answer_model_id {
             Some(model) => bedrock_answerer(sdk.as_ref(), model, &config)?,
-            // The local answerer picks sentences with the app's embedder when that one is
-            // in-process too (hashed or all-MiniLM-L6-v2), never by paying Bedrock per sentence.
-            None if rag.embed_model_id.is_none() => {
+            // With all-MiniLM-L6-v2 the local answerer picks sentences by that model too; the
+            // hashed embedder's 256 dimensions otherwise (what its thresholds were set on),
+            // never Bedrock per sentence.
+            None if rag.embed_model_dir.is_some() => {
                 Arc::new(LocalAnswerer::with_embedder(Arc::clone(&embedder)))
             }
             None => Arc::new(LocalAnswerer::default()),

@@ -166,3 +166,49 @@ async fn ask_end_to_end_on_bedrock_polices_what_the_model_says() {
         "{paths:?}"
     );
 }
+
+/// With Titan embedding and no Bedrock answer model, the local answerer keeps choosing sentences
+/// with the hashed embedder: one Titan call per question (its embedding), never one per sentence.
+#[tokio::test]
+async fn the_local_answerer_beside_titan_pays_for_no_sentence() {
+    let stub = BedrockStub::start().await;
+    let sdk = local_sdk_config(&stub.endpoint).await;
+    let app = TestApp::with_sdk_vars(&[("BEDROCK_EMBED_MODEL_ID", TITAN.to_owned())], sdk).await;
+    assert_eq!(app.app.answerer.model(), "local-extractive-v1");
+    let (tenant, token) = app.tenant_with_token("titan").await;
+    app.create_dataset(
+        &token,
+        r#"{"name": "notes", "columns": [{"name": "body", "type": "string"}], "text_columns": ["body"]}"#,
+    )
+    .await;
+    app.ingest(
+        &token,
+        "notes",
+        &json!([{"key": "n-1", "data": {"body":
+            "The box arrived dented. The dented box was photographed. Delivery was on Monday."}}]),
+    )
+    .await;
+    let embedder = app.app.embedder.clone();
+    app.embed_all(tenant, embedder.as_ref()).await;
+    let before = stub.requests().len();
+    let r = app
+        .call(
+            "POST",
+            "/v1/ask",
+            &token,
+            Some(r#"{"question": "Which box arrived dented?"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["kind"], "content", "{}", r.json);
+    assert!(
+        r.json["answer"].as_str().unwrap().contains("dented"),
+        "{}",
+        r.json
+    );
+    let calls: Vec<String> = stub.requests()[before..]
+        .iter()
+        .map(|(path, _)| path.clone())
+        .collect();
+    assert_eq!(calls.len(), 1, "one embedding per ask: {calls:?}");
+}

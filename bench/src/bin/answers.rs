@@ -250,7 +250,12 @@ async fn main() -> Result<(), Error> {
     let n = env("BENCH_RECORDS", 600);
     let now = Utc::now();
     let data = orders(n, now);
-    let app = TestApp::new().await;
+    // EMBED_MODEL_DIR (e.g. `$(scripts/models minilm)`): the same questions with all-MiniLM-L6-v2
+    // embedding the records and the questions, and choosing the sentences quoted.
+    let app = match std::env::var("EMBED_MODEL_DIR") {
+        Ok(dir) => TestApp::with_vars(&[("EMBED_MODEL_DIR", dir)]).await,
+        Err(_) => TestApp::new().await,
+    };
     let (_, token) = app.tenant_with_token("bench").await;
     let spec = json!({"name": "orders", "columns": [
         {"name": "region", "type": "string"}, {"name": "product", "type": "string"},

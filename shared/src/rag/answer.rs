@@ -359,8 +359,8 @@ pub fn has_scheme(word: &str) -> bool {
 
 /// The local answerer: quotes the sentences of the sources closest to the question, with their
 /// labels. It never writes anything the sources do not say. Named `local-extractive-v1`.
-/// "Closest" is measured by an embedder: the app's own (so with all-MiniLM-L6-v2 a sentence is
-/// chosen by meaning), the hashed one by default.
+/// "Closest" is measured by an embedder: all-MiniLM-L6-v2 where the app embeds with it (a
+/// sentence is then chosen by meaning), the hashed one otherwise.
 #[derive(Clone, Debug)]
 pub struct LocalAnswerer {
     embedder: Arc<dyn Embedder>,
@@ -424,6 +424,13 @@ impl Answerer for LocalAnswerer {
                 EmbedError::Retryable(m) => AnswerError::Retryable(m),
                 EmbedError::Fatal(m) => AnswerError::Fatal(m),
             })?;
+            if vectors.len() != texts.len() {
+                return Err(AnswerError::Fatal(format!(
+                    "the embedder returned {} vectors for {} texts",
+                    vectors.len(),
+                    texts.len()
+                )));
+            }
             let Some((q, vectors)) = vectors.split_first() else {
                 return Err(AnswerError::Fatal(
                     "the embedder returned no vectors".into(),

@@ -47,13 +47,8 @@ pub struct ValidBatch {
 
 impl ValidBatch {
     /// How many records.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }
 
@@ -82,8 +77,9 @@ pub fn parse_ndjson(body: &[u8]) -> Result<Vec<Value>, Vec<RecordError>> {
         match serde_json::from_slice::<Value>(line) {
             Ok(v) => values.push(v),
             Err(e) => {
+                // The record's position in the batch: bad lines hold a place (Null) in `values`.
                 errors.push(RecordError {
-                    index: values.len() + errors.len(),
+                    index: values.len(),
                     key: None,
                     column: None,
                     reason: "invalid_json",
@@ -520,6 +516,15 @@ mod tests {
             ]
         );
         assert_eq!(total, 9);
+        // A string key that breaks the rules is told the rules, not that it is missing.
+        let bad_key = errors
+            .iter()
+            .find(|e| e.index == 4)
+            .map(|e| e.message.as_str());
+        assert!(
+            bad_key.is_some_and(|m| m.contains("without control characters")),
+            "{bad_key:?}"
+        );
     }
 
     #[test]
@@ -535,5 +540,11 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].index, 1);
+        // Each bad line is named by its own position, blank lines not counted.
+        let errors = parse_ndjson(b"not json\n{\"a\":1}\n\nalso bad\n{\"b\":2}\nstill bad")
+            .err()
+            .unwrap_or_default();
+        let at: Vec<usize> = errors.iter().map(|e| e.index).collect();
+        assert_eq!(at, vec![0, 2, 4]);
     }
 }

@@ -528,6 +528,23 @@ mod tests {
     }
 
     #[test]
+    fn strings_are_bounded_at_their_limit_and_refuse_nul() {
+        let record = |region: String| json!({"key": "k", "data": {"region": region}});
+        let at_limit = "é".repeat(MAX_STRING_BYTES / 2);
+        assert!(validate(&dataset(), vec![record(at_limit)]).is_ok());
+        for (value, reason) in [
+            (format!("{}a", "é".repeat(MAX_STRING_BYTES / 2)), "too_long"),
+            ("E\0U".to_owned(), "invalid_string"),
+        ] {
+            let (_, errors) = validate(&dataset(), vec![record(value)])
+                .err()
+                .unwrap_or_default();
+            let got: Vec<&str> = errors.iter().map(|e| e.reason).collect();
+            assert_eq!(got, vec![reason]);
+        }
+    }
+
+    #[test]
     fn ndjson_lines_are_parsed_and_bad_lines_named() {
         assert_eq!(
             parse_ndjson(b"{\"a\":1}\r\n\n{\"b\":2}\n")

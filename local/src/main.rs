@@ -114,8 +114,9 @@ async fn migrate_only() -> Result<Urls, Error> {
         std::env::var("SUPPORT_DB_PASSWORD").unwrap_or_else(|_| DEV_SUPPORT_PASSWORD.into());
     let impersonator_password = std::env::var("IMPERSONATOR_DB_PASSWORD")
         .unwrap_or_else(|_| DEV_IMPERSONATOR_PASSWORD.into());
+    let admin_db_url = url_for(&admin, &user, &admin_password, &db_name);
     let applied = migrate::run(
-        &url_for(&admin, &user, &admin_password, &db_name),
+        &admin_db_url,
         &migrate::embedded()?,
         &RolePasswords {
             app: Some(password.clone()),
@@ -126,7 +127,7 @@ async fn migrate_only() -> Result<Urls, Error> {
     .await?;
     println!("database {db_name}: {} migrations applied", applied.len());
     Ok(Urls {
-        admin: url_for(&admin, &user, &admin_password, &db_name),
+        admin: admin_db_url,
         app: url_for(&admin, "tenantry_app", &password, &db_name),
         support: url_for(&admin, "tenantry_support", &support_password, &db_name),
         impersonation: url_for(

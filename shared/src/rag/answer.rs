@@ -424,17 +424,15 @@ impl Answerer for LocalAnswerer {
                 EmbedError::Retryable(m) => AnswerError::Retryable(m),
                 EmbedError::Fatal(m) => AnswerError::Fatal(m),
             })?;
-            if vectors.len() != texts.len() {
+            let Some((q, vectors)) = vectors
+                .split_first()
+                .filter(|(_, rest)| rest.len() == candidates.len())
+            else {
                 return Err(AnswerError::Fatal(format!(
                     "the embedder returned {} vectors for {} texts",
                     vectors.len(),
                     texts.len()
                 )));
-            }
-            let Some((q, vectors)) = vectors.split_first() else {
-                return Err(AnswerError::Fatal(
-                    "the embedder returned no vectors".into(),
-                ));
             };
             let mut scored: Vec<(f32, &str, &str)> = candidates
                 .iter()

@@ -181,3 +181,55 @@ async fn members_and_keys_cannot_manage_keys_and_tenants_cannot_touch_each_other
     assert_eq!(r.status, 404);
     assert_eq!(me_with_key(&app, &key_a_secret).await, 200);
 }
+
+/// `last_used_at` costs a write at most once a minute per key and process: the second and
+/// third requests with a key cost only the lookup, never another transaction (a write per
+/// request would double the database work of key traffic).
+#[tokio::test]
+async fn a_keys_use_is_written_once_a_minute_not_on_every_request() {
+    use tenantry::auth::{ApiKeys, Authenticator, Scope};
+    use tenantry::db::Access;
+    use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, as_tenant, tx};
+
+    let app = TestApp::new().await;
+    let (tenant, _) = app.tenant_with_token("alpha").await;
+    let mut t = tx(&app.app.db, tenant).await;
+    let key = ApiKeys::create(&mut t, "etl", &[Scope::Ingest])
+        .await
+        .unwrap();
+    t.commit().await.unwrap();
+
+    let cfg: tokio_postgres::Config = app.db.app_url.parse().unwrap();
+    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
+    let url = format!(
+        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
+        proxy.port, app.db.name
+    );
+    let db = app.db.pool_at(&url, 1);
+    // Open the connection first, so only the requests are counted.
+    db.begin(&as_tenant(tenant), Access::ReadOnly)
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    let auth = Authenticator::new(&app.app.config.auth, db);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-api-key", key.key.parse().unwrap());
+    let mut costs = Vec::new();
+    for _ in 0..3 {
+        let before = proxy.flights();
+        let p = auth.authenticate(&headers).await.unwrap();
+        assert_eq!(p.tenant_id, tenant);
+        costs.push(proxy.flights() - before);
+    }
+    assert_eq!(costs[1], costs[2], "{costs:?}");
+    assert!(
+        costs[0] > costs[1],
+        "the first use writes last_used_at, later ones within the minute must not: {costs:?}"
+    );
+
+    let mut t = tx(&app.app.db, tenant).await;
+    let keys = ApiKeys::list(&mut t).await.unwrap();
+    assert!(keys[0].last_used_at.is_some());
+}

@@ -167,10 +167,45 @@ async fn forged_and_misissued_tokens_are_refused() {
             format!("{}.{}.x", "a".repeat(5000), "b".repeat(5000)),
         ),
     ];
-    for (what, token) in &cases {
+    // Each refusal names its reason (for the log, never the caller).
+    let reasons = [
+        "expired",
+        "not yet valid",
+        "wrong issuer",
+        "wrong audience",
+        "missing claim",
+        "missing claim",
+        "missing claim",
+        "malformed",
+        "algorithm not allowed",
+        "algorithm not allowed",
+        "algorithm not allowed",
+        "bad signature",
+        "no kid",
+        "malformed",
+        "too long",
+    ];
+    assert_eq!(cases.len(), reasons.len());
+    for ((what, token), reason) in cases.iter().zip(reasons) {
         let r = auth(&app, &bearer(token)).await;
-        assert!(invalid_token(&r), "{what}: {r:?}");
+        assert!(
+            matches!(&r, Err(AuthError::InvalidToken(w)) if *w == reason),
+            "{what}: expected {reason:?}, got {r:?}"
+        );
     }
+    // The length limit is 8 KiB exactly: at it, a token is read (and found malformed); one
+    // byte past, it is refused unread.
+    let jwt = app.app.auth.jwt();
+    let at_limit = format!("{}.{}.x", "a".repeat(4095), "b".repeat(4094));
+    assert_eq!(at_limit.len(), 8192);
+    assert!(matches!(
+        jwt.verify(&at_limit).await,
+        Err(AuthError::InvalidToken("malformed"))
+    ));
+    assert!(matches!(
+        jwt.verify(&format!("{at_limit}y")).await,
+        Err(AuthError::InvalidToken("too long"))
+    ));
 
     // Tampered payload: a valid token for alpha with its payload swapped for bravo's org.
     let valid = iss.sign(&good).unwrap();

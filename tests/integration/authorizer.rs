@@ -201,3 +201,74 @@ async fn staff_pass_to_admin_routes_only_and_tenants_never_do() {
         assert_eq!(answer(&a, &e).await, refused, "{what}");
     }
 }
+
+/// An impersonation session is checked on every request, even by an authorizer that caches:
+/// ended by the tenant, it is refused by the very next request.
+#[tokio::test]
+async fn an_impersonation_session_is_never_cached() {
+    let app = TestApp::new().await;
+    let (tenant, admin) = app.tenant_with_token("alpha").await;
+    let sam = TestApp::staff_token("auth0|sam", &["support"]);
+    let body = json!({"tenant": tenant.to_string(), "reason": "Customer reports wrong totals, ticket SUP-2001",
+        "ticket": "SUP-2001", "minutes": 5});
+    let started = app
+        .call(
+            "POST",
+            "/admin/v1/impersonations",
+            &sam,
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.json);
+    let sid = started.json["id"].as_str().unwrap().to_owned();
+    let mut e = event(&BEARER.replace("REPLACE_WITH_A_TOKEN", &sam));
+    e.headers
+        .insert("tenantry-impersonation", sid.parse().unwrap());
+
+    let a = authorizer(&app, Duration::from_secs(30));
+    for _ in 0..2 {
+        let d = a.decide(&e.headers).await.unwrap();
+        assert_eq!(
+            (d.principal.map(|p| p.tenant_id), d.cached),
+            (Some(tenant), false)
+        );
+    }
+    let ended = app
+        .call(
+            "POST",
+            &format!("/v1/impersonations/{sid}/end"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.json);
+    let d = a.decide(&e.headers).await.unwrap();
+    assert_eq!(
+        (d.principal.is_none(), d.reason, d.cached),
+        (true, "impersonation_ended", false)
+    );
+}
+
+/// The cache holds every allowed credential, not just the last one: requests alternating
+/// between a token and a key are both answered from it.
+#[tokio::test]
+async fn the_cache_holds_several_credentials_at_once() {
+    let app = TestApp::new().await;
+    let (tenant, token) = app.tenant_with_token("alpha").await;
+    let mut t = tx(&app.app.db, tenant).await;
+    let key = ApiKeys::create(&mut t, "etl", &[Scope::Read])
+        .await
+        .unwrap();
+    t.commit().await.unwrap();
+    let by_token = event(&BEARER.replace("REPLACE_WITH_A_TOKEN", &token));
+    let by_key = event(&API_KEY.replace("REPLACE_WITH_A_KEY", &key.key));
+
+    let a = authorizer(&app, Duration::from_secs(30));
+    let mut cached = Vec::new();
+    for e in [&by_token, &by_key, &by_token, &by_key] {
+        let d = a.decide(&e.headers).await.unwrap();
+        assert_eq!(d.principal.map(|p| p.tenant_id), Some(tenant));
+        cached.push(d.cached);
+    }
+    assert_eq!(cached, [false, false, true, true]);
+}

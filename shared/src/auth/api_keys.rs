@@ -201,15 +201,21 @@ fn random_prefix() -> Result<String, DbError> {
     let mut buf = [0u8; 32];
     while out.len() < PREFIX_LEN {
         getrandom::fill(&mut buf).map_err(|e| DbError::Config(format!("randomness: {e}")))?;
-        // Rejection sampling: 252 is the largest multiple of 36 below 256, so no character is favoured.
-        for b in buf.iter().filter(|b| **b < 252) {
-            if out.len() == PREFIX_LEN {
-                break;
-            }
-            out.push(ALPHABET[(*b % 36) as usize] as char);
-        }
+        push_unbiased(&mut out, &buf);
     }
     Ok(out)
+}
+
+/// Appends a character for each random byte until the prefix is long enough. Rejection
+/// sampling: bytes from 252 up are skipped (252 is the largest multiple of 36 not above 256), so
+/// no character is favoured.
+fn push_unbiased(out: &mut String, random: &[u8]) {
+    for b in random.iter().filter(|b| **b < 252) {
+        if out.len() == PREFIX_LEN {
+            break;
+        }
+        out.push(ALPHABET[(*b % 36) as usize] as char);
+    }
 }
 
 /// The prefix of a well-formed key, or None.
@@ -237,6 +243,57 @@ mod tests {
         assert_ne!(a, b);
         let key = format!("tnt_{a}_{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
         assert_eq!(parse_prefix(&key), Some(a.as_str()));
+    }
+
+    /// Bytes 252 to 255 are skipped, every other byte is a character (`b % 36`), and the prefix
+    /// stops at its length.
+    #[test]
+    fn bytes_map_to_characters_without_bias() {
+        let mut out = String::new();
+        push_unbiased(&mut out, &[252, 0, 255, 35, 36, 251, 253, 25]);
+        assert_eq!(out, "a9a9z");
+        push_unbiased(&mut out, &[1; 20]);
+        assert_eq!(out, "a9a9zbbbbbbb");
+    }
+
+    /// A key in a log line shows which key it is, never the secret.
+    #[test]
+    fn debug_output_names_the_key_but_never_its_secret() {
+        let key = NewApiKey {
+            key_id: Uuid::nil(),
+            prefix: "abcdefghijkl".into(),
+            key: format!("tnt_abcdefghijkl_{}", URL_SAFE_NO_PAD.encode([9u8; 32])),
+            name: "etl".into(),
+            scopes: vec![Scope::Ingest],
+        };
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&key.key[17..]), "{shown}");
+        for part in [
+            "abcdefghijkl",
+            "<redacted>",
+            "Ingest",
+            &Uuid::nil().to_string(),
+        ] {
+            assert!(shown.contains(part), "{part} missing from {shown}");
+        }
+    }
+
+    /// Every character of the alphabet is drawn, none far more often than the others: 12,000
+    /// draws give each about 333 (a character missing has probability e^-333; one past 500 is
+    /// nine standard deviations out).
+    #[test]
+    fn prefix_characters_cover_the_alphabet_evenly() {
+        let mut counts = [0usize; 36];
+        for _ in 0..1000 {
+            let p = random_prefix().unwrap_or_default();
+            assert_eq!(p.len(), PREFIX_LEN);
+            for b in p.bytes() {
+                let i = ALPHABET.iter().position(|a| *a == b);
+                assert!(i.is_some(), "{p:?} has a character outside the alphabet");
+                counts[i.unwrap_or_default()] += 1;
+            }
+        }
+        assert!(counts.iter().all(|n| (200..=500).contains(n)), "{counts:?}");
     }
 
     #[test]

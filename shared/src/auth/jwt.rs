@@ -110,7 +110,8 @@ impl JwtVerifier {
                     ErrorKind::InvalidAudience => "wrong audience",
                     ErrorKind::InvalidSignature => "bad signature",
                     ErrorKind::MissingRequiredClaim(_) => "missing claim",
-                    ErrorKind::InvalidAlgorithm => "algorithm not allowed",
+                    // InvalidAlgorithm cannot happen here: the header's algorithm was checked
+                    // above and every cached key is an RS256 key.
                     _ => "malformed",
                 })
             })

@@ -430,3 +430,38 @@ async fn api_keys_are_checked_in_full_and_revocable() {
     t.commit().await.unwrap();
     assert_eq!(n, 1);
 }
+
+/// A JWKS outage: before any key was fetched, authentication is unavailable (a 500, not the
+/// caller's fault); once keys are cached, they keep working, and an unknown `kid` is still a
+/// refused token rather than an outage.
+#[tokio::test]
+async fn a_jwks_outage_is_unavailable_until_keys_are_cached_then_cached_keys_serve() {
+    use tenantry::auth::{AuthConfig, JwtVerifier};
+    let app = TestApp::new().await;
+    let down = JwksServer::start(json!("down for maintenance")).await;
+    let cfg = AuthConfig {
+        jwks_url: down.url.clone(),
+        jwks_refetch_interval: Duration::ZERO,
+        ..app.app.config.auth.clone()
+    };
+    let iss = issuer();
+    let ok = iss.token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
+    let verifier = JwtVerifier::new(&cfg);
+    let r = verifier.verify(&ok).await;
+    assert!(matches!(r, Err(AuthError::Unavailable(_))), "{r:?}");
+
+    down.set(json!({"keys": [dev_jwk("dev")]}));
+    assert_eq!(verifier.verify(&ok).await.unwrap().sub, "auth0|alice");
+    down.set(json!("down again"));
+    let fetched = down.fetches();
+    let mut rogue = attacker();
+    rogue.kid = "rotated-2".into();
+    let unknown = rogue.token("auth0|alice", "org_alpha", &[], HOUR).unwrap();
+    let r = verifier.verify(&unknown).await;
+    assert!(
+        matches!(r, Err(AuthError::InvalidToken("unknown kid"))),
+        "{r:?}"
+    );
+    assert_eq!(down.fetches(), fetched + 1, "the unknown kid was looked up");
+    assert_eq!(verifier.verify(&ok).await.unwrap().sub, "auth0|alice");
+}

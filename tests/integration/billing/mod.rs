@@ -1203,3 +1203,121 @@ async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed
         .await;
     assert_eq!(r.json["events"].as_array().unwrap().len(), 1, "{}", r.json);
 }
+
+/// A run's own account of itself. A flush run reports what its flushes delivered. A
+/// reconciliation run snapshots seats for active tenants only (a suspended one accrues nothing,
+/// yet is still reconciled), and a tenant that fails (injected: its findings, or its new
+/// customer's link, cannot be written) is counted and skipped while the others still run; once
+/// the fault is gone, the next run completes them.
+#[tokio::test]
+async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_failing_tenant() {
+    let b = setup(3, &[]).await;
+    clear_of_midnight().await;
+    let (t0, t1, t2) = (b.tenants[0].0, b.tenants[1].0, b.tenants[2].0);
+    let t3 = tenant(&b.app.app.db, "pending").await;
+    let admin = b.app.db.admin().await;
+    for t in [t0, t1] {
+        admin
+            .execute(
+                "INSERT INTO app.members (tenant_id, auth0_user_id) VALUES ($1, 'auth0|seat')",
+                &[&t.as_uuid()],
+            )
+            .await
+            .unwrap();
+    }
+    b.record(
+        [(t0, 3), (t1, 4), (t2, 5)]
+            .map(|(t, q)| event(t, Meter::Queries, q, minutes_ago(3)))
+            .to_vec(),
+    )
+    .await;
+
+    let a = &b.app.app;
+    let flush = ReconcileInput { mode: Mode::Flush };
+    let out = run(&a.db, a.billing.as_ref(), &a.config.billing.meter, &flush)
+        .await
+        .unwrap();
+    assert_eq!((out.tenants, out.tenant_errors), (4, 0), "{out:?}");
+    assert_eq!((out.flush.delivered, out.flush.failed), (3, 0), "{out:?}");
+    assert_eq!(out.flush.delivered as usize, b.stub.events().len());
+
+    admin
+        .execute(
+            "UPDATE app.tenants SET status = 'suspended' WHERE tenant_id = $1",
+            &[&t1.as_uuid()],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "UPDATE app.tenants SET customer_pending = true WHERE tenant_id = $1",
+            &[&t3.as_uuid()],
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN IF NEW.tenant_id IN ('{t2}', '{t3}') THEN \
+                    RAISE EXCEPTION 'injected fault' USING ERRCODE = 'XX000'; END IF; \
+                  RETURN NEW; END $$; \
+             CREATE TRIGGER fault BEFORE INSERT ON app.billing_reconciliations \
+               FOR EACH ROW EXECUTE FUNCTION public.injected_fault(); \
+             CREATE TRIGGER fault BEFORE INSERT ON app.billing_customers \
+               FOR EACH ROW EXECUTE FUNCTION public.injected_fault();"
+        ))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let admin = &admin;
+        move |t: TenantId| async move {
+            let n: i64 = admin.query_one(sql, &[&t.as_uuid()]).await.unwrap().get(0);
+            n
+        }
+    };
+    let seats = count(
+        "SELECT count(*) FROM app.usage_events WHERE tenant_id = $1 AND meter = 'seats' AND source = 'snapshot'",
+    );
+    let findings = count("SELECT count(*) FROM app.billing_reconciliations WHERE tenant_id = $1");
+    let reconcile = ReconcileInput::default();
+    // New usage the reconciliation's own flush delivers.
+    b.record(vec![event(t0, Meter::Queries, 2, minutes_ago(2))])
+        .await;
+    let sent = b.stub.events().len();
+
+    let out = run(
+        &a.db,
+        a.billing.as_ref(),
+        &a.config.billing.meter,
+        &reconcile,
+    )
+    .await
+    .unwrap();
+    assert_eq!((out.tenants, out.tenant_errors), (4, 2), "{out:?}");
+    assert!(out.flush.delivered > 0, "{out:?}");
+    assert_eq!(out.flush.delivered as usize, b.stub.events().len() - sent);
+    assert_eq!((out.customers_linked, out.customers_pending), (0, 0));
+    assert_eq!((seats(t0).await, seats(t1).await), (1, 0));
+    assert!(findings(t0).await > 0 && findings(t1).await > 0);
+    assert_eq!((findings(t2).await, findings(t3).await), (0, 0));
+
+    admin
+        .batch_execute(
+            "DROP TRIGGER fault ON app.billing_reconciliations; \
+             DROP TRIGGER fault ON app.billing_customers;",
+        )
+        .await
+        .unwrap();
+    let out = run(
+        &a.db,
+        a.billing.as_ref(),
+        &a.config.billing.meter,
+        &reconcile,
+    )
+    .await
+    .unwrap();
+    assert_eq!((out.tenants, out.tenant_errors), (4, 0), "{out:?}");
+    assert_eq!((out.customers_linked, out.customers_pending), (1, 0));
+    assert!(findings(t2).await > 0);
+    assert_eq!((seats(t0).await, seats(t1).await), (1, 0));
+}

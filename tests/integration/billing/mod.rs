@@ -19,7 +19,7 @@ use tenantry::TenantId;
 use tenantry::billing::meter::{
     FlushMemo, FlushOutcome, MeterConfig, UsageMessage, flush_tenant, handle_sqs,
 };
-use tenantry::billing::reconcile::{Mode, ReconcileInput, RunOutcome, run};
+use tenantry::billing::reconcile::{Mode, ReconcileInput, RunOutcome, reconcile_tenant, run};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture, customers};
 use tenantry::usage::{Meter, UsageEvent};
 use tenantry_tests::stripe_stub::Gate;
@@ -1114,6 +1114,7 @@ async fn a_revoked_stripe_key_leaves_usage_pending_not_refused() {
 #[tokio::test]
 async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed() {
     let b = setup(1, &[]).await;
+    clear_of_midnight().await;
     let (t, customer) = b.tenants[0].clone();
     // The customer is wrong at first: Stripe refuses for good, and the delivery is failed.
     let mut t_tx = tx(&b.app.app.db, t).await;
@@ -1146,6 +1147,38 @@ async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed
     let mut t_tx = tx(&b.app.app.db, t).await;
     customers::link(&mut t_tx, &customer).await.unwrap();
     t_tx.commit().await.unwrap();
+    // Until the retry, reconciliation reports the day as refused by Stripe: rejected, never
+    // repaired (a correction now would bill the 4 units twice once support retries).
+    b.past_the_settle_window().await;
+    let a = &b.app.app;
+    let r = reconcile_tenant(
+        &a.db,
+        a.billing.as_ref(),
+        &a.config.billing.meter,
+        t,
+        true,
+        uuid::Uuid::now_v7(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.days_checked, r.in_sync, r.repaired, r.in_flight),
+        (1, 0, 0, 0),
+        "{r:?}"
+    );
+    let rows = findings(&b, t).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("queries", "rejected")
+    );
+    assert!(
+        rows[0]
+            .2
+            .as_deref()
+            .is_some_and(|d| d.starts_with("4 unit(s) refused")),
+        "{rows:?}"
+    );
     let path = format!("/admin/v1/tenants/{t}/deliveries/retry");
     let body = json!({"reason": "Customer id corrected, SUP-88"}).to_string();
     let r = b.app.call("POST", &path, &support, Some(&body)).await;
@@ -1320,4 +1353,103 @@ async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_fail
     assert_eq!((out.customers_linked, out.customers_pending), (1, 0));
     assert!(findings(t2).await > 0);
     assert_eq!((seats(t0).await, seats(t1).await), (1, 0));
+}
+
+/// The tenant's recorded findings (meter, action, detail), read as the superuser.
+async fn findings(b: &Billing, t: TenantId) -> Vec<(String, String, Option<String>)> {
+    b.app
+        .db
+        .admin()
+        .await
+        .query(
+            "SELECT meter, action, detail FROM app.billing_reconciliations WHERE tenant_id = $1 \
+             ORDER BY meter, day",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Answers as `inner`, except that Stripe's summaries of `meter` are unavailable.
+#[derive(Debug)]
+struct SummariesDown {
+    inner: Arc<dyn BillingSink>,
+    meter: Meter,
+}
+
+impl BillingSink for SummariesDown {
+    fn kind(&self) -> &'static str {
+        "summaries-down"
+    }
+    fn send<'a>(&'a self, event: &'a MeterEvent) -> SinkFuture<'a, Sent> {
+        self.inner.send(event)
+    }
+    fn create_customer<'a>(&'a self, t: TenantId, name: &'a str) -> SinkFuture<'a, String> {
+        self.inner.create_customer(t, name)
+    }
+    fn day_totals<'a>(
+        &'a self,
+        meter: Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<(chrono::NaiveDate, i64)>> {
+        if meter == self.meter {
+            return Box::pin(async { Err(SinkError::Retryable("summaries down".into())) });
+        }
+        self.inner.day_totals(meter, customer, from, to)
+    }
+}
+
+/// Stripe's summaries of one meter unavailable: that meter's days are reported as such, with
+/// the reason, and nothing is repaired; the other meters are reconciled as usual.
+#[tokio::test]
+async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled() {
+    let b = setup(1, &[]).await;
+    clear_of_midnight().await;
+    let t = b.tenants[0].0;
+    b.record(vec![
+        event(t, Meter::Queries, 3, minutes_ago(3)),
+        event(t, Meter::Questions, 2, minutes_ago(3)),
+    ])
+    .await;
+    b.flush().await;
+    b.past_the_settle_window().await;
+    let a = &b.app.app;
+    let sink = SummariesDown {
+        inner: a.billing.clone(),
+        meter: Meter::Questions,
+    };
+    let calls = b.stub.meter_event_calls();
+    let r = reconcile_tenant(
+        &a.db,
+        &sink,
+        &a.config.billing.meter,
+        t,
+        true,
+        uuid::Uuid::now_v7(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.days_checked, r.in_sync, r.repaired), (2, 1, 0), "{r:?}");
+    let rows = findings(&b, t).await;
+    let shown: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(m, a, _)| (m.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("queries", "in_sync"), ("questions", "unavailable")]
+    );
+    assert!(
+        rows[1]
+            .2
+            .as_deref()
+            .is_some_and(|d| d.contains("summaries down")),
+        "{rows:?}"
+    );
+    assert_eq!(b.stub.meter_event_calls(), calls);
 }

@@ -1405,7 +1405,8 @@ impl BillingSink for SummariesDown {
 }
 
 /// Stripe's summaries of one meter unavailable: that meter's days are reported as such, with
-/// the reason, and nothing is repaired; the other meters are reconciled as usual.
+/// the reason, and nothing is repaired; the other meters are reconciled as usual (here: ahead of
+/// Stripe by usage in a window still open, so in flight, neither repaired nor refused).
 #[tokio::test]
 async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled() {
     let b = setup(1, &[]).await;
@@ -1418,6 +1419,9 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
     .await;
     b.flush().await;
     b.past_the_settle_window().await;
+    // And one query now, in a window still open: the ledger is ahead of Stripe by it, in flight.
+    b.record(vec![event(t, Meter::Queries, 1, Utc::now())])
+        .await;
     let a = &b.app.app;
     let sink = SummariesDown {
         inner: a.billing.clone(),
@@ -1434,7 +1438,11 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
     )
     .await
     .unwrap();
-    assert_eq!((r.days_checked, r.in_sync, r.repaired), (2, 1, 0), "{r:?}");
+    assert_eq!(
+        (r.days_checked, r.in_sync, r.repaired, r.in_flight),
+        (2, 0, 0, 1),
+        "{r:?}"
+    );
     let rows = findings(&b, t).await;
     let shown: Vec<(&str, &str)> = rows
         .iter()
@@ -1442,8 +1450,9 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
         .collect();
     assert_eq!(
         shown,
-        [("queries", "in_sync"), ("questions", "unavailable")]
+        [("queries", "in_flight"), ("questions", "unavailable")]
     );
+    assert_eq!(rows[0].2.as_deref(), Some("windows not yet closed"));
     assert!(
         rows[1]
             .2

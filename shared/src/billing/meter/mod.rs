@@ -131,4 +131,71 @@ mod tests {
         assert!(id.len() <= 100);
         assert_eq!(id, identifier(t, Meter::IngestedRecords, w, 3));
     }
+
+    #[test]
+    fn every_setting_is_read_from_its_variable() {
+        let vars = [
+            ("USAGE_WINDOW_SECS", "120"),
+            ("USAGE_GRACE_SECS", "7"),
+            ("BILLING_SETTLE_SECS", "8"),
+            ("USAGE_LEASE_SECS", "9"),
+            ("STRIPE_MAX_ATTEMPTS", "2"),
+            ("STRIPE_BACKOFF_BASE_MS", "11"),
+        ];
+        let cfg = MeterConfig::from_env(&Env::new(move |n| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        }))
+        .unwrap();
+        let d = MeterConfig::default();
+        let read = (
+            cfg.window_secs,
+            cfg.grace_secs,
+            cfg.settle_secs,
+            cfg.lease_secs,
+            cfg.attempts,
+            cfg.backoff_base,
+        );
+        assert_eq!(read, (120, 7, 8, 9, 2, Duration::from_millis(11)));
+        let defaults = (
+            d.window_secs,
+            d.grace_secs,
+            d.settle_secs,
+            d.lease_secs,
+            d.attempts,
+            d.backoff_base,
+        );
+        assert_ne!(read.0, defaults.0);
+        assert_ne!(read.1, defaults.1);
+        assert_ne!(read.2, defaults.2);
+        assert_ne!(read.3, defaults.3);
+        assert_ne!(read.4, defaults.4);
+        assert_ne!(read.5, defaults.5);
+    }
+
+    #[test]
+    fn windows_are_at_least_a_minute_and_divide_a_day() {
+        let of = |v: &'static str| {
+            MeterConfig::from_env(&Env::new(move |n| {
+                (n == "USAGE_WINDOW_SECS").then(|| v.to_owned())
+            }))
+        };
+        for ok in ["60", "300", "3600", "86400"] {
+            assert_eq!(of(ok).unwrap().window_secs.to_string(), ok);
+        }
+        // 30 divides a day but is too short; 70 and 90,000 are long enough but do not divide it.
+        for bad in ["30", "70", "90000", "0", "-60"] {
+            assert!(
+                matches!(
+                    of(bad),
+                    Err(ConfigError::Invalid {
+                        name: "USAGE_WINDOW_SECS",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

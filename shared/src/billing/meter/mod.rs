@@ -133,6 +133,21 @@ mod tests {
     }
 
     #[test]
+    fn a_window_closes_once_its_grace_has_passed_too() {
+        let cfg = MeterConfig {
+            window_secs: 60,
+            grace_secs: 30,
+            ..MeterConfig::default()
+        };
+        let now = DateTime::from_timestamp(1_764_115_290, 0).unwrap();
+        // Windows starting at or before 90 s ago (one window and its grace) are closed.
+        assert_eq!(
+            cfg.closed_before(now),
+            DateTime::from_timestamp(1_764_115_200, 0).unwrap()
+        );
+    }
+
+    #[test]
     fn every_setting_is_read_from_its_variable() {
         let vars = [
             ("USAGE_WINDOW_SECS", "120"),

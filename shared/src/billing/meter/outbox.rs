@@ -539,5 +539,9 @@ mod tests {
                 assert!(backoff(&cfg, attempt) < cap);
             }
         }
+        // And the cap does grow: at the sixth attempt (cap 5 s) waits past the 200 ms base are
+        // drawn (each of 200 draws is at most the base with probability 1/25).
+        let most = (0..200).map(|_| backoff(&cfg, 6)).max().unwrap();
+        assert!(most > cfg.backoff_base, "{most:?}");
     }
 }

@@ -19,7 +19,9 @@ use tenantry::TenantId;
 use tenantry::billing::meter::{
     FlushMemo, FlushOutcome, MeterConfig, UsageMessage, flush_tenant, handle_sqs,
 };
-use tenantry::billing::reconcile::{Mode, ReconcileInput, RunOutcome, reconcile_tenant, run};
+use tenantry::billing::reconcile::{
+    Mode, ReconcileInput, RunOutcome, TenantReport, reconcile_tenant, run,
+};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture, customers};
 use tenantry::usage::{Meter, UsageEvent};
 use tenantry_tests::stripe_stub::Gate;
@@ -192,11 +194,25 @@ impl Billing {
     }
 
     async fn flush(&self) {
+        self.run_all(Mode::Flush).await;
+    }
+
+    /// One run over every tenant, whatever its errors.
+    async fn run_all(&self, mode: Mode) -> RunOutcome {
         let a = &self.app.app;
-        let input = ReconcileInput { mode: Mode::Flush };
+        let input = ReconcileInput { mode };
         run(&a.db, a.billing.as_ref(), &a.config.billing.meter, &input)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// One active tenant's reconciliation, with Stripe's side read through `sink`.
+    async fn reconcile_one(&self, t: TenantId, sink: &dyn BillingSink) -> TenantReport {
+        let a = &self.app.app;
+        let cfg = &a.config.billing.meter;
+        reconcile_tenant(&a.db, sink, cfg, t, true, uuid::Uuid::now_v7())
+            .await
+            .unwrap()
     }
 
     /// Ledger totals per (tenant, meter), read as the superuser.
@@ -292,15 +308,7 @@ impl Billing {
     }
 
     async fn reconcile(&self) -> RunOutcome {
-        let a = &self.app.app;
-        let out = run(
-            &a.db,
-            a.billing.as_ref(),
-            &a.config.billing.meter,
-            &ReconcileInput::default(),
-        )
-        .await
-        .unwrap();
+        let out = self.run_all(Mode::Reconcile).await;
         assert_eq!(out.tenant_errors, 0, "{out:?}");
         out
     }
@@ -1150,17 +1158,7 @@ async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed
     // Until the retry, reconciliation reports the day as refused by Stripe: rejected, never
     // repaired (a correction now would bill the 4 units twice once support retries).
     b.past_the_settle_window().await;
-    let a = &b.app.app;
-    let r = reconcile_tenant(
-        &a.db,
-        a.billing.as_ref(),
-        &a.config.billing.meter,
-        t,
-        true,
-        uuid::Uuid::now_v7(),
-    )
-    .await
-    .unwrap();
+    let r = b.reconcile_one(t, b.app.app.billing.as_ref()).await;
     assert_eq!(
         (r.days_checked, r.in_sync, r.repaired, r.in_flight),
         (1, 0, 0, 0),
@@ -1265,11 +1263,7 @@ async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_fail
     )
     .await;
 
-    let a = &b.app.app;
-    let flush = ReconcileInput { mode: Mode::Flush };
-    let out = run(&a.db, a.billing.as_ref(), &a.config.billing.meter, &flush)
-        .await
-        .unwrap();
+    let out = b.run_all(Mode::Flush).await;
     assert_eq!((out.tenants, out.tenant_errors), (4, 0), "{out:?}");
     assert_eq!((out.flush.delivered, out.flush.failed), (3, 0), "{out:?}");
     assert_eq!(out.flush.delivered as usize, b.stub.events().len());
@@ -1312,20 +1306,12 @@ async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_fail
         "SELECT count(*) FROM app.usage_events WHERE tenant_id = $1 AND meter = 'seats' AND source = 'snapshot'",
     );
     let findings = count("SELECT count(*) FROM app.billing_reconciliations WHERE tenant_id = $1");
-    let reconcile = ReconcileInput::default();
     // New usage the reconciliation's own flush delivers.
     b.record(vec![event(t0, Meter::Queries, 2, minutes_ago(2))])
         .await;
     let sent = b.stub.events().len();
 
-    let out = run(
-        &a.db,
-        a.billing.as_ref(),
-        &a.config.billing.meter,
-        &reconcile,
-    )
-    .await
-    .unwrap();
+    let out = b.run_all(Mode::Reconcile).await;
     assert_eq!((out.tenants, out.tenant_errors), (4, 2), "{out:?}");
     assert!(out.flush.delivered > 0, "{out:?}");
     assert_eq!(out.flush.delivered as usize, b.stub.events().len() - sent);
@@ -1341,14 +1327,7 @@ async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_fail
         )
         .await
         .unwrap();
-    let out = run(
-        &a.db,
-        a.billing.as_ref(),
-        &a.config.billing.meter,
-        &reconcile,
-    )
-    .await
-    .unwrap();
+    let out = b.run_all(Mode::Reconcile).await;
     assert_eq!((out.tenants, out.tenant_errors), (4, 0), "{out:?}");
     assert_eq!((out.customers_linked, out.customers_pending), (1, 0));
     assert!(findings(t2).await > 0);
@@ -1422,22 +1401,12 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
     // And one query now, in a window still open: the ledger is ahead of Stripe by it, in flight.
     b.record(vec![event(t, Meter::Queries, 1, Utc::now())])
         .await;
-    let a = &b.app.app;
     let sink = SummariesDown {
-        inner: a.billing.clone(),
+        inner: b.app.app.billing.clone(),
         meter: Meter::Questions,
     };
     let calls = b.stub.meter_event_calls();
-    let r = reconcile_tenant(
-        &a.db,
-        &sink,
-        &a.config.billing.meter,
-        t,
-        true,
-        uuid::Uuid::now_v7(),
-    )
-    .await
-    .unwrap();
+    let r = b.reconcile_one(t, &sink).await;
     assert_eq!(
         (r.days_checked, r.in_sync, r.repaired, r.in_flight),
         (2, 0, 0, 1),

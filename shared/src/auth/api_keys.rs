@@ -288,9 +288,10 @@ mod tests {
             let p = random_prefix().unwrap_or_default();
             assert_eq!(p.len(), PREFIX_LEN);
             for b in p.bytes() {
-                let i = ALPHABET.iter().position(|a| *a == b);
-                assert!(i.is_some(), "{p:?} has a character outside the alphabet");
-                counts[i.unwrap_or_default()] += 1;
+                let Some(i) = ALPHABET.iter().position(|a| *a == b) else {
+                    panic!("{p:?} has a character outside the alphabet");
+                };
+                counts[i] += 1;
             }
         }
         assert!(counts.iter().all(|n| (200..=500).contains(n)), "{counts:?}");

@@ -206,10 +206,14 @@ impl Billing {
             .unwrap()
     }
 
-    /// One active tenant's reconciliation, with Stripe's side read through `sink`.
-    async fn reconcile_one(&self, t: TenantId, sink: &dyn BillingSink) -> TenantReport {
+    /// One active tenant's reconciliation under `cfg`, with Stripe's side read through `sink`.
+    async fn reconcile_one(
+        &self,
+        t: TenantId,
+        sink: &dyn BillingSink,
+        cfg: &MeterConfig,
+    ) -> TenantReport {
         let a = &self.app.app;
-        let cfg = &a.config.billing.meter;
         reconcile_tenant(&a.db, sink, cfg, t, true, uuid::Uuid::now_v7())
             .await
             .unwrap()
@@ -1158,13 +1162,16 @@ async fn support_sees_failed_deliveries_and_retries_them_once_the_cause_is_fixed
     // Until the retry, reconciliation reports the day as refused by Stripe: rejected, never
     // repaired (a correction now would bill the 4 units twice once support retries).
     b.past_the_settle_window().await;
-    let r = b.reconcile_one(t, b.app.app.billing.as_ref()).await;
+    let a = &b.app.app;
+    let r = b
+        .reconcile_one(t, a.billing.as_ref(), &a.config.billing.meter)
+        .await;
     assert_eq!(
         (r.days_checked, r.in_sync, r.repaired, r.in_flight),
         (1, 0, 0, 0),
         "{r:?}"
     );
-    let rows = findings(&b, t).await;
+    let rows = tenant_findings(&b, t).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
         (rows[0].0.as_str(), rows[0].1.as_str()),
@@ -1335,7 +1342,7 @@ async fn a_run_counts_its_work_snapshots_active_tenants_only_and_outlives_a_fail
 }
 
 /// The tenant's recorded findings (meter, action, detail), read as the superuser.
-async fn findings(b: &Billing, t: TenantId) -> Vec<(String, String, Option<String>)> {
+async fn tenant_findings(b: &Billing, t: TenantId) -> Vec<(String, String, Option<String>)> {
     b.app
         .db
         .admin()
@@ -1406,13 +1413,18 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
         meter: Meter::Questions,
     };
     let calls = b.stub.meter_event_calls();
-    let r = b.reconcile_one(t, &sink).await;
+    // A grace of an hour keeps that window open however long this takes (windows are a minute).
+    let open = MeterConfig {
+        grace_secs: 3600,
+        ..b.app.app.config.billing.meter.clone()
+    };
+    let r = b.reconcile_one(t, &sink, &open).await;
     assert_eq!(
         (r.days_checked, r.in_sync, r.repaired, r.in_flight),
         (2, 0, 0, 1),
         "{r:?}"
     );
-    let rows = findings(&b, t).await;
+    let rows = tenant_findings(&b, t).await;
     let shown: Vec<(&str, &str)> = rows
         .iter()
         .map(|(m, a, _)| (m.as_str(), a.as_str()))
@@ -1430,4 +1442,33 @@ async fn summaries_unavailable_for_one_meter_leave_only_that_meter_unreconciled(
         "{rows:?}"
     );
     assert_eq!(b.stub.meter_event_calls(), calls);
+}
+
+/// A flush says what it did: nothing for a tenant without a billing customer (and says so);
+/// for one with a customer, each closed window planned, then delivered.
+#[tokio::test]
+async fn a_flush_reports_what_it_planned_and_a_tenant_without_a_customer() {
+    let b = setup(1, &[]).await;
+    let t = b.tenants[0].0;
+    let lone = tenant(&b.app.app.db, "no-customer").await;
+    b.record(vec![
+        event(t, Meter::Queries, 6, minutes_ago(3)),
+        event(t, Meter::Queries, 4, minutes_ago(2)),
+        event(lone, Meter::Queries, 5, minutes_ago(3)),
+    ])
+    .await;
+    assert_eq!(
+        b.flush_tenant(lone).await,
+        FlushOutcome {
+            no_customer: true,
+            ..FlushOutcome::default()
+        }
+    );
+    let out = b.flush_tenant(t).await;
+    assert_eq!(
+        (out.no_customer, out.planned, out.delivered, out.calls),
+        (false, 2, 2, 2),
+        "{out:?}"
+    );
+    assert_eq!(b.stub.events().len(), 2);
 }

@@ -29,6 +29,7 @@ mod pooling;
 mod rag;
 mod rls_queries;
 mod roles;
+mod round_trips;
 mod secrets;
 mod support;
 mod tenant_tx;

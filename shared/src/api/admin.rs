@@ -323,6 +323,7 @@ async fn change(
         tracing::info!(tenant_id = %id, column, "tenant changed by support");
     }
     tx.commit().await?;
+    app.auth.forget_tenant(ctx.tenant_id);
     json_response(StatusCode::OK, &one(app, id).await?)
 }
 

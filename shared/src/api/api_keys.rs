@@ -118,6 +118,7 @@ pub(super) async fn revoke(
     let target = key_id.to_string();
     super::audit(&mut tx, Action::ApiKeyRevoked, Some(&target), json!({})).await?;
     tx.commit().await?;
+    app.auth.forget_tenant(caller.principal().tenant_id);
     tracing::info!(key_id = %key_id, "API key revoked");
     Ok(no_content())
 }

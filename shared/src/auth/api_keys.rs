@@ -12,8 +12,9 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+use super::cache::TtlCache;
 use super::{AuthError, Scope};
-use crate::db::{Db, DbError, TenantRef, TenantTx};
+use crate::db::{Db, DbError, StoredApiKey, TenantRef, TenantTx};
 
 const PREFIX_LEN: usize = 12;
 const SECRET_BYTES: usize = 32;
@@ -167,12 +168,28 @@ impl ApiKeys {
     }
 
     /// Checks a presented key; the key's id, scopes and tenant if it is valid and not revoked.
+    ///
+    /// The stored key (its hash, revocation and tenant status, never the key) is looked up by
+    /// prefix through `lookups`, so a key in steady use costs a database round trip once per
+    /// the cache's TTL: a revocation or suspension takes effect within it. The hash is compared
+    /// on every request.
     pub(crate) async fn verify(
         db: &Db,
+        lookups: &TtlCache<String, StoredApiKey>,
         presented: &str,
     ) -> Result<(Uuid, Vec<Scope>, TenantRef), AuthError> {
         let prefix = parse_prefix(presented).ok_or(AuthError::InvalidApiKey)?;
-        let stored = db.api_key_for_prefix(prefix).await?;
+        let stored = match lookups.get(prefix) {
+            Some(hit) => Some(hit),
+            None => {
+                let found = db.api_key_for_prefix(prefix).await?;
+                // Only keys that exist: an unknown prefix may be created a moment later.
+                if let Some(f) = &found {
+                    lookups.insert(prefix.to_owned(), f.clone());
+                }
+                found
+            }
+        };
         let presented_hash = hash(presented);
         // Compare even when the prefix is unknown, so timing says nothing about which prefixes exist.
         let expected = stored

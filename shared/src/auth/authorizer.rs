@@ -11,22 +11,22 @@
 //! missing one is a 401 before the authorizer runs), which cannot express "a bearer token *or* a
 //! key". So the gateway's cache is off and this process caches an allowed credential for a short
 //! TTL (`AUTHORIZER_CACHE_SECS`, 30 s by default), keyed by a hash of the credential headers: a
-//! revoked key is refused here within the TTL and by the function at once.
+//! revoked key is refused here within the TTL, and by the function within its own, shorter
+//! lookup cache (`AUTH_LOOKUP_CACHE_SECS`, 5 s by default).
 //!
 //! Admin routes (`/admin/...`) take staff tokens only ([`Authenticator::authenticate_staff`]),
 //! checked on every request (no cache: staff traffic is small and a removed staff role must stop
 //! at once); every other route refuses a staff token, unless it names an impersonation session
 //! of that staff member (`Tenantry-Impersonation`), which is checked on every request too.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lambda_events::apigw::ApiGatewayV2CustomAuthorizerV2Request;
 use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::cache::TtlCache;
 use super::{AuthError, Authenticator, Principal};
 
 /// The most credentials the cache holds; past it, it starts over (a flood of distinct valid
@@ -37,8 +37,7 @@ const CACHE_CAPACITY: usize = 10_000;
 #[derive(Debug)]
 pub struct Authorizer {
     auth: Authenticator,
-    ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Principal)>>,
+    cache: TtlCache<[u8; 32], Principal>,
 }
 
 /// What the authorizer decided, and why (for the log; never sent to the caller).
@@ -57,8 +56,7 @@ impl Authorizer {
     pub fn new(auth: Authenticator, ttl: Duration) -> Self {
         Self {
             auth,
-            ttl,
-            cache: Mutex::default(),
+            cache: TtlCache::new(ttl, CACHE_CAPACITY),
         }
     }
 
@@ -66,7 +64,7 @@ impl Authorizer {
     /// JWKS or the database): the invocation fails and API Gateway answers 500, never "allowed".
     pub async fn decide(&self, headers: &HeaderMap) -> Result<Decision, AuthError> {
         let key = cache_key(headers);
-        if let Some(p) = self.cached(&key) {
+        if let Some(p) = self.cache.get(&key) {
             return Ok(Decision {
                 principal: Some(p),
                 reason: "ok",
@@ -128,23 +126,11 @@ impl Authorizer {
         })
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Principal> {
-        let cache = self.cache.lock().ok()?;
-        let (at, p) = cache.get(key)?;
-        (at.elapsed() < self.ttl).then(|| p.clone())
-    }
-
     fn remember(&self, key: [u8; 32], p: &Principal) {
         // An impersonation session is checked on every request: ended or expired, it must stop
         // at once.
-        if self.ttl.is_zero() || p.impersonation().is_some() {
-            return;
-        }
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(key, (Instant::now(), p.clone()));
+        if p.impersonation().is_none() {
+            self.cache.insert(key, p.clone());
         }
     }
 }

@@ -22,12 +22,17 @@ pub struct AuthConfig {
     pub jwks_refetch_interval: Duration,
     /// The Auth0 organization of support staff (`SUPPORT_ORG_ID`); unset: no staff sign-in.
     pub support_org_id: Option<String>,
+    /// How long a process reuses an organization → tenant or API-key lookup
+    /// (`AUTH_LOOKUP_CACHE_SECS`, 5 s; 0: never). A suspension, closure or key revocation takes
+    /// effect within it.
+    pub lookup_cache: Duration,
 }
 
 impl AuthConfig {
     /// `AUTH0_ISSUER` (https, or http on 127.0.0.1 for local use), `AUTH0_AUDIENCE`,
     /// `AUTH0_JWKS_URL` (derived from the issuer when unset), `AUTH_LEEWAY_SECS`,
-    /// `AUTH_ROLES_CLAIM`, `JWKS_REFETCH_INTERVAL_SECS`, `SUPPORT_ORG_ID`.
+    /// `AUTH_ROLES_CLAIM`, `JWKS_REFETCH_INTERVAL_SECS`, `SUPPORT_ORG_ID`,
+    /// `AUTH_LOOKUP_CACHE_SECS`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let issuer = env.required("AUTH0_ISSUER")?;
         if !(issuer.starts_with("https://") || issuer.starts_with("http://127.0.0.1:")) {
@@ -51,6 +56,7 @@ impl AuthConfig {
                 env.parse("JWKS_REFETCH_INTERVAL_SECS", 60)?,
             ),
             support_org_id: env.var("SUPPORT_ORG_ID"),
+            lookup_cache: Duration::from_secs(env.parse("AUTH_LOOKUP_CACHE_SECS", 5)?),
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod authorizer;
+mod cache;
 mod config;
 pub mod dev;
 mod jwt;
@@ -219,7 +220,14 @@ pub struct Authenticator {
     /// When this process last recorded each key's use, so `last_used_at` costs a write at most
     /// once a minute per key rather than on every request.
     key_uses: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
+    /// Organization → tenant (and its status), for `AUTH_LOOKUP_CACHE_SECS`.
+    orgs: cache::TtlCache<String, TenantRef>,
+    /// API-key prefix → the stored key (hash, revocation, tenant status), as long.
+    keys: cache::TtlCache<String, crate::db::StoredApiKey>,
 }
+
+/// The most organizations, and the most keys, a process remembers (past it, it starts over).
+const LOOKUP_CACHE_CAPACITY: usize = 10_000;
 
 /// How stale `api_keys.last_used_at` may get.
 const KEY_USE_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(60);
@@ -233,6 +241,8 @@ impl Authenticator {
             roles_claim: cfg.roles_claim.clone(),
             support_org_id: cfg.support_org_id.clone(),
             key_uses: Default::default(),
+            orgs: cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
+            keys: cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
         }
     }
 
@@ -289,11 +299,7 @@ impl Authenticator {
         if self.support_org_id.as_deref() == Some(org) {
             return Err(AuthError::StaffToken);
         }
-        let tenant = self
-            .db
-            .tenant_for_auth0_org(org)
-            .await?
-            .ok_or(AuthError::UnknownOrganization)?;
+        let tenant = self.tenant_of(org).await?;
         let roles = claims.roles(&self.roles_claim);
         let (permissions, closed) = admitted(&tenant, Permissions::for_roles(&roles))?;
         Ok(Principal {
@@ -305,6 +311,30 @@ impl Authenticator {
             roles,
             closed,
         })
+    }
+
+    /// The tenant an organization maps to, and its status: from the database at most once per
+    /// `AUTH_LOOKUP_CACHE_SECS` per organization, so a suspension or closure takes effect within
+    /// that bound. An unknown organization is not remembered (its tenant may be provisioned next).
+    async fn tenant_of(&self, org: &str) -> Result<TenantRef, AuthError> {
+        if let Some(t) = self.orgs.get(org) {
+            return Ok(t);
+        }
+        let tenant = self
+            .db
+            .tenant_for_auth0_org(org)
+            .await?
+            .ok_or(AuthError::UnknownOrganization)?;
+        self.orgs.insert(org.to_owned(), tenant.clone());
+        Ok(tenant)
+    }
+
+    /// Forgets what this process remembers of `tenant` (its organizations and keys), after this
+    /// process changed its status or its keys: the change applies here at once, elsewhere
+    /// within `AUTH_LOOKUP_CACHE_SECS`.
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        self.orgs.forget(|t| t.tenant_id == tenant);
+        self.keys.forget(|k| k.tenant.tenant_id == tenant);
     }
 
     /// A staff member acting in a tenant: their staff token, and a session of theirs that is
@@ -399,7 +429,7 @@ impl Authenticator {
     }
 
     async fn by_api_key(&self, key: &str) -> Result<Principal, AuthError> {
-        let (key_id, scopes, tenant) = ApiKeys::verify(&self.db, key).await?;
+        let (key_id, scopes, tenant) = ApiKeys::verify(&self.db, &self.keys, key).await?;
         let (permissions, closed) = admitted(&tenant, Permissions::for_scopes(&scopes))?;
         let principal = Principal {
             tenant_id: tenant.tenant_id,

@@ -1,0 +1,221 @@
+//! Database round trips per request type, counted at a proxy in front of Postgres (one client
+//! flight per round trip, as in `tenant_tx.rs`), and the lookup cache that saves one of them: an
+//! organization → tenant or API-key lookup is reused for `AUTH_LOOKUP_CACHE_SECS`, and a
+//! suspension or a key's revocation takes effect within that bound.
+//!
+//! The counts are pinned: a change that adds a round trip to a request type fails here and must
+//! say why in this table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tenantry::App;
+use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestApp, gateway_event};
+
+/// What each request type costs with the lookups cached (a warm process), in round trips.
+const WARM: &[(&str, &str, &str, u64)] = &[
+    // BEGIN + set_config pipelined with the first statement, the statement, COMMIT.
+    ("GET", "/v1/datasets", "", 2),
+    // Dataset lookup (the compiler needs its schema), the compiled query, COMMIT; then the
+    // usage event in a transaction of its own (the query's is read-only): 3 + 2.
+    (
+        "POST",
+        "/v1/query",
+        r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#,
+        5,
+    ),
+    // Dataset lookup, the upsert, the audit entry, the usage event, COMMIT.
+    (
+        "POST",
+        "/v1/datasets/sales/records",
+        r#"[{"key": "r1", "data": {"region": "eu", "amount": 2}}]"#,
+        5,
+    ),
+    // Billing state, the ledger's sums, deliveries, the last reconciliation (api/usage.rs) and
+    // COMMIT: seven client flights as measured, two more than the five statements (not yet
+    // explained; pinned so a change is noticed).
+    ("GET", "/v1/usage", "", 7),
+];
+
+async fn counted_app(base: &TestApp, proxy: &CountingProxy) -> Arc<App> {
+    let mut config = base.app.config.clone();
+    config.db.url = format!(
+        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
+        proxy.port, base.db.name
+    );
+    // One connection: every request reuses it, so no request pays a connection's start-up.
+    config.db.pool_max = 1;
+    Arc::new(App::builder(config).build().unwrap())
+}
+
+async fn flights_of(
+    app: &TestApp,
+    proxy: &CountingProxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, u64) {
+    let before = proxy.flights();
+    let body = (!body.is_empty()).then_some(body);
+    let mut h = headers.to_vec();
+    if body.is_some() {
+        h.push(("content-type", "application/json"));
+    }
+    let r = app.send(gateway_event(method, path, &h, body)).await;
+    // The proxy counts as bytes arrive; the response is only sent after the last flight.
+    (r.status, proxy.flights() - before)
+}
+
+#[tokio::test]
+async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_lookup_saves_one() {
+    let mut app = TestApp::with_vars(&[("AUTH_LOOKUP_CACHE_SECS", "600".into())]).await;
+    let (_, alpha) = app.tenant_with_token("alpha").await;
+    let (_, bravo) = app.tenant_with_token("bravo").await;
+    for token in [&alpha, &bravo] {
+        app.create_dataset(
+            token,
+            r#"{"name": "sales", "columns": [{"name": "region", "type": "string"}, {"name": "amount", "type": "number"}]}"#,
+        )
+        .await;
+    }
+    let key = app
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &alpha,
+            Some(r#"{"name": "etl", "scopes": ["read", "ingest"]}"#),
+        )
+        .await
+        .json["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cfg: tokio_postgres::Config = app.db.app_url.parse().unwrap();
+    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
+    app.app = counted_app(&app, &proxy).await;
+
+    // Opens the connection (and caches alpha's organization).
+    let auth_a = format!("Bearer {alpha}");
+    let (status, _) = flights_of(
+        &app,
+        &proxy,
+        "GET",
+        "/v1/me",
+        &[("authorization", &auth_a)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A cold lookup (bravo's organization, not seen yet) costs exactly one more round trip than
+    // the same request warm.
+    let auth_b = format!("Bearer {bravo}");
+    let bearer_b = [("authorization", auth_b.as_str())];
+    let (s, cold) = flights_of(&app, &proxy, "GET", "/v1/datasets", &bearer_b, "").await;
+    let (s2, warm) = flights_of(&app, &proxy, "GET", "/v1/datasets", &bearer_b, "").await;
+    assert_eq!((s, s2), (200, 200));
+    assert_eq!((cold, warm), (3, 2), "cold then warm");
+
+    let bearer_a = [("authorization", auth_a.as_str())];
+    let mut measured = Vec::new();
+    for (method, path, body, _) in WARM {
+        let (status, n) = flights_of(&app, &proxy, method, path, &bearer_a, body).await;
+        assert!(status < 300, "{method} {path}: {status}");
+        measured.push((*method, *path, n));
+    }
+    let expected: Vec<_> = WARM.iter().map(|(m, p, _, n)| (*m, *p, *n)).collect();
+    assert_eq!(measured, expected);
+
+    // An API key: its first use looks the key up and records its use; later ones do neither.
+    let key_h = [("x-api-key", key.as_str())];
+    let (s, first) = flights_of(&app, &proxy, "GET", "/v1/datasets", &key_h, "").await;
+    let (s2, second) = flights_of(&app, &proxy, "GET", "/v1/datasets", &key_h, "").await;
+    assert_eq!((s, s2), (200, 200));
+    assert_eq!(second, 2, "a warm key costs what a warm token does");
+    assert!(
+        first >= second + 2,
+        "lookup and use record: {first} vs {second}"
+    );
+
+    // A wrong secret under a cached prefix is still refused: the hash is compared every time.
+    let mut forged = key.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let r = app
+        .send(gateway_event(
+            "GET",
+            "/v1/datasets",
+            &[("x-api-key", &forged)],
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.json);
+}
+
+/// With the cache on, a suspension and a key's revocation take effect within the TTL, not later.
+#[tokio::test]
+async fn a_suspension_and_a_revocation_take_effect_within_the_lookup_ttl() {
+    let ttl = Duration::from_secs(2);
+    let app = TestApp::with_vars(&[("AUTH_LOOKUP_CACHE_SECS", ttl.as_secs().to_string())]).await;
+    let (a, owner) = app.tenant_with_token("alpha").await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/api-keys",
+            &owner,
+            Some(r#"{"name": "etl", "scopes": ["read"]}"#),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.json);
+    let key = created.json["key"].as_str().unwrap().to_owned();
+    let key_id = created.json["key_id"].as_str().unwrap().to_owned();
+    let by_key = |k: String| {
+        let app = &app;
+        async move {
+            app.send(gateway_event(
+                "GET",
+                "/v1/datasets",
+                &[("x-api-key", &k)],
+                None,
+            ))
+            .await
+        }
+    };
+    assert_eq!(by_key(key.clone()).await.status, 200);
+
+    // Revoked by the tenant: refused once the TTL has passed since the key was looked up.
+    let revoked_at = Instant::now();
+    let r = app
+        .call("DELETE", &format!("/v1/api-keys/{key_id}"), &owner, None)
+        .await;
+    assert!(r.status < 300, "{}", r.json);
+    tokio::time::sleep(ttl.saturating_sub(revoked_at.elapsed()) + Duration::from_millis(100)).await;
+    let r = by_key(key).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+
+    // Suspended: the token that was just admitted is refused once the TTL has passed.
+    assert_eq!(
+        app.call("GET", "/v1/datasets", &owner, None).await.status,
+        200
+    );
+    let cached_at = Instant::now();
+    app.db
+        .admin()
+        .await
+        .execute(
+            "UPDATE app.tenants SET status = 'suspended' WHERE tenant_id = $1",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl.saturating_sub(cached_at.elapsed()) + Duration::from_millis(100)).await;
+    let r = app.call("GET", "/v1/datasets", &owner, None).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (403, Some("tenant_suspended"))
+    );
+}

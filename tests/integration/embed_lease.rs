@@ -88,7 +88,21 @@ async fn pending_app(n: usize) -> (Moto, TestApp, TenantId) {
     let moto = Moto::start();
     let (_, url) = moto.queue("tenantry-embed").await;
     let app = TestApp::with_sqs(&moto, &url).await;
-    let (tenant, token) = app.tenant_with_token("alpha").await;
+    let tenant = tenant_with_notes(&app, "alpha", n, |i| {
+        format!("Note number {i} about parcel {i}.")
+    })
+    .await;
+    (moto, app, tenant)
+}
+
+/// A tenant `slug` with a `notes` dataset of `n` records, note `i` saying `body(i)`.
+async fn tenant_with_notes(
+    app: &TestApp,
+    slug: &str,
+    n: usize,
+    body: impl Fn(usize) -> String,
+) -> TenantId {
+    let (tenant, token) = app.tenant_with_token(slug).await;
     assert_eq!(
         app.call("POST", "/v1/datasets", &token, Some(NOTES))
             .await
@@ -96,7 +110,7 @@ async fn pending_app(n: usize) -> (Moto, TestApp, TenantId) {
         201
     );
     let records: Vec<_> = (0..n)
-        .map(|i| json!({"key": format!("n{i:03}"), "data": {"body": format!("Note number {i} about parcel {i}.")}}))
+        .map(|i| json!({"key": format!("n{i:03}"), "data": {"body": body(i)}}))
         .collect();
     let r = app
         .call(
@@ -107,7 +121,7 @@ async fn pending_app(n: usize) -> (Moto, TestApp, TenantId) {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.json);
-    (moto, app, tenant)
+    tenant
 }
 
 async fn state(app: &TestApp) -> (i64, i64, i64) {
@@ -278,4 +292,102 @@ async fn a_failed_embedding_gives_its_lease_up_and_a_lost_lease_writes_nothing()
         .unwrap()
         .get(0);
     assert_eq!(stale, 0);
+}
+
+/// Counts what the worker does: calls, texts, and the most calls in flight at once.
+#[derive(Debug, Default)]
+struct Gauge {
+    inner: Option<LocalEmbedder>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+    texts: Mutex<Vec<String>>,
+}
+
+impl Embedder for Gauge {
+    fn model(&self) -> &str {
+        "gauge"
+    }
+    fn dims(&self) -> usize {
+        256
+    }
+    fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            self.calls.fetch_add(1, SeqCst);
+            self.texts.lock().unwrap().extend(texts.iter().cloned());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            let inner = self.inner.as_ref().unwrap();
+            Ok(texts.iter().map(|t| inner.vector(t)).collect())
+        })
+    }
+}
+
+/// A burst of enqueues in the background (what many ingests in a row do) is one worker: one
+/// embedding in flight at a time, each tenant drained once, every chunk embedded exactly once.
+#[tokio::test]
+async fn background_embedding_is_one_worker_however_many_ingests_queue_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tenantry::rag::queue::{EmbedQueue, InProcessEmbedQueue};
+    let (_moto, app, alpha) = pending_app(150).await;
+    let bravo = tenant_with_notes(&app, "bravo", 70, |i| format!("Bravo note {i}.")).await;
+    assert_eq!(state(&app).await, (220, 0, 220));
+
+    let gauge = Arc::new(Gauge {
+        inner: Some(LocalEmbedder::new(256)),
+        ..Gauge::default()
+    });
+    let queue = InProcessEmbedQueue::new(
+        app.app.db.clone(),
+        gauge.clone(),
+        tenantry::runtime::Work::Background,
+    );
+    for i in 0..20 {
+        queue
+            .enqueue(if i % 2 == 0 { alpha } else { bravo })
+            .await
+            .unwrap();
+    }
+    for _ in 0..600 {
+        if state(&app).await.0 == 0 && gauge.in_flight.load(SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(&app).await, (0, 0, 220));
+    assert_eq!(gauge.most.load(SeqCst), 1, "embeddings ran concurrently");
+    // alpha: 150 chunks in batches of 64 (3), bravo: 70 (2); nothing drained twice.
+    assert_eq!(gauge.calls.load(SeqCst), 5);
+    let mut texts = gauge.texts.lock().unwrap().clone();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 220, "a chunk was embedded twice");
+
+    // Queued again once the worker has stopped, it starts again.
+    let token = tenantry_tests::issuer()
+        .token(
+            "auth0|bravo-user",
+            "org_bravo",
+            &["admin"],
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    app.ingest(
+        &token,
+        "notes",
+        &json!([{"key": "n999", "data": {"body": "A late note."}}]),
+    )
+    .await;
+    queue.enqueue(bravo).await.unwrap();
+    for _ in 0..600 {
+        if state(&app).await.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(&app).await, (0, 0, 221));
+    assert_eq!(gauge.calls.load(SeqCst), 6);
 }

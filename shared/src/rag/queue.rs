@@ -4,9 +4,10 @@
 //! AWS side. A scheduled sweep re-queues tenants whose chunks waited too long, so a lost message
 //! delays embedding but never loses it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -95,19 +96,77 @@ pub async fn drain(
     }
 }
 
-/// Embeds in this process: in a background task (local runner, tests), or, inside Lambda, before
-/// the request returns, since a frozen execution environment would never finish a background task.
+/// Embeds in this process: in one background worker (local runner, tests), or, inside Lambda,
+/// before the request returns, since a frozen execution environment would never finish a
+/// background task.
+///
+/// In the background, work is coalesced: a tenant queued again before the worker reached it is
+/// queued once, and one worker drains tenants one after another. A burst of ingests therefore
+/// costs one embedding stream (and one writer into the HNSW index) rather than a task per
+/// request competing with the ingests for the cores.
 #[derive(Debug)]
 pub struct InProcessEmbedQueue {
     db: Db,
     embedder: Arc<dyn Embedder>,
     work: Work,
+    backlog: Arc<Mutex<Backlog>>,
+}
+
+/// Tenants waiting for the background worker, in order, and whether it runs.
+#[derive(Debug, Default)]
+struct Backlog {
+    waiting: VecDeque<TenantId>,
+    running: bool,
 }
 
 impl InProcessEmbedQueue {
     /// A queue that embeds with `embedder` through `db`, run as `work` says.
     pub fn new(db: Db, embedder: Arc<dyn Embedder>, work: Work) -> Self {
-        Self { db, embedder, work }
+        Self {
+            db,
+            embedder,
+            work,
+            backlog: Arc::default(),
+        }
+    }
+}
+
+async fn drain_logged(db: &Db, embedder: &dyn Embedder, tenant: TenantId) {
+    match drain(db, embedder, tenant).await {
+        Ok(n) => tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks"),
+        Err(e) => {
+            tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending")
+        }
+    }
+}
+
+/// The background worker: drains the tenants waiting, one at a time, until none is left. Stops
+/// under the same lock that `enqueue` checks, so a tenant queued meanwhile is never stranded.
+async fn work_through(db: Db, embedder: Arc<dyn Embedder>, backlog: Arc<Mutex<Backlog>>) {
+    // Should a drain panic, the next enqueue starts a worker again rather than finding one
+    // "running" forever.
+    struct Restartable(Arc<Mutex<Backlog>>);
+    impl Drop for Restartable {
+        fn drop(&mut self) {
+            if std::thread::panicking()
+                && let Ok(mut b) = self.0.lock()
+            {
+                b.running = false;
+            }
+        }
+    }
+    let _guard = Restartable(Arc::clone(&backlog));
+    loop {
+        let next = {
+            let Ok(mut b) = backlog.lock() else { return };
+            let next = b.waiting.pop_front();
+            if next.is_none() {
+                b.running = false;
+            }
+            next
+        };
+        let Some(tenant) = next else { return };
+        drain_logged(&db, embedder.as_ref(), tenant).await;
     }
 }
 
@@ -117,20 +176,29 @@ impl EmbedQueue for InProcessEmbedQueue {
     }
 
     fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_> {
-        let (db, embedder) = (self.db.clone(), Arc::clone(&self.embedder));
-        let work = async move {
-            match drain(&db, embedder.as_ref(), tenant).await {
-                Ok(n) => {
-                    tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks")
-                }
-                Err(e) => {
-                    tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending")
+        Box::pin(async move {
+            match self.work {
+                Work::Inline => drain_logged(&self.db, self.embedder.as_ref(), tenant).await,
+                Work::Background => {
+                    let start = {
+                        let mut b = self
+                            .backlog
+                            .lock()
+                            .map_err(|_| QueueError("the embedding backlog is poisoned".into()))?;
+                        if !b.waiting.contains(&tenant) {
+                            b.waiting.push_back(tenant);
+                        }
+                        !std::mem::replace(&mut b.running, true)
+                    };
+                    if start {
+                        tokio::spawn(work_through(
+                            self.db.clone(),
+                            Arc::clone(&self.embedder),
+                            Arc::clone(&self.backlog),
+                        ));
+                    }
                 }
             }
-        };
-        let mode = self.work;
-        Box::pin(async move {
-            mode.run(work).await;
             Ok(())
         })
     }

@@ -89,14 +89,22 @@ fn day_start(day: NaiveDate) -> DateTime<Utc> {
 }
 
 /// How long a test waits for something another task must do (a notification, a call at a gate)
-/// before it fails instead of hanging the run.
-const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// before it fails instead of hanging the run: 60 s, or `TENANTRY_TEST_WAIT_SECS` (scripts/mutants
+/// sets it lower, so a mutant that breaks an ordering fails in seconds rather than a minute).
+fn wait() -> std::time::Duration {
+    let secs = std::env::var("TENANTRY_TEST_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    std::time::Duration::from_secs(secs)
+}
 
-/// Waits for `f`; panics, naming `what` never happened, if it has not finished within [`WAIT`].
+/// Waits for `f`; panics, naming `what` never happened, if it has not finished within [`wait`].
 async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(WAIT, f)
+    let wait = wait();
+    tokio::time::timeout(wait, f)
         .await
-        .unwrap_or_else(|_| panic!("{what} never happened (waited {WAIT:?})"))
+        .unwrap_or_else(|_| panic!("{what} never happened (waited {wait:?})"))
 }
 
 /// How far into a UTC day [`clear_of_midnight`] waits: past the oldest "minutes ago" a scenario

@@ -527,6 +527,111 @@ mod tests {
         assert_eq!(strip_html_tags("keep <b>bold</b> text"), "keep bold text");
         assert_eq!(strip_html_tags("1 < 2 > 0"), "1 < 2 > 0");
     }
+    /// An embedder whose vectors the test chooses: `[x, y]` per text, so each sentence's
+    /// similarity to the question (`[1, 0]`) is exactly `x`. A text not listed is `[0, 1]`.
+    #[derive(Debug)]
+    struct Table(Vec<(&'static str, [f32; 2])>);
+
+    impl Embedder for Table {
+        fn model(&self) -> &str {
+            "table"
+        }
+        fn dims(&self) -> usize {
+            2
+        }
+        fn embed<'a>(&'a self, texts: &'a [String]) -> crate::rag::embed::EmbedFuture<'a> {
+            Box::pin(async move {
+                Ok(texts
+                    .iter()
+                    .map(|t| {
+                        let v = self
+                            .0
+                            .iter()
+                            .find(|(k, _)| k == t)
+                            .map_or([0.0, 1.0], |e| e.1);
+                        v.to_vec()
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    const QUESTION: &str = "Which parcel 77 was late?";
+
+    /// What the local answerer quotes (one entry per citation) for `QUESTION` from sources
+    /// `S1`, `S2`... holding `texts`, with the question at `[1, 0]` and each listed sentence at
+    /// the similarity given.
+    async fn quoted(texts: &[&str], sims: &[(&'static str, f32)]) -> Vec<String> {
+        let mut table = vec![(QUESTION, [1.0, 0.0])];
+        table.extend(
+            sims.iter()
+                .map(|(t, x)| (*t, [*x, (1.0 - x * x).max(0.0).sqrt()])),
+        );
+        let answerer = LocalAnswerer::with_embedder(Arc::new(Table(table)));
+        let sources: Vec<Source> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Source {
+                label: format!("S{}", i + 1),
+                text: (*t).into(),
+            })
+            .collect();
+        let draft = answerer.answer(QUESTION, &sources).await.unwrap();
+        draft
+            .citations
+            .into_iter()
+            .filter_map(|c| c.quote)
+            .collect()
+    }
+
+    // The sentence selection, on exact similarities. Each assertion was added for a mutant of
+    // `cargo mutants` that survived without it.
+    #[tokio::test]
+    async fn a_sentence_at_least_min_similarity_is_quoted_and_one_below_is_not() {
+        let at = LocalAnswerer::MIN_SIMILARITY;
+        let text = "The parcel was late.";
+        assert_eq!(quoted(&[text], &[(text, at)]).await, [text]);
+        assert!(quoted(&[text], &[(text, at - 0.01)]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_sentences_near_the_best_are_quoted_and_at_most_three() {
+        let (best, near, far) = (
+            "Parcel 7 was late.",
+            "Parcel 9 was fine.",
+            "Parcels ship daily.",
+        );
+        let text = format!("{best} {near} {far}");
+        // Exactly NEAR_BEST of the best is near enough; just under it is not, though it is far
+        // above MIN_SIMILARITY.
+        let cut = LocalAnswerer::NEAR_BEST;
+        let got = quoted(&[&text], &[(best, 1.0), (near, cut), (far, cut - 0.01)]).await;
+        assert_eq!(got, [best, near]);
+
+        let four = [
+            "Parcel A late.",
+            "Parcel B late.",
+            "Parcel C late.",
+            "Parcel D late.",
+        ];
+        let sims: Vec<_> = four
+            .iter()
+            .zip([1.0, 0.99, 0.98, 0.97])
+            .map(|(t, x)| (*t, x))
+            .collect();
+        assert_eq!(quoted(&[&four.join(" ")], &sims).await, four[..3]);
+    }
+
+    #[tokio::test]
+    async fn fragments_under_three_characters_are_never_quoted() {
+        // "77" shares the topic word and is the closest of all, yet is no answer; "77." (three
+        // characters) is kept. The sentence both sources hold cites both.
+        let texts = ["Parcel 77 was late. 77", "Parcel 77 was late. 77."];
+        let sims = [("77", 1.0), ("77.", 0.95), ("Parcel 77 was late.", 0.9)];
+        let parcel = "Parcel 77 was late.";
+        assert_eq!(quoted(&texts, &sims).await, ["77.", parcel, parcel]);
+    }
+
     use proptest::prelude::*;
 
     fn sources() -> Vec<Source> {

@@ -530,15 +530,14 @@ impl TestApp {
             ("JWKS_REFETCH_INTERVAL_SECS", refetch.as_secs().to_string()),
             ("MAX_BODY_BYTES", "65536".to_owned()),
             ("MAX_INGEST_RECORDS", "500".to_owned()),
-            // Off: a test that changes a tenant's status or revokes a key sees it at once. The
-            // cache itself is tested in round_trips.rs.
-            ("AUTH_LOOKUP_CACHE_SECS", "0".to_owned()),
         ];
         vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-        // The last setting of a name wins: a test's own settings override these.
+        // After `extra`, so a test may turn it on (the first setting of a name wins): off, so a
+        // test that changes a tenant's status or revokes a key straight at the database sees it
+        // at once. The cache itself is tested in round_trips.rs.
+        vars.push(("AUTH_LOOKUP_CACHE_SECS", "0".to_owned()));
         let config = Config::from_lookup(|k| {
             vars.iter()
-                .rev()
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| v.clone())
         })

@@ -302,6 +302,8 @@ struct Gauge {
     most: std::sync::atomic::AtomicUsize,
     calls: std::sync::atomic::AtomicUsize,
     texts: Mutex<Vec<String>>,
+    /// Whose each call was: the first letter of its first text ('N'ote number: alpha, 'B'ravo).
+    order: Mutex<String>,
 }
 
 impl Embedder for Gauge {
@@ -318,6 +320,8 @@ impl Embedder for Gauge {
             self.most.fetch_max(now, SeqCst);
             self.calls.fetch_add(1, SeqCst);
             self.texts.lock().unwrap().extend(texts.iter().cloned());
+            let first = texts.first().and_then(|t| t.chars().next()).unwrap_or('-');
+            self.order.lock().unwrap().push(first);
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             self.in_flight.fetch_sub(1, SeqCst);
             let inner = self.inner.as_ref().unwrap();
@@ -327,14 +331,30 @@ impl Embedder for Gauge {
 }
 
 /// A burst of enqueues in the background (what many ingests in a row do) is one worker: one
-/// embedding in flight at a time, each tenant drained once, every chunk embedded exactly once.
+/// embedding in flight at a time, tenants taking turns, every chunk embedded exactly once.
 #[tokio::test]
 async fn background_embedding_is_one_worker_however_many_ingests_queue_it() {
     use std::sync::atomic::Ordering::SeqCst;
     use tenantry::rag::queue::{EmbedQueue, InProcessEmbedQueue};
     let (_moto, app, alpha) = pending_app(150).await;
     let bravo = tenant_with_notes(&app, "bravo", 70, |i| format!("Bravo note {i}.")).await;
-    assert_eq!(state(&app).await, (220, 0, 220));
+    let token = |slug: &str| {
+        tenantry_tests::issuer()
+            .token(
+                &format!("auth0|{slug}-user"),
+                &format!("org_{slug}"),
+                &["admin"],
+                std::time::Duration::from_secs(600),
+            )
+            .unwrap()
+    };
+    // alpha: 600 chunks, ten batches of at most 64, more than one turn.
+    let more: Vec<_> = (150..600)
+        .map(|i| json!({"key": format!("n{i:03}"), "data": {"body": format!("Note number {i}.")}}))
+        .collect();
+    app.ingest(&token("alpha"), "notes", &serde_json::Value::from(more))
+        .await;
+    assert_eq!(state(&app).await, (670, 0, 670));
 
     let gauge = Arc::new(Gauge {
         inner: Some(LocalEmbedder::new(256)),
@@ -357,26 +377,19 @@ async fn background_embedding_is_one_worker_however_many_ingests_queue_it() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(state(&app).await, (0, 0, 220));
+    assert_eq!(state(&app).await, (0, 0, 670));
     assert_eq!(gauge.most.load(SeqCst), 1, "embeddings ran concurrently");
-    // alpha: 150 chunks in batches of 64 (3), bravo: 70 (2); nothing drained twice.
-    assert_eq!(gauge.calls.load(SeqCst), 5);
+    // alpha's first turn (8 batches), bravo's (its 70 chunks: 2), then the rest of alpha's (2):
+    // a tenant with much to embed does not keep the others waiting until it is done.
+    assert_eq!(*gauge.order.lock().unwrap(), "NNNNNNNNBBNN");
     let mut texts = gauge.texts.lock().unwrap().clone();
     texts.sort();
     texts.dedup();
-    assert_eq!(texts.len(), 220, "a chunk was embedded twice");
+    assert_eq!(texts.len(), 670, "a chunk was embedded twice");
 
     // Queued again once the worker has stopped, it starts again.
-    let token = tenantry_tests::issuer()
-        .token(
-            "auth0|bravo-user",
-            "org_bravo",
-            &["admin"],
-            std::time::Duration::from_secs(600),
-        )
-        .unwrap();
     app.ingest(
-        &token,
+        &token("bravo"),
         "notes",
         &json!([{"key": "n999", "data": {"body": "A late note."}}]),
     )
@@ -388,6 +401,6 @@ async fn background_embedding_is_one_worker_however_many_ingests_queue_it() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(state(&app).await, (0, 0, 221));
-    assert_eq!(gauge.calls.load(SeqCst), 6);
+    assert_eq!(state(&app).await, (0, 0, 671));
+    assert_eq!(gauge.calls.load(SeqCst), 13);
 }

@@ -182,16 +182,18 @@ impl ApiKeys {
         let stored = match lookups.get(prefix) {
             Some(hit) => Some(hit),
             None => {
+                let read_at = lookups.generation();
                 let found = db.api_key_for_prefix(prefix).await?;
                 // Only keys that exist: an unknown prefix may be created a moment later.
                 if let Some(f) = &found {
-                    lookups.insert(prefix.to_owned(), f.clone());
+                    lookups.insert_read_at(read_at, prefix.to_owned(), f.clone());
                 }
                 found
             }
         };
         let presented_hash = hash(presented);
-        // Compare even when the prefix is unknown, so timing says nothing about which prefixes exist.
+        // Compare even when the prefix is unknown. (Timing still tells a prefix used in the last
+        // few seconds, served from the cache, from one that was not; prefixes are not secret.)
         let expected = stored
             .as_ref()
             .map_or(&[0u8; 32][..], |s| s.hash.as_slice());

@@ -11,8 +11,9 @@
 //! missing one is a 401 before the authorizer runs), which cannot express "a bearer token *or* a
 //! key". So the gateway's cache is off and this process caches an allowed credential for a short
 //! TTL (`AUTHORIZER_CACHE_SECS`, 30 s by default), keyed by a hash of the credential headers: a
-//! revoked key is refused here within the TTL, and by the function within its own, shorter
-//! lookup cache (`AUTH_LOOKUP_CACHE_SECS`, 5 s by default).
+//! revoked key or a suspended tenant is refused here within the TTL plus the lookup cache's
+//! (`AUTH_LOOKUP_CACHE_SECS`, 5 s by default, which this process's `Authenticator` keeps too), and
+//! by the function within the lookup cache's alone.
 //!
 //! Admin routes (`/admin/...`) take staff tokens only ([`Authenticator::authenticate_staff`]),
 //! checked on every request (no cache: staff traffic is small and a removed staff role must stop

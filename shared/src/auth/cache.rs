@@ -9,6 +9,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Entries of type `V` under keys of type `K`, each good for `ttl` after it was inserted.
@@ -16,7 +17,14 @@ pub(crate) struct TtlCache<K, V> {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<K, (Instant, V)>>,
+    /// Bumped by [`forget`](Self::forget): a lookup that began before it may not write back
+    /// what it read.
+    generation: AtomicU64,
 }
+
+/// When a lookup began, for [`TtlCache::insert_read_at`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Generation(u64);
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// A cache keeping entries for `ttl` (zero: never), holding at most `capacity`.
@@ -25,7 +33,13 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
             ttl,
             capacity,
             entries: Mutex::default(),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Take before reading what will be inserted with [`insert_read_at`](Self::insert_read_at).
+    pub(crate) fn generation(&self) -> Generation {
+        Generation(self.generation.load(Ordering::SeqCst))
     }
 
     /// The entry under `key`, if it is younger than the TTL.
@@ -41,10 +55,24 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 
     /// Remembers `value` under `key` from now on (nothing, when the TTL is zero).
     pub(crate) fn insert(&self, key: K, value: V) {
+        self.insert_unless_forgotten(None, key, value);
+    }
+
+    /// Remembers `value`, read since `read_at`, unless something was forgotten meanwhile (the
+    /// value may be what was just changed: it is read again next time instead).
+    pub(crate) fn insert_read_at(&self, read_at: Generation, key: K, value: V) {
+        self.insert_unless_forgotten(Some(read_at), key, value);
+    }
+
+    fn insert_unless_forgotten(&self, read_at: Option<Generation>, key: K, value: V) {
         if self.ttl.is_zero() {
             return;
         }
         if let Ok(mut entries) = self.entries.lock() {
+            // Under the lock `forget` bumps the generation in, so no forget slips between.
+            if read_at.is_some_and(|g| g.0 != self.generation.load(Ordering::SeqCst)) {
+                return;
+            }
             if entries.len() >= self.capacity {
                 entries.clear();
             }
@@ -56,6 +84,7 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// changed: it need not wait out the TTL).
     pub(crate) fn forget(&self, stale: impl Fn(&V) -> bool) {
         if let Ok(mut entries) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             entries.retain(|_, (_, v)| !stale(v));
         }
     }
@@ -127,6 +156,18 @@ mod tests {
             (0..4u8).map(|k| cache.get(&k)).collect::<Vec<_>>(),
             vec![Some(0), None, Some(0), None]
         );
+    }
+
+    #[test]
+    fn a_lookup_that_began_before_a_forget_is_not_written_back() {
+        let cache = TtlCache::new(Duration::from_secs(60), 10);
+        let before = cache.generation();
+        cache.forget(|_: &u8| false);
+        cache.insert_read_at(before, 1u8, 1u8);
+        assert_eq!(cache.get(&1), None, "read before the forget: maybe stale");
+        let after = cache.generation();
+        cache.insert_read_at(after, 1, 2);
+        assert_eq!(cache.get(&1), Some(2));
     }
 
     #[test]

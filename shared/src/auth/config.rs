@@ -23,8 +23,8 @@ pub struct AuthConfig {
     /// The Auth0 organization of support staff (`SUPPORT_ORG_ID`); unset: no staff sign-in.
     pub support_org_id: Option<String>,
     /// How long a process reuses an organization → tenant or API-key lookup
-    /// (`AUTH_LOOKUP_CACHE_SECS`, 5 s; 0: never). A suspension, closure or key revocation takes
-    /// effect within it.
+    /// (`AUTH_LOOKUP_CACHE_SECS`, 5 s; 0: never; at most 60). A suspension, closure or key
+    /// revocation takes effect within it.
     pub lookup_cache: Duration,
 }
 
@@ -56,7 +56,18 @@ impl AuthConfig {
                 env.parse("JWKS_REFETCH_INTERVAL_SECS", 60)?,
             ),
             support_org_id: env.var("SUPPORT_ORG_ID"),
-            lookup_cache: Duration::from_secs(env.parse("AUTH_LOOKUP_CACHE_SECS", 5)?),
+            lookup_cache: lookup_cache(env.parse("AUTH_LOOKUP_CACHE_SECS", 5)?)?,
         })
     }
+}
+
+/// A suspension may wait out the lookup cache, so it stays short: at most a minute.
+fn lookup_cache(secs: u64) -> Result<Duration, ConfigError> {
+    if secs > 60 {
+        return Err(ConfigError::Invalid {
+            name: "AUTH_LOOKUP_CACHE_SECS",
+            reason: "whole seconds, at most 60".into(),
+        });
+    }
+    Ok(Duration::from_secs(secs))
 }

@@ -320,12 +320,14 @@ impl Authenticator {
         if let Some(t) = self.orgs.get(org) {
             return Ok(t);
         }
+        let read_at = self.orgs.generation();
         let tenant = self
             .db
             .tenant_for_auth0_org(org)
             .await?
             .ok_or(AuthError::UnknownOrganization)?;
-        self.orgs.insert(org.to_owned(), tenant.clone());
+        self.orgs
+            .insert_read_at(read_at, org.to_owned(), tenant.clone());
         Ok(tenant)
     }
 

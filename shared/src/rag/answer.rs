@@ -576,7 +576,10 @@ mod tests {
                 text: (*t).into(),
             })
             .collect();
-        let draft = answerer.answer(QUESTION, &sources).await.unwrap();
+        let draft = match answerer.answer(QUESTION, &sources).await {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
         draft
             .citations
             .into_iter()

@@ -50,19 +50,34 @@ pub async fn drain(
     embedder: &dyn Embedder,
     tenant: TenantId,
 ) -> Result<usize, EmbedPendingError> {
+    drain_batches(db, embedder, tenant, usize::MAX)
+        .await
+        .map(|(n, _)| n)
+}
+
+/// Like [`drain`], but at most `batches` batches; also says whether it stopped at that limit
+/// after a full batch (the tenant may have more pending).
+async fn drain_batches(
+    db: &Db,
+    embedder: &dyn Embedder,
+    tenant: TenantId,
+    batches: usize,
+) -> Result<(usize, bool), EmbedPendingError> {
     let ctx = TenantContext {
         tenant_id: tenant,
         actor_id: "system:embed".into(),
     };
     let mut total = 0;
-    loop {
+    let mut full = false;
+    for _ in 0..batches {
         let lease = Uuid::new_v4();
         let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
         let claimed = claim_pending(&mut tx, lease, EMBED_BATCH, EMBED_LEASE).await?;
         tx.commit().await?;
         if claimed.is_empty() {
-            return Ok(total);
+            return Ok((total, false));
         }
+        full = claimed.len() as i64 == EMBED_BATCH;
         let texts: Vec<String> = claimed.iter().map(|c| c.content.clone()).collect();
         // A vector count that does not match is a failed embedding too: the lease is given up.
         let embedded = embedder.embed(&texts).await.and_then(|v| {
@@ -94,6 +109,7 @@ pub async fn drain(
         total += store_vectors(&mut tx, lease, &claimed, &vectors, embedder.model()).await?;
         tx.commit().await?;
     }
+    Ok((total, full))
 }
 
 /// Embeds in this process: in one background worker (local runner, tests), or, inside Lambda,
@@ -101,7 +117,8 @@ pub async fn drain(
 /// background task.
 ///
 /// In the background, work is coalesced: a tenant queued again before the worker reached it is
-/// queued once, and one worker drains tenants one after another. A burst of ingests therefore
+/// queued once, and one worker gives the tenants waiting a turn each (at most
+/// `BATCHES_PER_TURN` batches; a tenant with more goes to the back of the line). A burst of ingests therefore
 /// costs one embedding stream (and one writer into the HNSW index) rather than a task per
 /// request competing with the ingests for the cores.
 #[derive(Debug)]
@@ -131,42 +148,67 @@ impl InProcessEmbedQueue {
     }
 }
 
-async fn drain_logged(db: &Db, embedder: &dyn Embedder, tenant: TenantId) {
-    match drain(db, embedder, tenant).await {
-        Ok(n) => tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks"),
+/// Batches a tenant gets per turn of the background worker before the next tenant waiting has
+/// its turn (one tenant loading steadily never starves the others).
+const BATCHES_PER_TURN: usize = 8;
+
+/// One turn: whether the tenant may have more pending (then it queues again, at the back).
+async fn turn(db: &Db, embedder: &dyn Embedder, tenant: TenantId, batches: usize) -> bool {
+    match drain_batches(db, embedder, tenant, batches).await {
+        Ok((n, more)) => {
+            tracing::info!(tenant_id = %tenant, embedded = n, "embedded pending chunks");
+            more
+        }
         Err(e) => {
-            tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending")
+            tracing::warn!(tenant_id = %tenant, error = %e, "embedding failed; chunks stay pending");
+            false
         }
     }
 }
 
-/// The background worker: drains the tenants waiting, one at a time, until none is left. Stops
-/// under the same lock that `enqueue` checks, so a tenant queued meanwhile is never stranded.
+/// The background worker: gives the tenants waiting a turn each, in order, until none is left.
+/// Stops under the same lock that `enqueue` checks, so a tenant queued meanwhile is never
+/// stranded.
 async fn work_through(db: Db, embedder: Arc<dyn Embedder>, backlog: Arc<Mutex<Backlog>>) {
-    // Should a drain panic, the next enqueue starts a worker again rather than finding one
-    // "running" forever.
-    struct Restartable(Arc<Mutex<Backlog>>);
-    impl Drop for Restartable {
+    // Should the worker end any other way (a panic, its runtime shutting down), the next enqueue
+    // starts one again rather than finding one "running" forever.
+    struct Running {
+        backlog: Arc<Mutex<Backlog>>,
+        stopped: bool,
+    }
+    impl Drop for Running {
         fn drop(&mut self) {
-            if std::thread::panicking()
-                && let Ok(mut b) = self.0.lock()
+            if !self.stopped
+                && let Ok(mut b) = self.backlog.lock()
             {
                 b.running = false;
             }
         }
     }
-    let _guard = Restartable(Arc::clone(&backlog));
+    let mut running = Running {
+        backlog: Arc::clone(&backlog),
+        stopped: false,
+    };
+    let mut again = None;
     loop {
         let next = {
             let Ok(mut b) = backlog.lock() else { return };
+            if let Some(t) = again.take()
+                && !b.waiting.contains(&t)
+            {
+                b.waiting.push_back(t);
+            }
             let next = b.waiting.pop_front();
             if next.is_none() {
                 b.running = false;
+                running.stopped = true;
             }
             next
         };
         let Some(tenant) = next else { return };
-        drain_logged(&db, embedder.as_ref(), tenant).await;
+        if turn(&db, embedder.as_ref(), tenant, BATCHES_PER_TURN).await {
+            again = Some(tenant);
+        }
     }
 }
 
@@ -178,7 +220,9 @@ impl EmbedQueue for InProcessEmbedQueue {
     fn enqueue(&self, tenant: TenantId) -> EnqueueFuture<'_> {
         Box::pin(async move {
             match self.work {
-                Work::Inline => drain_logged(&self.db, self.embedder.as_ref(), tenant).await,
+                Work::Inline => {
+                    turn(&self.db, self.embedder.as_ref(), tenant, usize::MAX).await;
+                }
                 Work::Background => {
                     let start = {
                         let mut b = self

@@ -1,6 +1,8 @@
 //! Analytics load: many tenants with realistic datasets, concurrent requests from all of them
 //! through the real handler path (JWT verification, TenantTx, query compiler, edge), and
-//! the floor: the same SQL sent straight to Postgres on one connection.
+//! the floor: the same SQL sent straight to Postgres on one connection. Ingest is measured the
+//! same way (`ingest_500` against `ingest_500_floor`, the batch's bare INSERT), and the embedding
+//! backlog the ingests leave is timed on its own (`embed_backlog_after_ingest`).
 //!
 //! Environment: BENCH_TENANTS (200), BENCH_ROWS (20000 per tenant), BENCH_CONCURRENCY (4),
 //! BENCH_REQUESTS (2000 per scenario), BENCH_INGEST_REQUESTS (200).
@@ -116,6 +118,20 @@ async fn main() -> Result<(), Error> {
             started.elapsed().as_secs_f64()
         );
     }
+    // Earlier runs' ingests are removed (and their chunks, claimed or not), so every run reads
+    // the seeded rows alone and embeds only its own chunks.
+    let (admin, conn) = tokio_postgres::connect(&admin_db, NoTls).await?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "DELETE FROM app.chunks WHERE record_key LIKE 'bench-%' OR record_key LIKE 'floor-%'; \
+             DELETE FROM app.records WHERE key LIKE 'bench-%' OR key LIKE 'floor-%'; \
+             UPDATE app.chunks SET embed_lease = NULL, embed_lease_until = NULL \
+               WHERE embedding IS NULL AND embed_lease IS NOT NULL",
+        )
+        .await?;
+    admin.batch_execute("VACUUM ANALYZE app.records").await?;
+    admin.batch_execute("VACUUM ANALYZE app.chunks").await?;
     let iss = issuer();
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..tenants)
@@ -145,12 +161,20 @@ async fn main() -> Result<(), Error> {
         floors.push((name, q));
     }
 
-    // 500-record upserts into each tenant's dataset: new keys, so every request inserts.
+    // Chunks a previous run left unembedded (it stopped before its worker caught up) are embedded
+    // now, so the backlog measured below is this run's alone.
+    for tenant in app.db.tenants_with_pending_chunks(Duration::ZERO).await? {
+        tenantry::rag::queue::drain(&app.db, app.embedder.as_ref(), tenant).await?;
+    }
+
+    // 500-record upserts into each tenant's dataset: new keys (this run's own), so every request
+    // inserts, and each record's note is a chunk for the background worker to embed.
+    let run = chrono::Utc::now().timestamp_millis();
     let counter = Arc::new(AtomicUsize::new(0));
     let mut ingest = drive(&app, &tokens, concurrency, ingest_requests, move |_| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let batch: Vec<Value> = (0..500)
-            .map(|i| json!({"key": format!("bench-{n}-{i}"), "data": {
+            .map(|i| json!({"key": format!("bench-{run}-{n}-{i}"), "data": {
                 "region": "eu-west", "product": format!("sku-{}", i % 50), "amount": i as f64 * 0.75,
                 "qty": i % 9, "paid": i % 2 == 0, "note": "bench ingest", "at": chrono::Utc::now().to_rfc3339()}}))
             .collect();
@@ -162,10 +186,29 @@ async fn main() -> Result<(), Error> {
         json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": concurrency}),
     );
 
+    // What the ingests left to embed, and how fast the in-process worker (one, coalescing) embeds
+    // it once they stopped: embedding throughput on its own.
+    let left = pending_chunks(&admin).await?;
+    let started = Instant::now();
+    while pending_chunks(&admin).await? > 0 {
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err("the embedding backlog never drained".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    println!(
+        "{}",
+        json!({"scenario": "embed_backlog_after_ingest", "embedder": app.embedder.model(),
+            "chunks_pending": left, "drain_s": (secs * 1000.0).round() / 1000.0,
+            "chunks_per_s": (left as f64 / secs).round()})
+    );
+
     // The floor: the compiled SQL, straight to Postgres on one connection, tenant set once per
     // tenant for the session; no auth, no transaction, no HTTP shape.
     let (raw, conn) = tokio_postgres::connect(&app_url, NoTls).await?;
     tokio::spawn(conn);
+    let mut dataset_ids = Vec::new();
     for (name, q) in floors {
         let spec: QuerySpec = serde_json::from_value(q)?;
         let mut compiled = Vec::new();
@@ -179,6 +222,9 @@ async fn main() -> Result<(), Error> {
                 .await?
                 .ok_or("no dataset")?;
             tx.commit().await?;
+            if dataset_ids.len() < ids.len() {
+                dataset_ids.push(ds.id);
+            }
             compiled.push(
                 query::compile(&spec, &ds, id.as_uuid(), QueryLimits::default())
                     .map_err(|e| format!("{e:?}"))?,
@@ -206,7 +252,77 @@ async fn main() -> Result<(), Error> {
             json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": 1}),
         );
     }
+
+    // The ingest floor: the same 500-record batches as one bare INSERT of typed arrays (the slots
+    // filled client-side), on one connection: no validation, no chunks, audit entry or usage
+    // event, no transaction of its own.
+    let mut samples = Samples::default();
+    for n in 0..ingest_requests {
+        let t = n % ids.len();
+        raw.query_typed(
+            "SELECT set_config('app.tenant_id', $1, false)",
+            &[(&ids[t].to_string(), Type::TEXT)],
+        )
+        .await?;
+        let at = chrono::Utc::now();
+        let keys: Vec<String> = (0..500).map(|i| format!("floor-{run}-{n}-{i}")).collect();
+        let products: Vec<String> = (0..500).map(|i| format!("sku-{}", i % 50)).collect();
+        let amounts: Vec<f64> = (0..500).map(|i| f64::from(i) * 0.75).collect();
+        let qtys: Vec<i64> = (0..500).map(|i| i64::from(i % 9)).collect();
+        let paid: Vec<bool> = (0..500).map(|i| i % 2 == 0).collect();
+        let data: Vec<Value> = (0..500)
+            .map(|i| {
+                json!({"region": "eu-west", "product": products[i], "amount": amounts[i],
+                "qty": qtys[i], "paid": paid[i], "note": "bench ingest", "at": at.to_rfc3339()})
+            })
+            .collect();
+        let times = vec![at; 500];
+        let regions = vec!["eu-west"; 500];
+        let notes = vec!["bench ingest"; 500];
+        let started = Instant::now();
+        match raw
+            .query_typed(
+                "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts, s1, s2, n1, i1, b1, s3) \
+                 SELECT $1, $2, u.* FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[], \
+                   $6::text[], $7::text[], $8::float8[], $9::int8[], $10::bool[], $11::text[]) AS u",
+                &[
+                    (&ids[t].as_uuid(), Type::UUID),
+                    (&dataset_ids[t], Type::UUID),
+                    (&keys, Type::TEXT_ARRAY),
+                    (&data, Type::JSONB_ARRAY),
+                    (&times, Type::TIMESTAMPTZ_ARRAY),
+                    (&regions, Type::TEXT_ARRAY),
+                    (&products, Type::TEXT_ARRAY),
+                    (&amounts, Type::FLOAT8_ARRAY),
+                    (&qtys, Type::INT8_ARRAY),
+                    (&paid, Type::BOOL_ARRAY),
+                    (&notes, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+        {
+            Ok(_) => samples.record(started.elapsed()),
+            Err(e) => {
+                eprintln!("ingest floor: {e}");
+                samples.errors += 1;
+            }
+        }
+    }
+    samples.report(
+        "ingest_500_floor",
+        json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": 1}),
+    );
     Ok(())
+}
+
+async fn pending_chunks(admin: &tokio_postgres::Client) -> Result<i64, Error> {
+    Ok(admin
+        .query_one(
+            "SELECT count(*) FROM app.chunks WHERE embedding IS NULL",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Runs `total` requests with `concurrency` workers, each request for a random tenant.

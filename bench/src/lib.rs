@@ -293,3 +293,40 @@ where
     }
     all
 }
+
+/// An app over `app_url` with local adapters and `pool` connections, verifying tokens against a
+/// JWKS server serving the dev key (returned too: it must outlive the app's requests).
+pub async fn tenant_app(
+    app_url: &str,
+    pool: usize,
+) -> Result<(Arc<App>, tenantry_tests::JwksServer), Error> {
+    use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk};
+    let jwks = JwksServer::start(json!({ "keys": [dev_jwk("dev")] })).await;
+    let vars = [
+        ("APP_DATABASE_URL", app_url.to_owned()),
+        ("AUTH0_ISSUER", ISSUER.to_owned()),
+        ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
+        ("AUTH0_JWKS_URL", jwks.url.clone()),
+        ("DB_POOL_MAX", pool.to_string()),
+    ];
+    let config = tenantry::config::Config::from_lookup(|k| {
+        vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })?;
+    Ok((Arc::new(App::builder(config).build()?), jwks))
+}
+
+/// An admin's token for each of the benchmark tenants `0..n` (organization `org_bench_{i}`).
+pub fn bench_tokens(n: usize) -> Result<Vec<String>, Error> {
+    let iss = tenantry_tests::issuer();
+    (0..n)
+        .map(|i| {
+            iss.token(
+                "auth0|bench",
+                &format!("org_bench_{i}"),
+                &["admin"],
+                Duration::from_secs(3600),
+            )
+            .map_err(Error::from)
+        })
+        .collect()
+}

@@ -16,12 +16,11 @@ use serde_json::{Value, json};
 use tenantry::analytics::DatasetSpec;
 use tenantry::analytics::datasets::{self, DatasetRef};
 use tenantry::analytics::query::{self, QueryLimits, QuerySpec};
-use tenantry::config::Config;
 use tenantry::db::{Access, Db, TenantContext};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
-use tenantry_bench::{Error, Samples, bench_database, env};
-use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
+use tenantry_bench::{Error, Samples, bench_database, bench_tokens, env, tenant_app};
+use tenantry_tests::gateway_event;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
 
@@ -85,17 +84,7 @@ async fn main() -> Result<(), Error> {
     .await?;
     let (admin_db, app_url, seeded) = (db.admin_url, db.app_url, db.reused);
 
-    let jwks = JwksServer::start(json!({ "keys": [dev_jwk("dev")] })).await;
-    let vars = [
-        ("APP_DATABASE_URL", app_url.clone()),
-        ("AUTH0_ISSUER", ISSUER.to_owned()),
-        ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
-        ("AUTH0_JWKS_URL", jwks.url.clone()),
-        ("DB_POOL_MAX", concurrency.max(2).to_string()),
-    ];
-    let config =
-        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let app = Arc::new(App::builder(config).build()?);
+    let (app, _jwks) = tenant_app(&app_url, concurrency.max(2)).await?;
 
     let ids: Vec<TenantId> = (0..tenants)
         .map(|i| {
@@ -132,20 +121,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     admin.batch_execute("VACUUM ANALYZE app.records").await?;
     admin.batch_execute("VACUUM ANALYZE app.chunks").await?;
-    let iss = issuer();
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..tenants)
-            .map(|i| {
-                iss.token(
-                    "auth0|bench",
-                    &format!("org_bench_{i}"),
-                    &["admin"],
-                    Duration::from_secs(3600),
-                )
-                .unwrap()
-            })
-            .collect(),
-    );
+    let tokens: Arc<Vec<String>> = Arc::new(bench_tokens(tenants)?);
 
     let mut floors = Vec::new();
     for (name, q) in read_queries() {

@@ -17,10 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tenantry::App;
-use tenantry::config::Config;
-use tenantry_bench::{Error, Samples, bench_database, env};
-use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
+use tenantry_bench::{Error, Samples, bench_database, bench_tokens, env, tenant_app};
+use tenantry_tests::gateway_event;
 use tokio::sync::Mutex;
 
 const TENANTS: usize = 200;
@@ -99,35 +97,12 @@ async fn main() -> Result<(), Error> {
         )
         .await?;
 
-    let jwks = JwksServer::start(json!({ "keys": [dev_jwk("dev")] })).await;
-    let vars = [
-        ("APP_DATABASE_URL", db.app_url.clone()),
-        ("AUTH0_ISSUER", ISSUER.to_owned()),
-        ("AUTH0_AUDIENCE", AUDIENCE.to_owned()),
-        ("AUTH0_JWKS_URL", jwks.url.clone()),
-        ("DB_POOL_MAX", pool.to_string()),
-    ];
-    let config =
-        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
-    let app = Arc::new(App::builder(config).build()?);
+    let (app, _jwks) = tenant_app(&db.app_url, pool).await?;
     let routes = Arc::new(tenantry::http::router(
         Arc::clone(&app),
         &tenantry::api::all_routes(),
     ));
-    let iss = issuer();
-    let tokens: Arc<Vec<String>> = Arc::new(
-        (0..TENANTS)
-            .map(|i| {
-                iss.token(
-                    "auth0|bench",
-                    &format!("org_bench_{i}"),
-                    &["admin"],
-                    Duration::from_secs(3600),
-                )
-                .unwrap()
-            })
-            .collect(),
-    );
+    let tokens: Arc<Vec<String>> = Arc::new(bench_tokens(TENANTS)?);
 
     let mut capacity = None;
     for rate in rates {

@@ -66,6 +66,18 @@ async fn setup(app: &TestApp, token: &str, n: usize) -> Vec<Order> {
     data
 }
 
+/// Posts a JSON array of records to a dataset.
+async fn ingest(app: &TestApp, token: &str, dataset: &str, records: &[Value]) -> Reply {
+    let body = Value::Array(records.to_vec()).to_string();
+    app.call(
+        "POST",
+        &format!("/v1/datasets/{dataset}/records"),
+        token,
+        Some(&body),
+    )
+    .await
+}
+
 async fn query(app: &TestApp, token: &str, q: Value) -> Reply {
     app.call("POST", "/v1/query", token, Some(&q.to_string()))
         .await
@@ -771,14 +783,7 @@ async fn columns_past_the_typed_slots_and_every_bucket_work() {
             }})
         })
         .collect();
-    let r = app
-        .call(
-            "POST",
-            "/v1/datasets/wide/records",
-            &token,
-            Some(&Value::Array(records).to_string()),
-        )
-        .await;
+    let r = ingest(&app, &token, "wide", &records).await;
     assert_eq!(r.status, 200, "{}", r.json);
 
     let r = query(
@@ -809,4 +814,129 @@ async fn columns_past_the_typed_slots_and_every_bucket_work() {
             r.json
         );
     }
+}
+
+#[tokio::test]
+async fn decimals_sum_and_average_exactly_where_numbers_do_not() {
+    let app = TestApp::new().await;
+    let (_, token) = app.tenant_with_token("alpha").await;
+    // price has a slot (d1); m1..m8 take the rest, so `last` is read from the JSON: both paths.
+    let mut columns = vec![
+        json!({"name": "region", "type": "string"}),
+        json!({"name": "price", "type": "decimal", "scale": 2}),
+        json!({"name": "weight", "type": "number"}),
+    ];
+    columns
+        .extend((1..=7).map(|i| json!({"name": format!("m{i}"), "type": "decimal", "scale": 0})));
+    columns.push(json!({"name": "last", "type": "decimal", "scale": 2}));
+    let spec = json!({"name": "ledger", "columns": columns}).to_string();
+    let r = app.call("POST", "/v1/datasets", &token, Some(&spec)).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["columns"][1]["scale"], 2, "{}", r.json);
+
+    // 1,000 entries of 0.10 (as numbers and as strings, alternately) and 0.1 as a float.
+    let records: Vec<Value> = (0..1000)
+        .map(|i| {
+            let price = if i % 2 == 0 {
+                json!(0.1)
+            } else {
+                json!("0.10")
+            };
+            let region = ["EU", "US"][i % 2];
+            json!({"key": format!("e{i}"), "data": {
+                "region": region, "price": price, "weight": 0.1, "last": price
+            }})
+        })
+        .collect();
+    for chunk in records.chunks(250) {
+        let r = ingest(&app, &token, "ledger", chunk).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+
+    let sums = json!({"dataset": "ledger", "aggregates": [
+        {"fn": "sum", "column": "price"}, {"fn": "sum", "column": "last"},
+        {"fn": "sum", "column": "weight"}]});
+    let r = query(&app, &token, sums).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["rows"][0][0], json!(100.0), "{}", r.json);
+    assert_eq!(r.json["rows"][0][1], json!(100.0), "{}", r.json);
+    // The float column shows why decimals exist.
+    assert_ne!(r.json["rows"][0][2], json!(100.0), "{}", r.json);
+    let types: Vec<&str> = r.json["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert_eq!(types, ["decimal", "decimal", "number"]);
+
+    // Grouped sums, filters on exact values (a number and a string literal), and a record reads
+    // back as the number it is.
+    let r = query(
+        &app,
+        &token,
+        json!({"dataset": "ledger", "group_by": ["region"],
+        "filter": {"and": [{"column": "price", "op": "eq", "value": "0.1"},
+                           {"column": "last", "op": "in", "value": [0.1, "7.77"]}]},
+        "aggregates": [{"fn": "sum", "column": "price"}, {"fn": "count"}]}),
+    )
+    .await;
+    assert_eq!(
+        r.json["rows"],
+        json!([["EU", 50.0, 500], ["US", 50.0, 500]]),
+        "{}",
+        r.json
+    );
+    let r = app
+        .call("GET", "/v1/datasets/ledger/records/e1", &token, None)
+        .await;
+    assert_eq!(r.json["record"]["data"]["price"], json!(0.1), "{}", r.json);
+
+    // The README's kind of figure: revenue that a float sum gets wrong in the last place.
+    let amounts = ["1000.10", "300.11", "80.10"];
+    let records: Vec<Value> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| json!({"key": format!("r{i}"), "data": {"region": "APAC", "price": a}}))
+        .collect();
+    let r = ingest(&app, &token, "ledger", &records).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = query(
+        &app,
+        &token,
+        json!({"dataset": "ledger", "filter": {"column": "region", "op": "eq", "value": "APAC"},
+        "aggregates": [{"fn": "sum", "column": "price"}, {"fn": "avg", "column": "price"},
+                       {"fn": "min", "column": "price"}, {"fn": "max", "column": "price"}]}),
+    )
+    .await;
+    // avg is 460.10333..., exact to the cent.
+    assert_eq!(
+        r.json["rows"],
+        json!([[1380.31, 460.10, 80.1, 1000.1]]),
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["rows"][0][0].to_string(), "1380.31");
+
+    // A value finer than the scale is refused, and the batch writes nothing.
+    let r = app
+        .call(
+            "POST",
+            "/v1/datasets/ledger/records",
+            &token,
+            Some(r#"[{"key": "z1", "data": {"price": "1.00"}}, {"key": "z2", "data": {"price": 0.005}}, {"key": "z3", "data": {"price": "1e2"}}]"#),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    let reasons: Vec<&str> = r.json["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["too_precise", "type_mismatch"], "{}", r.json);
+    let r = app
+        .call("GET", "/v1/datasets/ledger/records/z1", &token, None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.json);
 }

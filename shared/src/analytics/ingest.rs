@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::datasets::Dataset;
-use super::schema::ColumnType;
+use super::schema::{ColumnDef, ColumnType};
 use crate::db::{DbError, TenantTx};
 use crate::rag::chunks::ChangedRecord;
 
@@ -216,7 +216,7 @@ fn validate_one(
         if value.is_null() {
             continue; // absent and null mean the same; `required` is checked below
         }
-        match check_value(column.ty, value) {
+        match check_value(column, value) {
             Ok(v) => {
                 if dataset.time_column.as_deref() == Some(name.as_str()) {
                     time = v
@@ -249,7 +249,8 @@ fn validate_one(
 }
 
 /// Checks a non-null value against its column type; timestamps come back normalized to UTC.
-fn check_value(ty: ColumnType, value: Value) -> Result<Value, (&'static str, String)> {
+fn check_value(column: &ColumnDef, value: Value) -> Result<Value, (&'static str, String)> {
+    let ty = column.ty;
     let mismatch = || {
         (
             "type_mismatch",
@@ -270,6 +271,7 @@ fn check_value(ty: ColumnType, value: Value) -> Result<Value, (&'static str, Str
         (ColumnType::Number, Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
             Ok(Value::Number(n))
         }
+        (ColumnType::Decimal, v) => super::decimal::check(&v, column.scale.unwrap_or(0)),
         (ColumnType::Boolean, v @ Value::Bool(_)) => Ok(v),
         (ColumnType::Timestamp, Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
             Ok(t) => Ok(Value::String(
@@ -430,7 +432,6 @@ pub async fn delete(tx: &mut TenantTx, dataset_id: Uuid, key: &str) -> Result<bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analytics::schema::ColumnDef;
     use serde_json::json;
 
     fn dataset() -> Dataset {
@@ -442,26 +443,31 @@ mod tests {
                     name: "region".into(),
                     ty: ColumnType::String,
                     required: true,
+                    scale: None,
                 },
                 ColumnDef {
                     name: "qty".into(),
                     ty: ColumnType::Integer,
                     required: false,
+                    scale: None,
                 },
                 ColumnDef {
                     name: "amount".into(),
                     ty: ColumnType::Number,
                     required: false,
+                    scale: None,
                 },
                 ColumnDef {
                     name: "paid".into(),
                     ty: ColumnType::Boolean,
                     required: false,
+                    scale: None,
                 },
                 ColumnDef {
                     name: "at".into(),
                     ty: ColumnType::Timestamp,
                     required: false,
+                    scale: None,
                 },
             ],
             text_columns: vec![],

@@ -2,6 +2,7 @@
 //!
 //! - [`schema`]: a dataset's declared columns and their validation.
 //! - [`datasets`]: creating, finding and deleting datasets through a [`TenantTx`].
+//! - [`decimal`]: what a `decimal` column accepts, exactly.
 //! - [`ingest`]: validating and writing batches of records (all or nothing, idempotent by key).
 //! - [`query`]: the JSON query language and its compiler to parameterized SQL.
 //!
@@ -10,6 +11,7 @@
 //! [`TenantTx`]: crate::db::TenantTx
 
 pub mod datasets;
+pub mod decimal;
 pub mod ingest;
 pub mod planner;
 pub mod query;

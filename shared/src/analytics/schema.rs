@@ -15,8 +15,11 @@ pub enum ColumnType {
     String,
     /// A 64-bit signed integer.
     Integer,
-    /// A finite double.
+    /// A finite double: measurements, where the last bits of a sum do not matter.
     Number,
+    /// An exact decimal with the column's declared `scale` (digits after the point): money.
+    /// Sums are exact, averages exact to the scale.
+    Decimal,
     /// true or false.
     Boolean,
     /// An RFC 3339 instant (stored in UTC).
@@ -30,21 +33,27 @@ impl ColumnType {
             ColumnType::String => "string",
             ColumnType::Integer => "integer",
             ColumnType::Number => "number",
+            ColumnType::Decimal => "decimal",
             ColumnType::Boolean => "boolean",
             ColumnType::Timestamp => "timestamp",
         }
     }
 
-    /// Integer or number.
+    /// Integer, number or decimal.
     pub fn is_numeric(self) -> bool {
-        matches!(self, ColumnType::Integer | ColumnType::Number)
+        matches!(
+            self,
+            ColumnType::Integer | ColumnType::Number | ColumnType::Decimal
+        )
     }
 }
 
 /// Typed slot columns per type in `app.records` (migration 0004).
-const SLOTS: [(ColumnType, &str, usize); 5] = [
+/// Decimal slots (`d1..d8`, numeric) came later, in migration 0016.
+const SLOTS: [(ColumnType, &str, usize); 6] = [
     (ColumnType::String, "s", 16),
     (ColumnType::Number, "n", 16),
+    (ColumnType::Decimal, "d", 8),
     (ColumnType::Integer, "i", 8),
     (ColumnType::Boolean, "b", 8),
     (ColumnType::Timestamp, "t", 4),
@@ -76,6 +85,7 @@ pub(crate) fn json_expr(source: &str, c: &ColumnDef) -> String {
         ColumnType::String => v,
         ColumnType::Integer => format!("({v}::int8)"),
         ColumnType::Number => format!("({v}::float8)"),
+        ColumnType::Decimal => format!("({v}::numeric)"),
         ColumnType::Boolean => format!("({v}::boolean)"),
         ColumnType::Timestamp => format!("({v}::timestamptz)"),
     }
@@ -93,7 +103,13 @@ pub struct ColumnDef {
     /// Whether every record must have a non-null value.
     #[serde(default)]
     pub required: bool,
+    /// For a decimal column (and only there): digits after the point, 0 to [`MAX_SCALE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
 }
+
+/// The most digits after the point a decimal column may declare.
+pub const MAX_SCALE: u32 = 9;
 
 /// What a client sends to create a dataset.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,6 +166,25 @@ impl DatasetSpec {
                     format!("Column {} is declared twice.", c.name),
                 ));
             }
+            match (c.ty, c.scale) {
+                (ColumnType::Decimal, Some(s)) if s <= MAX_SCALE => {}
+                (ColumnType::Decimal, Some(_)) => errors.push(FieldError::new(
+                    format!("/columns/{i}/scale"),
+                    "invalid_scale",
+                    format!("A decimal's scale is 0 to {MAX_SCALE} digits after the point."),
+                )),
+                (ColumnType::Decimal, None) => errors.push(FieldError::new(
+                    format!("/columns/{i}/scale"),
+                    "missing_scale",
+                    "A decimal column declares its scale: digits after the point (2 for cents).",
+                )),
+                (_, Some(_)) => errors.push(FieldError::new(
+                    format!("/columns/{i}/scale"),
+                    "invalid_scale",
+                    "Only decimal columns have a scale.",
+                )),
+                (_, None) => {}
+            }
         }
         for (i, t) in self.text_columns.iter().enumerate() {
             match self.column(t) {
@@ -198,6 +233,13 @@ mod tests {
         serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn reasons(s: &DatasetSpec) -> Vec<(String, &'static str)> {
+        s.validate()
+            .into_iter()
+            .map(|e| (e.path, e.reason))
+            .collect()
+    }
+
     #[test]
     fn a_good_spec_is_valid() {
         let s = spec(serde_json::json!({
@@ -227,13 +269,8 @@ mod tests {
             "text_columns": ["amount", "nope"],
             "time_column": "amount"
         }));
-        let reasons: Vec<(String, &str)> = s
-            .validate()
-            .into_iter()
-            .map(|e| (e.path, e.reason))
-            .collect();
         assert_eq!(
-            reasons,
+            reasons(&s),
             vec![
                 ("/name".into(), "invalid_name"),
                 ("/columns/0/name".into(), "invalid_name"),
@@ -247,11 +284,48 @@ mod tests {
     }
 
     #[test]
+    fn decimals_declare_a_scale_and_nothing_else_does() {
+        let s = spec(serde_json::json!({
+            "name": "money",
+            "columns": [
+                {"name": "price", "type": "decimal", "scale": 2},
+                {"name": "units", "type": "decimal", "scale": 0},
+                {"name": "fine", "type": "decimal", "scale": MAX_SCALE},
+                {"name": "coarse", "type": "decimal", "scale": MAX_SCALE + 1},
+                {"name": "bare", "type": "decimal"},
+                {"name": "qty", "type": "integer", "scale": 2}
+            ]
+        }));
+        assert_eq!(
+            reasons(&s),
+            vec![
+                ("/columns/3/scale".into(), "invalid_scale"),
+                ("/columns/4/scale".into(), "missing_scale"),
+                ("/columns/5/scale".into(), "invalid_scale"),
+            ]
+        );
+        // A column without a scale is stored (and shown) exactly as before decimals existed.
+        let plain = serde_json::to_value(&s.columns[5..]).unwrap_or_default();
+        assert_eq!(plain[0]["scale"], 2);
+        let none = ColumnDef {
+            name: "n".into(),
+            ty: ColumnType::Number,
+            required: false,
+            scale: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&none).unwrap_or_default(),
+            serde_json::json!({"name": "n", "type": "number", "required": false})
+        );
+    }
+
+    #[test]
     fn slots_follow_schema_order_per_type() {
         let col = |name: &str, ty| ColumnDef {
             name: name.into(),
             ty,
             required: false,
+            scale: (ty == ColumnType::Decimal).then_some(2),
         };
         let mut cols = vec![
             col("a", ColumnType::String),
@@ -261,6 +335,7 @@ mod tests {
             col("seen", ColumnType::Timestamp),
         ];
         cols.extend((0..20).map(|i| col(&format!("n{i}"), ColumnType::Number)));
+        cols.extend((0..9).map(|i| col(&format!("m{i}"), ColumnType::Decimal)));
         let slot = |n: &str| slot(&cols, Some("at"), n);
         assert_eq!(slot("a").as_deref(), Some("s1"));
         assert_eq!(slot("b").as_deref(), Some("s2"));
@@ -273,6 +348,9 @@ mod tests {
             None,
             "past the slots, a column lives in data only"
         );
+        assert_eq!(slot("m0").as_deref(), Some("d1"));
+        assert_eq!(slot("m7").as_deref(), Some("d8"));
+        assert_eq!(slot("m8"), None);
         assert_eq!(slot("missing"), None);
     }
 

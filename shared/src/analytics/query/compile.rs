@@ -14,7 +14,7 @@ use super::spec::{
 use super::{OutputColumn, QueryLimits};
 use crate::analytics::datasets::Dataset;
 use crate::analytics::schema::{ColumnDef, ColumnType};
-use crate::analytics::{FieldError, is_identifier};
+use crate::analytics::{FieldError, decimal, is_identifier};
 use crate::db::Params;
 
 const MAX_FILTER_DEPTH: usize = 8;
@@ -244,6 +244,8 @@ enum Scalar {
     Text(String),
     Int(i64),
     Float(f64),
+    /// Exact decimal text, bound as text and cast to numeric.
+    Decimal(String),
     Bool(bool),
     Time(DateTime<Utc>),
 }
@@ -294,6 +296,12 @@ impl<'d> Compiler<'d> {
             }
             (ColumnType::Integer, Literal::Number(n)) => n.as_i64().map(Scalar::Int),
             (ColumnType::Number, Literal::Number(n)) => n.as_f64().map(Scalar::Float),
+            (ColumnType::Decimal, Literal::Number(n)) => {
+                decimal::literal(&serde_json::Value::Number(n.clone())).map(Scalar::Decimal)
+            }
+            (ColumnType::Decimal, Literal::Text(s)) => {
+                decimal::literal(&serde_json::Value::String(s.clone())).map(Scalar::Decimal)
+            }
             (ColumnType::Boolean, Literal::Bool(b)) => Some(Scalar::Bool(*b)),
             (ColumnType::Timestamp, Literal::Text(s)) => DateTime::parse_from_rfc3339(s)
                 .ok()
@@ -301,10 +309,10 @@ impl<'d> Compiler<'d> {
             _ => None,
         };
         if s.is_none() {
-            let hint = if ty == ColumnType::Timestamp {
-                " (RFC 3339)"
-            } else {
-                ""
+            let hint = match ty {
+                ColumnType::Timestamp => " (RFC 3339)",
+                ColumnType::Decimal => " (a number, or a string such as \"12.50\")",
+                _ => "",
             };
             self.err(
                 path,
@@ -320,6 +328,7 @@ impl<'d> Compiler<'d> {
             Scalar::Text(v) => self.param(v, Type::TEXT),
             Scalar::Int(v) => self.param(v, Type::INT8),
             Scalar::Float(v) => self.param(v, Type::FLOAT8),
+            Scalar::Decimal(v) => format!("{}::numeric", self.param(v, Type::TEXT)),
             Scalar::Bool(v) => self.param(v, Type::BOOL),
             Scalar::Time(v) => self.param(v, Type::TIMESTAMPTZ),
         }
@@ -341,6 +350,10 @@ impl<'d> Compiler<'d> {
             ColumnType::String => self.param(collect!(Text), Type::TEXT_ARRAY),
             ColumnType::Integer => self.param(collect!(Int), Type::INT8_ARRAY),
             ColumnType::Number => self.param(collect!(Float), Type::FLOAT8_ARRAY),
+            ColumnType::Decimal => format!(
+                "{}::numeric[]",
+                self.param(collect!(Decimal), Type::TEXT_ARRAY)
+            ),
             ColumnType::Boolean => self.param(collect!(Bool), Type::BOOL_ARRAY),
             ColumnType::Timestamp => self.param(collect!(Time), Type::TIMESTAMPTZ_ARRAY),
         }
@@ -622,7 +635,7 @@ impl<'d> Compiler<'d> {
                 self.err(
                     format!("{path}/column"),
                     "not_a_numeric_column",
-                    "sum, avg and percentile need an integer or number column.",
+                    "sum, avg and percentile need an integer, number or decimal column.",
                 );
                 return None;
             }
@@ -654,11 +667,19 @@ impl<'d> Compiler<'d> {
                 format!("count(DISTINCT {expr})"),
             ),
             AggFn::Sum => (format!("sum_{cname}"), cty, format!("sum({expr})")),
-            AggFn::Avg => (
-                format!("avg_{cname}"),
-                "number",
-                format!("avg({expr})::float8"),
-            ),
+            // A decimal's average is exact to its scale (numeric, rounded half away from zero).
+            AggFn::Avg => match col.as_ref().and_then(|c| c.scale) {
+                Some(scale) if cty == "decimal" => (
+                    format!("avg_{cname}"),
+                    "decimal",
+                    format!("round(avg({expr}), {scale})"),
+                ),
+                _ => (
+                    format!("avg_{cname}"),
+                    "number",
+                    format!("avg({expr})::float8"),
+                ),
+            },
             AggFn::Min => (format!("min_{cname}"), cty, format!("min({expr})")),
             AggFn::Max => (format!("max_{cname}"), cty, format!("max({expr})")),
             AggFn::Percentile => {
@@ -678,7 +699,7 @@ impl<'d> Compiler<'d> {
                 (
                     format!("p{label}_{cname}"),
                     "number",
-                    format!("percentile_cont({pp}) WITHIN GROUP (ORDER BY {expr})"),
+                    format!("percentile_cont({pp}) WITHIN GROUP (ORDER BY ({expr})::float8)"),
                 )
             }
         };
@@ -717,6 +738,7 @@ mod tests {
             name: name.into(),
             ty,
             required: false,
+            scale: (ty == ColumnType::Decimal).then_some(2),
         };
         Dataset {
             id: Uuid::nil(),
@@ -727,6 +749,7 @@ mod tests {
                 col("amount", ColumnType::Number),
                 col("paid", ColumnType::Boolean),
                 col("at", ColumnType::Timestamp),
+                col("price", ColumnType::Decimal),
             ],
             text_columns: vec![],
             time_column: Some("at".into()),
@@ -746,6 +769,36 @@ mod tests {
             .into_iter()
             .map(|e| (e.path, e.reason))
             .collect()
+    }
+
+    #[test]
+    fn decimals_compare_as_numeric_and_average_to_their_scale() {
+        let q = compile_json(json!({
+            "dataset": "orders",
+            "filter": {"and": [
+                {"column": "price", "op": "gte", "value": "10.005"},
+                {"column": "price", "op": "in", "value": [1.5, "2.25"]}
+            ]},
+            "aggregates": [
+                {"fn": "sum", "column": "price"},
+                {"fn": "avg", "column": "price"},
+                {"fn": "avg", "column": "amount"},
+                {"fn": "percentile", "column": "price", "p": 0.5}
+            ]
+        }))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(q.sql.contains("r.d1 >= $3::numeric"), "{}", q.sql);
+        assert!(q.sql.contains("r.d1 = ANY($4::numeric[])"), "{}", q.sql);
+        assert!(q.sql.contains("round(avg(r.d1), 2)"), "{}", q.sql);
+        assert!(q.sql.contains("avg(r.n1)::float8"), "{}", q.sql);
+        let types: Vec<&str> = q.columns.iter().map(|c| c.ty).collect();
+        assert_eq!(types, ["decimal", "decimal", "number", "number"]);
+        assert_eq!(
+            reasons(
+                json!({"dataset": "orders", "filter": {"column": "price", "op": "eq", "value": "1e3"}})
+            ),
+            vec![("/filter/value".to_owned(), "type_mismatch")]
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Default for QueryLimits {
 pub struct OutputColumn {
     /// Its name.
     pub name: String,
-    /// Its type (`string integer number boolean timestamp`).
+    /// Its type (`string integer number decimal boolean timestamp`).
     #[serde(rename = "type")]
     pub ty: &'static str,
 }

@@ -518,7 +518,9 @@ impl TestApp {
     ) -> Self {
         let db = TestDb::new().await;
         let jwks = JwksServer::start(serde_json::json!({ "keys": [dev_jwk("dev")] })).await;
-        let mut vars = vec![
+        // A test's own settings first: the first setting of a name wins.
+        let mut vars: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.clone())).collect();
+        vars.extend([
             ("APP_DATABASE_URL", db.app_url.clone()),
             ("SUPPORT_DATABASE_URL", db.support_url.clone()),
             ("IMPERSONATION_DATABASE_URL", db.impersonator_url.clone()),
@@ -530,8 +532,7 @@ impl TestApp {
             ("JWKS_REFETCH_INTERVAL_SECS", refetch.as_secs().to_string()),
             ("MAX_BODY_BYTES", "65536".to_owned()),
             ("MAX_INGEST_RECORDS", "500".to_owned()),
-        ];
-        vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        ]);
         // After `extra`, so a test may turn it on (the first setting of a name wins): off, so a
         // test that changes a tenant's status or revokes a key straight at the database sees it
         // at once. The cache itself is tested in round_trips.rs.

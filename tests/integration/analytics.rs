@@ -940,3 +940,155 @@ async fn decimals_sum_and_average_exactly_where_numbers_do_not() {
         .await;
     assert_eq!(r.status, 404, "{}", r.json);
 }
+
+/// An NDJSON import as a client sends it.
+async fn import(app: &TestApp, token: &str, dataset: &str, lines: &[Value]) -> Reply {
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/x-ndjson"),
+    ];
+    app.send(gateway_event(
+        "POST",
+        &format!("/v1/datasets/{dataset}/imports"),
+        &headers,
+        Some(&body),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_bulk_import_follows_the_ingest_rules_across_slices_and_is_all_or_nothing() {
+    let app = TestApp::with_vars(&[
+        ("MAX_BODY_BYTES", (4 << 20).to_string()),
+        ("MAX_IMPORT_RECORDS", "15000".into()),
+    ])
+    .await;
+    let (tenant, token) = app.tenant_with_token("alpha").await;
+    let spec = r#"{"name": "events", "columns": [{"name": "kind", "type": "string", "required": true},
+        {"name": "cost", "type": "decimal", "scale": 2}, {"name": "note", "type": "string"},
+        {"name": "at", "type": "timestamp"}], "text_columns": ["note"], "time_column": "at"}"#;
+    app.create_dataset(&token, spec).await;
+    // 12,000 records: three slices of the import's 5,000, more than the 500 an ingest takes here.
+    let record = |i: usize, note: &str| {
+        let kind = ["a", "b", "c"][i % 3];
+        json!({"key": format!("e{i}"), "data": {"kind": kind,
+        "cost": format!("{}.{:02}", i / 100, i % 100), "note": note,
+        "at": format!("2026-11-{:02}T{:02}:00:00Z", 1 + i % 28, i % 24)}})
+    };
+    let lines: Vec<Value> = (0..12_000).map(|i| record(i, "first")).collect();
+    let r = import(&app, &token, "events", &lines).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        r.json["result"],
+        json!({"received": 12000, "inserted": 12000, "updated": 0, "unchanged": 0})
+    );
+    let r = app
+        .call(
+            "POST",
+            "/v1/datasets/events/records",
+            &token,
+            Some(&Value::Array(lines[..501].to_vec()).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (413, Some("too_many_records"))
+    );
+
+    // Slotted, typed, and exact: the same answers as from ingested records.
+    let r = query(
+        &app,
+        &token,
+        json!({"dataset": "events", "group_by": ["kind"],
+        "aggregates": [{"fn": "count"}, {"fn": "sum", "column": "cost"}]}),
+    )
+    .await;
+    let expected: Vec<Value> = (0..3)
+        .map(|k| {
+            let cents: usize = (0..12_000).filter(|i| i % 3 == k).sum();
+            let kind = ["a", "b", "c"][k];
+            json!([kind, 4000, cents as f64 / 100.0])
+        })
+        .collect();
+    assert_eq!(r.json["rows"], Value::Array(expected), "{}", r.json);
+
+    // A retry changes nothing; a changed record bumps its version and replaces its chunks.
+    let r = import(&app, &token, "events", &lines).await;
+    assert_eq!(r.json["result"]["unchanged"], 12000, "{}", r.json);
+    let mut again = lines.clone();
+    again[11_999] = record(11_999, "second");
+    let r = import(&app, &token, "events", &again).await;
+    assert_eq!(
+        (
+            r.json["result"]["updated"].as_u64(),
+            r.json["result"]["unchanged"].as_u64()
+        ),
+        (Some(1), Some(11999))
+    );
+    let r = app
+        .call("GET", "/v1/datasets/events/records/e11999", &token, None)
+        .await;
+    assert_eq!(r.json["record"]["version"], 2, "{}", r.json);
+    let admin = app.db.admin().await;
+    let chunks = admin
+        .query(
+            "SELECT record_key, record_version, content FROM app.chunks WHERE tenant_id = $1 \
+             AND record_key IN ('e0', 'e11999') ORDER BY record_key",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i32, String)> = chunks
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("e0".into(), 1, "first".into()),
+            ("e11999".into(), 2, "second".into())
+        ]
+    );
+    let total: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM app.chunks WHERE tenant_id = $1",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 12_000);
+
+    // One bad record in the last slice: nothing is written, from any slice, and it is named.
+    let mut bad: Vec<Value> = (0..12_000).map(|i| record(i, "third")).collect();
+    bad[11_500] = json!({"key": "e11500", "data": {"kind": "a", "cost": "0.001"}});
+    let r = import(&app, &token, "events", &bad).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(r.json["errors"][0]["index"], 11_500, "{}", r.json);
+    assert_eq!(r.json["errors"][0]["reason"], "too_precise", "{}", r.json);
+    let r = app
+        .call("GET", "/v1/datasets/events/records/e0", &token, None)
+        .await;
+    assert_eq!(r.json["record"]["data"]["note"], "first", "{}", r.json);
+
+    // NDJSON only, and bounded.
+    let r = app
+        .call("POST", "/v1/datasets/events/imports", &token, Some("[]"))
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let r = import(&app, &token, "events", &vec![json!({}); 15_001]).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (413, Some("too_many_records"))
+    );
+    let r = import(&app, &token, "events", &[]).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (400, Some("no_records"))
+    );
+}

@@ -330,6 +330,7 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
     let order = [
         ("/v1/datasets", "post"),
         ("/v1/datasets/{dataset}/records", "post"),
+        ("/v1/datasets/{dataset}/imports", "post"),
         ("/v1/query", "post"),
         ("/v1/api-keys", "post"),
         ("/v1/ask", "post"),
@@ -360,15 +361,33 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
         let example_path = path
             .replace("{dataset}", "orders")
             .replace("{tenant}", &acme.to_string());
-        for (name, example) in op["requestBody"]["content"]["application/json"]["examples"]
-            .as_object()
-            .unwrap()
-        {
+        // JSON examples, or (for an NDJSON-only operation) NDJSON ones, whose value is the text.
+        let content = &op["requestBody"]["content"];
+        let ndjson = content.get("application/json").is_none();
+        let media = if ndjson {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        for (name, example) in content[media]["examples"].as_object().unwrap() {
             // The examples' tenant is a placeholder for this test's.
-            let body = example["value"]
-                .to_string()
-                .replace("01900000-0000-7000-8000-000000000001", &acme.to_string());
+            let body = match &example["value"] {
+                Value::String(text) if ndjson => text.clone(),
+                value => value.to_string(),
+            }
+            .replace("01900000-0000-7000-8000-000000000001", &acme.to_string());
             let r = match path {
+                _ if ndjson => {
+                    let bearer = format!("Bearer {token}");
+                    let headers = [("content-type", media), ("authorization", bearer.as_str())];
+                    app.send(tenantry_tests::gateway_event(
+                        &method.to_uppercase(),
+                        &example_path,
+                        &headers,
+                        Some(&body),
+                    ))
+                    .await
+                }
                 "/v1/webhooks/stripe" | "/v1/webhooks/auth0" => {
                     let signature = tenantry::billing::webhooks::stripe_signature_header(
                         body.as_bytes(),
@@ -415,9 +434,11 @@ async fn every_openapi_example_is_accepted_by_its_handler() {
     let mut documented = 0;
     for item in doc["paths"].as_object().unwrap().values() {
         for op in item.as_object().unwrap().values() {
-            if let Some(ex) =
-                op["requestBody"]["content"]["application/json"]["examples"].as_object()
-            {
+            let content = &op["requestBody"]["content"];
+            let examples = content["application/json"]["examples"]
+                .as_object()
+                .or_else(|| content["application/x-ndjson"]["examples"].as_object());
+            if let Some(ex) = examples {
                 assert!(!ex.is_empty());
                 documented += ex.len();
             } else {

@@ -2,10 +2,13 @@
 //! through the real handler path (JWT verification, TenantTx, query compiler, edge), and
 //! the floor: the same SQL sent straight to Postgres on one connection. Ingest is measured the
 //! same way (`ingest_500` against `ingest_500_floor`, the batch's bare INSERT), and the embedding
-//! backlog the ingests leave is timed on its own (`embed_backlog_after_ingest`).
+//! backlog the ingests leave is timed on its own (`embed_backlog_after_ingest`). Bulk loads
+//! through `POST .../imports` are measured against a binary `COPY` of the same rows
+//! (`bulk_import`, `bulk_import_floor`, records/s).
 //!
 //! Environment: BENCH_TENANTS (200), BENCH_ROWS (20000 per tenant), BENCH_CONCURRENCY (4),
-//! BENCH_REQUESTS (2000 per scenario), BENCH_INGEST_REQUESTS (200).
+//! BENCH_REQUESTS (2000 per scenario), BENCH_INGEST_REQUESTS (200), BENCH_BULK_RECORDS (150000),
+//! BENCH_BULK_BATCH (15000).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -287,6 +290,133 @@ async fn main() -> Result<(), Error> {
     samples.report(
         "ingest_500_floor",
         json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": 1}),
+    );
+
+    bulk_import(&app, &tokens[0], &raw, ids[0], dataset_ids[0], run).await
+}
+
+/// One tenant bulk-loads `BENCH_BULK_RECORDS` (150,000) records through `POST .../imports` in
+/// NDJSON bodies of `BENCH_BULK_BATCH` (15,000, under the 4 MB body limit), one after another;
+/// then the floor: the same rows by binary `COPY` straight into `app.records` on one connection
+/// (no validation, no upsert, no chunks), as records/s each.
+async fn bulk_import(
+    app: &Arc<App>,
+    token: &str,
+    raw: &tokio_postgres::Client,
+    tenant: TenantId,
+    dataset: uuid::Uuid,
+    run: i64,
+) -> Result<(), Error> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+    let total = env("BENCH_BULK_RECORDS", 150_000);
+    let batch = env("BENCH_BULK_BATCH", 15_000);
+    let routes = tenantry::http::router(Arc::clone(app), &tenantry::api::all_routes());
+    let at = chrono::Utc::now();
+    let record = |prefix: &str, i: usize| {
+        let region = ["eu-west", "us-east", "ap-south"][i % 3];
+        json!({"key": format!("{prefix}-{run}-{i}"), "data": {
+            "region": region, "product": format!("sku-{}", i % 50),
+            "amount": (i % 10_000) as f64 * 0.25, "qty": i % 9, "paid": i.is_multiple_of(2),
+            "note": format!("bulk load row {i}"), "at": (at - chrono::Duration::seconds(i as i64)).to_rfc3339()}})
+    };
+    let auth = format!("Bearer {token}");
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    let mut written = 0;
+    for first in (0..total).step_by(batch) {
+        let body: String = (first..(first + batch).min(total))
+            .map(|i| format!("{}\n", record("bench-bulk", i)))
+            .collect();
+        let req = gateway_event(
+            "POST",
+            "/v1/datasets/events/imports",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/x-ndjson"),
+            ],
+            Some(&body),
+        );
+        let t = Instant::now();
+        let resp = tenantry::http::call(&routes, req).await;
+        if resp.status().is_success() {
+            samples.record(t.elapsed());
+            written += (first + batch).min(total) - first;
+        } else {
+            eprintln!(
+                "bulk import: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(resp.body())
+            );
+            samples.errors += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    samples.report(
+        "bulk_import",
+        json!({"records": written, "records_per_request": batch, "concurrency": 1,
+            "records_per_s": (written as f64 / secs).round(), "embedder": app.embedder.model()}),
+    );
+
+    // The floor: binary COPY of the same rows, typed slots filled client-side.
+    raw.query_typed(
+        "SELECT set_config('app.tenant_id', $1, false)",
+        &[(&tenant.to_string(), Type::TEXT)],
+    )
+    .await?;
+    let types = [
+        Type::UUID,
+        Type::UUID,
+        Type::TEXT,
+        Type::JSONB,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::FLOAT8,
+        Type::INT8,
+        Type::BOOL,
+        Type::TEXT,
+    ];
+    let started = Instant::now();
+    raw.batch_execute("BEGIN").await?;
+    let sink = raw
+        .copy_in(
+            "COPY app.records (tenant_id, dataset_id, key, data, ts, s1, s2, n1, i1, b1, s3) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures_util::pin_mut!(writer);
+    let tenant = tenant.as_uuid();
+    for i in 0..total {
+        let r = record("floor-bulk", i);
+        let d = &r["data"];
+        let ts = at - chrono::Duration::seconds(i as i64);
+        let (key, region, product, note) = (
+            r["key"].as_str().unwrap_or_default(),
+            d["region"].as_str().unwrap_or_default(),
+            d["product"].as_str().unwrap_or_default(),
+            d["note"].as_str().unwrap_or_default(),
+        );
+        let (amount, qty, paid) = (
+            d["amount"].as_f64().unwrap_or_default(),
+            d["qty"].as_i64().unwrap_or_default(),
+            d["paid"].as_bool().unwrap_or_default(),
+        );
+        writer
+            .as_mut()
+            .write(&[
+                &tenant, &dataset, &key, d, &ts, &region, &product, &amount, &qty, &paid, &note,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    raw.batch_execute("COMMIT").await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"scenario": "bulk_import_floor", "records": total, "concurrency": 1,
+            "records_per_s": (total as f64 / secs).round()})
     );
     Ok(())
 }

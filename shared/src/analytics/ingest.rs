@@ -5,12 +5,12 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::datasets::Dataset;
 use super::schema::{ColumnDef, ColumnType};
-use crate::db::{DbError, TenantTx};
+use crate::db::{DbError, Param, TenantTx};
 use crate::rag::chunks::ChangedRecord;
 
 /// The longest record key.
@@ -50,10 +50,26 @@ impl ValidBatch {
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
+
+    /// The batch as consecutive slices of at most `n` records (moved, not copied).
+    pub fn into_slices(mut self, n: usize) -> Vec<ValidBatch> {
+        let n = n.max(1);
+        let mut slices = Vec::with_capacity(self.len().div_ceil(n));
+        while self.len() > n {
+            let rest = ValidBatch {
+                keys: self.keys.split_off(n),
+                data: self.data.split_off(n),
+                times: self.times.split_off(n),
+            };
+            slices.push(std::mem::replace(&mut self, rest));
+        }
+        slices.push(self);
+        slices
+    }
 }
 
 /// What a write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct IngestOutcome {
     /// Records received.
     pub received: usize,
@@ -63,6 +79,15 @@ pub struct IngestOutcome {
     pub updated: usize,
     /// Existing keys with identical content (nothing written).
     pub unchanged: usize,
+}
+
+impl std::ops::AddAssign for IngestOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.received += other.received;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+    }
 }
 
 /// Splits an NDJSON body into values; a line that is not JSON is an error for that line.
@@ -296,48 +321,103 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// A slotted column's values across a batch, typed as its slot is.
+enum SlotValues {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Decimal(Vec<Option<String>>),
+    Bool(Vec<Option<bool>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl SlotValues {
+    /// The column's values in `data` (validated, so each is of the column's type or absent).
+    fn collect(c: &ColumnDef, data: &[Value]) -> Self {
+        let values = data.iter().map(|d| d.get(&c.name));
+        match c.ty {
+            ColumnType::String => Self::Text(
+                values
+                    .map(|v| v.and_then(Value::as_str).map(str::to_owned))
+                    .collect(),
+            ),
+            ColumnType::Integer => Self::Int(values.map(|v| v.and_then(Value::as_i64)).collect()),
+            ColumnType::Number => Self::Float(values.map(|v| v.and_then(Value::as_f64)).collect()),
+            ColumnType::Decimal => Self::Decimal(
+                values
+                    .map(|v| v.and_then(super::decimal::literal))
+                    .collect(),
+            ),
+            ColumnType::Boolean => Self::Bool(values.map(|v| v.and_then(Value::as_bool)).collect()),
+            ColumnType::Timestamp => Self::Time(
+                values
+                    .map(|v| {
+                        v.and_then(Value::as_str)
+                            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                            .map(|t| t.with_timezone(&Utc))
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The array as a parameter, and the type that reads it (decimals travel as text).
+    fn param(&self) -> (&(dyn ToSql + Sync), Type, &'static str) {
+        match self {
+            Self::Text(v) => (v, Type::TEXT_ARRAY, "text[]"),
+            Self::Int(v) => (v, Type::INT8_ARRAY, "int8[]"),
+            Self::Float(v) => (v, Type::FLOAT8_ARRAY, "float8[]"),
+            Self::Decimal(v) => (v, Type::TEXT_ARRAY, "numeric[]"),
+            Self::Bool(v) => (v, Type::BOOL_ARRAY, "bool[]"),
+            Self::Time(v) => (v, Type::TIMESTAMPTZ_ARRAY, "timestamptz[]"),
+        }
+    }
+}
+
 /// Writes a validated batch in one statement: `data` as written, plus each slotted column's
-/// typed copy (see [`super::schema::slot`]).
+/// typed copy (see [`super::schema::slot`]), computed here and sent as typed arrays so Postgres
+/// does not extract and cast JSON per row.
 pub async fn write(
     tx: &mut TenantTx,
     dataset: &Dataset,
     batch: &ValidBatch,
 ) -> Result<IngestOutcome, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    let (mut cols, mut exprs, mut sets) = (String::new(), String::new(), String::new());
-    for c in &dataset.columns {
-        match dataset.slot(&c.name) {
-            Some(slot) if slot != "ts" => {
-                cols.push_str(&format!(", {slot}"));
-                exprs.push_str(&format!(", {}", super::schema::json_expr("u.data", c)));
-                sets.push_str(&format!(", {slot} = EXCLUDED.{slot}"));
-            }
-            _ => {}
-        }
+    let slots: Vec<(String, SlotValues)> = dataset
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let slot = dataset.slot(&c.name).filter(|s| s != "ts")?;
+            Some((slot, SlotValues::collect(c, &batch.data)))
+        })
+        .collect();
+    let mut params: Vec<Param<'_>> = vec![
+        (&tenant, Type::UUID),
+        (&dataset.id, Type::UUID),
+        (&batch.keys, Type::TEXT_ARRAY),
+        (&batch.data, Type::JSONB_ARRAY),
+        (&batch.times, Type::TIMESTAMPTZ_ARRAY),
+    ];
+    let (mut cols, mut arrays, mut sets) = (String::new(), String::new(), String::new());
+    for (slot, values) in &slots {
+        let (value, ty, cast) = values.param();
+        params.push((value, ty));
+        cols.push_str(&format!(", {slot}"));
+        arrays.push_str(&format!(", ${}::{cast}", params.len()));
+        sets.push_str(&format!(", {slot} = EXCLUDED.{slot}"));
     }
     // Unchanged rows are not updated at all (no version bump, no dead tuple), so a retried batch
     // costs reads only. RETURNING reports only rows that were inserted or updated.
     let sql = format!(
         "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts{cols}) \
-         SELECT $1, $2, u.key, u.data, u.ts{exprs} \
-         FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]) AS u(key, data, ts) \
+         SELECT $1, $2, u.* \
+         FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]{arrays}) AS u \
          ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
            SET data = EXCLUDED.data, ts = EXCLUDED.ts{sets}, version = r.version + 1, updated_at = now() \
            WHERE r.data IS DISTINCT FROM EXCLUDED.data \
          RETURNING key, version, (xmax = 0)"
     );
-    let rows = tx
-        .query(
-            &sql,
-            &[
-                (&tenant, Type::UUID),
-                (&dataset.id, Type::UUID),
-                (&batch.keys, Type::TEXT_ARRAY),
-                (&batch.data, Type::JSONB_ARRAY),
-                (&batch.times, Type::TIMESTAMPTZ_ARRAY),
-            ],
-        )
-        .await?;
+    let rows = tx.query(&sql, &params).await?;
     let inserted = rows.iter().filter(|r| r.get::<_, bool>(2)).count();
     let updated = rows.len() - inserted;
 
@@ -358,6 +438,7 @@ pub async fn write(
                     key,
                     version: row.get(1),
                     data,
+                    new: row.get(2),
                 })
             })
             .collect();

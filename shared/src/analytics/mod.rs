@@ -29,6 +29,8 @@ use crate::env::{ConfigError, Env};
 pub struct AnalyticsConfig {
     /// Most records in one ingest request.
     pub max_ingest_records: usize,
+    /// Most records in one bulk import (whose body `MAX_BODY_BYTES` also bounds).
+    pub max_import_records: usize,
     /// Each query's `statement_timeout`.
     pub query_timeout: Duration,
     /// Hard cap on a query's `limit`.
@@ -36,10 +38,11 @@ pub struct AnalyticsConfig {
 }
 
 impl AnalyticsConfig {
-    /// `MAX_INGEST_RECORDS`, `QUERY_TIMEOUT_MS`, `QUERY_MAX_LIMIT`.
+    /// `MAX_INGEST_RECORDS`, `MAX_IMPORT_RECORDS`, `QUERY_TIMEOUT_MS`, `QUERY_MAX_LIMIT`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             max_ingest_records: env.parse("MAX_INGEST_RECORDS", 1000)?,
+            max_import_records: env.parse("MAX_IMPORT_RECORDS", 100_000)?,
             query_timeout: Duration::from_millis(env.parse("QUERY_TIMEOUT_MS", 5000)?),
             query_max_limit: env.parse("QUERY_MAX_LIMIT", 10_000)?,
         })

@@ -73,6 +73,13 @@ pub static ROUTES: &[Route] = &[
         endpoint!(records::ingest),
     ),
     route(
+        Method::POST,
+        "/v1/datasets/{dataset}/imports",
+        "records",
+        P::WriteData,
+        endpoint!(records::import),
+    ),
+    route(
         Method::GET,
         "/v1/datasets/{dataset}/records/{key}",
         "records",

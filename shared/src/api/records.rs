@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use super::datasets::{DatasetPath, dataset_ref, find_dataset, no_content};
 use crate::App;
-use crate::analytics::ingest::{self, RecordError};
+use crate::analytics::datasets::DatasetRef;
+use crate::analytics::ingest::{self, IngestOutcome, RecordError};
 use crate::audit::Action;
 use crate::db::Access;
 use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
@@ -74,6 +75,57 @@ pub(super) async fn ingest(
         }
     };
     let max = app.config.analytics.max_ingest_records;
+    write_all(
+        &app,
+        &caller,
+        &dataset,
+        items,
+        max,
+        "split the batch, or use the bulk import",
+    )
+    .await
+}
+
+/// `POST /v1/datasets/{dataset}/imports`: a bulk load, NDJSON only, up to
+/// `MAX_IMPORT_RECORDS` records in one request (within the body limit), under the same
+/// validation and versioning rules as an ingest and just as atomic: written in slices of
+/// [`IMPORT_SLICE`] records, all in one transaction.
+pub(super) async fn import(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<DatasetPath>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> HandlerResult {
+    let dataset = path.dataset()?;
+    if !matches!(format(&headers)?, Format::NdJson) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "A bulk import is application/x-ndjson: one record per line.",
+        ));
+    }
+    let items =
+        ingest::parse_ndjson(&body).map_err(|errors| invalid_records(errors.len(), errors))?;
+    drop(body);
+    let max = app.config.analytics.max_import_records;
+    write_all(&app, &caller, &dataset, items, max, "split the import").await
+}
+
+/// Records per statement of a bulk import: large enough that per-statement costs vanish, small
+/// enough that no statement holds the connection for long.
+const IMPORT_SLICE: usize = 5_000;
+
+/// Validates and writes a batch (all or nothing), audits its counts, meters the records it
+/// changed and queues their embedding: the ingest and the import alike.
+async fn write_all(
+    app: &App,
+    caller: &Caller,
+    dataset: &DatasetRef,
+    items: Vec<Value>,
+    max: usize,
+    split: &str,
+) -> HandlerResult {
     if items.is_empty() {
         return Err(ApiError::bad_request("no_records", "The batch is empty."));
     }
@@ -81,14 +133,17 @@ pub(super) async fn ingest(
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_records",
-            format!("At most {max} records per request; split the batch."),
+            format!("At most {max} records per request; {split}."),
         ));
     }
-    let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
-    let ds = find_dataset(&mut tx, &dataset).await?;
+    let mut tx = super::begin(app, caller, Access::ReadWrite).await?;
+    let ds = find_dataset(&mut tx, dataset).await?;
     let batch =
         ingest::validate(&ds, items).map_err(|(total, errors)| invalid_records(total, errors))?;
-    let outcome = ingest::write(&mut tx, &ds, &batch).await?;
+    let mut outcome = IngestOutcome::default();
+    for slice in batch.into_slices(IMPORT_SLICE) {
+        outcome += ingest::write(&mut tx, &ds, &slice).await?;
+    }
     // Counts only: never what the records hold.
     super::audit(
         &mut tx,

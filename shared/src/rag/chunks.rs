@@ -19,6 +19,8 @@ pub struct ChangedRecord<'a> {
     pub version: i32,
     /// Its data after the write.
     pub data: &'a Value,
+    /// Whether the write created it (then it has no chunks to remove).
+    pub new: bool,
 }
 
 /// Replaces the chunks of changed records with chunks of their current text columns (embedding
@@ -33,16 +35,20 @@ pub async fn replace(
         return Ok(0);
     }
     let tenant = tx.tenant_id().as_uuid();
-    let keys: Vec<&str> = changed.iter().map(|r| r.key).collect();
-    tx.execute(
-        "DELETE FROM app.chunks WHERE tenant_id = $1 AND dataset_id = $2 AND record_key = ANY($3)",
-        &[
-            (&tenant, Type::UUID),
-            (&dataset.id, Type::UUID),
-            (&keys, Type::TEXT_ARRAY),
-        ],
-    )
-    .await?;
+    // A record the write created has no chunks yet (they go with their record: ON DELETE
+    // CASCADE), so only updated ones are looked up.
+    let keys: Vec<&str> = changed.iter().filter(|r| !r.new).map(|r| r.key).collect();
+    if !keys.is_empty() {
+        tx.execute(
+            "DELETE FROM app.chunks WHERE tenant_id = $1 AND dataset_id = $2 AND record_key = ANY($3)",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset.id, Type::UUID),
+                (&keys, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    }
     let (mut k, mut n, mut v, mut c, mut t) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for record in changed {

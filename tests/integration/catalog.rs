@@ -42,6 +42,7 @@ const IMPERSONATION_TABLES: &[&str] = &[
     "app.datasets",
     "app.impersonation_sessions",
     "app.records",
+    "app.rollups",
     "app.tenants",
     "app.usage_deliveries",
     "app.usage_events",

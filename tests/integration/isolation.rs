@@ -98,6 +98,17 @@ const TABLES: &[Table] = &[
         delete_refused: None,
     },
     Table {
+        name: "rollups",
+        insert: "INSERT INTO app.rollups (tenant_id, dataset_id, rollup, bucket, n) VALUES ($1, $2, 1, now(), 1)",
+        touch: "tenant_id = tenant_id",
+        update: true,
+        update_tenant: true,
+        delete: true,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
         name: "chunks",
         insert: "INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content)
                  VALUES ($1, $2, 'r1', 1, 1, 'note', 'x')",
@@ -258,6 +269,14 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     t.execute(
         "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'r1', $3::text::jsonb)",
         &[(&id, Type::UUID), (&dataset, Type::UUID), (&secret, Type::TEXT)],
+    )
+    .await
+    .unwrap();
+    // The same group in both tenants' rollups.
+    t.execute(
+        "INSERT INTO app.rollups (tenant_id, dataset_id, rollup, bucket, g1, n) \
+         VALUES ($1, $2, 1, '2026-11-01T00:00:00Z', 'EU', 1)",
+        &[(&id, Type::UUID), (&dataset, Type::UUID)],
     )
     .await
     .unwrap();

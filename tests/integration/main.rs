@@ -29,6 +29,7 @@ mod pooling;
 mod rag;
 mod rls_queries;
 mod roles;
+mod rollups;
 mod round_trips;
 mod secrets;
 mod support;

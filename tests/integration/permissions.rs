@@ -64,6 +64,12 @@ const MATRIX: &[(&str, &str, &str, u16)] = &[
         200,
     ),
     (
+        "POST /v1/datasets/{dataset}/imports",
+        "owner admin member key:ingest key:read+ingest",
+        "write_data",
+        200,
+    ),
+    (
         "GET /v1/datasets/{dataset}/records/{key}",
         "owner admin member viewer key:read key:read+ingest",
         "read_data",
@@ -205,7 +211,13 @@ impl World {
         };
         let mut headers = vec![(credential.0, credential.1.as_str())];
         if body.is_some() {
-            headers.push(("content-type", "application/json"));
+            // An import is NDJSON; every other body here is JSON.
+            let media = if path.ends_with("/imports") {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            };
+            headers.push(("content-type", media));
         }
         let r = self
             .app
@@ -253,6 +265,11 @@ impl World {
                     json!([{"key": key, "data": {"region": "EU", "note": "dented box"}}])
                         .to_string(),
                 ),
+                Probe::Exists(format!("/v1/datasets/orders/records/{key}")),
+            ),
+            "POST /v1/datasets/{dataset}/imports" => (
+                "/v1/datasets/orders/imports".into(),
+                Some(json!({"key": key, "data": {"region": "EU", "note": "bulk"}}).to_string()),
                 Probe::Exists(format!("/v1/datasets/orders/records/{key}")),
             ),
             "GET /v1/datasets/{dataset}/records/{key}"

@@ -7,6 +7,7 @@ use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 use super::is_identifier;
+use super::rollup::RollupSpec;
 use super::schema::{ColumnDef, DatasetSpec};
 use crate::db::{DbError, TenantTx};
 
@@ -23,6 +24,8 @@ pub struct Dataset {
     pub text_columns: Vec<String>,
     /// The default time column.
     pub time_column: Option<String>,
+    /// Its rollups (none for a dataset created before rollups existed).
+    pub rollups: Vec<RollupSpec>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
@@ -41,9 +44,14 @@ impl Dataset {
     /// The typed SQL expression for a column of `r` (an `app.records` row): its slot, or its
     /// value extracted from `r.data`.
     pub fn column_expr(&self, c: &ColumnDef) -> String {
+        self.column_expr_in(c, "r")
+    }
+
+    /// The same for an `app.records` row named `row`.
+    pub fn column_expr_in(&self, c: &ColumnDef, row: &str) -> String {
         match self.slot(&c.name) {
-            Some(slot) => format!("r.{slot}"),
-            None => super::schema::json_expr("r.data", c),
+            Some(slot) => format!("{row}.{slot}"),
+            None => super::schema::json_expr(&format!("{row}.data"), c),
         }
     }
 }
@@ -68,7 +76,7 @@ impl DatasetRef {
     }
 }
 
-const COLUMNS: &str = "dataset_id, name, columns, text_columns, time_column, created_at";
+const COLUMNS: &str = "dataset_id, name, columns, text_columns, time_column, created_at, rollups";
 
 fn from_row(row: &Row) -> Result<Dataset, DbError> {
     let Json(columns): Json<Vec<ColumnDef>> = row.try_get(2)?;
@@ -79,6 +87,7 @@ fn from_row(row: &Row) -> Result<Dataset, DbError> {
         text_columns: row.try_get(3)?,
         time_column: row.try_get(4)?,
         created_at: row.try_get(5)?,
+        rollups: row.try_get::<_, Json<Vec<RollupSpec>>>(6)?.0,
     })
 }
 
@@ -86,11 +95,12 @@ fn from_row(row: &Row) -> Result<Dataset, DbError> {
 pub async fn create(tx: &mut TenantTx, spec: &DatasetSpec) -> Result<Option<Dataset>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let columns = Json(&spec.columns);
+    let rollups = Json(spec.rollups());
     let rows = tx
         .query(
             &format!(
-                "INSERT INTO app.datasets (tenant_id, name, columns, text_columns, time_column) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, name) DO NOTHING \
+                "INSERT INTO app.datasets (tenant_id, name, columns, text_columns, time_column, rollups) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, name) DO NOTHING \
                  RETURNING {COLUMNS}"
             ),
             &[
@@ -99,6 +109,7 @@ pub async fn create(tx: &mut TenantTx, spec: &DatasetSpec) -> Result<Option<Data
                 (&columns, Type::JSONB),
                 (&spec.text_columns, Type::TEXT_ARRAY),
                 (&spec.time_column, Type::TEXT),
+                (&rollups, Type::JSONB),
             ],
         )
         .await?;

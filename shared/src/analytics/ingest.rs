@@ -9,6 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::datasets::Dataset;
+use super::rollup::Layout;
 use super::schema::{ColumnDef, ColumnType};
 use crate::db::{DbError, Param, TenantTx};
 use crate::rag::chunks::ChangedRecord;
@@ -407,16 +408,35 @@ pub async fn write(
         sets.push_str(&format!(", {slot} = EXCLUDED.{slot}"));
     }
     // Unchanged rows are not updated at all (no version bump, no dead tuple), so a retried batch
-    // costs reads only. RETURNING reports only rows that were inserted or updated.
-    let sql = format!(
+    // costs reads only. RETURNING reports only rows that were inserted or updated, with their old
+    // and new images where the dataset keeps rollups (its deltas, in the same statement).
+    let layout = Layout::of(dataset);
+    let images = layout
+        .as_ref()
+        .map(|l| {
+            format!(
+                ", {}, {}",
+                l.returning("old", "o_"),
+                l.returning("new", "n_")
+            )
+        })
+        .unwrap_or_default();
+    let upsert = format!(
         "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts{cols}) \
          SELECT $1, $2, u.* \
          FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]{arrays}) AS u \
          ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
            SET data = EXCLUDED.data, ts = EXCLUDED.ts{sets}, version = r.version + 1, updated_at = now() \
            WHERE r.data IS DISTINCT FROM EXCLUDED.data \
-         RETURNING key, version, (xmax = 0)"
+         RETURNING new.key AS key, new.version AS version, old.key IS NULL AS inserted{images}"
     );
+    let sql = match &layout {
+        Some(l) => format!(
+            "WITH w AS ({upsert}), {} SELECT key, version, inserted FROM w",
+            l.apply_deltas(true, Some("NOT inserted"))
+        ),
+        None => upsert,
+    };
     let rows = tx.query(&sql, &params).await?;
     let inserted = rows.iter().filter(|r| r.get::<_, bool>(2)).count();
     let updated = rows.len() - inserted;
@@ -494,20 +514,29 @@ pub async fn get(
     }))
 }
 
-/// Deletes one record; false if there was none.
-pub async fn delete(tx: &mut TenantTx, dataset_id: Uuid, key: &str) -> Result<bool, DbError> {
+/// Deletes one record (and its contribution to the dataset's rollups); false if there was none.
+pub async fn delete(tx: &mut TenantTx, dataset: &Dataset, key: &str) -> Result<bool, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    let n = tx
-        .execute(
-            "DELETE FROM app.records WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3",
+    let delete = "DELETE FROM app.records WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3";
+    let sql = match Layout::of(dataset) {
+        Some(l) => format!(
+            "WITH w AS ({delete} RETURNING {}), {} SELECT count(*) FROM w",
+            l.returning("old", "o_"),
+            l.apply_deltas(false, Some("true"))
+        ),
+        None => format!("WITH w AS ({delete} RETURNING 1) SELECT count(*) FROM w"),
+    };
+    let row = tx
+        .query_one(
+            &sql,
             &[
                 (&tenant, Type::UUID),
-                (&dataset_id, Type::UUID),
+                (&dataset.id, Type::UUID),
                 (&key, Type::TEXT),
             ],
         )
         .await?;
-    Ok(n == 1)
+    Ok(row.get::<_, i64>(0) == 1)
 }
 
 #[cfg(test)]
@@ -553,6 +582,7 @@ mod tests {
             ],
             text_columns: vec![],
             time_column: Some("at".into()),
+            rollups: vec![],
             created_at: Utc::now(),
         }
     }

@@ -5,6 +5,7 @@
 //! - [`decimal`]: what a `decimal` column accepts, exactly.
 //! - [`ingest`]: validating and writing batches of records (all or nothing, idempotent by key).
 //! - [`query`]: the JSON query language and its compiler to parameterized SQL.
+//! - [`rollup`]: per-hour, per-dimension aggregates kept with the records, read by the compiler.
 //!
 //! Its limits ([`AnalyticsConfig`]) are read from the environment here.
 //!
@@ -15,6 +16,7 @@ pub mod decimal;
 pub mod ingest;
 pub mod planner;
 pub mod query;
+pub mod rollup;
 pub mod schema;
 
 pub use datasets::Dataset;

@@ -125,6 +125,11 @@ pub struct DatasetSpec {
     /// A timestamp column that time ranges and time buckets use by default.
     #[serde(default)]
     pub time_column: Option<String>,
+    /// Aggregates kept per bucket of the time column and per value of low-cardinality columns,
+    /// which queries that filter and group only by those read instead of the records (see
+    /// [`super::rollup`]). Absent: one hourly rollup without dimensions; `[]`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<Vec<super::rollup::RollupSpec>>,
 }
 
 impl DatasetSpec {
@@ -201,6 +206,9 @@ impl DatasetSpec {
                 )),
             }
         }
+        errors.extend(super::rollup::validate(&self.rollups(), |name| {
+            self.column(name).map(|c| c.ty)
+        }));
         if let Some(t) = &self.time_column {
             match self.column(t) {
                 Some(c) if c.ty == ColumnType::Timestamp => {}
@@ -222,6 +230,13 @@ impl DatasetSpec {
     /// A declared column by name.
     pub fn column(&self, name: &str) -> Option<&ColumnDef> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Its rollups: as declared, or the default (one hourly, without dimensions).
+    pub fn rollups(&self) -> Vec<super::rollup::RollupSpec> {
+        self.rollups
+            .clone()
+            .unwrap_or_else(super::rollup::default_rollups)
     }
 }
 

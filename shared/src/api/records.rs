@@ -224,7 +224,7 @@ pub(super) async fn delete(
     let key = &path.key;
     let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
-    if !ingest::delete(&mut tx, ds.id, key).await? {
+    if !ingest::delete(&mut tx, &ds, key).await? {
         return Err(record_not_found());
     }
     let target = format!("{}/{key}", ds.name);

@@ -13,6 +13,7 @@ use super::spec::{
 };
 use super::{OutputColumn, QueryLimits};
 use crate::analytics::datasets::Dataset;
+use crate::analytics::rollup::{Cube, Layout};
 use crate::analytics::schema::{ColumnDef, ColumnType};
 use crate::analytics::{FieldError, decimal, is_identifier};
 use crate::db::Params;
@@ -65,8 +66,23 @@ pub struct CompiledQuery {
 }
 
 /// Compiles a query against its dataset. The statement names the tenant and the dataset itself,
-/// on top of RLS.
+/// on top of RLS. A query the dataset's rollups answer exactly reads them
+/// ([`super::rollup`](mod@super::rollup)); any other reads the records.
 pub fn compile(
+    spec: &QuerySpec,
+    ds: &Dataset,
+    tenant: uuid::Uuid,
+    limits: QueryLimits,
+) -> Result<CompiledQuery, Vec<FieldError>> {
+    let raw = compile_raw(spec, ds, tenant, limits)?;
+    Ok(Layout::of(ds)
+        .and_then(|layout| super::rollup::compile(spec, ds, &layout, tenant, &raw))
+        .unwrap_or(raw))
+}
+
+/// Compiles a query to read the records, whatever rollups the dataset has (the raw path, which
+/// the rollups' results are tested and measured against).
+pub fn compile_raw(
     spec: &QuerySpec,
     ds: &Dataset,
     tenant: uuid::Uuid,
@@ -129,18 +145,7 @@ pub fn compile(
                 format!("At most {MAX_AGGREGATES} aggregates."),
             );
         }
-        let default_count = [AggregateSpec {
-            func: AggFn::Count,
-            column: None,
-            p: None,
-            alias: None,
-        }];
-        let aggregates = if spec.aggregates.is_empty() {
-            &default_count[..]
-        } else {
-            &spec.aggregates
-        };
-        for (i, a) in aggregates.iter().enumerate() {
+        for (i, a) in aggregates(spec).iter().enumerate() {
             if let Some(out) = c.aggregate(a, &format!("/aggregates/{i}")) {
                 outputs.push(out);
             }
@@ -232,11 +237,13 @@ pub fn compile(
     })
 }
 
-struct Compiler<'d> {
+pub(super) struct Compiler<'d> {
     ds: &'d Dataset,
-    params: Params,
-    errors: Vec<FieldError>,
+    pub(super) params: Params,
+    pub(super) errors: Vec<FieldError>,
     conditions: usize,
+    /// Set while compiling a filter for rollup rows: dimensions read their rollup columns.
+    pub(super) rollup: Option<&'d Cube<'d>>,
 }
 
 /// A typed value from the client's JSON, ready to be a parameter.
@@ -251,12 +258,13 @@ enum Scalar {
 }
 
 impl<'d> Compiler<'d> {
-    fn new(ds: &'d Dataset) -> Self {
+    pub(super) fn new(ds: &'d Dataset) -> Self {
         Self {
             ds,
             params: Params::new(),
             errors: Vec::new(),
             conditions: 0,
+            rollup: None,
         }
     }
 
@@ -264,7 +272,7 @@ impl<'d> Compiler<'d> {
         self.errors.push(FieldError::new(path, reason, message));
     }
 
-    fn param(
+    pub(super) fn param(
         &mut self,
         value: impl tokio_postgres::types::ToSql + Sync + Send + 'static,
         ty: Type,
@@ -286,6 +294,11 @@ impl<'d> Compiler<'d> {
     }
 
     fn column_expr(&self, c: &ColumnDef) -> String {
+        if let Some(cube) = self.rollup
+            && let Some((k, dim)) = cube.dim(&c.name)
+        {
+            return cube.dim_expr(k, dim);
+        }
         self.ds.column_expr(c)
     }
 
@@ -359,7 +372,7 @@ impl<'d> Compiler<'d> {
         }
     }
 
-    fn filter(&mut self, f: &Filter, path: &str, depth: usize) -> Option<String> {
+    pub(super) fn filter(&mut self, f: &Filter, path: &str, depth: usize) -> Option<String> {
         if depth > MAX_FILTER_DEPTH {
             self.err(
                 path,
@@ -666,6 +679,13 @@ impl<'d> Compiler<'d> {
                 "integer",
                 format!("count(DISTINCT {expr})"),
             ),
+            // A decimal sum without trailing zeros: the same number however it was summed (by
+            // the records or by rollups, whose deltas may carry a wider scale).
+            AggFn::Sum if cty == "decimal" => (
+                format!("sum_{cname}"),
+                cty,
+                format!("trim_scale(sum({expr}))"),
+            ),
             AggFn::Sum => (format!("sum_{cname}"), cty, format!("sum({expr})")),
             // A decimal's average is exact to its scale (numeric, rounded half away from zero).
             AggFn::Avg => match col.as_ref().and_then(|c| c.scale) {
@@ -708,11 +728,25 @@ impl<'d> Compiler<'d> {
     }
 }
 
+/// A query's aggregates: as asked, or `count` alone when it asks for none.
+pub(super) fn aggregates(spec: &QuerySpec) -> std::borrow::Cow<'_, [AggregateSpec]> {
+    if spec.aggregates.is_empty() {
+        std::borrow::Cow::Owned(vec![AggregateSpec {
+            func: AggFn::Count,
+            column: None,
+            p: None,
+            alias: None,
+        }])
+    } else {
+        std::borrow::Cow::Borrowed(&spec.aggregates)
+    }
+}
+
 /// A time bucket in UTC. Fixed-width buckets use `date_bin`, which is plain arithmetic (weeks
 /// start on Monday, from a Monday origin); months need `date_trunc`, which uses the transaction's
 /// time zone, always UTC under TenantTx.
-fn bucket_expr(bucket: Bucket, ts: &str) -> String {
-    const ORIGIN: &str = "timestamptz '2000-01-03 00:00:00+00'";
+pub(super) fn bucket_expr(bucket: Bucket, ts: &str) -> String {
+    const ORIGIN: &str = crate::analytics::rollup::ORIGIN;
     match bucket {
         Bucket::Minute => format!("date_bin('1 minute', {ts}, {ORIGIN})"),
         Bucket::Hour => format!("date_bin('1 hour', {ts}, {ORIGIN})"),
@@ -753,6 +787,7 @@ mod tests {
             ],
             text_columns: vec![],
             time_column: Some("at".into()),
+            rollups: vec![],
             created_at: Utc::now(),
         }
     }

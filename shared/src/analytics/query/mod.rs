@@ -10,15 +10,17 @@
 //! - [`compile`](mod@compile): the query checked against the dataset's schema and compiled to SQL
 //!   built only from column names the schema declared, with every value a parameter
 //!   ([`Params`](crate::db::Params)). Nothing a client sends is ever spliced into SQL text.
+//! - `rollup`: the same query from the dataset's rollups, when they answer it exactly.
 //! - [`run`]: the compiled statement in the tenant's transaction.
 
 pub mod compile;
+mod rollup;
 pub mod spec;
 
 use serde::Serialize;
 use serde_json::Value;
 
-pub use compile::{CompiledFilter, CompiledQuery, compile, compile_filter};
+pub use compile::{CompiledFilter, CompiledQuery, compile, compile_filter, compile_raw};
 pub use spec::{
     AggFn, AggregateSpec, Bucket, BucketSpec, Condition, Direction, Filter, GroupKey, Literal, Op,
     Operand, OrderSpec, QuerySpec, TimeRangeSpec,

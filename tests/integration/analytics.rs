@@ -1095,4 +1095,37 @@ async fn a_bulk_import_follows_the_ingest_rules_across_slices_and_is_all_or_noth
         (r.status, r.json["code"].as_str()),
         (400, Some("no_records"))
     );
+    // A file of garbage names the first 100 bad lines and counts them all.
+    let auth = format!("Bearer {token}");
+    let garbage = "not json\n".repeat(150);
+    let r = app
+        .send(gateway_event(
+            "POST",
+            "/v1/datasets/events/imports",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/x-ndjson"),
+            ],
+            Some(&garbage),
+        ))
+        .await;
+    assert_eq!(r.json["error_count"], 150, "{}", r.json);
+    assert_eq!(r.json["errors"].as_array().map(Vec::len), Some(100));
+    // No content type is refused with the import's own advice.
+    let r = app
+        .send(gateway_event(
+            "POST",
+            "/v1/datasets/events/imports",
+            &[("authorization", &auth)],
+            Some("{}"),
+        ))
+        .await;
+    assert_eq!(r.status, 415, "{}", r.json);
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("x-ndjson")),
+        "{}",
+        r.json
+    );
 }

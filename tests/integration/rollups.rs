@@ -15,6 +15,7 @@ const SALES: &str = r#"{"name": "sales", "columns": [
     {"name": "paid", "type": "boolean"},
     {"name": "units", "type": "integer"},
     {"name": "price", "type": "decimal", "scale": 2},
+    {"name": "rate", "type": "decimal", "scale": 6},
     {"name": "weight", "type": "number"},
     {"name": "note", "type": "string"},
     {"name": "at", "type": "timestamp"}],
@@ -63,6 +64,13 @@ fn record(g: &mut Gen, key: usize) -> Value {
             cents.abs() / 100,
             cents.abs() % 100
         ));
+    }
+    if g.chance(90) {
+        // Up to 14 significant digits at scale 6: averages whose rounding depends on precision.
+        let micros = g.below(100_000_000_000_000) as i64 - 3_000_000_000_000;
+        let sign = if micros < 0 { "-" } else { "" };
+        let m = micros.unsigned_abs();
+        data["rate"] = json!(format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000));
     }
     data["weight"] = json!(g.below(1000) as f64 / 7.0);
     data["note"] = json!(format!("note {key}"));
@@ -124,6 +132,8 @@ fn generated_query(g: &mut Gen, answerable: bool) -> Value {
         json!({"fn": "sum", "column": "price"}),
         json!({"fn": "avg", "column": "units"}),
         json!({"fn": "avg", "column": "price"}),
+        json!({"fn": "avg", "column": "rate"}),
+        json!({"fn": "sum", "column": "rate"}),
     ];
     let mut aggs: Vec<Value> = Vec::new();
     for (i, a) in choices.iter().enumerate() {
@@ -292,18 +302,40 @@ async fn generated_queries_read_the_rollups_and_agree_with_the_records_exactly()
 
 #[tokio::test]
 async fn concurrent_writers_to_the_same_groups_leave_exact_rollups_and_a_rebuild_agrees() {
-    let app = std::sync::Arc::new(TestApp::new().await);
+    let app =
+        std::sync::Arc::new(TestApp::with_vars(&[("MAX_BODY_BYTES", (4 << 20).to_string())]).await);
     let (ctx, token) = tenant_ctx(&app, "alpha").await;
     app.create_dataset(&token, SALES).await;
-    // Four writers at once, over the same keys: every group row is contended.
+    // Four writers at once, over the same keys: every group row is contended. Two ingest
+    // batches; two import 6,000 records (two statements in one transaction, holding the first's
+    // rollup rows while writing the second: without the dataset's rollup lock, a deadlock).
     let mut writers = Vec::new();
     for w in 0..4u64 {
         let (app, token) = (app.clone(), token.clone());
         writers.push(tokio::spawn(async move {
             let mut g = Gen(0x1234_5678 + w);
-            for _ in 0..5 {
-                let batch: Vec<Value> = (0..100).map(|k| record(&mut g, k)).collect();
-                ingest(&app, &token, &batch).await;
+            for _ in 0..3 {
+                if w % 2 == 0 {
+                    let batch: Vec<Value> = (0..100).map(|k| record(&mut g, k)).collect();
+                    ingest(&app, &token, &batch).await;
+                } else {
+                    let lines: String = (0..6000)
+                        .map(|k| format!("{}\n", record(&mut g, k)))
+                        .collect();
+                    let auth = format!("Bearer {token}");
+                    let r = app
+                        .send(tenantry_tests::gateway_event(
+                            "POST",
+                            "/v1/datasets/sales/imports",
+                            &[
+                                ("authorization", &auth),
+                                ("content-type", "application/x-ndjson"),
+                            ],
+                            Some(&lines),
+                        ))
+                        .await;
+                    assert_eq!(r.status, 200, "{}", r.json);
+                }
             }
         }));
     }
@@ -398,4 +430,45 @@ fn rollups_are_declared_within_bounds_over_groupable_columns() {
             json!({"name": "x", "columns": [{"name": "a", "type": "string"}], "rollups": bad});
         assert!(serde_json::from_value::<tenantry::analytics::DatasetSpec>(doc).is_err());
     }
+}
+
+#[tokio::test]
+async fn a_dimension_value_too_long_for_the_rollup_key_is_refused_and_others_are_not() {
+    let app = TestApp::new().await;
+    let (_, token) = tenant_ctx(&app, "alpha").await;
+    app.create_dataset(&token, SALES).await;
+    let long = "x".repeat(tenantry::analytics::rollup::MAX_DIMENSION_BYTES + 1);
+    let at_limit = "y".repeat(tenantry::analytics::rollup::MAX_DIMENSION_BYTES);
+    let body = json!([
+        {"key": "a", "data": {"region": at_limit, "note": long}},
+        {"key": "b", "data": {"region": long}}
+    ]);
+    let r = app
+        .call(
+            "POST",
+            "/v1/datasets/sales/records",
+            &token,
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(r.json["errors"][0]["index"], 1, "{}", r.json);
+    assert_eq!(r.json["errors"][0]["column"], "region", "{}", r.json);
+    assert_eq!(
+        r.json["errors"][0]["reason"], "dimension_too_long",
+        "{}",
+        r.json
+    );
+    assert_eq!(r.json["error_count"], 1, "{}", r.json);
+    // Without the long one, the record at the limit (and the long note, no dimension) is stored.
+    let body = json!([body[0]]);
+    let r = app
+        .call(
+            "POST",
+            "/v1/datasets/sales/records",
+            &token,
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
 }

@@ -248,11 +248,29 @@ fn validate_one(
                     time = v
                         .as_str()
                         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                        .map(|t| t.with_timezone(&Utc));
+                        .map(|t| micros(t.with_timezone(&Utc)));
                 }
                 clean.insert(name, v);
             }
             Err((reason, message)) => errors.push(err(Some(&key), Some(&name), reason, message)),
+        }
+    }
+    if let Some(layout) = Layout::of(dataset) {
+        for (name, value) in &clean {
+            if let Value::String(v) = value
+                && v.len() > super::rollup::MAX_DIMENSION_BYTES
+                && layout.is_dimension(name)
+            {
+                errors.push(err(
+                    Some(&key),
+                    Some(name),
+                    "dimension_too_long",
+                    format!(
+                        "This column is a rollup dimension: its values are at most {} bytes.",
+                        super::rollup::MAX_DIMENSION_BYTES
+                    ),
+                ));
+            }
         }
     }
     for c in dataset.columns.iter().filter(|c| c.required) {
@@ -313,6 +331,13 @@ fn check_value(column: &ColumnDef, value: Value) -> Result<Value, (&'static str,
     }
 }
 
+/// A timestamp at Postgres's resolution, rounded as Postgres rounds text it parses (the driver
+/// would truncate), so a slot holds what `(data->>'c')::timestamptz` would.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    t.round_subsecs(6)
+}
+
 fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= MAX_KEY_LEN && !k.chars().any(char::is_control)
 }
@@ -355,7 +380,7 @@ impl SlotValues {
                     .map(|v| {
                         v.and_then(Value::as_str)
                             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                            .map(|t| t.with_timezone(&Utc))
+                            .map(|t| micros(t.with_timezone(&Utc)))
                     })
                     .collect(),
             ),
@@ -421,10 +446,15 @@ pub async fn write(
             )
         })
         .unwrap_or_default();
+    let lock = if layout.is_some() {
+        format!(" WHERE {}", Layout::lock_condition())
+    } else {
+        String::new()
+    };
     let upsert = format!(
         "INSERT INTO app.records AS r (tenant_id, dataset_id, key, data, ts{cols}) \
          SELECT $1, $2, u.* \
-         FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]{arrays}) AS u \
+         FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[]{arrays}) AS u{lock} \
          ON CONFLICT (tenant_id, dataset_id, key) DO UPDATE \
            SET data = EXCLUDED.data, ts = EXCLUDED.ts{sets}, version = r.version + 1, updated_at = now() \
            WHERE r.data IS DISTINCT FROM EXCLUDED.data \
@@ -520,7 +550,8 @@ pub async fn delete(tx: &mut TenantTx, dataset: &Dataset, key: &str) -> Result<b
     let delete = "DELETE FROM app.records WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3";
     let sql = match Layout::of(dataset) {
         Some(l) => format!(
-            "WITH w AS ({delete} RETURNING {}), {} SELECT count(*) FROM w",
+            "WITH w AS ({delete} AND {} RETURNING {}), {} SELECT count(*) FROM w",
+            Layout::lock_condition(),
             l.returning("old", "o_"),
             l.apply_deltas(false, Some("true"))
         ),

@@ -26,6 +26,11 @@ pub const MAX_ROLLUPS: usize = 4;
 pub const MAX_DIMENSIONS: usize = 4;
 /// Most measures a rollup holds (integer and decimal columns, in schema order).
 pub const MAX_MEASURES: usize = 16;
+/// The longest dimension value, in bytes: rollup groups are keys of a B-tree index, whose entries
+/// Postgres caps near 2.7 kB. A record with a longer value in a dimension column is refused.
+pub const MAX_DIMENSION_BYTES: usize = 512;
+/// The first key of the advisory lock every rollup writer of a dataset takes (`'roll'`).
+const LOCK_CLASS: i32 = 0x726f_6c6c;
 /// The origin of every bucket (a Monday at midnight, so days and weeks nest too).
 pub const ORIGIN: &str = "timestamptz '2000-01-03 00:00:00+00'";
 
@@ -204,6 +209,24 @@ impl<'d> Layout<'d> {
             .map(|k| (k + 1, self.measures[k]))
     }
 
+    /// A condition (for a statement's `WHERE`) that takes the dataset's rollup lock before the
+    /// statement touches any row: an uncorrelated subquery, which Postgres evaluates once, first.
+    /// Writers of one dataset's rollups take turns for the rest of their transactions, so two of
+    /// them never hold rollup rows the other wants (an import's slices lock rows statement by
+    /// statement, which would otherwise deadlock against another writer). `$2` is the dataset.
+    pub fn lock_condition() -> String {
+        format!(
+            "(SELECT 1 FROM (SELECT pg_advisory_xact_lock({LOCK_CLASS}, hashtext($2::text))) l) = 1"
+        )
+    }
+
+    /// Whether a column is some rollup's dimension.
+    pub fn is_dimension(&self, name: &str) -> bool {
+        self.cubes
+            .iter()
+            .any(|c| c.dims.iter().any(|d| d.name == name))
+    }
+
     /// Positions (in the schema) of the columns some rollup groups by.
     fn dim_columns(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = self
@@ -339,9 +362,10 @@ pub async fn rebuild(tx: &mut TenantTx, ds: &Dataset) -> Result<u64, DbError> {
         return Ok(0);
     };
     let sql = format!(
-        "WITH w AS (SELECT {} FROM app.records rec WHERE rec.tenant_id = $1 AND rec.dataset_id = $2), {} \
+        "WITH w AS (SELECT {} FROM app.records rec WHERE rec.tenant_id = $1 AND rec.dataset_id = $2 AND {}), {} \
          SELECT count(*) FROM g",
         layout.returning("rec", "n_"),
+        Layout::lock_condition(),
         layout.apply_deltas(true, None),
     );
     let row = tx

@@ -38,7 +38,8 @@ fn format(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-fn invalid_records(total: usize, errors: Vec<RecordError>) -> ApiError {
+fn invalid_records(total: usize, mut errors: Vec<RecordError>) -> ApiError {
+    errors.truncate(ingest::MAX_LISTED_ERRORS);
     ApiError::bad_request(
         "invalid_records",
         format!("{total} problem(s) in the batch; nothing was written. See errors."),
@@ -74,16 +75,12 @@ pub(super) async fn ingest(
             ingest::parse_ndjson(&body).map_err(|errors| invalid_records(errors.len(), errors))?
         }
     };
-    let max = app.config.analytics.max_ingest_records;
-    write_all(
-        &app,
-        &caller,
-        &dataset,
-        items,
-        max,
-        "split the batch, or use the bulk import",
-    )
-    .await
+    let how = Write {
+        max: app.config.analytics.max_ingest_records,
+        split: "split the batch, or use the bulk import",
+        source: "api:ingest",
+    };
+    write_all(&app, &caller, &dataset, items, how).await
 }
 
 /// `POST /v1/datasets/{dataset}/imports`: a bulk load, NDJSON only, up to
@@ -98,7 +95,7 @@ pub(super) async fn import(
     RawBody(body): RawBody,
 ) -> HandlerResult {
     let dataset = path.dataset()?;
-    if !matches!(format(&headers)?, Format::NdJson) {
+    if !matches!(format(&headers), Ok(Format::NdJson)) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -108,8 +105,12 @@ pub(super) async fn import(
     let items =
         ingest::parse_ndjson(&body).map_err(|errors| invalid_records(errors.len(), errors))?;
     drop(body);
-    let max = app.config.analytics.max_import_records;
-    write_all(&app, &caller, &dataset, items, max, "split the import").await
+    let how = Write {
+        max: app.config.analytics.max_import_records,
+        split: "split the import",
+        source: "api:import",
+    };
+    write_all(&app, &caller, &dataset, items, how).await
 }
 
 /// Records per statement of a bulk import: large enough that per-statement costs vanish, small
@@ -118,14 +119,22 @@ const IMPORT_SLICE: usize = 5_000;
 
 /// Validates and writes a batch (all or nothing), audits its counts, meters the records it
 /// changed and queues their embedding: the ingest and the import alike.
+/// What differs between the ingest and the import: the record cap, the advice past it, and the
+/// usage event's source.
+struct Write {
+    max: usize,
+    split: &'static str,
+    source: &'static str,
+}
+
 async fn write_all(
     app: &App,
     caller: &Caller,
     dataset: &DatasetRef,
     items: Vec<Value>,
-    max: usize,
-    split: &str,
+    how: Write,
 ) -> HandlerResult {
+    let Write { max, split, source } = how;
     if items.is_empty() {
         return Err(ApiError::bad_request("no_records", "The batch is empty."));
     }
@@ -156,12 +165,7 @@ async fn write_all(
     if changed > 0 && super::billable(caller.principal()) {
         // In the ingest's own transaction: the count and the records commit together, so a
         // retry after any failure neither loses nor doubles it.
-        let event = UsageEvent::now(
-            tx.tenant_id(),
-            Meter::IngestedRecords,
-            changed,
-            "api:ingest",
-        );
+        let event = UsageEvent::now(tx.tenant_id(), Meter::IngestedRecords, changed, source);
         ledger::record(&mut tx, &[event], app.config.billing.meter.window_secs).await?;
     }
     tx.commit().await?;

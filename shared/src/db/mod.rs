@@ -61,6 +61,17 @@ impl DbError {
         self.sqlstate() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
     }
 
+    /// The transaction lost a conflict with another (deadlock or serialization failure).
+    pub fn is_conflict(&self) -> bool {
+        self.sqlstate().is_some_and(|s| {
+            [
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+            ]
+            .contains(s)
+        })
+    }
+
     /// The statement ran past its `statement_timeout` (or was cancelled).
     pub fn is_timeout(&self) -> bool {
         self.sqlstate() == Some(&SqlState::QUERY_CANCELED)

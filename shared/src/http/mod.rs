@@ -355,6 +355,13 @@ impl From<DbError> for ApiError {
                 "The database took too long to answer; retry shortly.",
                 e,
             ),
+            // Another transaction won a conflict (a deadlock or serialization failure): nothing
+            // was written, and the same request will go through on a retry.
+            _ if e.is_conflict() => unavailable(
+                "write_conflict",
+                "A concurrent write conflicted with this one; nothing was written. Retry.",
+                e,
+            ),
             // A data exception (class 22) from values the validators let through: the caller's
             // input, not our fault, and still never a 500 with nothing useful in it.
             _ if e.sqlstate().is_some_and(|s| s.code().starts_with("22")) => {

@@ -372,6 +372,11 @@ impl<'d> Compiler<'d> {
         }
     }
 
+    /// Starts counting conditions again (for a second compilation of the same filter).
+    pub(super) fn reset_conditions(&mut self) {
+        self.conditions = 0;
+    }
+
     pub(super) fn filter(&mut self, f: &Filter, path: &str, depth: usize) -> Option<String> {
         if depth > MAX_FILTER_DEPTH {
             self.err(
@@ -689,10 +694,13 @@ impl<'d> Compiler<'d> {
             AggFn::Sum => (format!("sum_{cname}"), cty, format!("sum({expr})")),
             // A decimal's average is exact to its scale (numeric, rounded half away from zero).
             AggFn::Avg => match col.as_ref().and_then(|c| c.scale) {
+                // The sum over the count at a fixed scale of 20 (wider than any stored value's),
+                // so the division's precision does not depend on how the sum was reached (the
+                // records, or rollup deltas that once held other values), then rounded.
                 Some(scale) if cty == "decimal" => (
                     format!("avg_{cname}"),
                     "decimal",
-                    format!("round(avg({expr}), {scale})"),
+                    format!("round((sum({expr}) + {WIDE_ZERO}) / count({expr}), {scale})"),
                 ),
                 _ => (
                     format!("avg_{cname}"),
@@ -727,6 +735,10 @@ impl<'d> Compiler<'d> {
         Some((name, ty, sql))
     }
 }
+
+/// Zero at scale 20: added to a decimal sum before it is divided, so the quotient's precision
+/// comes from this scale alone.
+pub(super) const WIDE_ZERO: &str = "0.00000000000000000000";
 
 /// A query's aggregates: as asked, or `count` alone when it asks for none.
 pub(super) fn aggregates(spec: &QuerySpec) -> std::borrow::Cow<'_, [AggregateSpec]> {
@@ -824,7 +836,12 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         assert!(q.sql.contains("r.d1 >= $3::numeric"), "{}", q.sql);
         assert!(q.sql.contains("r.d1 = ANY($4::numeric[])"), "{}", q.sql);
-        assert!(q.sql.contains("round(avg(r.d1), 2)"), "{}", q.sql);
+        assert!(
+            q.sql
+                .contains("round((sum(r.d1) + 0.00000000000000000000) / count(r.d1), 2)"),
+            "{}",
+            q.sql
+        );
         assert!(q.sql.contains("avg(r.n1)::float8"), "{}", q.sql);
         let types: Vec<&str> = q.columns.iter().map(|c| c.ty).collect();
         assert_eq!(types, ["decimal", "decimal", "number", "number"]);

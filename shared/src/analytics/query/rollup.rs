@@ -23,7 +23,7 @@
 use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::types::Type;
 
-use super::compile::{Compiler, aggregates, bucket_expr};
+use super::compile::{Compiler, WIDE_ZERO, aggregates, bucket_expr};
 use super::spec::{AggFn, AggregateSpec, Bucket, Direction, Filter, GroupKey, QuerySpec};
 use super::{CompiledQuery, OutputColumn};
 use crate::analytics::datasets::Dataset;
@@ -206,6 +206,7 @@ fn from_cube(
     if !edges.is_empty() {
         let mut raw_where = vec![format!("r.tenant_id = {t}"), format!("r.dataset_id = {d}")];
         if let Some(f) = &spec.filter {
+            c.reset_conditions();
             raw_where.push(c.filter(f, "/filter", 0)?);
         }
         raw_where.push(format!("({})", edges.join(" OR ")));
@@ -312,12 +313,13 @@ fn aggregate(
         (AggFn::Avg, Some(name)) => {
             let (k, c) = layout.measure(name)?;
             measure(k);
-            let mean = format!("sum(p.s{k}) / sum(p.c{k})");
             Some(match (c.ty, c.scale) {
-                (ColumnType::Decimal, Some(scale)) => {
-                    format!("CASE WHEN sum(p.c{k}) > 0 THEN round({mean}, {scale}) END")
-                }
-                _ => format!("CASE WHEN sum(p.c{k}) > 0 THEN ({mean})::float8 END"),
+                (ColumnType::Decimal, Some(scale)) => format!(
+                    "CASE WHEN sum(p.c{k}) > 0 THEN round((sum(p.s{k}) + {WIDE_ZERO}) / sum(p.c{k}), {scale}) END"
+                ),
+                _ => format!(
+                    "CASE WHEN sum(p.c{k}) > 0 THEN (sum(p.s{k}) / sum(p.c{k}))::float8 END"
+                ),
             })
         }
         _ => None,

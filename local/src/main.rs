@@ -3,6 +3,7 @@
 //! ```text
 //! tenantry-local up        migrate, seed the demo tenants, serve every route on 127.0.0.1
 //! tenantry-local migrate   apply pending migrations to DATABASE_URL (also usable against RDS)
+//! tenantry-local rollups   give an existing dataset rollups while it takes writes (APP_DATABASE_URL)
 //! tenantry-local token ORG [SUB] [ROLE...]   print a dev token for an Auth0 org id
 //! tenantry-local stripe-signature FILE        print a Stripe-Signature header for FILE's bytes
 //! ```
@@ -48,8 +49,10 @@ async fn main() {
         Some("migrate") => migrate_only().await.map(|_| ()),
         Some("token") => token(&args[1..]),
         Some("stripe-signature") => stripe_signature(&args[1..]),
+        Some("rollups") => rollups(&args[1..]).await,
         _ => Err(
-            "usage: tenantry-local up | migrate | token ORG [SUB] [ROLE...] | stripe-signature FILE"
+            "usage: tenantry-local up | migrate | token ORG [SUB] [ROLE...] | stripe-signature FILE \
+             | rollups TENANT_ID DATASET [ROLLUPS_JSON]"
                 .into(),
         ),
     };
@@ -57,6 +60,46 @@ async fn main() {
         eprintln!("tenantry-local: {e}");
         std::process::exit(1);
     }
+}
+
+/// `rollups TENANT_ID DATASET [ROLLUPS_JSON]`: gives an existing dataset rollups (the default,
+/// one hourly, unless given) while it keeps taking writes, through the app role at
+/// `APP_DATABASE_URL` (the tenant's RLS applies). `ROLLUP_SETTLE_SECS` (35) is how long it waits
+/// for requests that began before the change (see `rollup::enable`).
+async fn rollups(args: &[String]) -> Result<(), Error> {
+    use tenantry::analytics::datasets::DatasetRef;
+    use tenantry::analytics::rollup;
+    let (Some(tenant), Some(dataset)) = (args.first(), args.get(1)) else {
+        return Err("usage: tenantry-local rollups TENANT_ID DATASET [ROLLUPS_JSON]".into());
+    };
+    let tenant = tenantry::TenantId::from(uuid::Uuid::try_parse(tenant)?);
+    let dataset = DatasetRef::parse(dataset).ok_or("DATASET is a dataset's name or id")?;
+    let specs: Vec<rollup::RollupSpec> = match args.get(2) {
+        Some(json) => serde_json::from_str(json)?,
+        None => rollup::default_rollups(),
+    };
+    let settle: u64 = std::env::var("ROLLUP_SETTLE_SECS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(35);
+    let url = std::env::var("APP_DATABASE_URL").map_err(|_| "APP_DATABASE_URL is not set")?;
+    let db = tenantry::db::Db::connect(&tenantry::config::DbConfig::new(&url, 2))?;
+    let ctx = tenantry::db::TenantContext {
+        tenant_id: tenant,
+        actor_id: "system:rollups".into(),
+    };
+    eprintln!("rollups set; waiting {settle} s for requests that began before, then recounting");
+    let rows = rollup::enable(
+        &db,
+        &ctx,
+        &dataset,
+        specs,
+        std::time::Duration::from_secs(settle),
+    )
+    .await?;
+    println!("{rows} rollup rows computed");
+    Ok(())
 }
 
 fn port() -> Result<u16, Error> {

@@ -348,13 +348,17 @@ impl<'d> Layout<'d> {
     }
 }
 
-/// Recomputes a dataset's rollups from its records: for records written around the statements
-/// that keep rollups (a bulk seed with SQL). Writers to the dataset must be stopped meanwhile.
-/// Returns the rollup rows written.
+/// Recomputes a dataset's rollups from its records, under the dataset's rollup lock: for records
+/// written around the statements that keep rollups (a bulk seed with SQL), and the last step of
+/// [`enable`]. Returns the rollup rows written.
 pub async fn rebuild(tx: &mut TenantTx, ds: &Dataset) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
+    // The dataset's rollup lock first, so no writer's deltas interleave with the recount.
     tx.execute(
-        "DELETE FROM app.rollups WHERE tenant_id = $1 AND dataset_id = $2",
+        &format!(
+            "DELETE FROM app.rollups WHERE tenant_id = $1 AND dataset_id = $2 AND {}",
+            Layout::lock_condition()
+        ),
         &[(&tenant, Type::UUID), (&ds.id, Type::UUID)],
     )
     .await?;
@@ -372,4 +376,65 @@ pub async fn rebuild(tx: &mut TenantTx, ds: &Dataset) -> Result<u64, DbError> {
         .query_one(&sql, &[(&tenant, Type::UUID), (&ds.id, Type::UUID)])
         .await?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// What [`enable`] can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum EnableError {
+    /// No dataset by that name or id.
+    #[error("no such dataset")]
+    NotFound,
+    /// The rollups do not fit the dataset's columns.
+    #[error("invalid rollups: {0:?}")]
+    Invalid(Vec<FieldError>),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Gives an existing dataset rollups (or new ones) while it keeps taking writes, and returns the
+/// rollup rows computed. In three steps, because a writer decides whether to keep rollups from
+/// the dataset it read when its request began:
+/// 1. the dataset's rollups are set and committed: every writer that starts from now on keeps
+///    them (and takes the dataset's rollup lock);
+/// 2. `settle` passes, longer than any transaction that read the old definition can still be
+///    running (a request's: the function's timeout, 29 s in the template);
+/// 3. the rollups are recomputed from the records under the dataset's rollup lock, replacing
+///    whatever partial deltas the overlap left.
+pub async fn enable(
+    db: &crate::db::Db,
+    ctx: &crate::db::TenantContext,
+    dataset: &super::datasets::DatasetRef,
+    rollups: Vec<RollupSpec>,
+    settle: std::time::Duration,
+) -> Result<u64, EnableError> {
+    use crate::db::Access;
+    let mut tx = db.begin(ctx, Access::ReadWrite).await?;
+    let ds = super::datasets::find(&mut tx, dataset)
+        .await?
+        .ok_or(EnableError::NotFound)?;
+    let errors = validate(&rollups, |name| ds.column(name).map(|c| c.ty));
+    if !errors.is_empty() {
+        return Err(EnableError::Invalid(errors));
+    }
+    let tenant = tx.tenant_id().as_uuid();
+    let spec = tokio_postgres::types::Json(&rollups);
+    tx.execute(
+        "UPDATE app.datasets SET rollups = $3 WHERE tenant_id = $1 AND dataset_id = $2",
+        &[
+            (&tenant, Type::UUID),
+            (&ds.id, Type::UUID),
+            (&spec, Type::JSONB),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    tokio::time::sleep(settle).await;
+    let mut tx = db.begin(ctx, Access::ReadWrite).await?;
+    let ds = super::datasets::find(&mut tx, dataset)
+        .await?
+        .ok_or(EnableError::NotFound)?;
+    let rows = rebuild(&mut tx, &ds).await?;
+    tx.commit().await?;
+    Ok(rows)
 }

@@ -11,7 +11,10 @@
 SET LOCAL ROLE tenantry_owner;
 
 ALTER TABLE app.datasets
-  ADD COLUMN rollups jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(rollups) = 'array');
+  ADD COLUMN rollups jsonb NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(rollups) = 'array'),
+  -- Whether queries may read them: false while rollups given to a dataset that has records are
+  -- being counted (rollup::enable); writers keep them either way.
+  ADD COLUMN rollups_ready boolean NOT NULL DEFAULT true;
 
 CREATE TABLE app.rollups (
   tenant_id  uuid NOT NULL,

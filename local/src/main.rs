@@ -64,8 +64,7 @@ async fn main() {
 
 /// `rollups TENANT_ID DATASET [ROLLUPS_JSON]`: gives an existing dataset rollups (the default,
 /// one hourly, unless given) while it keeps taking writes, through the app role at
-/// `APP_DATABASE_URL` (the tenant's RLS applies). `ROLLUP_SETTLE_SECS` (35) is how long it waits
-/// for requests that began before the change (see `rollup::enable`).
+/// `APP_DATABASE_URL` (the tenant's RLS applies; see `rollup::enable`).
 async fn rollups(args: &[String]) -> Result<(), Error> {
     use tenantry::analytics::datasets::DatasetRef;
     use tenantry::analytics::rollup;
@@ -78,27 +77,14 @@ async fn rollups(args: &[String]) -> Result<(), Error> {
         Some(json) => serde_json::from_str(json)?,
         None => rollup::default_rollups(),
     };
-    let settle: u64 = std::env::var("ROLLUP_SETTLE_SECS")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(35);
     let url = std::env::var("APP_DATABASE_URL").map_err(|_| "APP_DATABASE_URL is not set")?;
     let db = tenantry::db::Db::connect(&tenantry::config::DbConfig::new(&url, 2))?;
     let ctx = tenantry::db::TenantContext {
         tenant_id: tenant,
         actor_id: "system:rollups".into(),
     };
-    eprintln!("rollups set; waiting {settle} s for requests that began before, then recounting");
-    let rows = rollup::enable(
-        &db,
-        &ctx,
-        &dataset,
-        specs,
-        std::time::Duration::from_secs(settle),
-    )
-    .await?;
-    println!("{rows} rollup rows computed");
+    let rows = rollup::enable(&db, &ctx, &dataset, specs).await?;
+    println!("{rows} rollup rows computed; queries read them from now on");
     Ok(())
 }
 

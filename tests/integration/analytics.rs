@@ -99,7 +99,7 @@ async fn datasets_can_be_created_listed_fetched_and_deleted() {
     let app = TestApp::new().await;
     let (_, token) = app.tenant_with_token("alpha").await;
     let r = app.call("POST", "/v1/datasets", &token, Some(ORDERS)).await;
-    assert_eq!(r.status, 201);
+    assert_eq!(r.status, 201, "{}", r.json);
     assert_eq!(r.headers["location"], "/v1/datasets/orders");
     let id = r.json["id"].as_str().unwrap().to_owned();
     assert_eq!(r.json["time_column"], "ordered_at");

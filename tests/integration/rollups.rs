@@ -515,7 +515,20 @@ async fn rollups_are_enabled_on_a_dataset_that_keeps_taking_writes_and_answer_ex
         before.sql
     );
 
-    // A writer keeps going while they are enabled (its requests straddle the change).
+    // A writer that read the old definition (no rollups) and wrote, still open: enabling waits
+    // for it, so its records are in the recount.
+    let mut straddling = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let old = datasets::find_for_write(&mut straddling, &DatasetRef::Name("sales".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(old.rollups.is_empty());
+    let batch: Vec<Value> = (1000..1050).map(|k| record(&mut g, k)).collect();
+    let batch = tenantry::analytics::ingest::validate(&old, batch).unwrap();
+    tenantry::analytics::ingest::write(&mut straddling, &old, &batch)
+        .await
+        .unwrap();
+    // And a writer through the API keeps going throughout.
     let writer = {
         let (app, token) = (app.clone(), token.clone());
         tokio::spawn(async move {
@@ -533,17 +546,45 @@ async fn rollups_are_enabled_on_a_dataset_that_keeps_taking_writes_and_answer_ex
         {"dimensions": []}
     ]))
     .unwrap();
-    let rows = tenantry::analytics::rollup::enable(
-        &app.app.db,
-        &ctx,
-        &DatasetRef::Name("sales".into()),
-        rollups,
-        std::time::Duration::from_millis(300),
-    )
-    .await
-    .unwrap();
+    let enabling = {
+        let (app, ctx) = (app.clone(), ctx.clone());
+        tokio::spawn(async move {
+            tenantry::analytics::rollup::enable(
+                &app.app.db,
+                &ctx,
+                &DatasetRef::Name("sales".into()),
+                rollups,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !enabling.is_finished(),
+        "enabling waits for the writer that read the old definition"
+    );
+    straddling.commit().await.unwrap();
+    let rows = enabling.await.unwrap().unwrap();
     assert!(rows > 0);
     writer.await.unwrap();
+
+    // Rollups that are not ready are not read.
+    let mut tx = app.app.db.begin(&ctx, Access::ReadOnly).await.unwrap();
+    let mut ds = datasets::find(&mut tx, &DatasetRef::Name("sales".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(ds.rollups_ready);
+    ds.rollups_ready = false;
+    let pending = query::compile(
+        &spec_q,
+        &ds,
+        ctx.tenant_id.as_uuid(),
+        QueryLimits::default(),
+    )
+    .unwrap();
+    assert!(!pending.sql.contains("app.rollups"), "{}", pending.sql);
 
     // Everything written before, during and after reads the same from the rollups.
     let more: Vec<Value> = (300..400).map(|k| record(&mut g, k)).collect();
@@ -561,7 +602,6 @@ async fn rollups_are_enabled_on_a_dataset_that_keeps_taking_writes_and_answer_ex
         &ctx,
         &DatasetRef::Name("sales".into()),
         bad,
-        std::time::Duration::ZERO,
     )
     .await;
     assert!(
@@ -571,4 +611,67 @@ async fn rollups_are_enabled_on_a_dataset_that_keeps_taking_writes_and_answer_ex
         ),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_rebuild_waits_for_a_writer_holding_new_groups_and_counts_them_once() {
+    let app = std::sync::Arc::new(TestApp::new().await);
+    let (ctx, token) = tenant_ctx(&app, "alpha").await;
+    app.create_dataset(&token, SALES).await;
+    let mut g = Gen(11);
+    let first: Vec<Value> = (0..100).map(|k| record(&mut g, k)).collect();
+    ingest(&app, &token, &first).await;
+    // A writer creates groups no rollup row has yet, and stays open.
+    let mut writer = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let ds = datasets::find_for_write(&mut writer, &DatasetRef::Name("sales".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let fresh: Vec<Value> = (0..20)
+        .map(|k| {
+            json!({"key": format!("new{k}"), "data": {"region": format!("R{k}"), "units": 1,
+            "at": "2026-12-01T00:30:00Z"}})
+        })
+        .collect();
+    let batch = tenantry::analytics::ingest::validate(&ds, fresh).unwrap();
+    tenantry::analytics::ingest::write(&mut writer, &ds, &batch)
+        .await
+        .unwrap();
+    let rebuilding = {
+        let (app, ctx) = (app.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
+            let ds = datasets::find(&mut tx, &DatasetRef::Name("sales".into()))
+                .await
+                .unwrap()
+                .unwrap();
+            tenantry::analytics::rollup::rebuild(&mut tx, &ds)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !rebuilding.is_finished(),
+        "the rebuild waits for the writer's rollup lock"
+    );
+    writer.commit().await.unwrap();
+    rebuilding.await.unwrap();
+    // Each new region counted once: 20 groups of one record, at their hour and their day.
+    let admin = app.db.admin().await;
+    let counts: Vec<(i16, i64)> = admin
+        .query(
+            "SELECT rollup, sum(n)::int8 FROM app.rollups WHERE g1 LIKE 'R%' GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(counts, [(1, 20), (2, 20)]);
+    let mut probe = Gen(12);
+    let queries: Vec<Value> = (0..60).map(|_| generated_query(&mut probe, true)).collect();
+    compare(&app, &ctx, &queries, true).await;
 }

@@ -26,6 +26,9 @@ pub struct Dataset {
     pub time_column: Option<String>,
     /// Its rollups (none for a dataset created before rollups existed).
     pub rollups: Vec<RollupSpec>,
+    /// Whether queries may read them (false while `rollup::enable` counts them).
+    #[serde(skip)]
+    pub rollups_ready: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
 }
@@ -76,7 +79,8 @@ impl DatasetRef {
     }
 }
 
-const COLUMNS: &str = "dataset_id, name, columns, text_columns, time_column, created_at, rollups";
+const COLUMNS: &str =
+    "dataset_id, name, columns, text_columns, time_column, created_at, rollups, rollups_ready";
 
 fn from_row(row: &Row) -> Result<Dataset, DbError> {
     let Json(columns): Json<Vec<ColumnDef>> = row.try_get(2)?;
@@ -88,6 +92,7 @@ fn from_row(row: &Row) -> Result<Dataset, DbError> {
         time_column: row.try_get(4)?,
         created_at: row.try_get(5)?,
         rollups: row.try_get::<_, Json<Vec<RollupSpec>>>(6)?.0,
+        rollups_ready: row.try_get(7)?,
     })
 }
 
@@ -130,12 +135,31 @@ pub async fn list(tx: &mut TenantTx) -> Result<Vec<Dataset>, DbError> {
 
 /// One dataset by id or name.
 pub async fn find(tx: &mut TenantTx, dataset: &DatasetRef) -> Result<Option<Dataset>, DbError> {
+    find_locking(tx, dataset, "").await
+}
+
+/// One dataset, for a transaction that writes its records: its row is share-locked until the
+/// transaction ends, so a change to its rollups (`rollup::enable`) waits for every writer that
+/// read the old definition, and a writer that reads while the change is pending waits and reads
+/// the new one.
+pub async fn find_for_write(
+    tx: &mut TenantTx,
+    dataset: &DatasetRef,
+) -> Result<Option<Dataset>, DbError> {
+    find_locking(tx, dataset, " FOR SHARE").await
+}
+
+async fn find_locking(
+    tx: &mut TenantTx,
+    dataset: &DatasetRef,
+    lock: &str,
+) -> Result<Option<Dataset>, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let row = match dataset {
         DatasetRef::Id(id) => {
             tx.query_opt(
                 &format!(
-                    "SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND dataset_id = $2"
+                    "SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND dataset_id = $2{lock}"
                 ),
                 &[(&tenant, Type::UUID), (id, Type::UUID)],
             )
@@ -143,7 +167,9 @@ pub async fn find(tx: &mut TenantTx, dataset: &DatasetRef) -> Result<Option<Data
         }
         DatasetRef::Name(name) => {
             tx.query_opt(
-                &format!("SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND name = $2"),
+                &format!(
+                    "SELECT {COLUMNS} FROM app.datasets WHERE tenant_id = $1 AND name = $2{lock}"
+                ),
                 &[(&tenant, Type::UUID), (name, Type::TEXT)],
             )
             .await?

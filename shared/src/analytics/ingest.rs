@@ -614,6 +614,7 @@ mod tests {
             text_columns: vec![],
             time_column: Some("at".into()),
             rollups: vec![],
+            rollups_ready: true,
             created_at: Utc::now(),
         }
     }

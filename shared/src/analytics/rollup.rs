@@ -210,7 +210,10 @@ impl<'d> Layout<'d> {
     }
 
     /// A condition (for a statement's `WHERE`) that takes the dataset's rollup lock before the
-    /// statement touches any row: an uncorrelated subquery, which Postgres evaluates once, first.
+    /// statement writes any row: an uncorrelated subquery, evaluated once, before the first row
+    /// passes the filter. (`rebuild` takes it in a statement of its own: a statement's snapshot
+    /// is taken before the lock is.) The key is a hash of the dataset's id, so two datasets can
+    /// share a lock now and then: they wait for each other, nothing worse.
     /// Writers of one dataset's rollups take turns for the rest of their transactions, so two of
     /// them never hold rollup rows the other wants (an import's slices lock rows statement by
     /// statement, which would otherwise deadlock against another writer). `$2` is the dataset.
@@ -353,12 +356,16 @@ impl<'d> Layout<'d> {
 /// [`enable`]. Returns the rollup rows written.
 pub async fn rebuild(tx: &mut TenantTx, ds: &Dataset) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
-    // The dataset's rollup lock first, so no writer's deltas interleave with the recount.
+    // The dataset's rollup lock first, in a statement of its own: no writer's deltas may commit
+    // between the delete and the recount (a lock taken inside the delete would be taken only if
+    // it found a row to delete, and inside the recount only after its snapshot).
+    tx.query_one(
+        &format!("SELECT {}", Layout::lock_condition()),
+        &[(&tenant, Type::UUID), (&ds.id, Type::UUID)],
+    )
+    .await?;
     tx.execute(
-        &format!(
-            "DELETE FROM app.rollups WHERE tenant_id = $1 AND dataset_id = $2 AND {}",
-            Layout::lock_condition()
-        ),
+        "DELETE FROM app.rollups WHERE tenant_id = $1 AND dataset_id = $2",
         &[(&tenant, Type::UUID), (&ds.id, Type::UUID)],
     )
     .await?;
@@ -366,10 +373,9 @@ pub async fn rebuild(tx: &mut TenantTx, ds: &Dataset) -> Result<u64, DbError> {
         return Ok(0);
     };
     let sql = format!(
-        "WITH w AS (SELECT {} FROM app.records rec WHERE rec.tenant_id = $1 AND rec.dataset_id = $2 AND {}), {} \
+        "WITH w AS (SELECT {} FROM app.records rec WHERE rec.tenant_id = $1 AND rec.dataset_id = $2), {} \
          SELECT count(*) FROM g",
         layout.returning("rec", "n_"),
-        Layout::lock_condition(),
         layout.apply_deltas(true, None),
     );
     let row = tx
@@ -393,20 +399,21 @@ pub enum EnableError {
 }
 
 /// Gives an existing dataset rollups (or new ones) while it keeps taking writes, and returns the
-/// rollup rows computed. In three steps, because a writer decides whether to keep rollups from
-/// the dataset it read when its request began:
-/// 1. the dataset's rollups are set and committed: every writer that starts from now on keeps
-///    them (and takes the dataset's rollup lock);
-/// 2. `settle` passes, longer than any transaction that read the old definition can still be
-///    running (a request's: the function's timeout, 29 s in the template);
-/// 3. the rollups are recomputed from the records under the dataset's rollup lock, replacing
-///    whatever partial deltas the overlap left.
+/// rollup rows computed. In two transactions:
+/// 1. the dataset's rollups are set and marked not ready. The update waits for every writer that
+///    read the old definition (writers share-lock the dataset's row: `datasets::find_for_write`),
+///    and writers that come meanwhile wait for it and read the new one, so once it commits every
+///    writer keeps the new rollups; queries keep reading records while they are not ready;
+/// 2. marked ready (an update of the dataset's row, which again waits for the writers in flight
+///    and holds new ones back), then recounted from the records under the dataset's rollup lock,
+///    replacing whatever deltas came before; queries read them once this commits.
+///
+/// Writers of the dataset wait for the recount, which reads all its records.
 pub async fn enable(
     db: &crate::db::Db,
     ctx: &crate::db::TenantContext,
     dataset: &super::datasets::DatasetRef,
     rollups: Vec<RollupSpec>,
-    settle: std::time::Duration,
 ) -> Result<u64, EnableError> {
     use crate::db::Access;
     let mut tx = db.begin(ctx, Access::ReadWrite).await?;
@@ -420,7 +427,8 @@ pub async fn enable(
     let tenant = tx.tenant_id().as_uuid();
     let spec = tokio_postgres::types::Json(&rollups);
     tx.execute(
-        "UPDATE app.datasets SET rollups = $3 WHERE tenant_id = $1 AND dataset_id = $2",
+        "UPDATE app.datasets SET rollups = $3, rollups_ready = false \
+         WHERE tenant_id = $1 AND dataset_id = $2",
         &[
             (&tenant, Type::UUID),
             (&ds.id, Type::UUID),
@@ -429,8 +437,15 @@ pub async fn enable(
     )
     .await?;
     tx.commit().await?;
-    tokio::time::sleep(settle).await;
+    // Ready first, then the lock: a writer takes the dataset's row (share) before the rollup
+    // lock, so taking them in the other order here would deadlock with it. Queries see "ready"
+    // only when this transaction commits, after the recount.
     let mut tx = db.begin(ctx, Access::ReadWrite).await?;
+    tx.execute(
+        "UPDATE app.datasets SET rollups_ready = true WHERE tenant_id = $1 AND dataset_id = $2",
+        &[(&tenant, Type::UUID), (&ds.id, Type::UUID)],
+    )
+    .await?;
     let ds = super::datasets::find(&mut tx, dataset)
         .await?
         .ok_or(EnableError::NotFound)?;

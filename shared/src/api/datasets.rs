@@ -43,6 +43,17 @@ pub(super) async fn find_dataset(
         .ok_or_else(dataset_not_found)
 }
 
+/// The same, share-locked for a transaction that writes the dataset's records
+/// ([`datasets::find_for_write`]).
+pub(super) async fn find_dataset_for_write(
+    tx: &mut TenantTx,
+    dataset: &DatasetRef,
+) -> Result<Dataset, ApiError> {
+    datasets::find_for_write(tx, dataset)
+        .await?
+        .ok_or_else(dataset_not_found)
+}
+
 /// Unknown, malformed and other tenants' datasets all get exactly this.
 pub(super) fn dataset_not_found() -> ApiError {
     ApiError::new(

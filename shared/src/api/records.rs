@@ -7,7 +7,7 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::datasets::{DatasetPath, dataset_ref, find_dataset, no_content};
+use super::datasets::{DatasetPath, dataset_ref, find_dataset, find_dataset_for_write, no_content};
 use crate::App;
 use crate::analytics::datasets::DatasetRef;
 use crate::analytics::ingest::{self, IngestOutcome, RecordError};
@@ -146,7 +146,7 @@ async fn write_all(
         ));
     }
     let mut tx = super::begin(app, caller, Access::ReadWrite).await?;
-    let ds = find_dataset(&mut tx, dataset).await?;
+    let ds = find_dataset_for_write(&mut tx, dataset).await?;
     let batch =
         ingest::validate(&ds, items).map_err(|(total, errors)| invalid_records(total, errors))?;
     let mut outcome = IngestOutcome::default();
@@ -227,7 +227,7 @@ pub(super) async fn delete(
     let dataset = dataset_ref(&path.dataset)?;
     let key = &path.key;
     let mut tx = super::begin(&app, &caller, Access::ReadWrite).await?;
-    let ds = find_dataset(&mut tx, &dataset).await?;
+    let ds = find_dataset_for_write(&mut tx, &dataset).await?;
     if !ingest::delete(&mut tx, &ds, key).await? {
         return Err(record_not_found());
     }

@@ -76,6 +76,7 @@ pub fn compile(
 ) -> Result<CompiledQuery, Vec<FieldError>> {
     let raw = compile_raw(spec, ds, tenant, limits)?;
     Ok(Layout::of(ds)
+        .filter(|_| ds.rollups_ready)
         .and_then(|layout| super::rollup::compile(spec, ds, &layout, tenant, &raw))
         .unwrap_or(raw))
 }
@@ -800,6 +801,7 @@ mod tests {
             text_columns: vec![],
             time_column: Some("at".into()),
             rollups: vec![],
+            rollups_ready: true,
             created_at: Utc::now(),
         }
     }

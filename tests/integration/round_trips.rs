@@ -16,13 +16,13 @@ use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestApp, gateway_event};
 const WARM: &[(&str, &str, &str, u64)] = &[
     // BEGIN + set_config pipelined with the first statement, the statement, COMMIT.
     ("GET", "/v1/datasets", "", 2),
-    // Dataset lookup (the compiler needs its schema), the compiled query, COMMIT; then the
-    // usage event in a transaction of its own (the query's is read-only): 3 + 2.
+    // Dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
+    // flight; then the usage event in a transaction of its own (the query's is read-only): 2 + 2.
     (
         "POST",
         "/v1/query",
         r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#,
-        5,
+        4,
     ),
     // Dataset lookup, the upsert, the audit entry, the usage event, COMMIT.
     (

@@ -324,3 +324,60 @@ async fn a_failed_commit_is_reported_and_its_connection_is_not_reused() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn a_last_statement_commits_in_its_own_flight_and_a_failed_one_rolls_back() {
+    let test = TestDb::new().await;
+    let db = test.pool(1);
+    let a = tenant(&db, "alpha").await;
+    let uid = a.as_uuid();
+
+    // The write before it and the statement itself commit together.
+    let mut t = tx(&db, a).await;
+    t.execute(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'first')",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
+    let rows = t
+        .query_and_commit(
+            "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'second') RETURNING name",
+            &[(&uid, Type::UUID)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // A failing last statement: its error comes back, nothing of the transaction stays, and the
+    // connection (the pool has one) is clean for the next transaction.
+    let mut t = tx(&db, a).await;
+    t.execute(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'third')",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
+    let err = t.query_and_commit("SELECT 1 / 0", &[]).await.unwrap_err();
+    assert_eq!(err.sqlstate().map(|s| s.code()), Some("22012"), "{err}");
+
+    // With nothing run before it, it takes the ordinary path and commits too.
+    let t = tx(&db, a).await;
+    t.query_and_commit(
+        "INSERT INTO app.datasets (tenant_id, name) VALUES ($1, 'fourth') RETURNING name",
+        &[(&uid, Type::UUID)],
+    )
+    .await
+    .unwrap();
+
+    let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+    let names: Vec<String> = t
+        .query("SELECT name FROM app.datasets ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["first", "fourth", "second"]);
+    t.commit().await.unwrap();
+}

@@ -48,8 +48,8 @@ async fn run_query(app: &App, caller: &Caller, spec: QuerySpec) -> HandlerResult
         )
         .with_extra(json!({ "errors": errors }))
     })?;
-    let result = query::run(&mut tx, &compiled).await?;
-    tx.commit().await?;
+    // The query's result is the transaction's last word: it commits in the same flight.
+    let result = query::run_and_commit(tx, &compiled).await?;
     super::meter(app, caller, Meter::Queries, 1, "api:query").await?;
     json_response(StatusCode::OK, &result)
 }

@@ -193,6 +193,43 @@ impl TenantTx {
         }
     }
 
+    /// Runs the transaction's last statement and commits it in the same flight: one round trip
+    /// fewer than [`query`](Self::query) then [`commit`](Self::commit). If the statement fails,
+    /// the COMMIT that follows it ends the failed transaction as a rollback, and the statement's
+    /// error is returned. A transaction that has run nothing yet takes the ordinary path (its
+    /// first statement already travels with BEGIN).
+    pub async fn query_and_commit(
+        mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
+        if self.state != State::Open || self.failed {
+            let rows = self.query(sql, params).await?;
+            self.commit().await?;
+            return Ok(rows);
+        }
+        let conn = self.conn()?;
+        let (out, commit) = tokio::join!(
+            statement(conn, Kind::Query, sql, params),
+            conn.batch_execute("COMMIT"),
+        );
+        match (out, commit) {
+            (Ok(out), Ok(())) => {
+                self.release();
+                Ok(out.rows())
+            }
+            (Err(e), Ok(())) => {
+                self.release();
+                Err(DbError::Postgres(e))
+            }
+            // The outcome is unknown only if the connection broke; it is not reused either way.
+            (_, Err(e)) => {
+                self.discard();
+                Err(e.into())
+            }
+        }
+    }
+
     /// Rolls back explicitly (dropping the transaction does the same, in the background).
     pub async fn rollback(mut self) -> Result<(), DbError> {
         self.rollback_now().await

@@ -72,16 +72,27 @@ pub struct QueryResult {
 /// Runs a compiled query in the tenant's transaction.
 pub async fn run(tx: &mut TenantTx, q: &CompiledQuery) -> Result<QueryResult, DbError> {
     let rows = tx.query(&q.sql, &q.params.as_params()).await?;
+    Ok(result(q, &rows))
+}
+
+/// Runs a compiled query as the transaction's last statement, committing in the same flight
+/// ([`TenantTx::query_and_commit`]).
+pub async fn run_and_commit(tx: TenantTx, q: &CompiledQuery) -> Result<QueryResult, DbError> {
+    let rows = tx.query_and_commit(&q.sql, &q.params.as_params()).await?;
+    Ok(result(q, &rows))
+}
+
+fn result(q: &CompiledQuery, rows: &[crate::db::Row]) -> QueryResult {
     let truncated = rows.len() > q.limit;
     let rows: Vec<Value> = rows
         .iter()
         .take(q.limit)
         .map(|r| r.get::<_, Value>(0))
         .collect();
-    Ok(QueryResult {
+    QueryResult {
         columns: q.columns.clone(),
         row_count: rows.len(),
         rows,
         truncated,
-    })
+    }
 }

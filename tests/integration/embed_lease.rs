@@ -59,8 +59,11 @@ impl Embedder for Probe {
             let open: i64 = self
                 .admin
                 .query_one(
+                    // Client connections only: an autovacuum worker analyzing this database has
+                    // a transaction open too, and is nothing of ours.
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+                     AND pid <> pg_backend_pid() AND xact_start IS NOT NULL \
+                     AND backend_type = 'client backend'",
                     &[],
                 )
                 .await

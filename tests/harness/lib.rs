@@ -799,6 +799,22 @@ impl TestApp {
         self.send(gateway_event(method, path, &headers, body)).await
     }
 
+    /// Posts an NDJSON body (one record per line) to a dataset's bulk import.
+    pub async fn import(&self, token: &str, dataset: &str, ndjson: &str) -> Reply {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/x-ndjson"),
+        ];
+        self.send(gateway_event(
+            "POST",
+            &format!("/v1/datasets/{dataset}/imports"),
+            &headers,
+            Some(ndjson),
+        ))
+        .await
+    }
+
     /// Sends any request through the edge.
     pub async fn send(&self, req: lambda_http::Request) -> Reply {
         let router = tenantry::http::router(Arc::clone(&self.app), &tenantry::api::all_routes());

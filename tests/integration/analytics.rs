@@ -944,18 +944,7 @@ async fn decimals_sum_and_average_exactly_where_numbers_do_not() {
 /// An NDJSON import as a client sends it.
 async fn import(app: &TestApp, token: &str, dataset: &str, lines: &[Value]) -> Reply {
     let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let auth = format!("Bearer {token}");
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/x-ndjson"),
-    ];
-    app.send(gateway_event(
-        "POST",
-        &format!("/v1/datasets/{dataset}/imports"),
-        &headers,
-        Some(&body),
-    ))
-    .await
+    app.import(token, dataset, &body).await
 }
 
 #[tokio::test]
@@ -1096,22 +1085,13 @@ async fn a_bulk_import_follows_the_ingest_rules_across_slices_and_is_all_or_noth
         (400, Some("no_records"))
     );
     // A file of garbage names the first 100 bad lines and counts them all.
-    let auth = format!("Bearer {token}");
-    let garbage = "not json\n".repeat(150);
     let r = app
-        .send(gateway_event(
-            "POST",
-            "/v1/datasets/events/imports",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/x-ndjson"),
-            ],
-            Some(&garbage),
-        ))
+        .import(&token, "events", &"not json\n".repeat(150))
         .await;
     assert_eq!(r.json["error_count"], 150, "{}", r.json);
     assert_eq!(r.json["errors"].as_array().map(Vec::len), Some(100));
     // No content type is refused with the import's own advice.
+    let auth = format!("Bearer {token}");
     let r = app
         .send(gateway_event(
             "POST",

@@ -239,6 +239,19 @@ async fn compare(app: &TestApp, ctx: &TenantContext, queries: &[Value], answerab
     from_rollups
 }
 
+/// Recomputes the `sales` dataset's rollups from its records.
+async fn rebuild(app: &TestApp, ctx: &TenantContext) {
+    let mut tx = app.app.db.begin(ctx, Access::ReadWrite).await.unwrap();
+    let ds = datasets::find(&mut tx, &DatasetRef::Name("sales".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    tenantry::analytics::rollup::rebuild(&mut tx, &ds)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 async fn ingest(app: &TestApp, token: &str, records: &[Value]) {
     for chunk in records.chunks(200) {
         let r = app
@@ -324,18 +337,7 @@ async fn concurrent_writers_to_the_same_groups_leave_exact_rollups_and_a_rebuild
                     let lines: String = (0..6000)
                         .map(|k| format!("{}\n", record(&mut g, k)))
                         .collect();
-                    let auth = format!("Bearer {token}");
-                    let r = app
-                        .send(tenantry_tests::gateway_event(
-                            "POST",
-                            "/v1/datasets/sales/imports",
-                            &[
-                                ("authorization", &auth),
-                                ("content-type", "application/x-ndjson"),
-                            ],
-                            Some(&lines),
-                        ))
-                        .await;
+                    let r = app.import(&token, "sales", &lines).await;
                     assert_eq!(r.status, 200, "{}", r.json);
                 }
             }
@@ -371,15 +373,7 @@ async fn concurrent_writers_to_the_same_groups_leave_exact_rollups_and_a_rebuild
     };
     let (admin, maintained) = snapshot(admin).await;
     assert!(!maintained.is_empty());
-    let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
-    let ds = datasets::find(&mut tx, &DatasetRef::Name("sales".into()))
-        .await
-        .unwrap()
-        .unwrap();
-    tenantry::analytics::rollup::rebuild(&mut tx, &ds)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    rebuild(&app, &ctx).await;
     let (admin, rebuilt) = snapshot(admin).await;
     assert_eq!(maintained.len(), rebuilt.len());
     if let Some((a, b)) = maintained.iter().zip(&rebuilt).find(|(a, b)| a != b) {
@@ -639,17 +633,7 @@ async fn a_rebuild_waits_for_a_writer_holding_new_groups_and_counts_them_once() 
         .unwrap();
     let rebuilding = {
         let (app, ctx) = (app.clone(), ctx.clone());
-        tokio::spawn(async move {
-            let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
-            let ds = datasets::find(&mut tx, &DatasetRef::Name("sales".into()))
-                .await
-                .unwrap()
-                .unwrap();
-            tenantry::analytics::rollup::rebuild(&mut tx, &ds)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-        })
+        tokio::spawn(async move { rebuild(&app, &ctx).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(

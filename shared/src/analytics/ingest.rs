@@ -131,8 +131,14 @@ pub fn validate(
     let mut batch = ValidBatch::default();
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::with_capacity(items.len());
+    // Columns some rollup groups by: their values are index keys, so their length is bounded.
+    let dimensions: std::collections::HashSet<&str> = dataset
+        .rollups
+        .iter()
+        .flat_map(|r| r.dimensions.iter().map(String::as_str))
+        .collect();
     for (index, item) in items.into_iter().enumerate() {
-        match validate_one(dataset, index, item) {
+        match validate_one(dataset, &dimensions, index, item) {
             Ok((key, data, time)) => {
                 if !seen.insert(key.clone()) {
                     errors.push(RecordError {
@@ -164,6 +170,7 @@ type Validated = (String, Value, Option<DateTime<Utc>>);
 
 fn validate_one(
     dataset: &Dataset,
+    dimensions: &std::collections::HashSet<&str>,
     index: usize,
     item: Value,
 ) -> Result<Validated, Vec<RecordError>> {
@@ -243,6 +250,19 @@ fn validate_one(
             continue; // absent and null mean the same; `required` is checked below
         }
         match check_value(column, value) {
+            Ok(Value::String(v))
+                if v.len() > super::rollup::MAX_DIMENSION_BYTES && dimensions.contains(&*name) =>
+            {
+                errors.push(err(
+                    Some(&key),
+                    Some(&name),
+                    "dimension_too_long",
+                    format!(
+                        "This column is a rollup dimension: its values are at most {} bytes.",
+                        super::rollup::MAX_DIMENSION_BYTES
+                    ),
+                ));
+            }
             Ok(v) => {
                 if dataset.time_column.as_deref() == Some(name.as_str()) {
                     time = v
@@ -253,24 +273,6 @@ fn validate_one(
                 clean.insert(name, v);
             }
             Err((reason, message)) => errors.push(err(Some(&key), Some(&name), reason, message)),
-        }
-    }
-    if let Some(layout) = Layout::of(dataset) {
-        for (name, value) in &clean {
-            if let Value::String(v) = value
-                && v.len() > super::rollup::MAX_DIMENSION_BYTES
-                && layout.is_dimension(name)
-            {
-                errors.push(err(
-                    Some(&key),
-                    Some(name),
-                    "dimension_too_long",
-                    format!(
-                        "This column is a rollup dimension: its values are at most {} bytes.",
-                        super::rollup::MAX_DIMENSION_BYTES
-                    ),
-                ));
-            }
         }
     }
     for c in dataset.columns.iter().filter(|c| c.required) {

@@ -223,13 +223,6 @@ impl<'d> Layout<'d> {
         )
     }
 
-    /// Whether a column is some rollup's dimension.
-    pub fn is_dimension(&self, name: &str) -> bool {
-        self.cubes
-            .iter()
-            .any(|c| c.dims.iter().any(|d| d.name == name))
-    }
-
     /// Positions (in the schema) of the columns some rollup groups by.
     fn dim_columns(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = self

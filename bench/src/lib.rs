@@ -80,6 +80,8 @@ fn round3(x: f64) -> f64 {
 
 /// The app role's password on the benchmark databases (as on every dev cluster).
 pub const APP_PASSWORD: &str = "tenantry_app_dev";
+/// The indexer role's password on the benchmark databases.
+pub const INDEXER_PASSWORD: &str = "tenantry_indexer_dev";
 
 /// URLs of a benchmark database.
 #[derive(Debug)]
@@ -88,6 +90,8 @@ pub struct BenchDb {
     pub admin_url: String,
     /// App-role URL.
     pub app_url: String,
+    /// Indexer-role URL (per-tenant vector indexes).
+    pub indexer_url: String,
     /// Postgres's port.
     pub port: u16,
     /// Whether it already existed with `marker` in it (so seeding can be skipped).
@@ -104,6 +108,8 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
     let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec())?;
     let admin_url = format!("postgres://{user}:{password}@127.0.0.1:{port}/{name}");
     let app_url = format!("postgres://tenantry_app:{APP_PASSWORD}@127.0.0.1:{port}/{name}");
+    let indexer_url =
+        format!("postgres://tenantry_indexer:{INDEXER_PASSWORD}@127.0.0.1:{port}/{name}");
 
     let (c, conn) = admin.connect(NoTls).await?;
     tokio::spawn(conn);
@@ -132,12 +138,14 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
             app: Some(APP_PASSWORD.into()),
             support: None,
             impersonator: None,
+            indexer: Some(INDEXER_PASSWORD.into()),
         },
     )
     .await?;
     Ok(BenchDb {
         admin_url,
         app_url,
+        indexer_url,
         port,
         reused,
     })
@@ -329,4 +337,72 @@ pub fn bench_tokens(n: usize) -> Result<Vec<String>, Error> {
             .map_err(Error::from)
         })
         .collect()
+}
+
+/// The synthetic corpus's vocabulary (support-ticket words, cities, products).
+const WORDS: &[&str] = &[
+    "invoice",
+    "refund",
+    "shipment",
+    "customs",
+    "delay",
+    "warehouse",
+    "pallet",
+    "courier",
+    "damage",
+    "return",
+    "payment",
+    "card",
+    "bank",
+    "transfer",
+    "discount",
+    "coupon",
+    "order",
+    "cancel",
+    "address",
+    "label",
+    "lisbon",
+    "berlin",
+    "austin",
+    "osaka",
+    "lima",
+    "accra",
+    "pune",
+    "sydney",
+    "toronto",
+    "bogota",
+    "widget",
+    "gadget",
+    "gizmo",
+    "sprocket",
+    "turbine",
+    "valve",
+    "pump",
+    "sensor",
+    "cable",
+    "battery",
+    "late",
+    "broken",
+    "missing",
+    "wrong",
+    "duplicate",
+    "urgent",
+    "priority",
+    "express",
+    "standard",
+    "bulk",
+];
+
+/// A deterministic pseudo-random sentence of `n` words.
+pub fn sentence(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            WORDS[(x % WORDS.len() as u64) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

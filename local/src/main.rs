@@ -32,6 +32,8 @@ const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
 /// The support role's password on a local cluster.
 const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
 const DEV_IMPERSONATOR_PASSWORD: &str = "tenantry_impersonator_dev";
+/// The indexer role's password on a local cluster (per-tenant vector indexes).
+const DEV_INDEXER_PASSWORD: &str = "tenantry_indexer_dev";
 /// The staff organization locally (`SUPPORT_ORG_ID` overrides it).
 const DEV_STAFF_ORG: &str = "org_tenantrystaff";
 const AUDIENCE: &str = "https://api.tenantry.local";
@@ -122,6 +124,7 @@ struct Urls {
     app: String,
     support: String,
     impersonation: String,
+    indexer: String,
 }
 
 /// Creates the local database if needed, migrates it, and returns its URLs.
@@ -143,6 +146,8 @@ async fn migrate_only() -> Result<Urls, Error> {
         std::env::var("SUPPORT_DB_PASSWORD").unwrap_or_else(|_| DEV_SUPPORT_PASSWORD.into());
     let impersonator_password = std::env::var("IMPERSONATOR_DB_PASSWORD")
         .unwrap_or_else(|_| DEV_IMPERSONATOR_PASSWORD.into());
+    let indexer_password =
+        std::env::var("INDEXER_DB_PASSWORD").unwrap_or_else(|_| DEV_INDEXER_PASSWORD.into());
     let admin_db_url = url_for(&admin, &user, &admin_password, &db_name);
     let applied = migrate::run(
         &admin_db_url,
@@ -151,6 +156,7 @@ async fn migrate_only() -> Result<Urls, Error> {
             app: Some(password.clone()),
             support: Some(support_password.clone()),
             impersonator: Some(impersonator_password.clone()),
+            indexer: Some(indexer_password.clone()),
         },
     )
     .await?;
@@ -165,6 +171,7 @@ async fn migrate_only() -> Result<Urls, Error> {
             &impersonator_password,
             &db_name,
         ),
+        indexer: url_for(&admin, "tenantry_indexer", &indexer_password, &db_name),
     })
 }
 
@@ -290,6 +297,10 @@ async fn up() -> Result<(), Error> {
         "STRIPE_API_BASE",
         "EMBED_MODEL_DIR",
         "RAG_MIN_RELEVANCE",
+        "RAG_TENANT_INDEX_MIN_CHUNKS",
+        "RAG_TENANT_INDEX_DROP_BELOW",
+        "RAG_TENANT_INDEX_BUILD_MEMORY_MIB",
+        "RAG_TENANT_INDEX_EVERY_SECS",
     ]
     .into_iter()
     .chain(meter_vars)
@@ -311,6 +322,12 @@ async fn up() -> Result<(), Error> {
     // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
     // every 30 s; snapshot and reconcile at start and every 10 minutes.
     tokio::spawn(billing_schedules(std::sync::Arc::clone(&app)));
+    // Per-tenant vector indexes, as the scheduled vector-indexes function does in AWS: as the
+    // indexer role, at start and every RAG_TENANT_INDEX_EVERY_SECS.
+    tokio::spawn(vector_index_schedule(
+        std::sync::Arc::clone(&app),
+        urls.indexer,
+    ));
     // Chunks a previous run left pending (stopped mid-embedding) are embedded now, as the
     // scheduled sweep does in AWS.
     tenantry::rag::queue::sweep(
@@ -370,6 +387,33 @@ async fn up() -> Result<(), Error> {
     println!("    -d '{query}'");
     println!("  curl -s {base}/v1/usage -H \"Authorization: Bearer $TOKEN_ACME\"\n");
     server::serve(listener, app, DEV_JWK).await
+}
+
+async fn vector_index_schedule(app: std::sync::Arc<tenantry::App>, indexer_url: String) {
+    use tenantry::rag::tenant_index::maintain;
+    let cfg = &app.config.rag.tenant_index;
+    loop {
+        let run = async {
+            let client = tenantry::db::connect_session(
+                &indexer_url,
+                &app.config.db.tls,
+                app.config.db.connect_timeout,
+            )
+            .await?;
+            maintain(&client, app.embedder.dims(), cfg).await
+        };
+        match run.await {
+            Ok(r) if !r.built.is_empty() || !r.dropped.is_empty() => tracing::info!(
+                built = r.built.len(),
+                dropped = r.dropped.len(),
+                kept = r.kept,
+                "per-tenant vector indexes maintained"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "per-tenant vector index maintenance failed"),
+        }
+        tokio::time::sleep(cfg.every).await;
+    }
 }
 
 async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {

@@ -489,6 +489,63 @@ pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// The whole `main` of the scheduled `vector-indexes` function: builds and drops per-tenant
+/// search indexes ([`crate::rag::tenant_index`]) on a session of the indexer role, its only
+/// database credential ([`indexer_config`]); the rest of the configuration (the embedding
+/// dimension, the `RAG_TENANT_INDEX_*` settings, TLS) is the shared one.
+pub async fn run_vector_indexes() -> Result<(), lambda_runtime::Error> {
+    crate::telemetry::init(log_format());
+    let config = indexer_config(|name| std::env::var(name).ok())?;
+    let sdk = match config.needs_aws() {
+        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        false => None,
+    };
+    let config = Arc::new(config.resolve(sdk.as_ref()).await?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let config = Arc::clone(&config);
+            async move {
+                let report = maintain_vector_indexes(&config).await?;
+                Ok::<_, lambda_runtime::Error>(serde_json::to_value(report)?)
+            }
+        },
+    ))
+    .await
+}
+
+/// The `vector-indexes` function's configuration from `lookup`: the indexer role's credentials
+/// (`INDEXER_DATABASE_URL` or `INDEXER_DATABASE_SECRET_ARN`) stand where the app role's would;
+/// an `APP_DATABASE_*` setting is never read.
+pub fn indexer_config(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    Config::from_lookup(|name| match name {
+        "APP_DATABASE_URL" => lookup("INDEXER_DATABASE_URL"),
+        "APP_DATABASE_SECRET_ARN" => lookup("INDEXER_DATABASE_SECRET_ARN"),
+        _ => lookup(name),
+    })
+}
+
+/// One run of the `vector-indexes` function: a session as the configured role (the indexer's,
+/// from [`indexer_config`]) and [`crate::rag::tenant_index::maintain`] for this deployment's
+/// embedding dimension.
+pub async fn maintain_vector_indexes(
+    config: &Config,
+) -> Result<crate::rag::tenant_index::Report, DbError> {
+    let client =
+        crate::db::connect_session(&config.db.url, &config.db.tls, config.db.connect_timeout)
+            .await?;
+    crate::rag::tenant_index::maintain(&client, embedding_dims(config), &config.rag.tenant_index)
+        .await
+}
+
+/// The dimension of the embeddings this deployment makes: all-MiniLM-L6-v2's where that is the
+/// embedder, `EMBED_DIMS` otherwise (Bedrock's, or the hashed embedder's).
+fn embedding_dims(config: &Config) -> usize {
+    match (&config.rag.embed_model_id, &config.rag.embed_model_dir) {
+        (None, Some(_)) => crate::rag::embed::MINILM_DIMS,
+        _ => config.rag.embed_dims,
+    }
+}
+
 /// The `embed` function's handler. A sweep that cannot reach the database fails the invocation
 /// (the scheduler retries it); SQS batches report failed messages one by one.
 pub async fn handle_embed_event(

@@ -38,6 +38,8 @@ pub const DEV_APP_PASSWORD: &str = "tenantry_app_dev";
 pub const DEV_SUPPORT_PASSWORD: &str = "tenantry_support_dev";
 /// The impersonator role's password on the test cluster.
 pub const DEV_IMPERSONATOR_PASSWORD: &str = "tenantry_impersonator_dev";
+/// The indexer role's password on the test cluster (per-tenant vector indexes).
+pub const DEV_INDEXER_PASSWORD: &str = "tenantry_indexer_dev";
 /// The staff organization of every test app (`SUPPORT_ORG_ID`).
 pub const STAFF_ORG: &str = "org_tenantrystaff";
 /// The token audience the tests use.
@@ -146,6 +148,7 @@ async fn template() -> String {
                         app: Some(DEV_APP_PASSWORD.into()),
                         support: Some(DEV_SUPPORT_PASSWORD.into()),
                         impersonator: Some(DEV_IMPERSONATOR_PASSWORD.into()),
+                        indexer: Some(DEV_INDEXER_PASSWORD.into()),
                     },
                 )
                 .await

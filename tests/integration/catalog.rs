@@ -82,6 +82,10 @@ const DEFINERS: &[(&str, &str)] = &[
     ("app.tenant_for_stripe_customer(text)", "SETOF uuid"),
     ("app.tenant_ids()", "TABLE(tenant_id uuid, status text)"),
     ("app.tenants_with_pending_chunks(interval)", "SETOF uuid"),
+    (
+        "app.text_candidates(text,uuid[],bigint)",
+        "TABLE(dataset_id uuid, record_key text, chunk_no integer, rank real)",
+    ),
 ];
 
 /// The one configuration every SECURITY DEFINER function has: nothing but a fixed search_path
@@ -342,12 +346,16 @@ pub async fn violations(client: &Client) -> Vec<String> {
         );
         // The one lookup the app role does not call: the restrictive policies of read-only
         // impersonation sessions call it, as the role they run as.
-        let caller = if name == "app.impersonation_live()" {
-            "tenantry_impersonation"
-        } else {
-            "tenantry_app"
+        // The full-text candidates (0019) are read by the search as either role, and build their
+        // statement with the tenant as a literal (plpgsql's EXECUTE).
+        let (caller, language) = match name.as_str() {
+            "app.impersonation_live()" => ("tenantry_impersonation", "sql"),
+            "app.text_candidates(text,uuid[],bigint)" => {
+                ("tenantry_app,tenantry_impersonation", "plpgsql")
+            }
+            _ => ("tenantry_app", "sql"),
         };
-        let want = (*contract, DEFINER_CONFIG, caller.to_owned(), "s", "sql");
+        let want = (*contract, DEFINER_CONFIG, caller.to_owned(), "s", language);
         if shape != want {
             out.push(format!(
                 "{name}: SECURITY DEFINER (result, config, callers, volatility, language) is \

@@ -56,8 +56,16 @@ fn every_function_package_serves_routes_and_every_route_has_a_package() {
         .collect();
     let mut functions: BTreeSet<String> = ROUTES.iter().map(|r| r.function.to_owned()).collect();
     // Functions that serve no route: queue consumers, scheduled jobs and the gateway's authorizer.
-    functions
-        .extend(["embed", "usage-meter", "billing-reconcile", "authorizer"].map(str::to_owned));
+    functions.extend(
+        [
+            "embed",
+            "usage-meter",
+            "billing-reconcile",
+            "vector-indexes",
+            "authorizer",
+        ]
+        .map(str::to_owned),
+    );
     assert_eq!(dirs, functions);
     // And the template builds every one of them.
     let template = String::from_utf8(repo_file("infra/template.yaml")).unwrap();

@@ -33,6 +33,7 @@ mod rollups;
 mod round_trips;
 mod secrets;
 mod support;
+mod tenant_index;
 mod tenant_tx;
 mod webhooks;
 mod wiring;

@@ -199,12 +199,14 @@ const APP_FUNCTIONS: &[&str] = &[
     "app.tenant_for_stripe_customer(text)",
     "app.tenant_ids()",
     "app.tenants_with_pending_chunks(interval)",
+    "app.text_candidates(text,uuid[],bigint)",
 ];
 
-/// The login roles' memberships, exactly: only the impersonator is a member of anything (the
-/// read-only role, which it may SET but does not inherit), and nobody is a member of it.
+/// The login roles' memberships, exactly: only the impersonator (of the read-only role) and the
+/// indexer (of the owner) are members of anything, each may SET its role but does not inherit
+/// it, and nobody else is a member of either.
 #[tokio::test]
-async fn only_the_impersonator_can_become_the_read_only_role() {
+async fn only_the_impersonator_and_the_indexer_may_become_another_role() {
     let db = TestDb::new().await;
     let admin = db.admin().await;
     let rows: Vec<(String, String, bool, bool)> = admin
@@ -223,12 +225,21 @@ async fn only_the_impersonator_can_become_the_read_only_role() {
         .collect();
     assert_eq!(
         rows,
-        [(
-            "tenantry_impersonator".to_owned(),
-            "tenantry_impersonation".to_owned(),
-            false,
-            true
-        )]
+        [
+            (
+                "tenantry_impersonator".to_owned(),
+                "tenantry_impersonation".to_owned(),
+                false,
+                true
+            ),
+            // Per-tenant index builds need the table's owner (0019_tenant_vector_indexes.sql).
+            (
+                "tenantry_indexer".to_owned(),
+                "tenantry_owner".to_owned(),
+                false,
+                true
+            )
+        ]
     );
     let flags = admin
         .query_one(
@@ -255,6 +266,7 @@ async fn app_role_has_exactly_the_grants_the_migrations_give() {
         ("tenantry_support", SUPPORT_GRANTS),
         ("tenantry_impersonation", IMPERSONATION_GRANTS),
         ("tenantry_impersonator", &[]),
+        ("tenantry_indexer", &[]),
     ] {
         let grants: Vec<(String, String)> = admin
             .query(

@@ -68,6 +68,7 @@ fn each_function_links_only_the_sdks_it_calls() {
         ("auth0-webhook", &secrets),
         ("usage-meter", &secrets),
         ("billing-reconcile", &secrets),
+        ("vector-indexes", &secrets),
         ("records", &sqs),
         ("query", &sqs),
         ("ask", &sqs_and_bedrock),

@@ -17,78 +17,11 @@ use tenantry::rag::search::{Retrieved, embed_question};
 use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
 use tenantry_bench::{
-    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, run_search,
+    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, run_search, sentence,
     sort_priced_out,
 };
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
-
-const WORDS: &[&str] = &[
-    "invoice",
-    "refund",
-    "shipment",
-    "customs",
-    "delay",
-    "warehouse",
-    "pallet",
-    "courier",
-    "damage",
-    "return",
-    "payment",
-    "card",
-    "bank",
-    "transfer",
-    "discount",
-    "coupon",
-    "order",
-    "cancel",
-    "address",
-    "label",
-    "lisbon",
-    "berlin",
-    "austin",
-    "osaka",
-    "lima",
-    "accra",
-    "pune",
-    "sydney",
-    "toronto",
-    "bogota",
-    "widget",
-    "gadget",
-    "gizmo",
-    "sprocket",
-    "turbine",
-    "valve",
-    "pump",
-    "sensor",
-    "cable",
-    "battery",
-    "late",
-    "broken",
-    "missing",
-    "wrong",
-    "duplicate",
-    "urgent",
-    "priority",
-    "express",
-    "standard",
-    "bulk",
-];
-
-/// A deterministic pseudo-random sentence of `n` words.
-fn sentence(seed: u64, n: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            WORDS[(x % WORDS.len() as u64) as usize]
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

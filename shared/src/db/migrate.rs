@@ -101,6 +101,8 @@ pub struct RolePasswords {
     pub support: Option<String>,
     /// For `tenantry_impersonator` (read-only impersonation sessions).
     pub impersonator: Option<String>,
+    /// For `tenantry_indexer` (per-tenant vector index maintenance).
+    pub indexer: Option<String>,
 }
 
 impl std::fmt::Debug for RolePasswords {
@@ -192,6 +194,7 @@ pub async fn run(
             ("tenantry_app", &passwords.app),
             ("tenantry_support", &passwords.support),
             ("tenantry_impersonator", &passwords.impersonator),
+            ("tenantry_indexer", &passwords.indexer),
         ] {
             if let Some(password) = password {
                 // Utility statements take no parameters: quote with format(%I, %L) server-side.

@@ -129,6 +129,35 @@ fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// One session outside the pool, with the pool's TLS settings: for work that must run outside
+/// any transaction (`CREATE INDEX CONCURRENTLY`, in [`crate::rag::tenant_index`]). The
+/// connection's task runs until the client is dropped.
+pub async fn connect_session(
+    url: &str,
+    tls: &DbTls,
+    connect_timeout: Duration,
+) -> Result<tokio_postgres::Client, DbError> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| DbError::Config("the database URL is not a valid Postgres URL".into()))?;
+    pg.application_name("tenantry-maintenance")
+        .connect_timeout(connect_timeout);
+    let client = match tls {
+        DbTls::Disable => {
+            let (client, conn) = pg.connect(NoTls).await?;
+            tokio::spawn(conn);
+            client
+        }
+        DbTls::Require { ca_file } => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = pg.connect(tls_connector(ca_file.as_deref())?).await?;
+            tokio::spawn(conn);
+            client
+        }
+    };
+    Ok(client)
+}
+
 /// A tenant that an Auth0 organization or API key maps to, with its status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantRef {

@@ -7,6 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+/// all-MiniLM-L6-v2's dimension (`minilm`, the embedded mode's model), for code that must know
+/// it without loading the model.
+pub const MINILM_DIMS: usize = 384;
+
 /// Why texts could not be embedded.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {

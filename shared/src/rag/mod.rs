@@ -9,6 +9,7 @@
 //! - [`chunks`]: keeping `app.chunks` in step with records, and embedding what is pending.
 //! - [`queue`]: the embed queue port (SQS in AWS, in-process locally) and the embed worker.
 //! - [`search`]: hybrid retrieval (vector + full text, fused by reciprocal rank).
+//! - [`tenant_index`]: HNSW indexes of their own for large tenants, built in the background.
 //! - [`answer`]: the answerer port, citation policing and the sanitizer of answers and snippets.
 //!
 //! Its settings ([`RagConfig`]) are read from the environment here.
@@ -23,6 +24,7 @@ pub mod minilm;
 pub mod queue;
 pub mod search;
 pub mod split;
+pub mod tenant_index;
 
 use std::path::PathBuf;
 
@@ -55,12 +57,15 @@ pub struct RagConfig {
     pub exact_max_chunks: i64,
     /// `hnsw.ef_search` for the approximate path (candidate list size; higher: better recall).
     pub hnsw_ef_search: u32,
+    /// Which tenants get a vector index of their own ([`tenant_index`]).
+    pub tenant_index: tenant_index::TenantIndexConfig,
 }
 
 impl RagConfig {
     /// `EMBED_DIMS`, `BEDROCK_EMBED_MODEL_ID`, `EMBED_MODEL_DIR`, `BEDROCK_EMBED_CONCURRENCY`,
     /// `BEDROCK_ANSWER_MODEL_ID`, `BEDROCK_PLANNER_MODEL_ID`, `BEDROCK_ANSWER_MAX_TOKENS`,
-    /// `EMBED_QUEUE_URL`, `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`, `RAG_MIN_RELEVANCE`.
+    /// `EMBED_QUEUE_URL`, `RAG_EXACT_MAX_CHUNKS`, `RAG_HNSW_EF_SEARCH`, `RAG_MIN_RELEVANCE`, and
+    /// the `RAG_TENANT_INDEX_*` settings ([`tenant_index::TenantIndexConfig::from_env`]).
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let embed_model_id = env.var("BEDROCK_EMBED_MODEL_ID");
         let embed_model_dir = env.var("EMBED_MODEL_DIR").map(PathBuf::from);
@@ -106,6 +111,7 @@ impl RagConfig {
                     });
                 }
             },
+            tenant_index: tenant_index::TenantIndexConfig::from_env(env)?,
         })
     }
 }

@@ -9,8 +9,15 @@
 //!   ([`TxSettings::hnsw_ef_search`](crate::db::TxSettings)), for tenants with more chunks than
 //!   [`SearchRequest::exact_max_chunks`]. The index is shared by all tenants and filtered by RLS
 //!   and the tenant predicate, so the iterative scan keeps going until it has enough rows or hits
-//!   `hnsw.max_scan_tuples`. When it comes back short, the exact scan runs instead: the tenant
-//!   gets its candidates whenever it has them.
+//!   `hnsw.max_scan_tuples`, unless the tenant has an index of its own
+//!   ([`super::tenant_index`]), which the planner then takes: the statement names the tenant as
+//!   a literal, so the partial index's predicate is provable. When the approximate path comes
+//!   back short, the exact scan runs instead: the tenant gets its candidates whenever it has them.
+//!
+//! Full-text candidates come from a scan of the tenant's chunks under RLS (which keeps any GIN
+//! index from serving `@@`, not a LEAKPROOF operator), or, for a tenant with a full-text index
+//! of its own, from `app.text_candidates`, which reads that index as the owner
+//! (`0019_tenant_vector_indexes.sql`); either way the chunks themselves are read under RLS.
 
 use serde::Serialize;
 use tokio_postgres::types::Type;
@@ -18,7 +25,7 @@ use uuid::Uuid;
 
 use super::embed::{EmbedError, Embedder, to_pgvector};
 use crate::analytics::query::CompiledFilter;
-use crate::db::{DbError, TenantTx};
+use crate::db::{DbError, Params, TenantTx};
 
 /// Reciprocal-rank-fusion constant (the usual 60).
 const RRF_K: f64 = 60.0;
@@ -123,8 +130,9 @@ pub async fn embed_question(
 
 /// Finds the `k` chunks of the tenant that best match the request.
 pub async fn search(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Retrieved, DbError> {
-    if tenant_is_large(tx, req.exact_max_chunks).await? {
-        let approximate = fused(tx, req, false).await?;
+    let size = tenant_size(tx, req.exact_max_chunks).await?;
+    if size.large {
+        let approximate = fused(tx, req, Path::approximate(size)).await?;
         if approximate.1 >= req.candidates() {
             return Ok(approximate.0);
         }
@@ -133,94 +141,101 @@ pub async fn search(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Retrie
             "approximate search came back short; exact scan"
         );
     }
-    Ok(fused(tx, req, true).await?.0)
+    Ok(fused(tx, req, Path::exact(size)).await?.0)
 }
 
-/// Whether the tenant has more than `limit` chunks (counting stops at `limit + 1`).
-async fn tenant_is_large(tx: &mut TenantTx, limit: i64) -> Result<bool, DbError> {
+/// What the search knows of the tenant before it searches.
+#[derive(Clone, Copy, Debug)]
+struct Size {
+    /// More chunks than `exact_max_chunks`.
+    large: bool,
+    /// A valid full-text index of its own ([`super::tenant_index`]).
+    own_text_index: bool,
+}
+
+/// How one search runs.
+#[derive(Clone, Copy, Debug)]
+struct Path {
+    /// Vector candidates by an exact scan (else by the planner's choice of HNSW index).
+    exact: bool,
+    /// Full-text candidates from `app.text_candidates` (the tenant's own GIN index), else from
+    /// a scan of the tenant's chunks under RLS.
+    own_text_index: bool,
+}
+
+impl Path {
+    fn exact(size: Size) -> Self {
+        Self {
+            exact: true,
+            own_text_index: size.own_text_index,
+        }
+    }
+
+    fn approximate(size: Size) -> Self {
+        Self {
+            exact: false,
+            own_text_index: size.own_text_index,
+        }
+    }
+}
+
+/// Whether the tenant has more than `limit` chunks (counting stops at `limit + 1`), and whether
+/// it has a valid full-text index of its own, in one statement.
+async fn tenant_size(tx: &mut TenantTx, limit: i64) -> Result<Size, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let fetch = limit.saturating_add(1);
+    let text_index = format!(
+        "app.{}",
+        super::tenant_index::index_name(tenant, super::tenant_index::Kind::Text)
+    );
     let row = tx
         .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM app.chunks WHERE tenant_id = $1 LIMIT $2) c",
-            &[(&tenant, Type::UUID), (&fetch, Type::INT8)],
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM app.chunks WHERE tenant_id = $1 LIMIT $2) c), \
+                    coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($3)), false)",
+            &[
+                (&tenant, Type::UUID),
+                (&fetch, Type::INT8),
+                (&text_index, Type::TEXT),
+            ],
         )
         .await?;
-    Ok(row.get::<_, i64>(0) > limit)
+    Ok(Size {
+        large: row.get::<_, i64>(0) > limit,
+        own_text_index: row.get(1),
+    })
+}
+
+/// The plan Postgres chooses for the search's statement on one path (`EXPLAIN`, without costs):
+/// which index serves the vector candidates, for operators and tests.
+pub async fn explain(
+    tx: &mut TenantTx,
+    req: &SearchRequest<'_>,
+    exact: bool,
+) -> Result<String, DbError> {
+    let size = tenant_size(tx, req.exact_max_chunks).await?;
+    let path = match exact {
+        true => Path::exact(size),
+        false => Path::approximate(size),
+    };
+    let (sql, params) = statement(tx.tenant_id().as_uuid(), req, path);
+    let rows = tx
+        .query(&format!("EXPLAIN (COSTS OFF) {sql}"), &params.as_params())
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// One fused search; also returns how many vector candidates were found.
 async fn fused(
     tx: &mut TenantTx,
     req: &SearchRequest<'_>,
-    exact: bool,
+    path: Path,
 ) -> Result<(Retrieved, i64), DbError> {
-    // The filter's parameters come first; the search's own are bound after them.
-    let mut params = req.filter.map(|f| f.params.clone()).unwrap_or_default();
-    let tenant = params.bind(tx.tenant_id().as_uuid(), Type::UUID);
-    let question_vector = params.bind(to_pgvector(req.vector), Type::TEXT);
-    let candidates = params.bind(req.candidates(), Type::INT8);
-    let datasets = params.bind(req.datasets.map(<[Uuid]>::to_vec), Type::UUID_ARRAY);
-    let question = params.bind(req.question.to_owned(), Type::TEXT);
-    let rrf_k = params.bind(RRF_K, Type::FLOAT8);
-    // The dimension is ours (the embedder's), never a client's: a literal, so the planner can
-    // match the partial expression index.
-    let dims = req.vector.len();
-    let record_filter = match req.filter {
-        Some(f) => format!(
-            " AND EXISTS (SELECT 1 FROM app.records r WHERE r.tenant_id = c.tenant_id \
-               AND r.dataset_id = c.dataset_id AND r.key = c.record_key AND {})",
-            f.sql
-        ),
-        None => String::new(),
-    };
-    let distance = if exact {
-        format!("c.embedding <=> {question_vector}::vector({dims})")
-    } else {
-        format!("c.embedding::vector({dims}) <=> {question_vector}::vector({dims})")
-    };
-    // The approximate path orders by distance alone (what the index serves); ties are
-    // broken after fusion.
-    let order = if exact {
-        "dist, c.record_key, c.chunk_no"
-    } else {
-        "dist"
-    };
-    let sql = format!(
-        "WITH vec AS MATERIALIZED ( \
-           SELECT c.dataset_id, c.record_key, c.chunk_no, {distance} AS dist \
-           FROM app.chunks c \
-           WHERE c.tenant_id = {tenant} AND vector_dims(c.embedding) = {dims} \
-             AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
-           ORDER BY {order} LIMIT {candidates} \
-         ), vrank AS ( \
-           SELECT dataset_id, record_key, chunk_no, \
-                  row_number() OVER (ORDER BY dist, record_key, chunk_no) AS rank FROM vec \
-         ), fts AS ( \
-           SELECT dataset_id, record_key, chunk_no, \
-                  row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
-             SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
-             FROM app.chunks c, websearch_to_tsquery('english', {question}) q \
-             WHERE c.tenant_id = {tenant} AND c.tsv @@ q \
-               AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
-             ORDER BY r DESC, c.record_key, c.chunk_no LIMIT {candidates}) f \
-         ), m AS ( \
-           SELECT dataset_id, record_key, chunk_no, vrank.rank AS vrank, fts.rank AS trank \
-           FROM vrank FULL JOIN fts USING (dataset_id, record_key, chunk_no) \
-         ) \
-         SELECT c.dataset_id, d.name, c.record_key, c.record_version, c.chunk_no, c.column_name, \
-                c.content, \
-                coalesce(1.0 / ({rrf_k} + m.vrank), 0) + coalesce(1.0 / ({rrf_k} + m.trank), 0) \
-                  AS score, \
-                m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m), \
-                CASE WHEN vector_dims(c.embedding) = {dims} \
-                  THEN 1 - (c.embedding <=> {question_vector}::vector({dims})) END \
-         FROM m \
-         JOIN app.chunks c ON c.tenant_id = {tenant} AND c.dataset_id = m.dataset_id \
-           AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
-         JOIN app.datasets d ON d.tenant_id = {tenant} AND d.dataset_id = c.dataset_id \
-         ORDER BY score DESC, c.record_key, c.chunk_no"
-    );
+    let exact = path.exact;
+    let (sql, params) = statement(tx.tenant_id().as_uuid(), req, path);
     let rows = tx.query(&sql, &params.as_params()).await?;
     let vector_found = rows.first().map_or(0, |r| r.get::<_, i64>(10));
     let considered = rows.first().map_or(0, |r| r.get::<_, i64>(11));
@@ -257,4 +272,91 @@ async fn fused(
         },
         vector_found,
     ))
+}
+
+/// The search's statement on one path, with its parameters.
+fn statement(tenant_id: Uuid, req: &SearchRequest<'_>, path: Path) -> (String, Params) {
+    let exact = path.exact;
+    // The filter's parameters come first; the search's own are bound after them.
+    let mut params = req.filter.map(|f| f.params.clone()).unwrap_or_default();
+    let tenant = params.bind(tenant_id, Type::UUID);
+    let question_vector = params.bind(to_pgvector(req.vector), Type::TEXT);
+    let candidates = params.bind(req.candidates(), Type::INT8);
+    let datasets = params.bind(req.datasets.map(<[Uuid]>::to_vec), Type::UUID_ARRAY);
+    let question = params.bind(req.question.to_owned(), Type::TEXT);
+    let rrf_k = params.bind(RRF_K, Type::FLOAT8);
+    // The dimension is ours (the embedder's), never a client's, and so is the tenant (a UUID):
+    // literals, so the planner can prove a partial index's predicate and take the shared index
+    // of the dimension, or the tenant's own vector and full-text indexes (`tenant_index`),
+    // whatever the plan cache does.
+    let dims = req.vector.len();
+    let tenant_literal = format!("'{tenant_id}'::uuid");
+    let record_filter = match req.filter {
+        Some(f) => format!(
+            " AND EXISTS (SELECT 1 FROM app.records r WHERE r.tenant_id = c.tenant_id \
+               AND r.dataset_id = c.dataset_id AND r.key = c.record_key AND {})",
+            f.sql
+        ),
+        None => String::new(),
+    };
+    let distance = if exact {
+        format!("c.embedding <=> {question_vector}::vector({dims})")
+    } else {
+        format!("c.embedding::vector({dims}) <=> {question_vector}::vector({dims})")
+    };
+    // The approximate path orders by distance alone (what the index serves); ties are
+    // broken after fusion.
+    let order = if exact {
+        "dist, c.record_key, c.chunk_no"
+    } else {
+        "dist"
+    };
+    // Full-text candidates: from the tenant's own GIN index through `app.text_candidates`
+    // where it has one (RLS keeps any GIN index from an app-role search; see
+    // 0019_tenant_vector_indexes.sql), unless a record filter must apply before the limit.
+    let fts = match (path.own_text_index, req.filter) {
+        (true, None) => format!(
+            "SELECT dataset_id, record_key, chunk_no, \
+                    row_number() OVER (ORDER BY rank DESC, record_key, chunk_no) AS rank \
+             FROM app.text_candidates({question}, {datasets}, {candidates})"
+        ),
+        _ => format!(
+            "SELECT dataset_id, record_key, chunk_no, \
+                    row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
+               SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
+               FROM app.chunks c, websearch_to_tsquery('english', {question}) q \
+               WHERE c.tenant_id = {tenant_literal} AND c.tsv @@ q \
+                 AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
+               ORDER BY r DESC, c.record_key, c.chunk_no LIMIT {candidates}) f"
+        ),
+    };
+    let sql = format!(
+        "WITH vec AS MATERIALIZED ( \
+           SELECT c.dataset_id, c.record_key, c.chunk_no, {distance} AS dist \
+           FROM app.chunks c \
+           WHERE c.tenant_id = {tenant_literal} AND vector_dims(c.embedding) = {dims} \
+             AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
+           ORDER BY {order} LIMIT {candidates} \
+         ), vrank AS ( \
+           SELECT dataset_id, record_key, chunk_no, \
+                  row_number() OVER (ORDER BY dist, record_key, chunk_no) AS rank FROM vec \
+         ), fts AS ({fts} \
+         ), m AS ( \
+           SELECT dataset_id, record_key, chunk_no, vrank.rank AS vrank, fts.rank AS trank \
+           FROM vrank FULL JOIN fts USING (dataset_id, record_key, chunk_no) \
+         ) \
+         SELECT c.dataset_id, d.name, c.record_key, c.record_version, c.chunk_no, c.column_name, \
+                c.content, \
+                coalesce(1.0 / ({rrf_k} + m.vrank), 0) + coalesce(1.0 / ({rrf_k} + m.trank), 0) \
+                  AS score, \
+                m.vrank, m.trank, (SELECT count(*) FROM vec), (SELECT count(*) FROM m), \
+                CASE WHEN vector_dims(c.embedding) = {dims} \
+                  THEN 1 - (c.embedding <=> {question_vector}::vector({dims})) END \
+         FROM m \
+         JOIN app.chunks c ON c.tenant_id = {tenant} AND c.dataset_id = m.dataset_id \
+           AND c.record_key = m.record_key AND c.chunk_no = m.chunk_no \
+         JOIN app.datasets d ON d.tenant_id = {tenant} AND d.dataset_id = c.dataset_id \
+         ORDER BY score DESC, c.record_key, c.chunk_no"
+    );
+    (sql, params)
 }

@@ -30,8 +30,10 @@ SET LOCAL ROLE tenantry_owner;
 -- as the owner, whose lookup policy on app.chunks (0006) reads without a barrier, with the tenant
 -- as a literal (a UUID from the transaction's setting, never an argument), so the tenant's own
 -- GIN index (rag::tenant_index) serves it. It returns keys and ranks only; the search reads the
--- chunks themselves under the caller's RLS. A read-only support session gets nothing unless it
--- is live (the restrictive policies of 0012 do not apply to the owner, so it asks itself).
+-- chunks themselves under the caller's RLS. Only the app role may call it, which reads all of its
+-- tenant's chunks under RLS anyway: the read-only impersonation role may not, since the
+-- restrictive policies of 0012 (a live session, for this tenant and staff member) bind that role
+-- and not the owner, and settings such as app.impersonation_id are the caller's to change.
 CREATE FUNCTION app.text_candidates(p_query text, p_datasets uuid[], p_limit bigint)
   RETURNS TABLE (dataset_id uuid, record_key text, chunk_no integer, rank real)
   LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -40,8 +42,7 @@ CREATE FUNCTION app.text_candidates(p_query text, p_datasets uuid[], p_limit big
   DECLARE
     t uuid := app.current_tenant_id();
   BEGIN
-    IF t IS NULL OR (coalesce(current_setting('app.impersonation_id', true), '') <> ''
-                     AND NOT app.impersonation_live()) THEN
+    IF t IS NULL THEN
       RETURN;
     END IF;
     RETURN QUERY EXECUTE format(
@@ -54,5 +55,4 @@ CREATE FUNCTION app.text_candidates(p_query text, p_datasets uuid[], p_limit big
   END
   $$;
 REVOKE EXECUTE ON FUNCTION app.text_candidates(text, uuid[], bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION app.text_candidates(text, uuid[], bigint)
-  TO tenantry_app, tenantry_impersonation;
+GRANT EXECUTE ON FUNCTION app.text_candidates(text, uuid[], bigint) TO tenantry_app;

@@ -260,6 +260,7 @@ pub async fn run_search(
         datasets: None,
         filter: None,
         exact_max_chunks,
+        own_index_ef_search: Some(app.config.rag.tenant_index.ef_search),
         min_relevance: 0.0,
     };
     let got = search(&mut tx, &request).await.map_err(|e| e.to_string())?;

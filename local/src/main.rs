@@ -322,7 +322,7 @@ async fn up() -> Result<(), Error> {
     // The schedules AWS runs (EventBridge Scheduler), in-process: flush closed usage windows
     // every 30 s; snapshot and reconcile at start and every 10 minutes.
     tokio::spawn(billing_schedules(std::sync::Arc::clone(&app)));
-    // Per-tenant vector indexes, as the scheduled vector-indexes function does in AWS: as the
+    // Per-tenant search indexes, as the scheduled vector-indexes function does in AWS: as the
     // indexer role, at start and every RAG_TENANT_INDEX_EVERY_SECS.
     tokio::spawn(vector_index_schedule(
         std::sync::Arc::clone(&app),
@@ -403,14 +403,18 @@ async fn vector_index_schedule(app: std::sync::Arc<tenantry::App>, indexer_url: 
             maintain(&client, app.embedder.dims(), cfg).await
         };
         match run.await {
-            Ok(r) if !r.built.is_empty() || !r.dropped.is_empty() => tracing::info!(
-                built = r.built.len(),
-                dropped = r.dropped.len(),
-                kept = r.kept,
-                "per-tenant vector indexes maintained"
-            ),
+            Ok(r) if !r.built.is_empty() || !r.dropped.is_empty() || !r.failed.is_empty() => {
+                tracing::info!(
+                    built = r.built.len(),
+                    dropped = r.dropped.len(),
+                    failed = r.failed.len(),
+                    deferred = r.deferred,
+                    kept = r.kept,
+                    "per-tenant search indexes maintained"
+                )
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "per-tenant vector index maintenance failed"),
+            Err(e) => tracing::warn!(error = %e, "per-tenant search index maintenance failed"),
         }
         tokio::time::sleep(cfg.every).await;
     }

@@ -517,6 +517,11 @@ pub async fn run_vector_indexes() -> Result<(), lambda_runtime::Error> {
 /// (`INDEXER_DATABASE_URL` or `INDEXER_DATABASE_SECRET_ARN`) stand where the app role's would;
 /// an `APP_DATABASE_*` setting is never read.
 pub fn indexer_config(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    if lookup("INDEXER_DATABASE_URL").is_none() && lookup("INDEXER_DATABASE_SECRET_ARN").is_none() {
+        return Err(ConfigError::Missing(
+            "INDEXER_DATABASE_URL or INDEXER_DATABASE_SECRET_ARN",
+        ));
+    }
     Config::from_lookup(|name| match name {
         "APP_DATABASE_URL" => lookup("INDEXER_DATABASE_URL"),
         "APP_DATABASE_SECRET_ARN" => lookup("INDEXER_DATABASE_SECRET_ARN"),

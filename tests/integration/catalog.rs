@@ -346,13 +346,11 @@ pub async fn violations(client: &Client) -> Vec<String> {
         );
         // The one lookup the app role does not call: the restrictive policies of read-only
         // impersonation sessions call it, as the role they run as.
-        // The full-text candidates (0019) are read by the search as either role, and build their
-        // statement with the tenant as a literal (plpgsql's EXECUTE).
+        // The full-text candidates (0019) build their statement with the tenant as a literal
+        // (plpgsql's EXECUTE).
         let (caller, language) = match name.as_str() {
             "app.impersonation_live()" => ("tenantry_impersonation", "sql"),
-            "app.text_candidates(text,uuid[],bigint)" => {
-                ("tenantry_app,tenantry_impersonation", "plpgsql")
-            }
+            "app.text_candidates(text,uuid[],bigint)" => ("tenantry_app", "plpgsql"),
             _ => ("tenantry_app", "sql"),
         };
         let want = (*contract, DEFINER_CONFIG, caller.to_owned(), "s", language);

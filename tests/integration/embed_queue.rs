@@ -90,6 +90,7 @@ async fn ingest_queues_work_and_the_embed_handler_does_it_per_tenant() {
         datasets: None,
         filter: None,
         exact_max_chunks: i64::MAX,
+        own_index_ef_search: None,
         min_relevance: 0.0,
     };
     let hits = search(&mut tx, &request).await.unwrap().hits;

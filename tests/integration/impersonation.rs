@@ -131,6 +131,27 @@ async fn visible_datasets(db: &Db, tenant: TenantId, staff: &str, session: Uuid)
 async fn a_read_only_session_reads_is_recorded_and_every_write_is_refused_twice() {
     let app = TestApp::new().await;
     let (a, admin) = seeded(&app, "alpha").await;
+    // The tenant has search indexes of its own (rag::tenant_index): a read-only session's ask
+    // must search under RLS, not through app.text_candidates, which its role may not call.
+    let indexer = tenantry_tests::connect(&tenantry_tests::with_login(
+        &app.db.admin_url,
+        "tenantry_indexer",
+        tenantry_tests::DEV_INDEXER_PASSWORD,
+        &app.db.name,
+    ))
+    .await;
+    let cfg = tenantry::rag::tenant_index::TenantIndexConfig {
+        min_chunks: 1,
+        drop_below: 1,
+        build_memory_mib: 64,
+        ef_search: 200,
+        budget: std::time::Duration::from_secs(60),
+        every: std::time::Duration::from_secs(60),
+    };
+    let built = tenantry::rag::tenant_index::maintain(&indexer, 256, &cfg)
+        .await
+        .unwrap();
+    assert_eq!(built.built.len(), 2, "{built:?}");
     let sam = TestApp::staff_token("auth0|sam", &["support"]);
     let s = start(&app, &sam, start_body(a, 30)).await;
     assert_eq!(

@@ -290,6 +290,7 @@ async fn the_app_embeds_with_it_and_retrieval_finds_by_meaning_on_its_index() {
                     datasets: None,
                     filter: None,
                     exact_max_chunks,
+                    own_index_ef_search: None,
                     min_relevance: 0.0,
                 },
             )

@@ -62,6 +62,7 @@ async fn search_as(
         datasets,
         filter: None,
         exact_max_chunks,
+        own_index_ef_search: None,
         min_relevance: 0.0,
     };
     let got = search(&mut tx, &request).await.unwrap();

@@ -241,20 +241,26 @@ async fn only_the_impersonator_and_the_indexer_may_become_another_role() {
             )
         ]
     );
-    let flags = admin
-        .query_one(
-            "SELECT rolcanlogin, rolinherit, rolsuper, rolbypassrls FROM pg_roles
-             WHERE rolname = 'tenantry_impersonation'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let flags: [bool; 4] = std::array::from_fn(|i| flags.get(i));
-    assert_eq!(
-        flags,
-        [false, false, false, false],
-        "login, inherit, super, bypassrls"
-    );
+    for (role, login) in [
+        ("tenantry_impersonation", false),
+        ("tenantry_impersonator", true),
+        ("tenantry_indexer", true),
+    ] {
+        let flags = admin
+            .query_one(
+                "SELECT rolcanlogin, rolinherit, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb
+                 FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        let flags: [bool; 6] = std::array::from_fn(|i| flags.get(i));
+        assert_eq!(
+            flags,
+            [login, false, false, false, false, false],
+            "{role}: login, inherit, super, bypassrls, createrole, createdb"
+        );
+    }
 }
 
 #[tokio::test]

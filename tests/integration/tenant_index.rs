@@ -83,6 +83,8 @@ fn config(min_chunks: i64, drop_below: i64) -> TenantIndexConfig {
         min_chunks,
         drop_below,
         build_memory_mib: 64,
+        ef_search: 200,
+        budget: Duration::from_secs(300),
         every: Duration::from_secs(300),
     }
 }
@@ -142,8 +144,12 @@ fn dropped(r: &Report) -> Vec<(String, &'static str)> {
 }
 
 /// `tenant`'s search on the approximate path and on the exact path (chunk keys), as the app
-/// runs them.
-async fn searched(app: &TestApp, tenant: TenantId, question: &str) -> (Vec<String>, Vec<String>) {
+/// runs them, and the `hnsw.ef_search` the transaction ended with.
+async fn searched(
+    app: &TestApp,
+    tenant: TenantId,
+    question: &str,
+) -> (Vec<String>, Vec<String>, String) {
     let vector = LocalEmbedder::new(256).vector(question);
     let mut tx = app
         .app
@@ -159,9 +165,14 @@ async fn searched(app: &TestApp, tenant: TenantId, question: &str) -> (Vec<Strin
         assert_eq!(got.exact, threshold == i64::MAX);
         keys.push(got.hits.into_iter().map(|h| h.record_key).collect());
     }
+    let ef: String = tx
+        .query_one("SELECT current_setting('hnsw.ef_search')", &[])
+        .await
+        .unwrap()
+        .get(0);
     tx.commit().await.unwrap();
     let exact = keys.pop().unwrap();
-    (keys.pop().unwrap(), exact)
+    (keys.pop().unwrap(), exact, ef)
 }
 
 /// The plan of `tenant`'s search on the approximate path, on connections where sequential
@@ -184,6 +195,9 @@ async fn plan(app: &TestApp, tenant: TenantId, question: &str) -> String {
     plan
 }
 
+/// `hnsw.ef_search` on a tenant's own index in these tests (the transaction's is 100).
+const OWN_EF_SEARCH: u32 = 250;
+
 fn settings() -> TxSettings {
     TxSettings {
         hnsw_ef_search: Some(100),
@@ -199,6 +213,7 @@ fn request<'a>(question: &'a str, vector: &'a [f32], exact_max_chunks: i64) -> S
         datasets: None,
         filter: None,
         exact_max_chunks,
+        own_index_ef_search: Some(OWN_EF_SEARCH),
         min_relevance: 0.0,
     }
 }
@@ -291,7 +306,8 @@ async fn a_large_tenant_gets_indexes_of_its_own_and_only_its_searches_use_them()
         inner.contains(&own_text),
         "the owner's full-text plan: {inner}"
     );
-    let (approximate, exact) = searched(&app, large, question).await;
+    let (approximate, exact, ef) = searched(&app, large, question).await;
+    assert_eq!(ef, OWN_EF_SEARCH.to_string(), "the own index's ef_search");
     assert_eq!(approximate.len(), 10);
     assert!(approximate.iter().all(|k| k.starts_with("large-")));
     let shared = approximate.iter().filter(|k| exact.contains(k)).count();
@@ -307,7 +323,11 @@ async fn a_large_tenant_gets_indexes_of_its_own_and_only_its_searches_use_them()
         !priced.contains("chunks_tenant_"),
         "the small tenant's plan: {priced}"
     );
-    let (approximate, _) = searched(&app, small, question).await;
+    let (approximate, _, ef) = searched(&app, small, question).await;
+    assert_eq!(
+        ef, "100",
+        "the small tenant kept the transaction's ef_search"
+    );
     assert!(approximate.iter().all(|k| k.starts_with("small-")));
 }
 
@@ -573,21 +593,29 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
         "the questions matched too little to compare ({compared})"
     );
 
-    // Generated text, operators and quotes included: never an error, never another tenant's row.
-    let alphabet: Vec<char> = "abc xyz&|!:*()<->\"'\\-_.,;/éß中0123456789 refund lisbon OR AND NOT"
-        .chars()
+    // Generated text: the corpus's words (so most questions match) among operators, quotes
+    // and other characters. Never an error, never another tenant's row.
+    let tokens: Vec<&str> = WORDS
+        .iter()
+        .copied()
+        .chain([
+            "&", "|", "!", ":*", "(", ")", "<->", "\"", "'", "\\", "-", "OR", "AND", "NOT", "é",
+            "中", "0", " ",
+        ])
         .collect();
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut matched = 0;
     for _ in 0..300 {
-        let len = (x % 40) as usize;
+        let len = 1 + (x % 6) as usize;
         let q: String = (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                alphabet[(x % alphabet.len() as u64) as usize]
+                tokens[(x % tokens.len() as u64) as usize]
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .join(if x.is_multiple_of(3) { "" } else { " " });
         let got = keys(
             in_tenant(b, "", FUNCTION, q.clone())
                 .await
@@ -597,10 +625,14 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
             got.iter().all(|k| k.starts_with("bravo-")),
             "{q:?}: {got:?}"
         );
+        matched += usize::from(!got.is_empty());
     }
+    assert!(
+        matched > 50,
+        "only {matched} of 300 generated questions matched anything"
+    );
 
-    // A's words, asked in B: only B's chunks. With no tenant, or in a support session that is
-    // not live: nothing.
+    // A's words, asked in B: only B's chunks. With no tenant: nothing.
     let q = body(3);
     let got = keys(in_tenant(b, "", FUNCTION, q.clone()).await.unwrap());
     assert!(
@@ -609,12 +641,64 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
     );
     let none = app_role.query(FUNCTION, &[&q]).await.unwrap();
     assert!(none.is_empty(), "no tenant set, yet {} rows", none.len());
-    let stale = uuid::Uuid::now_v7().to_string();
-    let stale: &'static str = Box::leak(stale.into_boxed_str());
-    let got = in_tenant(a, stale, FUNCTION, q.clone()).await.unwrap();
-    assert!(
-        got.is_empty(),
-        "a support session that is not live read {} rows",
-        got.len()
-    );
+
+    // The read-only support role may not call it at all (its restrictive policies bind it, not
+    // the owner), whatever settings it gives itself.
+    let impersonator = connect(&with_login(
+        &app.db.admin_url,
+        "tenantry_impersonator",
+        tenantry_tests::DEV_IMPERSONATOR_PASSWORD,
+        &app.db.name,
+    ))
+    .await;
+    for setting in ["", "00000000-0000-7000-8000-000000000000"] {
+        impersonator.batch_execute("BEGIN").await.unwrap();
+        impersonator
+            .execute(
+                "SELECT set_config('role', 'tenantry_impersonation', true), \
+                        set_config('app.tenant_id', $1, true), \
+                        set_config('app.impersonation_id', $2, true)",
+                &[&a.as_uuid().to_string(), &setting],
+            )
+            .await
+            .unwrap();
+        let err = impersonator.query(FUNCTION, &[&q]).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{err}"
+        );
+        impersonator.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
+/// A run spends at most its budget on builds (what it did not reach is deferred), and one build
+/// that fails does not stop the others.
+#[tokio::test]
+async fn a_run_keeps_to_its_budget_and_goes_on_past_a_failed_build() {
+    let app = TestApp::new().await;
+    let a = tenant_with_chunks(&app, "alpha", 30).await;
+    let client = indexer(&app).await;
+    let spent = TenantIndexConfig {
+        budget: Duration::ZERO,
+        ..config(20, 10)
+    };
+    let r = maintain(&client, 256, &spent).await.unwrap();
+    assert!(r.built.is_empty() && r.deferred == 2, "{r:?}");
+
+    // Something else already holds the full-text index's name: that build fails (and is
+    // reported), the vector index is built all the same.
+    let text = index_name(a.as_uuid(), Kind::Text);
+    app.db
+        .admin()
+        .await
+        .batch_execute(&format!("CREATE TABLE app.{text} ()"))
+        .await
+        .unwrap();
+    let r = maintain(&client, 256, &config(20, 10)).await.unwrap();
+    assert_eq!(built(&r), [index_name(a.as_uuid(), Kind::Vectors(256))]);
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].index, text);
+    assert_eq!(r.failed[0].action, "build");
+    assert_eq!(r.failed[0].sqlstate.as_deref(), Some("42P07"));
 }

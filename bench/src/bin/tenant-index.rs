@@ -117,10 +117,12 @@ async fn main() -> Result<(), Error> {
 
     let questions: Arc<Vec<String>> =
         Arc::new((0..512).map(|i| sentence(7_777_777 + i, 6)).collect());
+    // The search's own hnsw.ef_search on a tenant's own index (RAG_TENANT_INDEX_EF_SEARCH).
+    let own_ef = app.config.rag.tenant_index.ef_search;
     let base = json!({
         "total_chunks": total, "big_tenant_chunks": big, "tenants": tenants,
         "other_tenant_chunks": small, "dims": dims, "k": k, "concurrency": concurrency,
-        "ef_search": ef_search,
+        "ef_search": ef_search, "own_index_ef_search": own_ef,
     });
     let threshold = app.config.rag.exact_max_chunks;
 
@@ -149,8 +151,8 @@ async fn main() -> Result<(), Error> {
                                 .len()
                                     * 4
                             }
-                            What::Vectors { exact } => {
-                                nearest(&app, big_tenant, &vector, k * 4, exact, ef_search)
+                            What::Vectors { exact, ef } => {
+                                nearest(&app, big_tenant, &vector, k * 4, exact, ef)
                                     .await
                                     .map_err(|e| e.to_string())?
                                     .len()
@@ -173,7 +175,7 @@ async fn main() -> Result<(), Error> {
         async move {
             let vector = embed_question(app.embedder.as_ref(), &question).await?;
             let mut tx = read_tx(&app, big_tenant, ef_search).await?;
-            let req = request(&question, &vector, k, threshold);
+            let req = request(&question, &vector, k, threshold, own_ef);
             let text = explain(&mut tx, &req, false).await?;
             tx.commit().await?;
             // Every index the plan reads ("Index Scan using X on …", "Bitmap Index Scan on X").
@@ -195,10 +197,24 @@ async fn main() -> Result<(), Error> {
     };
 
     measure("search_exact", What::Search(i64::MAX)).await;
-    measure("vectors_exact", What::Vectors { exact: true }).await;
+    measure(
+        "vectors_exact",
+        What::Vectors {
+            exact: true,
+            ef: ef_search,
+        },
+    )
+    .await;
     plan("shared indexes only").await?;
     measure("search_shared_indexes", What::Search(threshold)).await;
-    measure("vectors_shared_index", What::Vectors { exact: false }).await;
+    measure(
+        "vectors_shared_index",
+        What::Vectors {
+            exact: false,
+            ef: ef_search,
+        },
+    )
+    .await;
     let shared_recall = recall(&app, big_tenant, &questions, k, threshold, ef_search).await?;
 
     // The per-tenant index, as the vector-indexes function builds it.
@@ -230,8 +246,15 @@ async fn main() -> Result<(), Error> {
     admin.batch_execute("ANALYZE app.chunks").await?;
     plan("own indexes").await?;
     measure("search_own_indexes", What::Search(threshold)).await;
-    measure("vectors_own_index", What::Vectors { exact: false }).await;
-    let own_recall = recall(&app, big_tenant, &questions, k, threshold, ef_search).await?;
+    measure(
+        "vectors_own_index",
+        What::Vectors {
+            exact: false,
+            ef: own_ef,
+        },
+    )
+    .await;
+    let own_recall = recall(&app, big_tenant, &questions, k, threshold, own_ef).await?;
     for (scenario, (vector, fused)) in [
         ("recall_shared_index", shared_recall),
         ("recall_own_index", own_recall),
@@ -249,8 +272,8 @@ async fn main() -> Result<(), Error> {
 enum What {
     /// The whole hybrid search, with this `exact_max_chunks`.
     Search(i64),
-    /// The vector candidates alone.
-    Vectors { exact: bool },
+    /// The vector candidates alone, with this `hnsw.ef_search`.
+    Vectors { exact: bool, ef: u32 },
 }
 
 fn request<'a>(
@@ -258,6 +281,7 @@ fn request<'a>(
     vector: &'a [f32],
     k: usize,
     exact_max_chunks: i64,
+    own_ef: u32,
 ) -> SearchRequest<'a> {
     SearchRequest {
         question,
@@ -266,27 +290,30 @@ fn request<'a>(
         datasets: None,
         filter: None,
         exact_max_chunks,
+        own_index_ef_search: Some(own_ef),
         min_relevance: 0.0,
     }
 }
 
 /// Recall@k of the approximate path against the exact one over 300 questions: of the vector
-/// candidates alone (an approximate neighbour counts when it is no farther than the exact k-th,
-/// so ties are not misses), and of the fused hybrid answer (by chunk).
+/// candidates alone with `approx_ef` (an approximate neighbour counts when it is no farther than
+/// the exact k-th, so ties are not misses), and of the fused hybrid answer (by chunk), as the
+/// search runs it.
 async fn recall(
     app: &tenantry::App,
     tenant: TenantId,
     questions: &[String],
     k: usize,
     threshold: i64,
-    ef_search: u32,
+    approx_ef: u32,
 ) -> Result<(f64, f64), Error> {
+    let ef_search = app.config.rag.hnsw_ef_search;
     let (mut vector_found, mut fused_found, mut fused_wanted) = (0usize, 0usize, 0usize);
     let n = 300.min(questions.len());
     for question in &questions[..n] {
         let vector = embed_question(app.embedder.as_ref(), question).await?;
         let exact = nearest(app, tenant, &vector, k, true, ef_search).await?;
-        let approx = nearest(app, tenant, &vector, k, false, ef_search).await?;
+        let approx = nearest(app, tenant, &vector, k, false, approx_ef).await?;
         let kth = exact.last().copied().unwrap_or(f64::INFINITY);
         vector_found += approx.iter().filter(|d| **d <= kth + 1e-9).count().min(k);
         let keys = |r: Retrieved| {

@@ -517,6 +517,7 @@ async fn content<'a>(
         datasets: (!ids.is_empty()).then_some(&ids[..]),
         filter: checked.filter.as_ref(),
         exact_max_chunks: app.config.rag.exact_max_chunks,
+        own_index_ef_search: Some(app.config.rag.tenant_index.ef_search),
         min_relevance: app.config.rag.min_relevance,
     };
     let retrieved = search(&mut tx, &request).await?;

@@ -128,6 +128,11 @@ impl TenantTx {
         &self.ctx
     }
 
+    /// Whether it runs as the read-only impersonation role ([`TxSettings::impersonation_role`]).
+    pub fn is_read_only_impersonation(&self) -> bool {
+        self.settings.impersonation_role
+    }
+
     /// Runs a statement and returns its rows.
     pub async fn query(&mut self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
         self.run(Kind::Query, sql, params).await.map(Out::rows)

@@ -93,6 +93,10 @@ pub struct SearchRequest<'a> {
     /// Tenants with more chunks than this take the approximate path (the transaction must then
     /// have been begun with `hnsw_ef_search` set).
     pub exact_max_chunks: i64,
+    /// `hnsw.ef_search` for a tenant with a vector index of its own ([`super::tenant_index`]):
+    /// its graph holds only its chunks, so a longer candidate list buys recall at a cost still
+    /// below the shared index's (None: the transaction's setting).
+    pub own_index_ef_search: Option<u32>,
     /// Hits less [`relevance`] than this are left out *before* the `k` best are taken, so an
     /// irrelevant chunk that fuses high never pushes out a relevant one (0: keep all).
     pub min_relevance: f64,
@@ -130,7 +134,7 @@ pub async fn embed_question(
 
 /// Finds the `k` chunks of the tenant that best match the request.
 pub async fn search(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Retrieved, DbError> {
-    let size = tenant_size(tx, req.exact_max_chunks).await?;
+    let size = tenant_size(tx, req).await?;
     if size.large {
         let approximate = fused(tx, req, Path::approximate(size)).await?;
         if approximate.1 >= req.candidates() {
@@ -180,28 +184,41 @@ impl Path {
 }
 
 /// Whether the tenant has more than `limit` chunks (counting stops at `limit + 1`), and whether
-/// it has a valid full-text index of its own, in one statement.
-async fn tenant_size(tx: &mut TenantTx, limit: i64) -> Result<Size, DbError> {
+/// it has a valid full-text index of its own that this transaction may use, in one statement;
+/// where it has a valid vector index of its own for these vectors, the same statement sets
+/// `hnsw.ef_search` to [`SearchRequest::own_index_ef_search`] for the rest of the transaction.
+async fn tenant_size(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Size, DbError> {
+    use super::tenant_index::{Kind, index_name};
     let tenant = tx.tenant_id().as_uuid();
-    let fetch = limit.saturating_add(1);
-    let text_index = format!(
+    let fetch = req.exact_max_chunks.saturating_add(1);
+    let text_index = format!("app.{}", index_name(tenant, Kind::Text));
+    let vector_index = format!(
         "app.{}",
-        super::tenant_index::index_name(tenant, super::tenant_index::Kind::Text)
+        index_name(tenant, Kind::Vectors(req.vector.len()))
     );
+    let ef_search = req.own_index_ef_search.map(|n| n.to_string());
     let row = tx
         .query_one(
             "SELECT (SELECT count(*) FROM (SELECT 1 FROM app.chunks WHERE tenant_id = $1 LIMIT $2) c), \
-                    coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($3)), false)",
+                    coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($3)), false), \
+                    CASE WHEN $5::text IS NOT NULL AND coalesce( \
+                           (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($4)), false) \
+                         THEN set_config('hnsw.ef_search', $5, true) END",
             &[
                 (&tenant, Type::UUID),
                 (&fetch, Type::INT8),
                 (&text_index, Type::TEXT),
+                (&vector_index, Type::TEXT),
+                (&ef_search, Type::TEXT),
             ],
         )
         .await?;
     Ok(Size {
-        large: row.get::<_, i64>(0) > limit,
-        own_text_index: row.get(1),
+        large: row.get::<_, i64>(0) > req.exact_max_chunks,
+        // A read-only support session reads as tenantry_impersonation, under the restrictive
+        // policies of 0012, which app.text_candidates (the owner's) would not apply: it is not
+        // granted to that role, and the scan under RLS serves such a session.
+        own_text_index: row.get::<_, bool>(1) && !tx.is_read_only_impersonation(),
     })
 }
 
@@ -212,7 +229,7 @@ pub async fn explain(
     req: &SearchRequest<'_>,
     exact: bool,
 ) -> Result<String, DbError> {
-    let size = tenant_size(tx, req.exact_max_chunks).await?;
+    let size = tenant_size(tx, req).await?;
     let path = match exact {
         true => Path::exact(size),
         false => Path::approximate(size),

@@ -19,8 +19,10 @@
 //! the predicates and takes the small indexes. They are dropped (also concurrently) when the
 //! tenant falls below [`TenantIndexConfig::drop_below`] chunks, when it is closed or gone, and
 //! (the vector index) when the deployment's embedding dimension changes. A build that failed
-//! part-way (a concurrent build leaves an invalid index behind) is dropped and built again on the
-//! next run.
+//! part-way (a concurrent build leaves an invalid index behind) is dropped by the next run and,
+//! if the tenant still qualifies, built again in it. A run spends at most
+//! [`TenantIndexConfig::budget`] on builds; a build or drop that fails is reported and the run
+//! goes on with the others.
 //!
 //! [`maintain`] does all of it, one index at a time, on a session that may `SET ROLE` to the
 //! owner (only the owner may create indexes on its table): `tenantry_indexer`
@@ -57,13 +59,20 @@ pub struct TenantIndexConfig {
     pub drop_below: i64,
     /// `maintenance_work_mem` for a build, in MiB: HNSW builds fastest when the graph fits.
     pub build_memory_mib: u32,
-    /// How often the local runner maintains the indexes.
+    /// `hnsw.ef_search` of a search on a tenant's own vector index.
+    pub ef_search: u32,
+    /// How long one run may spend building: no build starts after it, and each build's
+    /// `statement_timeout` is what is left of it (the Lambda function stops at 15 minutes;
+    /// what a run did not reach, the next one builds).
+    pub budget: Duration,
+    /// How often the local runner maintains the indexes (at least a second).
     pub every: Duration,
 }
 
 impl TenantIndexConfig {
     /// `RAG_TENANT_INDEX_MIN_CHUNKS` (20,000), `RAG_TENANT_INDEX_DROP_BELOW` (half of it),
-    /// `RAG_TENANT_INDEX_BUILD_MEMORY_MIB` (512), `RAG_TENANT_INDEX_EVERY_SECS` (300).
+    /// `RAG_TENANT_INDEX_BUILD_MEMORY_MIB` (512), `RAG_TENANT_INDEX_EF_SEARCH` (200),
+    /// `RAG_TENANT_INDEX_BUDGET_SECS` (780), `RAG_TENANT_INDEX_EVERY_SECS` (300).
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let min_chunks: i64 = env.parse("RAG_TENANT_INDEX_MIN_CHUNKS", 20_000)?;
         let drop_below: i64 = env.parse("RAG_TENANT_INDEX_DROP_BELOW", min_chunks / 2)?;
@@ -85,10 +94,35 @@ impl TenantIndexConfig {
                     });
                 }
             },
-            every: Duration::from_secs(env.parse("RAG_TENANT_INDEX_EVERY_SECS", 300)?),
+            ef_search: match env.parse("RAG_TENANT_INDEX_EF_SEARCH", 200)? {
+                n @ 1..=1000 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "RAG_TENANT_INDEX_EF_SEARCH",
+                        reason: "use 1 to 1000 (pgvector's range)".into(),
+                    });
+                }
+            },
+            budget: Duration::from_secs(env.parse("RAG_TENANT_INDEX_BUDGET_SECS", 780)?),
+            every: match env.parse("RAG_TENANT_INDEX_EVERY_SECS", 300)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "RAG_TENANT_INDEX_EVERY_SECS",
+                        reason: "use at least 1".into(),
+                    });
+                }
+                secs => Duration::from_secs(secs),
+            },
         })
     }
 }
+
+/// The per-tenant HNSW graph's links per node (pgvector's default).
+const HNSW_M: u32 = 16;
+/// Its build-time candidate list (pgvector's default): 128 built a 50,000-chunk index 1.5 times
+/// slower for no better recall (BENCHMARKS.md, `tenant-index`); recall comes from the search's
+/// `hnsw.ef_search` ([`TenantIndexConfig::ef_search`]).
+const HNSW_EF_CONSTRUCTION: u32 = 64;
 
 /// What a per-tenant index serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,12 +161,13 @@ fn create_statement(tenant: Uuid, kind: Kind) -> String {
     let name = index_name(tenant, kind);
     match kind {
         Kind::Vectors(dims) => format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON app.chunks \
+            "CREATE INDEX CONCURRENTLY {name} ON app.chunks \
              USING hnsw ((embedding::vector({dims})) vector_cosine_ops) \
+             WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) \
              WHERE tenant_id = '{tenant}'::uuid AND vector_dims(embedding) = {dims}"
         ),
         Kind::Text => format!(
-            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON app.chunks USING gin (tsv) \
+            "CREATE INDEX CONCURRENTLY {name} ON app.chunks USING gin (tsv) \
              WHERE tenant_id = '{tenant}'::uuid"
         ),
     }
@@ -149,8 +184,24 @@ pub struct Report {
     pub dropped: Vec<Dropped>,
     /// Valid indexes left as they are.
     pub kept: usize,
+    /// Builds and drops that failed (the others went ahead); a failed build leaves an invalid
+    /// index, which the next run drops and builds again.
+    pub failed: Vec<Failed>,
+    /// Builds due but not started, the run's budget spent: the next run's.
+    pub deferred: usize,
     /// False when another run held the lock: this one did nothing.
     pub ran: bool,
+}
+
+/// A build or drop that failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failed {
+    /// The index.
+    pub index: String,
+    /// `build` or `drop`.
+    pub action: &'static str,
+    /// Postgres's SQLSTATE, where it gave one (`57014`: the budget ran out mid-build).
+    pub sqlstate: Option<String>,
 }
 
 /// An index [`maintain`] built.
@@ -268,14 +319,16 @@ async fn run(
             },
         };
         match reason {
-            Some(reason) => {
-                drop_index(client, name).await?;
-                tracing::info!(index = %name, reason, "per-tenant index dropped");
-                report.dropped.push(Dropped {
-                    index: name.clone(),
-                    reason,
-                });
-            }
+            Some(reason) => match drop_index(client, name).await {
+                Ok(()) => {
+                    tracing::info!(index = %name, reason, "per-tenant index dropped");
+                    report.dropped.push(Dropped {
+                        index: name.clone(),
+                        reason,
+                    });
+                }
+                Err(e) => report.fail(client, name, "drop", e)?,
+            },
             None => report.kept += 1,
         }
     }
@@ -283,6 +336,7 @@ async fn run(
     if cfg.min_chunks == 0 {
         return Ok(());
     }
+    let started = Instant::now();
     for (tenant, chunks) in counts {
         let Some(chunks) = chunks else { continue };
         if chunks < cfg.min_chunks {
@@ -295,21 +349,59 @@ async fn run(
             if has {
                 continue;
             }
-            let started = Instant::now();
-            client
-                .batch_execute(&create_statement(tenant, kind))
-                .await?;
-            let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(index = %name, chunks, seconds, "per-tenant index built");
-            report.built.push(Built {
-                index: name,
-                tenant_id: tenant,
-                chunks,
-                seconds,
-            });
+            let left = cfg.budget.saturating_sub(started.elapsed());
+            if left < Duration::from_secs(1) {
+                report.deferred += 1;
+                continue;
+            }
+            let build = Instant::now();
+            // Two calls: a string of several statements is one transaction, which a concurrent
+            // build refuses.
+            let timeout = format!("SET statement_timeout = {}", left.as_millis());
+            let done = match client.batch_execute(&timeout).await {
+                Ok(()) => client.batch_execute(&create_statement(tenant, kind)).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => {
+                    let seconds = build.elapsed().as_secs_f64();
+                    tracing::info!(index = %name, chunks, seconds, "per-tenant index built");
+                    report.built.push(Built {
+                        index: name,
+                        tenant_id: tenant,
+                        chunks,
+                        seconds,
+                    });
+                }
+                Err(e) => report.fail(client, &name, "build", e.into())?,
+            }
         }
     }
     Ok(())
+}
+
+impl Report {
+    /// Records a failed build or drop and lets the run go on, unless the session itself is
+    /// gone (then nothing else can be done in this run).
+    fn fail(
+        &mut self,
+        client: &Client,
+        index: &str,
+        action: &'static str,
+        e: DbError,
+    ) -> Result<(), DbError> {
+        if client.is_closed() {
+            return Err(e);
+        }
+        let sqlstate = e.sqlstate().map(|c| c.code().to_owned());
+        tracing::warn!(index, action, sqlstate = ?sqlstate, error = %e, "per-tenant index failed");
+        self.failed.push(Failed {
+            index: index.to_owned(),
+            action,
+            sqlstate,
+        });
+        Ok(())
+    }
 }
 
 /// Drops one of our indexes (its name came from the catalog and matched [`parse_name`]).

@@ -248,17 +248,18 @@ async fn only_the_impersonator_and_the_indexer_may_become_another_role() {
     ] {
         let flags = admin
             .query_one(
-                "SELECT rolcanlogin, rolinherit, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb
+                "SELECT rolcanlogin, rolinherit, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb,
+                        rolreplication
                  FROM pg_roles WHERE rolname = $1",
                 &[&role],
             )
             .await
             .unwrap();
-        let flags: [bool; 6] = std::array::from_fn(|i| flags.get(i));
+        let flags: [bool; 7] = std::array::from_fn(|i| flags.get(i));
         assert_eq!(
             flags,
-            [login, false, false, false, false, false],
-            "{role}: login, inherit, super, bypassrls, createrole, createdb"
+            [login, false, false, false, false, false, false],
+            "{role}: login, inherit, super, bypassrls, createrole, createdb, replication"
         );
     }
 }

@@ -316,6 +316,36 @@ async fn a_large_tenant_gets_indexes_of_its_own_and_only_its_searches_use_them()
         "own index found {shared} of the exact top 10: {approximate:?} vs {exact:?}"
     );
 
+    // Its vector index invalid (a rebuild under way): the search leaves ef_search alone and does
+    // not name the index.
+    admin.batch_execute("RESET ROLE").await.unwrap();
+    admin
+        .execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass('app.' || $1)",
+            &[&own_vectors],
+        )
+        .await
+        .unwrap();
+    let (_, _, ef) = searched(&app, large, question).await;
+    assert_eq!(ef, "100", "ef_search set for an invalid index");
+    let explained = {
+        let mut tx = app
+            .app
+            .db
+            .begin_with(&as_tenant(large), Access::ReadOnly, settings())
+            .await
+            .unwrap();
+        let text = explain(&mut tx, &request(question, &vector, 0), false)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        text
+    };
+    assert!(
+        !explained.contains(&own_vectors),
+        "an invalid index planned: {explained}"
+    );
+
     // The small tenant's search cannot use the large tenant's indexes (their predicate names
     // the other tenant), and finds only its own rows.
     let priced = plan(&app, small, question).await;
@@ -540,8 +570,8 @@ async fn the_function_runs_as_the_indexer_from_its_own_configuration() {
 
 /// app.text_candidates (the owner's full-text path for tenants with their own GIN index): the
 /// same candidates, in the same order, as the search's own scan under RLS; the transaction's
-/// tenant only, whatever the text; nothing without a tenant, nor in a support session that is
-/// not live.
+/// tenant only, whatever the text; nothing without a tenant; not callable by the read-only
+/// support role at all.
 #[tokio::test]
 async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
     let app = TestApp::new().await;
@@ -553,24 +583,22 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
     let keys = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
         rows.iter().map(|r| r.get::<_, String>(0)).collect()
     };
-    let in_tenant =
-        |tenant: TenantId, impersonation: &'static str, sql: &'static str, q: String| {
-            let app_role = &app_role;
-            async move {
-                app_role.batch_execute("BEGIN").await.unwrap();
-                app_role
-                    .execute(
-                        "SELECT set_config('app.tenant_id', $1, true), \
-                            set_config('app.impersonation_id', $2, true)",
-                        &[&tenant.as_uuid().to_string(), &impersonation],
-                    )
-                    .await
-                    .unwrap();
-                let rows = app_role.query(sql, &[&q]).await;
-                app_role.batch_execute("COMMIT").await.unwrap();
-                rows
-            }
-        };
+    let in_tenant = |tenant: TenantId, sql: &'static str, q: String| {
+        let app_role = &app_role;
+        async move {
+            app_role.batch_execute("BEGIN").await.unwrap();
+            app_role
+                .execute(
+                    "SELECT set_config('app.tenant_id', $1, true)",
+                    &[&tenant.as_uuid().to_string()],
+                )
+                .await
+                .unwrap();
+            let rows = app_role.query(sql, &[&q]).await;
+            app_role.batch_execute("COMMIT").await.unwrap();
+            rows
+        }
+    };
     const FUNCTION: &str =
         "SELECT record_key FROM app.text_candidates($1, NULL, 40) ORDER BY rank DESC, record_key";
     const SCAN: &str = "SELECT c.record_key FROM app.chunks c, websearch_to_tsquery('english', $1) q \
@@ -583,8 +611,8 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
-        let via_function = keys(in_tenant(a, "", FUNCTION, q.clone()).await.unwrap());
-        let via_scan = keys(in_tenant(a, "", SCAN, q.clone()).await.unwrap());
+        let via_function = keys(in_tenant(a, FUNCTION, q.clone()).await.unwrap());
+        let via_scan = keys(in_tenant(a, SCAN, q.clone()).await.unwrap());
         assert_eq!(via_function, via_scan, "{q}");
         compared += via_function.len();
     }
@@ -617,7 +645,7 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
             .collect::<Vec<_>>()
             .join(if x.is_multiple_of(3) { "" } else { " " });
         let got = keys(
-            in_tenant(b, "", FUNCTION, q.clone())
+            in_tenant(b, FUNCTION, q.clone())
                 .await
                 .unwrap_or_else(|e| panic!("{q:?}: {e}")),
         );
@@ -634,7 +662,7 @@ async fn text_candidates_match_the_rls_scan_and_never_leave_the_tenant() {
 
     // A's words, asked in B: only B's chunks. With no tenant: nothing.
     let q = body(3);
-    let got = keys(in_tenant(b, "", FUNCTION, q.clone()).await.unwrap());
+    let got = keys(in_tenant(b, FUNCTION, q.clone()).await.unwrap());
     assert!(
         !got.is_empty() && got.iter().all(|k| k.starts_with("bravo-")),
         "{got:?}"
@@ -686,19 +714,19 @@ async fn a_run_keeps_to_its_budget_and_goes_on_past_a_failed_build() {
     let r = maintain(&client, 256, &spent).await.unwrap();
     assert!(r.built.is_empty() && r.deferred == 2, "{r:?}");
 
-    // Something else already holds the full-text index's name: that build fails (and is
-    // reported), the vector index is built all the same.
-    let text = index_name(a.as_uuid(), Kind::Text);
+    // Something else already holds the vector index's name (built first): that build fails
+    // (and is reported), the full-text index is built after it all the same.
+    let vectors = index_name(a.as_uuid(), Kind::Vectors(256));
     app.db
         .admin()
         .await
-        .batch_execute(&format!("CREATE TABLE app.{text} ()"))
+        .batch_execute(&format!("CREATE TABLE app.{vectors} ()"))
         .await
         .unwrap();
     let r = maintain(&client, 256, &config(20, 10)).await.unwrap();
-    assert_eq!(built(&r), [index_name(a.as_uuid(), Kind::Vectors(256))]);
+    assert_eq!(built(&r), [index_name(a.as_uuid(), Kind::Text)]);
     assert_eq!(r.failed.len(), 1, "{r:?}");
-    assert_eq!(r.failed[0].index, text);
+    assert_eq!(r.failed[0].index, vectors);
     assert_eq!(r.failed[0].action, "build");
     assert_eq!(r.failed[0].sqlstate.as_deref(), Some("42P07"));
 }

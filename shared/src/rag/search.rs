@@ -10,8 +10,9 @@
 //!   [`SearchRequest::exact_max_chunks`]. The index is shared by all tenants and filtered by RLS
 //!   and the tenant predicate, so the iterative scan keeps going until it has enough rows or hits
 //!   `hnsw.max_scan_tuples`, unless the tenant has an index of its own
-//!   ([`super::tenant_index`]), which the planner then takes: the statement names the tenant as
-//!   a literal, so the partial index's predicate is provable. When the approximate path comes
+//!   ([`super::tenant_index`]), which the planner then takes: for such a tenant the statement
+//!   names the tenant as a literal, so the partial index's predicate is provable, and runs with
+//!   [`SearchRequest::own_index_ef_search`]. When the approximate path comes
 //!   back short, the exact scan runs instead: the tenant gets its candidates whenever it has them.
 //!
 //! Full-text candidates come from a scan of the tenant's chunks under RLS (which keeps any GIN
@@ -153,8 +154,10 @@ pub async fn search(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Retrie
 struct Size {
     /// More chunks than `exact_max_chunks`.
     large: bool,
-    /// A valid full-text index of its own ([`super::tenant_index`]).
+    /// A valid full-text index of its own ([`super::tenant_index`]) this transaction may use.
     own_text_index: bool,
+    /// A valid vector index of its own for these vectors.
+    own_vector_index: bool,
 }
 
 /// How one search runs.
@@ -165,6 +168,10 @@ struct Path {
     /// Full-text candidates from `app.text_candidates` (the tenant's own GIN index), else from
     /// a scan of the tenant's chunks under RLS.
     own_text_index: bool,
+    /// The tenant named as a literal in the vector candidates' query, so the planner can prove
+    /// its own index's predicate; a bind parameter otherwise (a literal made the other tenants'
+    /// plans slower: BENCHMARKS.md, `minilm`).
+    tenant_literal: bool,
 }
 
 impl Path {
@@ -172,6 +179,7 @@ impl Path {
         Self {
             exact: true,
             own_text_index: size.own_text_index,
+            tenant_literal: false,
         }
     }
 
@@ -179,6 +187,7 @@ impl Path {
         Self {
             exact: false,
             own_text_index: size.own_text_index,
+            tenant_literal: size.own_vector_index,
         }
     }
 }
@@ -201,9 +210,11 @@ async fn tenant_size(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Size,
         .query_one(
             "SELECT (SELECT count(*) FROM (SELECT 1 FROM app.chunks WHERE tenant_id = $1 LIMIT $2) c), \
                     coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($3)), false), \
-                    CASE WHEN $5::text IS NOT NULL AND coalesce( \
-                           (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($4)), false) \
-                         THEN set_config('hnsw.ef_search', $5, true) END",
+                    v.valid, \
+                    CASE WHEN v.valid AND $5::text IS NOT NULL \
+                         THEN set_config('hnsw.ef_search', $5, true) END \
+             FROM (SELECT coalesce((SELECT indisvalid FROM pg_index \
+                                    WHERE indexrelid = to_regclass($4)), false) AS valid) v",
             &[
                 (&tenant, Type::UUID),
                 (&fetch, Type::INT8),
@@ -219,6 +230,7 @@ async fn tenant_size(tx: &mut TenantTx, req: &SearchRequest<'_>) -> Result<Size,
         // policies of 0012, which app.text_candidates (the owner's) would not apply: it is not
         // granted to that role, and the scan under RLS serves such a session.
         own_text_index: row.get::<_, bool>(1) && !tx.is_read_only_impersonation(),
+        own_vector_index: row.get(2),
     })
 }
 
@@ -302,12 +314,14 @@ fn statement(tenant_id: Uuid, req: &SearchRequest<'_>, path: Path) -> (String, P
     let datasets = params.bind(req.datasets.map(<[Uuid]>::to_vec), Type::UUID_ARRAY);
     let question = params.bind(req.question.to_owned(), Type::TEXT);
     let rrf_k = params.bind(RRF_K, Type::FLOAT8);
-    // The dimension is ours (the embedder's), never a client's, and so is the tenant (a UUID):
-    // literals, so the planner can prove a partial index's predicate and take the shared index
-    // of the dimension, or the tenant's own vector and full-text indexes (`tenant_index`),
-    // whatever the plan cache does.
+    // The dimension is ours (the embedder's), never a client's: a literal, so the planner can
+    // prove the shared index's predicate; so is the tenant (a UUID) where it has a vector index
+    // of its own ([`Path::tenant_literal`]).
     let dims = req.vector.len();
-    let tenant_literal = format!("'{tenant_id}'::uuid");
+    let vector_tenant = match path.tenant_literal {
+        true => format!("'{tenant_id}'::uuid"),
+        false => tenant.clone(),
+    };
     let record_filter = match req.filter {
         Some(f) => format!(
             " AND EXISTS (SELECT 1 FROM app.records r WHERE r.tenant_id = c.tenant_id \
@@ -342,7 +356,7 @@ fn statement(tenant_id: Uuid, req: &SearchRequest<'_>, path: Path) -> (String, P
                     row_number() OVER (ORDER BY r DESC, record_key, chunk_no) AS rank FROM ( \
                SELECT c.dataset_id, c.record_key, c.chunk_no, ts_rank_cd(c.tsv, q) AS r \
                FROM app.chunks c, websearch_to_tsquery('english', {question}) q \
-               WHERE c.tenant_id = {tenant_literal} AND c.tsv @@ q \
+               WHERE c.tenant_id = {tenant} AND c.tsv @@ q \
                  AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
                ORDER BY r DESC, c.record_key, c.chunk_no LIMIT {candidates}) f"
         ),
@@ -351,7 +365,7 @@ fn statement(tenant_id: Uuid, req: &SearchRequest<'_>, path: Path) -> (String, P
         "WITH vec AS MATERIALIZED ( \
            SELECT c.dataset_id, c.record_key, c.chunk_no, {distance} AS dist \
            FROM app.chunks c \
-           WHERE c.tenant_id = {tenant_literal} AND vector_dims(c.embedding) = {dims} \
+           WHERE c.tenant_id = {vector_tenant} AND vector_dims(c.embedding) = {dims} \
              AND ({datasets}::uuid[] IS NULL OR c.dataset_id = ANY({datasets})){record_filter} \
            ORDER BY {order} LIMIT {candidates} \
          ), vrank AS ( \

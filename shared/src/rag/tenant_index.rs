@@ -61,9 +61,9 @@ pub struct TenantIndexConfig {
     pub build_memory_mib: u32,
     /// `hnsw.ef_search` of a search on a tenant's own vector index.
     pub ef_search: u32,
-    /// How long one run may spend building: no build starts after it, and each build's
-    /// `statement_timeout` is what is left of it (the Lambda function stops at 15 minutes;
-    /// what a run did not reach, the next one builds).
+    /// How long one run may take: each drop and build gets what is left of it as its
+    /// `statement_timeout`, and no build starts with less than [`MIN_BUILD_SECS`] left (the
+    /// Lambda function stops at 15 minutes; what a run did not reach, the next one does).
     pub budget: Duration,
     /// How often the local runner maintains the indexes (at least a second).
     pub every: Duration,
@@ -103,7 +103,15 @@ impl TenantIndexConfig {
                     });
                 }
             },
-            budget: Duration::from_secs(env.parse("RAG_TENANT_INDEX_BUDGET_SECS", 780)?),
+            budget: match env.parse("RAG_TENANT_INDEX_BUDGET_SECS", 780)? {
+                secs @ 1..=840 => Duration::from_secs(secs),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "RAG_TENANT_INDEX_BUDGET_SECS",
+                        reason: "use 1 to 840 (the function stops at 900)".into(),
+                    });
+                }
+            },
             every: match env.parse("RAG_TENANT_INDEX_EVERY_SECS", 300)? {
                 0 => {
                     return Err(ConfigError::Invalid {
@@ -116,6 +124,9 @@ impl TenantIndexConfig {
         })
     }
 }
+
+/// A build is not started with less of the run's budget left than this.
+pub const MIN_BUILD_SECS: u64 = 10;
 
 /// The per-tenant HNSW graph's links per node (pgvector's default).
 const HNSW_M: u32 = 16;
@@ -184,10 +195,10 @@ pub struct Report {
     pub dropped: Vec<Dropped>,
     /// Valid indexes left as they are.
     pub kept: usize,
-    /// Builds and drops that failed (the others went ahead); a failed build leaves an invalid
-    /// index, which the next run drops and builds again.
+    /// Builds and drops that failed (the others went ahead). A build that failed part-way
+    /// leaves an invalid index, which the next run drops and builds again, after the others.
     pub failed: Vec<Failed>,
-    /// Builds due but not started, the run's budget spent: the next run's.
+    /// Builds and drops due but not started, the run's budget spent: the next run's.
     pub deferred: usize,
     /// False when another run held the lock: this one did nothing.
     pub ran: bool,
@@ -238,6 +249,7 @@ pub async fn maintain(
     dims: usize,
     cfg: &TenantIndexConfig,
 ) -> Result<Report, DbError> {
+    let started = Instant::now();
     let mut report = Report::default();
     client
         .batch_execute(&format!(
@@ -256,7 +268,7 @@ pub async fn maintain(
         return Ok(report);
     }
     report.ran = true;
-    let result = run(client, dims, cfg, &mut report).await;
+    let result = run(client, dims, cfg, started, &mut report).await;
     // Unlocked even after a failure, so the session can be reused; a lost session drops it.
     let unlocked = client
         .query_typed(
@@ -273,8 +285,10 @@ async fn run(
     client: &Client,
     dims: usize,
     cfg: &TenantIndexConfig,
+    started: Instant,
     report: &mut Report,
 ) -> Result<(), DbError> {
+    let left = || cfg.budget.saturating_sub(started.elapsed());
     // Our indexes as the catalog has them (valid or not): the name is the record.
     let existing: Vec<(String, bool)> = client
         .query_typed(
@@ -319,7 +333,14 @@ async fn run(
             },
         };
         match reason {
-            Some(reason) => match drop_index(client, name).await {
+            Some(_) if left() < Duration::from_secs(1) => report.deferred += 1,
+            Some(reason) => match ddl(
+                client,
+                left(),
+                &format!("DROP INDEX CONCURRENTLY IF EXISTS app.{name}"),
+            )
+            .await
+            {
                 Ok(()) => {
                     tracing::info!(index = %name, reason, "per-tenant index dropped");
                     report.dropped.push(Dropped {
@@ -336,7 +357,9 @@ async fn run(
     if cfg.min_chunks == 0 {
         return Ok(());
     }
-    let started = Instant::now();
+    // Builds whose index was left invalid (a build that failed before) go last, so one that
+    // cannot finish in a run's budget does not keep the others waiting.
+    let mut due = Vec::new();
     for (tenant, chunks) in counts {
         let Some(chunks) = chunks else { continue };
         if chunks < cfg.min_chunks {
@@ -344,39 +367,56 @@ async fn run(
         }
         for kind in [Kind::Vectors(dims), Kind::Text] {
             let name = index_name(tenant, kind);
-            let has = existing.iter().any(|(n, valid)| *n == name && *valid)
-                && !report.dropped.iter().any(|d| d.index == name);
-            if has {
-                continue;
-            }
-            let left = cfg.budget.saturating_sub(started.elapsed());
-            if left < Duration::from_secs(1) {
-                report.deferred += 1;
-                continue;
-            }
-            let build = Instant::now();
-            // Two calls: a string of several statements is one transaction, which a concurrent
-            // build refuses.
-            let timeout = format!("SET statement_timeout = {}", left.as_millis());
-            let done = match client.batch_execute(&timeout).await {
-                Ok(()) => client.batch_execute(&create_statement(tenant, kind)).await,
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok(()) => {
-                    let seconds = build.elapsed().as_secs_f64();
-                    tracing::info!(index = %name, chunks, seconds, "per-tenant index built");
-                    report.built.push(Built {
-                        index: name,
-                        tenant_id: tenant,
-                        chunks,
-                        seconds,
-                    });
-                }
-                Err(e) => report.fail(client, &name, "build", e.into())?,
+            let state = existing.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+            let dropped = report.dropped.iter().any(|d| d.index == name);
+            match (state, dropped) {
+                // Valid and kept.
+                (Some(true), false) => {}
+                // Still there: its drop failed (reported) or was deferred.
+                (Some(_), false) => {}
+                (state, _) => due.push((state == Some(false), tenant, kind, chunks)),
             }
         }
     }
+    due.sort_by_key(|(failed_before, ..)| *failed_before);
+    for (_, tenant, kind, chunks) in due {
+        let name = index_name(tenant, kind);
+        if left() < Duration::from_secs(MIN_BUILD_SECS) {
+            report.deferred += 1;
+            continue;
+        }
+        let build = Instant::now();
+        match ddl(client, left(), &create_statement(tenant, kind)).await {
+            Ok(()) => {
+                let seconds = build.elapsed().as_secs_f64();
+                tracing::info!(index = %name, chunks, seconds, "per-tenant index built");
+                report.built.push(Built {
+                    index: name,
+                    tenant_id: tenant,
+                    chunks,
+                    seconds,
+                });
+            }
+            Err(e) => report.fail(client, &name, "build", e)?,
+        }
+    }
+    Ok(())
+}
+
+/// One concurrent build or drop with `timeout` as its `statement_timeout` (reset after: the
+/// session may go on). Separate calls: a string of several statements is one transaction, which
+/// a concurrent build refuses.
+async fn ddl(client: &Client, timeout: Duration, statement: &str) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await?;
+    let done = client.batch_execute(statement).await;
+    let reset = client.batch_execute("RESET statement_timeout").await;
+    done?;
+    reset?;
     Ok(())
 }
 
@@ -390,11 +430,22 @@ impl Report {
         action: &'static str,
         e: DbError,
     ) -> Result<(), DbError> {
-        if client.is_closed() {
+        let sqlstate = e.sqlstate().map(|c| c.code().to_owned());
+        // The session is gone or going (connection errors, an administrator's or the server's
+        // shutdown): nothing else can be done in this run.
+        let fatal = client.is_closed()
+            || e.is_connection_lost()
+            || sqlstate
+                .as_deref()
+                .is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03"));
+        if fatal {
             return Err(e);
         }
-        let sqlstate = e.sqlstate().map(|c| c.code().to_owned());
-        tracing::warn!(index, action, sqlstate = ?sqlstate, error = %e, "per-tenant index failed");
+        let message = match &e {
+            DbError::Postgres(pg) => pg.as_db_error().map(|d| d.message().to_owned()),
+            _ => None,
+        };
+        tracing::warn!(index, action, sqlstate = ?sqlstate, message = ?message, "per-tenant index failed");
         self.failed.push(Failed {
             index: index.to_owned(),
             action,
@@ -402,14 +453,6 @@ impl Report {
         });
         Ok(())
     }
-}
-
-/// Drops one of our indexes (its name came from the catalog and matched [`parse_name`]).
-async fn drop_index(client: &Client, name: &str) -> Result<(), DbError> {
-    client
-        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS app.{name}"))
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

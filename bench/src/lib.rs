@@ -240,6 +240,74 @@ pub async fn mark_seeded(
     Ok(())
 }
 
+/// Provisions tenant `t` of a synthetic-documents benchmark (`{name} {t}`, slug `{slug}-{t}`,
+/// organization `org_{slug}_{t}`) with one `docs` dataset of a text column; returns the dataset.
+pub async fn docs_tenant(
+    app: &App,
+    admin: &tokio_postgres::Client,
+    id: TenantId,
+    (name, slug): (&str, &str),
+    t: usize,
+) -> Result<uuid::Uuid, Error> {
+    use tenantry::tenants::{NewTenant, provision};
+    provision(
+        &app.db,
+        &NewTenant {
+            tenant_id: id,
+            name: format!("{name} {t}"),
+            slug: format!("{slug}-{t}"),
+            auth0_org_id: Some(format!("org_{slug}_{t}")),
+            plan: "team".into(),
+        },
+        "system:bench",
+    )
+    .await?;
+    Ok(admin
+        .query_one(
+            "INSERT INTO app.datasets (tenant_id, name, columns, text_columns) \
+             VALUES ($1, 'docs', '[{\"name\": \"body\", \"type\": \"string\"}]', '{body}') \
+             RETURNING dataset_id",
+            &[&id.as_uuid()],
+        )
+        .await?
+        .get(0))
+}
+
+/// Inserts documents `range` of tenant `t` into dataset `ds` in one statement: record
+/// `doc-{c}` with [`sentence`]`(t * 1_000_003 + c, 24)` as its body, and its one chunk,
+/// embedded by `embedder`.
+pub async fn insert_docs(
+    admin: &tokio_postgres::Client,
+    embedder: &tenantry::rag::embed::LocalEmbedder,
+    id: TenantId,
+    ds: uuid::Uuid,
+    t: usize,
+    range: std::ops::Range<usize>,
+) -> Result<(), Error> {
+    let texts: Vec<String> = range
+        .clone()
+        .map(|c| sentence((t * 1_000_003 + c) as u64, 24))
+        .collect();
+    let keys: Vec<String> = range.map(|c| format!("doc-{c}")).collect();
+    let vectors: Vec<String> = texts
+        .iter()
+        .map(|s| tenantry::rag::embed::to_pgvector(&embedder.vector(s)))
+        .collect();
+    admin
+        .execute(
+            "WITH r AS (INSERT INTO app.records (tenant_id, dataset_id, key, data) \
+               SELECT $1, $2, k, jsonb_build_object('body', b) \
+               FROM unnest($3::text[], $4::text[]) AS u(k, b) RETURNING 1) \
+             INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, \
+               record_version, column_name, content, embedding, embedding_model) \
+             SELECT $1, $2, k, 0, 1, 'body', b, e::vector, 'local-hashed-ngrams-v1' \
+             FROM unnest($3::text[], $4::text[], $5::text[]) AS u(k, b, e)",
+            &[&id.as_uuid(), &ds, &keys, &texts, &vectors],
+        )
+        .await?;
+    Ok(())
+}
+
 /// One search in the tenant's transaction, as `/v1/ask` runs it.
 pub async fn run_search(
     app: &App,

@@ -38,6 +38,18 @@ pub enum StartError {
     Db(#[from] DbError),
 }
 
+/// `config` with what comes from AWS filled in ([`Config::resolve`]), and the AWS configuration
+/// it was read with (loaded only when the configuration names something in AWS).
+async fn resolve_with_aws(
+    config: Config,
+) -> Result<(Config, Option<aws_config::SdkConfig>), ConfigError> {
+    let sdk = match config.needs_aws() {
+        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        false => None,
+    };
+    Ok((config.resolve(sdk.as_ref()).await?, sdk))
+}
+
 /// Whether this process is a Lambda execution environment.
 pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
@@ -88,12 +100,7 @@ impl AppBuilder {
     /// configured), the SDK configuration loaded if any setting needs AWS, and this process's
     /// work mode.
     pub async fn from_env() -> Result<Self, StartError> {
-        let config = Config::from_env()?;
-        let sdk = match config.needs_aws() {
-            true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
-            false => None,
-        };
-        let config = config.resolve(sdk.as_ref()).await?;
+        let (config, sdk) = resolve_with_aws(Config::from_env()?).await?;
         let mut b = App::builder(config).work(work_mode());
         b.sdk = sdk;
         Ok(b)
@@ -495,12 +502,8 @@ pub async fn run_embed_worker() -> Result<(), lambda_runtime::Error> {
 /// dimension, the `RAG_TENANT_INDEX_*` settings, TLS) is the shared one.
 pub async fn run_vector_indexes() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init(log_format());
-    let config = indexer_config(|name| std::env::var(name).ok())?;
-    let sdk = match config.needs_aws() {
-        true => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
-        false => None,
-    };
-    let config = Arc::new(config.resolve(sdk.as_ref()).await?);
+    let (config, _) = resolve_with_aws(indexer_config(|name| std::env::var(name).ok())?).await?;
+    let config = Arc::new(config);
     lambda_runtime::run(lambda_runtime::service_fn(
         move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let config = Arc::clone(&config);

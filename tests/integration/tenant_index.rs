@@ -183,6 +183,11 @@ async fn plan(app: &TestApp, tenant: TenantId, question: &str) -> String {
         &format!("{}?options=-c%20enable_seqscan%3Doff", app.db.app_url),
         1,
     );
+    plan_on(&db, tenant, question).await
+}
+
+/// The plan of `tenant`'s search on the approximate path, on `db`'s connections.
+async fn plan_on(db: &tenantry::db::Db, tenant: TenantId, question: &str) -> String {
     let vector = LocalEmbedder::new(256).vector(question);
     let mut tx = db
         .begin_with(&as_tenant(tenant), Access::ReadOnly, settings())
@@ -259,17 +264,7 @@ async fn a_large_tenant_gets_indexes_of_its_own_and_only_its_searches_use_them()
     let question = "urgent refund for the broken widget in lisbon";
     // Its vector candidates come from its own HNSW index, and its full-text candidates from
     // app.text_candidates (its own GIN index, which RLS would keep from the search itself).
-    let vector = LocalEmbedder::new(256).vector(question);
-    let mut tx = app
-        .app
-        .db
-        .begin_with(&as_tenant(large), Access::ReadOnly, settings())
-        .await
-        .unwrap();
-    let explained = explain(&mut tx, &request(question, &vector, 0), false)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let explained = plan_on(&app.app.db, large, question).await;
     let own_vectors = index_name(large.as_uuid(), Kind::Vectors(256));
     assert!(
         explained.contains(&own_vectors),
@@ -328,19 +323,7 @@ async fn a_large_tenant_gets_indexes_of_its_own_and_only_its_searches_use_them()
         .unwrap();
     let (_, _, ef) = searched(&app, large, question).await;
     assert_eq!(ef, "100", "ef_search set for an invalid index");
-    let explained = {
-        let mut tx = app
-            .app
-            .db
-            .begin_with(&as_tenant(large), Access::ReadOnly, settings())
-            .await
-            .unwrap();
-        let text = explain(&mut tx, &request(question, &vector, 0), false)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        text
-    };
+    let explained = plan_on(&app.app.db, large, question).await;
     assert!(
         !explained.contains(&own_vectors),
         "an invalid index planned: {explained}"

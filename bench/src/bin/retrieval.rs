@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tenantry::config::Config;
-use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
+use tenantry::rag::embed::LocalEmbedder;
 use tenantry::rag::search::{Retrieved, embed_question};
-use tenantry::tenants::{NewTenant, provision};
 use tenantry::{App, TenantId};
 use tenantry_bench::{
-    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, run_search, sentence,
-    sort_priced_out,
+    Error, bench_database, docs_tenant, drive, drop_vector_indexes, env, insert_docs, mark_seeded,
+    run_search, sentence, sort_priced_out,
 };
 use tenantry_tests::{AUDIENCE, ISSUER, JwksServer, dev_jwk, gateway_event, issuer};
 use tokio_postgres::NoTls;
@@ -82,44 +81,8 @@ async fn main() -> Result<(), Error> {
         tokio::spawn(conn);
         let indexes = drop_vector_indexes(&admin).await?;
         for (t, id) in ids.iter().enumerate() {
-            provision(
-                &app.db,
-                &NewTenant {
-                    tenant_id: *id,
-                    name: format!("Retrieval {t}"),
-                    slug: format!("retrieval-{t}"),
-                    auth0_org_id: Some(format!("org_retrieval_{t}")),
-                    plan: "team".into(),
-                },
-                "system:bench",
-            )
-            .await?;
-            let ds: uuid::Uuid = admin
-                .query_one(
-                    "INSERT INTO app.datasets (tenant_id, name, columns, text_columns) \
-                     VALUES ($1, 'docs', '[{\"name\": \"body\", \"type\": \"string\"}]', '{body}') RETURNING dataset_id",
-                    &[&id.as_uuid()],
-                )
-                .await?
-                .get(0);
-            let texts: Vec<String> = (0..chunks)
-                .map(|c| sentence((t * 1_000_003 + c) as u64, 24))
-                .collect();
-            let keys: Vec<String> = (0..chunks).map(|c| format!("doc-{c}")).collect();
-            let vectors: Vec<String> = texts
-                .iter()
-                .map(|s| to_pgvector(&embedder.vector(s)))
-                .collect();
-            admin
-                .execute(
-                    "WITH r AS (INSERT INTO app.records (tenant_id, dataset_id, key, data) \
-                       SELECT $1, $2, k, jsonb_build_object('body', b) FROM unnest($3::text[], $4::text[]) AS u(k, b) RETURNING 1) \
-                     INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, record_version, column_name, content, embedding, embedding_model) \
-                     SELECT $1, $2, k, 0, 1, 'body', b, e::vector, 'local-hashed-ngrams-v1' \
-                     FROM unnest($3::text[], $4::text[], $5::text[]) AS u(k, b, e)",
-                    &[&id.as_uuid(), &ds, &keys, &texts, &vectors],
-                )
-                .await?;
+            let ds = docs_tenant(&app, &admin, *id, ("Retrieval", "retrieval"), t).await?;
+            insert_docs(&admin, &embedder, *id, ds, t, 0..chunks).await?;
         }
         mark_seeded(&admin, &indexes, started).await?;
     }

@@ -15,10 +15,9 @@ use tenantry::TenantId;
 use tenantry::rag::embed::{LocalEmbedder, to_pgvector};
 use tenantry::rag::search::{Retrieved, SearchRequest, embed_question, explain};
 use tenantry::rag::tenant_index::{Kind, TenantIndexConfig, index_name, maintain};
-use tenantry::tenants::{NewTenant, provision};
 use tenantry_bench::{
-    Error, bench_database, drive, drop_vector_indexes, env, mark_seeded, read_tx, run_search,
-    sentence, tenant_app,
+    Error, bench_database, docs_tenant, drive, drop_vector_indexes, env, insert_docs, mark_seeded,
+    read_tx, run_search, sentence, tenant_app,
 };
 use tokio_postgres::NoTls;
 
@@ -58,51 +57,18 @@ async fn main() -> Result<(), Error> {
         let started = Instant::now();
         let indexes = drop_vector_indexes(&admin).await?;
         for (t, id) in ids.iter().enumerate() {
-            provision(
-                &app.db,
-                &NewTenant {
-                    tenant_id: *id,
-                    name: format!("Index {t}"),
-                    slug: format!("index-{t}"),
-                    auth0_org_id: Some(format!("org_index_{t}")),
-                    plan: "team".into(),
-                },
-                "system:bench",
-            )
-            .await?;
-            let ds: uuid::Uuid = admin
-                .query_one(
-                    "INSERT INTO app.datasets (tenant_id, name, columns, text_columns) \
-                     VALUES ($1, 'docs', '[{\"name\": \"body\", \"type\": \"string\"}]', '{body}') \
-                     RETURNING dataset_id",
-                    &[&id.as_uuid()],
-                )
-                .await?
-                .get(0);
+            let ds = docs_tenant(&app, &admin, *id, ("Index", "index"), t).await?;
             let n = if t == 0 { big } else { small };
             for from in (0..n).step_by(SEED_BATCH) {
-                let range = from..(from + SEED_BATCH).min(n);
-                let texts: Vec<String> = range
-                    .clone()
-                    .map(|c| sentence((t * 1_000_003 + c) as u64, 24))
-                    .collect();
-                let keys: Vec<String> = range.map(|c| format!("doc-{c}")).collect();
-                let vectors: Vec<String> = texts
-                    .iter()
-                    .map(|s| to_pgvector(&embedder.vector(s)))
-                    .collect();
-                admin
-                    .execute(
-                        "WITH r AS (INSERT INTO app.records (tenant_id, dataset_id, key, data) \
-                           SELECT $1, $2, k, jsonb_build_object('body', b) \
-                           FROM unnest($3::text[], $4::text[]) AS u(k, b) RETURNING 1) \
-                         INSERT INTO app.chunks (tenant_id, dataset_id, record_key, chunk_no, \
-                           record_version, column_name, content, embedding, embedding_model) \
-                         SELECT $1, $2, k, 0, 1, 'body', b, e::vector, 'local-hashed-ngrams-v1' \
-                         FROM unnest($3::text[], $4::text[], $5::text[]) AS u(k, b, e)",
-                        &[&id.as_uuid(), &ds, &keys, &texts, &vectors],
-                    )
-                    .await?;
+                insert_docs(
+                    &admin,
+                    &embedder,
+                    *id,
+                    ds,
+                    t,
+                    from..(from + SEED_BATCH).min(n),
+                )
+                .await?;
             }
         }
         mark_seeded(&admin, &indexes, started).await?;

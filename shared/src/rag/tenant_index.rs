@@ -370,9 +370,7 @@ async fn run(
             let state = existing.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
             let dropped = report.dropped.iter().any(|d| d.index == name);
             match (state, dropped) {
-                // Valid and kept.
-                (Some(true), false) => {}
-                // Still there: its drop failed (reported) or was deferred.
+                // Still there: valid and kept, or its drop failed (reported) or was deferred.
                 (Some(_), false) => {}
                 (state, _) => due.push((state == Some(false), tenant, kind, chunks)),
             }

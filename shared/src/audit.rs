@@ -72,11 +72,17 @@ pub enum Action {
     DeliveriesRetried,
     /// Auth0 reported a member's role assigned or removed (details: from, to).
     MemberRoleChanged,
+    /// A billing period of the tenant's subscription became known or was cut short (target: the
+    /// subscription; details: start, end, source).
+    BillingPeriodRecorded,
+    /// Stripe finalized the invoice of a billing period: later usage for it is billed in the
+    /// next period (target: the invoice; details: the periods).
+    BillingPeriodFinalized,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 27] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -102,6 +108,8 @@ impl Action {
         Action::TenantDataDeleted,
         Action::DeliveriesRetried,
         Action::MemberRoleChanged,
+        Action::BillingPeriodRecorded,
+        Action::BillingPeriodFinalized,
     ];
 
     /// The stable name (`dataset.created`).
@@ -132,6 +140,8 @@ impl Action {
             Action::TenantDataDeleted => "tenant.data_deleted",
             Action::DeliveriesRetried => "billing.deliveries_retried",
             Action::MemberRoleChanged => "member.role_changed",
+            Action::BillingPeriodRecorded => "billing.period_recorded",
+            Action::BillingPeriodFinalized => "billing.period_finalized",
         }
     }
 

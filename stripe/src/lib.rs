@@ -24,8 +24,10 @@ use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
 use stripe_billing::billing_meter_event_summary::{
     ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
 };
+use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_core::customer::CreateCustomer;
 use tenantry::App;
+use tenantry::billing::periods::{FinalizedInvoice, SubscriptionPeriod};
 use tenantry::billing::{BillingSink, MeterEvent, Sent, SinkError, SinkFuture};
 use tenantry::config::{BillingConfig, ConfigError};
 use tenantry::usage::Meter;
@@ -213,6 +215,209 @@ impl BillingSink for StripeBilling {
             }
             out.sort();
             Ok(out)
+        })
+    }
+
+    fn subscriptions<'a>(&'a self, customer: &'a str) -> SinkFuture<'a, Vec<SubscriptionPeriod>> {
+        Box::pin(async move {
+            let params = ListParams {
+                customer,
+                limit: 100,
+                status: Some("all"),
+                created: None,
+                starting_after: None,
+            };
+            let subs: Vec<SubscriptionFields> = self
+                .list_all("/subscriptions", params, |s: &SubscriptionFields| {
+                    Some(s.id.clone())
+                })
+                .await?;
+            Ok(subs.iter().filter_map(SubscriptionFields::period).collect())
+        })
+    }
+
+    fn finalized_invoices<'a>(
+        &'a self,
+        customer: &'a str,
+        created_from: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<FinalizedInvoice>> {
+        Box::pin(async move {
+            let params = ListParams {
+                customer,
+                limit: 100,
+                status: None,
+                created: Some(Gte {
+                    gte: created_from.timestamp(),
+                }),
+                starting_after: None,
+            };
+            let invoices: Vec<InvoiceFields> = self
+                .list_all("/invoices", params, |i: &InvoiceFields| i.id.clone())
+                .await?;
+            Ok(invoices
+                .iter()
+                .filter_map(InvoiceFields::finalized)
+                .collect())
+        })
+    }
+}
+
+/// A page of a Stripe list, as far as we read it.
+#[derive(miniserde::Deserialize)]
+struct Page<T> {
+    data: Vec<T>,
+    has_more: bool,
+}
+
+/// The fields of a subscription we read: the current period on the subscription (API versions
+/// before 2025-03-31) or on its items (since).
+#[derive(miniserde::Deserialize)]
+struct SubscriptionFields {
+    id: String,
+    status: String,
+    current_period_start: Option<i64>,
+    current_period_end: Option<i64>,
+    ended_at: Option<i64>,
+    items: Option<Page<ItemFields>>,
+}
+
+#[derive(miniserde::Deserialize)]
+struct ItemFields {
+    current_period_start: Option<i64>,
+    current_period_end: Option<i64>,
+}
+
+/// The fields of an invoice we read (its subscription at the top before 2025-03-31, under
+/// `parent.subscription_details` since).
+#[derive(miniserde::Deserialize)]
+struct InvoiceFields {
+    id: Option<String>,
+    status: Option<String>,
+    subscription: Option<String>,
+    parent: Option<ParentFields>,
+    period_start: i64,
+    period_end: i64,
+    status_transitions: Option<TransitionFields>,
+}
+
+#[derive(miniserde::Deserialize)]
+struct ParentFields {
+    subscription_details: Option<SubscriptionDetailsFields>,
+}
+
+#[derive(miniserde::Deserialize)]
+struct SubscriptionDetailsFields {
+    subscription: Option<String>,
+}
+
+#[derive(miniserde::Deserialize)]
+struct TransitionFields {
+    finalized_at: Option<i64>,
+}
+
+#[derive(Clone, Copy, serde::Serialize)]
+struct ListParams<'a> {
+    customer: &'a str,
+    limit: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<Gte>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starting_after: Option<&'a str>,
+}
+
+#[derive(Clone, Copy, serde::Serialize)]
+struct Gte {
+    gte: i64,
+}
+
+impl StripeBilling {
+    /// Every page of a list endpoint (`id` is how to continue after an item).
+    async fn list_all<T: miniserde::Deserialize>(
+        &self,
+        path: &str,
+        params: ListParams<'_>,
+        id: impl Fn(&T) -> Option<String>,
+    ) -> Result<Vec<T>, SinkError> {
+        let mut out: Vec<T> = Vec::new();
+        let mut after: Option<String> = None;
+        // A customer has a handful of subscriptions and about one invoice a month: ten pages
+        // of 100 is far more than a sync ever reads; stop rather than loop on a broken cursor.
+        for _ in 0..10 {
+            let params = ListParams {
+                starting_after: after.as_deref(),
+                ..params
+            };
+            let page: Page<T> = RequestBuilder::new(StripeMethod::Get, path)
+                .query(&params)
+                .customize()
+                .timeout(self.timeout)
+                .send(&self.client)
+                .await
+                .map_err(classify)?;
+            let next = if page.has_more {
+                page.data.last().and_then(&id)
+            } else {
+                None
+            };
+            out.extend(page.data);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn at(secs: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(secs, 0)
+}
+
+impl SubscriptionFields {
+    fn period(&self) -> Option<SubscriptionPeriod> {
+        let items = self
+            .items
+            .as_ref()
+            .map(|l| l.data.as_slice())
+            .unwrap_or_default();
+        SubscriptionPeriod::from_stripe(
+            self.id.clone(),
+            self.status.clone(),
+            (self.current_period_start, self.current_period_end),
+            items
+                .iter()
+                .map(|i| (i.current_period_start, i.current_period_end)),
+            self.ended_at,
+        )
+    }
+}
+
+impl InvoiceFields {
+    /// A finalized subscription invoice (any status but `draft`), if this is one.
+    fn finalized(&self) -> Option<FinalizedInvoice> {
+        if matches!(self.status.as_deref(), None | Some("draft")) {
+            return None;
+        }
+        let subscription = self.subscription.clone().or_else(|| {
+            self.parent
+                .as_ref()?
+                .subscription_details
+                .as_ref()?
+                .subscription
+                .clone()
+        })?;
+        Some(FinalizedInvoice {
+            invoice_id: self.id.clone()?,
+            subscription_id: subscription,
+            period_start: at(self.period_start)?,
+            period_end: at(self.period_end)?,
+            finalized_at: self
+                .status_transitions
+                .as_ref()
+                .and_then(|t| t.finalized_at)
+                .and_then(at)?,
         })
     }
 }

@@ -20,6 +20,11 @@
 //! - **Asynchronous rejections**: an event answered 200 and then dropped from the summaries and the
 //!   bill, with an error report (what Stripe sends as `v1.billing.meter.error_report_triggered`)
 //!   ([`reject_async`](StripeStub::reject_async)).
+//! - **Subscriptions with anchors, and their invoices** ([`subscribe`](StripeStub::subscribe)):
+//!   monthly periods from any anchor, a draft invoice at each period's end finalized about an hour
+//!   later (or when the test releases it), usage accepted after finalization never billed
+//!   ([`invoiced`](StripeStub::invoiced)), and the Stripe events each change makes, for the test to
+//!   deliver as webhooks ([`take_events`](StripeStub::take_events)). See `subscriptions.rs`.
 //! - Stripe's timestamp window (35 days back, 5 minutes ahead, on the stub's clock), faults on
 //!   demand ([`Fault`]: 429, 5xx, answers that come after the client gave up, calls held at a
 //!   [`Gate`] until the test opens it), outages, drift injection, and a check of Stripe's
@@ -27,9 +32,11 @@
 
 mod customers;
 mod meter_events;
+mod subscriptions;
 mod summaries;
 
 pub use customers::StubCustomer;
+pub use subscriptions::{FINALIZE_AFTER_SECS, StubInvoice};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -207,6 +214,14 @@ struct State {
     /// The next this many customer creations answer 429 (saving nothing).
     customer_failures: u32,
     customer_calls: u64,
+    subscriptions: Vec<subscriptions::Subscription>,
+    invoices: Vec<StubInvoice>,
+    holding_invoices: bool,
+    /// Stripe events not yet taken by the test, and how many were taken before.
+    stripe_events: Vec<Value>,
+    taken_events: usize,
+    subscription_reads: u64,
+    invoice_reads: u64,
 }
 
 impl State {
@@ -348,9 +363,79 @@ impl StripeStub {
         DateTime::from_timestamp(now, 0).unwrap()
     }
 
-    /// Moves the stub's clock on (summary lag and the dedupe window run on it).
+    /// Moves the stub's clock on (summary lag, the dedupe window, subscription periods and
+    /// invoice finalization run on it).
     pub fn advance(&self, by: Duration) {
-        self.state.lock().unwrap().clock_offset += by.as_secs() as i64;
+        let mut s = self.state.lock().unwrap();
+        s.clock_offset += by.as_secs() as i64;
+        s.tick();
+    }
+
+    /// Subscribes `customer` with monthly periods from `anchor` (which may be in the past: the
+    /// periods since are rolled and invoiced, and those invoices finalized an hour after their
+    /// period unless held); returns the subscription's id.
+    pub fn subscribe(&self, customer: &str, anchor: DateTime<Utc>) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .subscribe(customer, anchor.timestamp())
+    }
+
+    /// Ends the subscription's current period now and starts a new one (a plan change that
+    /// resets the billing anchor); the ended period is invoiced.
+    pub fn reset_anchor(&self, subscription: &str) {
+        self.state.lock().unwrap().reset_anchor(subscription);
+    }
+
+    /// Holds invoice finalization until [`release_invoices`](Self::release_invoices).
+    pub fn hold_invoices(&self) {
+        self.state.lock().unwrap().holding_invoices = true;
+    }
+
+    /// Finalizes, now, every held invoice that is due, and stops holding.
+    pub fn release_invoices(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.holding_invoices = false;
+        let now = s.now();
+        let due: Vec<usize> = (0..s.invoices.len())
+            .filter(|i| s.invoices[*i].finalized_at.is_none())
+            .filter(|i| s.invoices[*i].created + FINALIZE_AFTER_SECS <= now)
+            .collect();
+        for i in due {
+            s.finalize(i, now);
+        }
+        s.tick();
+    }
+
+    /// The invoices so far, oldest first.
+    pub fn invoices(&self) -> Vec<StubInvoice> {
+        let mut s = self.state.lock().unwrap();
+        s.tick();
+        s.invoices.clone()
+    }
+
+    /// What Stripe bills `customer` for `event_name` in the period of its subscription that
+    /// starts at `period_start` (see `subscriptions.rs`).
+    pub fn invoiced(&self, customer: &str, event_name: &str, period_start: DateTime<Utc>) -> i64 {
+        let mut s = self.state.lock().unwrap();
+        s.tick();
+        s.invoiced(customer, event_name, period_start.timestamp())
+    }
+
+    /// The Stripe events made since the last call, oldest first (`data.object` in the API's
+    /// current shape), for the test to deliver as webhooks.
+    pub fn take_events(&self) -> Vec<Value> {
+        let mut s = self.state.lock().unwrap();
+        s.tick();
+        let taken = std::mem::take(&mut s.stripe_events);
+        s.taken_events += taken.len();
+        taken
+    }
+
+    /// `GET /v1/subscriptions` and `GET /v1/invoices` calls so far.
+    pub fn period_reads(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        (s.subscription_reads, s.invoice_reads)
     }
 
     /// Events accepted from now on show in the summaries only `lag` (on the stub's clock) after
@@ -541,6 +626,10 @@ async fn handle(
                 .unwrap_or_else(|_| error(500, "api_error", None, "stub task failed"))
         }
         ("POST", "/v1/customers") => customers::create(state, idempotency_key, &form),
+        ("GET", "/v1/subscriptions") => {
+            subscriptions::list_subscriptions(&mut state.lock().unwrap(), &query)
+        }
+        ("GET", "/v1/invoices") => subscriptions::list_invoices(&mut state.lock().unwrap(), &query),
         ("GET", p) if p.starts_with("/v1/billing/meters/") && p.ends_with("/event_summaries") => {
             let id = p
                 .trim_start_matches("/v1/billing/meters/")

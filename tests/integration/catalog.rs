@@ -37,6 +37,7 @@ const IMPERSONATION_TABLES: &[&str] = &[
     "app.audit_events",
     "app.audit_heads",
     "app.billing_customers",
+    "app.billing_periods",
     "app.billing_reconciliations",
     "app.chunks",
     "app.datasets",
@@ -55,6 +56,7 @@ const LIVE_SESSION_CLAUSE: &str = "(SELECT app.impersonation_live() AS impersona
 /// its read-only policy for itself alone; `roles.rs` pins which columns it may read.
 const SUPPORT_READ_TABLES: &[&str] = &[
     "app.billing_customers",
+    "app.billing_periods",
     "app.billing_reconciliations",
     "app.chunks",
     "app.impersonation_sessions",

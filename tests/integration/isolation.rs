@@ -157,6 +157,19 @@ const TABLES: &[Table] = &[
         delete_refused: None,
     },
     Table {
+        name: "billing_periods",
+        insert: "INSERT INTO app.billing_periods (tenant_id, subscription_id, period_start, period_end, source)
+                 VALUES ($1, 'sub_intruder', now(), now() + interval '1 month', 'webhook')",
+        // Only a period's end and its finalization may change.
+        touch: "period_end = period_end",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
         name: "billing_reconciliations",
         insert: "INSERT INTO app.billing_reconciliations (tenant_id, run_id, meter, day, ledger_total, action)
                  VALUES ($1, gen_random_uuid(), 'queries', current_date, 0, 'in_sync')",
@@ -312,6 +325,11 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
         (
             "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
              VALUES ($1, 'stripe', 'evt_shared', 'invoice.paid')",
+            None,
+        ),
+        (
+            "INSERT INTO app.billing_periods (tenant_id, subscription_id, period_start, period_end, source) \
+             VALUES ($1, 'sub_shared', '2026-11-14T10:00:00Z', '2026-12-14T10:00:00Z', 'webhook')",
             None,
         ),
         (
@@ -696,6 +714,16 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
             vec![(&b_id, Type::UUID)],
             false,
             Outcome::rls("billing_reconciliations"),
+        ),
+        (
+            // A period's own shape (periods::record): DO NOTHING against B's key.
+            "billing_periods",
+            "INSERT INTO app.billing_periods (tenant_id, subscription_id, period_start, period_end, source) \
+             VALUES ($1, 'sub_shared', '2026-11-14T10:00:00Z', '2026-12-14T10:00:00Z', 'webhook') \
+             ON CONFLICT DO NOTHING".into(),
+            vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("billing_periods"),
         ),
         (
             // DO NOTHING needs no UPDATE grant: the webhook dedupe's own shape.

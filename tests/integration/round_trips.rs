@@ -31,8 +31,9 @@ const WARM: &[(&str, &str, &str, u64)] = &[
         r#"[{"key": "r1", "data": {"region": "eu", "amount": 2}}]"#,
         5,
     ),
-    // Billing state, the ledger's sums, deliveries, the last reconciliation (api/usage.rs), COMMIT.
-    ("GET", "/v1/usage", "", 5),
+    // Billing state, the billing periods, the ledger's sums, deliveries, the last reconciliation
+    // (api/usage.rs), COMMIT.
+    ("GET", "/v1/usage", "", 6),
 ];
 
 async fn counted_app(base: &TestApp, proxy: &CountingProxy) -> Arc<App> {

@@ -75,7 +75,8 @@ const TENANTS_SQL: &str = "\
        GROUP BY r.run_id ORDER BY max(r.created_at) DESC LIMIT 1), \
       (SELECT jsonb_build_object( \
           'pending', count(*) FILTER (WHERE d.status = 'pending'), \
-          'failed', count(*) FILTER (WHERE d.status = 'failed')) \
+          'failed', count(*) FILTER (WHERE d.status = 'failed'), \
+          'late_units', coalesce(sum(d.value) FILTER (WHERE d.late), 0)) \
        FROM app.usage_deliveries d WHERE d.tenant_id = t.tenant_id), \
       (SELECT count(*) FROM app.chunks ch \
        WHERE ch.tenant_id = t.tenant_id AND ch.embedding_model IS NULL), \

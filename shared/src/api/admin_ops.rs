@@ -164,6 +164,11 @@ struct Delivery {
     attempts: i32,
     created_at: DateTime<Utc>,
     settled_at: Option<DateTime<Utc>>,
+    /// The time Stripe bills it at: the window's start, or, when late, the start of the open
+    /// period after the finalized one its window lies in.
+    event_time: DateTime<Utc>,
+    /// Usage for a period whose invoice was already finalized, billed in the next.
+    late: bool,
 }
 
 pub(super) async fn deliveries(
@@ -183,7 +188,7 @@ pub(super) async fn deliveries(
     let rows = support_db(&app)?
         .read_across_tenants(
             "SELECT tenant_id, identifier, meter, window_start, seq, value, kind, status, reason, \
-                    attempts, created_at, settled_at \
+                    attempts, created_at, settled_at, event_time, late \
              FROM app.usage_deliveries \
              WHERE status = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
                AND ($3::timestamptz IS NULL OR created_at < $3) \
@@ -211,6 +216,8 @@ pub(super) async fn deliveries(
             attempts: r.get(9),
             created_at: r.get(10),
             settled_at: r.get(11),
+            event_time: r.get(12),
+            late: r.get(13),
         })
         .collect();
     let more = found.len() as i64 > limit;

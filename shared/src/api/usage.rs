@@ -1,5 +1,7 @@
-//! `GET /v1/usage`: the tenant's current billing period per meter — what the ledger recorded, what
-//! the billing provider acknowledged, what is on its way — and the last reconciliation's result.
+//! `GET /v1/usage`: the tenant's current billing period (its subscription's, or the calendar
+//! month without one) per meter — what the ledger recorded, what the billing provider
+//! acknowledged, what is on its way, late usage from finalized periods billed in this one — the
+//! periods still waiting for their invoice, and the last reconciliation's result.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio_postgres::types::Type;
 
 use crate::App;
 use crate::billing::customers;
+use crate::billing::periods::{self, Periods};
 use crate::db::Access;
 use crate::http::{Caller, HandlerResult, json_response};
 use crate::usage::{METERS, Meter};
@@ -31,14 +34,31 @@ struct MeterUsage {
     unsent: i64,
     /// Refused by the provider, or too old to send: see the reconciliation.
     refused: i64,
+    /// Of what is billed in this period, usage from an earlier period whose invoice was already
+    /// finalized when it arrived (late usage is billed in the next open period).
+    late: i64,
 }
 
 pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerResult {
     let now = Utc::now();
-    let (start, end) = month(now);
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let tenant = tx.tenant_id().as_uuid();
     let billing = customers::state(&mut tx).await?;
+    let known = Periods {
+        all: periods::list(&mut tx).await?,
+    };
+    // The subscription's current period; the calendar month without one.
+    let (start, end, period) = match known.current(now) {
+        Some(p) => (
+            p.start,
+            p.end,
+            json!({"source": "subscription", "subscription_id": p.subscription_id}),
+        ),
+        None => {
+            let (s, e) = month(now);
+            (s, e, json!({"source": "calendar_month"}))
+        }
+    };
     let mut meters: Vec<MeterUsage> = METERS
         .iter()
         .map(|d| MeterUsage {
@@ -69,10 +89,17 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
             meters[i].unsent = r.get(1);
         }
     }
+    // Deliveries billed in the period (by their time) and those planned for its usage (by their
+    // window): they differ by late usage.
     let deliveries = tx
         .query(
-            "SELECT meter, status, kind, sum(value)::int8 FROM app.usage_deliveries \
-                 WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 GROUP BY 1, 2, 3",
+            "SELECT meter, status, kind, late, \
+                    window_start >= $2 AND window_start < $3, \
+                    event_time >= $2 AND event_time < $3, sum(value)::int8 \
+             FROM app.usage_deliveries \
+             WHERE tenant_id = $1 AND ((event_time >= $2 AND event_time < $3) \
+                                       OR (window_start >= $2 AND window_start < $3)) \
+             GROUP BY 1, 2, 3, 4, 5, 6",
             &[
                 (&tenant, Type::UUID),
                 (&start, Type::TIMESTAMPTZ),
@@ -84,17 +111,33 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
         let Some(i) = slot(&mut meters, r.get(0)) else {
             continue;
         };
-        let (status, kind, value): (&str, &str, i64) = (r.get(1), r.get(2), r.get(3));
+        let (status, kind, late): (&str, &str, bool) = (r.get(1), r.get(2), r.get(3));
+        let (window_in, billed_in, value): (bool, bool, i64) = (r.get(4), r.get(5), r.get(6));
         let m = &mut meters[i];
-        if kind == "window" {
+        if kind == "window" && window_in {
             m.unsent -= value;
         }
-        match status {
-            "delivered" => m.acknowledged += value,
-            "pending" => m.pending += value,
-            _ => m.refused += value,
+        if billed_in {
+            match status {
+                "delivered" => m.acknowledged += value,
+                "pending" => m.pending += value,
+                _ => m.refused += value,
+            }
+            if late && !window_in {
+                m.late += value;
+            }
         }
     }
+    let awaiting: Vec<Value> = known
+        .awaiting_invoice(now)
+        .map(|p| {
+            json!({
+                "subscription_id": p.subscription_id,
+                "start": p.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "end": p.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })
+        })
+        .collect();
     let last = tx
         .query(
             "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
@@ -144,7 +187,10 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
             "period": {
                 "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "source": period["source"],
+                "subscription_id": period.get("subscription_id"),
             },
+            "awaiting_invoice": awaiting,
             "billing": {
                 "adapter": app.billing.kind(),
                 "customer": billing,

@@ -7,12 +7,15 @@
 //!   that talk to Stripe).
 //! - [`meter`]: windows → deliveries (the outbox) → the sink, with deterministic identifiers.
 //! - [`reconcile`]: ledger vs the provider per tenant, meter and day; repairs; snapshots.
+//! - [`periods`]: billing periods from the tenant's subscription, open until Stripe finalizes
+//!   their invoice; late usage.
 //! - [`webhooks`]: Stripe (signed) and Auth0 (shared secret) webhooks.
 //! - [`BillingConfig`]: the billing section of the configuration (the meter's own part is
 //!   [`meter::MeterConfig`]), read from the environment here.
 
 pub mod customers;
 pub mod meter;
+pub mod periods;
 pub mod reconcile;
 pub mod webhooks;
 
@@ -172,6 +175,28 @@ pub trait BillingSink: Send + Sync + std::fmt::Debug {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>>;
+
+    /// The customer's subscriptions and their current periods (the repair for missed
+    /// subscription webhooks). The default, for a provider without subscriptions (the local
+    /// adapter): none, so the tenant is billed by calendar month.
+    fn subscriptions<'a>(
+        &'a self,
+        customer: &'a str,
+    ) -> SinkFuture<'a, Vec<periods::SubscriptionPeriod>> {
+        let _ = customer;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// The customer's subscription invoices created since `created_from` that Stripe has
+    /// finalized (the repair for a missed `invoice.finalized`). Default: none.
+    fn finalized_invoices<'a>(
+        &'a self,
+        customer: &'a str,
+        created_from: DateTime<Utc>,
+    ) -> SinkFuture<'a, Vec<periods::FinalizedInvoice>> {
+        let _ = (customer, created_from);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The local billing adapter: keeps the meter events it would send (deduplicated by identifier,

@@ -4,12 +4,16 @@
 //! 1. writes today's storage and seat snapshots to the ledger (one per tenant, meter and day:
 //!    deterministic event ids, so reruns add nothing);
 //! 2. flushes unsent windows ([`flush_tenant`]);
-//! 3. reads the provider's totals per meter and day of the open period (the current UTC month),
+//! 3. reads the tenant's billing periods (repairing missed webhooks from the provider,
+//!    [`periods::sync`]) and the provider's totals per meter and day from the oldest open
+//!    period's first day (the current UTC month for a tenant without subscription periods),
 //!    then — under the tenant's billing lock, so no planner or other run interleaves — compares
 //!    them with what was delivered for each day; a difference with nothing in flight (no delivery
 //!    pending, none settled since shortly before the provider answered) becomes a repair
 //!    delivery (positive or negative, deterministic identifier) sent by a second flush;
-//! 4. records one row per meter and day in `app.billing_reconciliations`.
+//!    Late usage (billed in the next open period, see [`periods`]) counts on the day it is
+//!    billed, not the day it happened; repairs are never stamped in a finalized period;
+//! 4. records one row per meter and day in `app.billing_reconciliations`, with its period.
 //!
 //! A `flush` run only does step 2 (scheduled more often, so closed windows do not wait for the
 //! daily run).
@@ -25,6 +29,7 @@ use uuid::Uuid;
 use super::BillingSink;
 use super::customers::{EnsureError, Ensured, ensure_customer};
 use super::meter::{FlushOutcome, MeterConfig, flush_tenant};
+use super::periods::{self, Periods};
 use crate::TenantId;
 use crate::db::{Access, Db, DbError, TenantContext};
 use crate::usage::{METERS, Meter, UsageEvent, ledger};
@@ -68,6 +73,8 @@ pub struct RunOutcome {
     pub in_flight: usize,
     /// Deliveries made by the flushes.
     pub flush: FlushOutcome,
+    /// Provider calls made to read billing periods (the repair for missed webhooks).
+    pub period_calls: u64,
     /// Tenants created from their organization whose billing customer was made by this run.
     pub customers_linked: usize,
     /// Tenants still waiting for their billing customer (the provider failed again).
@@ -127,6 +134,7 @@ pub async fn run(
                 out.in_sync += r.in_sync;
                 out.repaired += r.repaired;
                 out.in_flight += r.in_flight;
+                out.period_calls += r.period_calls;
                 out.flush.add(&r.flush);
             }
             Err(e) => {
@@ -154,6 +162,8 @@ pub struct TenantReport {
     pub in_flight: usize,
     /// What the flushes did.
     pub flush: FlushOutcome,
+    /// Provider calls made to read billing periods (the repair for missed webhooks).
+    pub period_calls: u64,
 }
 
 /// Snapshots, flush, compare, repair and record for one tenant.
@@ -180,13 +190,41 @@ pub async fn reconcile_tenant(
         ..TenantReport::default()
     };
 
-    let from = month_start(now);
-    let to = day_start(now.date_naive()) + chrono::Duration::days(1);
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
     let customer = super::customers::state(&mut tx)
         .await?
         .map(|s| s.customer_id);
     tx.commit().await?;
+    // Webhooks that never came (or not yet): the subscription's periods and finalized invoices,
+    // read from the provider when what we know does not cover now.
+    if let Some(customer) = &customer {
+        match periods::sync(db, sink, &ctx, customer, now).await {
+            Ok(s) => report.period_calls += s.calls,
+            Err(periods::SyncError::Db(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant, error = %e, "billing periods not read");
+            }
+        }
+    }
+    let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
+    let known = Periods {
+        all: periods::list(&mut tx).await?,
+    };
+    tx.commit().await?;
+    // What can still be billed where it happened: from the oldest open period's first day (the
+    // calendar month, for a tenant without subscription periods); nothing once every period is
+    // finalized (the subscription ended).
+    let to = day_start(now.date_naive()) + chrono::Duration::days(1);
+    let open_from = known.open_from(now);
+    let from = match (known.all.is_empty(), open_from) {
+        (true, _) => month_start(now),
+        (false, Some(start)) => day_start(start.date_naive()),
+        (false, None) => to,
+    };
+    let period_of = |day: NaiveDate| -> Option<DateTime<Utc>> {
+        let at = open_from.map_or(day_start(day), |o| day_start(day).max(o));
+        known.holding(at).map(|p| p.start)
+    };
 
     // Stripe first: deliveries are read afterwards, under the tenant's billing lock, so any
     // delivery that settled after (or shortly before) Stripe answered counts as in flight and
@@ -253,8 +291,11 @@ pub async fn reconcile_tenant(
             let l = ledger_by.get(&(meter, day)).copied().unwrap_or(0);
             let s = stripe.get(&day).copied().unwrap_or(0);
             let dd = deliveries.get(&(meter, day)).cloned().unwrap_or_default();
-            let (action, detail) = if l == s && !dd.unsettled {
-                ("in_sync", None)
+            // Late usage moves from the day it happened to the day it is billed: what Stripe
+            // should show for a day is the ledger's, less what moved out, plus what moved in.
+            let e = l - dd.late_out + dd.late_in;
+            let (action, detail) = if e == s && !dd.unsettled {
+                ("in_sync", dd.late_note())
             } else if dd.unsettled {
                 (
                     "in_flight",
@@ -277,8 +318,13 @@ pub async fn reconcile_tenant(
             } else {
                 ("in_flight", Some("windows not yet closed".to_owned()))
             };
-            rows.push(Row::new(meter, day, l, Some(s), action, detail));
+            let mut row = Row::new(meter, day, l, Some(s), action, detail);
+            row.expected = e;
+            rows.push(row);
         }
+    }
+    for r in &mut rows {
+        r.period_start = period_of(r.day);
     }
     // In the same transaction, under the same lock as the meter's planner: repair sequence
     // numbers cannot collide with a window correction, and a concurrent run sees this one's
@@ -310,10 +356,15 @@ type DayTotals = BTreeMap<NaiveDate, i64>;
 struct Row {
     meter: Meter,
     day: NaiveDate,
+    /// The ledger's total for the day (when the usage happened).
     ledger: i64,
+    /// What the provider should show for the day: the ledger's, moved by late usage.
+    expected: i64,
     stripe: Option<i64>,
     action: &'static str,
     detail: Option<String>,
+    /// The billing period the day was compared in.
+    period_start: Option<DateTime<Utc>>,
 }
 
 impl Row {
@@ -329,9 +380,11 @@ impl Row {
             meter,
             day,
             ledger,
+            expected: ledger,
             stripe,
             action,
             detail,
+            period_start: None,
         }
     }
 }
@@ -343,6 +396,27 @@ struct DayDeliveries {
     window_delivered: i64,
     refused: i64,
     unsettled: bool,
+    /// Late usage billed on this day (it happened in a finalized period).
+    late_in: i64,
+    /// Usage of this day billed late, on a later day.
+    late_out: i64,
+}
+
+impl DayDeliveries {
+    fn late_note(&self) -> Option<String> {
+        match (self.late_in, self.late_out) {
+            (0, 0) => None,
+            (i, 0) => Some(format!(
+                "{i} late unit(s) from a finalized period billed on this day"
+            )),
+            (0, o) => Some(format!(
+                "{o} unit(s) of this day billed late, in the next period"
+            )),
+            (i, o) => Some(format!(
+                "{i} late unit(s) billed on this day; {o} unit(s) of it billed in the next period"
+            )),
+        }
+    }
 }
 
 async fn delivery_days(
@@ -354,12 +428,21 @@ async fn delivery_days(
     let tenant = tx.tenant_id().as_uuid();
     let rows = tx
         .query(
-            "SELECT meter, (event_time AT TIME ZONE 'UTC')::date, \
-                    coalesce(sum(value) FILTER (WHERE status = 'delivered' AND kind = 'window'), 0)::int8, \
-                    coalesce(sum(value) FILTER (WHERE status IN ('failed', 'expired') AND kind = 'window'), 0)::int8, \
-                    bool_or(status = 'pending' OR (status = 'delivered' AND settled_at > $4)) \
-             FROM app.usage_deliveries \
-             WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 \
+            "SELECT meter, day, sum(delivered)::int8, sum(refused)::int8, bool_or(unsettled), \
+                    sum(late_in)::int8, sum(late_out)::int8 \
+             FROM (SELECT meter, (event_time AT TIME ZONE 'UTC')::date AS day, \
+                          CASE WHEN status = 'delivered' AND kind = 'window' THEN value ELSE 0 END AS delivered, \
+                          CASE WHEN status IN ('failed', 'expired') AND kind = 'window' THEN value ELSE 0 END AS refused, \
+                          status = 'pending' OR (status = 'delivered' AND settled_at > $4) AS unsettled, \
+                          CASE WHEN late AND status IN ('delivered', 'pending') THEN value ELSE 0 END AS late_in, \
+                          0 AS late_out \
+                   FROM app.usage_deliveries \
+                   WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 \
+                   UNION ALL \
+                   SELECT meter, (window_start AT TIME ZONE 'UTC')::date, 0, 0, false, 0, value \
+                   FROM app.usage_deliveries \
+                   WHERE tenant_id = $1 AND late AND status IN ('delivered', 'pending') \
+                     AND window_start >= $2 AND window_start < $3) x \
              GROUP BY 1, 2",
             &[
                 (&tenant, Type::UUID),
@@ -380,14 +463,17 @@ async fn delivery_days(
                 window_delivered: r.get(2),
                 refused: r.get(3),
                 unsettled: r.get(4),
+                late_in: r.get(5),
+                late_out: r.get(6),
             },
         );
     }
     Ok(out)
 }
 
-/// A repair: a delivery of `value` (may be negative) at the day's start, in the same sequence
-/// as the day's first window, so its identifier is deterministic too.
+/// A repair: a delivery of `value` (may be negative) at the day's start (or, when that lies in
+/// a finalized period, at the next open period's start), in the same sequence as the day's
+/// first window, so its identifier is deterministic too.
 async fn plan_repair(
     tx: &mut crate::db::TenantTx,
     meter: Meter,
@@ -400,7 +486,7 @@ async fn plan_repair(
     tx.execute(
         "INSERT INTO app.usage_deliveries \
            (tenant_id, meter, window_start, seq, value, kind, event_time) \
-         SELECT $1, $2, $3, s.seq, $4, 'repair', $3 \
+         SELECT $1, $2, $3, s.seq, $4, 'repair', coalesce(app.billable_time($1, $3), $3) \
          FROM (SELECT coalesce(max(seq), -1) + 1 AS seq FROM app.usage_deliveries \
                WHERE tenant_id = $1 AND meter = $2 AND window_start = $3) s \
          ON CONFLICT DO NOTHING",
@@ -430,15 +516,17 @@ async fn record_rows(
     let stripe: Vec<Option<i64>> = rows.iter().map(|r| r.stripe).collect();
     let drift: Vec<Option<i64>> = rows
         .iter()
-        .map(|r| r.stripe.map(|s| r.ledger - s))
+        .map(|r| r.stripe.map(|s| r.expected - s))
         .collect();
+    let periods: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.period_start).collect();
     let actions: Vec<&str> = rows.iter().map(|r| r.action).collect();
     let details: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
     tx.execute(
         "INSERT INTO app.billing_reconciliations \
-           (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail) \
+           (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail, \
+            period_start) \
          SELECT $1, $2, * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[], $7::int8[], \
-                                      $8::text[], $9::text[])",
+                                      $8::text[], $9::text[], $10::timestamptz[])",
         &[
             (&tenant, Type::UUID),
             (&run_id, Type::UUID),
@@ -449,6 +537,7 @@ async fn record_rows(
             (&drift, Type::INT8_ARRAY),
             (&actions, Type::TEXT_ARRAY),
             (&details, Type::TEXT_ARRAY),
+            (&periods, Type::TIMESTAMPTZ_ARRAY),
         ],
     )
     .await?;

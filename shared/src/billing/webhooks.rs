@@ -10,6 +10,9 @@
 //!   constant time; organization member added/removed → `app.members`, which the seats meter
 //!   counts.
 //!
+//! Stripe's subscription events also carry the subscription's current period, and
+//! `invoice.finalized` closes the period its invoice bills ([`super::periods`]).
+//!
 //! Both dedupe by event id in the same transaction as the effect (`app.processed_webhooks`), and
 //! order effects by the event's own time, so replays and out-of-order deliveries change nothing.
 //! An effect that changed something is recorded in the tenant's audit log in that transaction.
@@ -118,8 +121,10 @@ pub struct StripeEventData {
     pub object: StripeObject,
 }
 
-/// The fields of a subscription or invoice we read.
-#[derive(Clone, Debug, Deserialize)]
+/// The fields of a subscription or invoice we read. Both shapes of Stripe's API are read: the
+/// current period on the subscription (API versions before 2025-03-31) or on its items (since),
+/// and an invoice's subscription at the top (before) or under `parent.subscription_details`.
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct StripeObject {
     /// `sub_...` / `in_...`
     #[serde(default)]
@@ -130,6 +135,137 @@ pub struct StripeObject {
     /// A subscription's status.
     #[serde(default)]
     pub status: Option<String>,
+    /// A subscription's current period (older API versions).
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    /// A subscription's current period end (older API versions).
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+    /// A subscription's items, each with its current period (newer API versions).
+    #[serde(default)]
+    pub items: Option<StripeList<StripeItem>>,
+    /// When a subscription ended.
+    #[serde(default)]
+    pub ended_at: Option<i64>,
+    /// An invoice's subscription (older API versions; an id, or the object when expanded).
+    #[serde(default)]
+    pub subscription: Option<serde_json::Value>,
+    /// An invoice's parent (newer API versions).
+    #[serde(default)]
+    pub parent: Option<InvoiceParent>,
+    /// The usage period an invoice bills (start).
+    #[serde(default)]
+    pub period_start: Option<i64>,
+    /// The usage period an invoice bills (end).
+    #[serde(default)]
+    pub period_end: Option<i64>,
+    /// An invoice's status changes.
+    #[serde(default)]
+    pub status_transitions: Option<StatusTransitions>,
+}
+
+/// A Stripe list.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeList<T> {
+    /// The items.
+    #[serde(default = "Vec::new")]
+    pub data: Vec<T>,
+}
+
+/// A subscription item's current period.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeItem {
+    /// Start.
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
+    /// End.
+    #[serde(default)]
+    pub current_period_end: Option<i64>,
+}
+
+/// An invoice's parent.
+#[derive(Clone, Debug, Deserialize)]
+pub struct InvoiceParent {
+    /// Set when the invoice is a subscription's.
+    #[serde(default)]
+    pub subscription_details: Option<SubscriptionDetails>,
+}
+
+/// The subscription an invoice belongs to.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SubscriptionDetails {
+    /// An id, or the object when expanded.
+    #[serde(default)]
+    pub subscription: Option<serde_json::Value>,
+}
+
+/// An invoice's status changes.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StatusTransitions {
+    /// When it was finalized.
+    #[serde(default)]
+    pub finalized_at: Option<i64>,
+}
+
+fn ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(secs?, 0)
+}
+
+/// An id, or an expanded object's `id`.
+fn id_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("id")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+impl StripeObject {
+    /// A subscription's current period, from either API shape.
+    pub fn subscription_period(&self) -> Option<super::periods::SubscriptionPeriod> {
+        let items = self
+            .items
+            .as_ref()
+            .map(|l| l.data.as_slice())
+            .unwrap_or_default();
+        super::periods::SubscriptionPeriod::from_stripe(
+            self.id.clone()?,
+            self.status.clone().unwrap_or_default(),
+            (self.current_period_start, self.current_period_end),
+            items
+                .iter()
+                .map(|i| (i.current_period_start, i.current_period_end)),
+            self.ended_at,
+        )
+    }
+
+    /// An invoice as a finalized subscription invoice (finalized at `fallback` when the object
+    /// does not say), if it is one.
+    pub fn finalized_invoice(
+        &self,
+        fallback: DateTime<Utc>,
+    ) -> Option<super::periods::FinalizedInvoice> {
+        let subscription = self.subscription.as_ref().and_then(id_of).or_else(|| {
+            self.parent
+                .as_ref()?
+                .subscription_details
+                .as_ref()?
+                .subscription
+                .as_ref()
+                .and_then(id_of)
+        })?;
+        Some(super::periods::FinalizedInvoice {
+            invoice_id: self.id.clone()?,
+            subscription_id: subscription,
+            period_start: ts(self.period_start)?,
+            period_end: ts(self.period_end)?,
+            finalized_at: ts(self
+                .status_transitions
+                .as_ref()
+                .and_then(|t| t.finalized_at))
+            .unwrap_or(fallback),
+        })
+    }
 }
 
 /// What a webhook delivery did.
@@ -164,12 +300,13 @@ pub async fn apply_stripe_event(
     request_id: Option<&str>,
 ) -> Result<Outcome, DbError> {
     let subscription = event.kind.starts_with("customer.subscription.");
+    let finalized = event.kind == "invoice.finalized";
     let invoice = match event.kind.as_str() {
         "invoice.paid" | "invoice.payment_succeeded" => Some("paid"),
         "invoice.payment_failed" => Some("payment_failed"),
         _ => None,
     };
-    if !subscription && invoice.is_none() {
+    if !subscription && !finalized && invoice.is_none() {
         return Ok(Outcome::Ignored);
     }
     let Some(customer) = event.data.object.customer.as_deref() else {
@@ -187,7 +324,14 @@ pub async fn apply_stripe_event(
     }
     let t = tenant.as_uuid();
     let object_id = event.data.object.id.as_deref();
-    if subscription {
+    if finalized {
+        if let Some(inv) = event.data.object.finalized_invoice(at) {
+            super::periods::finalize(&mut tx, &inv, "webhook", request_id).await?;
+        }
+    } else if subscription {
+        if let Some(period) = event.data.object.subscription_period() {
+            super::periods::record(&mut tx, &period, "webhook", request_id).await?;
+        }
         if let Some(status) = billing_status(&event.kind, event.data.object.status.as_deref()) {
             let changed = tx
                 .execute(
@@ -626,6 +770,74 @@ mod tests {
         assert!(!bearer_matches(Some("s3cret-token"), &s));
         assert!(!bearer_matches(Some("Basic s3cret-token"), &s));
         assert!(!bearer_matches(None, &s));
+    }
+
+    #[test]
+    fn periods_and_finalized_invoices_are_read_from_both_api_shapes() {
+        let obj = |v: serde_json::Value| -> StripeObject { serde_json::from_value(v).unwrap() };
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        // Before 2025-03-31: the period on the subscription; since: on its items.
+        let old = obj(json!({"id": "sub_1", "status": "active",
+            "current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}));
+        let new = obj(
+            json!({"id": "sub_1", "status": "active", "items": {"data": [
+            {"current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}}),
+        );
+        for o in [old, new] {
+            let p = o.subscription_period().unwrap();
+            assert_eq!((p.start, p.end), (at(1_700_000_000), at(1_702_592_000)));
+        }
+        let ended = obj(
+            json!({"id": "sub_1", "ended_at": 1_701_000_000, "items": {"data": [
+            {"current_period_start": 1_700_000_000, "current_period_end": 1_702_592_000}]}}),
+        );
+        assert_eq!(
+            ended.subscription_period().unwrap().ended_at,
+            Some(at(1_701_000_000))
+        );
+        // No period anywhere, or no id: nothing.
+        assert!(
+            obj(json!({"id": "sub_1", "items": {"data": []}}))
+                .subscription_period()
+                .is_none()
+        );
+        assert!(
+            obj(json!({"current_period_start": 1, "current_period_end": 2}))
+                .subscription_period()
+                .is_none()
+        );
+
+        let fallback = at(1_702_600_000);
+        let top = obj(json!({"id": "in_1", "subscription": "sub_1",
+            "period_start": 1_700_000_000, "period_end": 1_702_592_000}));
+        let parent = obj(json!({"id": "in_1", "period_start": 1_700_000_000,
+            "period_end": 1_702_592_000,
+            "parent": {"subscription_details": {"subscription": "sub_1"}},
+            "status_transitions": {"finalized_at": 1_702_595_600}}));
+        let expanded = obj(json!({"id": "in_1", "subscription": {"id": "sub_1"},
+            "period_start": 1_700_000_000, "period_end": 1_702_592_000}));
+        let i = top.finalized_invoice(fallback).unwrap();
+        assert_eq!(
+            (i.subscription_id.as_str(), i.period_end, i.finalized_at),
+            ("sub_1", at(1_702_592_000), fallback)
+        );
+        assert_eq!(
+            parent.finalized_invoice(fallback).unwrap().finalized_at,
+            at(1_702_595_600)
+        );
+        assert_eq!(
+            expanded
+                .finalized_invoice(fallback)
+                .unwrap()
+                .subscription_id,
+            "sub_1"
+        );
+        // An invoice of no subscription (a one-off) is not a period's.
+        assert!(
+            obj(json!({"id": "in_2", "period_start": 1, "period_end": 2}))
+                .finalized_invoice(fallback)
+                .is_none()
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tenantry::usage::{Meter, UsageEvent};
 use tenantry_tests::stripe_stub::Gate;
 use tenantry_tests::{Fault, StripeStub, TestApp, tenant, tx};
 
+mod periods;
 mod stripe_hard_parts;
 
 struct Billing {

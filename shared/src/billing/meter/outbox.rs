@@ -220,7 +220,9 @@ pub(crate) async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, D
         .map(|r| r.get(0)))
 }
 
-/// Inserts one delivery per closed window whose ledger total exceeds what is accounted for.
+/// Inserts one delivery per closed window whose ledger total exceeds what is accounted for,
+/// stamped at the window's start, or — when the window lies in a finalized billing period — at
+/// the start of the next open period (`late`; not planned yet while none is known).
 async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let closed_before = cfg.closed_before(now);
@@ -243,13 +245,16 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
                   t.total - coalesce(a.accounted, 0) AS value \
            FROM totals t LEFT JOIN acc a USING (meter, window_start) \
            WHERE t.total > coalesce(a.accounted, 0) \
+         ), stamped AS ( \
+           SELECT todo.*, app.billable_time($1, window_start) AS bill_at FROM todo \
          ) \
          INSERT INTO app.usage_deliveries \
-           (tenant_id, meter, window_start, seq, value, kind, event_time, status, reason) \
-         SELECT $1, meter, window_start, seq, value, 'window', window_start, \
-                CASE WHEN window_start < $3 THEN 'expired' ELSE 'pending' END, \
-                CASE WHEN window_start < $3 THEN 'older than the provider accepts (35 days)' END \
-         FROM todo \
+           (tenant_id, meter, window_start, seq, value, kind, event_time, status, reason, late) \
+         SELECT $1, meter, window_start, seq, value, 'window', bill_at, \
+                CASE WHEN bill_at < $3 THEN 'expired' ELSE 'pending' END, \
+                CASE WHEN bill_at < $3 THEN 'older than the provider accepts (35 days)' END, \
+                bill_at <> window_start \
+         FROM stamped WHERE bill_at IS NOT NULL \
          ON CONFLICT DO NOTHING",
         &[
             (&tenant, Type::UUID),
@@ -262,7 +267,10 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
 }
 
 /// Leases the tenant's pending deliveries of every meter that no other sender holds, under
-/// `claim_id`. (`clock_timestamp()`, not the transaction's start: the lease runs from now.)
+/// `claim_id`. (`clock_timestamp()`, not the transaction's start: the lease runs from now.) A
+/// delivery never attempted whose time fell into a period finalized since it was planned is
+/// re-stamped at the next open period's start first (or left for later while none is known):
+/// nothing has been sent under its identifier yet, so only its time moves.
 async fn claim(
     tx: &mut TenantTx,
     cfg: &MeterConfig,
@@ -274,8 +282,13 @@ async fn claim(
         .query(
             "UPDATE app.usage_deliveries d \
              SET lease_until = clock_timestamp() + make_interval(secs => $2), \
-                 attempts = attempts + 1, claim_id = $3 \
+                 attempts = attempts + 1, claim_id = $3, \
+                 event_time = CASE WHEN d.attempts = 0 \
+                                   THEN app.billable_time($1, d.event_time) ELSE d.event_time END, \
+                 late = d.late OR (d.attempts = 0 \
+                                   AND app.billable_time($1, d.event_time) <> d.event_time) \
              WHERE d.tenant_id = $1 AND d.status = 'pending' \
+               AND (d.attempts > 0 OR app.billable_time($1, d.event_time) IS NOT NULL) \
                AND NOT EXISTS (SELECT 1 FROM app.usage_deliveries o \
                                WHERE o.tenant_id = $1 AND o.meter = d.meter \
                                  AND o.status = 'pending' AND o.lease_until > clock_timestamp()) \

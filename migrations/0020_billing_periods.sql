@@ -40,11 +40,11 @@ CREATE POLICY impersonation_live ON app.billing_periods AS RESTRICTIVE FOR ALL T
 
 -- The time usage at p_at is billed at: p_at itself, unless it lies in a finalized period; then the
 -- start of the first open period after that one, or null while none is known (the usage waits).
--- Invoker's rights: it reads the periods under the caller's RLS.
+-- Invoker's rights: it reads the periods under the caller's RLS. No SET clause, so the planner
+-- inlines it into the meter's statements (every name in it is qualified).
 CREATE FUNCTION app.billable_time(p_tenant uuid, p_at timestamptz)
   RETURNS timestamptz
   LANGUAGE sql STABLE
-  SET search_path = pg_catalog, pg_temp
   AS $$
     SELECT CASE WHEN f.period_end IS NULL THEN p_at
                 ELSE (SELECT min(o.period_start) FROM app.billing_periods o

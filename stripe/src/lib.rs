@@ -298,6 +298,7 @@ struct InvoiceFields {
     period_start: i64,
     period_end: i64,
     status_transitions: Option<TransitionFields>,
+    billing_reason: Option<String>,
 }
 
 #[derive(miniserde::Deserialize)]
@@ -397,7 +398,9 @@ impl SubscriptionFields {
 impl InvoiceFields {
     /// A finalized subscription invoice (any status but `draft`), if this is one.
     fn finalized(&self) -> Option<FinalizedInvoice> {
-        if matches!(self.status.as_deref(), None | Some("draft")) {
+        if matches!(self.status.as_deref(), None | Some("draft"))
+            || !tenantry::billing::periods::closes_period(self.billing_reason.as_deref())
+        {
             return None;
         }
         let subscription = self.subscription.clone().or_else(|| {

@@ -72,10 +72,12 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
         let m = Meter::from_name(name)?;
         meters.iter().position(|u| u.meter == m.name())
     };
+    // Usage counts in the period holding its window's start, as the meter bills it (a period
+    // starts at any second; windows on the hour).
     let recorded = tx
         .query(
             "SELECT meter, sum(quantity)::int8 FROM app.usage_events \
-                 WHERE tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 GROUP BY 1",
+                 WHERE tenant_id = $1 AND window_start >= $2 AND window_start < $3 GROUP BY 1",
             &[
                 (&tenant, Type::UUID),
                 (&start, Type::TIMESTAMPTZ),

@@ -103,6 +103,18 @@ pub struct FinalizedInvoice {
     pub finalized_at: DateTime<Utc>,
 }
 
+/// Whether an invoice with this `billing_reason` closes the period it bills: a renewal, a
+/// plan change's or a cancellation's invoice does; a usage-threshold or manual invoice bills
+/// mid-period and closes nothing. (Absent: an older event shape; taken as closing.)
+pub fn closes_period(billing_reason: Option<&str>) -> bool {
+    matches!(
+        billing_reason,
+        None | Some(
+            "subscription_cycle" | "subscription_update" | "subscription_create" | "subscription"
+        )
+    )
+}
+
 /// Whether `id` looks like a Stripe subscription id (what the table's check accepts).
 pub fn valid_subscription_id(id: &str) -> bool {
     id.strip_prefix("sub_").is_some_and(|rest| {
@@ -120,7 +132,10 @@ pub async fn record(
     source: &str,
     request_id: Option<&str>,
 ) -> Result<bool, DbError> {
-    if !valid_subscription_id(&sub.subscription_id) || sub.end <= sub.start {
+    // A subscription that never started (its first payment failed) bills no period: its
+    // periods would never be invoiced, and would stay open for good.
+    let never_started = matches!(sub.status.as_str(), "incomplete" | "incomplete_expired");
+    if !valid_subscription_id(&sub.subscription_id) || sub.end <= sub.start || never_started {
         return Ok(false);
     }
     let tenant = tx.tenant_id().as_uuid();
@@ -213,6 +228,22 @@ pub async fn finalize(
             },
             source,
             request_id,
+        )
+        .await?;
+    }
+    // The invoice's end is authoritative: a plan change's invoice can arrive before the
+    // subscription event that starts the next period, and must still close this one.
+    if invoice.period_end > invoice.period_start {
+        tx.execute(
+            "UPDATE app.billing_periods SET period_end = $4, updated_at = now() \
+             WHERE tenant_id = $1 AND subscription_id = $2 AND period_start = $3 \
+               AND finalized_at IS NULL AND period_end > $4",
+            &[
+                (&tenant, Type::UUID),
+                (&invoice.subscription_id, Type::TEXT),
+                (&invoice.period_start, Type::TIMESTAMPTZ),
+                (&invoice.period_end, Type::TIMESTAMPTZ),
+            ],
         )
         .await?;
     }

@@ -185,18 +185,15 @@ pub async fn reconcile_tenant(
     if active {
         snapshot(db, &ctx, cfg, now).await?;
     }
-    let mut report = TenantReport {
-        flush: flush_tenant(db, sink, cfg, tenant).await?,
-        ..TenantReport::default()
-    };
-
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
     let customer = super::customers::state(&mut tx)
         .await?
         .map(|s| s.customer_id);
     tx.commit().await?;
+    let mut report = TenantReport::default();
     // Webhooks that never came (or not yet): the subscription's periods and finalized invoices,
-    // read from the provider when what we know does not cover now.
+    // read from the provider when what we know does not cover now — before the flush, so that
+    // usage for a period finalized meanwhile is stamped late rather than in that period.
     if let Some(customer) = &customer {
         match periods::sync(db, sink, &ctx, customer, now).await {
             Ok(s) => report.period_calls += s.calls,
@@ -206,6 +203,7 @@ pub async fn reconcile_tenant(
             }
         }
     }
+    report.flush = flush_tenant(db, sink, cfg, tenant).await?;
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
     let known = Periods {
         all: periods::list(&mut tx).await?,
@@ -216,9 +214,12 @@ pub async fn reconcile_tenant(
     // finalized (the subscription ended).
     let to = day_start(now.date_naive()) + chrono::Duration::days(1);
     let open_from = known.open_from(now);
+    // Never earlier than the provider still takes a correction for (a period whose invoice
+    // never came must not drag the range past it).
+    let oldest = day_start((now - cfg.max_age).date_naive()) + chrono::Duration::days(1);
     let from = match (known.all.is_empty(), open_from) {
         (true, _) => month_start(now),
-        (false, Some(start)) => day_start(start.date_naive()),
+        (false, Some(start)) => day_start(start.date_naive()).max(oldest),
         (false, None) => to,
     };
     let period_of = |day: NaiveDate| -> Option<DateTime<Utc>> {
@@ -231,7 +232,7 @@ pub async fn reconcile_tenant(
     // is never "repaired" away.
     let stripe_read_at = Utc::now();
     let mut provider: Vec<(Meter, Result<DayTotals, String>)> = Vec::new();
-    if let Some(customer) = &customer {
+    if let Some(customer) = customer.as_ref().filter(|_| from < to) {
         for def in METERS {
             let totals = sink
                 .day_totals(def.meter, customer, from, to)
@@ -302,8 +303,8 @@ pub async fn reconcile_tenant(
                     Some("deliveries pending or settling".to_owned()),
                 )
             } else if dd.window_delivered != s {
-                // Every day read is in the current month, well inside the 35 days the provider
-                // accepts a correction for.
+                // Every day read is within the 35 days the provider accepts a correction for
+                // (`from` is bounded by them).
                 let drift = dd.window_delivered - s;
                 repairs.push((meter, day, drift));
                 ("repaired", Some(format!("correction of {drift} sent")))

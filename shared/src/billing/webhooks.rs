@@ -162,6 +162,9 @@ pub struct StripeObject {
     /// An invoice's status changes.
     #[serde(default)]
     pub status_transitions: Option<StatusTransitions>,
+    /// Why an invoice was made (`subscription_cycle`, `subscription_update`, ...).
+    #[serde(default)]
+    pub billing_reason: Option<String>,
 }
 
 /// A Stripe list.
@@ -245,6 +248,9 @@ impl StripeObject {
         &self,
         fallback: DateTime<Utc>,
     ) -> Option<super::periods::FinalizedInvoice> {
+        if !super::periods::closes_period(self.billing_reason.as_deref()) {
+            return None;
+        }
         let subscription = self.subscription.as_ref().and_then(id_of).or_else(|| {
             self.parent
                 .as_ref()?
@@ -832,6 +838,11 @@ mod tests {
                 .subscription_id,
             "sub_1"
         );
+        // A usage-threshold invoice bills mid-period: it closes nothing.
+        let threshold = obj(json!({"id": "in_3", "subscription": "sub_1",
+            "billing_reason": "subscription_threshold",
+            "period_start": 1_700_000_000, "period_end": 1_701_000_000}));
+        assert!(threshold.finalized_invoice(fallback).is_none());
         // An invoice of no subscription (a one-off) is not a period's.
         assert!(
             obj(json!({"id": "in_2", "period_start": 1, "period_end": 2}))

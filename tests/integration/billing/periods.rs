@@ -342,19 +342,34 @@ async fn a_plan_change_that_resets_the_anchor_cuts_the_period_short_and_a_planne
     let a0 = anchor(10);
     let sub = b.stub.subscribe(&customer, a0);
     b.deliver_webhooks(&b.stub.take_events()).await;
-    // Usage in the current period, planned while Stripe is down: pending, never attempted.
+    // Usage in the current period, two windows, planned while Stripe is down: the first is
+    // called (and refused, 503), the second never is and gives back the attempt its claim
+    // counted.
     let mut generated = Generated::default();
-    b.record(vec![generated.event(t, Meter::Queries, 9, minutes_ago(4))])
-        .await;
+    b.record(vec![
+        generated.event(t, Meter::Queries, 9, minutes_ago(4)),
+        generated.event(t, Meter::Queries, 2, minutes_ago(2)),
+    ])
+    .await;
     b.stub.set_outage(true);
     b.flush_tenant(t).await;
     b.stub.set_outage(false);
-    // (The outage answered the first attempt; make the delivery look never attempted, as when
-    // the planner committed and the sender died before its call.)
-    b.app
-        .db
-        .admin()
+    let admin = b.app.db.admin().await;
+    let attempts: Vec<i32> = admin
+        .query(
+            "SELECT attempts FROM app.usage_deliveries ORDER BY window_start",
+            &[],
+        )
         .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(attempts, [1, 0]);
+    // (The refused call could have been taken by Stripe as far as we know, so it keeps its time;
+    // make it look never attempted too, as when the planner committed and the sender died
+    // before its call.)
+    admin
         .execute(
             "UPDATE app.usage_deliveries SET attempts = 0, lease_until = NULL",
             &[],
@@ -373,17 +388,26 @@ async fn a_plan_change_that_resets_the_anchor_cuts_the_period_short_and_a_planne
         kinds,
         ["customer.subscription.updated", "invoice.finalized"]
     );
-    b.deliver_webhooks(&events).await;
+    // The invoice first: its end alone must close the period the plan change cut short.
+    let reversed: Vec<Value> = events.iter().rev().cloned().collect();
+    b.deliver_webhooks(&reversed[..1]).await;
+    assert_eq!(b.periods().await, [(a0, cut, true)]);
+    b.deliver_webhooks(&reversed[1..]).await;
     let periods = b.periods().await;
     assert_eq!(periods.len(), 2, "{periods:?}");
     assert_eq!(periods[0], (a0, cut, true));
     assert_eq!((periods[1].0, periods[1].2), (cut, false));
 
-    // Its first send moves it to the new period (nothing was sent under its identifier yet).
+    // Their first sends move them to the new period (nothing was sent under their identifiers).
     let out = b.flush_tenant(t).await;
-    assert_eq!(out.delivered, 1, "{out:?}");
+    assert_eq!(out.delivered, 2, "{out:?}");
     let d = b.deliveries().await;
-    assert_eq!((d[0].1, d[0].2, d[0].3), (cut, true, 9), "{d:?}");
+    assert_eq!(
+        d.iter().map(|d| (d.1, d.2, d.3)).collect::<Vec<_>>(),
+        [(cut, true, 9), (cut, true, 2)],
+        "{d:?}"
+    );
     assert_eq!(b.stub.invoiced(&customer, "tenantry_queries", a0), 0);
-    assert_eq!(b.stub.invoiced(&customer, "tenantry_queries", cut), 9);
+    assert_eq!(b.stub.invoiced(&customer, "tenantry_queries", cut), 11);
+    assert_eq!(generated.get(t, Meter::Queries), 11);
 }

@@ -80,6 +80,10 @@ enum Settled {
     },
     Failed(String),
     Expired,
+    /// Unsent, and no call was made for it this run (an earlier one of its meter stayed unsent,
+    /// or the claim was lost): it gives back the attempt its claim counted, so a delivery that
+    /// was never sent is still re-stamped if its period is finalized meanwhile.
+    NotCalled,
     Unsent,
     /// Unsent, and the call may still be in progress: keep the lease.
     InDoubt,
@@ -164,6 +168,10 @@ pub async fn flush_tenant(
                     outcome.pending += 1;
                     ("pending", None)
                 }
+                Settled::NotCalled => {
+                    outcome.pending += 1;
+                    ("not_called", None)
+                }
                 Settled::InDoubt => {
                     outcome.pending += 1;
                     ("in_doubt", None)
@@ -181,12 +189,16 @@ pub async fn flush_tenant(
     // now, so nobody calls again while the provider may still be processing it.
     tx.execute(
         "UPDATE app.usage_deliveries d \
-         SET status = CASE WHEN u.status = 'in_doubt' THEN 'pending' ELSE u.status END, \
+         SET status = CASE WHEN u.status IN ('in_doubt', 'not_called') THEN 'pending' \
+                           ELSE u.status END, \
+             attempts = CASE WHEN u.status = 'not_called' THEN greatest(d.attempts - 1, 0) \
+                             ELSE d.attempts END, \
              reason = u.reason, \
              lease_until = CASE WHEN u.status = 'in_doubt' \
                                 THEN greatest(d.lease_until, clock_timestamp() + make_interval(secs => $6)) END, \
              claim_id = CASE WHEN u.status = 'in_doubt' THEN d.claim_id END, \
-             settled_at = CASE WHEN u.status IN ('pending', 'in_doubt') THEN NULL ELSE now() END \
+             settled_at = CASE WHEN u.status IN ('pending', 'in_doubt', 'not_called') THEN NULL \
+                               ELSE now() END \
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(identifier, status, reason) \
          WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending' \
            AND d.claim_id = $5",
@@ -365,7 +377,7 @@ async fn send_in_order(
     let mut blocked = false;
     for c in list {
         if blocked {
-            out.push((c.identifier, Settled::Unsent));
+            out.push((c.identifier, Settled::NotCalled));
             continue;
         }
         if c.event_time < now - cfg.max_age {
@@ -376,7 +388,7 @@ async fn send_in_order(
         // calling for this meter; whoever holds it now sends the rest.
         if !matches!(lease.renew(&c.identifier).await, Ok(true)) {
             blocked = true;
-            out.push((c.identifier, Settled::Unsent));
+            out.push((c.identifier, Settled::NotCalled));
             continue;
         }
         let event = MeterEvent {

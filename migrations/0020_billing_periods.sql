@@ -40,29 +40,39 @@ CREATE POLICY impersonation_live ON app.billing_periods AS RESTRICTIVE FOR ALL T
 
 -- The time usage at p_at is billed at: p_at itself, unless it lies in a finalized period; then the
 -- start of the first open period after that one, or null while none is known (the usage waits).
--- Invoker's rights: it reads the periods under the caller's RLS. No SET clause, so the planner
--- inlines it into the meter's statements (every name in it is qualified).
+-- Invoker's rights: it reads the periods under the caller's RLS. One expression and no SET
+-- clause, so the planner inlines it into the meter's statements (every name in it is qualified).
 CREATE FUNCTION app.billable_time(p_tenant uuid, p_at timestamptz)
   RETURNS timestamptz
   LANGUAGE sql STABLE
   AS $$
-    SELECT CASE WHEN f.period_end IS NULL THEN p_at
-                ELSE (SELECT min(o.period_start) FROM app.billing_periods o
-                      WHERE o.tenant_id = p_tenant AND o.finalized_at IS NULL
-                        AND o.period_start >= f.period_end) END
-    FROM (SELECT (SELECT max(p.period_end) FROM app.billing_periods p
-                  WHERE p.tenant_id = p_tenant AND p.finalized_at IS NOT NULL
-                    AND p_at >= p.period_start AND p_at < p.period_end) AS period_end) f
+    SELECT CASE
+      WHEN NOT EXISTS (SELECT 1 FROM app.billing_periods p
+                       WHERE p.tenant_id = p_tenant AND p.finalized_at IS NOT NULL
+                         AND p_at >= p.period_start AND p_at < p.period_end)
+      THEN p_at
+      ELSE (SELECT min(o.period_start) FROM app.billing_periods o
+            WHERE o.tenant_id = p_tenant AND o.finalized_at IS NULL
+              AND o.period_start >= (SELECT max(p.period_end) FROM app.billing_periods p
+                                     WHERE p.tenant_id = p_tenant AND p.finalized_at IS NOT NULL
+                                       AND p_at >= p.period_start AND p_at < p.period_end))
+    END
   $$;
 REVOKE EXECUTE ON FUNCTION app.billable_time(uuid, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION app.billable_time(uuid, timestamptz) TO tenantry_app;
 
 -- A delivery whose window lies in a finalized period is sent stamped at the start of the next
--- open period (`late`); one planned before its period was finalized and never yet attempted is
+-- open period (`late`); one planned before its period was finalized and never yet sent is
 -- re-stamped the same way when it is claimed. Only its time moves, and only before the first
--- attempt: its identifier and value never change.
+-- call: its identifier and value never change.
 ALTER TABLE app.usage_deliveries ADD COLUMN late boolean NOT NULL DEFAULT false;
 GRANT UPDATE (event_time, late) ON app.usage_deliveries TO tenantry_app;
+
+-- When the first call for a delivery was made (set just before it, never changed after): a
+-- delivery never called may still be re-stamped; one first called longer ago than Stripe's
+-- identifier dedupe guarantee (24 hours) is checked against Stripe's summary before it is resent.
+ALTER TABLE app.usage_deliveries ADD COLUMN first_sent_at timestamptz;
+GRANT UPDATE (first_sent_at) ON app.usage_deliveries TO tenantry_app;
 
 -- Each reconciliation row names the billing period its day was compared in (null: the tenant has
 -- no subscription periods, and the calendar month is used).

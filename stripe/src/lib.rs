@@ -176,18 +176,12 @@ impl BillingSink for StripeBilling {
         to: DateTime<Utc>,
     ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>> {
         Box::pin(async move {
-            let Some(id) = self.meter_ids.get(&meter) else {
-                return Err(SinkError::Rejected {
-                    status: 0,
-                    code: Some("meter_not_configured".into()),
-                    message: format!("no Stripe meter id for {}", meter.name()),
-                });
-            };
+            let id = self.meter_id(meter)?;
             let mut out = Vec::new();
             let mut after: Option<String> = None;
             loop {
                 let mut req = ListIdBillingMeterEventSummary::new(
-                    id.as_str(),
+                    id,
                     customer,
                     to.timestamp(),
                     from.timestamp(),
@@ -215,6 +209,31 @@ impl BillingSink for StripeBilling {
             }
             out.sort();
             Ok(out)
+        })
+    }
+
+    fn window_total<'a>(
+        &'a self,
+        meter: Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64> {
+        Box::pin(async move {
+            let id = self.meter_id(meter)?;
+            // No grouping window: one summary for the whole range (none when it is empty).
+            let page =
+                ListIdBillingMeterEventSummary::new(id, customer, to.timestamp(), from.timestamp())
+                    .customize()
+                    .timeout(self.timeout)
+                    .send(&self.client)
+                    .await
+                    .map_err(classify)?;
+            Ok(page
+                .data
+                .iter()
+                .map(|s| s.aggregated_value.round() as i64)
+                .sum())
         })
     }
 
@@ -334,6 +353,18 @@ struct Gte {
 }
 
 impl StripeBilling {
+    /// The Stripe meter id of `meter` (a refusal when it is not configured).
+    fn meter_id(&self, meter: Meter) -> Result<&str, SinkError> {
+        self.meter_ids
+            .get(&meter)
+            .map(String::as_str)
+            .ok_or_else(|| SinkError::Rejected {
+                status: 0,
+                code: Some("meter_not_configured".into()),
+                message: format!("no Stripe meter id for {}", meter.name()),
+            })
+    }
+
     /// Every page of a list endpoint (`id` is how to continue after an item).
     async fn list_all<T: miniserde::Deserialize>(
         &self,

@@ -132,6 +132,7 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("usage_deliveries.attempts", "UPDATE"),
     ("usage_deliveries.claim_id", "UPDATE"),
     ("usage_deliveries.event_time", "UPDATE"),
+    ("usage_deliveries.first_sent_at", "UPDATE"),
     ("usage_deliveries.late", "UPDATE"),
     ("usage_deliveries.lease_until", "UPDATE"),
     ("usage_deliveries.reason", "UPDATE"),

@@ -176,6 +176,16 @@ pub trait BillingSink: Send + Sync + std::fmt::Debug {
         to: DateTime<Utc>,
     ) -> SinkFuture<'a, Vec<(NaiveDate, i64)>>;
 
+    /// The provider's total for `customer` on `meter` in `[from, to)` (minute-aligned), as one
+    /// summary: whether an event sent long ago got through, before it is sent again.
+    fn window_total<'a>(
+        &'a self,
+        meter: crate::usage::Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64>;
+
     /// The customer's subscriptions and their current periods (the repair for missed
     /// subscription webhooks). The default, for a provider without subscriptions (the local
     /// adapter): none, so the tenant is billed by calendar month.
@@ -280,6 +290,25 @@ impl BillingSink for LocalBilling {
                 }
             }
             Ok(days.into_iter().collect())
+        })
+    }
+
+    fn window_total<'a>(
+        &'a self,
+        meter: crate::usage::Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64> {
+        Box::pin(async move {
+            let name = meter.def().event_name;
+            Ok(self
+                .events()
+                .iter()
+                .filter(|e| e.event_name == name && e.customer == customer)
+                .filter(|e| e.timestamp >= from && e.timestamp < to)
+                .map(|e| e.value)
+                .sum())
         })
     }
 }

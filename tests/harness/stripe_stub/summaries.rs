@@ -106,6 +106,40 @@ fn page(
             "customer, start_time and end_time are required.",
         );
     };
+    // No grouping window: one summary for the whole range, which must align with minutes.
+    if q.get("value_grouping_window").is_none() {
+        if start % 60 != 0 || end % 60 != 0 || end <= start {
+            return error(
+                400,
+                "invalid_request_error",
+                None,
+                "start_time and end_time must align with minute boundaries.",
+            );
+        }
+        let now = s.now();
+        let total: i64 = s
+            .events
+            .iter()
+            .filter(|e| {
+                e.customer == *customer
+                    && e.event_name == event_name
+                    && e.timestamp >= start
+                    && e.timestamp < end
+                    && shows(e, now)
+            })
+            .map(|e| e.value)
+            .sum();
+        let id = s.summaries.id(meter, customer, start);
+        seen.returned = 1;
+        return respond(
+            200,
+            json!({"object": "list", "url": format!("/v1/billing/meters/{meter}/event_summaries"),
+                   "has_more": false, "data": [{
+                "id": id, "object": "billing.meter_event_summary", "aggregated_value": total,
+                "start_time": start, "end_time": end, "livemode": false, "meter": meter,
+            }]}),
+        );
+    }
     if q.get("value_grouping_window").map(String::as_str) != Some("day")
         || start % 86_400 != 0
         || end % 86_400 != 0

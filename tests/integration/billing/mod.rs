@@ -467,6 +467,16 @@ impl BillingSink for CrashAfterSend {
     ) -> SinkFuture<'a, Vec<(chrono::NaiveDate, i64)>> {
         self.0.day_totals(meter, customer, from, to)
     }
+
+    fn window_total<'a>(
+        &'a self,
+        meter: Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64> {
+        self.0.window_total(meter, customer, from, to)
+    }
 }
 
 #[tokio::test]
@@ -1007,6 +1017,16 @@ impl BillingSink for Stalled {
     ) -> SinkFuture<'a, Vec<(chrono::NaiveDate, i64)>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    fn window_total<'a>(
+        &'a self,
+        _: Meter,
+        _: &'a str,
+        _: DateTime<Utc>,
+        _: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 #[tokio::test]
@@ -1396,6 +1416,16 @@ impl BillingSink for SummariesDown {
             return Box::pin(async { Err(SinkError::Retryable("summaries down".into())) });
         }
         self.inner.day_totals(meter, customer, from, to)
+    }
+
+    fn window_total<'a>(
+        &'a self,
+        meter: Meter,
+        customer: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> SinkFuture<'a, i64> {
+        self.inner.window_total(meter, customer, from, to)
     }
 }
 

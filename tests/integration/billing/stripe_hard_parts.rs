@@ -1,5 +1,6 @@
 //! The scenarios that need the Stripe test server's hard parts: summaries that lag, pages, the
-//! 24-hour dedupe window, rejections after a 200, and calls that outlive their client.
+//! 24-hour dedupe window (and the check that keeps a resend past it from counting twice),
+//! rejections after a 200, and calls that outlive their client.
 
 use tenantry_tests::stripe_stub::DEDUPE_WINDOW;
 
@@ -109,8 +110,25 @@ async fn reconciliation_during_summary_lag_leaves_the_day_alone_until_it_settles
     b.assert_totals(&generated).await;
 }
 
+impl Billing {
+    /// Moves every delivery's first call 25 hours back, past Stripe's dedupe window (the product's
+    /// clock is the database's: as the superuser).
+    async fn first_sent_a_day_ago(&self) {
+        self.app
+            .db
+            .admin()
+            .await
+            .execute(
+                "UPDATE app.usage_deliveries SET first_sent_at = first_sent_at - interval '25 hours'",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
-async fn a_resend_after_stripes_dedupe_window_is_counted_twice_and_reconciliation_takes_it_back() {
+async fn a_resend_after_a_25_hour_outage_settles_from_stripes_summary_and_never_counts_twice() {
     // The call in doubt is one the client gave up on: this waits for its timeout to fire.
     let b = setup(
         1,
@@ -122,32 +140,51 @@ async fn a_resend_after_stripes_dedupe_window_is_counted_twice_and_reconciliatio
     .await;
     clear_of_midnight().await;
     let (t, customer) = b.tenants[0].clone();
-    let lag = std::time::Duration::from_secs(300);
-    b.stub.set_summary_lag(lag);
     let mut generated = Generated::default();
+    // Two meters, two first calls: Stripe takes the queries event but our client never hears
+    // (in doubt); the questions event is refused with a 503 (not taken).
     let at = minutes_ago(3);
     b.record(vec![generated.event(t, Meter::Queries, 8, at)])
         .await;
-    // Stripe takes it; our call times out: in doubt.
     let gate = Gate::new();
     b.stub.fault(&[Fault::AcceptThenHold(gate.clone())]);
     let out = b.flush_tenant(t).await;
-    assert_eq!((out.pending, out.calls), (1, 1), "{out:?}");
+    assert_eq!((out.pending, out.delivered), (1, 0), "{out:?}");
     gate.open();
     gate.passed().await;
+    // (The queries delivery keeps its lease while in doubt: this flush calls for questions only.)
+    b.record(vec![generated.event(t, Meter::Questions, 5, at)])
+        .await;
+    b.stub.fault(&vec![Fault::Status(503); 4]);
+    let out = b.flush_tenant(t).await;
+    assert_eq!((out.pending, out.delivered), (1, 0), "{out:?}");
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 8);
+    assert_eq!(b.stub.total(&customer, "tenantry_questions"), 0);
 
-    // More than a day passes at Stripe before the resend (our side was down that long): the
-    // identifier is past Stripe's dedupe window, and Stripe takes the same event again. The
-    // product does not avoid this double count yet; reconciliation is what repairs it.
+    // A 25-hour outage: every call fails, and Stripe's identifier dedupe runs out meanwhile.
+    b.stub.set_outage(true);
+    b.expire_leases().await;
+    let out = b.flush_tenant(t).await;
+    assert_eq!(out.delivered, 0, "{out:?}");
     b.stub
         .advance(DEDUPE_WINDOW + std::time::Duration::from_secs(3600));
-    assert_eq!(b.expire_leases().await, 1);
+    b.stub.set_outage(false);
+    // Our first calls were made more than a day ago too.
+    b.first_sent_a_day_ago().await;
+    b.expire_leases().await;
+
+    // The resend asks Stripe's summary first: the queries event is there (settled, not sent
+    // again); the questions one is not (sent now).
+    let calls = b.stub.meter_event_calls();
+    let summaries = b.stub.summary_requests().len();
     let out = b.flush_tenant(t).await;
+    assert_eq!((out.delivered, out.duplicates), (2, 1), "{out:?}");
     assert_eq!(
-        (out.delivered, out.duplicates),
-        (1, 0),
-        "Stripe counted it again: {out:?}"
+        b.stub.meter_event_calls(),
+        calls + 1,
+        "only the absent one is sent"
     );
+    assert_eq!(b.stub.summary_requests().len(), summaries + 2);
     let id = tenantry::billing::meter::identifier(
         t,
         Meter::Queries,
@@ -160,39 +197,50 @@ async fn a_resend_after_stripes_dedupe_window_is_counted_twice_and_reconciliatio
             .iter()
             .filter(|e| e.identifier == id)
             .count(),
-        2
-    );
-    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 16);
-
-    // Within the settle window nothing is touched, even once the summaries show the 16.
-    b.stub.advance(lag);
-    assert_eq!(b.stub.summarized_total(&customer, "tenantry_queries"), 16);
-    let r = b.reconcile().await;
-    assert_eq!((r.repaired, r.in_flight), (0, 1), "{r:?}");
-
-    // Past it, the double count is found and taken back with a negative correction.
-    b.past_the_settle_window().await;
-    let r = b.reconcile().await;
-    assert_eq!(r.repaired, 1, "{r:?}");
-    let findings = b.findings(r.run_id).await;
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(
-        (findings[0].2.as_str(), findings[0].3),
-        ("repaired", Some(-8)),
-        "{findings:?}"
-    );
-    assert_eq!(
-        b.repairs().await,
-        [("queries".to_owned(), -8, "delivered".to_owned())]
+        1,
+        "never taken twice"
     );
     assert_eq!(b.stub.total(&customer, "tenantry_queries"), 8);
+    assert_eq!(b.stub.total(&customer, "tenantry_questions"), 5);
 
-    // Once the correction shows and settles, the day is in sync.
-    b.stub.advance(lag);
+    // Nothing for reconciliation to take back.
     b.past_the_settle_window().await;
     let r = b.reconcile().await;
-    assert_eq!((r.in_sync, r.repaired, r.in_flight), (1, 0, 0), "{r:?}");
+    assert_eq!((r.repaired, r.in_flight), (0, 0), "{r:?}");
     b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn a_resend_past_the_dedupe_window_that_stripes_summary_cannot_explain_is_left_to_support() {
+    let b = setup(1, &[client_timeout(IN_DOUBT_TIMEOUT_MS)]).await;
+    clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let at = minutes_ago(3);
+    b.record(vec![event(t, Meter::Queries, 8, at)]).await;
+    b.stub.fault(&vec![Fault::Status(503); 4]);
+    b.flush_tenant(t).await;
+    // Something else put 3 in the window at Stripe: neither "has it" (8) nor "does not" (0).
+    let window = tenantry::usage::window_start(at, 60);
+    b.stub
+        .inject(&customer, "tenantry_queries", 3, window.timestamp());
+    b.first_sent_a_day_ago().await;
+    b.expire_leases().await;
+    let calls = b.stub.meter_event_calls();
+    let out = b.flush_tenant(t).await;
+    assert_eq!((out.failed, out.delivered), (1, 0), "{out:?}");
+    assert_eq!(b.stub.meter_event_calls(), calls, "no guess is sent");
+    let states = b.delivery_states().await;
+    assert_eq!(states[0].3, "failed", "{states:?}");
+    let reason: String = b
+        .app
+        .db
+        .admin()
+        .await
+        .query_one("SELECT reason FROM app.usage_deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("Stripe shows 3"), "{reason}");
 }
 
 #[tokio::test]

@@ -80,10 +80,6 @@ enum Settled {
     },
     Failed(String),
     Expired,
-    /// Unsent, and no call was made for it this run (an earlier one of its meter stayed unsent,
-    /// or the claim was lost): it gives back the attempt its claim counted, so a delivery that
-    /// was never sent is still re-stamped if its period is finalized meanwhile.
-    NotCalled,
     Unsent,
     /// Unsent, and the call may still be in progress: keep the lease.
     InDoubt,
@@ -168,10 +164,6 @@ pub async fn flush_tenant(
                     outcome.pending += 1;
                     ("pending", None)
                 }
-                Settled::NotCalled => {
-                    outcome.pending += 1;
-                    ("not_called", None)
-                }
                 Settled::InDoubt => {
                     outcome.pending += 1;
                     ("in_doubt", None)
@@ -189,16 +181,12 @@ pub async fn flush_tenant(
     // now, so nobody calls again while the provider may still be processing it.
     tx.execute(
         "UPDATE app.usage_deliveries d \
-         SET status = CASE WHEN u.status IN ('in_doubt', 'not_called') THEN 'pending' \
-                           ELSE u.status END, \
-             attempts = CASE WHEN u.status = 'not_called' THEN greatest(d.attempts - 1, 0) \
-                             ELSE d.attempts END, \
+         SET status = CASE WHEN u.status = 'in_doubt' THEN 'pending' ELSE u.status END, \
              reason = u.reason, \
              lease_until = CASE WHEN u.status = 'in_doubt' \
                                 THEN greatest(d.lease_until, clock_timestamp() + make_interval(secs => $6)) END, \
              claim_id = CASE WHEN u.status = 'in_doubt' THEN d.claim_id END, \
-             settled_at = CASE WHEN u.status IN ('pending', 'in_doubt', 'not_called') THEN NULL \
-                               ELSE now() END \
+             settled_at = CASE WHEN u.status IN ('pending', 'in_doubt') THEN NULL ELSE now() END \
          FROM unnest($2::text[], $3::text[], $4::text[]) AS u(identifier, status, reason) \
          WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.status = 'pending' \
            AND d.claim_id = $5",
@@ -234,7 +222,8 @@ pub(crate) async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, D
 
 /// Inserts one delivery per closed window whose ledger total exceeds what is accounted for,
 /// stamped at the window's start, or — when the window lies in a finalized billing period — at
-/// the start of the next open period (`late`; not planned yet while none is known).
+/// the start of the next open period (`late`; not planned yet while none is known). (`todo` is
+/// materialized so that the stamp is worked out per window, not pushed down to every event.)
 async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let closed_before = cfg.closed_before(now);
@@ -252,7 +241,7 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
                   coalesce(sum(value) FILTER (WHERE kind = 'window'), 0)::int8 AS accounted, \
                   max(seq) AS maxseq \
            FROM app.usage_deliveries WHERE tenant_id = $1 AND window_start >= $4 GROUP BY 1, 2 \
-         ), todo AS ( \
+         ), todo AS MATERIALIZED ( \
            SELECT t.meter, t.window_start, coalesce(a.maxseq, -1) + 1 AS seq, \
                   t.total - coalesce(a.accounted, 0) AS value \
            FROM totals t LEFT JOIN acc a USING (meter, window_start) \
@@ -280,9 +269,9 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
 
 /// Leases the tenant's pending deliveries of every meter that no other sender holds, under
 /// `claim_id`. (`clock_timestamp()`, not the transaction's start: the lease runs from now.) A
-/// delivery never attempted whose time fell into a period finalized since it was planned is
-/// re-stamped at the next open period's start first (or left for later while none is known):
-/// nothing has been sent under its identifier yet, so only its time moves.
+/// delivery never sent (`first_sent_at` unset) whose time fell into a period finalized since it
+/// was planned is re-stamped at the next open period's start first (or left for later while
+/// none is known): nothing has been sent under its identifier yet, so only its time moves.
 async fn claim(
     tx: &mut TenantTx,
     cfg: &MeterConfig,
@@ -295,12 +284,13 @@ async fn claim(
             "UPDATE app.usage_deliveries d \
              SET lease_until = clock_timestamp() + make_interval(secs => $2), \
                  attempts = attempts + 1, claim_id = $3, \
-                 event_time = CASE WHEN d.attempts = 0 \
+                 event_time = CASE WHEN d.first_sent_at IS NULL \
                                    THEN app.billable_time($1, d.event_time) ELSE d.event_time END, \
-                 late = d.late OR (d.attempts = 0 \
+                 late = d.late OR (d.first_sent_at IS NULL \
                                    AND app.billable_time($1, d.event_time) <> d.event_time) \
              WHERE d.tenant_id = $1 AND d.status = 'pending' \
-               AND (d.attempts > 0 OR app.billable_time($1, d.event_time) IS NOT NULL) \
+               AND (d.first_sent_at IS NOT NULL \
+                    OR app.billable_time($1, d.event_time) IS NOT NULL) \
                AND NOT EXISTS (SELECT 1 FROM app.usage_deliveries o \
                                WHERE o.tenant_id = $1 AND o.meter = d.meter \
                                  AND o.status = 'pending' AND o.lease_until > clock_timestamp()) \
@@ -340,15 +330,18 @@ struct Lease<'a> {
 }
 
 impl Lease<'_> {
-    /// Extends the lease on `identifier` from now; false if this claim no longer holds it.
-    async fn renew(&self, identifier: &str) -> Result<bool, DbError> {
+    /// Extends the lease on `identifier` from now, just before a call, and notes the first
+    /// call's time; returns that time, or None if this claim no longer holds the delivery.
+    async fn renew(&self, identifier: &str) -> Result<Option<DateTime<Utc>>, DbError> {
         let mut tx = self.db.begin(self.ctx, Access::ReadWrite).await?;
         let tenant = self.ctx.tenant_id.as_uuid();
-        let n = tx
-            .execute(
+        let row = tx
+            .query_opt(
                 "UPDATE app.usage_deliveries \
-                 SET lease_until = clock_timestamp() + make_interval(secs => $4) \
-                 WHERE tenant_id = $1 AND identifier = $2 AND claim_id = $3 AND status = 'pending'",
+                 SET lease_until = clock_timestamp() + make_interval(secs => $4), \
+                     first_sent_at = coalesce(first_sent_at, clock_timestamp()) \
+                 WHERE tenant_id = $1 AND identifier = $2 AND claim_id = $3 AND status = 'pending' \
+                 RETURNING first_sent_at",
                 &[
                     (&tenant, Type::UUID),
                     (&identifier, Type::TEXT),
@@ -358,8 +351,84 @@ impl Lease<'_> {
             )
             .await?;
         tx.commit().await?;
-        Ok(n == 1)
+        Ok(row.map(|r| r.get(0)))
     }
+
+    /// What the tenant's other deliveries of `meter` stamped in `[from, to)` delivered.
+    async fn delivered_in(
+        &self,
+        meter: Meter,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        except: &str,
+    ) -> Result<i64, DbError> {
+        let mut tx = self.db.begin(self.ctx, Access::ReadOnly).await?;
+        let tenant = self.ctx.tenant_id.as_uuid();
+        let name = meter.name();
+        let row = tx
+            .query_one(
+                "SELECT coalesce(sum(value), 0)::int8 FROM app.usage_deliveries \
+                 WHERE tenant_id = $1 AND meter = $2 AND event_time >= $3 AND event_time < $4 \
+                   AND status = 'delivered' AND identifier <> $5",
+                &[
+                    (&tenant, Type::UUID),
+                    (&name, Type::TEXT),
+                    (&from, Type::TIMESTAMPTZ),
+                    (&to, Type::TIMESTAMPTZ),
+                    (&except, Type::TEXT),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.get(0))
+    }
+}
+
+/// How long Stripe is sure to refuse an identifier it has already taken: "at least 24 hours",
+/// less a margin for the clocks.
+pub const DEDUPE_GUARANTEE: chrono::Duration = chrono::Duration::hours(23);
+
+/// What Stripe's summary says about a delivery first sent longer ago than [`DEDUPE_GUARANTEE`].
+enum Resend {
+    /// Stripe has it: settle as delivered, send nothing.
+    AlreadyThere,
+    /// Stripe does not: send it.
+    Absent,
+    /// Neither adds up: refuse to guess (recorded as failed, for support and reconciliation).
+    Ambiguous(String),
+}
+
+/// Stripe's total for the delivery's window (its time, floored to the minute as Stripe's
+/// summaries require, plus a window) against what our other deliveries there delivered.
+async fn check_before_resend(
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    lease: &Lease<'_>,
+    customer: &str,
+    c: &Claimed,
+) -> Result<Resend, String> {
+    let secs = c.event_time.timestamp();
+    let from = DateTime::from_timestamp(secs - secs.rem_euclid(60), 0).unwrap_or(c.event_time);
+    let to = from + chrono::Duration::seconds(cfg.window_secs.max(60));
+    let stripe = sink
+        .window_total(c.meter, customer, from, to)
+        .await
+        .map_err(|e| e.to_string())?;
+    let known = lease
+        .delivered_in(c.meter, from, to, &c.identifier)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(if stripe == known + c.value {
+        Resend::AlreadyThere
+    } else if stripe == known {
+        Resend::Absent
+    } else {
+        Resend::Ambiguous(format!(
+            "first sent over 24 h ago (past Stripe's dedupe): Stripe shows {stripe} for its window, \
+             our other deliveries there {known}, this one {}; left to reconciliation and support",
+            c.value
+        ))
+    })
 }
 
 /// Sends one meter's deliveries in order; stops at the first that stays unsent (an outage), so
@@ -377,7 +446,7 @@ async fn send_in_order(
     let mut blocked = false;
     for c in list {
         if blocked {
-            out.push((c.identifier, Settled::NotCalled));
+            out.push((c.identifier, Settled::Unsent));
             continue;
         }
         if c.event_time < now - cfg.max_age {
@@ -386,10 +455,36 @@ async fn send_in_order(
         }
         // Lost the claim (the lease ran out and another sender took it), or cannot tell: stop
         // calling for this meter; whoever holds it now sends the rest.
-        if !matches!(lease.renew(&c.identifier).await, Ok(true)) {
+        let Ok(Some(first_sent)) = lease.renew(&c.identifier).await else {
             blocked = true;
-            out.push((c.identifier, Settled::NotCalled));
+            out.push((c.identifier, Settled::Unsent));
             continue;
+        };
+        // First sent longer ago than Stripe dedupes identifiers for: Stripe would take a resend
+        // as new. Its summary for the window says whether the first call got through.
+        if first_sent < Utc::now() - DEDUPE_GUARANTEE {
+            calls += 1;
+            match check_before_resend(sink, cfg, lease, customer, &c).await {
+                Ok(Resend::AlreadyThere) => {
+                    tracing::info!(identifier = %c.identifier,
+                        "past the dedupe window; Stripe's summary has it: settled without a resend");
+                    out.push((c.identifier, Settled::Delivered { duplicate: true }));
+                    continue;
+                }
+                Ok(Resend::Absent) => {}
+                Ok(Resend::Ambiguous(reason)) => {
+                    tracing::warn!(identifier = %c.identifier, "{reason}");
+                    out.push((c.identifier, Settled::Failed(reason)));
+                    continue;
+                }
+                Err(reason) => {
+                    tracing::warn!(identifier = %c.identifier, reason,
+                        "summary unavailable before a resend past the dedupe window; left pending");
+                    blocked = true;
+                    out.push((c.identifier, Settled::Unsent));
+                    continue;
+                }
+            }
         }
         let event = MeterEvent {
             event_name: c.meter.def().event_name.to_owned(),

@@ -78,11 +78,14 @@ pub enum Action {
     /// Stripe finalized the invoice of a billing period: later usage for it is billed in the
     /// next period (target: the invoice; details: the periods).
     BillingPeriodFinalized,
+    /// Stripe reported meter events it had answered 200 as rejected (target: the Stripe event;
+    /// details: deliveries, units, error codes); reconciliation repairs them.
+    DeliveriesRejected,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 28] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -110,6 +113,7 @@ impl Action {
         Action::MemberRoleChanged,
         Action::BillingPeriodRecorded,
         Action::BillingPeriodFinalized,
+        Action::DeliveriesRejected,
     ];
 
     /// The stable name (`dataset.created`).
@@ -142,6 +146,7 @@ impl Action {
             Action::MemberRoleChanged => "member.role_changed",
             Action::BillingPeriodRecorded => "billing.period_recorded",
             Action::BillingPeriodFinalized => "billing.period_finalized",
+            Action::DeliveriesRejected => "billing.deliveries_rejected",
         }
     }
 

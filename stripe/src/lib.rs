@@ -1,6 +1,7 @@
 //! The Stripe Billing adapter ([`StripeBilling`], a [`BillingSink`]) on `async-stripe` 1.0, and the
-//! `main`s of the functions that talk to Stripe (`usage-meter`, `billing-reconcile`, and
-//! `auth0-webhook`, which makes a new tenant's customer). Only these
+//! `main`s of the functions that talk to Stripe (`usage-meter`, `billing-reconcile`,
+//! `auth0-webhook`, which makes a new tenant's customer, and `stripe-webhook`, which reads meter
+//! error reports back). Only these
 //! link Stripe's client; everything else about billing lives in `tenantry::billing`.
 //!
 //! - Meter events carry the delivery's deterministic identifier; a resend of one Stripe already
@@ -40,6 +41,10 @@ pub struct StripeBilling {
     client: stripe::Client,
     meter_ids: HashMap<Meter, String>,
     timeout: Duration,
+    /// For the v2 API (thin events' details): async-stripe's client builds v1 URLs only.
+    v2: reqwest::Client,
+    base: String,
+    key: tenantry::config::Secret,
 }
 
 impl std::fmt::Debug for StripeBilling {
@@ -63,10 +68,17 @@ impl StripeBilling {
         }
         let timeout = cfg.stripe_timeout;
         let client = stripe::ClientBuilder::new(key.expose())
-            .url(base)
+            .url(base.clone())
             .request_strategy(RequestStrategy::Once)
             .timeout(timeout)
             .app_info("tenantry", Some(env!("CARGO_PKG_VERSION").into()), None)
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                name: "STRIPE_API_BASE",
+                reason: e.to_string(),
+            })?;
+        let v2 = reqwest::Client::builder()
+            .timeout(timeout)
             .build()
             .map_err(|e| ConfigError::Invalid {
                 name: "STRIPE_API_BASE",
@@ -76,6 +88,9 @@ impl StripeBilling {
             client,
             meter_ids: cfg.stripe_meter_ids.iter().cloned().collect(),
             timeout,
+            v2,
+            base,
+            key: key.clone(),
         }))
     }
 }
@@ -234,6 +249,52 @@ impl BillingSink for StripeBilling {
                 .iter()
                 .map(|s| s.aggregated_value.round() as i64)
                 .sum())
+        })
+    }
+
+    fn meter_error_report<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> SinkFuture<'a, Vec<tenantry::billing::RejectedEvent>> {
+        Box::pin(async move {
+            if !event_id.starts_with("evt_")
+                || !event_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(SinkError::Rejected {
+                    status: 0,
+                    code: Some("invalid_event_id".into()),
+                    message: "not a Stripe event id".into(),
+                });
+            }
+            let url = format!("{}v2/core/events/{event_id}", self.base);
+            let response = self
+                .v2
+                .get(url)
+                .bearer_auth(self.key.expose())
+                .send()
+                .await
+                .map_err(|e| SinkError::Retryable(format!("v2 event read: {e}")))?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response
+                .json()
+                .await
+                .map_err(|e| SinkError::Retryable(format!("v2 event read: {e}")))?;
+            if status == 429 || status >= 500 || status == 401 || status == 403 {
+                return Err(SinkError::Retryable(format!("HTTP {status}")));
+            }
+            if status >= 400 {
+                return Err(SinkError::Rejected {
+                    status,
+                    code: body["error"]["code"].as_str().map(str::to_owned),
+                    message: body["error"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+            Ok(rejected_events(&body))
         })
     }
 
@@ -403,6 +464,32 @@ impl StripeBilling {
     }
 }
 
+/// The samples of a `v1.billing.meter.error_report_triggered` event (its `data.reason`):
+/// each error type's code, and each sample's identifier and message.
+fn rejected_events(event: &serde_json::Value) -> Vec<tenantry::billing::RejectedEvent> {
+    let empty = Vec::new();
+    let types = event["data"]["reason"]["error_types"]
+        .as_array()
+        .unwrap_or(&empty);
+    types
+        .iter()
+        .flat_map(|t| {
+            let code = t["code"].as_str().unwrap_or_default().to_owned();
+            t["sample_errors"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(move |e| {
+                    Some(tenantry::billing::RejectedEvent {
+                        identifier: e["request"]["identifier"].as_str()?.to_owned(),
+                        code: code.clone(),
+                        message: e["error_message"].as_str().unwrap_or_default().to_owned(),
+                    })
+                })
+        })
+        .collect()
+}
+
 fn at(secs: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs, 0)
 }
@@ -469,9 +556,10 @@ pub async fn app_from_env() -> Result<App, lambda_runtime::Error> {
     Ok(builder.billing(sink).build()?)
 }
 
-/// The whole `main` of an HTTP function that makes billing customers (`auth0-webhook`, for
-/// `organization.created`): the usual HTTP wiring with Stripe as the billing port. In Lambda a
-/// Stripe key is required (the local adapter's customers exist nowhere).
+/// The whole `main` of an HTTP function that calls Stripe (`auth0-webhook`, which makes billing
+/// customers for `organization.created`; `stripe-webhook`, which reads meter error reports):
+/// the usual HTTP wiring with Stripe as the billing port. In Lambda a Stripe key is required
+/// (the local adapter's customers and reports exist nowhere).
 pub async fn run_http_function(function: &'static str) -> Result<(), lambda_http::Error> {
     tenantry::telemetry::init(tenantry::app::log_format());
     let routes = tenantry::api::routes_for(function);

@@ -19,7 +19,8 @@
 //!   Stripe's duplicate-identifier refusal; after it, the event is taken (and counted) again.
 //! - **Asynchronous rejections**: an event answered 200 and then dropped from the summaries and the
 //!   bill, with an error report (what Stripe sends as `v1.billing.meter.error_report_triggered`)
-//!   ([`reject_async`](StripeStub::reject_async)).
+//!   ([`reject_async`](StripeStub::reject_async)), sent as a thin event (among
+//!   [`take_events`](StripeStub::take_events)) whose details `GET /v2/core/events/{id}` answers.
 //! - **Subscriptions with anchors, and their invoices** ([`subscribe`](StripeStub::subscribe)):
 //!   monthly periods from any anchor, a draft invoice at each period's end finalized about an hour
 //!   later (or when the test releases it), usage accepted after finalization never billed
@@ -222,11 +223,55 @@ struct State {
     taken_events: usize,
     subscription_reads: u64,
     invoice_reads: u64,
+    /// Thin events' full versions, by id (`GET /v2/core/events/{id}`).
+    thin_events: HashMap<String, Value>,
+    thin_event_reads: u64,
 }
 
 impl State {
     fn now(&self) -> i64 {
         Utc::now().timestamp() + self.clock_offset
+    }
+
+    /// Records an error report, and sends it as Stripe does: a thin event (an event
+    /// destination's: id and type only), whose details `GET /v2/core/events/{id}` answers.
+    pub(crate) fn report(&mut self, report: ErrorReport) {
+        let r = &report;
+        let meter = self
+            .meters
+            .iter()
+            .find(|(_, name)| **name == r.event_name)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default();
+        let id = format!("evt_thin{:05}", self.thin_events.len() + 1);
+        let created = DateTime::from_timestamp(r.at, 0).unwrap().to_rfc3339();
+        let related = json!({"id": meter, "type": "billing.meter",
+                             "url": format!("/v1/billing/meters/{meter}")});
+        self.stripe_events.push(json!({
+            "id": id, "object": "v2.core.event",
+            "type": "v1.billing.meter.error_report_triggered", "created": created,
+            "livemode": false, "context": null, "reason": null, "related_object": related,
+        }));
+        self.thin_events.insert(
+            id.clone(),
+            json!({
+                "id": id, "object": "v2.core.event",
+                "type": "v1.billing.meter.error_report_triggered", "created": created,
+                "livemode": false, "context": null, "reason": null, "related_object": related,
+                "data": {
+                    "developer_message_summary": "There is 1 invalid event",
+                    "validation_start": created, "validation_end": created,
+                    "reason": {"error_count": 1, "error_types": [{
+                        "code": r.code, "error_count": 1,
+                        "sample_errors": [{
+                            "error_message": format!("Rejected: {}", r.code),
+                            "request": {"identifier": r.identifier},
+                        }],
+                    }]},
+                },
+            }),
+        );
+        self.error_reports.push(report);
     }
 
     /// Rejects `identifier`'s counted events now (they leave the summaries and the bill); false
@@ -249,7 +294,9 @@ impl State {
             });
         }
         let found = !reports.is_empty();
-        self.error_reports.extend(reports);
+        for r in reports {
+            self.report(r);
+        }
         found
     }
 }
@@ -430,6 +477,11 @@ impl StripeStub {
         let taken = std::mem::take(&mut s.stripe_events);
         s.taken_events += taken.len();
         taken
+    }
+
+    /// `GET /v2/core/events/{id}` calls so far.
+    pub fn thin_event_reads(&self) -> u64 {
+        self.state.lock().unwrap().thin_event_reads
     }
 
     /// `GET /v1/subscriptions` and `GET /v1/invoices` calls so far.
@@ -626,6 +678,23 @@ async fn handle(
                 .unwrap_or_else(|_| error(500, "api_error", None, "stub task failed"))
         }
         ("POST", "/v1/customers") => customers::create(state, idempotency_key, &form),
+        ("GET", p) if p.starts_with("/v2/core/events/") => {
+            let mut s = state.lock().unwrap();
+            s.thin_event_reads += 1;
+            if s.outage {
+                return error(503, "api_error", None, "Injected outage.");
+            }
+            let id = p.trim_start_matches("/v2/core/events/");
+            match s.thin_events.get(id) {
+                Some(e) => respond(200, e.clone()),
+                None => error(
+                    404,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such event: '{id}'"),
+                ),
+            }
+        }
         ("GET", "/v1/subscriptions") => {
             subscriptions::list_subscriptions(&mut state.lock().unwrap(), &query)
         }

@@ -178,8 +178,10 @@ pub(super) async fn deliveries(
 ) -> HandlerResult {
     let invalid = |d: &str| ApiError::bad_request("invalid_query_parameters", d);
     let status = q.status.unwrap_or_else(|| "failed".into());
-    if !["pending", "delivered", "failed", "expired"].contains(&status.as_str()) {
-        return Err(invalid("status is pending, delivered, failed or expired."));
+    if !["pending", "delivered", "failed", "expired", "rejected"].contains(&status.as_str()) {
+        return Err(invalid(
+            "status is pending, delivered, failed, expired or rejected.",
+        ));
     }
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
@@ -190,7 +192,9 @@ pub(super) async fn deliveries(
             "SELECT tenant_id, identifier, meter, window_start, seq, value, kind, status, reason, \
                     attempts, created_at, settled_at, event_time, late \
              FROM app.usage_deliveries \
-             WHERE status = $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
+             WHERE (status = $1 OR ($1 = 'rejected' AND status = 'delivered' \
+                                    AND reason IS NOT NULL)) \
+               AND ($2::uuid IS NULL OR tenant_id = $2) \
                AND ($3::timestamptz IS NULL OR created_at < $3) \
              ORDER BY created_at DESC, identifier LIMIT $4",
             &[

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::App;
 use crate::billing::webhooks::{
-    Auth0Event, Outcome, StripeEvent, apply_auth0_event, apply_stripe_event, bearer_matches,
-    verify_stripe_signature,
+    Auth0Event, Outcome, StripeEvent, ThinEvent, ThinEventError, apply_auth0_event,
+    apply_stripe_event, apply_thin_event, bearer_matches, verify_stripe_signature,
 };
 use crate::http::{ApiError, HandlerResult, RawBody, json_from, json_response, require_json};
 
@@ -54,9 +54,29 @@ pub(super) async fn stripe(
     })?;
     // The signature covers the bytes; only then are they read.
     require_json(&headers)?;
-    let event: StripeEvent = json_from(&body)?;
     let request_id = crate::http::current_request_id();
-    let outcome = apply_stripe_event(&app.db, &event, Some(&request_id)).await?;
+    // A thin event (an event destination's) or a snapshot event (a webhook endpoint's).
+    let thin = serde_json::from_slice::<serde_json::Value>(&body)
+        .is_ok_and(|v| v.get("object").and_then(|o| o.as_str()) == Some("v2.core.event"));
+    let outcome = if thin {
+        let event: ThinEvent = json_from(&body)?;
+        apply_thin_event(&app.db, app.billing.as_ref(), &event, Some(&request_id))
+            .await
+            .map_err(|e| match e {
+                ThinEventError::Db(e) => ApiError::from(e),
+                ThinEventError::Provider(e) => {
+                    tracing::warn!(error = %e, "thin event not applied; Stripe will redeliver it");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "provider_unavailable",
+                        "The event's details could not be read from Stripe; retry later.",
+                    )
+                }
+            })?
+    } else {
+        let event: StripeEvent = json_from(&body)?;
+        apply_stripe_event(&app.db, &event, Some(&request_id)).await?
+    };
     json_response(
         StatusCode::OK,
         &json!({"received": true, "outcome": outcome}),

@@ -118,6 +118,18 @@ pub struct MeterEvent {
     pub timestamp: DateTime<Utc>,
 }
 
+/// A meter event the provider answered 200 and then did not count (a sample of a meter error
+/// report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedEvent {
+    /// The event's identifier (ours: `tnt_<tenant>_...`).
+    pub identifier: String,
+    /// The provider's error code (e.g. `meter_event_customer_not_found`).
+    pub code: String,
+    /// The provider's message.
+    pub message: String,
+}
+
 /// The provider took the event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -185,6 +197,20 @@ pub trait BillingSink: Send + Sync + std::fmt::Debug {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> SinkFuture<'a, i64>;
+
+    /// The events a meter error report names (`v1.billing.meter.error_report_triggered`, a thin
+    /// event: its details are read back by id). The default, for a provider without
+    /// asynchronous rejections (the local adapter): a refusal.
+    fn meter_error_report<'a>(&'a self, event_id: &'a str) -> SinkFuture<'a, Vec<RejectedEvent>> {
+        let _ = event_id;
+        Box::pin(async {
+            Err(SinkError::Rejected {
+                status: 0,
+                code: Some("not_supported".into()),
+                message: "this billing adapter has no meter error reports".into(),
+            })
+        })
+    }
 
     /// The customer's subscriptions and their current periods (the repair for missed
     /// subscription webhooks). The default, for a provider without subscriptions (the local

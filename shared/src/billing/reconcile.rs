@@ -307,7 +307,11 @@ pub async fn reconcile_tenant(
                 // (`from` is bounded by them).
                 let drift = dd.window_delivered - s;
                 repairs.push((meter, day, drift));
-                ("repaired", Some(format!("correction of {drift} sent")))
+                let why = match dd.rejected {
+                    0 => String::new(),
+                    r => format!(" ({r} unit(s) rejected by Stripe after a 200)"),
+                };
+                ("repaired", Some(format!("correction of {drift} sent{why}")))
             } else if dd.refused > 0 {
                 (
                     "rejected",
@@ -401,6 +405,8 @@ struct DayDeliveries {
     late_in: i64,
     /// Usage of this day billed late, on a later day.
     late_out: i64,
+    /// Delivered, then rejected by the provider (a meter error report).
+    rejected: i64,
 }
 
 impl DayDeliveries {
@@ -430,17 +436,19 @@ async fn delivery_days(
     let rows = tx
         .query(
             "SELECT meter, day, sum(delivered)::int8, sum(refused)::int8, bool_or(unsettled), \
-                    sum(late_in)::int8, sum(late_out)::int8 \
+                    sum(late_in)::int8, sum(late_out)::int8, sum(rejected)::int8 \
              FROM (SELECT meter, (event_time AT TIME ZONE 'UTC')::date AS day, \
                           CASE WHEN status = 'delivered' AND kind = 'window' THEN value ELSE 0 END AS delivered, \
                           CASE WHEN status IN ('failed', 'expired') AND kind = 'window' THEN value ELSE 0 END AS refused, \
                           status = 'pending' OR (status = 'delivered' AND settled_at > $4) AS unsettled, \
                           CASE WHEN late AND status IN ('delivered', 'pending') THEN value ELSE 0 END AS late_in, \
-                          0 AS late_out \
+                          0 AS late_out, \
+                          CASE WHEN status = 'delivered' AND kind = 'window' AND reason IS NOT NULL \
+                               THEN value ELSE 0 END AS rejected \
                    FROM app.usage_deliveries \
                    WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 \
                    UNION ALL \
-                   SELECT meter, (window_start AT TIME ZONE 'UTC')::date, 0, 0, false, 0, value \
+                   SELECT meter, (window_start AT TIME ZONE 'UTC')::date, 0, 0, false, 0, value, 0 \
                    FROM app.usage_deliveries \
                    WHERE tenant_id = $1 AND late AND status IN ('delivered', 'pending') \
                      AND window_start >= $2 AND window_start < $3) x \
@@ -466,6 +474,7 @@ async fn delivery_days(
                 unsettled: r.get(4),
                 late_in: r.get(5),
                 late_out: r.get(6),
+                rejected: r.get(7),
             },
         );
     }

@@ -10,6 +10,9 @@
 //!   constant time; organization member added/removed → `app.members`, which the seats meter
 //!   counts.
 //!
+//! Stripe's thin events (event destinations) are verified the same way; the one we act on,
+//! `v1.billing.meter.error_report_triggered`, is read back from Stripe ([`apply_thin_event`]).
+//!
 //! Stripe's subscription events also carry the subscription's current period, and
 //! `invoice.finalized` closes the period its invoice bills ([`super::periods`]).
 //!
@@ -394,6 +397,132 @@ pub async fn apply_stripe_event(
     tx.commit().await?;
     tracing::info!(event_id = %event.id, kind = %event.kind, tenant_id = %tenant, "stripe event applied");
     Ok(Outcome::Applied)
+}
+
+/// A Stripe thin event (`"object": "v2.core.event"`, from an event destination): only its id
+/// and type; the details are read back from Stripe.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ThinEvent {
+    /// `evt_...`
+    pub id: String,
+    /// E.g. `v1.billing.meter.error_report_triggered`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// Why a thin event could not be applied now.
+#[derive(Debug, thiserror::Error)]
+pub enum ThinEventError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Stripe could not be asked for the event's details: the delivery should be retried.
+    #[error("the event's details could not be read from Stripe: {0}")]
+    Provider(super::SinkError),
+}
+
+/// What an alert on asynchronous rejections matches in the logs (the template's metric filter).
+pub const REJECTED_ALERT: &str = "meter events rejected by Stripe after a 200";
+
+/// The tenant an identifier of ours names (`tnt_<32 hex>_...`), if it is one of ours.
+pub fn tenant_of_identifier(identifier: &str) -> Option<TenantId> {
+    let hex = identifier.strip_prefix("tnt_")?.get(..32)?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || identifier.as_bytes().get(36) != Some(&b'_') {
+        return None;
+    }
+    uuid::Uuid::try_parse(hex).ok().map(TenantId::from)
+}
+
+/// `v1.billing.meter.error_report_triggered`: reads the report back from Stripe, marks each
+/// delivery it names (status stays `delivered`, since Stripe took the call; the reason says it
+/// was rejected, for support and reconciliation), records it in each tenant's audit log, and
+/// logs the alert. Reconciliation then repairs the difference like any other drift. Applying a
+/// report twice changes nothing the second time. Other thin event types are ignored.
+pub async fn apply_thin_event(
+    db: &Db,
+    sink: &dyn super::BillingSink,
+    event: &ThinEvent,
+    request_id: Option<&str>,
+) -> Result<Outcome, ThinEventError> {
+    if event.kind != "v1.billing.meter.error_report_triggered" {
+        return Ok(Outcome::Ignored);
+    }
+    let rejected = match sink.meter_error_report(&event.id).await {
+        Ok(r) => r,
+        Err(super::SinkError::Rejected {
+            status, message, ..
+        }) => {
+            tracing::warn!(event_id = %event.id, status, message, "meter error report not readable; ignored");
+            return Ok(Outcome::Ignored);
+        }
+        Err(e) => return Err(ThinEventError::Provider(e)),
+    };
+    let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<&super::RejectedEvent>> =
+        Default::default();
+    for r in &rejected {
+        if let Some(t) = tenant_of_identifier(&r.identifier) {
+            by_tenant.entry(t).or_default().push(r);
+        }
+    }
+    let mut marked = 0usize;
+    for (tenant, events) in by_tenant {
+        let mut tx = begin(db, tenant, "system:stripe-webhook").await?;
+        let ids: Vec<&str> = events.iter().map(|r| r.identifier.as_str()).collect();
+        let reasons: Vec<String> = events
+            .iter()
+            .map(|r| {
+                format!("rejected by Stripe after a 200: {}: {}", r.code, r.message)
+                    .chars()
+                    .take(500)
+                    .collect()
+            })
+            .collect();
+        let t = tenant.as_uuid();
+        let rows = tx
+            .query(
+                "UPDATE app.usage_deliveries d SET reason = u.reason \
+                 FROM unnest($2::text[], $3::text[]) AS u(identifier, reason) \
+                 WHERE d.tenant_id = $1 AND d.identifier = u.identifier \
+                   AND d.status = 'delivered' AND d.reason IS NULL \
+                 RETURNING d.identifier, d.meter, d.value",
+                &[
+                    (&t, Type::UUID),
+                    (&ids, Type::TEXT_ARRAY),
+                    (&reasons, Type::TEXT_ARRAY),
+                ],
+            )
+            .await?;
+        if !rows.is_empty() {
+            let codes: std::collections::BTreeSet<&str> =
+                events.iter().map(|r| r.code.as_str()).collect();
+            let units: i64 = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
+            let details = json!({
+                "deliveries": rows.len(),
+                "units": units,
+                "codes": codes,
+                "stripe_event": event.id,
+            });
+            audit::record(
+                &mut tx,
+                Action::DeliveriesRejected,
+                Some(&event.id),
+                details,
+                request_id,
+            )
+            .await?;
+            tracing::error!(event_id = %event.id, tenant_id = %tenant, deliveries = rows.len(),
+                units, "{REJECTED_ALERT}");
+            marked += rows.len();
+        }
+        tx.commit().await?;
+    }
+    Ok(if marked > 0 {
+        Outcome::Applied
+    } else if rejected.is_empty() {
+        Outcome::Ignored
+    } else {
+        Outcome::Duplicate
+    })
 }
 
 /// An Auth0 Event Streams event (CloudEvents 1.0), the part we read.

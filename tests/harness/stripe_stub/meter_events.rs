@@ -146,7 +146,7 @@ fn accept(
         rejected: doomed.is_some(),
     });
     if let Some(code) = doomed {
-        s.error_reports.push(ErrorReport {
+        s.report(ErrorReport {
             identifier: identifier.clone(),
             customer: customer.to_owned(),
             event_name: event_name.to_owned(),

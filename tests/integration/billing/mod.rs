@@ -30,6 +30,9 @@ use tenantry_tests::{Fault, StripeStub, TestApp, tenant, tx};
 mod periods;
 mod stripe_hard_parts;
 
+/// The Stripe webhook signing secret of the scenarios that deliver Stripe's events.
+const WEBHOOK_SECRET: &str = "whsec_billing";
+
 struct Billing {
     stub: StripeStub,
     app: TestApp,
@@ -200,6 +203,34 @@ impl Billing {
     ) -> SqsBatchResponse {
         let a = &self.app.app;
         handle_sqs(&a.db, a.billing.as_ref(), cfg, &FlushMemo::default(), event).await
+    }
+
+    /// Delivers Stripe events to the webhook route, signed; asserts each is taken.
+    async fn deliver_webhooks(&self, events: &[serde_json::Value]) -> Vec<String> {
+        let mut outcomes = Vec::new();
+        for e in events {
+            let body = e.to_string();
+            let sig = tenantry::billing::webhooks::stripe_signature_header(
+                body.as_bytes(),
+                WEBHOOK_SECRET,
+                Utc::now().timestamp(),
+            );
+            let r = self
+                .app
+                .send(tenantry_tests::gateway_event(
+                    "POST",
+                    "/v1/webhooks/stripe",
+                    &[
+                        ("content-type", "application/json"),
+                        ("stripe-signature", &sig),
+                    ],
+                    Some(&body),
+                ))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.json);
+            outcomes.push(r.json["outcome"].as_str().unwrap_or_default().to_owned());
+        }
+        outcomes
     }
 
     async fn flush(&self) {

@@ -4,18 +4,14 @@
 //! the ledger, in Stripe's invoices and in what the tenant is shown.
 
 use serde_json::Value;
-use tenantry::billing::webhooks::stripe_signature_header;
-use tenantry_tests::gateway_event;
 
 use super::*;
-
-const SECRET: &str = "whsec_periods";
 
 async fn setup_periods() -> Billing {
     let b = setup(
         1,
         &[
-            ("STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
+            ("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned()),
             ("BILLING_SETTLE_SECS", "900".to_owned()),
         ],
     )
@@ -31,30 +27,6 @@ fn anchor(days: i64) -> DateTime<Utc> {
 }
 
 impl Billing {
-    /// Delivers Stripe events to the webhook route, signed; asserts each is taken.
-    async fn deliver_webhooks(&self, events: &[Value]) -> Vec<String> {
-        let mut outcomes = Vec::new();
-        for e in events {
-            let body = e.to_string();
-            let sig = stripe_signature_header(body.as_bytes(), SECRET, Utc::now().timestamp());
-            let r = self
-                .app
-                .send(gateway_event(
-                    "POST",
-                    "/v1/webhooks/stripe",
-                    &[
-                        ("content-type", "application/json"),
-                        ("stripe-signature", &sig),
-                    ],
-                    Some(&body),
-                ))
-                .await;
-            assert_eq!(r.status, 200, "{}", r.json);
-            outcomes.push(r.json["outcome"].as_str().unwrap_or_default().to_owned());
-        }
-        outcomes
-    }
-
     /// The tenant's periods: (start, end, finalized), oldest first, as the superuser.
     async fn periods(&self) -> Vec<(DateTime<Utc>, DateTime<Utc>, bool)> {
         self.app

@@ -352,8 +352,9 @@ async fn a_month_of_daily_summaries_is_read_across_pages_and_reconciled_complete
 }
 
 #[tokio::test]
-async fn an_event_stripe_rejects_after_answering_200_is_repaired_by_reconciliation() {
-    let b = setup(1, &[]).await;
+async fn an_error_report_marks_the_rejected_delivery_alerts_support_and_reconciliation_repairs_it()
+{
+    let b = setup(1, &[("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned())]).await;
     clear_of_midnight().await;
     let (t, customer) = b.tenants[0].clone();
     let mut generated = Generated::default();
@@ -376,8 +377,7 @@ async fn an_event_stripe_rejects_after_answering_200_is_repaired_by_reconciliati
         (2, 0),
         "Stripe answered 200 to both: {out:?}"
     );
-    // Stripe then drops the queries event and says so in an error report (a
-    // `v1.billing.meter.error_report_triggered` event, which the product does not handle yet).
+    // Stripe then drops the queries event and says so in an error report.
     let reports = b.stub.error_reports();
     assert_eq!(
         reports
@@ -389,14 +389,173 @@ async fn an_event_stripe_rejects_after_answering_200_is_repaired_by_reconciliati
     assert_eq!(b.stub.total(&customer, "tenantry_queries"), 0);
     assert_eq!(b.stub.total(&customer, "tenantry_questions"), 3);
 
-    // Reconciliation sees the missing 12 as drift and sends it again under a new identifier.
+    // The report arrives as a thin event, signed like any webhook; its details are read back.
+    let events = b.stub.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["object"], "v2.core.event");
+    assert!(
+        events[0].get("data").is_none(),
+        "a thin event carries no data"
+    );
+    // While Stripe cannot be asked, the delivery is refused (503) so Stripe redelivers it.
+    b.stub.set_outage(true);
+    let body = events[0].to_string();
+    let sig = tenantry::billing::webhooks::stripe_signature_header(
+        body.as_bytes(),
+        WEBHOOK_SECRET,
+        Utc::now().timestamp(),
+    );
+    let r = b
+        .app
+        .send(tenantry_tests::gateway_event(
+            "POST",
+            "/v1/webhooks/stripe",
+            &[
+                ("content-type", "application/json"),
+                ("stripe-signature", &sig),
+            ],
+            Some(&body),
+        ))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.json);
+    assert_eq!(r.json["code"], "provider_unavailable");
+    b.stub.set_outage(false);
+    // Delivered (again: a redelivery), it marks the delivery once.
+    assert_eq!(b.deliver_webhooks(&events).await, ["applied"]);
+    assert_eq!(b.deliver_webhooks(&events).await, ["duplicate"]);
+    assert_eq!(b.stub.thin_event_reads(), 3);
+    let admin = b.app.db.admin().await;
+    let marked: Vec<(String, String, Option<String>)> = admin
+        .query(
+            "SELECT meter, status, reason FROM app.usage_deliveries ORDER BY meter",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(marked[0].0, "queries");
+    assert_eq!(marked[0].1, "delivered");
+    assert!(
+        marked[0]
+            .2
+            .as_deref()
+            .is_some_and(|r| r.contains("meter_event_customer_not_found")),
+        "{marked:?}"
+    );
+    assert_eq!(marked[1].2, None, "only the named delivery is marked");
+    let audit: Vec<String> = admin
+        .query(
+            "SELECT details->>'units' FROM app.audit_events \
+             WHERE action = 'billing.deliveries_rejected'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(audit, ["12"]);
+    // Support finds it.
+    let staff = TestApp::staff_token("auth0|support", &["support"]);
+    let r = b
+        .app
+        .call("GET", "/admin/v1/deliveries?status=rejected", &staff, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let found = r.json["deliveries"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{}", r.json);
+    assert_eq!(found[0]["identifier"], id.as_str());
+    // The alert the template's metric filter counts is the one the handler logs.
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml"),
+    )
+    .unwrap();
+    assert!(template.contains(&format!(
+        "$.fields.message = \"{}\"",
+        tenantry::billing::webhooks::REJECTED_ALERT
+    )));
+
+    // Reconciliation sends the missing 12 again under a new identifier, and says why.
     let r = b.reconcile().await;
     assert_eq!((r.repaired, r.in_sync), (1, 1), "{r:?}");
     assert_eq!(
         b.repairs().await,
         [("queries".to_owned(), 12, "delivered".to_owned())]
     );
+    let detail: String = admin
+        .query_one(
+            "SELECT detail FROM app.billing_reconciliations WHERE action = 'repaired'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("12 unit(s) rejected by Stripe"), "{detail}");
     let r = b.reconcile().await;
     assert_eq!((r.repaired, r.in_sync), (0, 2), "{r:?}");
     b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
+async fn thin_events_are_verified_and_read_back_never_trusted() {
+    let b = setup(1, &[("STRIPE_WEBHOOK_SECRETS", WEBHOOK_SECRET.to_owned())]).await;
+    let (t, _) = b.tenants[0].clone();
+    b.record(vec![event(t, Meter::Queries, 4, minutes_ago(3))])
+        .await;
+    b.flush_tenant(t).await;
+    let id = tenantry::billing::meter::identifier(
+        t,
+        Meter::Queries,
+        tenantry::usage::window_start(minutes_ago(3), 60),
+        0,
+    );
+    // An attacker's thin event, with data naming our delivery: unsigned, refused.
+    let forged = json!({"id": "evt_forged1", "object": "v2.core.event",
+        "type": "v1.billing.meter.error_report_triggered", "created": "2026-12-06T10:00:00Z",
+        "data": {"reason": {"error_types": [{"code": "x", "sample_errors": [
+            {"error_message": "x", "request": {"identifier": id}}]}]}}});
+    let r = b
+        .app
+        .send(tenantry_tests::gateway_event(
+            "POST",
+            "/v1/webhooks/stripe",
+            &[
+                ("content-type", "application/json"),
+                ("stripe-signature", "t=1,v1=00"),
+            ],
+            Some(&forged.to_string()),
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    // Signed (a leaked secret, say) but unknown to Stripe: its own data is never read.
+    assert_eq!(b.deliver_webhooks(&[forged]).await, ["ignored"]);
+    let reason: Option<String> = b
+        .app
+        .db
+        .admin()
+        .await
+        .query_one("SELECT reason FROM app.usage_deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, None);
+    // Identifiers that are not ours, or name no delivery, change nothing.
+    for bad in [
+        "tnt_zz",
+        "tnt_0190000000007000800000000000a0e1",
+        "cus_1",
+        "",
+    ] {
+        assert_eq!(
+            tenantry::billing::webhooks::tenant_of_identifier(bad),
+            None,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        tenantry::billing::webhooks::tenant_of_identifier(&id),
+        Some(t)
+    );
 }

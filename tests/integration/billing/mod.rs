@@ -205,28 +205,32 @@ impl Billing {
         handle_sqs(&a.db, a.billing.as_ref(), cfg, &FlushMemo::default(), event).await
     }
 
+    /// Sends one Stripe event to the webhook route, signed with [`WEBHOOK_SECRET`].
+    async fn send_webhook(&self, event: &serde_json::Value) -> tenantry_tests::Reply {
+        let body = event.to_string();
+        let sig = tenantry::billing::webhooks::stripe_signature_header(
+            body.as_bytes(),
+            WEBHOOK_SECRET,
+            Utc::now().timestamp(),
+        );
+        self.app
+            .send(tenantry_tests::gateway_event(
+                "POST",
+                "/v1/webhooks/stripe",
+                &[
+                    ("content-type", "application/json"),
+                    ("stripe-signature", &sig),
+                ],
+                Some(&body),
+            ))
+            .await
+    }
+
     /// Delivers Stripe events to the webhook route, signed; asserts each is taken.
     async fn deliver_webhooks(&self, events: &[serde_json::Value]) -> Vec<String> {
         let mut outcomes = Vec::new();
         for e in events {
-            let body = e.to_string();
-            let sig = tenantry::billing::webhooks::stripe_signature_header(
-                body.as_bytes(),
-                WEBHOOK_SECRET,
-                Utc::now().timestamp(),
-            );
-            let r = self
-                .app
-                .send(tenantry_tests::gateway_event(
-                    "POST",
-                    "/v1/webhooks/stripe",
-                    &[
-                        ("content-type", "application/json"),
-                        ("stripe-signature", &sig),
-                    ],
-                    Some(&body),
-                ))
-                .await;
+            let r = self.send_webhook(e).await;
             assert_eq!(r.status, 200, "{}", r.json);
             outcomes.push(r.json["outcome"].as_str().unwrap_or_default().to_owned());
         }

@@ -399,24 +399,7 @@ async fn an_error_report_marks_the_rejected_delivery_alerts_support_and_reconcil
     );
     // While Stripe cannot be asked, the delivery is refused (503) so Stripe redelivers it.
     b.stub.set_outage(true);
-    let body = events[0].to_string();
-    let sig = tenantry::billing::webhooks::stripe_signature_header(
-        body.as_bytes(),
-        WEBHOOK_SECRET,
-        Utc::now().timestamp(),
-    );
-    let r = b
-        .app
-        .send(tenantry_tests::gateway_event(
-            "POST",
-            "/v1/webhooks/stripe",
-            &[
-                ("content-type", "application/json"),
-                ("stripe-signature", &sig),
-            ],
-            Some(&body),
-        ))
-        .await;
+    let r = b.send_webhook(&events[0]).await;
     assert_eq!(r.status, 503, "{}", r.json);
     assert_eq!(r.json["code"], "provider_unavailable");
     b.stub.set_outage(false);

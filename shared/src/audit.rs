@@ -81,11 +81,14 @@ pub enum Action {
     /// Stripe reported meter events it had answered 200 as rejected (target: the Stripe event;
     /// details: deliveries, units, error codes); reconciliation repairs them.
     DeliveriesRejected,
+    /// A meter's count reached the plan's soft limit this billing period (target: the meter;
+    /// details: plan, limits, used).
+    SoftLimitReached,
 }
 
 impl Action {
     /// Every action, in the order of the list above.
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::DatasetCreated,
         Action::DatasetDeleted,
         Action::RecordsIngested,
@@ -114,6 +117,7 @@ impl Action {
         Action::BillingPeriodRecorded,
         Action::BillingPeriodFinalized,
         Action::DeliveriesRejected,
+        Action::SoftLimitReached,
     ];
 
     /// The stable name (`dataset.created`).
@@ -147,6 +151,7 @@ impl Action {
             Action::BillingPeriodRecorded => "billing.period_recorded",
             Action::BillingPeriodFinalized => "billing.period_finalized",
             Action::DeliveriesRejected => "billing.deliveries_rejected",
+            Action::SoftLimitReached => "billing.soft_limit_reached",
         }
     }
 

@@ -45,6 +45,7 @@ const IMPERSONATION_TABLES: &[&str] = &[
     "app.records",
     "app.rollups",
     "app.tenants",
+    "app.usage_counters",
     "app.usage_deliveries",
     "app.usage_events",
 ];
@@ -62,6 +63,7 @@ const SUPPORT_READ_TABLES: &[&str] = &[
     "app.impersonation_sessions",
     "app.members",
     "app.tenants",
+    "app.usage_counters",
     "app.usage_deliveries",
     "app.usage_events",
 ];

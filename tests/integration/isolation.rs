@@ -157,6 +157,19 @@ const TABLES: &[Table] = &[
         delete_refused: None,
     },
     Table {
+        name: "usage_counters",
+        insert: "INSERT INTO app.usage_counters (tenant_id, meter, period_start, used)
+                 VALUES ($1, 'questions', now(), 1)",
+        // Only the count and its notice may change.
+        touch: "used = used",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
         name: "billing_periods",
         insert: "INSERT INTO app.billing_periods (tenant_id, subscription_id, period_start, period_end, source)
                  VALUES ($1, 'sub_intruder', now(), now() + interval '1 month', 'webhook')",
@@ -330,6 +343,11 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
         (
             "INSERT INTO app.billing_periods (tenant_id, subscription_id, period_start, period_end, source) \
              VALUES ($1, 'sub_shared', '2026-11-14T10:00:00Z', '2026-12-14T10:00:00Z', 'webhook')",
+            None,
+        ),
+        (
+            "INSERT INTO app.usage_counters (tenant_id, meter, period_start, used) \
+             VALUES ($1, 'queries', '2026-11-01T00:00:00Z', 3)",
             None,
         ),
         (
@@ -714,6 +732,16 @@ async fn tenant_a_cannot_read_or_touch_tenant_b() {
             vec![(&b_id, Type::UUID)],
             false,
             Outcome::rls("billing_reconciliations"),
+        ),
+        (
+            // A reservation's own shape (plans::admit): an upsert against B's key.
+            "usage_counters",
+            "INSERT INTO app.usage_counters AS u (tenant_id, meter, period_start, used) \
+             VALUES ($1, 'queries', '2026-11-01T00:00:00Z', 1) \
+             ON CONFLICT (tenant_id, meter, period_start) DO UPDATE SET used = u.used + 1".into(),
+            vec![(&b_id, Type::UUID)],
+            true,
+            Outcome::rls("usage_counters"),
         ),
         (
             // A period's own shape (periods::record): DO NOTHING against B's key.

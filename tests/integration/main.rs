@@ -15,6 +15,7 @@ mod contract;
 mod edge;
 mod embed_lease;
 mod embed_queue;
+mod entitlements;
 mod export;
 mod impersonation;
 mod ingest_faults;

@@ -127,6 +127,10 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("tenants", "INSERT"),
     ("tenants", "SELECT"),
     ("tenants", "UPDATE"),
+    ("usage_counters", "INSERT"),
+    ("usage_counters", "SELECT"),
+    ("usage_counters.soft_notified_at", "UPDATE"),
+    ("usage_counters.used", "UPDATE"),
     ("usage_deliveries", "INSERT"),
     ("usage_deliveries", "SELECT"),
     ("usage_deliveries.attempts", "UPDATE"),
@@ -167,6 +171,7 @@ const SUPPORT_GRANTS: &[(&str, &str)] = &[
     ("members.removed_at", "SELECT"),
     ("members.tenant_id", "SELECT"),
     ("tenants", "SELECT"),
+    ("usage_counters", "SELECT"),
     ("usage_deliveries", "SELECT"),
     ("usage_events", "SELECT"),
 ];
@@ -194,6 +199,7 @@ const IMPERSONATION_GRANTS: &[(&str, &str)] = &[
     ("records", "SELECT"),
     ("rollups", "SELECT"),
     ("tenants", "SELECT"),
+    ("usage_counters", "SELECT"),
     ("usage_deliveries", "SELECT"),
     ("usage_events", "SELECT"),
 ];

@@ -16,24 +16,27 @@ use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestApp, gateway_event};
 const WARM: &[(&str, &str, &str, u64)] = &[
     // BEGIN + set_config pipelined with the first statement, the statement, COMMIT.
     ("GET", "/v1/datasets", "", 2),
-    // Dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
-    // flight; then the usage event in a transaction of its own (the query's is read-only): 2 + 2.
+    // The plan's admission (the reservation, COMMIT: queries are limited on the free plan);
+    // dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
+    // flight; then the usage event in a transaction of its own (the query's is read-only):
+    // 2 + 2 + 2.
     (
         "POST",
         "/v1/query",
         r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#,
-        4,
+        6,
     ),
-    // Dataset lookup, the upsert, the audit entry, the usage event, COMMIT.
+    // Dataset lookup, the upsert, the audit entry, the plan's admission, the usage event,
+    // COMMIT.
     (
         "POST",
         "/v1/datasets/sales/records",
         r#"[{"key": "r1", "data": {"region": "eu", "amount": 2}}]"#,
-        5,
+        6,
     ),
-    // Billing state, the billing periods, the ledger's sums, deliveries, the last reconciliation
-    // (api/usage.rs), COMMIT.
-    ("GET", "/v1/usage", "", 6),
+    // Billing state, the billing periods, the ledger's sums, deliveries, the plan and its
+    // counters, the last reconciliation (api/usage.rs), COMMIT.
+    ("GET", "/v1/usage", "", 7),
 ];
 
 async fn counted_app(base: &TestApp, proxy: &CountingProxy) -> Arc<App> {

@@ -134,7 +134,14 @@ pub(super) async fn ask(
     caller: Caller,
     Json(body): Json<AskRequest>,
 ) -> HandlerResult {
-    ask_inner(&app, &caller, &body).await
+    super::within_plan(
+        &app,
+        &caller,
+        Meter::Questions,
+        1,
+        ask_inner(&app, &caller, &body),
+    )
+    .await
 }
 
 async fn ask_inner(app: &App, caller: &Caller, body: &AskRequest) -> HandlerResult {

@@ -31,6 +31,7 @@ macro_rules! endpoint {
         |method| ::axum::routing::on(method, $handler)
     };
 }
+use crate::billing::plans;
 use crate::usage::queue::emit;
 use crate::usage::{Meter, UsageEvent};
 
@@ -392,6 +393,98 @@ async fn meter(
         )
         .with_source(e)
     })
+}
+
+/// Reserves `quantity` of `meter` against the caller's plan before billable work (its own short
+/// transaction): 429 `quota_exceeded` past the plan's hard limit. Nothing to reserve for
+/// support's requests under impersonation, or for a meter no plan limits.
+async fn admit(
+    app: &App,
+    caller: &Caller,
+    meter: Meter,
+    quantity: i64,
+) -> Result<Option<plans::Admitted>, ApiError> {
+    let plans = &app.config.billing.plans;
+    if !billable(caller.principal()) || !plans.limits(meter) {
+        return Ok(None);
+    }
+    let mut tx = begin(app, caller, Access::ReadWrite).await?;
+    let request_id = crate::http::current_request_id();
+    let admitted = plans::admit(&mut tx, plans, meter, quantity, Some(&request_id))
+        .await
+        .map_err(admit_error)?;
+    tx.commit().await?;
+    Ok(admitted)
+}
+
+/// An admission's refusal or failure, as the API answers it.
+pub(crate) fn admit_error(e: plans::AdmitError) -> ApiError {
+    match e {
+        plans::AdmitError::Db(e) => e.into(),
+        plans::AdmitError::Quota(q) => quota_exceeded(&q),
+    }
+}
+
+/// 429 `quota_exceeded`: the meter, the limit, what is used and when the count starts again
+/// (also as `Retry-After`).
+pub(crate) fn quota_exceeded(q: &plans::QuotaExceeded) -> ApiError {
+    let resets = q
+        .resets_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let retry_after = (q.resets_at - chrono::Utc::now()).num_seconds().max(1);
+    ApiError::new(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+        format!(
+            "The {} plan allows {} {} per billing period; {} used, this request needs {}. \
+             The count starts again at {resets}.",
+            q.plan,
+            q.limit,
+            q.meter.name(),
+            q.used,
+            q.requested
+        ),
+    )
+    .with_extra(serde_json::json!({
+        "meter": q.meter.name(),
+        "plan": q.plan,
+        "limit": q.limit,
+        "used": q.used,
+        "requested": q.requested,
+        "resets_at": resets,
+        "retry_after": retry_after,
+    }))
+}
+
+/// Runs billable `work` (which records its usage on success) within the caller's plan:
+/// admitted first, and the reservation given back if the work fails (nothing was billed).
+async fn within_plan<T>(
+    app: &App,
+    caller: &Caller,
+    meter: Meter,
+    quantity: i64,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let admitted = admit(app, caller, meter, quantity).await?;
+    let result = work.await;
+    if let (Err(_), Some(a)) = (&result, admitted) {
+        let give_back = async {
+            let mut tx = begin(app, caller, Access::ReadWrite).await?;
+            plans::release(&mut tx, &a).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = give_back.await {
+            // The count stays one request high until the period ends: the tenant is refused
+            // that much early, never billed for it.
+            tracing::warn!(
+                code = e.code,
+                meter = a.meter.name(),
+                "reservation not given back"
+            );
+        }
+    }
+    result
 }
 
 /// Whether what this caller does is billed to the tenant: not support's requests under an

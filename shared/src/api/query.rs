@@ -28,6 +28,17 @@ pub(super) async fn run(
 }
 
 async fn run_query(app: &App, caller: &Caller, spec: QuerySpec) -> HandlerResult {
+    super::within_plan(
+        app,
+        caller,
+        Meter::Queries,
+        1,
+        query_within_plan(app, caller, spec),
+    )
+    .await
+}
+
+async fn query_within_plan(app: &App, caller: &Caller, spec: QuerySpec) -> HandlerResult {
     let dataset = DatasetRef::parse(&spec.dataset).ok_or_else(dataset_not_found)?;
     let tenant = caller.principal().tenant_id.as_uuid();
     let cfg = &app.config.analytics;

@@ -12,6 +12,7 @@ use crate::App;
 use crate::analytics::datasets::DatasetRef;
 use crate::analytics::ingest::{self, IngestOutcome, RecordError};
 use crate::audit::Action;
+use crate::billing::plans;
 use crate::db::Access;
 use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
 use crate::usage::{Meter, UsageEvent, ledger};
@@ -163,6 +164,19 @@ async fn write_all(
     .await?;
     let changed = (outcome.inserted + outcome.updated) as i64;
     if changed > 0 && super::billable(caller.principal()) {
+        // Within the plan, counted in this transaction: past the hard limit the whole write is
+        // refused (dropped, so rolled back) and nothing is written or billed.
+        let request_id = crate::http::current_request_id();
+        let plans = &app.config.billing.plans;
+        plans::admit(
+            &mut tx,
+            plans,
+            Meter::IngestedRecords,
+            changed,
+            Some(&request_id),
+        )
+        .await
+        .map_err(super::admit_error)?;
         // In the ingest's own transaction: the count and the records commit together, so a
         // retry after any failure neither loses nor doubles it.
         let event = UsageEvent::now(tx.tenant_id(), Meter::IngestedRecords, changed, source);

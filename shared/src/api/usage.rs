@@ -37,6 +37,29 @@ struct MeterUsage {
     /// Of what is billed in this period, usage from an earlier period whose invoice was already
     /// finalized when it arrived (late usage is billed in the next open period).
     late: i64,
+    /// The plan's entitlement on this meter, against this period's use.
+    entitlement: Option<EntitlementView>,
+}
+
+/// A meter's entitlement under the tenant's plan, this period.
+#[derive(Serialize)]
+struct EntitlementView {
+    /// Included in the plan.
+    included: i64,
+    /// Counted against the plan this period.
+    used: i64,
+    /// Of the included quantity, what is left.
+    remaining: i64,
+    /// Notify past this.
+    soft_limit: Option<i64>,
+    /// Refuse past this.
+    hard_limit: Option<i64>,
+    /// Before the hard limit refuses.
+    hard_limit_remaining: Option<i64>,
+    /// The soft limit was reached this period (an audit event said so).
+    soft_limit_reached: bool,
+    /// The next request of this meter is refused.
+    hard_limit_reached: bool,
 }
 
 pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerResult {
@@ -140,6 +163,50 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
             })
         })
         .collect();
+    // The plan and what its limits counted this period.
+    let plan_rows = tx
+        .query(
+            "SELECT t.plan, c.meter, c.used, c.soft_notified_at IS NOT NULL \
+             FROM app.tenants t LEFT JOIN app.usage_counters c \
+               ON c.tenant_id = t.tenant_id AND c.period_start = $2 \
+             WHERE t.tenant_id = $1",
+            &[(&tenant, Type::UUID), (&start, Type::TIMESTAMPTZ)],
+        )
+        .await?;
+    let plan: String = plan_rows
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or_else(|| "free".into());
+    let plans = &app.config.billing.plans;
+    for m in &mut meters {
+        let Some(meter) = Meter::from_name(m.meter) else {
+            continue;
+        };
+        let e = plans.get(&plan, meter);
+        let counted = plan_rows
+            .iter()
+            .find(|r| r.get::<_, Option<&str>>(1) == Some(m.meter))
+            .map(|r| (r.get::<_, i64>(2), r.get::<_, bool>(3)));
+        let limited = e.soft_limit.is_some() || e.hard_limit.is_some();
+        // What the limits count (reserved by each admitted request); the ledger for a meter
+        // no limit counts. The two agree once every admitted request has recorded its usage.
+        let used = match (limited, counted) {
+            (true, Some((c, _))) => c,
+            (true, None) => 0,
+            (false, _) => m.recorded,
+        };
+        m.entitlement = Some(EntitlementView {
+            included: e.included,
+            used,
+            remaining: (e.included - used).max(0),
+            soft_limit: e.soft_limit,
+            hard_limit: e.hard_limit,
+            hard_limit_remaining: e.hard_limit.map(|h| (h - used).max(0)),
+            soft_limit_reached: counted.is_some_and(|(_, n)| n)
+                || e.soft_limit.is_some_and(|s| used >= s),
+            hard_limit_reached: e.hard_limit.is_some_and(|h| used >= h),
+        });
+    }
     let last = tx
         .query(
             "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
@@ -193,6 +260,7 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
                 "subscription_id": period.get("subscription_id"),
             },
             "awaiting_invoice": awaiting,
+            "plan": plan,
             "billing": {
                 "adapter": app.billing.kind(),
                 "customer": billing,

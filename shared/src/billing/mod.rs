@@ -9,6 +9,8 @@
 //! - [`reconcile`]: ledger vs the provider per tenant, meter and day; repairs; snapshots.
 //! - [`periods`]: billing periods from the tenant's subscription, open until Stripe finalizes
 //!   their invoice; late usage.
+//! - [`plans`]: plan entitlements (included quantities, soft and hard limits) and the counters
+//!   that enforce them.
 //! - [`webhooks`]: Stripe (signed) and Auth0 (shared secret) webhooks.
 //! - [`BillingConfig`]: the billing section of the configuration (the meter's own part is
 //!   [`meter::MeterConfig`]), read from the environment here.
@@ -16,6 +18,7 @@
 pub mod customers;
 pub mod meter;
 pub mod periods;
+pub mod plans;
 pub mod reconcile;
 pub mod webhooks;
 
@@ -52,6 +55,8 @@ pub struct BillingConfig {
     pub stripe_webhook_tolerance_secs: i64,
     /// Shared secret Auth0's log stream / action sends in `Authorization: Bearer ...`.
     pub auth0_webhook_secret: Option<Secret>,
+    /// What each plan includes and where it stops (`PLAN_ENTITLEMENTS`).
+    pub plans: plans::PlanConfig,
     /// Secrets Manager secret with `stripe_api_key`, `stripe_webhook_secrets`,
     /// `auth0_webhook_secret` (JSON), read at cold start.
     pub secret_arn: Option<String>,
@@ -61,7 +66,7 @@ impl BillingConfig {
     /// `USAGE_QUEUE_URL`, the meter's settings ([`meter::MeterConfig`]), `STRIPE_API_KEY`,
     /// `STRIPE_API_BASE`, `STRIPE_TIMEOUT_MS`, one [`stripe_meter_var`] per meter,
     /// `STRIPE_WEBHOOK_SECRETS` (comma-separated), `STRIPE_WEBHOOK_TOLERANCE_SECS`,
-    /// `AUTH0_WEBHOOK_SECRET`, `BILLING_SECRET_ARN`.
+    /// `AUTH0_WEBHOOK_SECRET`, `BILLING_SECRET_ARN`, `PLAN_ENTITLEMENTS`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             usage_queue_url: env.var("USAGE_QUEUE_URL"),
@@ -88,6 +93,7 @@ impl BillingConfig {
             stripe_webhook_tolerance_secs: env.parse("STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?,
             auth0_webhook_secret: env.var("AUTH0_WEBHOOK_SECRET").map(Secret::new),
             secret_arn: env.var("BILLING_SECRET_ARN"),
+            plans: plans::PlanConfig::from_env(env)?,
         })
     }
 }

@@ -172,6 +172,12 @@ impl ApiError {
                 "request refused"
             );
         }
+        let retry_after = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.get("retry_after"))
+            .and_then(Value::as_i64)
+            .filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS);
         let mut doc = json!({
             "type": format!("https://tenantry.dev/problems/{}", self.code),
             "title": self.status.canonical_reason().unwrap_or("Error"),
@@ -186,6 +192,9 @@ impl ApiError {
             }
         }
         let mut resp = response(self.status, "application/problem+json", doc.to_string());
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

@@ -73,6 +73,14 @@ GRANT UPDATE (event_time, late) ON app.usage_deliveries TO tenantry_app;
 -- identifier dedupe guarantee (24 hours) is checked against Stripe's summary before it is resent.
 ALTER TABLE app.usage_deliveries ADD COLUMN first_sent_at timestamptz;
 GRANT UPDATE (first_sent_at) ON app.usage_deliveries TO tenantry_app;
+-- Deliveries already called before this migration: their first call's time is not known; their
+-- creation is the earliest it can have been.
+UPDATE app.usage_deliveries SET first_sent_at = created_at WHERE attempts > 0;
+
+-- Stripe's meter error report named this delivery: it answered 200 and then did not count it
+-- (why, as Stripe said). Set once, whatever the delivery's status; settling leaves it alone.
+ALTER TABLE app.usage_deliveries ADD COLUMN rejected text CHECK (length(rejected) BETWEEN 1 AND 500);
+GRANT UPDATE (rejected) ON app.usage_deliveries TO tenantry_app;
 
 -- Each reconciliation row names the billing period its day was compared in (null: the tenant has
 -- no subscription periods, and the calendar month is used).

@@ -77,8 +77,10 @@ impl StripeBilling {
                 name: "STRIPE_API_BASE",
                 reason: e.to_string(),
             })?;
+        // Well inside the webhook function's own timeout (10 s), so a slow Stripe gets a 503
+        // (and a redelivery) rather than a killed invocation.
         let v2 = reqwest::Client::builder()
-            .timeout(timeout)
+            .timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| ConfigError::Invalid {
                 name: "STRIPE_API_BASE",
@@ -277,13 +279,14 @@ impl BillingSink for StripeBilling {
                 .await
                 .map_err(|e| SinkError::Retryable(format!("v2 event read: {e}")))?;
             let status = response.status().as_u16();
-            let body: serde_json::Value = response
-                .json()
-                .await
-                .map_err(|e| SinkError::Retryable(format!("v2 event read: {e}")))?;
             if status == 429 || status >= 500 || status == 401 || status == 403 {
                 return Err(SinkError::Retryable(format!("HTTP {status}")));
             }
+            let text = response
+                .text()
+                .await
+                .map_err(|e| SinkError::Retryable(format!("v2 event read: {e}")))?;
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if status >= 400 {
                 return Err(SinkError::Rejected {
                     status,

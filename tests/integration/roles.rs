@@ -140,6 +140,7 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("usage_deliveries.late", "UPDATE"),
     ("usage_deliveries.lease_until", "UPDATE"),
     ("usage_deliveries.reason", "UPDATE"),
+    ("usage_deliveries.rejected", "UPDATE"),
     ("usage_deliveries.settled_at", "UPDATE"),
     ("usage_deliveries.status", "UPDATE"),
     ("usage_events", "INSERT"),

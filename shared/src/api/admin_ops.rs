@@ -169,6 +169,8 @@ struct Delivery {
     event_time: DateTime<Utc>,
     /// Usage for a period whose invoice was already finalized, billed in the next.
     late: bool,
+    /// Stripe's meter error report named it: answered 200, then not counted (why).
+    rejected: Option<String>,
 }
 
 pub(super) async fn deliveries(
@@ -190,10 +192,9 @@ pub(super) async fn deliveries(
     let rows = support_db(&app)?
         .read_across_tenants(
             "SELECT tenant_id, identifier, meter, window_start, seq, value, kind, status, reason, \
-                    attempts, created_at, settled_at, event_time, late \
+                    attempts, created_at, settled_at, event_time, late, rejected \
              FROM app.usage_deliveries \
-             WHERE (status = $1 OR ($1 = 'rejected' AND status = 'delivered' \
-                                    AND reason IS NOT NULL)) \
+             WHERE (CASE WHEN $1 = 'rejected' THEN rejected IS NOT NULL ELSE status = $1 END) \
                AND ($2::uuid IS NULL OR tenant_id = $2) \
                AND ($3::timestamptz IS NULL OR created_at < $3) \
              ORDER BY created_at DESC, identifier LIMIT $4",
@@ -222,6 +223,7 @@ pub(super) async fn deliveries(
             settled_at: r.get(11),
             event_time: r.get(12),
             late: r.get(13),
+            rejected: r.get(14),
         })
         .collect();
     let more = found.len() as i64 > limit;
@@ -257,8 +259,11 @@ pub(super) async fn retry_deliveries(
     let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
     let retried = tx
         .execute(
+            // A refused delivery was not taken by Stripe, and one the dedupe check could not
+            // settle is support's call: either way it is sent as new (re-stamped into an open
+            // period if its own is finalized), without the check.
             "UPDATE app.usage_deliveries SET status = 'pending', reason = NULL, attempts = 0, \
-                    lease_until = NULL, claim_id = NULL, settled_at = NULL \
+                    lease_until = NULL, claim_id = NULL, settled_at = NULL, first_sent_at = NULL \
              WHERE tenant_id = $1 AND status = 'failed'",
             &[(&id, Type::UUID)],
         )

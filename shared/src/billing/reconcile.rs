@@ -297,6 +297,11 @@ pub async fn reconcile_tenant(
             let e = l - dd.late_out + dd.late_in;
             let (action, detail) = if e == s && !dd.unsettled {
                 ("in_sync", dd.late_note())
+            } else if dd.ambiguous {
+                (
+                    "in_flight",
+                    Some("a delivery past Stripe's dedupe window awaits support".to_owned()),
+                )
             } else if dd.unsettled {
                 (
                     "in_flight",
@@ -407,6 +412,9 @@ struct DayDeliveries {
     late_out: i64,
     /// Delivered, then rejected by the provider (a meter error report).
     rejected: i64,
+    /// A delivery past the provider's dedupe window whose fate the summary could not tell:
+    /// support decides, and the day is left alone until then.
+    ambiguous: bool,
 }
 
 impl DayDeliveries {
@@ -436,19 +444,22 @@ async fn delivery_days(
     let rows = tx
         .query(
             "SELECT meter, day, sum(delivered)::int8, sum(refused)::int8, bool_or(unsettled), \
-                    sum(late_in)::int8, sum(late_out)::int8, sum(rejected)::int8 \
+                    sum(late_in)::int8, sum(late_out)::int8, sum(rejected)::int8, \
+                    bool_or(ambiguous) \
              FROM (SELECT meter, (event_time AT TIME ZONE 'UTC')::date AS day, \
                           CASE WHEN status = 'delivered' AND kind = 'window' THEN value ELSE 0 END AS delivered, \
                           CASE WHEN status IN ('failed', 'expired') AND kind = 'window' THEN value ELSE 0 END AS refused, \
                           status = 'pending' OR (status = 'delivered' AND settled_at > $4) AS unsettled, \
                           CASE WHEN late AND status IN ('delivered', 'pending') THEN value ELSE 0 END AS late_in, \
                           0 AS late_out, \
-                          CASE WHEN status = 'delivered' AND kind = 'window' AND reason IS NOT NULL \
-                               THEN value ELSE 0 END AS rejected \
+                          CASE WHEN status = 'delivered' AND rejected IS NOT NULL \
+                               THEN value ELSE 0 END AS rejected, \
+                          status = 'failed' AND starts_with(reason, $5) AS ambiguous \
                    FROM app.usage_deliveries \
                    WHERE tenant_id = $1 AND event_time >= $2 AND event_time < $3 \
                    UNION ALL \
-                   SELECT meter, (window_start AT TIME ZONE 'UTC')::date, 0, 0, false, 0, value, 0 \
+                   SELECT meter, (window_start AT TIME ZONE 'UTC')::date, 0, 0, false, 0, value, 0, \
+                          false \
                    FROM app.usage_deliveries \
                    WHERE tenant_id = $1 AND late AND status IN ('delivered', 'pending') \
                      AND window_start >= $2 AND window_start < $3) x \
@@ -458,6 +469,7 @@ async fn delivery_days(
                 (&from, Type::TIMESTAMPTZ),
                 (&to, Type::TIMESTAMPTZ),
                 (&settled_after, Type::TIMESTAMPTZ),
+                (&super::meter::outbox::AMBIGUOUS_RESEND, Type::TEXT),
             ],
         )
         .await?;
@@ -475,6 +487,7 @@ async fn delivery_days(
                 late_in: r.get(5),
                 late_out: r.get(6),
                 rejected: r.get(7),
+                ambiguous: r.get(8),
             },
         );
     }

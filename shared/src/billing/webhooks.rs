@@ -434,8 +434,8 @@ pub fn tenant_of_identifier(identifier: &str) -> Option<TenantId> {
 }
 
 /// `v1.billing.meter.error_report_triggered`: reads the report back from Stripe, marks each
-/// delivery it names (status stays `delivered`, since Stripe took the call; the reason says it
-/// was rejected, for support and reconciliation), records it in each tenant's audit log, and
+/// delivery it names (`rejected`, whatever its status: Stripe took the call, so it may still be
+/// pending here if our client never heard the 200), records it in each tenant's audit log, and
 /// logs the alert. Reconciliation then repairs the difference like any other drift. Applying a
 /// report twice changes nothing the second time. Other thin event types are ignored.
 pub async fn apply_thin_event(
@@ -465,6 +465,7 @@ pub async fn apply_thin_event(
         }
     }
     let mut marked = 0usize;
+    let ours = by_tenant.values().map(Vec::len).sum::<usize>();
     for (tenant, events) in by_tenant {
         let mut tx = begin(db, tenant, "system:stripe-webhook").await?;
         let ids: Vec<&str> = events.iter().map(|r| r.identifier.as_str()).collect();
@@ -480,10 +481,9 @@ pub async fn apply_thin_event(
         let t = tenant.as_uuid();
         let rows = tx
             .query(
-                "UPDATE app.usage_deliveries d SET reason = u.reason \
+                "UPDATE app.usage_deliveries d SET rejected = u.reason \
                  FROM unnest($2::text[], $3::text[]) AS u(identifier, reason) \
-                 WHERE d.tenant_id = $1 AND d.identifier = u.identifier \
-                   AND d.status = 'delivered' AND d.reason IS NULL \
+                 WHERE d.tenant_id = $1 AND d.identifier = u.identifier AND d.rejected IS NULL \
                  RETURNING d.identifier, d.meter, d.value",
                 &[
                     (&t, Type::UUID),
@@ -518,7 +518,7 @@ pub async fn apply_thin_event(
     }
     Ok(if marked > 0 {
         Outcome::Applied
-    } else if rejected.is_empty() {
+    } else if ours == 0 {
         Outcome::Ignored
     } else {
         Outcome::Duplicate

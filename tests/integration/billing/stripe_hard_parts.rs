@@ -211,6 +211,46 @@ async fn a_resend_after_a_25_hour_outage_settles_from_stripes_summary_and_never_
 }
 
 #[tokio::test]
+async fn a_correction_in_the_same_window_does_not_confuse_the_check_past_the_dedupe_window() {
+    let b = setup(1, &[client_timeout(IN_DOUBT_TIMEOUT_MS)]).await;
+    clear_of_midnight().await;
+    let (t, customer) = b.tenants[0].clone();
+    let mut generated = Generated::default();
+    let at = minutes_ago(3);
+    // The window's first event: Stripe takes it, our client never hears.
+    b.record(vec![generated.event(t, Meter::Queries, 8, at)])
+        .await;
+    let gate = Gate::new();
+    b.stub.fault(&[Fault::AcceptThenHold(gate.clone())]);
+    b.flush_tenant(t).await;
+    gate.open();
+    gate.passed().await;
+    // A late event for the same window (a correction, stamped at the same time) queues behind
+    // it; an outage keeps both from going out, and lasts past Stripe's dedupe window.
+    b.record(vec![generated.event(t, Meter::Queries, 3, at)])
+        .await;
+    b.stub.set_outage(true);
+    b.expire_leases().await;
+    b.flush_tenant(t).await;
+    b.stub
+        .advance(DEDUPE_WINDOW + std::time::Duration::from_secs(3600));
+    b.stub.set_outage(false);
+    b.first_sent_a_day_ago().await;
+    b.expire_leases().await;
+    // The first is settled from the summary (Stripe has 8 in the range; the correction was never
+    // sent), the correction is sent: 11, once each.
+    let calls = b.stub.meter_event_calls();
+    let out = b.flush_tenant(t).await;
+    assert_eq!((out.delivered, out.duplicates), (2, 1), "{out:?}");
+    assert_eq!(b.stub.meter_event_calls(), calls + 1);
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 11);
+    b.past_the_settle_window().await;
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_flight), (0, 0), "{r:?}");
+    b.assert_totals(&generated).await;
+}
+
+#[tokio::test]
 async fn a_resend_past_the_dedupe_window_that_stripes_summary_cannot_explain_is_left_to_support() {
     let b = setup(1, &[client_timeout(IN_DOUBT_TIMEOUT_MS)]).await;
     clear_of_midnight().await;
@@ -241,6 +281,11 @@ async fn a_resend_past_the_dedupe_window_that_stripes_summary_cannot_explain_is_
         .unwrap()
         .get(0);
     assert!(reason.contains("Stripe shows 3"), "{reason}");
+    // Reconciliation leaves the day to support: no correction that would take the 3 back.
+    b.past_the_settle_window().await;
+    let r = b.reconcile().await;
+    assert_eq!((r.repaired, r.in_flight), (0, 1), "{r:?}");
+    assert!(b.repairs().await.is_empty());
 }
 
 #[tokio::test]
@@ -410,7 +455,7 @@ async fn an_error_report_marks_the_rejected_delivery_alerts_support_and_reconcil
     let admin = b.app.db.admin().await;
     let marked: Vec<(String, String, Option<String>)> = admin
         .query(
-            "SELECT meter, status, reason FROM app.usage_deliveries ORDER BY meter",
+            "SELECT meter, status, rejected FROM app.usage_deliveries ORDER BY meter",
             &[],
         )
         .await
@@ -506,7 +551,10 @@ async fn thin_events_are_verified_and_read_back_never_trusted() {
             "/v1/webhooks/stripe",
             &[
                 ("content-type", "application/json"),
-                ("stripe-signature", "t=1,v1=00"),
+                (
+                    "stripe-signature",
+                    &format!("t={},v1=00", Utc::now().timestamp()),
+                ),
             ],
             Some(&forged.to_string()),
         ))

@@ -246,7 +246,7 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
                   t.total - coalesce(a.accounted, 0) AS value \
            FROM totals t LEFT JOIN acc a USING (meter, window_start) \
            WHERE t.total > coalesce(a.accounted, 0) \
-         ), stamped AS ( \
+         ), stamped AS MATERIALIZED ( \
            SELECT todo.*, app.billable_time($1, window_start) AS bill_at FROM todo \
          ) \
          INSERT INTO app.usage_deliveries \
@@ -354,34 +354,81 @@ impl Lease<'_> {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// What the tenant's other deliveries of `meter` stamped in `[from, to)` delivered.
-    async fn delivered_in(
+    /// What the tenant's other deliveries of `meter` stamped in `[from, to)` tell about Stripe's
+    /// total there (see [`RangeState`]).
+    async fn range_state(
         &self,
         meter: Meter,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         except: &str,
-    ) -> Result<i64, DbError> {
+        settle_secs: i64,
+    ) -> Result<RangeState, DbError> {
         let mut tx = self.db.begin(self.ctx, Access::ReadOnly).await?;
         let tenant = self.ctx.tenant_id.as_uuid();
         let name = meter.name();
+        let settle = settle_secs as f64;
         let row = tx
             .query_one(
-                "SELECT coalesce(sum(value), 0)::int8 FROM app.usage_deliveries \
+                "SELECT coalesce(sum(value) FILTER (WHERE status = 'delivered' AND rejected IS NULL), 0)::int8, \
+                        coalesce(bool_or(status = 'delivered' AND rejected IS NULL \
+                                         AND settled_at > now() - make_interval(secs => $6)), false), \
+                        coalesce(sum(value) FILTER (WHERE status = 'pending' \
+                                                    AND first_sent_at IS NOT NULL), 0)::int8 \
+                 FROM app.usage_deliveries \
                  WHERE tenant_id = $1 AND meter = $2 AND event_time >= $3 AND event_time < $4 \
-                   AND status = 'delivered' AND identifier <> $5",
+                   AND identifier <> $5",
                 &[
                     (&tenant, Type::UUID),
                     (&name, Type::TEXT),
                     (&from, Type::TIMESTAMPTZ),
                     (&to, Type::TIMESTAMPTZ),
                     (&except, Type::TEXT),
+                    (&settle, Type::FLOAT8),
                 ],
             )
             .await?;
         tx.commit().await?;
-        Ok(row.get(0))
+        Ok(RangeState {
+            delivered: row.get(0),
+            settling: row.get(1),
+            uncertain: row.get(2),
+        })
     }
+
+    /// Re-stamps a delivery Stripe is known not to have (as [`claim`] does for one never
+    /// sent); returns its time to send with.
+    async fn restamp(&self, identifier: &str) -> Result<Option<DateTime<Utc>>, DbError> {
+        let mut tx = self.db.begin(self.ctx, Access::ReadWrite).await?;
+        let tenant = self.ctx.tenant_id.as_uuid();
+        let row = tx
+            .query_opt(
+                "UPDATE app.usage_deliveries \
+                 SET late = late OR app.billable_time($1, event_time) <> event_time, \
+                     event_time = app.billable_time($1, event_time) \
+                 WHERE tenant_id = $1 AND identifier = $2 AND claim_id = $3 AND status = 'pending' \
+                   AND app.billable_time($1, event_time) IS NOT NULL \
+                 RETURNING event_time",
+                &[
+                    (&tenant, Type::UUID),
+                    (&identifier, Type::TEXT),
+                    (&self.claim_id, Type::UUID),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+/// What our other deliveries stamped in a delivery's summary range say.
+struct RangeState {
+    /// Delivered (and not rejected since): Stripe has these.
+    delivered: i64,
+    /// Some of those settled within the settle window: Stripe's summary may not show them yet.
+    settling: bool,
+    /// Pending but called before: Stripe may have these.
+    uncertain: i64,
 }
 
 /// How long Stripe is sure to refuse an identifier it has already taken: "at least 24 hours",
@@ -392,41 +439,57 @@ pub const DEDUPE_GUARANTEE: chrono::Duration = chrono::Duration::hours(23);
 enum Resend {
     /// Stripe has it: settle as delivered, send nothing.
     AlreadyThere,
-    /// Stripe does not: send it.
+    /// Stripe does not: send it (re-stamped, as one never sent).
     Absent,
-    /// Neither adds up: refuse to guess (recorded as failed, for support and reconciliation).
+    /// Not decidable yet (a delivery in the same range was sent this run, or settled within the
+    /// settle window): left pending for a later run.
+    Wait,
+    /// Neither adds up: refuse to guess (recorded as failed, for support).
     Ambiguous(String),
 }
 
-/// Stripe's total for the delivery's window (its time, floored to the minute as Stripe's
-/// summaries require, plus a window) against what our other deliveries there delivered.
+/// The start of a `failed` delivery's reason when the check could not tell whether Stripe has
+/// it (reconciliation leaves its day alone; support decides).
+pub const AMBIGUOUS_RESEND: &str = "past Stripe's dedupe window";
+
+/// Stripe's total for the delivery's range (its time floored to the minute, plus a window,
+/// rounded up to a minute as Stripe's summaries require) against our other deliveries there.
 async fn check_before_resend(
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
     lease: &Lease<'_>,
     customer: &str,
     c: &Claimed,
-) -> Result<Resend, String> {
+    sent_this_run: &[DateTime<Utc>],
+) -> Result<Resend, SinkError> {
+    let minute = |t: i64| t - t.rem_euclid(60);
     let secs = c.event_time.timestamp();
-    let from = DateTime::from_timestamp(secs - secs.rem_euclid(60), 0).unwrap_or(c.event_time);
-    let to = from + chrono::Duration::seconds(cfg.window_secs.max(60));
-    let stripe = sink
-        .window_total(c.meter, customer, from, to)
+    let (from_s, to_s) = (minute(secs), minute(secs + cfg.window_secs.max(60) + 59));
+    let from = DateTime::from_timestamp(from_s, 0).unwrap_or(c.event_time);
+    let to = DateTime::from_timestamp(to_s, 0).unwrap_or(c.event_time);
+    if sent_this_run.iter().any(|t| *t >= from && *t < to) {
+        return Ok(Resend::Wait);
+    }
+    let state = lease
+        .range_state(c.meter, from, to, &c.identifier, cfg.settle_secs)
         .await
-        .map_err(|e| e.to_string())?;
-    let known = lease
-        .delivered_in(c.meter, from, to, &c.identifier)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(if stripe == known + c.value {
-        Resend::AlreadyThere
-    } else if stripe == known {
+        .map_err(|e| SinkError::Retryable(e.to_string()))?;
+    if state.settling {
+        return Ok(Resend::Wait);
+    }
+    let stripe = sink.window_total(c.meter, customer, from, to).await?;
+    let extra = stripe - state.delivered;
+    Ok(if extra == 0 {
         Resend::Absent
+    } else if extra == c.value + state.uncertain || (extra == c.value && state.uncertain == 0) {
+        // Everything that may be there is: this one included.
+        Resend::AlreadyThere
     } else {
         Resend::Ambiguous(format!(
-            "first sent over 24 h ago (past Stripe's dedupe): Stripe shows {stripe} for its window, \
-             our other deliveries there {known}, this one {}; left to reconciliation and support",
-            c.value
+            "{AMBIGUOUS_RESEND} (first sent over 23 h ago): Stripe shows {stripe} for its range, \
+             our settled deliveries there {}, others in doubt {}, this one {}; support decides \
+             (retrying it sends it)",
+            state.delivered, state.uncertain, c.value
         ))
     })
 }
@@ -444,6 +507,8 @@ async fn send_in_order(
     let mut out = Vec::with_capacity(list.len());
     let mut calls = 0;
     let mut blocked = false;
+    // Times of the deliveries this run sent (Stripe may have them before we record it).
+    let mut sent: Vec<DateTime<Utc>> = Vec::new();
     for c in list {
         if blocked {
             out.push((c.identifier, Settled::Unsent));
@@ -461,24 +526,52 @@ async fn send_in_order(
             continue;
         };
         // First sent longer ago than Stripe dedupes identifiers for: Stripe would take a resend
-        // as new. Its summary for the window says whether the first call got through.
+        // as new. Its summary for the range says whether the first call got through.
+        let mut c = c;
         if first_sent < Utc::now() - DEDUPE_GUARANTEE {
             calls += 1;
-            match check_before_resend(sink, cfg, lease, customer, &c).await {
+            match check_before_resend(sink, cfg, lease, customer, &c, &sent).await {
                 Ok(Resend::AlreadyThere) => {
                     tracing::info!(identifier = %c.identifier,
                         "past the dedupe window; Stripe's summary has it: settled without a resend");
                     out.push((c.identifier, Settled::Delivered { duplicate: true }));
                     continue;
                 }
-                Ok(Resend::Absent) => {}
+                Ok(Resend::Absent) => match lease.restamp(&c.identifier).await {
+                    Ok(Some(t)) => c.event_time = t,
+                    // Lost the claim, or no open period to bill it in yet: later.
+                    _ => {
+                        blocked = true;
+                        out.push((c.identifier, Settled::Unsent));
+                        continue;
+                    }
+                },
+                Ok(Resend::Wait) => {
+                    blocked = true;
+                    out.push((c.identifier, Settled::Unsent));
+                    continue;
+                }
                 Ok(Resend::Ambiguous(reason)) => {
                     tracing::warn!(identifier = %c.identifier, "{reason}");
                     out.push((c.identifier, Settled::Failed(reason)));
                     continue;
                 }
-                Err(reason) => {
-                    tracing::warn!(identifier = %c.identifier, reason,
+                Err(SinkError::Rejected {
+                    status, message, ..
+                }) => {
+                    let reason = format!(
+                        "{AMBIGUOUS_RESEND}: its summary could not be read \
+                        (HTTP {status}: {message}); support decides (retrying it sends it)"
+                    );
+                    tracing::warn!(identifier = %c.identifier, "{reason}");
+                    out.push((
+                        c.identifier,
+                        Settled::Failed(reason.chars().take(500).collect()),
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(identifier = %c.identifier, error = %e,
                         "summary unavailable before a resend past the dedupe window; left pending");
                     blocked = true;
                     out.push((c.identifier, Settled::Unsent));
@@ -495,6 +588,7 @@ async fn send_in_order(
         };
         let (result, n) = send_with_retries(sink, cfg, &event).await;
         calls += n;
+        sent.push(c.event_time);
         let settled = match result {
             Ok(Sent::Accepted) => Settled::Delivered { duplicate: false },
             Ok(Sent::Duplicate) => Settled::Delivered { duplicate: true },

@@ -290,11 +290,25 @@ pub async fn admit(
     let (hard, soft): (Option<i64>, Option<i64>) = (row.get(3), row.get(4));
     let (period_start, period_end): (DateTime<Utc>, DateTime<Utc>) = (row.get(5), row.get(6));
     let Some(used) = used else {
+        // The statement's snapshot predates the reservations it waited for: read the count now
+        // (a refusal only).
+        let now_used: i64 = tx
+            .query_opt(
+                "SELECT used FROM app.usage_counters \
+                 WHERE tenant_id = $1 AND meter = $2 AND period_start = $3",
+                &[
+                    (&tenant, Type::UUID),
+                    (&name, Type::TEXT),
+                    (&period_start, Type::TIMESTAMPTZ),
+                ],
+            )
+            .await?
+            .map_or_else(|| row.get(7), |r| r.get(0));
         return Err(QuotaExceeded {
             plan,
             meter,
             limit: hard.unwrap_or_default(),
-            used: row.get(7),
+            used: now_used,
             requested: quantity,
             resets_at: period_end,
         }

@@ -434,6 +434,7 @@ async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {
             &app.db,
             app.billing.as_ref(),
             &app.config.billing.meter,
+            &app.config.billing.plans,
             &input,
         )
         .await

@@ -213,7 +213,9 @@ impl AppBuilder {
             billing = billing.kind(),
             "app ready"
         );
+        let plan_gate = crate::billing::plans::PlanGate::new(config.auth.lookup_cache);
         Ok(App {
+            plan_gate,
             config,
             db,
             support_db,

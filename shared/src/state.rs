@@ -39,6 +39,8 @@ pub struct App {
     pub usage_queue: Arc<dyn UsageQueue>,
     /// The billing provider (local unless a Stripe-linked function supplies its adapter).
     pub billing: Arc<dyn BillingSink>,
+    /// Which tenants' plans need no reservation (recently seen plans).
+    pub plan_gate: crate::billing::plans::PlanGate,
 }
 
 /// Why a principal's transaction could not begin.

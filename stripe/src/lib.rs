@@ -640,6 +640,7 @@ pub async fn run_billing_reconcile() -> Result<(), lambda_runtime::Error> {
                     &app.db,
                     app.billing.as_ref(),
                     &app.config.billing.meter,
+                    &app.config.billing.plans,
                     &event.payload,
                 )
                 .await?;

@@ -220,3 +220,79 @@ async fn an_ingest_past_the_hard_limit_writes_nothing_and_the_one_reaching_it_is
         (&Value::from(10), &Value::Bool(true))
     );
 }
+
+#[tokio::test]
+async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_ledger_once() {
+    let app = TestApp::with_vars(&[
+        (
+            "PLAN_ENTITLEMENTS",
+            r#"{"team": {"queries": {"included": 2, "soft_limit": 2}}}"#.to_owned(),
+        ),
+        ("AUTH_LOOKUP_CACHE_SECS", "60".to_owned()),
+    ])
+    .await;
+    let (t, token) = app.tenant_with_token("paying").await;
+    app.create_dataset(
+        &token,
+        r#"{"name": "sales", "columns": [{"name": "amount", "type": "number"}]}"#,
+    )
+    .await;
+    for _ in 0..3 {
+        let r = app.call("POST", "/v1/query", &token, Some(QUERY)).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    // Only the first request (plan not yet seen) reserved; nothing refuses.
+    let counted: i64 = app
+        .db
+        .admin()
+        .await
+        .query_one(
+            "SELECT coalesce(sum(used), 0)::int8 FROM app.usage_counters WHERE tenant_id = $1",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 1);
+    assert_eq!(ledger(&app, t, "queries").await, 3);
+    let notices = || async {
+        app.db
+            .admin()
+            .await
+            .query_one(
+                "SELECT count(*) FROM app.audit_events WHERE tenant_id = $1 \
+                 AND action = 'billing.soft_limit_reached'",
+                &[&t.as_uuid()],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(notices().await, 0);
+    // Reconciliation compares the ledger (3) with the soft limit (2): one notice, once.
+    let a = &app.app;
+    for _ in 0..2 {
+        tenantry::billing::reconcile::run(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &a.config.billing.plans,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(notices().await, 1);
+    let u = app.call("GET", "/v1/usage", &token, None).await;
+    let q = &meter(&u.json, "queries")["entitlement"];
+    assert_eq!(
+        (
+            &q["used"],
+            &q["soft_limit_reached"],
+            &q["hard_limit_reached"]
+        ),
+        (&Value::from(3), &Value::Bool(true), &Value::Bool(false)),
+        "{}",
+        u.json
+    );
+}

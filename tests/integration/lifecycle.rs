@@ -92,6 +92,7 @@ async fn reconcile(app: &TestApp) -> tenantry::billing::reconcile::RunOutcome {
         &a.db,
         a.billing.as_ref(),
         &a.config.billing.meter,
+        &a.config.billing.plans,
         &Default::default(),
     )
     .await

@@ -24,6 +24,7 @@ async fn retention_run(app: &TestApp) -> tenantry::billing::reconcile::RunOutcom
         &a.db,
         a.billing.as_ref(),
         &a.config.billing.meter,
+        &a.config.billing.plans,
         &tenantry::billing::reconcile::ReconcileInput::default(),
     )
     .await

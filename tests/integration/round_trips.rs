@@ -16,23 +16,22 @@ use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestApp, gateway_event};
 const WARM: &[(&str, &str, &str, u64)] = &[
     // BEGIN + set_config pipelined with the first statement, the statement, COMMIT.
     ("GET", "/v1/datasets", "", 2),
-    // The plan's admission (the reservation, COMMIT: queries are limited on the free plan);
-    // dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
-    // flight; then the usage event in a transaction of its own (the query's is read-only):
-    // 2 + 2 + 2.
+    // Dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
+    // flight; then the usage event in a transaction of its own (the query's is read-only): 2 + 2.
+    // (The tenant's plan, `team`, has no hard limit, and a warm process knows it: no
+    // reservation. On `free`, see below.)
     (
         "POST",
         "/v1/query",
         r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#,
-        6,
+        4,
     ),
-    // Dataset lookup, the upsert, the audit entry, the plan's admission, the usage event,
-    // COMMIT.
+    // Dataset lookup, the upsert, the audit entry, the usage event, COMMIT.
     (
         "POST",
         "/v1/datasets/sales/records",
         r#"[{"key": "r1", "data": {"region": "eu", "amount": 2}}]"#,
-        6,
+        5,
     ),
     // Billing state, the billing periods, the ledger's sums, deliveries, the plan and its
     // counters, the last reconciliation (api/usage.rs), COMMIT.
@@ -135,6 +134,9 @@ async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_loo
     assert_eq!((cold, warm), (3, 2), "cold then warm");
 
     let bearer_a = [("authorization", auth_a.as_str())];
+    // A warm process has seen the tenant's plan (its first billable request reserved).
+    let (s, _) = flights_of(&app, &proxy, "POST", "/v1/query", &bearer_a, WARM[1].2).await;
+    assert_eq!(s, 200);
     let mut measured = Vec::new();
     for (method, path, body, _) in WARM {
         let (status, n) = flights_of(&app, &proxy, method, path, &bearer_a, body).await;
@@ -143,6 +145,34 @@ async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_loo
     }
     let expected: Vec<_> = WARM.iter().map(|(m, p, _, n)| (*m, *p, *n)).collect();
     assert_eq!(measured, expected);
+
+    // On a plan with hard limits (`free`), every query and ingest reserves first: the
+    // reservation and its COMMIT for a query (+2, in a transaction of its own, as the query's is
+    // read-only), one statement inside the ingest's transaction (+1).
+    app.db
+        .admin()
+        .await
+        .execute(
+            "UPDATE app.tenants SET plan = 'free' WHERE slug = 'bravo'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for (method, path, body, warm) in &WARM[1..3] {
+        for i in 0..2 {
+            let ingest = path.ends_with("/records");
+            // A new record each time: an unchanged one costs (and counts) nothing.
+            let body = if ingest {
+                body.replace("\"r1\"", &format!("\"free-{i}\""))
+            } else {
+                (*body).to_owned()
+            };
+            let (status, n) = flights_of(&app, &proxy, method, path, &bearer_b, &body).await;
+            assert!(status < 300, "{method} {path}: {status}");
+            let extra = if ingest { 1 } else { 2 };
+            assert_eq!(n, warm + extra, "{method} {path} on the free plan");
+        }
+    }
 
     // An API key: its first use looks the key up and records its use; later ones do neither.
     let key_h = [("x-api-key", key.as_str())];

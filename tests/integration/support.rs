@@ -398,6 +398,7 @@ async fn a_suspended_tenant_is_refused_everywhere_accrues_nothing_and_resumes() 
         &a_app.db,
         a_app.billing.as_ref(),
         &a_app.config.billing.meter,
+        &a_app.config.billing.plans,
         &input,
     )
     .await

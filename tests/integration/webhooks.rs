@@ -469,6 +469,7 @@ async fn auth0_members_drive_seats_once_and_in_order() {
         &a_app.db,
         a_app.billing.as_ref(),
         &a_app.config.billing.meter,
+        &a_app.config.billing.plans,
         &Default::default(),
     )
     .await

@@ -124,7 +124,9 @@ pub(super) async fn reconcile(
     let run_id = Uuid::now_v7();
     let report = match body.mode {
         Mode::Reconcile => {
-            reconcile_tenant(&app.db, sink, cfg, tenant, view.status == "active", run_id).await?
+            let plans = &app.config.billing.plans;
+            let active = view.status == "active";
+            reconcile_tenant(&app.db, sink, cfg, plans, tenant, active, run_id).await?
         }
         Mode::Flush => crate::billing::reconcile::TenantReport {
             flush: crate::billing::meter::outbox::flush_tenant(&app.db, sink, cfg, tenant).await?,

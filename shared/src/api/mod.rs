@@ -405,15 +405,27 @@ async fn admit(
     quantity: i64,
 ) -> Result<Option<plans::Admitted>, ApiError> {
     let plans = &app.config.billing.plans;
-    if !billable(caller.principal()) || !plans.limits(meter) {
+    let tenant = caller.principal().tenant_id;
+    if !billable(caller.principal())
+        || !plans.limits(meter)
+        || !app.plan_gate.must_reserve(plans, tenant, meter)
+    {
         return Ok(None);
     }
     let mut tx = begin(app, caller, Access::ReadWrite).await?;
     let request_id = crate::http::current_request_id();
-    let admitted = plans::admit(&mut tx, plans, meter, quantity, Some(&request_id))
-        .await
-        .map_err(admit_error)?;
+    let admitted = match plans::admit(&mut tx, plans, meter, quantity, Some(&request_id)).await {
+        Ok(a) => a,
+        Err(plans::AdmitError::Quota(q)) => {
+            app.plan_gate.saw(tenant, &q.plan);
+            return Err(quota_exceeded(&q));
+        }
+        Err(e) => return Err(admit_error(e)),
+    };
     tx.commit().await?;
+    if let Some(a) = &admitted {
+        app.plan_gate.saw(tenant, &a.plan);
+    }
     Ok(admitted)
 }
 
@@ -467,10 +479,10 @@ async fn within_plan<T>(
 ) -> Result<T, ApiError> {
     let admitted = admit(app, caller, meter, quantity).await?;
     let result = work.await;
-    if let (Err(_), Some(a)) = (&result, admitted) {
+    if let (Err(_), Some(a)) = (&result, &admitted) {
         let give_back = async {
             let mut tx = begin(app, caller, Access::ReadWrite).await?;
-            plans::release(&mut tx, &a).await?;
+            plans::release(&mut tx, a).await?;
             tx.commit().await?;
             Ok::<_, ApiError>(())
         };

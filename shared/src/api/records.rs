@@ -168,15 +168,21 @@ async fn write_all(
         // refused (dropped, so rolled back) and nothing is written or billed.
         let request_id = crate::http::current_request_id();
         let plans = &app.config.billing.plans;
-        plans::admit(
-            &mut tx,
-            plans,
-            Meter::IngestedRecords,
-            changed,
-            Some(&request_id),
-        )
-        .await
-        .map_err(super::admit_error)?;
+        let (tenant, meter) = (caller.principal().tenant_id, Meter::IngestedRecords);
+        if plans.limits(meter) && app.plan_gate.must_reserve(plans, tenant, meter) {
+            match plans::admit(&mut tx, plans, meter, changed, Some(&request_id)).await {
+                Ok(a) => {
+                    if let Some(a) = a {
+                        app.plan_gate.saw(tenant, &a.plan);
+                    }
+                }
+                Err(plans::AdmitError::Quota(q)) => {
+                    app.plan_gate.saw(tenant, &q.plan);
+                    return Err(super::quota_exceeded(&q));
+                }
+                Err(e) => return Err(super::admit_error(e)),
+            }
+        }
         // In the ingest's own transaction: the count and the records commit together, so a
         // retry after any failure neither loses nor doubles it.
         let event = UsageEvent::now(tx.tenant_id(), Meter::IngestedRecords, changed, source);

@@ -187,9 +187,10 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
             .iter()
             .find(|r| r.get::<_, Option<&str>>(1) == Some(m.meter))
             .map(|r| (r.get::<_, i64>(2), r.get::<_, bool>(3)));
-        let limited = e.soft_limit.is_some() || e.hard_limit.is_some();
-        // What the limits count (reserved by each admitted request); the ledger for a meter
-        // no limit counts. The two agree once every admitted request has recorded its usage.
+        let limited = e.hard_limit.is_some();
+        // Under a hard limit, what admitted requests reserved (which the limit counts); else
+        // the ledger (requests reserve nothing). The two agree once every admitted request has
+        // recorded its usage.
         let used = match (limited, counted) {
             (true, Some((c, _))) => c,
             (true, None) => 0,

@@ -4,7 +4,7 @@
 
 pub mod api_keys;
 pub mod authorizer;
-mod cache;
+pub(crate) mod cache;
 mod config;
 pub mod dev;
 mod jwt;

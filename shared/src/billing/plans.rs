@@ -182,8 +182,45 @@ impl PlanConfig {
     }
 }
 
+/// Which plan each tenant was last seen on, for a few seconds (`AUTH_LOOKUP_CACHE_SECS`): a
+/// request of a tenant whose plan sets no hard limit on the meter skips the reservation (its
+/// soft limit is checked against the ledger by reconciliation instead). A plan change reaches a
+/// process within that bound; a tenant seen on a hard-limited plan is always checked.
+pub struct PlanGate {
+    plans: crate::auth::cache::TtlCache<crate::TenantId, String>,
+}
+
+impl std::fmt::Debug for PlanGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanGate").finish_non_exhaustive()
+    }
+}
+
+impl PlanGate {
+    /// A gate remembering plans for `ttl` (zero: never, so every request reserves).
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            plans: crate::auth::cache::TtlCache::new(ttl, 10_000),
+        }
+    }
+
+    /// Whether a request of `tenant` on `meter` must reserve: unless its plan is known (recently)
+    /// to set no hard limit there.
+    pub fn must_reserve(&self, cfg: &PlanConfig, tenant: crate::TenantId, meter: Meter) -> bool {
+        match self.plans.get(&tenant) {
+            Some(plan) => cfg.get(&plan, meter).hard_limit.is_some(),
+            None => true,
+        }
+    }
+
+    /// Remembers the plan an admission read.
+    pub fn saw(&self, tenant: crate::TenantId, plan: &str) {
+        self.plans.insert(tenant, plan.to_owned());
+    }
+}
+
 /// A reservation that went through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admitted {
     /// The meter.
     pub meter: Meter,
@@ -193,6 +230,8 @@ pub struct Admitted {
     pub period_start: DateTime<Utc>,
     /// The period's count, this reservation included.
     pub used: i64,
+    /// The tenant's plan.
+    pub plan: String,
 }
 
 /// A request the plan's hard limit refuses.
@@ -315,39 +354,106 @@ pub async fn admit(
         .into());
     };
     if let Some(soft) = soft.filter(|s| used >= *s && !notified) {
-        let first = tx
-            .execute(
-                "UPDATE app.usage_counters SET soft_notified_at = now() \
-                 WHERE tenant_id = $1 AND meter = $2 AND period_start = $3 \
-                   AND soft_notified_at IS NULL",
-                &[
-                    (&tenant, Type::UUID),
-                    (&name, Type::TEXT),
-                    (&period_start, Type::TIMESTAMPTZ),
-                ],
-            )
-            .await?;
-        if first == 1 {
-            let details = json!({
-                "plan": plan, "soft_limit": soft, "hard_limit": hard, "used": used,
-                "period_start": period_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            });
-            audit::record(
-                tx,
-                Action::SoftLimitReached,
-                Some(name),
-                details,
-                request_id,
-            )
-            .await?;
-        }
+        notify_soft(tx, meter, period_start, &plan, soft, hard, used, request_id).await?;
     }
     Ok(Some(Admitted {
         meter,
         quantity,
         period_start,
         used,
+        plan,
     }))
+}
+
+/// Records, once per period, that `meter` reached `plan`'s soft limit (`billing.soft_limit_reached`).
+#[allow(clippy::too_many_arguments)]
+async fn notify_soft(
+    tx: &mut TenantTx,
+    meter: Meter,
+    period_start: DateTime<Utc>,
+    plan: &str,
+    soft: i64,
+    hard: Option<i64>,
+    used: i64,
+    request_id: Option<&str>,
+) -> Result<bool, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let name = meter.name();
+    // A counter row is made if the meter had none (a plan without hard limits reserves nothing).
+    let first = tx
+        .execute(
+            "INSERT INTO app.usage_counters AS u (tenant_id, meter, period_start, used, soft_notified_at) \
+             VALUES ($1, $2, $3, 0, now()) \
+             ON CONFLICT (tenant_id, meter, period_start) DO UPDATE SET soft_notified_at = now() \
+               WHERE u.soft_notified_at IS NULL",
+            &[
+                (&tenant, Type::UUID),
+                (&name, Type::TEXT),
+                (&period_start, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    if first == 1 {
+        let details = json!({
+            "plan": plan, "soft_limit": soft, "hard_limit": hard, "used": used,
+            "period_start": period_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        audit::record(
+            tx,
+            Action::SoftLimitReached,
+            Some(name),
+            details,
+            request_id,
+        )
+        .await?;
+    }
+    Ok(first == 1)
+}
+
+/// For the transaction's tenant, every meter whose ledger total this billing period has
+/// reached its plan's soft limit gets its notice (once per period): how plans without hard
+/// limits, whose requests reserve nothing, are notified (by reconciliation). Returns how many
+/// notices it recorded.
+pub async fn notify_soft_limits(tx: &mut TenantTx, plans: &PlanConfig) -> Result<usize, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let sql = format!(
+        "WITH per AS ({PERIOD_SQL}) \
+         SELECT (SELECT plan FROM app.tenants WHERE tenant_id = $1), per.s, e.meter, \
+                coalesce(sum(e.quantity), 0)::int8, \
+                bool_or(c.soft_notified_at IS NOT NULL) \
+         FROM per JOIN app.usage_events e \
+           ON e.tenant_id = $1 AND e.window_start >= per.s AND e.window_start < per.e \
+         LEFT JOIN app.usage_counters c \
+           ON c.tenant_id = $1 AND c.meter = e.meter AND c.period_start = per.s \
+         GROUP BY 1, 2, 3"
+    );
+    let rows = tx.query(&sql, &[(&tenant, Type::UUID)]).await?;
+    let mut notified = 0;
+    for r in &rows {
+        let (plan, period_start): (Option<String>, DateTime<Utc>) = (r.get(0), r.get(1));
+        let Some(meter) = Meter::from_name(r.get(2)) else {
+            continue;
+        };
+        let (used, already): (i64, Option<bool>) = (r.get(3), r.get(4));
+        let plan = plan.unwrap_or_default();
+        let e = plans.get(&plan, meter);
+        if let Some(soft) = e.soft_limit.filter(|s| used >= *s && already != Some(true))
+            && notify_soft(
+                tx,
+                meter,
+                period_start,
+                &plan,
+                soft,
+                e.hard_limit,
+                used,
+                None,
+            )
+            .await?
+        {
+            notified += 1;
+        }
+    }
+    Ok(notified)
 }
 
 /// Gives a reservation back (its request failed after admission, so nothing was billed).

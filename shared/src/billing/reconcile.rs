@@ -30,6 +30,7 @@ use super::BillingSink;
 use super::customers::{EnsureError, Ensured, ensure_customer};
 use super::meter::{FlushOutcome, MeterConfig, flush_tenant};
 use super::periods::{self, Periods};
+use super::plans::{self, PlanConfig};
 use crate::TenantId;
 use crate::db::{Access, Db, DbError, TenantContext};
 use crate::usage::{METERS, Meter, UsageEvent, ledger};
@@ -88,6 +89,7 @@ pub async fn run(
     db: &Db,
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
+    plans: &PlanConfig,
     input: &ReconcileInput,
 ) -> Result<RunOutcome, DbError> {
     let mut out = RunOutcome {
@@ -125,7 +127,8 @@ pub async fn run(
                     ..TenantReport::default()
                 }),
             Mode::Reconcile => {
-                reconcile_tenant(db, sink, cfg, t.tenant_id, t.status == "active", out.run_id).await
+                let active = t.status == "active";
+                reconcile_tenant(db, sink, cfg, plans, t.tenant_id, active, out.run_id).await
             }
         };
         match result {
@@ -171,6 +174,7 @@ pub async fn reconcile_tenant(
     db: &Db,
     sink: &dyn BillingSink,
     cfg: &MeterConfig,
+    plans: &PlanConfig,
     tenant: TenantId,
     active: bool,
     run_id: Uuid,
@@ -184,6 +188,10 @@ pub async fn reconcile_tenant(
     // before is still delivered and reconciled.
     if active {
         snapshot(db, &ctx, cfg, now).await?;
+        // Soft limits of plans whose requests reserve nothing are checked against the ledger.
+        let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+        plans::notify_soft_limits(&mut tx, plans).await?;
+        tx.commit().await?;
     }
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
     let customer = super::customers::state(&mut tx)

@@ -245,9 +245,15 @@ impl Billing {
     async fn run_all(&self, mode: Mode) -> RunOutcome {
         let a = &self.app.app;
         let input = ReconcileInput { mode };
-        run(&a.db, a.billing.as_ref(), &a.config.billing.meter, &input)
-            .await
-            .unwrap()
+        run(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &a.config.billing.plans,
+            &input,
+        )
+        .await
+        .unwrap()
     }
 
     /// One active tenant's reconciliation under `cfg`, with Stripe's side read through `sink`.
@@ -258,9 +264,17 @@ impl Billing {
         cfg: &MeterConfig,
     ) -> TenantReport {
         let a = &self.app.app;
-        reconcile_tenant(&a.db, sink, cfg, t, true, uuid::Uuid::now_v7())
-            .await
-            .unwrap()
+        reconcile_tenant(
+            &a.db,
+            sink,
+            cfg,
+            &a.config.billing.plans,
+            t,
+            true,
+            uuid::Uuid::now_v7(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Ledger totals per (tenant, meter), read as the superuser.
@@ -911,9 +925,15 @@ async fn the_sample_events_are_what_the_functions_take() {
     ] {
         let input: ReconcileInput = serde_json::from_str(raw).unwrap();
         let a = &b.app.app;
-        let out = run(&a.db, a.billing.as_ref(), &a.config.billing.meter, &input)
-            .await
-            .unwrap();
+        let out = run(
+            &a.db,
+            a.billing.as_ref(),
+            &a.config.billing.meter,
+            &a.config.billing.plans,
+            &input,
+        )
+        .await
+        .unwrap();
         assert_eq!((out.tenants, out.tenant_errors), (1, 0), "{raw}");
     }
 }

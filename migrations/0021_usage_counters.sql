@@ -28,3 +28,11 @@ CREATE POLICY support_read ON app.usage_counters FOR SELECT TO tenantry_support 
 GRANT SELECT ON app.usage_counters TO tenantry_impersonation;
 CREATE POLICY impersonation_live ON app.usage_counters AS RESTRICTIVE FOR ALL TO tenantry_impersonation
   USING ((SELECT app.impersonation_live())) WITH CHECK ((SELECT app.impersonation_live()));
+
+-- The estimate of the current period's bill, from Stripe's invoice preview, as the last
+-- reconciliation read it (what `/v1/usage` shows: a cached figure, never a call per request).
+ALTER TABLE app.billing_customers
+  ADD COLUMN estimate_amount_due  bigint,
+  ADD COLUMN estimate_currency    text CHECK (estimate_currency ~ '^[a-z]{3}$'),
+  ADD COLUMN estimate_period_end  timestamptz,
+  ADD COLUMN estimated_at         timestamptz;

@@ -301,6 +301,38 @@ impl BillingSink for StripeBilling {
         })
     }
 
+    fn upcoming_invoice<'a>(
+        &'a self,
+        customer: &'a str,
+    ) -> SinkFuture<'a, Option<tenantry::billing::Estimate>> {
+        Box::pin(async move {
+            let result: Result<PreviewFields, _> =
+                RequestBuilder::new(StripeMethod::Post, "/invoices/create_preview")
+                    .form(&PreviewParams { customer })
+                    .customize()
+                    .timeout(self.timeout)
+                    .send(&self.client)
+                    .await;
+            match result {
+                Ok(p) => Ok(Some(tenantry::billing::Estimate {
+                    amount_due: p.amount_due,
+                    currency: p.currency,
+                    period_end: p.period_end.and_then(at),
+                })),
+                // Nothing to invoice: no subscription (or none with anything on it).
+                Err(StripeError::Stripe(err, 400 | 404))
+                    if err
+                        .code
+                        .as_ref()
+                        .is_some_and(|c| c.as_str() == "invoice_upcoming_none") =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(classify(e)),
+            }
+        })
+    }
+
     fn subscriptions<'a>(&'a self, customer: &'a str) -> SinkFuture<'a, Vec<SubscriptionPeriod>> {
         Box::pin(async move {
             let params = ListParams {
@@ -409,6 +441,19 @@ struct ListParams<'a> {
     created: Option<Gte>,
     #[serde(skip_serializing_if = "Option::is_none")]
     starting_after: Option<&'a str>,
+}
+
+/// The fields of an invoice preview we read.
+#[derive(miniserde::Deserialize)]
+struct PreviewFields {
+    amount_due: i64,
+    currency: String,
+    period_end: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct PreviewParams<'a> {
+    customer: &'a str,
 }
 
 #[derive(Clone, Copy, serde::Serialize)]

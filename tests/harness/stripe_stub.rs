@@ -37,7 +37,7 @@ mod subscriptions;
 mod summaries;
 
 pub use customers::StubCustomer;
-pub use subscriptions::{FINALIZE_AFTER_SECS, StubInvoice};
+pub use subscriptions::{FINALIZE_AFTER_SECS, StubInvoice, UNIT_CENTS};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -694,6 +694,9 @@ async fn handle(
                     &format!("No such event: '{id}'"),
                 ),
             }
+        }
+        ("POST", "/v1/invoices/create_preview") => {
+            subscriptions::preview(&mut state.lock().unwrap(), &form)
         }
         ("GET", "/v1/subscriptions") => {
             subscriptions::list_subscriptions(&mut state.lock().unwrap(), &query)

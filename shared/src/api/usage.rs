@@ -261,6 +261,7 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
                 "subscription_id": period.get("subscription_id"),
             },
             "awaiting_invoice": awaiting,
+            "estimate": billing.as_ref().and_then(|b| b.estimate.clone()),
             "plan": plan,
             "billing": {
                 "adapter": app.billing.kind(),

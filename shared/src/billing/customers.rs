@@ -21,6 +21,39 @@ pub struct BillingState {
     pub last_invoice_id: Option<String>,
     /// When the status last changed (the provider event's time).
     pub status_event_at: Option<DateTime<Utc>>,
+    /// The current period's bill as Stripe's invoice preview last said (reconciliation reads
+    /// it), and when.
+    pub estimate: Option<EstimateView>,
+}
+
+/// A stored estimate of the current period's bill.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EstimateView {
+    /// In cents (the currency's smallest unit).
+    pub amount_due: i64,
+    /// ISO 4217, lower case.
+    pub currency: String,
+    /// The end of the period it bills.
+    pub period_end: Option<DateTime<Utc>>,
+    /// When it was read from Stripe.
+    pub as_of: DateTime<Utc>,
+}
+
+/// Stores the estimate read from the provider for the transaction's tenant.
+pub async fn store_estimate(tx: &mut TenantTx, e: &super::Estimate) -> Result<(), DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    tx.execute(
+        "UPDATE app.billing_customers SET estimate_amount_due = $2, estimate_currency = $3, \
+           estimate_period_end = $4, estimated_at = now() WHERE tenant_id = $1",
+        &[
+            (&tenant, Type::UUID),
+            (&e.amount_due, Type::INT8),
+            (&e.currency, Type::TEXT),
+            (&e.period_end, Type::TIMESTAMPTZ),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Links the transaction's tenant to a provider customer (replacing an earlier link).
@@ -42,7 +75,8 @@ pub async fn state(tx: &mut TenantTx) -> Result<Option<BillingState>, DbError> {
     Ok(tx
         .query_opt(
             "SELECT stripe_customer_id, billing_status, subscription_id, last_invoice_status, \
-                    last_invoice_id, status_event_at \
+                    last_invoice_id, status_event_at, estimate_amount_due, estimate_currency, \
+                    estimate_period_end, estimated_at \
              FROM app.billing_customers WHERE tenant_id = $1",
             &[(&tenant, Type::UUID)],
         )
@@ -54,6 +88,19 @@ pub async fn state(tx: &mut TenantTx) -> Result<Option<BillingState>, DbError> {
             last_invoice_status: r.get(3),
             last_invoice_id: r.get(4),
             status_event_at: r.get(5),
+            estimate: match (
+                r.get::<_, Option<i64>>(6),
+                r.get::<_, Option<String>>(7),
+                r.get(9),
+            ) {
+                (Some(amount_due), Some(currency), Some(as_of)) => Some(EstimateView {
+                    amount_due,
+                    currency,
+                    period_end: r.get(8),
+                    as_of,
+                }),
+                _ => None,
+            },
         }))
 }
 

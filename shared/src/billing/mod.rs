@@ -136,6 +136,17 @@ pub struct RejectedEvent {
     pub message: String,
 }
 
+/// An estimate of the current period's bill.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Estimate {
+    /// In the currency's smallest unit (cents).
+    pub amount_due: i64,
+    /// ISO 4217, lower case.
+    pub currency: String,
+    /// The end of the period it bills.
+    pub period_end: Option<DateTime<Utc>>,
+}
+
 /// The provider took the event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -216,6 +227,13 @@ pub trait BillingSink: Send + Sync + std::fmt::Debug {
                 message: "this billing adapter has no meter error reports".into(),
             })
         })
+    }
+
+    /// The customer's next invoice as it stands (Stripe's invoice preview): the estimate of the
+    /// current period's bill. None: nothing to invoice (no subscription). Default: None.
+    fn upcoming_invoice<'a>(&'a self, customer: &'a str) -> SinkFuture<'a, Option<Estimate>> {
+        let _ = customer;
+        Box::pin(async { Ok(None) })
     }
 
     /// The customer's subscriptions and their current periods (the repair for missed

@@ -167,6 +167,8 @@ pub struct TenantReport {
     pub flush: FlushOutcome,
     /// Provider calls made to read billing periods (the repair for missed webhooks).
     pub period_calls: u64,
+    /// Provider calls made to read the invoice preview (the bill's estimate).
+    pub estimate_calls: u64,
 }
 
 /// Snapshots, flush, compare, repair and record for one tenant.
@@ -355,6 +357,19 @@ pub async fn reconcile_tenant(
     if !repairs.is_empty() {
         let again = flush_tenant(db, sink, cfg, tenant).await?;
         report.flush.add(&again);
+    }
+    // The current period's bill as Stripe would invoice it now, kept for `/v1/usage`.
+    if let Some(customer) = &customer {
+        report.estimate_calls += 1;
+        match sink.upcoming_invoice(customer).await {
+            Ok(Some(estimate)) => {
+                let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+                super::customers::store_estimate(&mut tx, &estimate).await?;
+                tx.commit().await?;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "invoice preview not read"),
+        }
     }
     for r in &rows {
         report.days_checked += 1;

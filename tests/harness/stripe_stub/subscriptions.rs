@@ -14,7 +14,8 @@
 //!   subscription under `parent.subscription_details`), kept for the test to deliver, sign, drop or
 //!   reorder ([`take_events`](super::StripeStub::take_events)).
 //! - `GET /v1/subscriptions?customer=` and `GET /v1/invoices?customer=&created[gte]=` answer what
-//!   it has, one page (`has_more: false`).
+//!   it has, one page (`has_more: false`); `POST /v1/invoices/create_preview` the current
+//!   period's bill at [`UNIT_CENTS`].
 
 use std::collections::HashMap;
 
@@ -261,5 +262,40 @@ pub(super) fn list_invoices(
     respond(
         200,
         json!({"object": "list", "url": "/v1/invoices", "has_more": false, "data": data}),
+    )
+}
+
+/// What the stub charges per unit of each meter event name, in cents (a flat price each;
+/// everything else is free): what invoice previews add up.
+pub const UNIT_CENTS: [(&str, i64); 2] = [("tenantry_queries", 2), ("tenantry_questions", 10)];
+
+pub(super) fn preview(
+    s: &mut State,
+    form: &HashMap<String, String>,
+) -> hyper::Response<Full<Bytes>> {
+    s.tick();
+    let customer = form.get("customer").cloned().unwrap_or_default();
+    let Some(sub) = s
+        .subscriptions
+        .iter()
+        .find(|x| x.customer == customer)
+        .cloned()
+    else {
+        return super::error(
+            400,
+            "invalid_request_error",
+            Some("invoice_upcoming_none"),
+            "No upcoming invoices for customer.",
+        );
+    };
+    let amount: i64 = UNIT_CENTS
+        .iter()
+        .map(|(name, cents)| cents * s.invoiced(&customer, name, sub.start))
+        .sum();
+    respond(
+        200,
+        json!({"object": "invoice", "customer": customer, "amount_due": amount, "total": amount,
+               "currency": "usd", "period_start": sub.start, "period_end": sub.end,
+               "status": "draft"}),
     )
 }

@@ -241,6 +241,16 @@ async fn a_mid_month_subscription_keeps_its_last_period_open_until_finalized_the
             .contains("11 late unit"),
     );
     assert!(b.repairs().await.is_empty());
+    // The period's bill as Stripe's preview has it (18 queries at the stub's price), kept for
+    // the tenant by reconciliation.
+    let u = b.usage().await;
+    let cents = tenantry_tests::stripe_stub::UNIT_CENTS[0].1;
+    assert_eq!(u["estimate"]["amount_due"], 18 * cents, "{u}");
+    assert_eq!(u["estimate"]["currency"], "usd");
+    assert_eq!(
+        u["estimate"]["period_end"],
+        month_after(p1).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
 
     // The tenant's audit log has the periods and the finalization.
     let actions: Vec<String> = b

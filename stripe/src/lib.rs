@@ -304,11 +304,15 @@ impl BillingSink for StripeBilling {
     fn upcoming_invoice<'a>(
         &'a self,
         customer: &'a str,
+        subscription: Option<&'a str>,
     ) -> SinkFuture<'a, Option<tenantry::billing::Estimate>> {
         Box::pin(async move {
             let result: Result<PreviewFields, _> =
                 RequestBuilder::new(StripeMethod::Post, "/invoices/create_preview")
-                    .form(&PreviewParams { customer })
+                    .form(&PreviewParams {
+                        customer,
+                        subscription,
+                    })
                     .customize()
                     .timeout(self.timeout)
                     .send(&self.client)
@@ -454,6 +458,8 @@ struct PreviewFields {
 #[derive(serde::Serialize)]
 struct PreviewParams<'a> {
     customer: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, serde::Serialize)]

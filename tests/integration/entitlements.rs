@@ -226,7 +226,9 @@ async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_le
     let app = TestApp::with_vars(&[
         (
             "PLAN_ENTITLEMENTS",
-            r#"{"team": {"queries": {"included": 2, "soft_limit": 2}}}"#.to_owned(),
+            r#"{"team": {"queries": {"included": 2, "soft_limit": 2}},
+                "free": {"queries": {"included": 5, "soft_limit": 5, "hard_limit": 5}}}"#
+                .to_owned(),
         ),
         ("AUTH_LOOKUP_CACHE_SECS", "60".to_owned()),
     ])
@@ -241,7 +243,7 @@ async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_le
         let r = app.call("POST", "/v1/query", &token, Some(QUERY)).await;
         assert_eq!(r.status, 200, "{}", r.json);
     }
-    // Only the first request (plan not yet seen) reserved; nothing refuses.
+    // Nothing reserved (the plan has no hard limit), nothing refused.
     let counted: i64 = app
         .db
         .admin()
@@ -253,7 +255,7 @@ async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_le
         .await
         .unwrap()
         .get(0);
-    assert_eq!(counted, 1);
+    assert_eq!(counted, 0);
     assert_eq!(ledger(&app, t, "queries").await, 3);
     let notices = || async {
         app.db
@@ -295,4 +297,30 @@ async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_le
         "{}",
         u.json
     );
+
+    // Downgraded mid-period to a plan with a hard limit (5): counting starts from the 3 the
+    // period used, so two more are admitted and the third is refused.
+    let staff = TestApp::staff_token("auth0|support", &["support_admin"]);
+    let r = app
+        .call(
+            "POST",
+            &format!("/admin/v1/tenants/{t}/plan"),
+            &staff,
+            Some(r#"{"plan": "free", "reason": "downgraded, ticket SUP-2"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                app.call("POST", "/v1/query", &token, Some(QUERY))
+                    .await
+                    .status,
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(ledger(&app, t, "queries").await, 5);
 }

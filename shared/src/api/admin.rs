@@ -321,10 +321,15 @@ async fn change(
             details["retention_days"] = json!(retention_days);
         }
         crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
+        if matches!(field, Field::Plan) {
+            // Under the new plan's hard limits, counting starts from what the period used.
+            crate::billing::plans::reseed(&mut tx).await?;
+        }
         tracing::info!(tenant_id = %id, column, "tenant changed by support");
     }
     tx.commit().await?;
     app.auth.forget_tenant(ctx.tenant_id);
+    app.plan_gate.forget(ctx.tenant_id);
     json_response(StatusCode::OK, &one(app, id).await?)
 }
 

@@ -443,7 +443,10 @@ pub(crate) fn quota_exceeded(q: &plans::QuotaExceeded) -> ApiError {
     let resets = q
         .resets_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let retry_after = (q.resets_at - chrono::Utc::now()).num_seconds().max(1);
+    // Only worth retrying if the request fits the limit at all (a batch larger than the limit
+    // never will: split it).
+    let retry_after =
+        (q.requested <= q.limit).then(|| (q.resets_at - chrono::Utc::now()).num_seconds().max(1));
     ApiError::new(
         http::StatusCode::TOO_MANY_REQUESTS,
         "quota_exceeded",

@@ -154,14 +154,6 @@ async fn write_all(
     for slice in batch.into_slices(IMPORT_SLICE) {
         outcome += ingest::write(&mut tx, &ds, &slice).await?;
     }
-    // Counts only: never what the records hold.
-    super::audit(
-        &mut tx,
-        Action::RecordsIngested,
-        Some(&ds.name),
-        json!(outcome),
-    )
-    .await?;
     let changed = (outcome.inserted + outcome.updated) as i64;
     if changed > 0 && super::billable(caller.principal()) {
         // Within the plan, counted in this transaction: past the hard limit the whole write is
@@ -183,6 +175,17 @@ async fn write_all(
                 Err(e) => return Err(super::admit_error(e)),
             }
         }
+    }
+    // Counts only: never what the records hold. (After the reservation: locks in the order
+    // counter, then audit head, everywhere.)
+    super::audit(
+        &mut tx,
+        Action::RecordsIngested,
+        Some(&ds.name),
+        json!(outcome),
+    )
+    .await?;
+    if changed > 0 && super::billable(caller.principal()) {
         // In the ingest's own transaction: the count and the records commit together, so a
         // retry after any failure neither loses nor doubles it.
         let event = UsageEvent::now(tx.tenant_id(), Meter::IngestedRecords, changed, source);

@@ -261,7 +261,11 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
                 "subscription_id": period.get("subscription_id"),
             },
             "awaiting_invoice": awaiting,
-            "estimate": billing.as_ref().and_then(|b| b.estimate.clone()),
+            // The preview of this period's invoice only (one of an earlier period is stale).
+            "estimate": billing
+                .as_ref()
+                .and_then(|b| b.estimate.clone())
+                .filter(|e| period.get("subscription_id").is_some() && e.period_end == Some(end)),
             "plan": plan,
             "billing": {
                 "adapter": app.billing.kind(),

@@ -39,17 +39,21 @@ pub struct EstimateView {
     pub as_of: DateTime<Utc>,
 }
 
-/// Stores the estimate read from the provider for the transaction's tenant.
-pub async fn store_estimate(tx: &mut TenantTx, e: &super::Estimate) -> Result<(), DbError> {
+/// Stores the estimate read from the provider for the transaction's tenant (None: clears it).
+pub async fn store_estimate(tx: &mut TenantTx, e: Option<&super::Estimate>) -> Result<(), DbError> {
     let tenant = tx.tenant_id().as_uuid();
+    let amount = e.map(|e| e.amount_due);
+    let currency = e.map(|e| e.currency.as_str());
+    let period_end = e.and_then(|e| e.period_end);
     tx.execute(
         "UPDATE app.billing_customers SET estimate_amount_due = $2, estimate_currency = $3, \
-           estimate_period_end = $4, estimated_at = now() WHERE tenant_id = $1",
+           estimate_period_end = $4, estimated_at = CASE WHEN $2::int8 IS NULL THEN NULL ELSE now() END \
+         WHERE tenant_id = $1",
         &[
             (&tenant, Type::UUID),
-            (&e.amount_due, Type::INT8),
-            (&e.currency, Type::TEXT),
-            (&e.period_end, Type::TIMESTAMPTZ),
+            (&amount, Type::INT8),
+            (&currency, Type::TEXT),
+            (&period_end, Type::TIMESTAMPTZ),
         ],
     )
     .await?;

@@ -231,8 +231,12 @@ pub trait BillingSink: Send + Sync + std::fmt::Debug {
 
     /// The customer's next invoice as it stands (Stripe's invoice preview): the estimate of the
     /// current period's bill. None: nothing to invoice (no subscription). Default: None.
-    fn upcoming_invoice<'a>(&'a self, customer: &'a str) -> SinkFuture<'a, Option<Estimate>> {
-        let _ = customer;
+    fn upcoming_invoice<'a>(
+        &'a self,
+        customer: &'a str,
+        subscription: Option<&'a str>,
+    ) -> SinkFuture<'a, Option<Estimate>> {
+        let _ = (customer, subscription);
         Box::pin(async { Ok(None) })
     }
 

@@ -187,7 +187,7 @@ impl PlanConfig {
 /// soft limit is checked against the ledger by reconciliation instead). A plan change reaches a
 /// process within that bound; a tenant seen on a hard-limited plan is always checked.
 pub struct PlanGate {
-    plans: crate::auth::cache::TtlCache<crate::TenantId, String>,
+    plans: crate::auth::cache::TtlCache<crate::TenantId, (crate::TenantId, String)>,
 }
 
 impl std::fmt::Debug for PlanGate {
@@ -208,14 +208,19 @@ impl PlanGate {
     /// to set no hard limit there.
     pub fn must_reserve(&self, cfg: &PlanConfig, tenant: crate::TenantId, meter: Meter) -> bool {
         match self.plans.get(&tenant) {
-            Some(plan) => cfg.get(&plan, meter).hard_limit.is_some(),
+            Some((_, plan)) => cfg.get(&plan, meter).hard_limit.is_some(),
             None => true,
         }
     }
 
     /// Remembers the plan an admission read.
     pub fn saw(&self, tenant: crate::TenantId, plan: &str) {
-        self.plans.insert(tenant, plan.to_owned());
+        self.plans.insert(tenant, (tenant, plan.to_owned()));
+    }
+
+    /// Forgets the tenant's plan (it was just changed through this process).
+    pub fn forget(&self, tenant: crate::TenantId) {
+        self.plans.forget(|(t, _)| *t == tenant);
     }
 }
 
@@ -270,7 +275,7 @@ const PERIOD_SQL: &str = "SELECT coalesce(c.period_start, date_trunc('month', no
  FROM (SELECT NULL::int AS x) one \
  LEFT JOIN LATERAL (SELECT period_start, period_end FROM app.billing_periods \
                     WHERE tenant_id = $1 AND period_start <= now() AND now() < period_end \
-                    ORDER BY period_start DESC LIMIT 1) c ON true";
+                    ORDER BY period_start DESC, subscription_id DESC LIMIT 1) c ON true";
 
 /// Reserves `quantity` of `meter` for the transaction's tenant in its current billing period,
 /// within its plan's hard limit (one statement: concurrent reservations serialize on the
@@ -297,9 +302,9 @@ pub async fn admit(
          per AS ({PERIOD_SQL}), \
          ins AS ( \
            INSERT INTO app.usage_counters AS u (tenant_id, meter, period_start, used) \
-           SELECT $1, $2, per.s, $6 FROM per, lim WHERE lim.hard IS NULL OR $6 <= lim.hard \
+           SELECT $1, $2, per.s, $6 FROM per, lim WHERE $6 <= lim.hard \
            ON CONFLICT (tenant_id, meter, period_start) DO UPDATE SET used = u.used + EXCLUDED.used \
-             WHERE (SELECT hard FROM lim) IS NULL OR u.used + EXCLUDED.used <= (SELECT hard FROM lim) \
+             WHERE u.used + EXCLUDED.used <= (SELECT hard FROM lim) \
            RETURNING u.used, u.soft_notified_at IS NOT NULL AS notified) \
          SELECT (SELECT used FROM ins), coalesce((SELECT notified FROM ins), false), \
                 lim.plan, lim.hard, lim.soft, per.s, per.e, \
@@ -328,6 +333,17 @@ pub async fn admit(
     let plan: String = row.get(2);
     let (hard, soft): (Option<i64>, Option<i64>) = (row.get(3), row.get(4));
     let (period_start, period_end): (DateTime<Utc>, DateTime<Utc>) = (row.get(5), row.get(6));
+    // No hard limit on this plan: nothing is counted here (the soft limit is checked against
+    // the ledger by reconciliation), only the plan is learnt.
+    if hard.is_none() {
+        return Ok(Some(Admitted {
+            meter,
+            quantity: 0,
+            period_start,
+            used: 0,
+            plan,
+        }));
+    }
     let Some(used) = used else {
         // The statement's snapshot predates the reservations it waited for: read the count now
         // (a refusal only).
@@ -454,6 +470,26 @@ pub async fn notify_soft_limits(tx: &mut TenantTx, plans: &PlanConfig) -> Result
         }
     }
     Ok(notified)
+}
+
+/// Brings the transaction's tenant's counters for its current period up to the ledger's totals
+/// (never down: reservations in flight are not in the ledger yet). Run when the plan changes
+/// (counting starts under a hard limit with what the period already used) and by
+/// reconciliation (a reservation that was never made, as in the seconds a process still knew
+/// the old plan). Returns how many counters it raised.
+pub async fn reseed(tx: &mut TenantTx) -> Result<u64, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let sql = format!(
+        "WITH per AS ({PERIOD_SQL}) \
+         INSERT INTO app.usage_counters AS u (tenant_id, meter, period_start, used) \
+         SELECT $1, e.meter, per.s, sum(e.quantity)::int8 \
+         FROM per JOIN app.usage_events e \
+           ON e.tenant_id = $1 AND e.window_start >= per.s AND e.window_start < per.e \
+         GROUP BY e.meter, per.s \
+         ON CONFLICT (tenant_id, meter, period_start) DO UPDATE SET used = EXCLUDED.used \
+           WHERE u.used < EXCLUDED.used"
+    );
+    tx.execute(&sql, &[(&tenant, Type::UUID)]).await
 }
 
 /// Gives a reservation back (its request failed after admission, so nothing was billed).

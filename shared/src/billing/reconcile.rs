@@ -190,10 +190,17 @@ pub async fn reconcile_tenant(
     // before is still delivered and reconciled.
     if active {
         snapshot(db, &ctx, cfg, now).await?;
-        // Soft limits of plans whose requests reserve nothing are checked against the ledger.
-        let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-        plans::notify_soft_limits(&mut tx, plans).await?;
-        tx.commit().await?;
+        // Counters catch up with the ledger, and soft limits of plans whose requests reserve
+        // nothing are checked against it. A failure here is not the reconciliation's.
+        let limits = async {
+            let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
+            plans::reseed(&mut tx).await?;
+            plans::notify_soft_limits(&mut tx, plans).await?;
+            tx.commit().await
+        };
+        if let Err(e) = limits.await {
+            tracing::warn!(tenant_id = %tenant, error = %e, "plan limits not checked");
+        }
     }
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
     let customer = super::customers::state(&mut tx)
@@ -358,16 +365,20 @@ pub async fn reconcile_tenant(
         let again = flush_tenant(db, sink, cfg, tenant).await?;
         report.flush.add(&again);
     }
-    // The current period's bill as Stripe would invoice it now, kept for `/v1/usage`.
-    if let Some(customer) = &customer {
+    // The current period's bill as Stripe would invoice it now, kept for `/v1/usage`: for an
+    // active tenant with a current subscription period (nothing to invoice otherwise).
+    let current = known.current(now).filter(|_| active);
+    if let (Some(customer), Some(period)) = (&customer, current) {
         report.estimate_calls += 1;
-        match sink.upcoming_invoice(customer).await {
-            Ok(Some(estimate)) => {
+        let preview = sink
+            .upcoming_invoice(customer, Some(&period.subscription_id))
+            .await;
+        match preview {
+            Ok(estimate) => {
                 let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-                super::customers::store_estimate(&mut tx, &estimate).await?;
+                super::customers::store_estimate(&mut tx, estimate.as_ref()).await?;
                 tx.commit().await?;
             }
-            Ok(None) => {}
             Err(e) => tracing::warn!(tenant_id = %tenant, error = %e, "invoice preview not read"),
         }
     }

@@ -275,10 +275,11 @@ pub(super) fn preview(
 ) -> hyper::Response<Full<Bytes>> {
     s.tick();
     let customer = form.get("customer").cloned().unwrap_or_default();
+    let wanted = form.get("subscription");
     let Some(sub) = s
         .subscriptions
         .iter()
-        .find(|x| x.customer == customer)
+        .find(|x| x.customer == customer && wanted.is_none_or(|w| *w == x.id))
         .cloned()
     else {
         return super::error(

@@ -475,3 +475,63 @@ pub fn sentence(seed: u64, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// An app billing through the Stripe adapter against `stub` (the local Stripe test server), on
+/// `app_url` with a pool of `pool`; and its billing port.
+pub async fn stripe_app(
+    app_url: &str,
+    stub: &tenantry_tests::StripeStub,
+    pool: usize,
+) -> Result<(Arc<App>, Arc<dyn tenantry::billing::BillingSink>), Error> {
+    let mut vars: Vec<(&str, String)> = vec![
+        ("APP_DATABASE_URL", app_url.to_owned()),
+        ("AUTH0_ISSUER", "https://bench.invalid/".to_owned()),
+        ("AUTH0_AUDIENCE", "bench".to_owned()),
+        ("DB_POOL_MAX", pool.to_string()),
+    ];
+    vars.extend(stub.vars());
+    let config = tenantry::config::Config::from_lookup(|key| {
+        vars.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone())
+    })?;
+    let sink: Arc<dyn tenantry::billing::BillingSink> = Arc::new(
+        tenantry_stripe::StripeBilling::from_config(&config.billing)?
+            .ok_or("the Stripe test server's variables configure no Stripe key")?,
+    );
+    let app = Arc::new(
+        App::builder(config)
+            .billing(Some(Arc::clone(&sink)))
+            .build()?,
+    );
+    Ok((app, sink))
+}
+
+/// A `team` tenant named after `slug`, linked to a new customer `customer` on `stub`.
+pub async fn billed_tenant(
+    app: &App,
+    stub: &tenantry_tests::StripeStub,
+    slug: &str,
+    customer: &str,
+) -> Result<TenantId, Error> {
+    let id = TenantId::new();
+    tenantry::tenants::provision(
+        &app.db,
+        &tenantry::tenants::NewTenant {
+            tenant_id: id,
+            name: format!("Bench {slug}"),
+            slug: slug.to_owned(),
+            auth0_org_id: Some(format!("org_{}", slug.replace('-', "_"))),
+            plan: "team".into(),
+        },
+        "system:bench",
+    )
+    .await?;
+    let customer = stub.customer(customer);
+    let ctx = TenantContext {
+        tenant_id: id,
+        actor_id: "system:bench".into(),
+    };
+    let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
+    tenantry::billing::customers::link(&mut tx, &customer).await?;
+    tx.commit().await?;
+    Ok(id)
+}

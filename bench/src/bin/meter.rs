@@ -13,14 +13,9 @@ use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use serde_json::json;
-use tenantry::TenantId;
-use tenantry::billing::BillingSink;
 use tenantry::billing::meter::{FlushMemo, MeterConfig, UsageMessage, flush_tenants, handle_sqs};
-use tenantry::config::Config;
-use tenantry::db::{Access, TenantContext};
-use tenantry::tenants::{NewTenant, provision};
 use tenantry::usage::{Meter, UsageEvent};
-use tenantry_bench::{Error, Samples, bench_database, env};
+use tenantry_bench::{Error, Samples, bench_database, billed_tenant, env, stripe_app};
 use tenantry_tests::StripeStub;
 
 #[tokio::main]
@@ -31,48 +26,14 @@ async fn main() -> Result<(), Error> {
     let concurrency = env("BENCH_CONCURRENCY", 2);
     let db = bench_database("bench_meter", None).await?;
     let stub = StripeStub::start().await;
-    let mut vars: Vec<(&str, String)> = vec![
-        ("APP_DATABASE_URL", db.app_url.clone()),
-        ("AUTH0_ISSUER", "https://bench.invalid/".to_owned()),
-        ("AUTH0_AUDIENCE", "bench".to_owned()),
-        // Each instance: its tenants' ledger transactions 8 at a time.
-        ("DB_POOL_MAX", "8".to_owned()),
-    ];
-    vars.extend(stub.vars());
-    let config =
-        Config::from_lookup(|key| vars.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone()))?;
-    let sink: Arc<dyn BillingSink> =
-        Arc::new(tenantry_stripe::StripeBilling::from_config(&config.billing)?.unwrap());
-    let app = Arc::new(
-        tenantry::App::builder(config)
-            .billing(Some(Arc::clone(&sink)))
-            .build()?,
-    );
+    // Each instance: its tenants' ledger transactions 8 at a time.
+    let (app, sink) = stripe_app(&db.app_url, &stub, 8).await?;
 
     let mut ids = Vec::new();
     for t in 0..tenants {
-        let id = TenantId::new();
-        provision(
-            &app.db,
-            &NewTenant {
-                tenant_id: id,
-                name: format!("Meter {t}"),
-                slug: format!("meter-{t}"),
-                auth0_org_id: Some(format!("org_meter_{t}")),
-                plan: "team".into(),
-            },
-            "system:bench",
-        )
-        .await?;
-        let customer = stub.customer(&format!("cus_meter{t}"));
-        let ctx = TenantContext {
-            tenant_id: id,
-            actor_id: "system:bench".into(),
-        };
-        let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
-        tenantry::billing::customers::link(&mut tx, &customer).await?;
-        tx.commit().await?;
-        ids.push(id);
+        ids.push(
+            billed_tenant(&app, &stub, &format!("meter-{t}"), &format!("cus_meter{t}")).await?,
+        );
     }
 
     // The batches, as SQS delivers them: one event per message (one request each), tenants and

@@ -60,7 +60,8 @@ async fn main() -> Result<(), Error> {
     let mut rows = 0u64;
     for (ti, (_, customer)) in ids.iter().enumerate() {
         for (mi, def) in METERS.iter().enumerate() {
-            for d in 0..days {
+            // From yesterday back: today's 01:00 window may still be open, or in the future.
+            for d in 1..=days {
                 let at = (today - Duration::days(d))
                     .and_hms_opt(1, 0, 0)
                     .unwrap()
@@ -81,12 +82,13 @@ async fn main() -> Result<(), Error> {
                SELECT t.tenant, t.i, m.meter, m.j, d \
                FROM unnest($1::uuid[]) WITH ORDINALITY AS t(tenant, i), \
                     unnest($2::text[]) WITH ORDINALITY AS m(meter, j), \
-                    generate_series(0, $3 - 1) AS d) \
+                    generate_series(1, $3) AS d) \
              INSERT INTO app.usage_events (tenant_id, event_id, meter, quantity, occurred_at, window_start, source) \
              SELECT tenant, gen_random_uuid(), meter, ((i - 1) * 7 + (j - 1) * 3 + d) % 50 + 1, \
-                    (current_date - d) + interval '1 hour', (current_date - d) + interval '1 hour', 'bench' \
+                    (($4::date - d) + interval '1 hour') AT TIME ZONE 'UTC', \
+                    (($4::date - d) + interval '1 hour') AT TIME ZONE 'UTC', 'bench' \
              FROM g",
-            &[&uuids, &meters, &(days as i32)],
+            &[&uuids, &meters, &(days as i32), &today],
         )
         .await?;
     rows += seeded;

@@ -298,6 +298,12 @@ async fn change(
     };
     let column = field.column();
     let mut tx = app.db.begin(&ctx, Access::ReadWrite).await?;
+    if matches!(field, Field::Plan) {
+        // Under the new plan's hard limits, counting starts from what the period used. First,
+        // before the tenant's row and its audit head are locked: requests take the counters
+        // before those, so this keeps one lock order.
+        crate::billing::plans::reseed(&mut tx, &app.config.billing.plans).await?;
+    }
     let current: Option<String> = tx
         .query_opt(
             &format!("SELECT {column} FROM app.tenants WHERE tenant_id = $1 FOR UPDATE"),
@@ -321,10 +327,6 @@ async fn change(
             details["retention_days"] = json!(retention_days);
         }
         crate::audit::record(&mut tx, action, None, details, Some(&request_id)).await?;
-        if matches!(field, Field::Plan) {
-            // Under the new plan's hard limits, counting starts from what the period used.
-            crate::billing::plans::reseed(&mut tx).await?;
-        }
         tracing::info!(tenant_id = %id, column, "tenant changed by support");
     }
     tx.commit().await?;

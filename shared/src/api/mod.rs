@@ -426,7 +426,8 @@ async fn admit(
     if let Some(a) = &admitted {
         app.plan_gate.saw(tenant, &a.plan);
     }
-    Ok(admitted)
+    // Nothing reserved (no hard limit): nothing to give back either.
+    Ok(admitted.filter(|a| a.quantity > 0))
 }
 
 /// An admission's refusal or failure, as the API answers it.

@@ -22,7 +22,9 @@ pub struct BillingState {
     /// When the status last changed (the provider event's time).
     pub status_event_at: Option<DateTime<Utc>>,
     /// The current period's bill as Stripe's invoice preview last said (reconciliation reads
-    /// it), and when.
+    /// it), and when. Not shown with the state: `/v1/usage` shows it only while it is this
+    /// period's.
+    #[serde(skip)]
     pub estimate: Option<EstimateView>,
 }
 

@@ -477,19 +477,27 @@ pub async fn notify_soft_limits(tx: &mut TenantTx, plans: &PlanConfig) -> Result
 /// (counting starts under a hard limit with what the period already used) and by
 /// reconciliation (a reservation that was never made, as in the seconds a process still knew
 /// the old plan). Returns how many counters it raised.
-pub async fn reseed(tx: &mut TenantTx) -> Result<u64, DbError> {
+pub async fn reseed(tx: &mut TenantTx, plans: &PlanConfig) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
+    // Only meters some plan limits: no other counter is ever read.
+    let limited: Vec<&str> = METERS
+        .iter()
+        .filter(|d| plans.limits(d.meter))
+        .map(|d| d.name)
+        .collect();
     let sql = format!(
         "WITH per AS ({PERIOD_SQL}) \
          INSERT INTO app.usage_counters AS u (tenant_id, meter, period_start, used) \
          SELECT $1, e.meter, per.s, sum(e.quantity)::int8 \
          FROM per JOIN app.usage_events e \
            ON e.tenant_id = $1 AND e.window_start >= per.s AND e.window_start < per.e \
+              AND e.meter = ANY($2) \
          GROUP BY e.meter, per.s \
          ON CONFLICT (tenant_id, meter, period_start) DO UPDATE SET used = EXCLUDED.used \
            WHERE u.used < EXCLUDED.used"
     );
-    tx.execute(&sql, &[(&tenant, Type::UUID)]).await
+    tx.execute(&sql, &[(&tenant, Type::UUID), (&limited, Type::TEXT_ARRAY)])
+        .await
 }
 
 /// Gives a reservation back (its request failed after admission, so nothing was billed).

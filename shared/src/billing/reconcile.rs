@@ -194,7 +194,7 @@ pub async fn reconcile_tenant(
         // nothing are checked against it. A failure here is not the reconciliation's.
         let limits = async {
             let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
-            plans::reseed(&mut tx).await?;
+            plans::reseed(&mut tx, plans).await?;
             plans::notify_soft_limits(&mut tx, plans).await?;
             tx.commit().await
         };

@@ -85,6 +85,7 @@ const DEFINERS: &[(&str, &str)] = &[
     ("app.impersonation_live()", "boolean"),
     ("app.tenant_for_stripe_customer(text)", "SETOF uuid"),
     ("app.tenant_ids()", "TABLE(tenant_id uuid, status text)"),
+    ("app.prune_reconciliations(integer)", "bigint"),
     ("app.tenants_with_pending_chunks(interval)", "SETOF uuid"),
     (
         "app.text_candidates(text,uuid[],bigint)",
@@ -352,12 +353,25 @@ pub async fn violations(client: &Client) -> Vec<String> {
         // impersonation sessions call it, as the role they run as.
         // The full-text candidates (0019) build their statement with the tenant as a literal
         // (plpgsql's EXECUTE).
+        // The one that writes: the retention's delete of the tenant's old reconciliation records
+        // (0022), volatile.
         let (caller, language) = match name.as_str() {
             "app.impersonation_live()" => ("tenantry_impersonation", "sql"),
             "app.text_candidates(text,uuid[],bigint)" => ("tenantry_app", "plpgsql"),
             _ => ("tenantry_app", "sql"),
         };
-        let want = (*contract, DEFINER_CONFIG, caller.to_owned(), "s", language);
+        let volatility = if name == "app.prune_reconciliations(integer)" {
+            "v"
+        } else {
+            "s"
+        };
+        let want = (
+            *contract,
+            DEFINER_CONFIG,
+            caller.to_owned(),
+            volatility,
+            language,
+        );
         if shape != want {
             out.push(format!(
                 "{name}: SECURITY DEFINER (result, config, callers, volatility, language) is \

@@ -214,6 +214,7 @@ const APP_FUNCTIONS: &[&str] = &[
     "app.current_tenant_id()",
     "app.impersonation_for(uuid)",
     "app.impersonation_usable(app.impersonation_sessions)",
+    "app.prune_reconciliations(integer)",
     "app.tenant_for_auth0_org(text)",
     "app.tenant_for_stripe_customer(text)",
     "app.tenant_ids()",

@@ -13,7 +13,8 @@
 //!    delivery (positive or negative, deterministic identifier) sent by a second flush;
 //!    Late usage (billed in the next open period, see [`periods`]) counts on the day it is
 //!    billed, not the day it happened; repairs are never stamped in a finalized period;
-//! 4. records one row per meter and day in `app.billing_reconciliations`, with its period.
+//! 4. records one row per meter and day in `app.billing_reconciliations`, with its period, and
+//!    deletes the tenant's records older than `BILLING_RECONCILIATION_RETENTION_DAYS`.
 //!
 //! A `flush` run only does step 2 (scheduled more often, so closed windows do not wait for the
 //! daily run).
@@ -76,6 +77,8 @@ pub struct RunOutcome {
     pub flush: FlushOutcome,
     /// Provider calls made to read billing periods (the repair for missed webhooks).
     pub period_calls: u64,
+    /// Reconciliation records past their retention, deleted.
+    pub pruned: u64,
     /// Tenants created from their organization whose billing customer was made by this run.
     pub customers_linked: usize,
     /// Tenants still waiting for their billing customer (the provider failed again).
@@ -138,6 +141,7 @@ pub async fn run(
                 out.repaired += r.repaired;
                 out.in_flight += r.in_flight;
                 out.period_calls += r.period_calls;
+                out.pruned += r.pruned;
                 out.flush.add(&r.flush);
             }
             Err(e) => {
@@ -169,6 +173,8 @@ pub struct TenantReport {
     pub period_calls: u64,
     /// Provider calls made to read the invoice preview (the bill's estimate).
     pub estimate_calls: u64,
+    /// Reconciliation records past their retention, deleted.
+    pub pruned: u64,
 }
 
 /// Snapshots, flush, compare, repair and record for one tenant.
@@ -360,6 +366,15 @@ pub async fn reconcile_tenant(
         plan_repair(&mut tx, *meter, *day, *value).await?;
     }
     record_rows(&mut tx, run_id, &rows).await?;
+    // Records past the operator's retention go (the function keeps at least a week).
+    let pruned: i64 = tx
+        .query_one(
+            "SELECT app.prune_reconciliations($1)",
+            &[(&cfg.reconciliation_retention_days, Type::INT4)],
+        )
+        .await?
+        .get(0);
+    report.pruned = pruned as u64;
     tx.commit().await?;
     if !repairs.is_empty() {
         let again = flush_tenant(db, sink, cfg, tenant).await?;

@@ -1566,3 +1566,80 @@ async fn a_flush_reports_what_it_planned_and_a_tenant_without_a_customer() {
     );
     assert_eq!(b.stub.events().len(), 2);
 }
+
+#[tokio::test]
+async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own() {
+    let b = setup(
+        2,
+        &[("BILLING_RECONCILIATION_RETENTION_DAYS", "30".to_owned())],
+    )
+    .await;
+    let ((t, _), (other, _)) = (b.tenants[0].clone(), b.tenants[1].clone());
+    let admin = b.app.db.admin().await;
+    // Old and recent records for both tenants (as if written by earlier runs).
+    for (tenant, age_days) in [(t, 40), (t, 31), (t, 29), (other, 40)] {
+        admin
+            .execute(
+                "INSERT INTO app.billing_reconciliations \
+                   (tenant_id, run_id, meter, day, ledger_total, action, created_at) \
+                 VALUES ($1, gen_random_uuid(), 'queries', current_date - $2::int, 0, 'in_sync', \
+                         now() - make_interval(days => $2::int))",
+                &[&tenant.as_uuid(), &age_days],
+            )
+            .await
+            .unwrap();
+    }
+    let a = &b.app.app;
+    let r = b
+        .reconcile_one(t, a.billing.as_ref(), &a.config.billing.meter)
+        .await;
+    assert_eq!(r.pruned, 2, "{r:?}");
+    let left: Vec<(uuid::Uuid, i64)> = admin
+        .query(
+            "SELECT tenant_id, (current_date - day)::int8 FROM app.billing_reconciliations \
+             WHERE day < current_date ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut want = vec![(t.as_uuid(), 29), (other.as_uuid(), 40)];
+    want.sort();
+    assert_eq!(
+        left, want,
+        "the other tenant's records are not this run's to delete"
+    );
+
+    // The app role cannot use it to wipe recent records: asked for none, it keeps a week (the
+    // 29-day-old record goes, a 3-day-old one stays).
+    admin
+        .execute(
+            "INSERT INTO app.billing_reconciliations \
+               (tenant_id, run_id, meter, day, ledger_total, action, created_at) \
+             VALUES ($1, gen_random_uuid(), 'queries', current_date - 3, 0, 'in_sync', \
+                     now() - interval '3 days')",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let mut tx = tx(&a.db, t).await;
+    let gone: i64 = tx
+        .query_one("SELECT app.prune_reconciliations(0)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(gone, 1);
+    let kept: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM app.billing_reconciliations \
+             WHERE tenant_id = $1 AND day = current_date - 3",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
+}

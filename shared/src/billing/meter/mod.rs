@@ -51,6 +51,9 @@ pub struct MeterConfig {
     /// Reconciliation leaves a day alone while a delivery for it settled less than this ago
     /// (the provider's totals are eventually consistent).
     pub settle_secs: i64,
+    /// Reconciliation records older than this many days are deleted by the daily run (at
+    /// least 7).
+    pub reconciliation_retention_days: i32,
 }
 
 impl Default for MeterConfig {
@@ -65,6 +68,7 @@ impl Default for MeterConfig {
             max_age: chrono::Duration::days(35) - chrono::Duration::hours(1),
             concurrency: 8,
             settle_secs: 900,
+            reconciliation_retention_days: 90,
         }
     }
 }
@@ -72,7 +76,8 @@ impl Default for MeterConfig {
 impl MeterConfig {
     /// `USAGE_WINDOW_SECS` (at least 60 and a divisor of a day), `USAGE_GRACE_SECS`,
     /// `BILLING_SETTLE_SECS`, `USAGE_LEASE_SECS`, `STRIPE_MAX_ATTEMPTS`,
-    /// `STRIPE_BACKOFF_BASE_MS`; the rest as [`MeterConfig::default`].
+    /// `STRIPE_BACKOFF_BASE_MS`, `BILLING_RECONCILIATION_RETENTION_DAYS` (at least 7); the rest
+    /// as [`MeterConfig::default`].
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
         let window_secs: i64 = env.parse("USAGE_WINDOW_SECS", d.window_secs)?;
@@ -82,8 +87,19 @@ impl MeterConfig {
                 reason: "at least 60 and a divisor of 86400 (windows must not cross days)".into(),
             });
         }
+        let retention: i32 = env.parse(
+            "BILLING_RECONCILIATION_RETENTION_DAYS",
+            d.reconciliation_retention_days,
+        )?;
+        if retention < 7 {
+            return Err(ConfigError::Invalid {
+                name: "BILLING_RECONCILIATION_RETENTION_DAYS",
+                reason: "at least 7 days".into(),
+            });
+        }
         Ok(Self {
             window_secs,
+            reconciliation_retention_days: retention,
             grace_secs: env.parse("USAGE_GRACE_SECS", d.grace_secs)?,
             settle_secs: env.parse("BILLING_SETTLE_SECS", d.settle_secs)?,
             lease_secs: env.parse("USAGE_LEASE_SECS", d.lease_secs)?,
@@ -156,6 +172,7 @@ mod tests {
             ("USAGE_LEASE_SECS", "9"),
             ("STRIPE_MAX_ATTEMPTS", "2"),
             ("STRIPE_BACKOFF_BASE_MS", "11"),
+            ("BILLING_RECONCILIATION_RETENTION_DAYS", "12"),
         ];
         let cfg = MeterConfig::from_env(&Env::new(move |n| {
             vars.iter()
@@ -173,6 +190,8 @@ mod tests {
             cfg.backoff_base,
         );
         assert_eq!(read, (120, 7, 8, 9, 2, Duration::from_millis(11)));
+        assert_eq!(cfg.reconciliation_retention_days, 12);
+        assert_ne!(d.reconciliation_retention_days, 12);
         let defaults = (
             d.window_secs,
             d.grace_secs,

@@ -570,9 +570,7 @@ impl SubscriptionFields {
 impl InvoiceFields {
     /// A finalized subscription invoice (any status but `draft`), if this is one.
     fn finalized(&self) -> Option<FinalizedInvoice> {
-        if matches!(self.status.as_deref(), None | Some("draft"))
-            || !tenantry::billing::periods::closes_period(self.billing_reason.as_deref())
-        {
+        if matches!(self.status.as_deref(), None | Some("draft")) {
             return None;
         }
         let subscription = self.subscription.clone().or_else(|| {
@@ -582,18 +580,19 @@ impl InvoiceFields {
                 .as_ref()?
                 .subscription
                 .clone()
-        })?;
-        Some(FinalizedInvoice {
-            invoice_id: self.id.clone()?,
-            subscription_id: subscription,
-            period_start: at(self.period_start)?,
-            period_end: at(self.period_end)?,
-            finalized_at: self
-                .status_transitions
-                .as_ref()
-                .and_then(|t| t.finalized_at)
-                .and_then(at)?,
-        })
+        });
+        let finalized_at = self
+            .status_transitions
+            .as_ref()?
+            .finalized_at
+            .and_then(at)?;
+        FinalizedInvoice::from_stripe(
+            self.id.clone(),
+            subscription,
+            self.billing_reason.as_deref(),
+            (self.period_start, self.period_end),
+            finalized_at,
+        )
     }
 }
 

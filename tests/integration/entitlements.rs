@@ -30,6 +30,15 @@ async fn free_tenant(app: &TestApp, slug: &str) -> (TenantId, String) {
     (t, token)
 }
 
+/// Support changes the tenant's plan (`POST /admin/v1/tenants/{t}/plan`).
+async fn change_plan(app: &TestApp, t: TenantId, plan: &str, reason: &str) {
+    let staff = TestApp::staff_token("auth0|support", &["support_admin"]);
+    let body = serde_json::json!({"plan": plan, "reason": reason}).to_string();
+    let path = format!("/admin/v1/tenants/{t}/plan");
+    let r = app.call("POST", &path, &staff, Some(&body)).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+}
+
 const QUERY: &str = r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#;
 
 async fn ledger(app: &TestApp, t: TenantId, meter: &str) -> i64 {
@@ -143,16 +152,7 @@ async fn a_hard_limit_admits_exactly_up_to_it_under_concurrency_and_refuses_the_
     assert_eq!(meter(&u.json, "queries")["recorded"], 5);
 
     // A plan change mid-period: the same count, the new plan's limits (team: none).
-    let staff = TestApp::staff_token("auth0|support", &["support_admin"]);
-    let r = app
-        .call(
-            "POST",
-            &format!("/admin/v1/tenants/{t}/plan"),
-            &staff,
-            Some(r#"{"plan": "team", "reason": "upgraded, ticket SUP-1"}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.json);
+    change_plan(&app, t, "team", "upgraded, ticket SUP-1").await;
     let after = app.call("POST", "/v1/query", &token, Some(QUERY)).await;
     assert_eq!(after.status, 200, "{}", after.json);
     let u = app.call("GET", "/v1/usage", &token, None).await;
@@ -300,16 +300,7 @@ async fn a_plan_without_hard_limits_reserves_nothing_and_is_notified_from_the_le
 
     // Downgraded mid-period to a plan with a hard limit (5): counting starts from the 3 the
     // period used, so two more are admitted and the third is refused.
-    let staff = TestApp::staff_token("auth0|support", &["support_admin"]);
-    let r = app
-        .call(
-            "POST",
-            &format!("/admin/v1/tenants/{t}/plan"),
-            &staff,
-            Some(r#"{"plan": "free", "reason": "downgraded, ticket SUP-2"}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.json);
+    change_plan(&app, t, "free", "downgraded, ticket SUP-2").await;
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..3 {

@@ -404,43 +404,57 @@ async fn admit(
     meter: Meter,
     quantity: i64,
 ) -> Result<Option<plans::Admitted>, ApiError> {
-    let plans = &app.config.billing.plans;
-    let tenant = caller.principal().tenant_id;
-    if !billable(caller.principal())
-        || !plans.limits(meter)
-        || !app.plan_gate.must_reserve(plans, tenant, meter)
-    {
+    if !must_reserve(app, caller, meter) {
         return Ok(None);
     }
     let mut tx = begin(app, caller, Access::ReadWrite).await?;
-    let request_id = crate::http::current_request_id();
-    let admitted = match plans::admit(&mut tx, plans, meter, quantity, Some(&request_id)).await {
-        Ok(a) => a,
-        Err(plans::AdmitError::Quota(q)) => {
-            app.plan_gate.saw(tenant, &q.plan);
-            return Err(quota_exceeded(&q));
-        }
-        Err(e) => return Err(admit_error(e)),
-    };
+    let admitted = reserve(app, caller, &mut tx, meter, quantity).await?;
     tx.commit().await?;
-    if let Some(a) = &admitted {
-        app.plan_gate.saw(tenant, &a.plan);
-    }
     // Nothing reserved (no hard limit): nothing to give back either.
     Ok(admitted.filter(|a| a.quantity > 0))
 }
 
-/// An admission's refusal or failure, as the API answers it.
-pub(crate) fn admit_error(e: plans::AdmitError) -> ApiError {
-    match e {
-        plans::AdmitError::Db(e) => e.into(),
-        plans::AdmitError::Quota(q) => quota_exceeded(&q),
+/// Whether the caller's request on `meter` reserves against its plan: billable, on a meter
+/// some plan limits, and not a tenant recently seen on a plan without a hard limit there.
+fn must_reserve(app: &App, caller: &Caller, meter: Meter) -> bool {
+    let plans = &app.config.billing.plans;
+    billable(caller.principal())
+        && plans.limits(meter)
+        && app
+            .plan_gate
+            .must_reserve(plans, caller.principal().tenant_id, meter)
+}
+
+/// Reserves `quantity` of `meter` in `tx` (see [`plans::admit`]), remembering the plan it read;
+/// 429 `quota_exceeded` past the hard limit.
+async fn reserve(
+    app: &App,
+    caller: &Caller,
+    tx: &mut crate::db::TenantTx,
+    meter: Meter,
+    quantity: i64,
+) -> Result<Option<plans::Admitted>, ApiError> {
+    let (plans, gate) = (&app.config.billing.plans, &app.plan_gate);
+    let tenant = caller.principal().tenant_id;
+    let request_id = crate::http::current_request_id();
+    match plans::admit(tx, plans, meter, quantity, Some(&request_id)).await {
+        Ok(admitted) => {
+            if let Some(a) = &admitted {
+                gate.saw(tenant, &a.plan);
+            }
+            Ok(admitted)
+        }
+        Err(plans::AdmitError::Quota(q)) => {
+            gate.saw(tenant, &q.plan);
+            Err(quota_exceeded(&q))
+        }
+        Err(plans::AdmitError::Db(e)) => Err(e.into()),
     }
 }
 
 /// 429 `quota_exceeded`: the meter, the limit, what is used and when the count starts again
 /// (also as `Retry-After`).
-pub(crate) fn quota_exceeded(q: &plans::QuotaExceeded) -> ApiError {
+fn quota_exceeded(q: &plans::QuotaExceeded) -> ApiError {
     let resets = q
         .resets_at
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

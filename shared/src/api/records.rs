@@ -12,7 +12,6 @@ use crate::App;
 use crate::analytics::datasets::DatasetRef;
 use crate::analytics::ingest::{self, IngestOutcome, RecordError};
 use crate::audit::Action;
-use crate::billing::plans;
 use crate::db::Access;
 use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
 use crate::usage::{Meter, UsageEvent, ledger};
@@ -155,26 +154,11 @@ async fn write_all(
         outcome += ingest::write(&mut tx, &ds, &slice).await?;
     }
     let changed = (outcome.inserted + outcome.updated) as i64;
-    if changed > 0 && super::billable(caller.principal()) {
-        // Within the plan, counted in this transaction: past the hard limit the whole write is
-        // refused (dropped, so rolled back) and nothing is written or billed.
-        let request_id = crate::http::current_request_id();
-        let plans = &app.config.billing.plans;
-        let (tenant, meter) = (caller.principal().tenant_id, Meter::IngestedRecords);
-        if plans.limits(meter) && app.plan_gate.must_reserve(plans, tenant, meter) {
-            match plans::admit(&mut tx, plans, meter, changed, Some(&request_id)).await {
-                Ok(a) => {
-                    if let Some(a) = a {
-                        app.plan_gate.saw(tenant, &a.plan);
-                    }
-                }
-                Err(plans::AdmitError::Quota(q)) => {
-                    app.plan_gate.saw(tenant, &q.plan);
-                    return Err(super::quota_exceeded(&q));
-                }
-                Err(e) => return Err(super::admit_error(e)),
-            }
-        }
+    // Within the plan, counted in this transaction: past the hard limit the whole write is
+    // refused (dropped, so rolled back) and nothing is written or billed.
+    let meter = Meter::IngestedRecords;
+    if changed > 0 && super::must_reserve(app, caller, meter) {
+        super::reserve(app, caller, &mut tx, meter, changed).await?;
     }
     // Counts only: never what the records hold. (After the reservation: locks in the order
     // counter, then audit head, everywhere.)

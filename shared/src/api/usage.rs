@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 
 use crate::App;
 use crate::billing::customers;
-use crate::billing::periods::{self, Periods};
+use crate::billing::periods;
 use crate::db::Access;
 use crate::http::{Caller, HandlerResult, json_response};
 use crate::usage::{METERS, Meter};
@@ -67,9 +67,7 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let tenant = tx.tenant_id().as_uuid();
     let billing = customers::state(&mut tx).await?;
-    let known = Periods {
-        all: periods::list(&mut tx).await?,
-    };
+    let known = periods::list(&mut tx).await?;
     // The subscription's current period; the calendar month without one.
     let (start, end, period) = match known.current(now) {
         Some(p) => (

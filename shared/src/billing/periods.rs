@@ -103,6 +103,29 @@ pub struct FinalizedInvoice {
     pub finalized_at: DateTime<Utc>,
 }
 
+impl FinalizedInvoice {
+    /// A finalized subscription invoice from the raw fields of either API shape (Unix seconds);
+    /// None unless it is a subscription's and closes the period it bills ([`closes_period`]).
+    pub fn from_stripe(
+        invoice_id: Option<String>,
+        subscription_id: Option<String>,
+        billing_reason: Option<&str>,
+        period: (i64, i64),
+        finalized_at: DateTime<Utc>,
+    ) -> Option<Self> {
+        if !closes_period(billing_reason) {
+            return None;
+        }
+        Some(Self {
+            invoice_id: invoice_id?,
+            subscription_id: subscription_id?,
+            period_start: DateTime::from_timestamp(period.0, 0)?,
+            period_end: DateTime::from_timestamp(period.1, 0)?,
+            finalized_at,
+        })
+    }
+}
+
 /// Whether an invoice with this `billing_reason` closes the period it bills: a renewal, a
 /// plan change's or a cancellation's invoice does; a usage-threshold or manual invoice bills
 /// mid-period and closes nothing. (Absent: an older event shape; taken as closing.)
@@ -292,7 +315,7 @@ pub async fn finalize(
 }
 
 /// The tenant's periods, oldest first.
-pub async fn list(tx: &mut TenantTx) -> Result<Vec<Period>, DbError> {
+pub async fn list(tx: &mut TenantTx) -> Result<Periods, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let rows = tx
         .query(
@@ -301,7 +324,7 @@ pub async fn list(tx: &mut TenantTx) -> Result<Vec<Period>, DbError> {
             &[(&tenant, Type::UUID)],
         )
         .await?;
-    Ok(rows
+    let all = rows
         .iter()
         .map(|r| Period {
             subscription_id: r.get(0),
@@ -310,7 +333,8 @@ pub async fn list(tx: &mut TenantTx) -> Result<Vec<Period>, DbError> {
             invoice_id: r.get(3),
             finalized_at: r.get(4),
         })
-        .collect())
+        .collect();
+    Ok(Periods { all })
 }
 
 /// What reconciliation and `/v1/usage` need to know about a tenant's periods at `now`.
@@ -377,9 +401,7 @@ pub async fn sync(
     now: DateTime<Utc>,
 ) -> Result<SyncOutcome, SyncError> {
     let mut tx = db.begin(ctx, Access::ReadOnly).await?;
-    let known = Periods {
-        all: list(&mut tx).await?,
-    };
+    let known = list(&mut tx).await?;
     tx.commit().await?;
     let mut out = SyncOutcome::default();
     let subscriptions = if known.current(now).is_none() {

@@ -172,14 +172,6 @@ impl PlanConfig {
         }
         (plans, hard, soft)
     }
-
-    /// Every meter's entitlement under `plan`, in meter order.
-    pub fn of_plan(&self, plan: &str) -> Vec<(Meter, Entitlement)> {
-        METERS
-            .iter()
-            .map(|d| (d.meter, self.get(plan, d.meter)))
-            .collect()
-    }
 }
 
 /// Which plan each tenant was last seen on, for a few seconds (`AUTH_LOOKUP_CACHE_SECS`): a
@@ -518,26 +510,6 @@ pub async fn release(tx: &mut TenantTx, admitted: &Admitted) -> Result<(), DbErr
     Ok(())
 }
 
-/// The transaction's tenant's counters in the period starting at `period_start`: (meter, used,
-/// soft limit notified).
-pub async fn counters(
-    tx: &mut TenantTx,
-    period_start: DateTime<Utc>,
-) -> Result<Vec<(Meter, i64, bool)>, DbError> {
-    let tenant = tx.tenant_id().as_uuid();
-    let rows = tx
-        .query(
-            "SELECT meter, used, soft_notified_at IS NOT NULL FROM app.usage_counters \
-             WHERE tenant_id = $1 AND period_start = $2",
-            &[(&tenant, Type::UUID), (&period_start, Type::TIMESTAMPTZ)],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| Some((Meter::from_name(r.get(0))?, r.get(1), r.get(2))))
-        .collect())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -559,7 +531,7 @@ mod tests {
         assert!(p.limits(Meter::Queries));
         assert!(!p.limits(Meter::Storage));
         for plan in PLANS {
-            for (m, e) in p.of_plan(plan) {
+            for (m, e) in METERS.iter().map(|d| (d.meter, p.get(plan, d.meter))) {
                 assert!(
                     e.soft_limit <= e.hard_limit || e.hard_limit.is_none(),
                     "{plan} {m:?}"

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::BillingSink;
 use super::customers::{EnsureError, Ensured, ensure_customer};
 use super::meter::{FlushOutcome, MeterConfig, flush_tenant};
-use super::periods::{self, Periods};
+use super::periods;
 use super::plans::{self, PlanConfig};
 use crate::TenantId;
 use crate::db::{Access, Db, DbError, TenantContext};
@@ -228,9 +228,7 @@ pub async fn reconcile_tenant(
     }
     report.flush = flush_tenant(db, sink, cfg, tenant).await?;
     let mut tx = db.begin(&ctx, Access::ReadOnly).await?;
-    let known = Periods {
-        all: periods::list(&mut tx).await?,
-    };
+    let known = periods::list(&mut tx).await?;
     tx.commit().await?;
     // What can still be billed where it happened: from the oldest open period's first day (the
     // calendar month, for a tenant without subscription periods); nothing once every period is

@@ -251,9 +251,6 @@ impl StripeObject {
         &self,
         fallback: DateTime<Utc>,
     ) -> Option<super::periods::FinalizedInvoice> {
-        if !super::periods::closes_period(self.billing_reason.as_deref()) {
-            return None;
-        }
         let subscription = self.subscription.as_ref().and_then(id_of).or_else(|| {
             self.parent
                 .as_ref()?
@@ -262,18 +259,18 @@ impl StripeObject {
                 .subscription
                 .as_ref()
                 .and_then(id_of)
-        })?;
-        Some(super::periods::FinalizedInvoice {
-            invoice_id: self.id.clone()?,
-            subscription_id: subscription,
-            period_start: ts(self.period_start)?,
-            period_end: ts(self.period_end)?,
-            finalized_at: ts(self
-                .status_transitions
-                .as_ref()
-                .and_then(|t| t.finalized_at))
-            .unwrap_or(fallback),
-        })
+        });
+        let finalized_at = self
+            .status_transitions
+            .as_ref()
+            .and_then(|t| t.finalized_at);
+        super::periods::FinalizedInvoice::from_stripe(
+            self.id.clone(),
+            subscription,
+            self.billing_reason.as_deref(),
+            (self.period_start?, self.period_end?),
+            ts(finalized_at).unwrap_or(fallback),
+        )
     }
 }
 

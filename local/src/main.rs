@@ -429,7 +429,7 @@ async fn billing_schedules(app: std::sync::Arc<tenantry::App>) {
         } else {
             Mode::Flush
         };
-        let input = ReconcileInput { mode };
+        let input = ReconcileInput::all(mode);
         if let Err(e) = run(
             &app.db,
             app.billing.as_ref(),

@@ -16,6 +16,7 @@ use crate::TenantId;
 use crate::analytics::planner::local::LocalPlanner;
 use crate::analytics::planner::{PlanError, PlanFuture, PlanRequest, QueryPlanner};
 use crate::auth::Authenticator;
+use crate::billing::reconcile::ReconcileQueue;
 use crate::billing::{BillingSink, LocalBilling};
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
@@ -197,6 +198,10 @@ impl AppBuilder {
                 work,
             )),
         };
+        let reconcile_queue = match &config.billing.reconcile_queue_url {
+            Some(url) => Some(sqs_reconcile_queue(sdk.as_ref(), url)?),
+            None => None,
+        };
         if billing.kind() == "local" {
             tracing::info!(
                 "billing: local adapter: meter events are recorded in this process, not sent to Stripe"
@@ -226,6 +231,7 @@ impl AppBuilder {
             planner,
             embed_queue,
             usage_queue,
+            reconcile_queue,
             billing,
         })
     }
@@ -369,6 +375,26 @@ fn sqs_usage_queue(
     Ok(Arc::new(Unlinked("usage queue (SQS)")))
 }
 
+#[cfg(feature = "sqs")]
+fn sqs_reconcile_queue(
+    sdk: Option<&aws_config::SdkConfig>,
+    url: &str,
+) -> Result<Arc<dyn ReconcileQueue>, ConfigError> {
+    let sdk = sdk.ok_or_else(|| no_sdk("BILLING_RECONCILE_QUEUE_URL"))?;
+    Ok(Arc::new(crate::billing::reconcile::SqsReconcileQueue::new(
+        aws_sdk_sqs::Client::new(sdk),
+        url,
+    )))
+}
+
+#[cfg(not(feature = "sqs"))]
+fn sqs_reconcile_queue(
+    _: Option<&aws_config::SdkConfig>,
+    _: &str,
+) -> Result<Arc<dyn ReconcileQueue>, ConfigError> {
+    Ok(Arc::new(Unlinked("reconcile queue (SQS)")))
+}
+
 /// A port whose configured adapter this function does not link: every call fails, naming it.
 #[derive(Debug)]
 pub struct Unlinked(pub &'static str);
@@ -415,6 +441,15 @@ impl EmbedQueue for Unlinked {
     }
     fn enqueue(&self, _: TenantId) -> EnqueueFuture<'_> {
         Box::pin(async move { Err(QueueError(self.message())) })
+    }
+}
+
+impl ReconcileQueue for Unlinked {
+    fn send<'a>(
+        &'a self,
+        _: &'a [crate::billing::reconcile::ReconcileInput],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move { Err(self.message()) })
     }
 }
 

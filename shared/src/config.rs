@@ -218,4 +218,42 @@ mod tests {
         pairs[1] = ("AUTH0_ISSUER", "http://evil.example/");
         assert!(Config::from_lookup(lookup(&pairs)).is_err());
     }
+
+    #[test]
+    fn the_reconciliation_fan_out_is_bounded() {
+        let cfg = Config::from_lookup(lookup(BASE)).unwrap_or_else(|e| panic!("{e}"));
+        let m = &cfg.billing.meter;
+        assert_eq!((m.reconcile_batch, m.reconcile_concurrency), (25, 2));
+        assert_eq!(cfg.billing.reconcile_queue_url, None);
+        for (name, bad) in [
+            ("BILLING_RECONCILE_BATCH", "0"),
+            ("BILLING_RECONCILE_BATCH", "1001"),
+            ("BILLING_RECONCILE_CONCURRENCY", "0"),
+            ("BILLING_RECONCILE_CONCURRENCY", "33"),
+            ("BILLING_RECONCILE_CONCURRENCY", "-1"),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, bad));
+            let err = Config::from_lookup(lookup(&pairs))
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.starts_with(name)),
+                "{name}={bad}: {err:?}"
+            );
+        }
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("BILLING_RECONCILE_BATCH", "1000"),
+            ("BILLING_RECONCILE_CONCURRENCY", "32"),
+            (
+                "BILLING_RECONCILE_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/r",
+            ),
+        ]);
+        let cfg = Config::from_lookup(lookup(&pairs)).unwrap_or_else(|e| panic!("{e}"));
+        let m = &cfg.billing.meter;
+        assert_eq!((m.reconcile_batch, m.reconcile_concurrency), (1000, 32));
+        assert!(cfg.billing.reconcile_queue_url.is_some());
+    }
 }

@@ -18,3 +18,39 @@ pub(crate) async fn send_json<T: Serialize>(
         .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
     Ok(())
 }
+
+/// Sends each of `bodies` as a JSON message to `queue_url`, ten to a call (SQS's most). Fails if
+/// any message was not taken (the caller sends again: its messages must be safe to repeat).
+pub(crate) async fn send_json_batch<T: Serialize>(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    bodies: &[T],
+) -> Result<(), String> {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    for chunk in bodies.chunks(10) {
+        let mut call = client.send_message_batch().queue_url(queue_url);
+        for (i, body) in chunk.iter().enumerate() {
+            let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body)
+                .build()
+                .map_err(|e| e.to_string())?;
+            call = call.entries(entry);
+        }
+        let out = call
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        if let Some(f) = out.failed().first() {
+            return Err(format!(
+                "{} of {} messages not taken (first: {} {})",
+                out.failed().len(),
+                chunk.len(),
+                f.code(),
+                f.message().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -37,6 +37,9 @@ pub struct App {
     pub embed_queue: Arc<dyn EmbedQueue>,
     /// Where billable requests send their usage.
     pub usage_queue: Arc<dyn UsageQueue>,
+    /// Where the scheduled reconciliation sends its batches of tenants (`billing-reconcile`
+    /// with `BILLING_RECONCILE_QUEUE_URL`); unset: one run visits every tenant.
+    pub reconcile_queue: Option<Arc<dyn crate::billing::reconcile::ReconcileQueue>>,
     /// The billing provider (local unless a Stripe-linked function supplies its adapter).
     pub billing: Arc<dyn BillingSink>,
     /// Which tenants' plans need no reservation (recently seen plans).

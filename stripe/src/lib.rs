@@ -678,23 +678,25 @@ pub async fn run_usage_meter() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-/// The whole `main` of the scheduled `billing-reconcile` function.
+/// The whole `main` of the `billing-reconcile` function: the schedules' input, and the batches
+/// its fan-out queue delivers (see `tenantry::billing::reconcile::handle_event`).
 pub async fn run_billing_reconcile() -> Result<(), lambda_runtime::Error> {
     tenantry::telemetry::init(tenantry::app::log_format());
     let app = Arc::new(app_from_env().await?);
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<tenantry::billing::reconcile::ReconcileInput>| {
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let app = Arc::clone(&app);
             async move {
-                let out = tenantry::billing::reconcile::run(
+                let out = tenantry::billing::reconcile::handle_event(
                     &app.db,
                     app.billing.as_ref(),
                     &app.config.billing.meter,
                     &app.config.billing.plans,
-                    &event.payload,
+                    app.reconcile_queue.as_deref(),
+                    event.payload,
                 )
                 .await?;
-                Ok::<_, lambda_runtime::Error>(serde_json::to_value(out)?)
+                Ok::<_, lambda_runtime::Error>(out)
             }
         },
     ))

@@ -38,6 +38,7 @@ const IMPERSONATION_TABLES: &[&str] = &[
     "app.audit_heads",
     "app.billing_customers",
     "app.billing_periods",
+    "app.billing_reconciliation_days",
     "app.billing_reconciliations",
     "app.chunks",
     "app.datasets",
@@ -58,6 +59,7 @@ const LIVE_SESSION_CLAUSE: &str = "(SELECT app.impersonation_live() AS impersona
 const SUPPORT_READ_TABLES: &[&str] = &[
     "app.billing_customers",
     "app.billing_periods",
+    "app.billing_reconciliation_days",
     "app.billing_reconciliations",
     "app.chunks",
     "app.impersonation_sessions",

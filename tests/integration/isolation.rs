@@ -195,6 +195,33 @@ const TABLES: &[Table] = &[
         delete_refused: None,
     },
     Table {
+        name: "billing_reconciliation_days",
+        insert: "INSERT INTO app.billing_reconciliation_days
+                   (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, actions,
+                    issues, repaired, drift)
+                 VALUES ($1, current_date, 1, now(), now(), gen_random_uuid(), 0, '{}', '[]', 0, 0)",
+        // Only the run's figures may change.
+        touch: "runs = runs",
+        update: true,
+        update_tenant: false,
+        delete: false,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
+        name: "usage_window_changes",
+        insert: "INSERT INTO app.usage_window_changes (tenant_id, meter, window_start)
+                 VALUES ($1, 'queries', date_trunc('hour', now()))",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: true,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
         name: "processed_webhooks",
         insert: "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type)
                  VALUES ($1, 'stripe', 'evt_intruder', 'x')",
@@ -338,6 +365,13 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
         (
             "INSERT INTO app.processed_webhooks (tenant_id, source, event_id, event_type) \
              VALUES ($1, 'stripe', 'evt_shared', 'invoice.paid')",
+            None,
+        ),
+        (
+            "INSERT INTO app.billing_reconciliation_days \
+               (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, actions, \
+                issues, repaired, drift) \
+             VALUES ($1, current_date, 1, now(), now(), gen_random_uuid(), 1, '{}', '[]', 0, 0)",
             None,
         ),
         (

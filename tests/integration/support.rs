@@ -391,9 +391,9 @@ async fn a_suspended_tenant_is_refused_everywhere_accrues_nothing_and_resumes() 
     }
     // The scheduled reconcile takes no storage or seats snapshot of it.
     let a_app = &app.app;
-    let input = tenantry::billing::reconcile::ReconcileInput {
-        mode: tenantry::billing::reconcile::Mode::Reconcile,
-    };
+    let input = tenantry::billing::reconcile::ReconcileInput::all(
+        tenantry::billing::reconcile::Mode::Reconcile,
+    );
     tenantry::billing::reconcile::run(
         &a_app.db,
         a_app.billing.as_ref(),

@@ -67,7 +67,7 @@ fn each_function_links_only_the_sdks_it_calls() {
         ("stripe-webhook", &secrets),
         ("auth0-webhook", &secrets),
         ("usage-meter", &secrets),
-        ("billing-reconcile", &secrets),
+        ("billing-reconcile", &sqs),
         ("vector-indexes", &secrets),
         ("records", &sqs),
         ("query", &sqs),

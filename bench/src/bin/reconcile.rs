@@ -108,9 +108,7 @@ async fn main() -> Result<(), Error> {
 
     let cfg = app.config.billing.meter.clone();
     let plans = app.config.billing.plans.clone();
-    let input = ReconcileInput {
-        mode: Mode::Reconcile,
-    };
+    let input = ReconcileInput::all(Mode::Reconcile);
     for label in ["first", "steady"] {
         let calls_before = stub.meter_event_calls()
             + stub.summary_requests().len() as u64

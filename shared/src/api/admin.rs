@@ -68,11 +68,10 @@ const TENANTS_SQL: &str = "\
       jsonb_build_object('customer_id', c.stripe_customer_id, 'status', c.billing_status, \
         'last_invoice_status', c.last_invoice_status, \
         'customer_pending', t.customer_pending, 'customer_error', t.customer_error), \
-      (SELECT jsonb_build_object('run_id', r.run_id, 'at', max(r.created_at), \
-          'drift', sum(abs(coalesce(r.drift, 0))), \
-          'days_not_in_sync', count(*) FILTER (WHERE r.action <> 'in_sync')) \
-       FROM app.billing_reconciliations r WHERE r.tenant_id = t.tenant_id \
-       GROUP BY r.run_id ORDER BY max(r.created_at) DESC LIMIT 1), \
+      (SELECT jsonb_build_object('run_id', r.last_run_id, 'at', r.last_run_at, \
+          'drift', r.drift, 'days_not_in_sync', jsonb_array_length(r.issues)) \
+       FROM app.billing_reconciliation_days r WHERE r.tenant_id = t.tenant_id \
+       ORDER BY r.day DESC LIMIT 1), \
       (SELECT jsonb_build_object( \
           'pending', count(*) FILTER (WHERE d.status = 'pending'), \
           'failed', count(*) FILTER (WHERE d.status = 'failed'), \

@@ -206,47 +206,25 @@ pub(super) async fn get(State(app): State<Arc<App>>, caller: Caller) -> HandlerR
             hard_limit_reached: e.hard_limit.is_some_and(|h| used >= h),
         });
     }
+    // The last run's summary (the day's summary row keeps the last run's counts and issues).
     let last = tx
-        .query(
-            "SELECT run_id, created_at, meter, day, ledger_total, stripe_total, drift, action, \
-                        detail \
-                 FROM app.billing_reconciliations \
-                 WHERE tenant_id = $1 AND run_id = (SELECT run_id FROM app.billing_reconciliations \
-                                                    WHERE tenant_id = $1 \
-                                                    ORDER BY created_at DESC, run_id DESC LIMIT 1) \
-                 ORDER BY meter, day",
+        .query_opt(
+            "SELECT last_run_id, last_run_at, checked, actions, issues \
+             FROM app.billing_reconciliation_days WHERE tenant_id = $1 \
+             ORDER BY day DESC LIMIT 1",
             &[(&tenant, Type::UUID)],
         )
         .await?;
     tx.commit().await?;
 
-    let last_reconciliation = last.first().map(|first| {
-        let at: DateTime<Utc> = first.get(1);
-        let mut counts = serde_json::Map::new();
-        let mut issues = Vec::new();
-        for r in &last {
-            let action: &str = r.get(7);
-            let n = counts.get(action).and_then(Value::as_u64).unwrap_or(0);
-            counts.insert(action.to_owned(), json!(n + 1));
-            if action != "in_sync" {
-                let day: chrono::NaiveDate = r.get(3);
-                issues.push(json!({
-                    "meter": r.get::<_, &str>(2),
-                    "day": day.to_string(),
-                    "ledger_total": r.get::<_, i64>(4),
-                    "provider_total": r.get::<_, Option<i64>>(5),
-                    "drift": r.get::<_, Option<i64>>(6),
-                    "action": action,
-                    "detail": r.get::<_, Option<&str>>(8),
-                }));
-            }
-        }
+    let last_reconciliation = last.map(|r| {
+        let at: DateTime<Utc> = r.get(1);
         json!({
-            "run_id": first.get::<_, uuid::Uuid>(0),
+            "run_id": r.get::<_, uuid::Uuid>(0),
             "at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "days_checked": last.len(),
-            "actions": counts,
-            "issues": issues,
+            "days_checked": r.get::<_, i32>(2),
+            "actions": r.get::<_, Value>(3),
+            "issues": r.get::<_, Value>(4),
         })
     });
     json_response(

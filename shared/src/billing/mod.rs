@@ -39,6 +39,9 @@ use crate::usage::Meter;
 pub struct BillingConfig {
     /// SQS queue for usage events (consumed by `usage-meter`); unset: in-process.
     pub usage_queue_url: Option<String>,
+    /// SQS queue the scheduled reconciliation fans out to, a message per batch of tenants
+    /// (consumed by `billing-reconcile` itself); unset: one run visits every tenant.
+    pub reconcile_queue_url: Option<String>,
     /// Windows, leases, retries.
     pub meter: meter::MeterConfig,
     /// Stripe secret key; unset: the local billing adapter.
@@ -63,13 +66,14 @@ pub struct BillingConfig {
 }
 
 impl BillingConfig {
-    /// `USAGE_QUEUE_URL`, the meter's settings ([`meter::MeterConfig`]), `STRIPE_API_KEY`,
+    /// `USAGE_QUEUE_URL`, `BILLING_RECONCILE_QUEUE_URL`, the meter's settings ([`meter::MeterConfig`]), `STRIPE_API_KEY`,
     /// `STRIPE_API_BASE`, `STRIPE_TIMEOUT_MS`, one [`stripe_meter_var`] per meter,
     /// `STRIPE_WEBHOOK_SECRETS` (comma-separated), `STRIPE_WEBHOOK_TOLERANCE_SECS`,
     /// `AUTH0_WEBHOOK_SECRET`, `BILLING_SECRET_ARN`, `PLAN_ENTITLEMENTS`.
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             usage_queue_url: env.var("USAGE_QUEUE_URL"),
+            reconcile_queue_url: env.var("BILLING_RECONCILE_QUEUE_URL"),
             meter: meter::MeterConfig::from_env(env)?,
             stripe_api_key: env.var("STRIPE_API_KEY").map(Secret::new),
             stripe_api_base: env

@@ -13,8 +13,10 @@
 //!    delivery (positive or negative, deterministic identifier) sent by a second flush;
 //!    Late usage (billed in the next open period, see [`periods`]) counts on the day it is
 //!    billed, not the day it happened; repairs are never stamped in a finalized period;
-//! 4. records one row per meter and day in `app.billing_reconciliations`, with its period, and
-//!    deletes the tenant's records older than `BILLING_RECONCILIATION_RETENTION_DAYS`.
+//! 4. records each (meter, day) whose outcome changed since its last record (with its period) in
+//!    `app.billing_reconciliations`, folds the run into the tenant's summary for the day
+//!    (`app.billing_reconciliation_days`: runs, the last run's counts and the pairs not in sync),
+//!    and deletes both past `BILLING_RECONCILIATION_RETENTION_DAYS`.
 //!
 //! A `flush` run only does step 2 (scheduled more often, so closed windows do not wait for the
 //! daily run).
@@ -36,13 +38,30 @@ use crate::TenantId;
 use crate::db::{Access, Db, DbError, TenantContext};
 use crate::usage::{METERS, Meter, UsageEvent, ledger};
 
-/// The scheduler's input.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// The scheduler's input, and the body of a fan-out message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconcileInput {
     /// `reconcile` (default) or `flush`.
     #[serde(default)]
     pub mode: Mode,
+    /// Only these tenants (a fan-out message); unset: every tenant (the schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<TenantId>>,
+    /// The run the tenants belong to (the dispatching run's id, which their records carry);
+    /// unset: a new run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+}
+
+impl ReconcileInput {
+    /// Every tenant, in `mode`.
+    pub fn all(mode: Mode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
 }
 
 /// What a run does.
@@ -59,7 +78,7 @@ pub enum Mode {
 /// What a run did, over all tenants.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunOutcome {
-    /// The run's id (rows in `billing_reconciliations` carry it).
+    /// The run's id (records in `billing_reconciliations` carry it).
     pub run_id: Uuid,
     /// Tenants visited.
     pub tenants: usize,
@@ -85,9 +104,169 @@ pub struct RunOutcome {
     pub customers_pending: usize,
     /// Closed tenants whose data this run deleted (their retention period was over).
     pub tenants_data_deleted: usize,
+    /// Messages queued for the fan-out (a dispatching run visits no tenant itself).
+    pub batches_queued: usize,
 }
 
-/// Runs over every tenant, one at a time.
+impl RunOutcome {
+    fn add(&mut self, r: &TenantReport) {
+        self.days_checked += r.days_checked;
+        self.in_sync += r.in_sync;
+        self.repaired += r.repaired;
+        self.in_flight += r.in_flight;
+        self.period_calls += r.period_calls;
+        self.pruned += r.pruned;
+        self.flush.add(&r.flush);
+    }
+}
+
+/// Why a run stopped before visiting its tenants (a tenant's own failure never stops it).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The fan-out queue did not take every batch (the schedule's retry sends them all again;
+    /// reconciling a tenant twice changes nothing).
+    #[error("reconciliation batches not queued: {0}")]
+    Queue(String),
+    /// An event that is neither the schedule's input nor the fan-out queue's batch.
+    #[error("not a billing-reconcile event: {0}")]
+    Event(String),
+}
+
+/// Where a scheduled reconciliation sends its batches of tenants.
+pub trait ReconcileQueue: Send + Sync + std::fmt::Debug {
+    /// Queues every batch; Ok only if all were taken.
+    fn send<'a>(
+        &'a self,
+        batches: &'a [ReconcileInput],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// The SQS adapter: a message per batch, consumed by `billing-reconcile` itself.
+#[cfg(feature = "sqs")]
+#[derive(Debug)]
+pub struct SqsReconcileQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+#[cfg(feature = "sqs")]
+impl SqsReconcileQueue {
+    /// An adapter for `queue_url`.
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+#[cfg(feature = "sqs")]
+impl ReconcileQueue for SqsReconcileQueue {
+    fn send<'a>(
+        &'a self,
+        batches: &'a [ReconcileInput],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(crate::sqs::send_json_batch(
+            &self.client,
+            &self.queue_url,
+            batches,
+        ))
+    }
+}
+
+/// The `billing-reconcile` function's handler. Three events:
+/// - the schedule's `{"mode": "reconcile"}` with a queue: deletes expired tenants' data, then
+///   queues every tenant in batches of `reconcile_batch` ([`dispatch`]) and visits none itself;
+/// - the queue's messages (an SQS event): each message's tenants reconciled under its run id;
+///   a message whose run failed (the database) is reported back to SQS, to be delivered again;
+/// - anything else the schedule sends (`flush`, or any run without a queue): [`run`].
+pub async fn handle_event(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    plans: &PlanConfig,
+    queue: Option<&dyn ReconcileQueue>,
+    event: serde_json::Value,
+) -> Result<serde_json::Value, RunError> {
+    use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+    if event.get("Records").is_some() {
+        let event: SqsEvent =
+            serde_json::from_value(event).map_err(|e| RunError::Event(e.to_string()))?;
+        let mut response = SqsBatchResponse::default();
+        for record in event.records {
+            let id = record.message_id.unwrap_or_default();
+            let input =
+                serde_json::from_str::<ReconcileInput>(record.body.as_deref().unwrap_or(""))
+                    .map_err(|e| e.to_string())
+                    .and_then(|i| match i.tenants {
+                        Some(_) => Ok(i),
+                        None => Err("a queued batch names its tenants".to_owned()),
+                    });
+            let result = match input {
+                Ok(input) => run(db, sink, cfg, plans, &input)
+                    .await
+                    .map_err(|e| e.to_string()),
+                // Never valid later either: SQS retries it to the dead-letter queue.
+                Err(e) => Err(format!("malformed batch: {e}")),
+            };
+            if let Err(e) = result {
+                tracing::warn!(message_id = %id, error = %e, "reconciliation batch failed");
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                response.batch_item_failures.push(f);
+            }
+        }
+        return serde_json::to_value(response).map_err(|e| RunError::Event(e.to_string()));
+    }
+    let input: ReconcileInput =
+        serde_json::from_value(event).map_err(|e| RunError::Event(e.to_string()))?;
+    let out = match queue {
+        Some(q) if input.mode == Mode::Reconcile && input.tenants.is_none() => {
+            dispatch(db, q, cfg).await?
+        }
+        _ => run(db, sink, cfg, plans, &input).await?,
+    };
+    serde_json::to_value(out).map_err(|e| RunError::Event(e.to_string()))
+}
+
+/// The scheduled reconciliation's fan-out: expired tenants' data deleted (once per run, here),
+/// then every tenant queued, `reconcile_batch` to a message, under one run id.
+pub async fn dispatch(
+    db: &Db,
+    queue: &dyn ReconcileQueue,
+    cfg: &MeterConfig,
+) -> Result<RunOutcome, RunError> {
+    let mut out = RunOutcome {
+        run_id: Uuid::now_v7(),
+        ..RunOutcome::default()
+    };
+    out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
+    let tenants: Vec<TenantId> = db
+        .tenant_ids()
+        .await?
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    out.tenants = tenants.len();
+    let batches: Vec<ReconcileInput> = tenants
+        .chunks(cfg.reconcile_batch.max(1))
+        .map(|chunk| ReconcileInput {
+            mode: Mode::Reconcile,
+            tenants: Some(chunk.to_vec()),
+            run_id: Some(out.run_id),
+        })
+        .collect();
+    queue.send(&batches).await.map_err(RunError::Queue)?;
+    out.batches_queued = batches.len();
+    tracing::info!(run_id = %out.run_id, tenants = out.tenants, batches = out.batches_queued,
+        "billing run dispatched");
+    Ok(out)
+}
+
+/// Runs over every tenant (or the input's), `reconcile_concurrency` at a time.
 pub async fn run(
     db: &Db,
     sink: &dyn BillingSink,
@@ -95,65 +274,97 @@ pub async fn run(
     plans: &PlanConfig,
     input: &ReconcileInput,
 ) -> Result<RunOutcome, DbError> {
+    use futures_util::StreamExt;
     let mut out = RunOutcome {
-        run_id: Uuid::now_v7(),
+        run_id: input.run_id.unwrap_or_else(Uuid::now_v7),
         ..RunOutcome::default()
     };
-    // Closed tenants past their retention period lose their data first (the daily run does it;
-    // the billing rows it keeps are then reconciled below like any others).
-    if input.mode == Mode::Reconcile {
-        out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
-    }
-    for t in db.tenant_ids().await? {
-        out.tenants += 1;
-        // A tenant whose billing customer could not be made when it was created: again now.
-        if t.status == "active" {
-            match ensure_customer(db, sink, t.tenant_id, "system:billing-reconcile", None).await {
-                Ok(Ensured::Created(_)) => out.customers_linked += 1,
-                Ok(Ensured::Linked(_) | Ensured::NotPending) => {}
-                Err(EnsureError::Db(e)) => {
-                    out.tenant_errors += 1;
-                    tracing::warn!(tenant_id = %t.tenant_id, error = %e, "customer check failed");
-                    continue;
-                }
-                Err(e) => {
-                    out.customers_pending += 1;
-                    tracing::warn!(tenant_id = %t.tenant_id, error = %e, "billing customer still not created");
-                }
+    let tenants = match &input.tenants {
+        Some(only) => db.tenants_among(only).await?,
+        None => {
+            // Closed tenants past their retention period lose their data first (the daily run
+            // does it; the billing rows it keeps are then reconciled below like any others).
+            if input.mode == Mode::Reconcile {
+                out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
             }
+            db.tenant_ids().await?
         }
-        let result = match input.mode {
-            Mode::Flush => flush_tenant(db, sink, cfg, t.tenant_id)
-                .await
-                .map(|f| TenantReport {
-                    flush: f,
-                    ..TenantReport::default()
-                }),
-            Mode::Reconcile => {
-                let active = t.status == "active";
-                reconcile_tenant(db, sink, cfg, plans, t.tenant_id, active, out.run_id).await
-            }
-        };
-        match result {
-            Ok(r) => {
-                out.days_checked += r.days_checked;
-                out.in_sync += r.in_sync;
-                out.repaired += r.repaired;
-                out.in_flight += r.in_flight;
-                out.period_calls += r.period_calls;
-                out.pruned += r.pruned;
-                out.flush.add(&r.flush);
-            }
-            Err(e) => {
-                out.tenant_errors += 1;
-                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "reconciliation failed for tenant");
-            }
+    };
+    let run_id = out.run_id;
+    let mut visits = futures_util::stream::iter(tenants)
+        .map(|t| visit(db, sink, cfg, plans, input.mode, t, run_id))
+        .buffer_unordered(cfg.reconcile_concurrency.max(1));
+    while let Some(v) = visits.next().await {
+        out.tenants += 1;
+        match v.customer {
+            Some(Ok(true)) => out.customers_linked += 1,
+            Some(Err(())) => out.customers_pending += 1,
+            _ => {}
+        }
+        match v.result {
+            Ok(r) => out.add(&r),
+            Err(()) => out.tenant_errors += 1,
         }
     }
     tracing::info!(run_id = %out.run_id, tenants = out.tenants, errors = out.tenant_errors,
         days = out.days_checked, in_sync = out.in_sync, repaired = out.repaired,
         in_flight = out.in_flight, "billing run done");
     Ok(out)
+}
+
+/// What visiting one tenant did: its billing customer made now (`Some(Ok(true))`) or still not
+/// (`Some(Err)`), and its run (failures are logged here).
+struct Visit {
+    customer: Option<Result<bool, ()>>,
+    result: Result<TenantReport, ()>,
+}
+
+async fn visit(
+    db: &Db,
+    sink: &dyn BillingSink,
+    cfg: &MeterConfig,
+    plans: &PlanConfig,
+    mode: Mode,
+    t: crate::db::TenantRef,
+    run_id: Uuid,
+) -> Visit {
+    let mut customer = None;
+    // A tenant whose billing customer could not be made when it was created: again now.
+    if t.status == "active" {
+        match ensure_customer(db, sink, t.tenant_id, "system:billing-reconcile", None).await {
+            Ok(Ensured::Created(_)) => customer = Some(Ok(true)),
+            Ok(Ensured::Linked(_) | Ensured::NotPending) => {}
+            Err(EnsureError::Db(e)) => {
+                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "customer check failed");
+                return Visit {
+                    customer,
+                    result: Err(()),
+                };
+            }
+            Err(e) => {
+                customer = Some(Err(()));
+                tracing::warn!(tenant_id = %t.tenant_id, error = %e, "billing customer still not created");
+            }
+        }
+    }
+    let result = match mode {
+        Mode::Flush => flush_tenant(db, sink, cfg, t.tenant_id)
+            .await
+            .map(|f| TenantReport {
+                flush: f,
+                ..TenantReport::default()
+            }),
+        Mode::Reconcile => {
+            let active = t.status == "active";
+            reconcile_tenant(db, sink, cfg, plans, t.tenant_id, active, run_id).await
+        }
+    };
+    Visit {
+        customer,
+        result: result.map_err(|e| {
+            tracing::warn!(tenant_id = %t.tenant_id, error = %e, "reconciliation failed for tenant");
+        }),
+    }
 }
 
 /// One tenant's reconciliation.
@@ -444,6 +655,11 @@ impl Row {
             period_start: None,
         }
     }
+
+    /// What the provider should show less what it shows (unknown without its figure).
+    fn drift(&self) -> Option<i64> {
+        self.stripe.map(|s| self.expected - s)
+    }
 }
 
 /// Per (meter, day): what the window deliveries delivered, what was refused, and whether any
@@ -571,32 +787,80 @@ async fn plan_repair(
     Ok(())
 }
 
+/// Records the (meter, day) pairs whose outcome changed since their last record (action and
+/// totals; a repair always, being an action), and folds the run into the tenant's summary for
+/// today: runs, the last run's counts and the pairs not in sync, the day's repairs.
 async fn record_rows(
     tx: &mut crate::db::TenantTx,
     run_id: Uuid,
     rows: &[Row],
 ) -> Result<(), DbError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let tenant = tx.tenant_id().as_uuid();
     let meters: Vec<&str> = rows.iter().map(|r| r.meter.name()).collect();
     let days: Vec<NaiveDate> = rows.iter().map(|r| r.day).collect();
     let ledger: Vec<i64> = rows.iter().map(|r| r.ledger).collect();
     let stripe: Vec<Option<i64>> = rows.iter().map(|r| r.stripe).collect();
-    let drift: Vec<Option<i64>> = rows
-        .iter()
-        .map(|r| r.stripe.map(|s| r.expected - s))
-        .collect();
+    let drift: Vec<Option<i64>> = rows.iter().map(Row::drift).collect();
     let periods: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.period_start).collect();
     let actions: Vec<&str> = rows.iter().map(|r| r.action).collect();
     let details: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
+    let mut counts = serde_json::Map::new();
+    for r in rows {
+        let n = counts.get(r.action).and_then(serde_json::Value::as_u64);
+        counts.insert(r.action.to_owned(), (n.unwrap_or(0) + 1).into());
+    }
+    let issues: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| r.action != "in_sync")
+        .map(|r| {
+            serde_json::json!({
+                "meter": r.meter.name(),
+                "day": r.day.to_string(),
+                "ledger_total": r.ledger,
+                "provider_total": r.stripe,
+                "drift": r.drift(),
+                "action": r.action,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "checked": rows.len(),
+        "actions": counts,
+        "issues": issues,
+        "repaired": rows.iter().filter(|r| r.action == "repaired").count(),
+        "drift": rows.iter().filter_map(Row::drift).map(i64::abs).sum::<i64>(),
+    });
     tx.execute(
-        "INSERT INTO app.billing_reconciliations \
-           (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail, \
-            period_start) \
-         SELECT $1, $2, * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[], $7::int8[], \
-                                      $8::text[], $9::text[], $10::timestamptz[])",
+        "WITH u AS ( \
+           SELECT * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[], $7::int8[], \
+                                $8::text[], $9::text[], $10::timestamptz[]) \
+             AS u(meter, day, ledger_total, stripe_total, drift, action, detail, period_start) \
+         ), changed AS ( \
+           INSERT INTO app.billing_reconciliations \
+             (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail, \
+              period_start) \
+           SELECT $1, $2, u.* FROM u \
+           WHERE u.action = 'repaired' OR NOT EXISTS ( \
+             SELECT 1 FROM (SELECT r.action, r.ledger_total, r.stripe_total, r.drift \
+                            FROM app.billing_reconciliations r \
+                            WHERE r.tenant_id = $1 AND r.meter = u.meter AND r.day = u.day \
+                            ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1) last \
+             WHERE (last.action, last.ledger_total, last.stripe_total, last.drift) \
+                   IS NOT DISTINCT FROM (u.action, u.ledger_total, u.stripe_total, u.drift)) \
+         ) \
+         INSERT INTO app.billing_reconciliation_days AS s \
+           (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, actions, \
+            issues, repaired, drift) \
+         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 1, now(), now(), $2, \
+                 ($11::jsonb ->> 'checked')::int4, $11::jsonb -> 'actions', \
+                 $11::jsonb -> 'issues', ($11::jsonb ->> 'repaired')::int4, \
+                 ($11::jsonb ->> 'drift')::int8) \
+         ON CONFLICT (tenant_id, day) DO UPDATE \
+           SET runs = s.runs + 1, last_run_at = excluded.last_run_at, \
+               last_run_id = excluded.last_run_id, checked = excluded.checked, \
+               actions = excluded.actions, issues = excluded.issues, \
+               repaired = s.repaired + excluded.repaired, drift = excluded.drift",
         &[
             (&tenant, Type::UUID),
             (&run_id, Type::UUID),
@@ -608,6 +872,7 @@ async fn record_rows(
             (&actions, Type::TEXT_ARRAY),
             (&details, Type::TEXT_ARRAY),
             (&periods, Type::TIMESTAMPTZ_ARRAY),
+            (&summary, Type::JSONB),
         ],
     )
     .await?;
@@ -710,6 +975,17 @@ mod tests {
         assert_eq!(i.mode, Mode::Reconcile);
         let i: ReconcileInput = serde_json::from_str(r#"{"mode": "flush"}"#).unwrap();
         assert_eq!(i.mode, Mode::Flush);
+        assert_eq!(i.tenants, None);
+        // A batch survives its trip through the queue unchanged.
+        let batch = ReconcileInput {
+            mode: Mode::Reconcile,
+            tenants: Some(vec![TenantId::new(), TenantId::new()]),
+            run_id: Some(Uuid::now_v7()),
+        };
+        let back: ReconcileInput =
+            serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();
+        assert_eq!(back, batch);
+        assert!(serde_json::from_str::<ReconcileInput>(r#"{"tenants": ["x"]}"#).is_err());
         assert!(serde_json::from_str::<ReconcileInput>(r#"{"mode": "all"}"#).is_err());
         assert!(serde_json::from_str::<ReconcileInput>(r#"{"x": 1}"#).is_err());
     }

@@ -368,9 +368,23 @@ impl Db {
 
     /// Every tenant with its status, for scheduled jobs that visit tenants one at a time.
     pub async fn tenant_ids(&self) -> Result<Vec<TenantRef>, DbError> {
+        self.tenant_refs(None).await
+    }
+
+    /// Those of `only` that exist, with their status (a fan-out batch's tenants).
+    pub async fn tenants_among(&self, only: &[TenantId]) -> Result<Vec<TenantRef>, DbError> {
+        self.tenant_refs(Some(only)).await
+    }
+
+    async fn tenant_refs(&self, only: Option<&[TenantId]>) -> Result<Vec<TenantRef>, DbError> {
+        let ids: Option<Vec<Uuid>> = only.map(|o| o.iter().map(|t| t.as_uuid()).collect());
         let client = self.checkout().await?;
         let rows = client
-            .query_typed("SELECT tenant_id, status FROM app.tenant_ids()", &[])
+            .query_typed(
+                "SELECT tenant_id, status FROM app.tenant_ids() \
+                 WHERE $1::uuid[] IS NULL OR tenant_id = ANY($1)",
+                &[(&ids, Type::UUID_ARRAY)],
+            )
             .await?;
         Ok(rows
             .iter()

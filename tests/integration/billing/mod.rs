@@ -28,6 +28,7 @@ use tenantry_tests::stripe_stub::Gate;
 use tenantry_tests::{Fault, StripeStub, TestApp, tenant, tx};
 
 mod periods;
+mod scale;
 mod stripe_hard_parts;
 
 /// The Stripe webhook signing secret of the scenarios that deliver Stripe's events.
@@ -244,7 +245,7 @@ impl Billing {
     /// One run over every tenant, whatever its errors.
     async fn run_all(&self, mode: Mode) -> RunOutcome {
         let a = &self.app.app;
-        let input = ReconcileInput { mode };
+        let input = ReconcileInput::all(mode);
         run(
             &a.db,
             a.billing.as_ref(),
@@ -1589,11 +1590,43 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
             .await
             .unwrap();
     }
+    // And the daily summaries of old runs (40 days ago for both, 29 for this tenant).
+    for (tenant, age_days) in [(t, 40), (t, 29), (other, 40)] {
+        admin
+            .execute(
+                "INSERT INTO app.billing_reconciliation_days \
+                   (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, \
+                    actions, issues, repaired, drift) \
+                 VALUES ($1, current_date - $2::int, 1, now() - make_interval(days => $2::int), \
+                         now() - make_interval(days => $2::int), gen_random_uuid(), 0, '{}', \
+                         '[]', 0, 0)",
+                &[&tenant.as_uuid(), &age_days],
+            )
+            .await
+            .unwrap();
+    }
     let a = &b.app.app;
     let r = b
         .reconcile_one(t, a.billing.as_ref(), &a.config.billing.meter)
         .await;
-    assert_eq!(r.pruned, 2, "{r:?}");
+    assert_eq!(r.pruned, 3, "{r:?}");
+    let summaries: Vec<(uuid::Uuid, i64)> = admin
+        .query(
+            "SELECT tenant_id, (current_date - day)::int8 FROM app.billing_reconciliation_days \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut want = vec![(t.as_uuid(), 0), (t.as_uuid(), 29), (other.as_uuid(), 40)];
+    want.sort();
+    assert_eq!(
+        summaries, want,
+        "today's run's summary, and what the retention keeps"
+    );
     let left: Vec<(uuid::Uuid, i64)> = admin
         .query(
             "SELECT tenant_id, (current_date - day)::int8 FROM app.billing_reconciliations \
@@ -1613,7 +1646,7 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
     );
 
     // The app role cannot use it to wipe recent records: asked for none, it keeps a week (the
-    // 29-day-old record goes, a 3-day-old one stays).
+    // 29-day-old record and summary go; a 3-day-old record and today's summary stay).
     admin
         .execute(
             "INSERT INTO app.billing_reconciliations \
@@ -1631,7 +1664,7 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
         .unwrap()
         .get(0);
     tx.commit().await.unwrap();
-    assert_eq!(gone, 1);
+    assert_eq!(gone, 2);
     let kept: i64 = admin
         .query_one(
             "SELECT count(*) FROM app.billing_reconciliations \

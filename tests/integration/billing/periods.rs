@@ -45,7 +45,8 @@ impl Billing {
             .collect()
     }
 
-    async fn usage(&self) -> Value {
+    /// `GET /v1/usage` as the first tenant's owner.
+    pub(super) async fn usage(&self) -> Value {
         let token = tenantry_tests::issuer()
             .token(
                 "auth0|u",

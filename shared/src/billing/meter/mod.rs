@@ -54,6 +54,10 @@ pub struct MeterConfig {
     /// Reconciliation records older than this many days are deleted by the daily run (at
     /// least 7).
     pub reconciliation_retention_days: i32,
+    /// Tenants per message when reconciliation fans out over its queue.
+    pub reconcile_batch: usize,
+    /// Tenants one reconciliation (or one queue message) works on at once.
+    pub reconcile_concurrency: usize,
 }
 
 impl Default for MeterConfig {
@@ -69,6 +73,8 @@ impl Default for MeterConfig {
             concurrency: 8,
             settle_secs: 900,
             reconciliation_retention_days: 90,
+            reconcile_batch: 25,
+            reconcile_concurrency: 2,
         }
     }
 }
@@ -76,8 +82,9 @@ impl Default for MeterConfig {
 impl MeterConfig {
     /// `USAGE_WINDOW_SECS` (at least 60 and a divisor of a day), `USAGE_GRACE_SECS`,
     /// `BILLING_SETTLE_SECS`, `USAGE_LEASE_SECS`, `STRIPE_MAX_ATTEMPTS`,
-    /// `STRIPE_BACKOFF_BASE_MS`, `BILLING_RECONCILIATION_RETENTION_DAYS` (at least 7); the rest
-    /// as [`MeterConfig::default`].
+    /// `STRIPE_BACKOFF_BASE_MS`, `BILLING_RECONCILIATION_RETENTION_DAYS` (at least 7),
+    /// `BILLING_RECONCILE_BATCH` (1 to 1,000), `BILLING_RECONCILE_CONCURRENCY` (1 to 32); the
+    /// rest as [`MeterConfig::default`].
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
         let window_secs: i64 = env.parse("USAGE_WINDOW_SECS", d.window_secs)?;
@@ -97,9 +104,26 @@ impl MeterConfig {
                 reason: "at least 7 days".into(),
             });
         }
+        let reconcile_batch: usize = env.parse("BILLING_RECONCILE_BATCH", d.reconcile_batch)?;
+        if !(1..=1000).contains(&reconcile_batch) {
+            return Err(ConfigError::Invalid {
+                name: "BILLING_RECONCILE_BATCH",
+                reason: "from 1 to 1000 tenants per message".into(),
+            });
+        }
+        let reconcile_concurrency: usize =
+            env.parse("BILLING_RECONCILE_CONCURRENCY", d.reconcile_concurrency)?;
+        if !(1..=32).contains(&reconcile_concurrency) {
+            return Err(ConfigError::Invalid {
+                name: "BILLING_RECONCILE_CONCURRENCY",
+                reason: "from 1 to 32 tenants at once".into(),
+            });
+        }
         Ok(Self {
             window_secs,
             reconciliation_retention_days: retention,
+            reconcile_batch,
+            reconcile_concurrency,
             grace_secs: env.parse("USAGE_GRACE_SECS", d.grace_secs)?,
             settle_secs: env.parse("BILLING_SETTLE_SECS", d.settle_secs)?,
             lease_secs: env.parse("USAGE_LEASE_SECS", d.lease_secs)?,

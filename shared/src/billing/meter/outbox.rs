@@ -222,49 +222,79 @@ pub(crate) async fn lock_customer(tx: &mut TenantTx) -> Result<Option<String>, D
 
 /// Inserts one delivery per closed window whose ledger total exceeds what is accounted for,
 /// stamped at the window's start, or — when the window lies in a finalized billing period — at
-/// the start of the next open period (`late`; not planned yet while none is known). (`todo` is
-/// materialized so that the stamp is worked out per window, not pushed down to every event.)
+/// the start of the next open period (`late`; not planned yet while none is known, so its note is
+/// kept). Only windows noted in `app.usage_window_changes` since the last plan are read: their
+/// notes are taken first (one statement), then their totals are read (the next statement, whose
+/// snapshot includes every event whose note was taken). (`todo` is materialized so that the stamp
+/// is worked out per window, not pushed down to every event.)
 async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Result<u64, DbError> {
     let tenant = tx.tenant_id().as_uuid();
     let closed_before = cfg.closed_before(now);
     let oldest_sendable = now - cfg.max_age;
     // Windows far older than anything sendable (a whole extra billing period) are settled
-    // history: recorded `expired` if they ever got usage, and not rescanned forever.
+    // history: their notes are dropped, nothing is planned.
     let horizon = oldest_sendable - chrono::Duration::days(31);
-    tx.execute(
-        "WITH totals AS ( \
-           SELECT meter, window_start, sum(quantity)::int8 AS total FROM app.usage_events \
-           WHERE tenant_id = $1 AND window_start <= $2 AND window_start >= $4 \
-           GROUP BY 1, 2 \
-         ), acc AS ( \
-           SELECT meter, window_start, \
-                  coalesce(sum(value) FILTER (WHERE kind = 'window'), 0)::int8 AS accounted, \
-                  max(seq) AS maxseq \
-           FROM app.usage_deliveries WHERE tenant_id = $1 AND window_start >= $4 GROUP BY 1, 2 \
-         ), todo AS MATERIALIZED ( \
-           SELECT t.meter, t.window_start, coalesce(a.maxseq, -1) + 1 AS seq, \
-                  t.total - coalesce(a.accounted, 0) AS value \
-           FROM totals t LEFT JOIN acc a USING (meter, window_start) \
-           WHERE t.total > coalesce(a.accounted, 0) \
-         ), stamped AS MATERIALIZED ( \
-           SELECT todo.*, app.billable_time($1, window_start) AS bill_at FROM todo \
-         ) \
-         INSERT INTO app.usage_deliveries \
-           (tenant_id, meter, window_start, seq, value, kind, event_time, status, reason, late) \
-         SELECT $1, meter, window_start, seq, value, 'window', bill_at, \
-                CASE WHEN bill_at < $3 THEN 'expired' ELSE 'pending' END, \
-                CASE WHEN bill_at < $3 THEN 'older than the provider accepts (35 days)' END, \
-                bill_at <> window_start \
-         FROM stamped WHERE bill_at IS NOT NULL \
-         ON CONFLICT DO NOTHING",
-        &[
-            (&tenant, Type::UUID),
-            (&closed_before, Type::TIMESTAMPTZ),
-            (&oldest_sendable, Type::TIMESTAMPTZ),
-            (&horizon, Type::TIMESTAMPTZ),
-        ],
-    )
-    .await
+    let noted = tx
+        .query(
+            "WITH taken AS ( \
+               DELETE FROM app.usage_window_changes \
+               WHERE tenant_id = $1 AND window_start <= $2 \
+               RETURNING meter, window_start) \
+             SELECT DISTINCT meter, window_start FROM taken WHERE window_start >= $3",
+            &[
+                (&tenant, Type::UUID),
+                (&closed_before, Type::TIMESTAMPTZ),
+                (&horizon, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    if noted.is_empty() {
+        return Ok(0);
+    }
+    let meters: Vec<&str> = noted.iter().map(|r| r.get(0)).collect();
+    let windows: Vec<DateTime<Utc>> = noted.iter().map(|r| r.get(1)).collect();
+    let rows = tx
+        .query(
+            "WITH due AS ( \
+               SELECT * FROM unnest($2::text[], $3::timestamptz[]) AS d(meter, window_start) \
+             ), totals AS ( \
+               SELECT d.meter, d.window_start, \
+                      (SELECT coalesce(sum(e.quantity), 0)::int8 FROM app.usage_events e \
+                       WHERE e.tenant_id = $1 AND e.meter = d.meter \
+                         AND e.window_start = d.window_start) AS total, \
+                      (SELECT coalesce(sum(a.value) FILTER (WHERE a.kind = 'window'), 0)::int8 \
+                       FROM app.usage_deliveries a WHERE a.tenant_id = $1 AND a.meter = d.meter \
+                         AND a.window_start = d.window_start) AS accounted, \
+                      (SELECT max(a.seq) FROM app.usage_deliveries a WHERE a.tenant_id = $1 \
+                         AND a.meter = d.meter AND a.window_start = d.window_start) AS maxseq \
+               FROM due d \
+             ), todo AS MATERIALIZED ( \
+               SELECT meter, window_start, coalesce(maxseq, -1) + 1 AS seq, total - accounted AS value \
+               FROM totals WHERE total > accounted \
+             ), stamped AS MATERIALIZED ( \
+               SELECT todo.*, app.billable_time($1, window_start) AS bill_at FROM todo \
+             ), kept AS ( \
+               INSERT INTO app.usage_window_changes (tenant_id, meter, window_start) \
+               SELECT $1, meter, window_start FROM stamped WHERE bill_at IS NULL \
+             ) \
+             INSERT INTO app.usage_deliveries \
+               (tenant_id, meter, window_start, seq, value, kind, event_time, status, reason, late) \
+             SELECT $1, meter, window_start, seq, value, 'window', bill_at, \
+                    CASE WHEN bill_at < $4 THEN 'expired' ELSE 'pending' END, \
+                    CASE WHEN bill_at < $4 THEN 'older than the provider accepts (35 days)' END, \
+                    bill_at <> window_start \
+             FROM stamped WHERE bill_at IS NOT NULL \
+             ON CONFLICT DO NOTHING \
+             RETURNING 1",
+            &[
+                (&tenant, Type::UUID),
+                (&meters, Type::TEXT_ARRAY),
+                (&windows, Type::TIMESTAMPTZ_ARRAY),
+                (&oldest_sendable, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    Ok(rows.len() as u64)
 }
 
 /// Leases the tenant's pending deliveries of every meter that no other sender holds, under

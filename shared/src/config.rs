@@ -227,7 +227,7 @@ mod tests {
         assert_eq!(cfg.billing.reconcile_queue_url, None);
         for (name, bad) in [
             ("BILLING_RECONCILE_BATCH", "0"),
-            ("BILLING_RECONCILE_BATCH", "1001"),
+            ("BILLING_RECONCILE_BATCH", "201"),
             ("BILLING_RECONCILE_CONCURRENCY", "0"),
             ("BILLING_RECONCILE_CONCURRENCY", "33"),
             ("BILLING_RECONCILE_CONCURRENCY", "-1"),
@@ -244,7 +244,7 @@ mod tests {
         }
         let mut pairs = BASE.to_vec();
         pairs.extend([
-            ("BILLING_RECONCILE_BATCH", "1000"),
+            ("BILLING_RECONCILE_BATCH", "200"),
             ("BILLING_RECONCILE_CONCURRENCY", "32"),
             (
                 "BILLING_RECONCILE_QUEUE_URL",
@@ -253,7 +253,7 @@ mod tests {
         ]);
         let cfg = Config::from_lookup(lookup(&pairs)).unwrap_or_else(|e| panic!("{e}"));
         let m = &cfg.billing.meter;
-        assert_eq!((m.reconcile_batch, m.reconcile_concurrency), (1000, 32));
+        assert_eq!((m.reconcile_batch, m.reconcile_concurrency), (200, 32));
         assert!(cfg.billing.reconcile_queue_url.is_some());
     }
 }

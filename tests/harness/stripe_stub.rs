@@ -226,6 +226,8 @@ struct State {
     /// Thin events' full versions, by id (`GET /v2/core/events/{id}`).
     thin_events: HashMap<String, Value>,
     thin_event_reads: u64,
+    /// Added to every answer (a benchmark's model of Stripe's round trip).
+    latency: Duration,
 }
 
 impl State {
@@ -397,6 +399,11 @@ impl StripeStub {
             .unwrap()
             .faults
             .extend(faults.iter().cloned());
+    }
+
+    /// Every answer from now on waits this long first (Stripe's round trip, for benchmarks).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
     }
 
     /// While on, every meter-event call answers 503 (the events are not recorded).
@@ -648,6 +655,10 @@ async fn handle(
             None,
             "Invalid API Key provided.",
         );
+    }
+    let latency = state.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let method = req.method().clone();
     let idempotency_key = req

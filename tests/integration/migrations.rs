@@ -100,3 +100,84 @@ async fn a_failing_file_leaves_nothing_behind() {
         .get(0);
     assert_eq!(recorded, 0);
 }
+
+#[tokio::test]
+async fn billing_at_scale_notes_the_windows_already_in_the_ledger() {
+    // 0023 on a database with usage: every recent window is noted for the planner (whose
+    // notes start with it), and a delivery called before 0020 gets its first call's time —
+    // both across tenants, under forced RLS, with no tenant set.
+    let url = empty_database().await;
+    let all = migrate::embedded().unwrap();
+    let before: Vec<_> = all.iter().filter(|m| m.version < 23).cloned().collect();
+    assert!(before.len() < all.len());
+    migrate::run(&url, &before, &RolePasswords::default())
+        .await
+        .unwrap();
+    let db = connect(&url).await;
+    db.batch_execute(
+        "INSERT INTO app.tenants (tenant_id, name, slug) VALUES \
+           ('01900000-0000-7000-8000-00000000000a', 'A', 'tenant-a'), \
+           ('01900000-0000-7000-8000-00000000000b', 'B', 'tenant-b'); \
+         INSERT INTO app.usage_events \
+           (tenant_id, event_id, meter, quantity, occurred_at, window_start, source) \
+         SELECT t, gen_random_uuid(), 'queries', 1, w, w, 'test' \
+         FROM unnest(ARRAY['01900000-0000-7000-8000-00000000000a', \
+                           '01900000-0000-7000-8000-00000000000b']::uuid[]) AS t, \
+              unnest(ARRAY[date_trunc('hour', now()) - interval '2 hours', \
+                           date_trunc('hour', now()) - interval '2 hours', \
+                           date_trunc('hour', now()) - interval '1 hour', \
+                           date_trunc('hour', now()) - interval '90 days']) AS w; \
+         INSERT INTO app.usage_deliveries \
+           (tenant_id, meter, window_start, seq, value, event_time, status, attempts) VALUES \
+           ('01900000-0000-7000-8000-00000000000a', 'queries', \
+            date_trunc('hour', now()) - interval '2 hours', 0, 2, \
+            date_trunc('hour', now()) - interval '2 hours', 'pending', 1), \
+           ('01900000-0000-7000-8000-00000000000b', 'queries', \
+            date_trunc('hour', now()) - interval '2 hours', 0, 2, \
+            date_trunc('hour', now()) - interval '2 hours', 'pending', 0);",
+    )
+    .await
+    .unwrap();
+    migrate::run(&url, &all, &RolePasswords::default())
+        .await
+        .unwrap();
+    let notes: Vec<(String, i64)> = db
+        .query(
+            "SELECT right(tenant_id::text, 1), count(*) FROM app.usage_window_changes \
+             GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Two recent windows each (once per window, not per event); the 90-day-old one is not.
+    assert_eq!(notes, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
+    let first_sent: Vec<(String, bool)> = db
+        .query(
+            "SELECT right(tenant_id::text, 1), first_sent_at IS NOT NULL \
+             FROM app.usage_deliveries ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        first_sent,
+        [("a".to_owned(), true), ("b".to_owned(), false)]
+    );
+    let forced: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'app'::regnamespace \
+             AND relname IN ('usage_events', 'usage_window_changes', 'usage_deliveries') \
+             AND relforcerowsecurity",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(forced, 3, "RLS is forced again");
+}

@@ -181,7 +181,8 @@ impl ReconcileQueue for SqsReconcileQueue {
 /// - the schedule's `{"mode": "reconcile"}` with a queue: deletes expired tenants' data, then
 ///   queues every tenant in batches of `reconcile_batch` ([`dispatch`]) and visits none itself;
 /// - the queue's messages (an SQS event): each message's tenants reconciled under its run id;
-///   a message whose run failed (the database) is reported back to SQS, to be delivered again;
+///   a message whose run, or any of whose tenants, failed (the database) is reported back to
+///   SQS, to be delivered again;
 /// - anything else the schedule sends (`flush`, or any run without a queue): [`run`].
 pub async fn handle_event(
     db: &Db,
@@ -206,9 +207,17 @@ pub async fn handle_event(
                         None => Err("a queued batch names its tenants".to_owned()),
                     });
             let result = match input {
-                Ok(input) => run(db, sink, cfg, plans, &input)
-                    .await
-                    .map_err(|e| e.to_string()),
+                // A tenant whose run failed (the database) fails the message: SQS delivers the
+                // batch again (reconciling its other tenants again changes nothing), and after
+                // the queue's receive limit, to the dead-letter queue and its alarm.
+                Ok(input) => match run(db, sink, cfg, plans, &input).await {
+                    Ok(out) if out.tenant_errors > 0 => Err(format!(
+                        "{} of the batch's {} tenants failed",
+                        out.tenant_errors, out.tenants
+                    )),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
                 // Never valid later either: SQS retries it to the dead-letter queue.
                 Err(e) => Err(format!("malformed batch: {e}")),
             };
@@ -787,9 +796,9 @@ async fn plan_repair(
     Ok(())
 }
 
-/// Records the (meter, day) pairs whose outcome changed since their last record (action and
-/// totals; a repair always, being an action), and folds the run into the tenant's summary for
-/// today: runs, the last run's counts and the pairs not in sync, the day's repairs.
+/// Records the (meter, day) pairs whose outcome changed since their last record (action, totals,
+/// detail or period; a repair always, being an action), and folds the run into the tenant's
+/// summary for today: runs, the last run's counts and the pairs not in sync, the day's repairs.
 async fn record_rows(
     tx: &mut crate::db::TenantTx,
     run_id: Uuid,
@@ -842,12 +851,17 @@ async fn record_rows(
               period_start) \
            SELECT $1, $2, u.* FROM u \
            WHERE u.action = 'repaired' OR NOT EXISTS ( \
-             SELECT 1 FROM (SELECT r.action, r.ledger_total, r.stripe_total, r.drift \
+             SELECT 1 FROM (SELECT r.action, r.ledger_total, r.stripe_total, r.drift, r.detail, \
+                                   r.period_start \
                             FROM app.billing_reconciliations r \
                             WHERE r.tenant_id = $1 AND r.meter = u.meter AND r.day = u.day \
                             ORDER BY r.created_at DESC, r.run_id DESC LIMIT 1) last \
-             WHERE (last.action, last.ledger_total, last.stripe_total, last.drift) \
-                   IS NOT DISTINCT FROM (u.action, u.ledger_total, u.stripe_total, u.drift)) \
+             WHERE (last.action, last.ledger_total, last.stripe_total, last.drift, last.detail, \
+                    last.period_start) \
+                   IS NOT DISTINCT FROM (u.action, u.ledger_total, u.stripe_total, u.drift, \
+                                         u.detail, u.period_start)) \
+           /* A batch delivered again under its run's id: its first record stands. */ \
+           ON CONFLICT (tenant_id, run_id, meter, day) DO NOTHING \
          ) \
          INSERT INTO app.billing_reconciliation_days AS s \
            (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, actions, \

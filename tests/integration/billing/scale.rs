@@ -118,6 +118,53 @@ async fn the_planner_reads_only_noted_windows_and_loses_no_event_committed_behin
     assert_eq!(notes(&b, t).await, 0);
 }
 
+#[tokio::test]
+async fn a_tenant_without_customer_keeps_one_note_a_window_and_is_billed_once_linked() {
+    let b = setup(0, &[]).await;
+    let t = tenant(&b.app.app.db, "unlinked").await;
+    let window_secs = b.app.app.config.billing.meter.window_secs;
+    let at = minutes_ago(3);
+    for q in [1, 2, 3] {
+        let mut tx = tx(&b.app.app.db, t).await;
+        tenantry::usage::ledger::record(&mut tx, &[event(t, Meter::Queries, q, at)], window_secs)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let admin = b.app.db.admin().await;
+    admin
+        .execute(
+            "INSERT INTO app.usage_window_changes (tenant_id, meter, window_start) \
+             VALUES ($1, 'queries', now() - interval '70 days')",
+            &[&t.as_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(notes(&b, t).await, 4);
+    let a = &b.app.app;
+    let out = flush_tenant(&a.db, a.billing.as_ref(), &a.config.billing.meter, t)
+        .await
+        .unwrap();
+    assert!(out.no_customer);
+    assert_eq!(
+        notes(&b, t).await,
+        1,
+        "one note for the window, none past the horizon"
+    );
+
+    // Linked later: the usage it had is billed.
+    let customer = b.stub.customer("cus_late");
+    let mut tx = tx(&a.db, t).await;
+    customers::link(&mut tx, &customer).await.unwrap();
+    tx.commit().await.unwrap();
+    let out = flush_tenant(&a.db, a.billing.as_ref(), &a.config.billing.meter, t)
+        .await
+        .unwrap();
+    assert_eq!(out.delivered, 1, "{out:?}");
+    assert_eq!(b.stub.total(&customer, "tenantry_queries"), 6);
+    assert_eq!(notes(&b, t).await, 0);
+}
+
 /// `t`'s reconciliation records and its summaries (runs, last run, checked, repaired, issues).
 async fn records(b: &Billing, t: TenantId) -> (i64, Vec<(i32, uuid::Uuid, i32, i32, usize)>) {
     let admin = b.app.db.admin().await;
@@ -265,6 +312,7 @@ async fn the_schedule_fans_out_over_sqs_and_each_batch_reconciles_its_tenants() 
     queued.dedup();
     assert_eq!(queued.len(), all, "every tenant queued once");
 
+    let batches = event.clone();
     // The queue's batches, with a malformed one and one naming no tenants: those two are
     // reported back to SQS (they would reach the dead-letter queue); the rest reconcile.
     for (id, body) in [
@@ -307,6 +355,54 @@ async fn the_schedule_fans_out_over_sqs_and_each_batch_reconciles_its_tenants() 
         "the drift was repaired"
     );
     b.assert_in_step().await;
+
+    // SQS delivers the batches again (at least once): the same run id again, an outcome that
+    // changed since (the repair has settled) — taken, nothing reported.
+    let batches = serde_json::to_value(&batches).unwrap();
+    let redeliver = || async {
+        handle_event(db, sink, cfg, plans, Some(&queue), batches.clone())
+            .await
+            .unwrap()
+    };
+    let again = redeliver().await;
+    assert_eq!(again["batchItemFailures"], json!([]), "{again}");
+    assert_eq!(
+        records(&b, b.tenants[3].0).await.1[0].0,
+        2,
+        "both deliveries counted"
+    );
+
+    // A tenant whose run fails fails its message (and only that one): SQS delivers it again.
+    let broken = b.tenants[0].0;
+    let admin = b.app.db.admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.injected_fault() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN IF NEW.tenant_id = '{broken}' THEN \
+                    RAISE EXCEPTION 'injected fault' USING ERRCODE = 'XX000'; END IF; \
+                  RETURN NEW; END $$; \
+             CREATE TRIGGER fault BEFORE INSERT ON app.billing_reconciliation_days \
+               FOR EACH ROW EXECUTE FUNCTION public.injected_fault();"
+        ))
+        .await
+        .unwrap();
+    let holding: Vec<&str> = batches["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["body"].as_str().unwrap().contains(&broken.to_string()))
+        .map(|m| m["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(holding.len(), 1);
+    let failing = redeliver().await;
+    assert_eq!(
+        failing["batchItemFailures"],
+        json!([{"itemIdentifier": holding[0]}])
+    );
+    admin
+        .batch_execute("DROP TRIGGER fault ON app.billing_reconciliation_days")
+        .await
+        .unwrap();
 
     // A flush is not fanned out: it runs here, over every tenant.
     let out = handle_event(db, sink, cfg, plans, Some(&queue), json!({"mode": "flush"}))

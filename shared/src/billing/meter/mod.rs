@@ -83,7 +83,7 @@ impl MeterConfig {
     /// `USAGE_WINDOW_SECS` (at least 60 and a divisor of a day), `USAGE_GRACE_SECS`,
     /// `BILLING_SETTLE_SECS`, `USAGE_LEASE_SECS`, `STRIPE_MAX_ATTEMPTS`,
     /// `STRIPE_BACKOFF_BASE_MS`, `BILLING_RECONCILIATION_RETENTION_DAYS` (at least 7),
-    /// `BILLING_RECONCILE_BATCH` (1 to 1,000), `BILLING_RECONCILE_CONCURRENCY` (1 to 32); the
+    /// `BILLING_RECONCILE_BATCH` (1 to 200), `BILLING_RECONCILE_CONCURRENCY` (1 to 32); the
     /// rest as [`MeterConfig::default`].
     pub(crate) fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
@@ -105,10 +105,11 @@ impl MeterConfig {
             });
         }
         let reconcile_batch: usize = env.parse("BILLING_RECONCILE_BATCH", d.reconcile_batch)?;
-        if !(1..=1000).contains(&reconcile_batch) {
+        // 200 ids are about 8 KB: ten such messages stay well inside one SQS batch call.
+        if !(1..=200).contains(&reconcile_batch) {
             return Err(ConfigError::Invalid {
                 name: "BILLING_RECONCILE_BATCH",
-                reason: "from 1 to 1000 tenants per message".into(),
+                reason: "from 1 to 200 tenants per message".into(),
             });
         }
         let reconcile_concurrency: usize =

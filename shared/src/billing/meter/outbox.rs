@@ -99,6 +99,9 @@ pub async fn flush_tenant(
     let now = Utc::now();
     let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
     let Some(customer) = lock_customer(&mut tx).await? else {
+        // Nothing is planned until the tenant has a customer; its notes wait (a customer linked
+        // within 35 days is billed its usage), one per window.
+        compact_notes(&mut tx, cfg, now).await?;
         tx.commit().await?;
         return Ok(FlushOutcome {
             no_customer: true,
@@ -231,9 +234,7 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
     let tenant = tx.tenant_id().as_uuid();
     let closed_before = cfg.closed_before(now);
     let oldest_sendable = now - cfg.max_age;
-    // Windows far older than anything sendable (a whole extra billing period) are settled
-    // history: their notes are dropped, nothing is planned.
-    let horizon = oldest_sendable - chrono::Duration::days(31);
+    let horizon = horizon(cfg, now);
     let noted = tx
         .query(
             "WITH taken AS ( \
@@ -295,6 +296,34 @@ async fn plan(tx: &mut TenantTx, cfg: &MeterConfig, now: DateTime<Utc>) -> Resul
         )
         .await?;
     Ok(rows.len() as u64)
+}
+
+/// Windows older than this are far older than anything sendable (a whole extra billing period):
+/// settled history, whose notes are dropped and for which nothing is planned.
+fn horizon(cfg: &MeterConfig, now: DateTime<Utc>) -> DateTime<Utc> {
+    now - cfg.max_age - chrono::Duration::days(31)
+}
+
+/// For a tenant without a customer (whose notes no planner takes): drops notes past the
+/// horizon, and all but the newest note of each window (a committed note stays for every
+/// window, so none is forgotten).
+async fn compact_notes(
+    tx: &mut TenantTx,
+    cfg: &MeterConfig,
+    now: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let horizon = horizon(cfg, now);
+    tx.execute(
+        "DELETE FROM app.usage_window_changes c \
+         WHERE c.tenant_id = $1 \
+           AND (c.window_start < $2 \
+                OR EXISTS (SELECT 1 FROM app.usage_window_changes n \
+                           WHERE n.tenant_id = $1 AND n.meter = c.meter \
+                             AND n.window_start = c.window_start AND n.note_id > c.note_id))",
+        &[(&tenant, Type::UUID), (&horizon, Type::TIMESTAMPTZ)],
+    )
+    .await
 }
 
 /// Leases the tenant's pending deliveries of every meter that no other sender holds, under

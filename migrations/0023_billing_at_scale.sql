@@ -48,24 +48,20 @@ CREATE TRIGGER usage_window_changes AFTER INSERT ON app.usage_events
 
 -- Windows the previous planner would still have scanned (its horizon: 35 days sendable plus a
 -- billing period) are noted once, so the first plan after this migration covers them all. The
--- owner is subject to these tables' forced RLS and this transaction has no tenant, so across
--- tenants it reads and writes only with RLS unforced, here, inside this migration's transaction.
-ALTER TABLE app.usage_events NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE app.usage_window_changes NO FORCE ROW LEVEL SECURITY;
-ALTER TABLE app.usage_deliveries NO FORCE ROW LEVEL SECURITY;
-INSERT INTO app.usage_window_changes (tenant_id, meter, window_start)
-SELECT DISTINCT tenant_id, meter, window_start FROM app.usage_events
-WHERE window_start >= now() - interval '66 days';
--- 0020's backfill of first_sent_at ran under forced RLS and changed nothing: a delivery called
--- before 0020 and still pending has no first call's time, so claiming it could re-stamp it and a
--- resend past Stripe's dedupe window would not be checked first. Its creation is the earliest
--- its first call can have been. (One claimed since but never called gets the same: it is then
--- checked against Stripe's summary before it is sent, which finds it absent and sends it.)
-UPDATE app.usage_deliveries SET first_sent_at = created_at
-WHERE attempts > 0 AND first_sent_at IS NULL AND status = 'pending';
-ALTER TABLE app.usage_events FORCE ROW LEVEL SECURITY;
-ALTER TABLE app.usage_window_changes FORCE ROW LEVEL SECURITY;
-ALTER TABLE app.usage_deliveries FORCE ROW LEVEL SECURITY;
+-- owner is subject to these tables' forced RLS, so it notes them tenant by tenant, with the
+-- tenant set for this transaction as a request's TenantTx sets it (no DDL on the live tables).
+DO $$
+DECLARE t uuid;
+BEGIN
+  FOR t IN SELECT tenant_id FROM app.tenants LOOP
+    PERFORM set_config('app.tenant_id', t::text, true);
+    INSERT INTO app.usage_window_changes (tenant_id, meter, window_start)
+    SELECT DISTINCT tenant_id, meter, window_start FROM app.usage_events
+    WHERE tenant_id = t AND window_start >= now() - interval '66 days';
+  END LOOP;
+  PERFORM set_config('app.tenant_id', '', true);
+END
+$$;
 
 -- A (meter, day)'s last record, found without scanning the tenant's history.
 CREATE INDEX billing_reconciliations_pair

@@ -448,7 +448,8 @@ impl ReconcileQueue for Unlinked {
     fn send<'a>(
         &'a self,
         _: &'a [crate::billing::reconcile::ReconcileInput],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        _: u32,
+    ) -> crate::billing::reconcile::QueueFuture<'a> {
         Box::pin(async move { Err(self.message()) })
     }
 }

@@ -19,12 +19,14 @@ pub(crate) async fn send_json<T: Serialize>(
     Ok(())
 }
 
-/// Sends each of `bodies` as a JSON message to `queue_url`, ten to a call (SQS's most). Fails if
-/// any message was not taken (the caller sends again: its messages must be safe to repeat).
+/// Sends each of `bodies` as a JSON message to `queue_url`, ten to a call (SQS's most), each
+/// delivered `delay_secs` (at most 900) from now at the earliest. Fails if any message was not
+/// taken (the caller sends again: its messages must be safe to repeat).
 pub(crate) async fn send_json_batch<T: Serialize>(
     client: &aws_sdk_sqs::Client,
     queue_url: &str,
     bodies: &[T],
+    delay_secs: u32,
 ) -> Result<(), String> {
     use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
     for chunk in bodies.chunks(10) {
@@ -34,6 +36,7 @@ pub(crate) async fn send_json_batch<T: Serialize>(
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(body)
+                .delay_seconds(delay_secs.min(900) as i32)
                 .build()
                 .map_err(|e| e.to_string())?;
             call = call.entries(entry);

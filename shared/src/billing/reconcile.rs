@@ -52,7 +52,21 @@ pub struct ReconcileInput {
     /// unset: a new run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
+    /// Which attempt at these tenants this batch is (a batch's failed tenants are queued again,
+    /// up to [`MAX_ATTEMPTS`]); unset: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
+
+/// Attempts at a fan-out batch's tenants before the run gives up on them (logged with
+/// [`GAVE_UP_ALERT`]; the next hourly run tries them again).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a batch of failed tenants waits in the queue before its next attempt.
+pub const RETRY_DELAY_SECS: u32 = 300;
+
+/// The log message when a run gives up on tenants (the template alarms on it).
+pub const GAVE_UP_ALERT: &str = "reconciliation gave up on tenants";
 
 impl ReconcileInput {
     /// Every tenant, in `mode`.
@@ -106,6 +120,9 @@ pub struct RunOutcome {
     pub tenants_data_deleted: usize,
     /// Messages queued for the fan-out (a dispatching run visits no tenant itself).
     pub batches_queued: usize,
+    /// The tenants whose run failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_tenants: Vec<TenantId>,
 }
 
 impl RunOutcome {
@@ -137,12 +154,14 @@ pub enum RunError {
 
 /// Where a scheduled reconciliation sends its batches of tenants.
 pub trait ReconcileQueue: Send + Sync + std::fmt::Debug {
-    /// Queues every batch; Ok only if all were taken.
-    fn send<'a>(
-        &'a self,
-        batches: &'a [ReconcileInput],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    /// Queues every batch, each delivered `delay_secs` from now at the earliest; Ok only if all
+    /// were taken.
+    fn send<'a>(&'a self, batches: &'a [ReconcileInput], delay_secs: u32) -> QueueFuture<'a>;
 }
+
+/// A boxed [`ReconcileQueue::send`] future.
+pub type QueueFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 
 /// The SQS adapter: a message per batch, consumed by `billing-reconcile` itself.
 #[cfg(feature = "sqs")]
@@ -165,14 +184,12 @@ impl SqsReconcileQueue {
 
 #[cfg(feature = "sqs")]
 impl ReconcileQueue for SqsReconcileQueue {
-    fn send<'a>(
-        &'a self,
-        batches: &'a [ReconcileInput],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+    fn send<'a>(&'a self, batches: &'a [ReconcileInput], delay_secs: u32) -> QueueFuture<'a> {
         Box::pin(crate::sqs::send_json_batch(
             &self.client,
             &self.queue_url,
             batches,
+            delay_secs,
         ))
     }
 }
@@ -181,8 +198,9 @@ impl ReconcileQueue for SqsReconcileQueue {
 /// - the schedule's `{"mode": "reconcile"}` with a queue: deletes expired tenants' data, then
 ///   queues every tenant in batches of `reconcile_batch` ([`dispatch`]) and visits none itself;
 /// - the queue's messages (an SQS event): each message's tenants reconciled under its run id;
-///   a message whose run, or any of whose tenants, failed (the database) is reported back to
-///   SQS, to be delivered again;
+///   tenants whose run failed are queued again on their own ([`retry_failed`]); a message
+///   that is malformed, or whose run failed as a whole (the database), is reported back to SQS,
+///   to be delivered again (and, past the queue's receive limit, dead-lettered);
 /// - anything else the schedule sends (`flush`, or any run without a queue): [`run`].
 pub async fn handle_event(
     db: &Db,
@@ -207,15 +225,12 @@ pub async fn handle_event(
                         None => Err("a queued batch names its tenants".to_owned()),
                     });
             let result = match input {
-                // A tenant whose run failed (the database) fails the message: SQS delivers the
-                // batch again (reconciling its other tenants again changes nothing), and after
-                // the queue's receive limit, to the dead-letter queue and its alarm.
                 Ok(input) => match run(db, sink, cfg, plans, &input).await {
-                    Ok(out) if out.tenant_errors > 0 => Err(format!(
-                        "{} of the batch's {} tenants failed",
-                        out.tenant_errors, out.tenants
-                    )),
+                    Ok(out) if !out.failed_tenants.is_empty() => {
+                        retry_failed(queue, &input, out.failed_tenants).await
+                    }
                     Ok(_) => Ok(()),
+                    // The batch as a whole (the database): SQS delivers it again.
                     Err(e) => Err(e.to_string()),
                 },
                 // Never valid later either: SQS retries it to the dead-letter queue.
@@ -239,6 +254,40 @@ pub async fn handle_event(
         _ => run(db, sink, cfg, plans, &input).await?,
     };
     serde_json::to_value(out).map_err(|e| RunError::Event(e.to_string()))
+}
+
+/// A batch's tenants whose run failed (the database) are queued again on their own, after
+/// [`RETRY_DELAY_SECS`], up to [`MAX_ATTEMPTS`] (the batch's other tenants are not reconciled
+/// again); then the run gives up on them, loudly ([`GAVE_UP_ALERT`]), and the next hourly run
+/// tries them again. If they cannot be queued, the whole message fails and SQS delivers it
+/// again.
+async fn retry_failed(
+    queue: Option<&dyn ReconcileQueue>,
+    input: &ReconcileInput,
+    failed: Vec<TenantId>,
+) -> Result<(), String> {
+    let attempt = input.attempt.unwrap_or(1);
+    if attempt >= MAX_ATTEMPTS {
+        tracing::error!(run_id = ?input.run_id, tenants = failed.len(), attempts = attempt,
+            "{GAVE_UP_ALERT}");
+        return Ok(());
+    }
+    let Some(queue) = queue else {
+        return Err(format!(
+            "{} tenants failed, and no queue to retry them on",
+            failed.len()
+        ));
+    };
+    let again = ReconcileInput {
+        mode: input.mode,
+        tenants: Some(failed),
+        run_id: input.run_id,
+        attempt: Some(attempt + 1),
+    };
+    queue
+        .send(std::slice::from_ref(&again), RETRY_DELAY_SECS)
+        .await
+        .map_err(|e| format!("failed tenants not queued again: {e}"))
 }
 
 /// The scheduled reconciliation's fan-out: expired tenants' data deleted (once per run, here),
@@ -266,9 +315,10 @@ pub async fn dispatch(
             mode: Mode::Reconcile,
             tenants: Some(chunk.to_vec()),
             run_id: Some(out.run_id),
+            attempt: None,
         })
         .collect();
-    queue.send(&batches).await.map_err(RunError::Queue)?;
+    queue.send(&batches, 0).await.map_err(RunError::Queue)?;
     out.batches_queued = batches.len();
     tracing::info!(run_id = %out.run_id, tenants = out.tenants, batches = out.batches_queued,
         "billing run dispatched");
@@ -312,7 +362,10 @@ pub async fn run(
         }
         match v.result {
             Ok(r) => out.add(&r),
-            Err(()) => out.tenant_errors += 1,
+            Err(()) => {
+                out.tenant_errors += 1;
+                out.failed_tenants.push(v.tenant);
+            }
         }
     }
     tracing::info!(run_id = %out.run_id, tenants = out.tenants, errors = out.tenant_errors,
@@ -324,6 +377,7 @@ pub async fn run(
 /// What visiting one tenant did: its billing customer made now (`Some(Ok(true))`) or still not
 /// (`Some(Err)`), and its run (failures are logged here).
 struct Visit {
+    tenant: TenantId,
     customer: Option<Result<bool, ()>>,
     result: Result<TenantReport, ()>,
 }
@@ -346,6 +400,7 @@ async fn visit(
             Err(EnsureError::Db(e)) => {
                 tracing::warn!(tenant_id = %t.tenant_id, error = %e, "customer check failed");
                 return Visit {
+                    tenant: t.tenant_id,
                     customer,
                     result: Err(()),
                 };
@@ -369,6 +424,7 @@ async fn visit(
         }
     };
     Visit {
+        tenant: t.tenant_id,
         customer,
         result: result.map_err(|e| {
             tracing::warn!(tenant_id = %t.tenant_id, error = %e, "reconciliation failed for tenant");
@@ -660,7 +716,8 @@ impl Row {
             expected: ledger,
             stripe,
             action,
-            detail,
+            // The column holds 500 characters (a provider's error text may be longer).
+            detail: detail.map(|d| d.chars().take(500).collect()),
             period_start: None,
         }
     }
@@ -871,7 +928,7 @@ async fn record_rows(
                  $11::jsonb -> 'issues', ($11::jsonb ->> 'repaired')::int4, \
                  ($11::jsonb ->> 'drift')::int8) \
          ON CONFLICT (tenant_id, day) DO UPDATE \
-           SET runs = s.runs + 1, last_run_at = excluded.last_run_at, \
+           SET runs = s.runs + 1, last_run_at = greatest(s.last_run_at, excluded.last_run_at), \
                last_run_id = excluded.last_run_id, checked = excluded.checked, \
                actions = excluded.actions, issues = excluded.issues, \
                repaired = s.repaired + excluded.repaired, drift = excluded.drift",
@@ -995,6 +1052,7 @@ mod tests {
             mode: Mode::Reconcile,
             tenants: Some(vec![TenantId::new(), TenantId::new()]),
             run_id: Some(Uuid::now_v7()),
+            attempt: Some(2),
         };
         let back: ReconcileInput =
             serde_json::from_str(&serde_json::to_string(&batch).unwrap()).unwrap();

@@ -7,6 +7,29 @@ use super::*;
 use tenantry::billing::reconcile::{SqsReconcileQueue, handle_event};
 use tenantry_tests::Moto;
 
+/// A reconcile queue that keeps what is sent to it (for the retries, which SQS would hold back
+/// for minutes; the SQS adapter itself is exercised by the dispatch above).
+#[derive(Debug, Default)]
+struct Recorded(std::sync::Mutex<Vec<(ReconcileInput, u32)>>);
+
+impl Recorded {
+    fn take(&self) -> Vec<(ReconcileInput, u32)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl tenantry::billing::reconcile::ReconcileQueue for Recorded {
+    fn send<'a>(
+        &'a self,
+        batches: &'a [ReconcileInput],
+        delay_secs: u32,
+    ) -> tenantry::billing::reconcile::QueueFuture<'a> {
+        let mut sent = self.0.lock().unwrap();
+        sent.extend(batches.iter().map(|b| (b.clone(), delay_secs)));
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Notes of `t`'s windows not planned yet.
 async fn notes(b: &Billing, t: TenantId) -> i64 {
     b.app
@@ -119,7 +142,7 @@ async fn the_planner_reads_only_noted_windows_and_loses_no_event_committed_behin
 }
 
 #[tokio::test]
-async fn a_tenant_without_customer_keeps_one_note_a_window_and_is_billed_once_linked() {
+async fn a_tenant_without_customer_keeps_its_notes_within_the_horizon_and_is_billed_once_linked() {
     let b = setup(0, &[]).await;
     let t = tenant(&b.app.app.db, "unlinked").await;
     let window_secs = b.app.app.config.billing.meter.window_secs;
@@ -146,11 +169,7 @@ async fn a_tenant_without_customer_keeps_one_note_a_window_and_is_billed_once_li
         .await
         .unwrap();
     assert!(out.no_customer);
-    assert_eq!(
-        notes(&b, t).await,
-        1,
-        "one note for the window, none past the horizon"
-    );
+    assert_eq!(notes(&b, t).await, 3, "none past the horizon");
 
     // Linked later: the usage it had is billed.
     let customer = b.stub.customer("cus_late");
@@ -372,7 +391,8 @@ async fn the_schedule_fans_out_over_sqs_and_each_batch_reconciles_its_tenants() 
         "both deliveries counted"
     );
 
-    // A tenant whose run fails fails its message (and only that one): SQS delivers it again.
+    // A tenant whose run fails: its message is taken, and the tenant alone is queued again
+    // (after a delay), up to three attempts; then the run gives up on it (the next run tries).
     let broken = b.tenants[0].0;
     let admin = b.app.db.admin().await;
     admin
@@ -386,23 +406,66 @@ async fn the_schedule_fans_out_over_sqs_and_each_batch_reconciles_its_tenants() 
         ))
         .await
         .unwrap();
-    let holding: Vec<&str> = batches["Records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["body"].as_str().unwrap().contains(&broken.to_string()))
-        .map(|m| m["messageId"].as_str().unwrap())
-        .collect();
-    assert_eq!(holding.len(), 1);
-    let failing = redeliver().await;
+    let runs_of = |t: TenantId| {
+        let b = &b;
+        async move { records(b, t).await.1.first().map(|d| d.0) }
+    };
+    let (broken_runs, other_runs) = (runs_of(broken).await, runs_of(b.tenants[1].0).await);
+    let retries = Recorded::default();
+    let taken = handle_event(db, sink, cfg, plans, Some(&retries), batches.clone())
+        .await
+        .unwrap();
+    assert_eq!(taken["batchItemFailures"], json!([]), "{taken}");
+    let queued = retries.take();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let (retry, delay) = queued[0].clone();
+    assert_eq!(delay, tenantry::billing::reconcile::RETRY_DELAY_SECS);
     assert_eq!(
-        failing["batchItemFailures"],
-        json!([{"itemIdentifier": holding[0]}])
+        (retry.tenants.clone(), retry.run_id, retry.attempt),
+        (Some(vec![broken]), Some(run_id), Some(2))
+    );
+    assert_eq!(runs_of(broken).await, broken_runs, "its run rolled back");
+    assert_eq!(runs_of(b.tenants[1].0).await, other_runs.map(|n| n + 1));
+    // The retry fails again (queued as the third attempt), then the third gives up.
+    let as_event = |input: &ReconcileInput| {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(format!("retry-{}", input.attempt.unwrap()));
+        m.body = Some(serde_json::to_string(input).unwrap());
+        let mut e = SqsEvent::default();
+        e.records.push(m);
+        serde_json::to_value(&e).unwrap()
+    };
+    let r = handle_event(db, sink, cfg, plans, Some(&retries), as_event(&retry))
+        .await
+        .unwrap();
+    assert_eq!(r["batchItemFailures"], json!([]));
+    let third = retries.take();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].0.attempt, Some(3));
+    let r = handle_event(db, sink, cfg, plans, Some(&retries), as_event(&third[0].0))
+        .await
+        .unwrap();
+    assert_eq!(r["batchItemFailures"], json!([]));
+    assert!(retries.take().is_empty(), "the third attempt is the last");
+    // With nowhere to queue it again, the message itself fails (SQS delivers it again).
+    let r = handle_event(db, sink, cfg, plans, None, as_event(&retry))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["batchItemFailures"],
+        json!([{"itemIdentifier": "retry-2"}])
     );
     admin
         .batch_execute("DROP TRIGGER fault ON app.billing_reconciliation_days")
         .await
         .unwrap();
+    // The cause fixed, the retry goes through.
+    let r = handle_event(db, sink, cfg, plans, Some(&retries), as_event(&retry))
+        .await
+        .unwrap();
+    assert_eq!(r["batchItemFailures"], json!([]));
+    assert!(retries.take().is_empty());
+    assert_eq!(runs_of(broken).await, broken_runs.map(|n| n + 1));
 
     // A flush is not fanned out: it runs here, over every tenant.
     let out = handle_event(db, sink, cfg, plans, Some(&queue), json!({"mode": "flush"}))

@@ -100,7 +100,7 @@ pub async fn flush_tenant(
     let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
     let Some(customer) = lock_customer(&mut tx).await? else {
         // Nothing is planned until the tenant has a customer; its notes wait (a customer linked
-        // within 35 days is billed its usage), one per window.
+        // within 35 days is billed its usage), none past the horizon.
         compact_notes(&mut tx, cfg, now).await?;
         tx.commit().await?;
         return Ok(FlushOutcome {
@@ -305,8 +305,9 @@ fn horizon(cfg: &MeterConfig, now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// For a tenant without a customer (whose notes no planner takes): drops notes past the
-/// horizon, and all but the newest note of each window (a committed note stays for every
-/// window, so none is forgotten).
+/// horizon (the planner would drop them too). Duplicates are kept: deleting one while a planner
+/// takes another (a customer linked meanwhile) could leave a window unnoted, and a tenant is
+/// without a customer only until its creation's Stripe call succeeds (retried hourly).
 async fn compact_notes(
     tx: &mut TenantTx,
     cfg: &MeterConfig,
@@ -315,12 +316,7 @@ async fn compact_notes(
     let tenant = tx.tenant_id().as_uuid();
     let horizon = horizon(cfg, now);
     tx.execute(
-        "DELETE FROM app.usage_window_changes c \
-         WHERE c.tenant_id = $1 \
-           AND (c.window_start < $2 \
-                OR EXISTS (SELECT 1 FROM app.usage_window_changes n \
-                           WHERE n.tenant_id = $1 AND n.meter = c.meter \
-                             AND n.window_start = c.window_start AND n.note_id > c.note_id))",
+        "DELETE FROM app.usage_window_changes WHERE tenant_id = $1 AND window_start < $2",
         &[(&tenant, Type::UUID), (&horizon, Type::TIMESTAMPTZ)],
     )
     .await

@@ -268,8 +268,14 @@ async fn retry_failed(
 ) -> Result<(), String> {
     let attempt = input.attempt.unwrap_or(1);
     if attempt >= MAX_ATTEMPTS {
-        tracing::error!(run_id = ?input.run_id, tenants = failed.len(), attempts = attempt,
-            "{GAVE_UP_ALERT}");
+        let run_id = input.run_id.map(|r| r.to_string()).unwrap_or_default();
+        let ids: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            run_id,
+            tenants = ids.join(","),
+            attempts = attempt,
+            "{GAVE_UP_ALERT}"
+        );
         return Ok(());
     }
     let Some(queue) = queue else {
@@ -427,7 +433,8 @@ async fn visit(
         tenant: t.tenant_id,
         customer,
         result: result.map_err(|e| {
-            tracing::warn!(tenant_id = %t.tenant_id, error = %e, "reconciliation failed for tenant");
+            tracing::warn!(tenant_id = %t.tenant_id, run_id = %run_id, error = %e,
+                "reconciliation failed for tenant");
         }),
     }
 }
@@ -928,10 +935,19 @@ async fn record_rows(
                  $11::jsonb -> 'issues', ($11::jsonb ->> 'repaired')::int4, \
                  ($11::jsonb ->> 'drift')::int8) \
          ON CONFLICT (tenant_id, day) DO UPDATE \
-           SET runs = s.runs + 1, last_run_at = greatest(s.last_run_at, excluded.last_run_at), \
-               last_run_id = excluded.last_run_id, checked = excluded.checked, \
-               actions = excluded.actions, issues = excluded.issues, \
-               repaired = s.repaired + excluded.repaired, drift = excluded.drift",
+           SET runs = s.runs + 1, repaired = s.repaired + excluded.repaired, \
+               /* The last run's figures: an older run's batch delivered late changes none. */ \
+               last_run_at = greatest(s.last_run_at, excluded.last_run_at), \
+               last_run_id = CASE WHEN excluded.last_run_at >= s.last_run_at \
+                                  THEN excluded.last_run_id ELSE s.last_run_id END, \
+               checked = CASE WHEN excluded.last_run_at >= s.last_run_at \
+                              THEN excluded.checked ELSE s.checked END, \
+               actions = CASE WHEN excluded.last_run_at >= s.last_run_at \
+                              THEN excluded.actions ELSE s.actions END, \
+               issues = CASE WHEN excluded.last_run_at >= s.last_run_at \
+                             THEN excluded.issues ELSE s.issues END, \
+               drift = CASE WHEN excluded.last_run_at >= s.last_run_at \
+                            THEN excluded.drift ELSE s.drift END",
         &[
             (&tenant, Type::UUID),
             (&run_id, Type::UUID),

@@ -142,7 +142,7 @@ async fn the_planner_reads_only_noted_windows_and_loses_no_event_committed_behin
 }
 
 #[tokio::test]
-async fn a_tenant_without_customer_keeps_its_notes_within_the_horizon_and_is_billed_once_linked() {
+async fn a_tenant_without_customer_keeps_one_note_a_window_and_is_billed_once_linked() {
     let b = setup(0, &[]).await;
     let t = tenant(&b.app.app.db, "unlinked").await;
     let window_secs = b.app.app.config.billing.meter.window_secs;
@@ -169,7 +169,11 @@ async fn a_tenant_without_customer_keeps_its_notes_within_the_horizon_and_is_bil
         .await
         .unwrap();
     assert!(out.no_customer);
-    assert_eq!(notes(&b, t).await, 3, "none past the horizon");
+    assert_eq!(
+        notes(&b, t).await,
+        1,
+        "one note for the window, none past the horizon"
+    );
 
     // Linked later: the usage it had is billed.
     let customer = b.stub.customer("cus_late");
@@ -447,6 +451,16 @@ async fn the_schedule_fans_out_over_sqs_and_each_batch_reconciles_its_tenants() 
         .unwrap();
     assert_eq!(r["batchItemFailures"], json!([]));
     assert!(retries.take().is_empty(), "the third attempt is the last");
+    assert_eq!(runs_of(broken).await, broken_runs, "and it failed too");
+    // The alert the template's metric filter counts is the one the handler logs.
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml"),
+    )
+    .unwrap();
+    assert!(template.contains(&format!(
+        "$.fields.message = \"{}\"",
+        tenantry::billing::reconcile::GAVE_UP_ALERT
+    )));
     // With nowhere to queue it again, the message itself fails (SQS delivers it again).
     let r = handle_event(db, sink, cfg, plans, None, as_event(&retry))
         .await

@@ -100,7 +100,7 @@ pub async fn flush_tenant(
     let mut tx = db.begin(&ctx, Access::ReadWrite).await?;
     let Some(customer) = lock_customer(&mut tx).await? else {
         // Nothing is planned until the tenant has a customer; its notes wait (a customer linked
-        // within 35 days is billed its usage), none past the horizon.
+        // within 35 days is billed its usage), one per window, none past the horizon.
         compact_notes(&mut tx, cfg, now).await?;
         tx.commit().await?;
         return Ok(FlushOutcome {
@@ -304,10 +304,11 @@ fn horizon(cfg: &MeterConfig, now: DateTime<Utc>) -> DateTime<Utc> {
     now - cfg.max_age - chrono::Duration::days(31)
 }
 
-/// For a tenant without a customer (whose notes no planner takes): drops notes past the
-/// horizon (the planner would drop them too). Duplicates are kept: deleting one while a planner
-/// takes another (a customer linked meanwhile) could leave a window unnoted, and a tenant is
-/// without a customer only until its creation's Stripe call succeeds (retried hourly).
+/// For a tenant without a customer (whose notes no planner takes): replaces the notes it sees
+/// with one per window, none past the horizon, in one statement. Safe against a planner taking
+/// notes meanwhile (a customer just linked): the new notes are not visible to a planner whose
+/// snapshot predates them, so they stay and the window is planned again (planning nothing twice),
+/// and a note committed after this statement's snapshot is not touched.
 async fn compact_notes(
     tx: &mut TenantTx,
     cfg: &MeterConfig,
@@ -316,7 +317,11 @@ async fn compact_notes(
     let tenant = tx.tenant_id().as_uuid();
     let horizon = horizon(cfg, now);
     tx.execute(
-        "DELETE FROM app.usage_window_changes WHERE tenant_id = $1 AND window_start < $2",
+        "WITH old AS ( \
+           DELETE FROM app.usage_window_changes WHERE tenant_id = $1 \
+           RETURNING meter, window_start) \
+         INSERT INTO app.usage_window_changes (tenant_id, meter, window_start) \
+         SELECT DISTINCT $1::uuid, meter, window_start FROM old WHERE window_start >= $2",
         &[(&tenant, Type::UUID), (&horizon, Type::TIMESTAMPTZ)],
     )
     .await

@@ -103,11 +103,11 @@ async fn a_failing_file_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn billing_at_scale_notes_the_windows_already_in_the_ledger() {
-    // 0023 on a database with usage: every recent window of every tenant is noted for the
-    // planner (whose notes start with it), under forced RLS, with no tenant set.
+    // 0024 and 0025 on a database with usage: every recent window of every tenant is noted for
+    // the planner (whose notes start with them), under forced RLS, with no tenant set.
     let url = empty_database().await;
     let all = migrate::embedded().unwrap();
-    let before: Vec<_> = all.iter().filter(|m| m.version < 23).cloned().collect();
+    let before: Vec<_> = all.iter().filter(|m| m.version < 24).cloned().collect();
     assert!(before.len() < all.len());
     migrate::run(&url, &before, &RolePasswords::default())
         .await

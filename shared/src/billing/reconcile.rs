@@ -936,17 +936,18 @@ async fn record_rows(
                  ($11::jsonb ->> 'drift')::int8) \
          ON CONFLICT (tenant_id, day) DO UPDATE \
            SET runs = s.runs + 1, repaired = s.repaired + excluded.repaired, \
-               /* The last run's figures: an older run's batch delivered late changes none. */ \
+               /* The latest run's figures (run ids are time-ordered v7): an older run's batch \
+                  delivered late changes none. */ \
                last_run_at = greatest(s.last_run_at, excluded.last_run_at), \
-               last_run_id = CASE WHEN excluded.last_run_at >= s.last_run_at \
+               last_run_id = CASE WHEN excluded.last_run_id >= s.last_run_id \
                                   THEN excluded.last_run_id ELSE s.last_run_id END, \
-               checked = CASE WHEN excluded.last_run_at >= s.last_run_at \
+               checked = CASE WHEN excluded.last_run_id >= s.last_run_id \
                               THEN excluded.checked ELSE s.checked END, \
-               actions = CASE WHEN excluded.last_run_at >= s.last_run_at \
+               actions = CASE WHEN excluded.last_run_id >= s.last_run_id \
                               THEN excluded.actions ELSE s.actions END, \
-               issues = CASE WHEN excluded.last_run_at >= s.last_run_at \
+               issues = CASE WHEN excluded.last_run_id >= s.last_run_id \
                              THEN excluded.issues ELSE s.issues END, \
-               drift = CASE WHEN excluded.last_run_at >= s.last_run_at \
+               drift = CASE WHEN excluded.last_run_id >= s.last_run_id \
                             THEN excluded.drift ELSE s.drift END",
         &[
             (&tenant, Type::UUID),

@@ -1575,6 +1575,8 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
         &[("BILLING_RECONCILIATION_RETENTION_DAYS", "30".to_owned())],
     )
     .await;
+    // Today's summary is dated by the UTC day the run starts in.
+    clear_of_midnight().await;
     let ((t, _), (other, _)) = (b.tenants[0].clone(), b.tenants[1].clone());
     let admin = b.app.db.admin().await;
     // Old and recent records for both tenants (as if written by earlier runs).
@@ -1597,7 +1599,8 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
                 "INSERT INTO app.billing_reconciliation_days \
                    (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, \
                     actions, issues, repaired, drift) \
-                 VALUES ($1, current_date - $2::int, 1, now() - make_interval(days => $2::int), \
+                 VALUES ($1, (now() AT TIME ZONE 'UTC')::date - $2::int, 1, \
+                         now() - make_interval(days => $2::int), \
                          now() - make_interval(days => $2::int), gen_random_uuid(), 0, '{}', \
                          '[]', 0, 0)",
                 &[&tenant.as_uuid(), &age_days],
@@ -1612,7 +1615,8 @@ async fn reconciliation_records_past_their_retention_go_and_only_the_tenants_own
     assert_eq!(r.pruned, 3, "{r:?}");
     let summaries: Vec<(uuid::Uuid, i64)> = admin
         .query(
-            "SELECT tenant_id, (current_date - day)::int8 FROM app.billing_reconciliation_days \
+            "SELECT tenant_id, ((now() AT TIME ZONE 'UTC')::date - day)::int8 \
+             FROM app.billing_reconciliation_days \
              ORDER BY 1, 2",
             &[],
         )

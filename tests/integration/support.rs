@@ -185,6 +185,15 @@ async fn support_sees_counts_and_states_of_every_tenant_and_none_of_their_data()
     assert_eq!(alpha["members"], 2);
     assert_eq!(alpha["status"], "active");
     assert_eq!(alpha["usage_this_month"]["ingested_records"], 1, "{alpha}");
+    // Without a subscription, the billing period is the calendar month.
+    assert_eq!(
+        alpha["usage_this_period"]["source"], "calendar_month",
+        "{alpha}"
+    );
+    assert_eq!(
+        alpha["usage_this_period"]["meters"],
+        json!({"ingested_records": 1})
+    );
     let text = r.json.to_string();
     for leaked in ["secret-note-content", "m1@alpha.example", "auth0|m1"] {
         assert!(!text.contains(leaked), "{leaked} in {text}");
@@ -236,6 +245,40 @@ async fn support_sees_counts_and_states_of_every_tenant_and_none_of_their_data()
     )
     .await;
     assert_eq!((r.status, &r.json["slug"]), (200, &json!("bravo")));
+    // With a subscription whose current period began after the ingest, that period's usage is
+    // what the ledger holds from its start (the ingest falls in the month, not the period).
+    admin
+        .execute(
+            "INSERT INTO app.billing_periods \
+               (tenant_id, subscription_id, period_start, period_end, source) \
+             VALUES ($1, 'sub_alpha', now(), now() + interval '30 days', 'webhook'); \
+             ",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "INSERT INTO app.usage_events \
+               (tenant_id, event_id, meter, quantity, occurred_at, window_start, source) \
+             VALUES ($1, gen_random_uuid(), 'queries', 5, now() + interval '1 minute', \
+                     now() + interval '1 minute', 'test')",
+            &[&a.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let r = call(
+        &app,
+        "GET",
+        &format!("/admin/v1/tenants/{a}"),
+        &support,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let period = &r.json["usage_this_period"];
+    assert_eq!(period["source"], "subscription", "{period}");
+    assert_eq!(period["meters"], json!({"queries": 5}), "{period}");
     for missing in ["00000000-0000-0000-0000-000000000000", "not-a-uuid"] {
         let r = call(
             &app,

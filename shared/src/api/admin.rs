@@ -1,7 +1,8 @@
 //! `/admin/v1/...`: the support plane's routes, for staff only (the `admin` function).
 //!
 //! - `GET /admin/v1/tenants` (`support_read`): the tenant list, searchable, with what support
-//!   looks at first: plan, status, members, this month's usage per meter, billing state, the
+//!   looks at first: plan, status, members, this month's and this billing period's usage per
+//!   meter, billing state, the
 //!   last reconciliation's drift, pending and failed deliveries, the embedding backlog, and
 //!   whether the tenant still waits for its billing customer.
 //! - `GET /admin/v1/tenants/{tenant}` (`support_read`): one tenant, the same fields.
@@ -53,6 +54,10 @@ pub(super) struct TenantView {
     support_access: String,
     /// When a closed tenant was closed, when its data goes, and when it went.
     lifecycle: Value,
+    /// The billing period as the tenant's `/v1/usage` shows it (the subscription's current
+    /// period, or the UTC calendar month) and the ledger's totals per meter in it, counted by
+    /// window as billed.
+    usage_this_period: Value,
 }
 
 /// The columns of [`TenantView`], for both routes. `$1`: a tenant id or NULL; `$2`: a search
@@ -81,7 +86,22 @@ const TENANTS_SQL: &str = "\
        WHERE ch.tenant_id = t.tenant_id AND ch.embedding_model IS NULL), \
       t.support_access, \
       jsonb_build_object('closed_at', t.closed_at, 'delete_after', t.delete_after, \
-        'data_deleted_at', t.data_deleted_at) \
+        'data_deleted_at', t.data_deleted_at), \
+      (SELECT jsonb_build_object('start', b.s, 'end', b.e, 'source', b.src, \
+          'meters', (SELECT coalesce(jsonb_object_agg(x.meter, x.q), '{}') FROM ( \
+             SELECT u.meter, sum(u.quantity) AS q FROM app.usage_events u \
+             WHERE u.tenant_id = t.tenant_id AND u.window_start >= b.s AND u.window_start < b.e \
+             GROUP BY u.meter) x)) \
+       FROM (SELECT coalesce(cp.period_start, m.s) AS s, coalesce(cp.period_end, m.e) AS e, \
+                    CASE WHEN cp.period_start IS NULL THEN 'calendar_month' \
+                         ELSE 'subscription' END AS src \
+             FROM (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS s, \
+                          (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') \
+                            AT TIME ZONE 'UTC' AS e) m \
+             LEFT JOIN LATERAL (SELECT p.period_start, p.period_end FROM app.billing_periods p \
+                                WHERE p.tenant_id = t.tenant_id AND p.period_start <= now() \
+                                  AND now() < p.period_end \
+                                ORDER BY p.period_start DESC LIMIT 1) cp ON true) b) \
     FROM app.tenants t LEFT JOIN app.billing_customers c ON c.tenant_id = t.tenant_id \
     WHERE ($1::uuid IS NULL OR t.tenant_id = $1) \
       AND ($2::text IS NULL OR strpos(lower(t.name), lower($2)) > 0 \
@@ -129,6 +149,7 @@ async fn tenants(
             embedding_backlog: r.get(12),
             support_access: r.get(13),
             lifecycle: r.get(14),
+            usage_this_period: r.get(15),
         })
         .collect())
 }

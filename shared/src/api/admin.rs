@@ -61,15 +61,19 @@ pub(super) struct TenantView {
 }
 
 /// The columns of [`TenantView`], for both routes. `$1`: a tenant id or NULL; `$2`: a search
-/// string or NULL; `$3`: a status or NULL; `$4`: the page size; `$5`: a `created_at` cursor.
+/// string or NULL; `$3`: a status or NULL; `$4`: the page size; `$5`: a `created_at` cursor;
+/// `$6`: the meters' names. Usage is summed per meter over a range of windows (one index range
+/// scan each); a window never crosses a day, so windows in a month are the month's usage.
 const TENANTS_SQL: &str = "\
     SELECT t.tenant_id, t.name, t.slug, t.auth0_org_id, t.plan, t.status, t.created_at, \
       (SELECT count(*) FROM app.members m WHERE m.tenant_id = t.tenant_id AND m.removed_at IS NULL), \
-      (SELECT coalesce(jsonb_object_agg(x.meter, x.q), '{}') FROM ( \
-         SELECT u.meter, sum(u.quantity) AS q FROM app.usage_events u \
-         WHERE u.tenant_id = t.tenant_id \
-           AND u.occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
-         GROUP BY u.meter) x), \
+      (SELECT coalesce(jsonb_object_agg(mt.meter, x.q) FILTER (WHERE x.q IS NOT NULL), '{}') \
+       FROM unnest($6::text[]) mt(meter) CROSS JOIN LATERAL ( \
+         SELECT sum(u.quantity)::int8 AS q FROM app.usage_events u \
+         WHERE u.tenant_id = t.tenant_id AND u.meter = mt.meter \
+           AND u.window_start >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+           AND u.window_start < (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') \
+                                AT TIME ZONE 'UTC') x), \
       jsonb_build_object('customer_id', c.stripe_customer_id, 'status', c.billing_status, \
         'last_invoice_status', c.last_invoice_status, \
         'customer_pending', t.customer_pending, 'customer_error', t.customer_error), \
@@ -88,10 +92,12 @@ const TENANTS_SQL: &str = "\
       jsonb_build_object('closed_at', t.closed_at, 'delete_after', t.delete_after, \
         'data_deleted_at', t.data_deleted_at), \
       (SELECT jsonb_build_object('start', b.s, 'end', b.e, 'source', b.src, \
-          'meters', (SELECT coalesce(jsonb_object_agg(x.meter, x.q), '{}') FROM ( \
-             SELECT u.meter, sum(u.quantity) AS q FROM app.usage_events u \
-             WHERE u.tenant_id = t.tenant_id AND u.window_start >= b.s AND u.window_start < b.e \
-             GROUP BY u.meter) x)) \
+          'meters', (SELECT coalesce(jsonb_object_agg(mt.meter, x.q) \
+                                      FILTER (WHERE x.q IS NOT NULL), '{}') \
+             FROM unnest($6::text[]) mt(meter) CROSS JOIN LATERAL ( \
+               SELECT sum(u.quantity)::int8 AS q FROM app.usage_events u \
+               WHERE u.tenant_id = t.tenant_id AND u.meter = mt.meter \
+                 AND u.window_start >= b.s AND u.window_start < b.e) x)) \
        FROM (SELECT coalesce(cp.period_start, m.s) AS s, coalesce(cp.period_end, m.e) AS e, \
                     CASE WHEN cp.period_start IS NULL THEN 'calendar_month' \
                          ELSE 'subscription' END AS src \
@@ -101,7 +107,8 @@ const TENANTS_SQL: &str = "\
              LEFT JOIN LATERAL (SELECT p.period_start, p.period_end FROM app.billing_periods p \
                                 WHERE p.tenant_id = t.tenant_id AND p.period_start <= now() \
                                   AND now() < p.period_end \
-                                ORDER BY p.period_start DESC LIMIT 1) cp ON true) b) \
+                                ORDER BY p.period_start DESC, p.subscription_id DESC \
+                                LIMIT 1) cp ON true) b) \
     FROM app.tenants t LEFT JOIN app.billing_customers c ON c.tenant_id = t.tenant_id \
     WHERE ($1::uuid IS NULL OR t.tenant_id = $1) \
       AND ($2::text IS NULL OR strpos(lower(t.name), lower($2)) > 0 \
@@ -119,6 +126,7 @@ async fn tenants(
     limit: i64,
     before: Option<DateTime<Utc>>,
 ) -> Result<Vec<TenantView>, ApiError> {
+    let meters: Vec<&str> = crate::usage::METERS.iter().map(|d| d.name).collect();
     let rows = support
         .read_across_tenants(
             TENANTS_SQL,
@@ -128,6 +136,7 @@ async fn tenants(
                 (&status, Type::TEXT),
                 (&limit, Type::INT8),
                 (&before, Type::TIMESTAMPTZ),
+                (&meters, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -307,9 +307,7 @@ pub async fn dispatch(
         run_id: Uuid::now_v7(),
         ..RunOutcome::default()
     };
-    out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
-    let tenants: Vec<TenantId> = db
-        .tenant_ids()
+    let tenants: Vec<TenantId> = every_tenant(db, &mut out)
         .await?
         .into_iter()
         .map(|t| t.tenant_id)
@@ -331,6 +329,13 @@ pub async fn dispatch(
     Ok(out)
 }
 
+/// Every tenant, for a scheduled reconciliation: closed tenants past their retention period lose
+/// their data first (the billing rows it keeps are then reconciled like any others).
+async fn every_tenant(db: &Db, out: &mut RunOutcome) -> Result<Vec<crate::db::TenantRef>, DbError> {
+    out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
+    db.tenant_ids().await
+}
+
 /// Runs over every tenant (or the input's), `reconcile_concurrency` at a time.
 pub async fn run(
     db: &Db,
@@ -344,16 +349,10 @@ pub async fn run(
         run_id: input.run_id.unwrap_or_else(Uuid::now_v7),
         ..RunOutcome::default()
     };
-    let tenants = match &input.tenants {
-        Some(only) => db.tenants_among(only).await?,
-        None => {
-            // Closed tenants past their retention period lose their data first (the daily run
-            // does it; the billing rows it keeps are then reconciled below like any others).
-            if input.mode == Mode::Reconcile {
-                out.tenants_data_deleted = crate::tenants::delete_expired_data(db).await?.len();
-            }
-            db.tenant_ids().await?
-        }
+    let tenants = match (&input.tenants, input.mode) {
+        (Some(only), _) => db.tenants_among(only).await?,
+        (None, Mode::Reconcile) => every_tenant(db, &mut out).await?,
+        (None, Mode::Flush) => db.tenant_ids().await?,
     };
     let run_id = out.run_id;
     let mut visits = futures_util::stream::iter(tenants)
@@ -362,9 +361,9 @@ pub async fn run(
     while let Some(v) = visits.next().await {
         out.tenants += 1;
         match v.customer {
-            Some(Ok(true)) => out.customers_linked += 1,
-            Some(Err(())) => out.customers_pending += 1,
-            _ => {}
+            Customer::Linked => out.customers_linked += 1,
+            Customer::Pending => out.customers_pending += 1,
+            Customer::Unchanged => {}
         }
         match v.result {
             Ok(r) => out.add(&r),
@@ -380,12 +379,21 @@ pub async fn run(
     Ok(out)
 }
 
-/// What visiting one tenant did: its billing customer made now (`Some(Ok(true))`) or still not
-/// (`Some(Err)`), and its run (failures are logged here).
+/// What visiting one tenant did: its billing customer, and its run (failures are logged here).
 struct Visit {
     tenant: TenantId,
-    customer: Option<Result<bool, ()>>,
+    customer: Customer,
     result: Result<TenantReport, ()>,
+}
+
+/// A visit's check of the tenant's billing customer.
+enum Customer {
+    /// Nothing to do, or nothing done.
+    Unchanged,
+    /// Made now (its creation had failed before).
+    Linked,
+    /// Still not made (the provider failed again).
+    Pending,
 }
 
 async fn visit(
@@ -397,11 +405,11 @@ async fn visit(
     t: crate::db::TenantRef,
     run_id: Uuid,
 ) -> Visit {
-    let mut customer = None;
+    let mut customer = Customer::Unchanged;
     // A tenant whose billing customer could not be made when it was created: again now.
     if t.status == "active" {
         match ensure_customer(db, sink, t.tenant_id, "system:billing-reconcile", None).await {
-            Ok(Ensured::Created(_)) => customer = Some(Ok(true)),
+            Ok(Ensured::Created(_)) => customer = Customer::Linked,
             Ok(Ensured::Linked(_) | Ensured::NotPending) => {}
             Err(EnsureError::Db(e)) => {
                 tracing::warn!(tenant_id = %t.tenant_id, error = %e, "customer check failed");
@@ -412,7 +420,7 @@ async fn visit(
                 };
             }
             Err(e) => {
-                customer = Some(Err(()));
+                customer = Customer::Pending;
                 tracing::warn!(tenant_id = %t.tenant_id, error = %e, "billing customer still not created");
             }
         }
@@ -877,43 +885,19 @@ async fn record_rows(
     let periods: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.period_start).collect();
     let actions: Vec<&str> = rows.iter().map(|r| r.action).collect();
     let details: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
-    let mut counts = serde_json::Map::new();
-    for r in rows {
-        let n = counts.get(r.action).and_then(serde_json::Value::as_u64);
-        counts.insert(r.action.to_owned(), (n.unwrap_or(0) + 1).into());
-    }
-    let issues: Vec<serde_json::Value> = rows
-        .iter()
-        .filter(|r| r.action != "in_sync")
-        .map(|r| {
-            serde_json::json!({
-                "meter": r.meter.name(),
-                "day": r.day.to_string(),
-                "ledger_total": r.ledger,
-                "provider_total": r.stripe,
-                "drift": r.drift(),
-                "action": r.action,
-                "detail": r.detail,
-            })
-        })
-        .collect();
-    let summary = serde_json::json!({
-        "checked": rows.len(),
-        "actions": counts,
-        "issues": issues,
-        "repaired": rows.iter().filter(|r| r.action == "repaired").count(),
-        "drift": rows.iter().filter_map(Row::drift).map(i64::abs).sum::<i64>(),
-    });
     tx.execute(
         "WITH u AS ( \
            SELECT * FROM unnest($3::text[], $4::date[], $5::int8[], $6::int8[], $7::int8[], \
-                                $8::text[], $9::text[], $10::timestamptz[]) \
-             AS u(meter, day, ledger_total, stripe_total, drift, action, detail, period_start) \
+                                $8::text[], $9::text[], $10::timestamptz[]) WITH ORDINALITY \
+             AS u(meter, day, ledger_total, stripe_total, drift, action, detail, period_start, \
+                  ord) \
          ), changed AS ( \
            INSERT INTO app.billing_reconciliations \
              (tenant_id, run_id, meter, day, ledger_total, stripe_total, drift, action, detail, \
               period_start) \
-           SELECT $1, $2, u.* FROM u \
+           SELECT $1, $2, u.meter, u.day, u.ledger_total, u.stripe_total, u.drift, u.action, \
+                  u.detail, u.period_start \
+           FROM u \
            WHERE u.action = 'repaired' OR NOT EXISTS ( \
              SELECT 1 FROM (SELECT r.action, r.ledger_total, r.stripe_total, r.drift, r.detail, \
                                    r.period_start \
@@ -930,10 +914,19 @@ async fn record_rows(
          INSERT INTO app.billing_reconciliation_days AS s \
            (tenant_id, day, runs, first_run_at, last_run_at, last_run_id, checked, actions, \
             issues, repaired, drift) \
-         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 1, now(), now(), $2, \
-                 ($11::jsonb ->> 'checked')::int4, $11::jsonb -> 'actions', \
-                 $11::jsonb -> 'issues', ($11::jsonb ->> 'repaired')::int4, \
-                 ($11::jsonb ->> 'drift')::int8) \
+         /* The run's summary: the pairs compared, a count per action, the pairs not in sync \
+            (in the run's order), its repairs and its sum of |drift|. */ \
+         SELECT $1, (now() AT TIME ZONE 'UTC')::date, 1, now(), now(), $2, count(*)::int4, \
+                coalesce((SELECT jsonb_object_agg(a.action, a.n) \
+                          FROM (SELECT action, count(*) AS n FROM u GROUP BY action) a), '{}'), \
+                coalesce(jsonb_agg(jsonb_build_object( \
+                           'meter', u.meter, 'day', u.day::text, \
+                           'ledger_total', u.ledger_total, 'provider_total', u.stripe_total, \
+                           'drift', u.drift, 'action', u.action, 'detail', u.detail) \
+                         ORDER BY u.ord) FILTER (WHERE u.action <> 'in_sync'), '[]'), \
+                (count(*) FILTER (WHERE u.action = 'repaired'))::int4, \
+                coalesce(sum(abs(u.drift)), 0)::int8 \
+         FROM u \
          ON CONFLICT (tenant_id, day) DO UPDATE \
            SET runs = s.runs + 1, repaired = s.repaired + excluded.repaired, \
                /* The latest run's figures (run ids are time-ordered v7): an older run's batch \
@@ -960,7 +953,6 @@ async fn record_rows(
             (&actions, Type::TEXT_ARRAY),
             (&details, Type::TEXT_ARRAY),
             (&periods, Type::TIMESTAMPTZ_ARRAY),
-            (&summary, Type::JSONB),
         ],
     )
     .await?;

@@ -386,7 +386,71 @@ async fn up() -> Result<(), Error> {
     );
     println!("    -d '{query}'");
     println!("  curl -s {base}/v1/usage -H \"Authorization: Bearer $TOKEN_ACME\"\n");
-    server::serve(listener, app, DEV_JWK).await
+    let console = console_dir();
+    match &console {
+        Some(dir) => println!(
+            "Console: {base}/ (dev sign-in; built in {})\n",
+            dir.display()
+        ),
+        None => println!(
+            "Console: not built (scripts/run-local builds it when Node.js and npm are here)\n"
+        ),
+    }
+    let extras = server::Extras {
+        jwk: DEV_JWK,
+        sign_in: dev_identities(&issuer, &tenants, &staff_org)?.to_string(),
+        console,
+    };
+    server::serve(listener, app, extras).await
+}
+
+/// The console's build: `TENANTRY_CONSOLE_DIR`, else `console/dist` of this checkout; `None`
+/// when it has no `index.html`.
+fn console_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TENANTRY_CONSOLE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console/dist")
+        });
+    dir.join("index.html").is_file().then_some(dir)
+}
+
+/// Tenant roles the console's dev sign-in offers for each demo tenant, and the staff roles.
+const DEV_TENANT_ROLES: [&str; 4] = ["owner", "admin", "member", "viewer"];
+const DEV_STAFF_ROLES: [&str; 2] = ["support_admin", "support"];
+
+/// The console's dev sign-in (`GET /local/sign-in`): each demo tenant's people by role, and
+/// support staff, with dev tokens (valid 12 hours, for this runner only).
+fn dev_identities(
+    issuer: &DevIssuer,
+    tenants: &[seed::DemoTenant],
+    staff_org: &str,
+) -> Result<serde_json::Value, Error> {
+    let ttl = Duration::from_secs(12 * 3600);
+    let mut out = Vec::new();
+    for t in tenants {
+        for role in DEV_TENANT_ROLES {
+            let sub = format!("auth0|dev-{}-{role}", t.env_name.to_ascii_lowercase());
+            out.push(serde_json::json!({
+                "id": format!("{}-{role}", t.org_id),
+                "label": format!("{} {role}", t.name),
+                "kind": "tenant",
+                "tenant": t.name,
+                "role": role,
+                "token": issuer.token(&sub, &t.org_id, &[role], ttl)?,
+            }));
+        }
+    }
+    for role in DEV_STAFF_ROLES {
+        out.push(serde_json::json!({
+            "id": format!("staff-{role}"),
+            "label": format!("staff {role}"),
+            "kind": "staff",
+            "role": role,
+            "token": issuer.token(&format!("auth0|dev-{role}"), staff_org, &[role], ttl)?,
+        }));
+    }
+    Ok(serde_json::json!({ "identities": out }))
 }
 
 async fn vector_index_schedule(app: std::sync::Arc<tenantry::App>, indexer_url: String) {

@@ -10,6 +10,7 @@ mod auth;
 mod authorizer;
 mod bedrock;
 mod billing;
+mod browse;
 mod catalog;
 mod contract;
 mod edge;

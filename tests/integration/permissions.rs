@@ -33,6 +33,7 @@ const CALLERS: &[&str] = &[
 /// and the status of success.
 const MATRIX: &[(&str, &str, &str, u16)] = &[
     ("GET /v1/me", "*", "", 200),
+    ("GET /v1/members", "owner admin", "manage_members", 200),
     (
         "POST /v1/datasets",
         "owner admin member",
@@ -47,6 +48,12 @@ const MATRIX: &[(&str, &str, &str, u16)] = &[
     ),
     (
         "GET /v1/datasets/{dataset}",
+        "owner admin member viewer key:read key:read+ingest",
+        "read_data",
+        200,
+    ),
+    (
+        "GET /v1/datasets/{dataset}/records",
         "owner admin member viewer key:read key:read+ingest",
         "read_data",
         200,
@@ -239,6 +246,7 @@ impl World {
         let key = format!("k{n}");
         match route {
             "GET /v1/me" => ("/v1/me".into(), None, Probe::None),
+            "GET /v1/members" => ("/v1/members".into(), None, Probe::None),
             "POST /v1/datasets" => (
                 "/v1/datasets".into(),
                 Some(
@@ -249,6 +257,9 @@ impl World {
             ),
             "GET /v1/datasets" => ("/v1/datasets".into(), None, Probe::None),
             "GET /v1/datasets/{dataset}" => ("/v1/datasets/orders".into(), None, Probe::None),
+            "GET /v1/datasets/{dataset}/records" => {
+                ("/v1/datasets/orders/records".into(), None, Probe::None)
+            }
             "DELETE /v1/datasets/{dataset}" => {
                 let spec = json!({"name": dataset, "columns": [{"name": "x", "type": "string"}]})
                     .to_string();

@@ -537,13 +537,55 @@ pub async fn get(
             ],
         )
         .await?;
-    Ok(row.map(|r| StoredRecord {
+    Ok(row.as_ref().map(stored_record))
+}
+
+/// A row of `SELECT key, version, data, created_at, updated_at FROM app.records`.
+fn stored_record(r: &tokio_postgres::Row) -> StoredRecord {
+    StoredRecord {
         key: r.get(0),
         version: r.get(1),
         data: r.get(2),
         created_at: r.get(3),
         updated_at: r.get(4),
-    }))
+    }
+}
+
+/// A page of a dataset's records in key order: those after `after` (exclusive), at most
+/// `limit`. One range scan of the records' primary key.
+pub async fn list(
+    tx: &mut TenantTx,
+    dataset_id: Uuid,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StoredRecord>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let rows = tx
+        .query(
+            "SELECT key, version, data, created_at, updated_at FROM app.records \
+             WHERE tenant_id = $1 AND dataset_id = $2 AND ($3::text IS NULL OR key > $3) \
+             ORDER BY key LIMIT $4",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset_id, Type::UUID),
+                (&after, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(stored_record).collect())
+}
+
+/// How many records the dataset holds (an index-only count of its primary key range).
+pub async fn count(tx: &mut TenantTx, dataset_id: Uuid) -> Result<i64, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let row = tx
+        .query_one(
+            "SELECT count(*) FROM app.records WHERE tenant_id = $1 AND dataset_id = $2",
+            &[(&tenant, Type::UUID), (&dataset_id, Type::UUID)],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Deletes one record (and its contribution to the dataset's rollups); false if there was none.

@@ -52,10 +52,7 @@ impl AuditQuery {
                     .ok_or_else(|| invalid("cursor is the next_cursor of a previous page."))?,
             ),
         };
-        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(invalid("limit is between 1 and 200."));
-        }
+        let limit = super::page_limit(self.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
         if let (Some(s), Some(u)) = (self.since, self.until)
             && s >= u
         {

@@ -112,8 +112,23 @@ pub(super) async fn get(
     let dataset = path.dataset()?;
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let found = find_dataset(&mut tx, &dataset).await?;
+    let record_count = crate::analytics::ingest::count(&mut tx, found.id).await?;
     tx.commit().await?;
-    json_response(StatusCode::OK, &found)
+    json_response(
+        StatusCode::OK,
+        &DatasetView {
+            dataset: &found,
+            record_count,
+        },
+    )
+}
+
+/// A dataset, with how many records it holds now.
+#[derive(serde::Serialize)]
+struct DatasetView<'a> {
+    #[serde(flatten)]
+    dataset: &'a Dataset,
+    record_count: i64,
 }
 
 pub(super) async fn delete(

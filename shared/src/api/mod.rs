@@ -12,6 +12,7 @@ mod datasets;
 mod export;
 mod impersonation;
 mod me;
+mod members;
 mod query;
 mod records;
 mod usage;
@@ -38,6 +39,13 @@ use crate::usage::{Meter, UsageEvent};
 /// Every route of the HTTP API.
 pub static ROUTES: &[Route] = &[
     signed_in_route(Method::GET, "/v1/me", "me", endpoint!(me::get)),
+    route(
+        Method::GET,
+        "/v1/members",
+        "me",
+        P::ManageMembers,
+        endpoint!(members::list),
+    ),
     route(
         Method::POST,
         "/v1/datasets",
@@ -79,6 +87,13 @@ pub static ROUTES: &[Route] = &[
         "records",
         P::WriteData,
         endpoint!(records::import),
+    ),
+    route(
+        Method::GET,
+        "/v1/datasets/{dataset}/records",
+        "records",
+        P::ReadData,
+        endpoint!(records::list),
     ),
     route(
         Method::GET,
@@ -412,6 +427,19 @@ async fn admit(
     tx.commit().await?;
     // Nothing reserved (no hard limit): nothing to give back either.
     Ok(admitted.filter(|a| a.quantity > 0))
+}
+
+/// A list route's `limit` (the page size): `default` when absent, else within 1 and `max`.
+fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_query_parameters",
+            format!("limit is between 1 and {max}."),
+        ))
+    }
 }
 
 /// Whether the caller's request on `meter` reserves against its plan: billable, on a meter

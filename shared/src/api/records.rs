@@ -1,4 +1,5 @@
-//! `/v1/datasets/{dataset}/records`: batch ingest (JSON array or NDJSON), get and delete by key.
+//! `/v1/datasets/{dataset}/records`: batch ingest (JSON array or NDJSON), a page of records in
+//! key order, get and delete by key.
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use crate::analytics::datasets::DatasetRef;
 use crate::analytics::ingest::{self, IngestOutcome, RecordError};
 use crate::audit::Action;
 use crate::db::Access;
-use crate::http::{ApiError, Caller, HandlerResult, PathParams, RawBody, json_response};
+use crate::http::{
+    ApiError, Caller, HandlerResult, PathParams, QueryParams, RawBody, json_response,
+};
 use crate::usage::{Meter, UsageEvent, ledger};
 
 enum Format {
@@ -204,6 +207,43 @@ fn record_not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "record_not_found",
         "No record with that key.",
+    )
+}
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+/// `GET /v1/datasets/{dataset}/records`'s query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// The `next_after` of the previous page: records with a greater key.
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// A page of the dataset's records in key order, and the cursor of the next (null on the last).
+pub(super) async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<DatasetPath>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> HandlerResult {
+    let dataset = path.dataset()?;
+    let limit = super::page_limit(q.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let ds = find_dataset(&mut tx, &dataset).await?;
+    // One more than asked: whether there is a next page, without a second query.
+    let mut records = ingest::list(&mut tx, ds.id, q.after.as_deref(), limit + 1).await?;
+    tx.commit().await?;
+    let more = records.len() as i64 > limit;
+    records.truncate(limit as usize);
+    let next_after = more
+        .then(|| records.last().map(|r| r.key.clone()))
+        .flatten();
+    json_response(
+        StatusCode::OK,
+        &json!({ "dataset": ds.name, "records": records, "next_after": next_after }),
     )
 }
 

@@ -1,0 +1,189 @@
+import { useEffect, useState } from "react";
+import { BrowserRouter, NavLink, Navigate, Route, Routes, useNavigate } from "react-router-dom";
+import { api } from "./api";
+import { useAuth } from "./auth";
+import { SignIn } from "./pages/SignIn";
+import { Datasets, DatasetDetail } from "./pages/Datasets";
+import { RecordView } from "./pages/Records";
+import { QueryBuilder } from "./pages/Query";
+import { Ask } from "./pages/Ask";
+import { Usage } from "./pages/Usage";
+import { ApiKeys } from "./pages/ApiKeys";
+import { Members } from "./pages/Members";
+import { Audit } from "./pages/Audit";
+import { SupportTenants, SupportTenant, SupportSessions } from "./pages/Support";
+
+export function App() {
+  return (
+    <BrowserRouter>
+      <Shell />
+    </BrowserRouter>
+  );
+}
+
+function Shell() {
+  const { identity } = useAuth();
+  if (!identity) return <SignIn />;
+  const tenantView = identity.kind !== "staff";
+  return (
+    <div className="shell">
+      {identity.kind === "impersonating" && <ImpersonationBanner />}
+      <Header />
+      <div className="body">
+        <nav className="sidebar" aria-label="Main">{tenantView ? <TenantNav /> : <StaffNav />}</nav>
+        <main className="content">
+          {tenantView ? (
+            <Routes>
+              <Route path="/" element={<Navigate to="/datasets" replace />} />
+              <Route path="/datasets" element={<Datasets />} />
+              <Route path="/datasets/:dataset" element={<DatasetDetail />} />
+              <Route path="/datasets/:dataset/records/:key" element={<RecordView />} />
+              <Route path="/query" element={<QueryBuilder />} />
+              <Route path="/ask" element={<Ask />} />
+              <Route path="/usage" element={<Usage />} />
+              <Route path="/api-keys" element={<ApiKeys />} />
+              <Route path="/members" element={<Members />} />
+              <Route path="/audit" element={<Audit />} />
+              <Route path="*" element={<NotFound home="/datasets" label="Go to datasets" />} />
+            </Routes>
+          ) : (
+            <Routes>
+              <Route path="/" element={<Navigate to="/support" replace />} />
+              <Route path="/support" element={<SupportTenants />} />
+              <Route path="/support/tenants/:tenant" element={<SupportTenant />} />
+              <Route path="/support/sessions" element={<SupportSessions />} />
+              <Route path="*" element={<NotFound home="/support" label="Go to tenants" />} />
+            </Routes>
+          )}
+        </main>
+      </div>
+    </div>
+  );
+}
+
+function NotFound({ home, label }: { home: string; label: string }) {
+  return (
+    <>
+      <h1>Not found</h1>
+      <p>
+        There is no page here. <NavLink to={home}>{label}</NavLink>.
+      </p>
+    </>
+  );
+}
+
+function Header() {
+  const { identity, devLabel, signOut, config } = useAuth();
+  const navigate = useNavigate();
+  const who =
+    identity?.kind === "staff"
+      ? "Support"
+      : identity
+        ? `${identity.me.tenant.name} · ${(identity.me.principal.roles ?? []).join(", ") || identity.me.principal.kind}`
+        : "";
+  return (
+    <header className="topbar">
+      <span className="brand">Tenantry</span>
+      <span className="who" data-testid="who">{who}</span>
+      {config.auth === "local" && devLabel && (
+        <span className="dev-label" title="A dev token from the local runner: never valid outside this machine">
+          dev sign-in: {devLabel}
+        </span>
+      )}
+      <button
+        className="secondary"
+        onClick={() => {
+          void signOut().then(() => navigate("/"));
+        }}
+      >
+        Sign out
+      </button>
+    </header>
+  );
+}
+
+function TenantNav() {
+  const { can } = useAuth();
+  const links: [string, string, boolean][] = [
+    ["/datasets", "Datasets", can("read_data")],
+    ["/query", "Query", can("query")],
+    ["/ask", "Ask", can("query")],
+    ["/usage", "Usage & billing", can("read_billing")],
+    ["/api-keys", "API keys", can("manage_api_keys")],
+    ["/members", "Members & roles", true],
+    ["/audit", "Audit log", can("read_audit")],
+  ];
+  return (
+    <ul>
+      {links
+        .filter(([, , shown]) => shown)
+        .map(([to, label]) => (
+          <li key={to}>
+            <NavLink to={to}>{label}</NavLink>
+          </li>
+        ))}
+    </ul>
+  );
+}
+
+function StaffNav() {
+  return (
+    <ul>
+      <li>
+        <NavLink to="/support" end>
+          Tenants
+        </NavLink>
+      </li>
+      <li>
+        <NavLink to="/support/sessions">Impersonation sessions</NavLink>
+      </li>
+    </ul>
+  );
+}
+
+function remaining(expiresAt: string, now: number): string {
+  const ms = Math.max(0, Date.parse(expiresAt) - now);
+  const s = Math.floor(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+/** On every page while impersonating: the tenant, the mode and the time left. */
+function ImpersonationBanner() {
+  const { identity, stopImpersonation } = useAuth();
+  const navigate = useNavigate();
+  const [now, setNow] = useState(Date.now());
+  const [ending, setEnding] = useState(false);
+  useEffect(() => {
+    const t = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(t);
+  }, []);
+  if (identity?.kind !== "impersonating") return null;
+  const s = identity.session;
+  const expired = Date.parse(s.expiresAt) <= now;
+  const end = async () => {
+    setEnding(true);
+    try {
+      await api(`/admin/v1/impersonations/${s.id}/end`, { method: "POST", asStaff: true });
+    } finally {
+      stopImpersonation();
+      navigate(`/support/tenants/${s.tenantId}`);
+    }
+  };
+  return (
+    <div className={`impersonation-banner${expired ? " expired" : ""}`} role="status" data-testid="impersonation-banner">
+      <span>
+        Support session in <strong>{s.tenantName}</strong> · {s.mode === "read_only" ? "read-only" : "read-write"} ·{" "}
+        {expired ? (
+          <strong>expired</strong>
+        ) : (
+          <>
+            ends in <strong data-testid="countdown">{remaining(s.expiresAt, now)}</strong>
+          </>
+        )}
+      </span>
+      <button onClick={() => void end()} disabled={ending}>
+        {expired ? "Back to support" : "End session"}
+      </button>
+    </div>
+  );
+}

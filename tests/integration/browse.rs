@@ -1,0 +1,193 @@
+//! What the console browses with: a dataset's records a page at a time (`GET
+//! /v1/datasets/{dataset}/records`), its record count, and the tenant's members (`GET
+//! /v1/members`): in order, complete across pages, bounded, and confined to the tenant.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use tenantry_tests::{TestApp, issuer};
+
+const SPEC: &str = r#"{"name": "events", "columns": [{"name": "n", "type": "integer"}]}"#;
+
+fn token(slug: &str, role: &str) -> String {
+    issuer()
+        .token(
+            &format!("auth0|{slug}-{role}"),
+            &format!("org_{slug}"),
+            &[role],
+            Duration::from_secs(600),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn records_page_through_every_key_once_in_order() {
+    let app = TestApp::new().await;
+    let (_, admin) = app.tenant_with_token("alpha").await;
+    let (_, other) = app.tenant_with_token("beta").await;
+    app.create_dataset(&admin, SPEC).await;
+    app.create_dataset(&other, SPEC).await;
+    // Keys whose byte order and number order differ, and one the other tenant also has.
+    let keys: Vec<String> = (0..37).map(|i| format!("k{i}")).collect();
+    let records: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| json!({"key": k, "data": {"n": i}}))
+        .collect();
+    app.ingest(&admin, "events", &json!(records)).await;
+    app.ingest(
+        &other,
+        "events",
+        &json!([{"key": "secret-of-beta", "data": {"n": 1}}]),
+    )
+    .await;
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &after {
+            None => "/v1/datasets/events/records?limit=10".to_owned(),
+            Some(a) => format!("/v1/datasets/events/records?limit=10&after={a}"),
+        };
+        let r = app.call("GET", &path, &admin, None).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        pages += 1;
+        let page = r.json["records"].as_array().unwrap();
+        assert!(page.len() <= 10);
+        for rec in page {
+            assert_eq!(rec["version"], 1);
+            assert!(rec["data"]["n"].is_number());
+            seen.push(rec["key"].as_str().unwrap().to_owned());
+        }
+        match r.json["next_after"].as_str() {
+            Some(next) => {
+                assert_eq!(Some(next), seen.last().map(String::as_str));
+                after = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "every key once, in key order");
+
+    // The record count is the dataset's, not the tenant's or anyone else's.
+    let ds = app.call("GET", "/v1/datasets/events", &admin, None).await;
+    assert_eq!(ds.json["record_count"], 37, "{}", ds.json);
+    let ds = app.call("GET", "/v1/datasets/events", &other, None).await;
+    assert_eq!(ds.json["record_count"], 1);
+
+    // A viewer reads; bad bounds are a clear 400; an unknown dataset is a 404.
+    let viewer = token("alpha", "viewer");
+    let r = app
+        .call("GET", "/v1/datasets/events/records", &viewer, None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["records"].as_array().unwrap().len(), 37);
+    assert!(r.json["next_after"].is_null());
+    for q in ["limit=0", "limit=501", "limit=x", "cursor=1"] {
+        let r = app
+            .call(
+                "GET",
+                &format!("/v1/datasets/events/records?{q}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{q}: {}", r.json);
+        assert!(r.json["code"].is_string());
+    }
+    let r = app
+        .call("GET", "/v1/datasets/nope/records", &admin, None)
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (404, Some("dataset_not_found"))
+    );
+
+    // The attacker's move: beta pages its own dataset of the same name from a cursor before
+    // alpha's keys, and sees only its own record.
+    let r = app
+        .call("GET", "/v1/datasets/events/records?after=", &other, None)
+        .await;
+    let keys: Vec<_> = r.json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["secret-of-beta"]);
+}
+
+#[tokio::test]
+async fn members_are_listed_to_admins_of_their_tenant_only() {
+    let app = TestApp::new().await;
+    let (alpha, admin) = app.tenant_with_token("alpha").await;
+    let (beta, beta_admin) = app.tenant_with_token("beta").await;
+    let db = app.db.admin().await;
+    for (tenant, user, role, removed) in [
+        (alpha, "auth0|ann", "owner", false),
+        (alpha, "auth0|bob", "viewer", false),
+        (alpha, "auth0|cy", "member", true),
+        (beta, "auth0|dee", "admin", false),
+    ] {
+        db.execute(
+            "INSERT INTO app.members (tenant_id, auth0_user_id, email, role, removed_at) \
+             VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
+            &[
+                &tenant.as_uuid(),
+                &user,
+                &format!("{}@example.com", &user[6..]),
+                &role,
+                &removed,
+            ],
+        )
+        .await
+        .unwrap();
+    }
+
+    let r = app.call("GET", "/v1/members?limit=1", &admin, None).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let first = &r.json["members"][0];
+    assert_eq!(first["auth0_user_id"], "auth0|ann");
+    assert_eq!(first["role"], "owner");
+    assert_eq!(first["email"], "ann@example.com");
+    let next = r.json["next_after"].as_str().unwrap().to_owned();
+    let r = app
+        .call("GET", &format!("/v1/members?after={next}"), &admin, None)
+        .await;
+    let rest: BTreeSet<_> = r.json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["auth0_user_id"].as_str().unwrap().to_owned())
+        .collect();
+    // Cy left; Dee is beta's.
+    assert_eq!(rest, BTreeSet::from(["auth0|bob".to_owned()]));
+    assert!(r.json["next_after"].is_null());
+
+    let r = app.call("GET", "/v1/members", &beta_admin, None).await;
+    assert_eq!(r.json["members"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["members"][0]["auth0_user_id"], "auth0|dee");
+
+    // Members and viewers may not list people; bad bounds are a 400.
+    for role in ["member", "viewer"] {
+        let r = app
+            .call("GET", "/v1/members", &token("alpha", role), None)
+            .await;
+        assert_eq!(
+            (r.status, r.json["code"].as_str()),
+            (403, Some("insufficient_permission")),
+            "{role}"
+        );
+    }
+    for q in ["limit=0", "limit=501", "after=not-a-uuid"] {
+        let r = app
+            .call("GET", &format!("/v1/members?{q}"), &admin, None)
+            .await;
+        assert_eq!(r.status, 400, "{q}");
+    }
+}

@@ -4,7 +4,7 @@ import { defineConfig } from "@playwright/test";
 // runner that scripts/test-console starts: TENANTRY_CONSOLE_URL is its address.
 export default defineConfig({
   testDir: "e2e",
-  outputDir: "test-results",
+  outputDir: "test-results/playwright",
   timeout: 90_000,
   expect: { timeout: 15_000 },
   fullyParallel: false,

@@ -26,18 +26,26 @@ export async function tokenOf(request: APIRequestContext, tenant: string | null,
   return who.token;
 }
 
-/** Console errors and failed page loads, collected for the no-console-errors assertion. */
-export function watchConsole(page: Page): string[] {
+/**
+ * Console errors and uncaught exceptions, collected for the no-console-errors assertion. A
+ * refusal the test provokes is logged by the browser as a failed load: pass its status to allow
+ * it (and nothing else).
+ */
+export function watchConsole(page: Page, allowedStatuses: number[] = []): string[] {
   const errors: string[] = [];
   page.on("console", (m) => {
-    // A refused API call is logged by the browser as a failed resource load: expected where a
-    // test makes the API refuse something; everything else is a real error.
-    if (m.type() === "error" && !/Failed to load resource: the server responded with a status of (4\d\d)/.test(m.text())) {
-      errors.push(m.text());
-    }
+    if (m.type() !== "error") return;
+    const failed = m.text().match(/Failed to load resource: the server responded with a status of (\d{3})/);
+    if (failed && allowedStatuses.includes(Number(failed[1]))) return;
+    errors.push(m.text());
   });
   page.on("pageerror", (e) => errors.push(String(e)));
   return errors;
+}
+
+/** Whether the page is wider than the window (something cut off or scrolling sideways). */
+export async function overflowsSideways(page: Page): Promise<boolean> {
+  return page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
 }
 
 /** Signs in through the dev sign-in page: a tenant's person by role, or staff. */

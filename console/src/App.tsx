@@ -1,7 +1,8 @@
-import { useEffect, useState } from "react";
-import { BrowserRouter, NavLink, Navigate, Route, Routes, useNavigate } from "react-router-dom";
-import { api } from "./api";
+import { useEffect, useState, type ReactNode } from "react";
+import { BrowserRouter, NavLink, Navigate, Route, Routes, useLocation, useNavigate } from "react-router-dom";
+import { api, type Permission } from "./api";
 import { useAuth } from "./auth";
+import { ErrorBoundary } from "./ui";
 import { SignIn } from "./pages/SignIn";
 import { Datasets, DatasetDetail } from "./pages/Datasets";
 import { RecordView } from "./pages/Records";
@@ -12,6 +13,7 @@ import { ApiKeys } from "./pages/ApiKeys";
 import { Members } from "./pages/Members";
 import { Audit } from "./pages/Audit";
 import { SupportTenants, SupportTenant, SupportSessions } from "./pages/Support";
+import { SupportAccess } from "./pages/SupportAccess";
 
 export function App() {
   return (
@@ -23,6 +25,7 @@ export function App() {
 
 function Shell() {
   const { identity } = useAuth();
+  const location = useLocation();
   if (!identity) return <SignIn />;
   const tenantView = identity.kind !== "staff";
   return (
@@ -32,18 +35,20 @@ function Shell() {
       <div className="body">
         <nav className="sidebar" aria-label="Main">{tenantView ? <TenantNav /> : <StaffNav />}</nav>
         <main className="content">
+          <ErrorBoundary key={location.pathname}>
           {tenantView ? (
             <Routes>
               <Route path="/" element={<Navigate to="/datasets" replace />} />
-              <Route path="/datasets" element={<Datasets />} />
-              <Route path="/datasets/:dataset" element={<DatasetDetail />} />
-              <Route path="/datasets/:dataset/records/:key" element={<RecordView />} />
-              <Route path="/query" element={<QueryBuilder />} />
-              <Route path="/ask" element={<Ask />} />
-              <Route path="/usage" element={<Usage />} />
-              <Route path="/api-keys" element={<ApiKeys />} />
+              <Route path="/datasets" element={<Needs p="read_data"><Datasets /></Needs>} />
+              <Route path="/datasets/:dataset" element={<Needs p="read_data"><DatasetDetail /></Needs>} />
+              <Route path="/datasets/:dataset/records/:key" element={<Needs p="read_data"><RecordView /></Needs>} />
+              <Route path="/query" element={<Needs p="query"><QueryBuilder /></Needs>} />
+              <Route path="/ask" element={<Needs p="query"><Ask /></Needs>} />
+              <Route path="/usage" element={<Needs p="read_billing"><Usage /></Needs>} />
+              <Route path="/api-keys" element={<Needs p="manage_api_keys"><ApiKeys /></Needs>} />
               <Route path="/members" element={<Members />} />
-              <Route path="/audit" element={<Audit />} />
+              <Route path="/audit" element={<Needs p="read_audit"><Audit /></Needs>} />
+              <Route path="/support-access" element={<Needs p="oversee_support"><SupportAccess /></Needs>} />
               <Route path="*" element={<NotFound home="/datasets" label="Go to datasets" />} />
             </Routes>
           ) : (
@@ -55,8 +60,20 @@ function Shell() {
               <Route path="*" element={<NotFound home="/support" label="Go to tenants" />} />
             </Routes>
           )}
+          </ErrorBoundary>
         </main>
       </div>
+    </div>
+  );
+}
+
+/** A page the caller's role may not use says so, instead of failing call by call. */
+function Needs({ p, children }: { p: Permission; children: ReactNode }) {
+  const { can } = useAuth();
+  if (can(p)) return <>{children}</>;
+  return (
+    <div role="alert" className="problem forbidden" data-code="insufficient_permission">
+      <strong>Not allowed:</strong> this page needs the <code>{p}</code> permission, which your role does not grant.
     </div>
   );
 }
@@ -112,6 +129,7 @@ function TenantNav() {
     ["/api-keys", "API keys", can("manage_api_keys")],
     ["/members", "Members & roles", true],
     ["/audit", "Audit log", can("read_audit")],
+    ["/support-access", "Support access", can("oversee_support")],
   ];
   return (
     <ul>

@@ -181,6 +181,10 @@ export interface AskAnswer {
   dropped_citations: number;
   dropped_figures: number;
   rejected_plans: number;
+  /** Why the answer is what it is (nothing relevant, a question the data cannot answer). */
+  reason?: string;
+  /** What could not be worked on just now (a model was unavailable). */
+  notice?: string;
 }
 
 export interface AuditEvent {
@@ -202,6 +206,10 @@ export interface ImpersonationSession {
   mode: "read_only" | "read_write";
   allow_export: boolean;
   state: "awaiting_approval" | "active" | "ended" | "expired";
+  needs_staff_approval: boolean;
+  needs_tenant_approval: boolean;
+  staff_approved_by: string | null;
+  tenant_approved_by: string | null;
   started_at: string;
   expires_at: string;
   ended_at: string | null;

@@ -1,14 +1,23 @@
 // Who is signed in. Locally the runner hands out dev tokens (GET /local/sign-in, dev-only); in
 // AWS the console signs in with Auth0 Universal Login (authorization code + PKCE, through
-// Auth0's SPA SDK), tokens held in memory only. Either way the API says who the caller is:
-// GET /v1/me for a tenant's people, 403 staff_token_not_accepted for support staff.
+// Auth0's SPA SDK), tokens held in memory only. Staff (the dev sign-in's staff, or a token of
+// the staff organization) get the support view; anyone else is who GET /v1/me says.
 import { createAuth0Client, type Auth0Client } from "@auth0/auth0-spa-js";
 import { createContext, useCallback, useContext, useEffect, useMemo, useState, type ReactNode } from "react";
 import { ApiError, api, configureApi, setImpersonation, type Impersonation, type Me, type Permission } from "./api";
 
 export type ConsoleConfig =
   | { auth: "local"; apiBase?: string }
-  | { auth: "auth0"; domain: string; clientId: string; audience: string; apiBase: string; organization?: string };
+  | {
+      auth: "auth0";
+      domain: string;
+      clientId: string;
+      audience: string;
+      apiBase: string;
+      /** The support staff's organization: its people get the support view. */
+      staffOrg?: string;
+      organization?: string;
+    };
 
 export type Identity =
   | { kind: "tenant"; me: Me }
@@ -44,10 +53,24 @@ const AuthContext = createContext<AuthState | null>(null);
 // runner); with Auth0 nothing is stored: the SDK keeps tokens in memory.
 const DEV_TOKEN = "tenantry.dev.token";
 const DEV_LABEL = "tenantry.dev.label";
+const DEV_KIND = "tenantry.dev.kind";
 const SESSION = "tenantry.impersonation";
 
-async function resolveIdentity(session: Impersonation | null): Promise<Identity | null> {
+/** The organization a token was issued for (read, not verified: the API verifies it). */
+function tokenOrg(token: string): string | null {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(payload)) as { org_id?: unknown };
+    return typeof claims.org_id === "string" ? claims.org_id : null;
+  } catch {
+    return null;
+  }
+}
+
+async function resolveIdentity(session: Impersonation | null, staff: boolean): Promise<Identity | null> {
   setImpersonation(session);
+  // Staff act in a tenant only through a session; without one, theirs is the support view.
+  if (staff && !session) return { kind: "staff" };
   try {
     const me = await api<Me>("/v1/me");
     return session ? { kind: "impersonating", me, session } : { kind: "tenant", me };
@@ -56,7 +79,7 @@ async function resolveIdentity(session: Impersonation | null): Promise<Identity 
     if (session && e instanceof ApiError && (e.problem.status === 401 || e.problem.status === 403)) {
       // The session ended or expired while the page was away: back to the support view.
       sessionStorage.removeItem(SESSION);
-      return resolveIdentity(null);
+      return resolveIdentity(null, staff);
     }
     throw e;
   }
@@ -76,12 +99,13 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
   const [identity, setIdentity] = useState<Identity | null>(null);
   const [devLabel, setDevLabel] = useState<string | null>(null);
   const [auth0, setAuth0] = useState<Auth0Client | null>(null);
+  const [staff, setStaff] = useState(false);
   const [ready, setReady] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
 
-  const load = useCallback(async () => {
+  const load = useCallback(async (isStaff: boolean) => {
     try {
-      setIdentity(await resolveIdentity(storedSession()));
+      setIdentity(await resolveIdentity(storedSession(), isStaff));
       setError(null);
     } catch (e) {
       setIdentity(null);
@@ -96,8 +120,10 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
         const token = sessionStorage.getItem(DEV_TOKEN);
         configureApi(config.apiBase ?? "", token ? async () => token : null);
         if (token) {
+          const isStaff = sessionStorage.getItem(DEV_KIND) === "staff";
           setDevLabel(sessionStorage.getItem(DEV_LABEL));
-          await load();
+          setStaff(isStaff);
+          await load(isStaff);
         }
       } else {
         const client = await createAuth0Client({
@@ -112,15 +138,27 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
           },
         });
         const params = new URLSearchParams(window.location.search);
-        if (params.has("code") && params.has("state")) {
-          await client.handleRedirectCallback();
+        if (params.has("error")) {
+          // Auth0 refused the sign-in (not a member of the organization, say): say why.
           window.history.replaceState({}, "", window.location.pathname);
+          throw new Error(params.get("error_description") ?? params.get("error") ?? "sign-in refused");
+        }
+        if (params.has("code") && params.has("state")) {
+          try {
+            await client.handleRedirectCallback();
+          } finally {
+            // A used or stale code is never tried again on reload.
+            window.history.replaceState({}, "", window.location.pathname);
+          }
         }
         if (cancelled) return;
         setAuth0(client);
         if (await client.isAuthenticated()) {
-          configureApi(config.apiBase, async () => (await client.getTokenSilently()) ?? "");
-          await load();
+          const token = async () => (await client.getTokenSilently()) ?? "";
+          configureApi(config.apiBase, token);
+          const isStaff = !!config.staffOrg && tokenOrg(await token()) === config.staffOrg;
+          setStaff(isStaff);
+          await load(isStaff);
         }
       }
       if (!cancelled) setReady(true);
@@ -143,10 +181,12 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
       signInDev: async (who) => {
         sessionStorage.setItem(DEV_TOKEN, who.token);
         sessionStorage.setItem(DEV_LABEL, who.label);
+        sessionStorage.setItem(DEV_KIND, who.kind);
         sessionStorage.removeItem(SESSION);
         setDevLabel(who.label);
+        setStaff(who.kind === "staff");
         configureApi(config.apiBase ?? "", async () => who.token);
-        await load();
+        await load(who.kind === "staff");
       },
       signInAuth0: async () => {
         const params = new URLSearchParams(window.location.search);
@@ -162,8 +202,10 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
       signOut: async () => {
         sessionStorage.removeItem(DEV_TOKEN);
         sessionStorage.removeItem(DEV_LABEL);
+        sessionStorage.removeItem(DEV_KIND);
         sessionStorage.removeItem(SESSION);
         setImpersonation(null);
+        setStaff(false);
         setIdentity(null);
         setDevLabel(null);
         if (auth0) await auth0.logout({ logoutParams: { returnTo: window.location.origin } });
@@ -171,16 +213,16 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
       },
       startImpersonation: async (s) => {
         sessionStorage.setItem(SESSION, JSON.stringify(s));
-        await load();
+        await load(staff);
       },
       stopImpersonation: () => {
         sessionStorage.removeItem(SESSION);
         setImpersonation(null);
         setIdentity({ kind: "staff" });
       },
-      refresh: load,
+      refresh: () => load(staff),
     };
-  }, [config, identity, devLabel, auth0, load]);
+  }, [config, identity, devLabel, auth0, load, staff]);
 
   if (!ready) return <p className="page-loading" role="status">Loading…</p>;
   return (

@@ -1,5 +1,5 @@
 // Shared pieces: loading, empty and error states, a data hook, a table and the result chart.
-import { useCallback, useEffect, useState, type ReactNode } from "react";
+import { Component, useCallback, useEffect, useRef, useState, type ErrorInfo, type ReactNode } from "react";
 import { Bar, BarChart, CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
 import { ApiError, api, type QueryResult } from "./api";
 
@@ -55,10 +55,18 @@ export function useApi<T>(path: string | null): Loaded<T> {
   const [error, setError] = useState<unknown>(null);
   const [loading, setLoading] = useState(path !== null);
   const [tick, setTick] = useState(0);
+  const shown = useRef(path);
   useEffect(() => {
     if (path === null) return;
     const ctl = new AbortController();
     setLoading(true);
+    // What another path answered is not shown as this one's while it loads (a reload of the
+    // same path keeps showing the last answer until the new one comes).
+    if (shown.current !== path) {
+      shown.current = path;
+      setData(undefined);
+      setError(null);
+    }
     api<T>(path, { signal: ctl.signal })
       .then((d) => {
         setData(d);
@@ -119,23 +127,49 @@ export function ResultTable({ result, caption }: { result: QueryResult; caption?
 }
 
 const NUMERIC = new Set(["integer", "number", "decimal"]);
-const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2"];
+const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+const MAX_SERIES = 12;
+
+/** The output names of a query's `group_by` (a column's name, or a bucket's `as` or
+ * `<column>_<bucket>`), as its result names them. */
+export function groupNames(groupBy: unknown): string[] {
+  if (!Array.isArray(groupBy)) return [];
+  return groupBy.map((g) =>
+    typeof g === "string" ? g : ((g as { as?: string }).as ?? `${(g as { column: string }).column}_${(g as { bucket: string }).bucket}`),
+  );
+}
 
 /**
- * The result as a chart: the first non-numeric column is the axis (a time bucket draws a line,
- * anything else bars), every numeric column a series. Null when there is nothing to draw.
+ * The result as a chart. The axis is the time bucket among the group keys (a line), else the
+ * first group key (bars); the other group keys split the measures into series (EU / sum_amount,
+ * US / sum_amount, ...). Without group keys, the non-numeric columns are taken as them. Null
+ * when there is nothing to draw.
  */
-export function ResultChart({ result }: { result: QueryResult }) {
-  const axis = result.columns.findIndex((c) => !NUMERIC.has(c.type));
-  const series = result.columns.map((c, i) => ({ ...c, i })).filter((c) => NUMERIC.has(c.type) && c.i !== axis);
-  if (series.length === 0 || result.rows.length === 0) return null;
-  const timeAxis = axis >= 0 && result.columns[axis].type === "timestamp";
-  const rows = result.rows.map((r, n) => {
-    const point: Record<string, unknown> = { __x: axis >= 0 ? formatCell(r[axis]) : String(n + 1) };
-    for (const s of series) point[s.name] = typeof r[s.i] === "number" ? r[s.i] : Number(r[s.i]);
-    return point;
+export function ResultChart({ result, groupBy }: { result: QueryResult; groupBy?: string[] }) {
+  const cols = result.columns.map((c, i) => ({ ...c, i }));
+  const dims = groupBy?.length ? cols.filter((c) => groupBy.includes(c.name)) : cols.filter((c) => !NUMERIC.has(c.type));
+  const measures = cols.filter((c) => NUMERIC.has(c.type) && !dims.some((d) => d.i === c.i));
+  if (measures.length === 0 || result.rows.length === 0) return null;
+  const axis = dims.find((d) => d.type === "timestamp") ?? dims[0];
+  const others = dims.filter((d) => d !== axis);
+  const timeAxis = axis?.type === "timestamp";
+  const points = new Map<string, Record<string, unknown>>();
+  const series: string[] = [];
+  result.rows.forEach((r, n) => {
+    const x = axis ? formatCell(r[axis.i]) : String(n + 1);
+    const point = points.get(x) ?? { __x: x };
+    points.set(x, point);
+    const split = others.map((d) => formatCell(r[d.i])).join(" / ");
+    for (const m of measures) {
+      const name = split ? (measures.length > 1 ? `${split} · ${m.name}` : split) : m.name;
+      if (!series.includes(name)) series.push(name);
+      const v = r[m.i];
+      point[name] = typeof v === "number" ? v : v === null ? null : Number(v);
+    }
   });
-  const data = timeAxis ? [...rows].sort((a, b) => String(a.__x).localeCompare(String(b.__x))) : rows;
+  let data = [...points.values()];
+  if (timeAxis) data = data.sort((a, b) => String(a.__x).localeCompare(String(b.__x)));
+  const shown = series.slice(0, MAX_SERIES);
   const chart = timeAxis ? (
     <LineChart data={data}>
       <CartesianGrid strokeDasharray="3 3" />
@@ -143,8 +177,8 @@ export function ResultChart({ result }: { result: QueryResult }) {
       <YAxis />
       <Tooltip />
       <Legend />
-      {series.map((s, k) => (
-        <Line key={s.name} dataKey={s.name} stroke={PALETTE[k % PALETTE.length]} dot={false} isAnimationActive={false} />
+      {shown.map((name, k) => (
+        <Line key={name} dataKey={name} stroke={PALETTE[k % PALETTE.length]} dot={false} connectNulls isAnimationActive={false} />
       ))}
     </LineChart>
   ) : (
@@ -154,16 +188,21 @@ export function ResultChart({ result }: { result: QueryResult }) {
       <YAxis />
       <Tooltip />
       <Legend />
-      {series.map((s, k) => (
-        <Bar key={s.name} dataKey={s.name} fill={PALETTE[k % PALETTE.length]} isAnimationActive={false} />
+      {shown.map((name, k) => (
+        <Bar key={name} dataKey={name} fill={PALETTE[k % PALETTE.length]} isAnimationActive={false} />
       ))}
     </BarChart>
   );
   return (
-    <figure className="chart" aria-label={`Chart of ${series.map((s) => s.name).join(", ")}`} data-points={data.length}>
+    <figure className="chart" aria-label={`Chart of ${shown.join(", ")}`} data-points={data.length} data-series={shown.length}>
       <ResponsiveContainer width="100%" height={320}>
         {chart}
       </ResponsiveContainer>
+      {series.length > shown.length && (
+        <figcaption className="muted small">
+          The first {shown.length} of {series.length} series are drawn; the table has them all.
+        </figcaption>
+      )}
     </figure>
   );
 }
@@ -207,5 +246,63 @@ export function Head({ cols }: { cols: string[] }) {
         ))}
       </tr>
     </thead>
+  );
+}
+
+/** Shows what went wrong instead of a blank page when a page fails to render. */
+export class ErrorBoundary extends Component<{ children: ReactNode }, { error: unknown }> {
+  state = { error: null as unknown };
+  static getDerivedStateFromError(error: unknown) {
+    return { error };
+  }
+  componentDidCatch(error: unknown, info: ErrorInfo) {
+    console.warn("page failed to render", error, info.componentStack);
+  }
+  render() {
+    if (this.state.error) {
+      return (
+        <div role="alert" className="problem">
+          <strong>This page failed to show.</strong> {String(this.state.error)}{" "}
+          <button className="secondary" onClick={() => this.setState({ error: null })}>
+            Try again
+          </button>
+        </div>
+      );
+    }
+    return this.props.children;
+  }
+}
+
+/** The cursors of the pages a list went through (the last is the page shown). */
+export interface Cursors {
+  current: string | undefined;
+  depth: number;
+  back: () => void;
+  forward: (cursor: string) => void;
+  reset: () => void;
+}
+
+export function useCursors(): Cursors {
+  const [stack, setStack] = useState<string[]>([]);
+  return {
+    current: stack.at(-1),
+    depth: stack.length,
+    back: () => setStack((s) => s.slice(0, -1)),
+    forward: (cursor) => setStack((s) => [...s, cursor]),
+    reset: () => setStack([]),
+  };
+}
+
+/** Back and forth through a list's pages; `next` is the cursor the API gave for the next one. */
+export function Pager({ cursors, next, labels = ["Previous", "Next"] }: { cursors: Cursors; next: string | null | undefined; labels?: [string, string] }) {
+  return (
+    <div className="row">
+      <button className="secondary" disabled={cursors.depth === 0} onClick={cursors.back}>
+        {labels[0]}
+      </button>
+      <button className="secondary" disabled={!next} onClick={() => next && cursors.forward(next)}>
+        {labels[1]}
+      </button>
+    </div>
   );
 }

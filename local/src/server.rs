@@ -3,7 +3,7 @@
 //!
 //! Paths under `/v1/` and `/admin/` are the API's (an unknown one is its 404 problem); the dev
 //! endpoints are `/.well-known/jwks.json`, `/local/sign-in` (the demo people's dev tokens, for
-//! the console's dev sign-in) and `/config.json` (tells the console to sign in that way); any
+//! the console's dev sign-in, to requests whose Host names this machine) and `/config.json` (tells the console to sign in that way); any
 //! other path is the console's: a file of its build, else its `index.html` (client-side routes).
 
 use std::path::{Path, PathBuf};
@@ -31,6 +31,22 @@ pub struct Extras {
 
 fn json(body: String) -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether the request names this machine as its host (`127.0.0.1`, `localhost` or `[::1]`,
+/// any port).
+fn loopback_host(headers: &http::HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 fn is_api(path: &str) -> bool {
@@ -63,7 +79,22 @@ pub async fn serve(
             "/.well-known/jwks.json",
             get(move || async move { json(jwks) }),
         )
-        .route("/local/sign-in", get(move || async move { json(sign_in) }))
+        // Dev tokens, to this machine's own pages only: a page elsewhere that rebinds its DNS
+        // name to 127.0.0.1 still sends its own name as Host, and is refused.
+        .route(
+            "/local/sign-in",
+            get(move |headers: http::HeaderMap| async move {
+                if loopback_host(&headers) {
+                    json(sign_in)
+                } else {
+                    (
+                        http::StatusCode::FORBIDDEN,
+                        "dev sign-in answers http://127.0.0.1 and http://localhost only\n",
+                    )
+                        .into_response()
+                }
+            }),
+        )
         .route(
             "/config.json",
             get(|| async { json(r#"{"auth":"local"}"#.to_owned()) }),
@@ -87,4 +118,41 @@ pub async fn serve(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::loopback_host;
+
+    fn host(h: &str) -> http::HeaderMap {
+        let mut m = http::HeaderMap::new();
+        m.insert(http::header::HOST, h.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn only_this_machine_names_get_dev_tokens() {
+        for ok in [
+            "127.0.0.1:3000",
+            "localhost:3000",
+            "localhost",
+            "[::1]:3000",
+            "127.0.0.1",
+        ] {
+            assert!(loopback_host(&host(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:3000",
+            "127.0.0.1.evil.example:3000",
+            "localhost.evil.example",
+            "evil.example",
+            "127.0.0.2:3000",
+            "localhost:3000:1",
+            ":3000",
+        ] {
+            assert!(!loopback_host(&host(bad)), "{bad}");
+        }
+        assert!(!loopback_host(&http::HeaderMap::new()));
+    }
 }

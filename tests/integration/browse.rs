@@ -75,10 +75,18 @@ async fn records_page_through_every_key_once_in_order() {
     assert_eq!(seen, sorted, "every key once, in key order");
 
     // The record count is the dataset's, not the tenant's or anyone else's.
-    let ds = app.call("GET", "/v1/datasets/events", &admin, None).await;
+    let count = "/v1/datasets/events?include=record_count";
+    let ds = app.call("GET", count, &admin, None).await;
     assert_eq!(ds.json["record_count"], 37, "{}", ds.json);
-    let ds = app.call("GET", "/v1/datasets/events", &other, None).await;
+    let ds = app.call("GET", count, &other, None).await;
     assert_eq!(ds.json["record_count"], 1);
+    // Only when asked (it scans the dataset's keys); an unknown include is a 400.
+    let ds = app.call("GET", "/v1/datasets/events", &admin, None).await;
+    assert!(ds.json.get("record_count").is_none(), "{}", ds.json);
+    let ds = app
+        .call("GET", "/v1/datasets/events?include=rows", &admin, None)
+        .await;
+    assert_eq!(ds.status, 400);
 
     // A viewer reads; bad bounds are a clear 400; an unknown dataset is a 404.
     let viewer = token("alpha", "viewer");
@@ -190,4 +198,146 @@ async fn members_are_listed_to_admins_of_their_tenant_only() {
             .await;
         assert_eq!(r.status, 400, "{q}");
     }
+}
+
+#[tokio::test]
+async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
+    let app = TestApp::new().await;
+    let (_, admin) = app.tenant_with_token("alpha").await;
+    let (_, other) = app.tenant_with_token("beta").await;
+    app.create_dataset(&admin, SPEC).await;
+    app.create_dataset(&other, SPEC).await;
+    for n in [1, 2, 2, 3] {
+        // The repeated write changes nothing: no version, nothing kept.
+        app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": n}}]))
+            .await;
+    }
+    app.ingest(&other, "events", &json!([{"key": "k", "data": {"n": 99}}]))
+        .await;
+    // An NDJSON import is an update like any other.
+    let r = app
+        .import(&admin, "events", "{\"key\": \"k\", \"data\": {\"n\": 4}}\n")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let versions = r.json["versions"].as_array().unwrap();
+    let seen: Vec<_> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["data"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(4, 4), (3, 3), (2, 2), (1, 1)]);
+    assert!(versions[0]["superseded_at"].is_null(), "the current one");
+    assert!(versions[1..].iter().all(|v| v["superseded_at"].is_string()));
+    assert!(r.json["next_before"].is_null());
+
+    // A page at a time; the cursor is the last version shown.
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions?limit=3",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.json["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(r.json["next_before"], 2);
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions?before=2",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.json["versions"][0]["version"], 1);
+    assert_eq!(r.json["versions"][0]["data"]["n"], 1);
+
+    // Beta's record of the same dataset name and key has its own single version.
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions",
+            &other,
+            None,
+        )
+        .await;
+    let versions = r.json["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0]["data"]["n"], 99);
+
+    // Deleting the record deletes its history (checked at the database, past RLS).
+    let r = app
+        .call("DELETE", "/v1/datasets/events/records/k", &admin, None)
+        .await;
+    assert_eq!(r.status, 204);
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (404, Some("record_not_found"))
+    );
+    let db = app.db.admin().await;
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM app.record_versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0, "beta never updated; alpha's record was deleted");
+    // A re-created record starts a new history.
+    app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 7}}]))
+        .await;
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.json["versions"].as_array().unwrap().len(), 1);
+    for q in ["limit=0", "limit=101", "before=x"] {
+        let r = app
+            .call(
+                "GET",
+                &format!("/v1/datasets/events/records/k/versions?{q}"),
+                &admin,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 400, "{q}");
+    }
+
+    // Deleting the dataset takes every version with it.
+    app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 8}}]))
+        .await;
+    let r = app
+        .call("DELETE", "/v1/datasets/events", &admin, None)
+        .await;
+    assert_eq!(r.status, 204);
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM app.record_versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0);
 }

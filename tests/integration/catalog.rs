@@ -43,6 +43,7 @@ const IMPERSONATION_TABLES: &[&str] = &[
     "app.chunks",
     "app.datasets",
     "app.impersonation_sessions",
+    "app.record_versions",
     "app.records",
     "app.rollups",
     "app.tenants",

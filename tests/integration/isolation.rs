@@ -98,6 +98,18 @@ const TABLES: &[Table] = &[
         delete_refused: None,
     },
     Table {
+        name: "record_versions",
+        insert: "INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at)
+                 VALUES ($1, $2, 'intruded', 1, '{}', now())",
+        touch: "tenant_id = tenant_id",
+        update: false,
+        update_tenant: false,
+        delete: true,
+        owner_lookup: false,
+        update_refused: None,
+        delete_refused: None,
+    },
+    Table {
         name: "rollups",
         insert: "INSERT INTO app.rollups (tenant_id, dataset_id, rollup, bucket, n) VALUES ($1, $2, 1, now(), 1)",
         touch: "tenant_id = tenant_id",
@@ -322,6 +334,14 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     t.execute(
         "INSERT INTO app.records (tenant_id, dataset_id, key, data) VALUES ($1, $2, 'r1', $3::text::jsonb)",
         &[(&id, Type::UUID), (&dataset, Type::UUID), (&secret, Type::TEXT)],
+    )
+    .await
+    .unwrap();
+    // Its first version, kept by the update trigger (app.record_versions).
+    t.execute(
+        "UPDATE app.records SET data = data || '{\"v\": 2}', version = 2 \
+         WHERE tenant_id = $1 AND dataset_id = $2 AND key = 'r1'",
+        &[(&id, Type::UUID), (&dataset, Type::UUID)],
     )
     .await
     .unwrap();

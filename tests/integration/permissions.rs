@@ -53,6 +53,12 @@ const MATRIX: &[(&str, &str, &str, u16)] = &[
         200,
     ),
     (
+        "GET /v1/datasets/{dataset}/records/{key}/versions",
+        "owner admin member viewer key:read key:read+ingest",
+        "read_data",
+        200,
+    ),
+    (
         "GET /v1/datasets/{dataset}/records",
         "owner admin member viewer key:read key:read+ingest",
         "read_data",
@@ -283,6 +289,18 @@ impl World {
                 Some(json!({"key": key, "data": {"region": "EU", "note": "bulk"}}).to_string()),
                 Probe::Exists(format!("/v1/datasets/orders/records/{key}")),
             ),
+            "GET /v1/datasets/{dataset}/records/{key}/versions" => {
+                let body = json!([{"key": key, "data": {"region": "US"}}]).to_string();
+                let (status, doc) = self
+                    .as_admin("POST", "/v1/datasets/orders/records", Some(&body))
+                    .await;
+                assert_eq!(status, 200, "{doc}");
+                (
+                    format!("/v1/datasets/orders/records/{key}/versions"),
+                    None,
+                    Probe::None,
+                )
+            }
             "GET /v1/datasets/{dataset}/records/{key}"
             | "DELETE /v1/datasets/{dataset}/records/{key}" => {
                 let body =

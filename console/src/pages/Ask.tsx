@@ -1,7 +1,7 @@
 import { useState, type FormEvent } from "react";
 import { Link } from "react-router-dom";
 import { api, type AskAnswer } from "../api";
-import { CopyButton, ProblemView, ResultChart, ResultTable } from "../ui";
+import { CopyButton, ProblemView, ResultChart, ResultTable, groupNames } from "../ui";
 
 export function Ask() {
   const [question, setQuestion] = useState("");
@@ -53,6 +53,12 @@ function AnswerView({ answer }: { answer: AskAnswer }) {
       <p className="answer" data-testid="answer" data-kind={answer.kind}>
         {answer.answer}
       </p>
+      {answer.notice && (
+        <p className="notice warn" role="status">
+          {answer.notice}
+        </p>
+      )}
+      {answer.reason && <p className="muted">Why: {answer.reason}</p>}
       <p className="muted small">
         {answer.kind} · model {answer.model} · planner {answer.planner}
         {answer.dropped_figures > 0 && ` · ${answer.dropped_figures} unsupported figures dropped`}
@@ -62,7 +68,7 @@ function AnswerView({ answer }: { answer: AskAnswer }) {
         return (
           <div key={i} className="executed">
             <h3>Figures from this query</h3>
-            <ResultChart result={q.result} />
+            <ResultChart result={q.result} groupBy={groupNames((q.query as { group_by?: unknown }).group_by)} />
             <ResultTable result={q.result} />
             <details>
               <summary>The executed query</summary>

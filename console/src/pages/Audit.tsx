@@ -1,6 +1,7 @@
 import { useState } from "react";
+import { useSearchParams } from "react-router-dom";
 import type { AuditEvent } from "../api";
-import { Empty, Loading, ProblemView, When, useApi, Head } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
 interface Verify {
   intact: boolean;
@@ -10,9 +11,11 @@ interface Verify {
 }
 
 export function Audit() {
-  const [cursors, setCursors] = useState<string[]>([]);
-  const [impersonation, setImpersonation] = useState("");
-  const cursor = cursors.at(-1);
+  const cursors = useCursors();
+  // ?impersonation=<session id> (from the support access page) shows that session's entries.
+  const [params] = useSearchParams();
+  const [impersonation, setImpersonation] = useState(params.get("impersonation") ?? "");
+  const cursor = cursors.current;
   const qs = new URLSearchParams({ limit: "50" });
   if (cursor) qs.set("cursor", cursor);
   if (impersonation) qs.set("impersonation", impersonation);
@@ -41,7 +44,13 @@ export function Audit() {
       {impersonation && (
         <p className="notice">
           Entries of support session <code>{impersonation}</code> only.{" "}
-          <button className="secondary" onClick={() => setImpersonation("")}>
+          <button
+            className="secondary"
+            onClick={() => {
+              cursors.reset();
+              setImpersonation("");
+            }}
+          >
             Show all
           </button>
         </p>
@@ -72,7 +81,7 @@ export function Audit() {
                     </td>
                     <td>
                       {e.impersonation_id ? (
-                        <button className="link" onClick={() => { setCursors([]); setImpersonation(e.impersonation_id!); }}>
+                        <button className="link" onClick={() => { cursors.reset(); setImpersonation(e.impersonation_id!); }}>
                           {e.impersonation_id.slice(0, 8)}…
                         </button>
                       ) : (
@@ -85,14 +94,7 @@ export function Audit() {
             </table>
           </div>
         ))}
-      <div className="row">
-        <button className="secondary" disabled={cursors.length === 0} onClick={() => setCursors((c) => c.slice(0, -1))}>
-          Newer
-        </button>
-        <button className="secondary" disabled={!page.data?.next_cursor} onClick={() => setCursors((c) => [...c, page.data!.next_cursor!])}>
-          Older
-        </button>
-      </div>
+      <Pager cursors={cursors} next={page.data?.next_cursor} labels={["Newer", "Older"]} />
     </>
   );
 }

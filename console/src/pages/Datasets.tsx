@@ -2,7 +2,7 @@ import { useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, type Column, type ColumnType, type Dataset, type StoredRecord } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Loading, ProblemView, When, formatCell, useApi, Head } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, formatCell, useApi, useCursors } from "../ui";
 
 export function Datasets() {
   const { can } = useAuth();
@@ -157,9 +157,9 @@ export function DatasetDetail() {
   const { dataset = "" } = useParams();
   const { can } = useAuth();
   const navigate = useNavigate();
-  const ds = useApi<Dataset>(`/v1/datasets/${encodeURIComponent(dataset)}`);
-  const [after, setAfter] = useState<string[]>([]);
-  const cursor = after.at(-1);
+  const ds = useApi<Dataset>(`/v1/datasets/${encodeURIComponent(dataset)}?include=record_count`);
+  const pages = useCursors();
+  const cursor = pages.current;
   const page = useApi<RecordPage>(
     `/v1/datasets/${encodeURIComponent(dataset)}/records?limit=25${cursor ? `&after=${encodeURIComponent(cursor)}` : ""}`,
   );
@@ -189,6 +189,7 @@ export function DatasetDetail() {
           <p>
             <strong data-testid="record-count">{ds.data.record_count ?? "?"}</strong> records · created <When at={ds.data.created_at} />
           </p>
+          <div className="table-wrap">
           <table>
             <Head cols={["Column", "Type", "Required", "Notes"]} />
             <tbody>
@@ -212,6 +213,7 @@ export function DatasetDetail() {
               ))}
             </tbody>
           </table>
+          </div>
           {ds.data.rollups && ds.data.rollups.length > 0 && (
             <p className="muted small">
               Rollups: {ds.data.rollups.map((r) => `${r.bucket}${r.dimensions.length ? ` by ${r.dimensions.join(", ")}` : ""}`).join("; ")}
@@ -253,22 +255,11 @@ export function DatasetDetail() {
         {page.loading && !page.data && <Loading what="records" />}
         {page.data &&
           (page.data.records.length === 0 ? (
-            <Empty>{after.length ? "No more records." : "No records yet. Ingest some with POST /v1/datasets/{dataset}/records."}</Empty>
+            <Empty>{pages.depth ? "No more records." : "No records yet. Ingest some with POST /v1/datasets/{dataset}/records."}</Empty>
           ) : (
             <RecordsTable dataset={dataset} columns={ds.data?.columns ?? []} records={page.data.records} />
           ))}
-        <div className="row">
-          <button className="secondary" disabled={after.length === 0} onClick={() => setAfter((a) => a.slice(0, -1))}>
-            Previous
-          </button>
-          <button
-            className="secondary"
-            disabled={!page.data?.next_after}
-            onClick={() => page.data?.next_after && setAfter((a) => [...a, page.data!.next_after!])}
-          >
-            Next
-          </button>
-        </div>
+        <Pager cursors={pages} next={page.data?.next_after} />
       </section>
     </>
   );

@@ -1,6 +1,6 @@
 import type { Permission } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Loading, ProblemView, When, useApi, Head } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
 interface Member {
   member_id: string;
@@ -28,7 +28,11 @@ const ROLES = ["owner", "admin", "member", "viewer"];
 
 export function Members() {
   const { identity, can } = useAuth();
-  const members = useApi<{ members: Member[] }>(can("manage_members") ? "/v1/members" : null);
+  const pages = useCursors();
+  const after = pages.current;
+  const members = useApi<{ members: Member[]; next_after: string | null }>(
+    can("manage_members") ? `/v1/members?limit=100${after ? `&after=${after}` : ""}` : null,
+  );
   if (!identity || identity.kind === "staff") return null;
   const p = identity.me.principal;
   return (
@@ -75,6 +79,7 @@ export function Members() {
                 </table>
               </div>
             ))}
+          {(pages.depth > 0 || members.data?.next_after) && <Pager cursors={pages} next={members.data?.next_after} />}
         </section>
       )}
       <section className="card">

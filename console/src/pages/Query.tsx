@@ -1,10 +1,24 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { api, type Column, type Dataset, type QueryResult } from "../api";
-import { CopyButton, Empty, Loading, ProblemView, ResultChart, ResultTable, useApi } from "../ui";
+import { CopyButton, Empty, Loading, ProblemView, ResultChart, ResultTable, groupNames, useApi } from "../ui";
 
 const OPS = ["eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "is_null"] as const;
 type Op = (typeof OPS)[number];
 const FNS = ["count", "sum", "avg", "min", "max"] as const;
+
+/** The operators the query language takes on a column of each type. */
+function opsFor(col: Column | undefined): readonly Op[] {
+  switch (col?.type) {
+    case "string":
+      return ["eq", "ne", "in", "contains", "is_null"];
+    case "boolean":
+      return ["eq", "ne", "is_null"];
+    case "timestamp":
+      return ["gte", "lt", "gt", "lte", "eq", "is_null"];
+    default:
+      return ["eq", "ne", "lt", "lte", "gt", "gte", "in", "is_null"];
+  }
+}
 type Fn = (typeof FNS)[number];
 const BUCKETS = ["minute", "hour", "day", "week", "month"] as const;
 
@@ -21,7 +35,12 @@ interface AggDraft {
 function literal(col: Column | undefined, raw: string): unknown {
   const v = raw.trim();
   if (!col) return v;
-  if (col.type === "boolean") return v === "true";
+  if (col.type === "boolean") return v !== "false";
+  // A datetime-local value is the browser's local time: sent as RFC 3339 in UTC.
+  if (col.type === "timestamp") {
+    const d = new Date(v);
+    return Number.isNaN(d.getTime()) ? v : d.toISOString();
+  }
   if (col.type === "integer" || col.type === "number" || col.type === "decimal") {
     const n = Number(v);
     return v !== "" && Number.isFinite(n) ? n : v;
@@ -73,7 +92,7 @@ export function QueryBuilder() {
   const [bucket, setBucket] = useState("day");
   const [aggs, setAggs] = useState<AggDraft[]>([{ fn: "count", column: "" }]);
   const [limit, setLimit] = useState(100);
-  const [result, setResult] = useState<QueryResult>();
+  const [result, setResult] = useState<{ result: QueryResult; groupBy: string[] }>();
   const [error, setError] = useState<unknown>(null);
   const [running, setRunning] = useState(false);
   useEffect(() => {
@@ -93,7 +112,9 @@ export function QueryBuilder() {
     setRunning(true);
     setError(null);
     try {
-      setResult(await api<QueryResult>("/v1/query", { body: query }));
+      // The result with the grouping it was asked with (the form may change after).
+      const groupBy = groupNames(query?.group_by);
+      setResult({ result: await api<QueryResult>("/v1/query", { body: query }), groupBy });
     } catch (err) {
       setError(err);
       setResult(undefined);
@@ -124,22 +145,32 @@ export function QueryBuilder() {
           <legend>Filters</legend>
           {filters.map((f, i) => (
             <div className="row" key={i}>
-              <select aria-label={`Filter ${i + 1} column`} value={f.column} onChange={(e) => setFilters((fs) => fs.map((x, j) => (j === i ? { ...x, column: e.target.value } : x)))}>
+              <select
+                aria-label={`Filter ${i + 1} column`}
+                value={f.column}
+                onChange={(e) => {
+                  const ops = opsFor(columns.find((c) => c.name === e.target.value));
+                  setFilters((fs) =>
+                    fs.map((x, j) => (j === i ? { column: e.target.value, op: ops.includes(x.op) ? x.op : ops[0], value: "" } : x)),
+                  );
+                }}
+              >
                 {columns.map((c) => (
                   <option key={c.name}>{c.name}</option>
                 ))}
               </select>
               <select aria-label={`Filter ${i + 1} operator`} value={f.op} onChange={(e) => setFilters((fs) => fs.map((x, j) => (j === i ? { ...x, op: e.target.value as Op } : x)))}>
-                {OPS.map((o) => (
+                {opsFor(columns.find((c) => c.name === f.column)).map((o) => (
                   <option key={o}>{o}</option>
                 ))}
               </select>
               {f.op !== "is_null" && (
-                <input
-                  aria-label={`Filter ${i + 1} value`}
+                <FilterValue
+                  i={i}
+                  col={columns.find((c) => c.name === f.column)}
+                  op={f.op}
                   value={f.value}
-                  placeholder={f.op === "in" ? "a, b, c" : "value"}
-                  onChange={(e) => setFilters((fs) => fs.map((x, j) => (j === i ? { ...x, value: e.target.value } : x)))}
+                  onChange={(value) => setFilters((fs) => fs.map((x, j) => (j === i ? { ...x, value } : x)))}
                 />
               )}
               <button type="button" className="secondary" onClick={() => setFilters((fs) => fs.filter((_, j) => j !== i))}>
@@ -198,7 +229,7 @@ export function QueryBuilder() {
                 value={a.fn}
                 onChange={(e) => setAggs((as) => as.map((x, j) => (j === i ? { fn: e.target.value as Fn, column: x.column || numeric[0]?.name || "" } : x)))}
               >
-                {FNS.map((f) => (
+                {FNS.filter((f) => f === "count" || numeric.length > 0).map((f) => (
                   <option key={f}>{f}</option>
                 ))}
               </select>
@@ -214,7 +245,11 @@ export function QueryBuilder() {
               </button>
             </div>
           ))}
-          <button type="button" className="secondary" onClick={() => setAggs((as) => [...as, { fn: "sum", column: numeric[0]?.name ?? "" }])}>
+          <button
+            type="button"
+            className="secondary"
+            onClick={() => setAggs((as) => [...as, numeric.length ? { fn: "sum", column: numeric[0].name } : { fn: "count", column: "" }])}
+          >
             Add aggregate
           </button>
         </fieldset>
@@ -235,10 +270,36 @@ export function QueryBuilder() {
       {result && (
         <section className="card" aria-label="Result">
           <h2>Result</h2>
-          <ResultChart result={result} />
-          <ResultTable result={result} />
+          <ResultChart result={result.result} groupBy={result.groupBy} />
+          <ResultTable result={result.result} />
         </section>
       )}
     </>
+  );
+}
+
+/** The value of a filter, as the column's type takes it. */
+function FilterValue({ i, col, op, value, onChange }: { i: number; col?: Column; op: Op; value: string; onChange: (v: string) => void }) {
+  const label = `Filter ${i + 1} value`;
+  if (col?.type === "boolean") {
+    return (
+      <select aria-label={label} value={value || "true"} onChange={(e) => onChange(e.target.value)}>
+        <option>true</option>
+        <option>false</option>
+      </select>
+    );
+  }
+  if (col?.type === "timestamp") {
+    return <input aria-label={label} type="datetime-local" value={value} onChange={(e) => onChange(e.target.value)} />;
+  }
+  const numeric = col && ["integer", "number", "decimal"].includes(col.type);
+  return (
+    <input
+      aria-label={label}
+      value={value}
+      inputMode={numeric && op !== "in" ? "decimal" : undefined}
+      placeholder={op === "in" ? "a, b, c" : "value"}
+      onChange={(e) => onChange(e.target.value)}
+    />
   );
 }

@@ -2,7 +2,7 @@ import { useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, type AdminTenant, type ImpersonationSession } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Loading, ProblemView, When, useApi, Head } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
 function Health({ t }: { t: AdminTenant }) {
   const problems: string[] = [];
@@ -19,19 +19,53 @@ function Health({ t }: { t: AdminTenant }) {
 }
 
 export function SupportTenants() {
-  const list = useApi<{ tenants: AdminTenant[]; next_before: string | null }>("/admin/v1/tenants");
+  const [q, setQ] = useState("");
+  const [search, setSearch] = useState("");
+  const [status, setStatus] = useState("");
+  const pages = useCursors();
+  const qs = new URLSearchParams({ limit: "50" });
+  if (search) qs.set("q", search);
+  if (status) qs.set("status", status);
+  const before = pages.current;
+  if (before) qs.set("before", before);
+  const list = useApi<{ tenants: AdminTenant[]; next_before: string | null }>(`/admin/v1/tenants?${qs}`);
   return (
     <>
       <h1>Tenants</h1>
+      <form
+        className="row wrap"
+        aria-label="Find tenants"
+        onSubmit={(e) => {
+          e.preventDefault();
+          pages.reset();
+          setSearch(q.trim());
+        }}
+      >
+        <input aria-label="Name, slug or organization" placeholder="name, slug or org_…" value={q} onChange={(e) => setQ(e.target.value)} />
+        <select
+          aria-label="Status"
+          value={status}
+          onChange={(e) => {
+            pages.reset();
+            setStatus(e.target.value);
+          }}
+        >
+          <option value="">any status</option>
+          <option value="active">active</option>
+          <option value="suspended">suspended</option>
+          <option value="closed">closed</option>
+        </select>
+        <button type="submit">Search</button>
+      </form>
       <ProblemView error={list.error} />
       {list.loading && !list.data && <Loading what="tenants" />}
       {list.data &&
         (list.data.tenants.length === 0 ? (
-          <Empty>No tenants yet.</Empty>
+          <Empty>No tenants{search || status ? " match" : " yet"}.</Empty>
         ) : (
           <div className="table-wrap">
             <table>
-              <Head cols={["Tenant", "Plan", "Billing", "Drift", "Failed deliveries", "Embedding backlog", "Health"]} />
+              <Head cols={["Tenant", "Plan", "Status", "Billing", "Drift", "Failed deliveries", "Embedding backlog", "Health"]} />
               <tbody>
                 {list.data.tenants.map((t) => (
                   <tr key={t.id}>
@@ -39,6 +73,7 @@ export function SupportTenants() {
                       <Link to={`/support/tenants/${t.id}`}>{t.name}</Link> <span className="muted small">{t.slug}</span>
                     </td>
                     <td>{t.plan}</td>
+                    <td>{t.status}</td>
                     <td>{t.billing.status}</td>
                     <td className="num">{t.last_reconciliation?.drift ?? "—"}</td>
                     <td className="num">{t.deliveries.failed}</td>
@@ -52,6 +87,7 @@ export function SupportTenants() {
             </table>
           </div>
         ))}
+      <Pager cursors={pages} next={list.data?.next_before} labels={["Newer", "Older"]} />
     </>
   );
 }
@@ -113,6 +149,10 @@ export function SupportTenant() {
               </dd>
             </dl>
           </section>
+          <section className="card">
+            <h2>Open sessions</h2>
+            <Sessions path={`/admin/v1/impersonations?tenant=${t.data.id}&open=true`} names={{ [t.data.id]: t.data.name }} />
+          </section>
           <StartImpersonation tenant={t.data} />
         </>
       )}
@@ -173,7 +213,7 @@ function StartImpersonation({ tenant }: { tenant: AdminTenant }) {
       <ProblemView error={error} />
       {waiting && (
         <p className="notice warn" role="status">
-          Session {waiting.id} waits for approval ({waiting.state.replace("_", " ")}); it starts once approved.
+          Session {waiting.id} waits for approval; once approved, enter it from the open sessions above (reload).
         </p>
       )}
       <button type="submit">Start session</button>
@@ -182,11 +222,47 @@ function StartImpersonation({ tenant }: { tenant: AdminTenant }) {
 }
 
 export function SupportSessions() {
-  const list = useApi<{ sessions: ImpersonationSession[] }>("/admin/v1/impersonations");
   return (
     <>
       <h1>Impersonation sessions</h1>
-      <ProblemView error={list.error} />
+      <Sessions path="/admin/v1/impersonations" />
+    </>
+  );
+}
+
+/** Sessions (newest first) with what staff may do with each: enter an active one, approve one
+ * waiting for a second support_admin, end one not over. The API decides who may. */
+function Sessions({ path, names = {} }: { path: string; names?: Record<string, string> }) {
+  const { startImpersonation } = useAuth();
+  const navigate = useNavigate();
+  const pages = useCursors();
+  const before = pages.current;
+  const list = useApi<{ sessions: ImpersonationSession[]; next_before: string | null }>(
+    before ? `${path}${path.includes("?") ? "&" : "?"}before=${encodeURIComponent(before)}` : path,
+  );
+  const [error, setError] = useState<unknown>(null);
+  const act = async (s: ImpersonationSession, action: "approve" | "end") => {
+    setError(null);
+    try {
+      await api(`/admin/v1/impersonations/${s.id}/${action}`, { method: "POST", asStaff: true });
+      list.reload();
+    } catch (e) {
+      setError(e);
+    }
+  };
+  const enter = async (s: ImpersonationSession) => {
+    setError(null);
+    try {
+      const name = names[s.tenant_id] ?? (await api<AdminTenant>(`/admin/v1/tenants/${s.tenant_id}`, { asStaff: true })).name;
+      await startImpersonation({ id: s.id, tenantId: s.tenant_id, tenantName: name, mode: s.mode, expiresAt: s.expires_at });
+      navigate("/datasets");
+    } catch (e) {
+      setError(e);
+    }
+  };
+  return (
+    <>
+      <ProblemView error={list.error ?? error} />
       {list.loading && !list.data && <Loading what="sessions" />}
       {list.data &&
         (list.data.sessions.length === 0 ? (
@@ -194,7 +270,7 @@ export function SupportSessions() {
         ) : (
           <div className="table-wrap">
             <table>
-              <Head cols={["Started", "Tenant", "Staff", "Reason", "Mode", "State"]} />
+              <Head cols={["Started", "Tenant", "Staff", "Reason", "Mode", "State", "Ends", ""]} />
               <tbody>
                 {list.data.sessions.map((s) => (
                   <tr key={s.id}>
@@ -202,21 +278,52 @@ export function SupportSessions() {
                       <When at={s.started_at} />
                     </td>
                     <td>
-                      <Link to={`/support/tenants/${s.tenant_id}`}>{s.tenant_id.slice(0, 8)}…</Link>
+                      <Link to={`/support/tenants/${s.tenant_id}`}>{names[s.tenant_id] ?? `${s.tenant_id.slice(0, 8)}…`}</Link>
                     </td>
                     <td>{s.staff_id}</td>
                     <td>
                       {s.reason}
                       {s.ticket ? <span className="muted small"> ({s.ticket})</span> : null}
                     </td>
-                    <td>{s.mode}</td>
-                    <td>{s.state}</td>
+                    <td>{s.mode.replace("_", "-")}</td>
+                    <td>
+                      {s.state.replace("_", " ")}
+                      {s.state === "awaiting_approval" && (
+                        <span className="muted small">
+                          {" "}
+                          ({[
+                            s.needs_staff_approval && !s.staff_approved_by ? "a second support_admin" : "",
+                            s.needs_tenant_approval && !s.tenant_approved_by ? "the tenant" : "",
+                          ]
+                            .filter(Boolean)
+                            .join(" and ")}
+                          )
+                        </span>
+                      )}
+                    </td>
+                    <td>
+                      <When at={s.expires_at} />
+                    </td>
+                    <td className="actions">
+                      {s.state === "active" && <button onClick={() => void enter(s)}>Enter</button>}{" "}
+                      {s.state === "awaiting_approval" && s.needs_staff_approval && !s.staff_approved_by && (
+                        <button className="secondary" onClick={() => void act(s, "approve")}>
+                          Approve
+                        </button>
+                      )}{" "}
+                      {(s.state === "active" || s.state === "awaiting_approval") && (
+                        <button className="secondary" onClick={() => void act(s, "end")}>
+                          End
+                        </button>
+                      )}
+                    </td>
                   </tr>
                 ))}
               </tbody>
             </table>
           </div>
         ))}
+      {(pages.depth > 0 || list.data?.next_before) && <Pager cursors={pages} next={list.data?.next_before} labels={["Newer", "Older"]} />}
     </>
   );
 }

@@ -1,4 +1,4 @@
-import { Bar, BarChart, CartesianGrid, Legend, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
+import { Bar, BarChart, CartesianGrid, Cell, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
 import { Empty, Loading, ProblemView, When, useApi } from "../ui";
 
 interface Meter {
@@ -16,7 +16,7 @@ interface Meter {
 interface UsageView {
   period?: { start: string; end: string; source: string };
   meters: Meter[];
-  billing: { adapter: string; customer: { status: string; customer_id: string | null; last_invoice_status: string | null } };
+  billing: { adapter: string; customer: { status: string; customer_id: string | null; last_invoice_status: string | null } | null };
   last_reconciliation: { at: string; actions: Record<string, number>; days_checked: number; issues: unknown[] } | null;
   awaiting_invoice: unknown[];
 }
@@ -26,7 +26,6 @@ export function Usage() {
   if (usage.error) return <ProblemView error={usage.error} />;
   if (!usage.data) return <Loading what="usage" />;
   const u = usage.data;
-  const data = u.meters.map((m) => ({ meter: m.meter, recorded: m.recorded, acknowledged: m.acknowledged }));
   return (
     <>
       <h1>Usage &amp; billing</h1>
@@ -37,19 +36,11 @@ export function Usage() {
             <When at={u.period.start} /> to <When at={u.period.end} /> <span className="muted">({u.period.source.replace("_", " ")})</span>
           </p>
         )}
-        <figure className="chart" aria-label="Usage per meter: recorded and acknowledged">
-          <ResponsiveContainer width="100%" height={260}>
-            <BarChart data={data}>
-              <CartesianGrid strokeDasharray="3 3" />
-              <XAxis dataKey="meter" />
-              <YAxis />
-              <Tooltip />
-              <Legend />
-              <Bar dataKey="recorded" fill="#2563eb" isAnimationActive={false} />
-              <Bar dataKey="acknowledged" fill="#16a34a" isAnimationActive={false} />
-            </BarChart>
-          </ResponsiveContainer>
-        </figure>
+        <div className="meter-charts">
+          {u.meters.map((m) => (
+            <MeterChart key={m.meter} m={m} />
+          ))}
+        </div>
         <div className="table-wrap">
           <table>
             <thead>
@@ -91,9 +82,9 @@ export function Usage() {
           <dt>Billing provider</dt>
           <dd>{u.billing.adapter}</dd>
           <dt>Subscription</dt>
-          <dd>{u.billing.customer.status}</dd>
+          <dd>{u.billing.customer?.status ?? "no billing customer yet"}</dd>
           <dt>Last invoice</dt>
-          <dd>{u.billing.customer.last_invoice_status ?? "—"}</dd>
+          <dd>{u.billing.customer?.last_invoice_status ?? "—"}</dd>
           <dt>Periods awaiting their invoice</dt>
           <dd>{u.awaiting_invoice.length}</dd>
         </dl>
@@ -110,5 +101,38 @@ export function Usage() {
         )}
       </section>
     </>
+  );
+}
+
+const STAGES: [keyof Meter, string, string][] = [
+  ["recorded", "recorded", "#2563eb"],
+  ["acknowledged", "acknowledged", "#16a34a"],
+  ["pending", "pending", "#d97706"],
+  ["unsent", "unsent", "#9ca3af"],
+];
+
+/** One meter this period, in its own unit: recorded in the ledger against what the billing
+ * provider acknowledged, and what is still on its way. */
+function MeterChart({ m }: { m: Meter }) {
+  const data = STAGES.map(([k, label, color]) => ({ stage: label, value: Number(m[k] ?? 0), color }));
+  return (
+    <figure className="chart meter-chart" aria-label={`${m.meter}: recorded ${m.recorded}, acknowledged ${m.acknowledged}`}>
+      <figcaption>
+        <strong>{m.meter}</strong> <span className="muted small">{m.unit}</span>
+      </figcaption>
+      <ResponsiveContainer width="100%" height={150}>
+        <BarChart data={data} layout="vertical" margin={{ top: 5, right: 12, bottom: 5, left: 0 }}>
+          <CartesianGrid strokeDasharray="3 3" horizontal={false} />
+          <XAxis type="number" allowDecimals={false} tick={{ fontSize: 11 }} />
+          <YAxis type="category" dataKey="stage" width={92} tick={{ fontSize: 11 }} interval={0} />
+          <Tooltip />
+          <Bar dataKey="value" isAnimationActive={false}>
+            {data.map((d) => (
+              <Cell key={d.stage} fill={d.color} />
+            ))}
+          </Bar>
+        </BarChart>
+      </ResponsiveContainer>
+    </figure>
   );
 }

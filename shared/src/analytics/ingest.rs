@@ -576,6 +576,62 @@ pub async fn list(
     Ok(rows.iter().map(stored_record).collect())
 }
 
+/// A version of a record: the current one (`superseded_at` null) or one an update replaced.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecordVersion {
+    /// Its number (the record's `version` while it was current).
+    pub version: i32,
+    /// Its values.
+    pub data: Value,
+    /// When it was written.
+    pub written_at: DateTime<Utc>,
+    /// When an update replaced it; null for the current version.
+    pub superseded_at: Option<DateTime<Utc>>,
+}
+
+/// The record's versions below `before` (all when `None`), newest first, at most `limit`: the
+/// current one from `app.records`, earlier ones from `app.record_versions` (kept by the
+/// records' update trigger, migration 0026). Empty when the record does not exist.
+pub async fn versions(
+    tx: &mut TenantTx,
+    dataset_id: Uuid,
+    key: &str,
+    before: Option<i32>,
+    limit: i64,
+) -> Result<Vec<RecordVersion>, DbError> {
+    let tenant = tx.tenant_id().as_uuid();
+    let rows = tx
+        .query(
+            "SELECT version, data, updated_at, NULL::timestamptz FROM app.records \
+             WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3 \
+               AND ($4::int IS NULL OR version < $4) \
+             UNION ALL \
+             SELECT v.version, v.data, v.written_at, v.superseded_at FROM app.record_versions v \
+             WHERE v.tenant_id = $1 AND v.dataset_id = $2 AND v.key = $3 \
+               AND ($4::int IS NULL OR v.version < $4) \
+               AND EXISTS (SELECT 1 FROM app.records r \
+                           WHERE r.tenant_id = $1 AND r.dataset_id = $2 AND r.key = $3) \
+             ORDER BY 1 DESC LIMIT $5",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset_id, Type::UUID),
+                (&key, Type::TEXT),
+                (&before, Type::INT4),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RecordVersion {
+            version: r.get(0),
+            data: r.get(1),
+            written_at: r.get(2),
+            superseded_at: r.get(3),
+        })
+        .collect())
+}
+
 /// How many records the dataset holds (an index-only count of its primary key range).
 pub async fn count(tx: &mut TenantTx, dataset_id: Uuid) -> Result<i64, DbError> {
     let tenant = tx.tenant_id().as_uuid();

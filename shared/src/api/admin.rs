@@ -213,9 +213,7 @@ pub(super) async fn list(
         q.before,
     )
     .await?;
-    let more = found.len() as i64 > limit;
-    let page: Vec<TenantView> = found.into_iter().take(limit as usize).collect();
-    let next = more.then(|| page.last().map(|t| t.created_at)).flatten();
+    let (page, next) = super::split_page(found, limit, |t| t.created_at);
     json_response(
         StatusCode::OK,
         &json!({"tenants": page, "next_before": next}),

@@ -208,7 +208,7 @@ pub(super) async fn deliveries(
             ],
         )
         .await?;
-    let mut found: Vec<Delivery> = rows
+    let found: Vec<Delivery> = rows
         .iter()
         .map(|r| Delivery {
             tenant_id: r.get(0),
@@ -228,9 +228,7 @@ pub(super) async fn deliveries(
             rejected: r.get(14),
         })
         .collect();
-    let more = found.len() as i64 > limit;
-    found.truncate(limit as usize);
-    let next = more.then(|| found.last().map(|d| d.created_at)).flatten();
+    let (found, next) = super::split_page(found, limit, |d| d.created_at);
     json_response(
         StatusCode::OK,
         &json!({"deliveries": found, "next_before": next}),

@@ -13,7 +13,7 @@ use crate::analytics::datasets::{self, DatasetRef};
 use crate::analytics::{Dataset, DatasetSpec};
 use crate::audit::Action;
 use crate::db::{Access, TenantTx};
-use crate::http::{ApiError, Caller, HandlerResult, Json, PathParams, json_response};
+use crate::http::{ApiError, Caller, HandlerResult, Json, PathParams, QueryParams, json_response};
 
 /// The `{dataset}` of a dataset's routes.
 #[derive(Debug, Deserialize)]
@@ -104,15 +104,37 @@ pub(super) async fn list(State(app): State<Arc<App>>, caller: Caller) -> Handler
     json_response(StatusCode::OK, &json!({ "datasets": all }))
 }
 
+/// `GET /v1/datasets/{dataset}`'s query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GetQuery {
+    /// `record_count`: also count the dataset's records (a scan of its key range, so asked for).
+    include: Option<String>,
+}
+
 pub(super) async fn get(
     State(app): State<Arc<App>>,
     caller: Caller,
     PathParams(path): PathParams<DatasetPath>,
+    QueryParams(q): QueryParams<GetQuery>,
 ) -> HandlerResult {
     let dataset = path.dataset()?;
+    let count = match q.include.as_deref() {
+        None => false,
+        Some("record_count") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query_parameters",
+                "include is record_count.",
+            ));
+        }
+    };
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let found = find_dataset(&mut tx, &dataset).await?;
-    let record_count = crate::analytics::ingest::count(&mut tx, found.id).await?;
+    let record_count = match count {
+        true => Some(crate::analytics::ingest::count(&mut tx, found.id).await?),
+        false => None,
+    };
     tx.commit().await?;
     json_response(
         StatusCode::OK,
@@ -123,12 +145,13 @@ pub(super) async fn get(
     )
 }
 
-/// A dataset, with how many records it holds now.
+/// A dataset, with how many records it holds now when asked.
 #[derive(serde::Serialize)]
 struct DatasetView<'a> {
     #[serde(flatten)]
     dataset: &'a Dataset,
-    record_count: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_count: Option<i64>,
 }
 
 pub(super) async fn delete(

@@ -280,9 +280,7 @@ fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 }
 
 fn page(sessions: Vec<SessionView>, limit: i64) -> HandlerResult {
-    let more = sessions.len() as i64 > limit;
-    let page: Vec<SessionView> = sessions.into_iter().take(limit as usize).collect();
-    let next = more.then(|| page.last().map(|s| s.started_at)).flatten();
+    let (page, next) = super::split_page(sessions, limit, |s| s.started_at);
     json_response(
         StatusCode::OK,
         &json!({"sessions": page, "next_before": next}),

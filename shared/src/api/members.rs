@@ -57,10 +57,8 @@ pub(super) async fn list(
         )
         .await?;
     tx.commit().await?;
-    let more = rows.len() as i64 > limit;
     let members: Vec<Member> = rows
         .iter()
-        .take(limit as usize)
         .map(|r| Member {
             member_id: r.get(0),
             auth0_user_id: r.get(1),
@@ -69,7 +67,7 @@ pub(super) async fn list(
             created_at: r.get(4),
         })
         .collect();
-    let next_after = more.then(|| members.last().map(|m| m.member_id)).flatten();
+    let (members, next_after) = super::split_page(members, limit, |m| m.member_id);
     json_response(
         StatusCode::OK,
         &serde_json::json!({ "members": members, "next_after": next_after }),

@@ -103,6 +103,13 @@ pub static ROUTES: &[Route] = &[
         endpoint!(records::get),
     ),
     route(
+        Method::GET,
+        "/v1/datasets/{dataset}/records/{key}/versions",
+        "records",
+        P::ReadData,
+        endpoint!(records::versions),
+    ),
+    route(
         Method::DELETE,
         "/v1/datasets/{dataset}/records/{key}",
         "records",
@@ -427,6 +434,20 @@ async fn admit(
     tx.commit().await?;
     // Nothing reserved (no hard limit): nothing to give back either.
     Ok(admitted.filter(|a| a.quantity > 0))
+}
+
+/// A page of a list read with `limit + 1` rows (one more than asked, so that whether there is a
+/// next page costs no second query): cut to `limit`, with the cursor of the next page (`cursor`
+/// of the last item kept) when there is one.
+fn split_page<T, C>(
+    mut items: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    let more = items.len() as i64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more { items.last().map(cursor) } else { None };
+    (items, next)
 }
 
 /// A list route's `limit` (the page size): `default` when absent, else within 1 and `max`.

@@ -1,5 +1,5 @@
 //! `/v1/datasets/{dataset}/records`: batch ingest (JSON array or NDJSON), a page of records in
-//! key order, get and delete by key.
+//! key order, get and delete by key, and a record's versions.
 
 use std::sync::Arc;
 
@@ -234,13 +234,9 @@ pub(super) async fn list(
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
     // One more than asked: whether there is a next page, without a second query.
-    let mut records = ingest::list(&mut tx, ds.id, q.after.as_deref(), limit + 1).await?;
+    let records = ingest::list(&mut tx, ds.id, q.after.as_deref(), limit + 1).await?;
     tx.commit().await?;
-    let more = records.len() as i64 > limit;
-    records.truncate(limit as usize);
-    let next_after = more
-        .then(|| records.last().map(|r| r.key.clone()))
-        .flatten();
+    let (records, next_after) = super::split_page(records, limit, |r| r.key.clone());
     json_response(
         StatusCode::OK,
         &json!({ "dataset": ds.name, "records": records, "next_after": next_after }),
@@ -263,6 +259,48 @@ pub(super) async fn get(
     json_response(
         StatusCode::OK,
         &json!({ "dataset": ds.name, "record": record }),
+    )
+}
+
+const DEFAULT_VERSIONS: i64 = 20;
+const MAX_VERSIONS: i64 = 100;
+
+/// `GET …/records/{key}/versions`'s query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VersionsQuery {
+    /// The `next_before` of the previous page: versions below it.
+    before: Option<i32>,
+    limit: Option<i64>,
+}
+
+/// A record's versions, newest first: the current one, then those updates replaced.
+pub(super) async fn versions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    PathParams(path): PathParams<RecordPath>,
+    QueryParams(q): QueryParams<VersionsQuery>,
+) -> HandlerResult {
+    let dataset = dataset_ref(&path.dataset)?;
+    let limit = super::page_limit(q.limit, DEFAULT_VERSIONS, MAX_VERSIONS)?;
+    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    let ds = find_dataset(&mut tx, &dataset).await?;
+    let versions = ingest::versions(&mut tx, ds.id, &path.key, q.before, limit + 1).await?;
+    tx.commit().await?;
+    // A record that does not exist has no versions; one whose page is past its first version
+    // has none below the cursor, which is an empty page, not a 404.
+    if versions.is_empty() && q.before.is_none() {
+        return Err(record_not_found());
+    }
+    let (versions, next_before) = super::split_page(versions, limit, |v| v.version);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "dataset": ds.name,
+            "key": path.key,
+            "versions": versions,
+            "next_before": next_before,
+        }),
     )
 }
 

@@ -1,0 +1,71 @@
+-- Record history (the console opens the exact record version an answer cited, and shows a
+-- record's versions): every update of a record keeps the version it replaces in
+-- app.record_versions, written by a statement trigger in the same transaction, so every write
+-- path (batch ingest, NDJSON import) keeps it and a rolled-back write keeps nothing. A deleted
+-- record's versions are deleted with it (whoever deletes a record expects its contents gone),
+-- and a dataset's with the dataset (the foreign key). The current version stays in app.records.
+SET LOCAL ROLE tenantry_owner;
+
+CREATE TABLE app.record_versions (
+  tenant_id     uuid NOT NULL,
+  dataset_id    uuid NOT NULL,
+  key           text NOT NULL,
+  version       integer NOT NULL CHECK (version >= 1),
+  data          jsonb NOT NULL,
+  -- When this version was written (the record's updated_at then), and replaced.
+  written_at    timestamptz NOT NULL,
+  superseded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, dataset_id, key, version),
+  FOREIGN KEY (tenant_id, dataset_id)
+    REFERENCES app.datasets (tenant_id, dataset_id) ON DELETE CASCADE
+);
+ALTER TABLE app.record_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE app.record_versions FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON app.record_versions FOR ALL
+  USING (tenant_id = (SELECT app.current_tenant_id()))
+  WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
+-- Versions are written and deleted by the triggers (as the writer), never changed.
+GRANT SELECT, INSERT, DELETE ON app.record_versions TO tenantry_app;
+-- A read-only support session reads them as it reads records.
+GRANT SELECT ON app.record_versions TO tenantry_impersonation;
+CREATE POLICY impersonation_live ON app.record_versions AS RESTRICTIVE FOR ALL
+  TO tenantry_impersonation
+  USING ((SELECT app.impersonation_live())) WITH CHECK ((SELECT app.impersonation_live()));
+
+-- Invoker's rights: the writer's own role and RLS. Only rows whose version moved are kept (an
+-- unchanged record is never updated; no other update touches the version).
+CREATE FUNCTION app.keep_record_versions()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+  AS $$
+  BEGIN
+    INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at)
+    SELECT o.tenant_id, o.dataset_id, o.key, o.version, o.data, o.updated_at
+    FROM old_records o
+    JOIN new_records n USING (tenant_id, dataset_id, key)
+    WHERE n.version <> o.version;
+    RETURN NULL;
+  END
+  $$;
+REVOKE EXECUTE ON FUNCTION app.keep_record_versions() FROM PUBLIC;
+CREATE TRIGGER record_versions_kept AFTER UPDATE ON app.records
+  REFERENCING OLD TABLE AS old_records NEW TABLE AS new_records
+  FOR EACH STATEMENT EXECUTE FUNCTION app.keep_record_versions();
+
+CREATE FUNCTION app.forget_record_versions()
+  RETURNS trigger
+  LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp
+  AS $$
+  BEGIN
+    DELETE FROM app.record_versions v
+    USING old_records o
+    WHERE v.tenant_id = o.tenant_id AND v.dataset_id = o.dataset_id AND v.key = o.key;
+    RETURN NULL;
+  END
+  $$;
+REVOKE EXECUTE ON FUNCTION app.forget_record_versions() FROM PUBLIC;
+CREATE TRIGGER record_versions_forgotten AFTER DELETE ON app.records
+  REFERENCING OLD TABLE AS old_records
+  FOR EACH STATEMENT EXECUTE FUNCTION app.forget_record_versions();

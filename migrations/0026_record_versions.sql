@@ -1,9 +1,12 @@
 -- Record history (the console opens the exact record version an answer cited, and shows a
 -- record's versions): every update of a record keeps the version it replaces in
 -- app.record_versions, written by a statement trigger in the same transaction, so every write
--- path (batch ingest, NDJSON import) keeps it and a rolled-back write keeps nothing. A deleted
--- record's versions are deleted with it (whoever deletes a record expects its contents gone),
--- and a dataset's with the dataset (the foreign key). The current version stays in app.records.
+-- path (batch ingest, NDJSON import) keeps it and a rolled-back write keeps nothing. A record
+-- keeps its last MAX_KEPT (100) replaced versions: the trigger deletes older ones as it adds.
+-- A deleted record's versions go with it (the foreign key: whoever deletes a record expects its
+-- contents gone), as do a dataset's. The current version stays in app.records; the storage
+-- meter counts both. (A backfill that rewrites records without a content change, as 0016 did,
+-- bumps no version and keeps nothing: the trigger keeps only rows whose version moved.)
 SET LOCAL ROLE tenantry_owner;
 
 CREATE TABLE app.record_versions (
@@ -16,15 +19,15 @@ CREATE TABLE app.record_versions (
   written_at    timestamptz NOT NULL,
   superseded_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (tenant_id, dataset_id, key, version),
-  FOREIGN KEY (tenant_id, dataset_id)
-    REFERENCES app.datasets (tenant_id, dataset_id) ON DELETE CASCADE
+  FOREIGN KEY (tenant_id, dataset_id, key)
+    REFERENCES app.records (tenant_id, dataset_id, key) ON DELETE CASCADE
 );
 ALTER TABLE app.record_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE app.record_versions FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON app.record_versions FOR ALL
   USING (tenant_id = (SELECT app.current_tenant_id()))
   WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
--- Versions are written and deleted by the triggers (as the writer), never changed.
+-- Versions are written and pruned by the trigger (as the writer), never changed.
 GRANT SELECT, INSERT, DELETE ON app.record_versions TO tenantry_app;
 -- A read-only support session reads them as it reads records.
 GRANT SELECT ON app.record_versions TO tenantry_impersonation;
@@ -33,7 +36,8 @@ CREATE POLICY impersonation_live ON app.record_versions AS RESTRICTIVE FOR ALL
   USING ((SELECT app.impersonation_live())) WITH CHECK ((SELECT app.impersonation_live()));
 
 -- Invoker's rights: the writer's own role and RLS. Only rows whose version moved are kept (an
--- unchanged record is never updated; no other update touches the version).
+-- unchanged record is never updated). Then each updated record's versions older than its last
+-- 100 go: a range of its primary key, found only for a record updated more than 100 times.
 CREATE FUNCTION app.keep_record_versions()
   RETURNS trigger
   LANGUAGE plpgsql
@@ -45,6 +49,11 @@ CREATE FUNCTION app.keep_record_versions()
     FROM old_records o
     JOIN new_records n USING (tenant_id, dataset_id, key)
     WHERE n.version <> o.version;
+    DELETE FROM app.record_versions v
+    USING new_records n
+    WHERE n.version > 101
+      AND v.tenant_id = n.tenant_id AND v.dataset_id = n.dataset_id AND v.key = n.key
+      AND v.version < n.version - 100;
     RETURN NULL;
   END
   $$;
@@ -52,20 +61,3 @@ REVOKE EXECUTE ON FUNCTION app.keep_record_versions() FROM PUBLIC;
 CREATE TRIGGER record_versions_kept AFTER UPDATE ON app.records
   REFERENCING OLD TABLE AS old_records NEW TABLE AS new_records
   FOR EACH STATEMENT EXECUTE FUNCTION app.keep_record_versions();
-
-CREATE FUNCTION app.forget_record_versions()
-  RETURNS trigger
-  LANGUAGE plpgsql
-  SET search_path = pg_catalog, pg_temp
-  AS $$
-  BEGIN
-    DELETE FROM app.record_versions v
-    USING old_records o
-    WHERE v.tenant_id = o.tenant_id AND v.dataset_id = o.dataset_id AND v.key = o.key;
-    RETURN NULL;
-  END
-  $$;
-REVOKE EXECUTE ON FUNCTION app.forget_record_versions() FROM PUBLIC;
-CREATE TRIGGER record_versions_forgotten AFTER DELETE ON app.records
-  REFERENCING OLD TABLE AS old_records
-  FOR EACH STATEMENT EXECUTE FUNCTION app.forget_record_versions();

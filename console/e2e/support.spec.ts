@@ -141,3 +141,26 @@ test("every tenant page loads without console errors; an API key is shown once a
   await screenshot(page, "dataset-narrow");
   expect(errors).toEqual([]);
 });
+
+test("the runner answers only requests that name this machine (a DNS-rebinding page gets nothing)", async ({ baseURL }) => {
+  const { request } = await import("node:http");
+  const url = new URL(baseURL!);
+  const get = (path: string, host: string) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request({ hostname: url.hostname, port: url.port, path, headers: { host } }, (res) => {
+        let body = "";
+        res.on("data", (c) => (body += c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+  for (const path of ["/local/sign-in", "/v1/me", "/admin/v1/tenants", "/"]) {
+    const refused = await get(path, `evil.example:${url.port}`);
+    expect(refused.status, path).toBe(403);
+    expect(refused.body).not.toContain("eyJ");
+  }
+  const allowed = await get("/local/sign-in", `localhost:${url.port}`);
+  expect(allowed.status).toBe(200);
+  expect(allowed.body).toContain('"identities"');
+});

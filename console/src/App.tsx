@@ -182,6 +182,8 @@ function ImpersonationBanner() {
     setEnding(true);
     try {
       await api(`/admin/v1/impersonations/${s.id}/end`, { method: "POST", asStaff: true });
+    } catch {
+      // Already over (ended by the tenant, expired): nothing left to end.
     } finally {
       stopImpersonation();
       navigate(`/support/tenants/${s.tenantId}`);

@@ -38,6 +38,8 @@ interface AuthState {
   identity: Identity | null;
   /** The label of the dev identity, locally. */
   devLabel: string | null;
+  /** The signed-in person's id (the token's `sub`). */
+  subject: string | null;
   can: (p: Permission) => boolean;
   signInDev: (who: DevIdentity) => Promise<void>;
   signInAuth0: () => Promise<void>;
@@ -56,18 +58,22 @@ const DEV_LABEL = "tenantry.dev.label";
 const DEV_KIND = "tenantry.dev.kind";
 const SESSION = "tenantry.impersonation";
 
-/** The organization a token was issued for (read, not verified: the API verifies it). */
-function tokenOrg(token: string): string | null {
+/** Who and which organization a token was issued for (read, not verified: the API verifies
+ * it; the console only picks its view with them). */
+function tokenClaims(token: string): { sub: string | null; org: string | null } {
   try {
     const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(payload)) as { org_id?: unknown };
-    return typeof claims.org_id === "string" ? claims.org_id : null;
+    const claims = JSON.parse(atob(payload)) as { sub?: unknown; org_id?: unknown };
+    return {
+      sub: typeof claims.sub === "string" ? claims.sub : null,
+      org: typeof claims.org_id === "string" ? claims.org_id : null,
+    };
   } catch {
-    return null;
+    return { sub: null, org: null };
   }
 }
 
-async function resolveIdentity(session: Impersonation | null, staff: boolean): Promise<Identity | null> {
+async function resolveIdentity(session: Impersonation | null, staff: boolean, fallBack = true): Promise<Identity | null> {
   setImpersonation(session);
   // Staff act in a tenant only through a session; without one, theirs is the support view.
   if (staff && !session) return { kind: "staff" };
@@ -76,7 +82,8 @@ async function resolveIdentity(session: Impersonation | null, staff: boolean): P
     return session ? { kind: "impersonating", me, session } : { kind: "tenant", me };
   } catch (e) {
     if (e instanceof ApiError && e.problem.code === "staff_token_not_accepted") return { kind: "staff" };
-    if (session && e instanceof ApiError && (e.problem.status === 401 || e.problem.status === 403)) {
+    if (!fallBack) setImpersonation(null);
+    if (fallBack && session && e instanceof ApiError && (e.problem.status === 401 || e.problem.status === 403)) {
       // The session ended or expired while the page was away: back to the support view.
       sessionStorage.removeItem(SESSION);
       return resolveIdentity(null, staff);
@@ -100,6 +107,7 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
   const [devLabel, setDevLabel] = useState<string | null>(null);
   const [auth0, setAuth0] = useState<Auth0Client | null>(null);
   const [staff, setStaff] = useState(false);
+  const [subject, setSubject] = useState<string | null>(null);
   const [ready, setReady] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
 
@@ -121,6 +129,7 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
         configureApi(config.apiBase ?? "", token ? async () => token : null);
         if (token) {
           const isStaff = sessionStorage.getItem(DEV_KIND) === "staff";
+          setSubject(tokenClaims(token).sub);
           setDevLabel(sessionStorage.getItem(DEV_LABEL));
           setStaff(isStaff);
           await load(isStaff);
@@ -137,11 +146,15 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
             ...(config.organization ? { organization: config.organization } : {}),
           },
         });
+        // Known before any failure below, so that signing out again also leaves Auth0's session.
+        setAuth0(client);
         const params = new URLSearchParams(window.location.search);
         if (params.has("error")) {
-          // Auth0 refused the sign-in (not a member of the organization, say): say why.
+          // Auth0 refused the sign-in (not a member of the organization, say): say why, in
+          // Auth0's words, cut short (the text came in a link).
           window.history.replaceState({}, "", window.location.pathname);
-          throw new Error(params.get("error_description") ?? params.get("error") ?? "sign-in refused");
+          const why = (params.get("error_description") ?? params.get("error") ?? "").slice(0, 200);
+          throw new Error(`Auth0 refused the sign-in: ${why}`);
         }
         if (params.has("code") && params.has("state")) {
           try {
@@ -152,11 +165,12 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
           }
         }
         if (cancelled) return;
-        setAuth0(client);
         if (await client.isAuthenticated()) {
           const token = async () => (await client.getTokenSilently()) ?? "";
           configureApi(config.apiBase, token);
-          const isStaff = !!config.staffOrg && tokenOrg(await token()) === config.staffOrg;
+          const claims = tokenClaims(await token());
+          const isStaff = !!config.staffOrg && claims.org === config.staffOrg;
+          setSubject(claims.sub);
           setStaff(isStaff);
           await load(isStaff);
         }
@@ -177,6 +191,7 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
       config,
       identity,
       devLabel,
+      subject,
       can: (p) => !!me?.principal.permissions.includes(p),
       signInDev: async (who) => {
         sessionStorage.setItem(DEV_TOKEN, who.token);
@@ -184,6 +199,7 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
         sessionStorage.setItem(DEV_KIND, who.kind);
         sessionStorage.removeItem(SESSION);
         setDevLabel(who.label);
+        setSubject(tokenClaims(who.token).sub);
         setStaff(who.kind === "staff");
         configureApi(config.apiBase ?? "", async () => who.token);
         await load(who.kind === "staff");
@@ -206,14 +222,18 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
         sessionStorage.removeItem(SESSION);
         setImpersonation(null);
         setStaff(false);
+        setSubject(null);
         setIdentity(null);
         setDevLabel(null);
         if (auth0) await auth0.logout({ logoutParams: { returnTo: window.location.origin } });
         else configureApi(config.apiBase ?? "", null);
       },
       startImpersonation: async (s) => {
+        // The session must work before the console switches to it: a refusal (not this staff
+        // member's session, ended, support access off) is shown where it was asked for.
+        const identity = await resolveIdentity(s, staff, false);
         sessionStorage.setItem(SESSION, JSON.stringify(s));
-        await load(staff);
+        setIdentity(identity);
       },
       stopImpersonation: () => {
         sessionStorage.removeItem(SESSION);
@@ -222,7 +242,7 @@ export function AuthProvider({ config, children }: { config: ConsoleConfig; chil
       },
       refresh: () => load(staff),
     };
-  }, [config, identity, devLabel, auth0, load, staff]);
+  }, [config, identity, devLabel, auth0, load, staff, subject]);
 
   if (!ready) return <p className="page-loading" role="status">Loading…</p>;
   return (

@@ -1,5 +1,5 @@
 // Shared pieces: loading, empty and error states, a data hook, a table and the result chart.
-import { Component, useCallback, useEffect, useRef, useState, type ErrorInfo, type ReactNode } from "react";
+import { Component, useCallback, useEffect, useState, type ErrorInfo, type ReactNode } from "react";
 import { Bar, BarChart, CartesianGrid, Legend, Line, LineChart, ResponsiveContainer, Tooltip, XAxis, YAxis } from "recharts";
 import { ApiError, api, type QueryResult } from "./api";
 
@@ -49,34 +49,22 @@ export interface Loaded<T> {
   reload: () => void;
 }
 
-/** GETs `path` (null: nothing yet) and reloads when it changes. */
+/** GETs `path` (null: nothing yet) and reloads when it changes. What another path answered is
+ * never returned as this one's: the answer is kept with the path it is for. */
 export function useApi<T>(path: string | null): Loaded<T> {
-  const [data, setData] = useState<T>();
-  const [error, setError] = useState<unknown>(null);
+  const [state, setState] = useState<{ path: string | null; data?: T; error: unknown }>({ path: null, error: null });
   const [loading, setLoading] = useState(path !== null);
   const [tick, setTick] = useState(0);
-  const shown = useRef(path);
   useEffect(() => {
     if (path === null) return;
     const ctl = new AbortController();
     setLoading(true);
-    // What another path answered is not shown as this one's while it loads (a reload of the
-    // same path keeps showing the last answer until the new one comes).
-    if (shown.current !== path) {
-      shown.current = path;
-      setData(undefined);
-      setError(null);
-    }
     api<T>(path, { signal: ctl.signal })
-      .then((d) => {
-        setData(d);
-        setError(null);
+      .then((data) => {
+        if (!ctl.signal.aborted) setState({ path, data, error: null });
       })
-      .catch((e) => {
-        if (!(e instanceof DOMException && e.name === "AbortError")) {
-          setError(e);
-          setData(undefined);
-        }
+      .catch((error) => {
+        if (!ctl.signal.aborted) setState({ path, error });
       })
       .finally(() => {
         if (!ctl.signal.aborted) setLoading(false);
@@ -84,7 +72,8 @@ export function useApi<T>(path: string | null): Loaded<T> {
     return () => ctl.abort();
   }, [path, tick]);
   const reload = useCallback(() => setTick((t) => t + 1), []);
-  return { data, error, loading, reload };
+  const mine = state.path === path;
+  return { data: mine ? state.data : undefined, error: mine ? state.error : null, loading: loading || !mine, reload };
 }
 
 export function formatCell(v: unknown): string {

@@ -3,8 +3,9 @@
 //!
 //! Paths under `/v1/` and `/admin/` are the API's (an unknown one is its 404 problem); the dev
 //! endpoints are `/.well-known/jwks.json`, `/local/sign-in` (the demo people's dev tokens, for
-//! the console's dev sign-in, to requests whose Host names this machine) and `/config.json` (tells the console to sign in that way); any
+//! the console's dev sign-in) and `/config.json` (tells the console to sign in that way); any
 //! other path is the console's: a file of its build, else its `index.html` (client-side routes).
+//! Every request must name this machine as its Host (DNS rebinding: see `only_loopback`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,18 @@ pub struct Extras {
 
 fn json(body: String) -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn only_loopback(req: Request, next: axum::middleware::Next) -> Response {
+    if loopback_host(req.headers()) {
+        next.run(req).await
+    } else {
+        (
+            http::StatusCode::FORBIDDEN,
+            "the local runner answers http://127.0.0.1 and http://localhost only\n",
+        )
+            .into_response()
+    }
 }
 
 /// Whether the request names this machine as its host (`127.0.0.1`, `localhost` or `[::1]`,
@@ -79,22 +92,7 @@ pub async fn serve(
             "/.well-known/jwks.json",
             get(move || async move { json(jwks) }),
         )
-        // Dev tokens, to this machine's own pages only: a page elsewhere that rebinds its DNS
-        // name to 127.0.0.1 still sends its own name as Host, and is refused.
-        .route(
-            "/local/sign-in",
-            get(move |headers: http::HeaderMap| async move {
-                if loopback_host(&headers) {
-                    json(sign_in)
-                } else {
-                    (
-                        http::StatusCode::FORBIDDEN,
-                        "dev sign-in answers http://127.0.0.1 and http://localhost only\n",
-                    )
-                        .into_response()
-                }
-            }),
-        )
+        .route("/local/sign-in", get(move || async move { json(sign_in) }))
         .route(
             "/config.json",
             get(|| async { json(r#"{"auth":"local"}"#.to_owned()) }),
@@ -112,6 +110,10 @@ pub async fn serve(
                 }
             }
         });
+    // Every path, to this machine's own pages only: the runner trusts tokens signed with the
+    // committed dev key, so a page elsewhere that rebinds its DNS name to 127.0.0.1 (it still
+    // sends its own name as Host) must not reach the API or the dev sign-in.
+    let router = router.layer(axum::middleware::from_fn(only_loopback));
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

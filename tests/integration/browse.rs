@@ -212,8 +212,10 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": n}}]))
             .await;
     }
-    app.ingest(&other, "events", &json!([{"key": "k", "data": {"n": 99}}]))
-        .await;
+    for n in [98, 99] {
+        app.ingest(&other, "events", &json!([{"key": "k", "data": {"n": n}}]))
+            .await;
+    }
     // An NDJSON import is an update like any other.
     let r = app
         .import(&admin, "events", "{\"key\": \"k\", \"data\": {\"n\": 4}}\n")
@@ -266,7 +268,8 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
     assert_eq!(r.json["versions"][0]["version"], 1);
     assert_eq!(r.json["versions"][0]["data"]["n"], 1);
 
-    // Beta's record of the same dataset name and key has its own single version.
+    // Beta's record of the same dataset name and key has its own versions, and alpha's list
+    // holds none of them (n 98 and 99 are beta's).
     let r = app
         .call(
             "GET",
@@ -275,9 +278,13 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
             None,
         )
         .await;
-    let versions = r.json["versions"].as_array().unwrap();
-    assert_eq!(versions.len(), 1);
-    assert_eq!(versions[0]["data"]["n"], 99);
+    let theirs: Vec<_> = r.json["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(theirs, [99, 98]);
 
     // Deleting the record deletes its history (checked at the database, past RLS).
     let r = app
@@ -302,7 +309,20 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(kept, 0, "beta never updated; alpha's record was deleted");
+    assert_eq!(
+        kept, 1,
+        "alpha's record was deleted; beta's first version stays"
+    );
+    // Past the first page, a missing record is still a 404; a cursor below 1 is a 400.
+    let r = app
+        .call(
+            "GET",
+            "/v1/datasets/events/records/k/versions?before=3",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
     // A re-created record starts a new history.
     app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 7}}]))
         .await;
@@ -315,7 +335,7 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         )
         .await;
     assert_eq!(r.json["versions"].as_array().unwrap().len(), 1);
-    for q in ["limit=0", "limit=101", "before=x"] {
+    for q in ["limit=0", "limit=101", "before=x", "before=0", "before=-1"] {
         let r = app
             .call(
                 "GET",
@@ -339,5 +359,37 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(kept, 0);
+    assert_eq!(kept, 1, "only beta's");
+}
+
+#[tokio::test]
+async fn a_record_keeps_its_last_hundred_replaced_versions() {
+    let app = TestApp::new().await;
+    let (_, admin) = app.tenant_with_token("alpha").await;
+    app.create_dataset(&admin, SPEC).await;
+    for n in 1..=104 {
+        app.ingest(&admin, "events", &json!([{"key": "hot", "data": {"n": n}}]))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let path = match before {
+            None => "/v1/datasets/events/records/hot/versions?limit=100".to_owned(),
+            Some(b) => format!("/v1/datasets/events/records/hot/versions?limit=100&before={b}"),
+        };
+        let r = app.call("GET", &path, &admin, None).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        for v in r.json["versions"].as_array().unwrap() {
+            // Each version holds what was written as it.
+            assert_eq!(v["data"]["n"], v["version"]);
+            seen.push(v["version"].as_i64().unwrap());
+        }
+        match r.json["next_before"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    // The current (104) and the 100 before it; 1 to 3 are gone.
+    assert_eq!(seen, (4..=104).rev().collect::<Vec<_>>());
 }

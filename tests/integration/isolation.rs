@@ -100,7 +100,7 @@ const TABLES: &[Table] = &[
     Table {
         name: "record_versions",
         insert: "INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at)
-                 VALUES ($1, $2, 'intruded', 1, '{}', now())",
+                 VALUES ($1, $2, 'r1', 99, '{}', now())",
         touch: "tenant_id = tenant_id",
         update: false,
         update_tenant: false,

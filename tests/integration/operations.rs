@@ -42,12 +42,15 @@ async fn a_closed_tenant_keeps_only_its_export_until_its_data_is_deleted_once() 
             r#"{"name": "notes", "columns": [{"name": "body", "type": "string"}], "text_columns": ["body"]}"#,
         )
         .await;
-        app.ingest(
-            token,
-            "notes",
-            &json!([{"key": "n1", "data": {"body": "kept until deletion"}}]),
-        )
-        .await;
+        // Written twice: its first version is kept (app.record_versions), and must go too.
+        for body in ["first words", "kept until deletion"] {
+            app.ingest(
+                token,
+                "notes",
+                &json!([{"key": "n1", "data": {"body": body}}]),
+            )
+            .await;
+        }
     }
     let r = app
         .call(
@@ -163,6 +166,7 @@ async fn a_closed_tenant_keeps_only_its_export_until_its_data_is_deleted_once() 
     // Before its time, the run deletes nothing.
     let data = "SELECT (SELECT count(*) FROM app.datasets WHERE tenant_id = $1) \
                 + (SELECT count(*) FROM app.records WHERE tenant_id = $1) \
+                + (SELECT count(*) FROM app.record_versions WHERE tenant_id = $1) \
                 + (SELECT count(*) FROM app.chunks WHERE tenant_id = $1) \
                 + (SELECT count(*) FROM app.api_keys WHERE tenant_id = $1) \
                 + (SELECT count(*) FROM app.members WHERE tenant_id = $1)";
@@ -170,7 +174,7 @@ async fn a_closed_tenant_keeps_only_its_export_until_its_data_is_deleted_once() 
                 + (SELECT count(*) FROM app.audit_events WHERE tenant_id = $1) \
                 + (SELECT count(*) FROM app.tenants WHERE tenant_id = $1)";
     let before = count(&app, data, a).await;
-    assert!(before >= 5, "{before}");
+    assert!(before >= 6, "{before}");
     assert_eq!(retention_run(&app).await.tenants_data_deleted, 0);
     assert_eq!(count(&app, data, a).await, before);
     // Its time has come (as the clock would have it in 14 days).

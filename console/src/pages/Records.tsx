@@ -2,7 +2,7 @@ import { useState } from "react";
 import { Link, useNavigate, useParams, useSearchParams } from "react-router-dom";
 import { api, type StoredRecord } from "../api";
 import { useAuth } from "../auth";
-import { Head, Loading, ProblemView, When, formatCell, useApi } from "../ui";
+import { Head, Loading, Pager, ProblemView, When, formatCell, useApi, useCursors } from "../ui";
 
 interface Version {
   version: number;
@@ -28,7 +28,8 @@ export function RecordView() {
   const navigate = useNavigate();
   const path = `/v1/datasets/${encodeURIComponent(dataset)}/records/${encodeURIComponent(key)}`;
   const rec = useApi<{ dataset: string; record: StoredRecord }>(path);
-  const history = useApi<Versions>(`${path}/versions?limit=20`);
+  const pages = useCursors();
+  const history = useApi<Versions>(`${path}/versions?limit=20${pages.current ? `&before=${pages.current}` : ""}`);
   const wanted = picked !== null && /^\d+$/.test(picked) ? Number(picked) : null;
   // A version older than the list's first page is fetched on its own.
   const listed = history.data?.versions.find((v) => v.version === wanted);
@@ -51,6 +52,8 @@ export function RecordView() {
       ? r && { version: r.version, data: r.data, written_at: r.updated_at, superseded_at: null }
       : (listed ?? fetched);
   const missing = wanted !== null && !!r && !shown && (!!older.data || !!older.error);
+  // Asked for a version not shown yet: say so rather than show the current one under its number.
+  const finding = wanted !== null && !!r && !shown && !missing;
   return (
     <>
       <p className="crumbs">
@@ -76,10 +79,14 @@ export function RecordView() {
           )}
           {missing && (
             <p className="notice bad" data-testid="version-missing">
-              Version {picked} of this record is not kept (it was written before the record was deleted and written
-              again). The current version, {r.version}, is below.
+              Version {picked} of this record is not kept (a record keeps its last 100 replaced versions, from when
+              Tenantry began keeping them; a record deleted and written again starts again at 1). The current
+              version, {r.version}, is below.
             </p>
           )}
+          {finding && <Loading what={`version ${picked}`} />}
+          {!finding && (
+          <>
           <dl className="meta">
             <dt>Version</dt>
             <dd data-testid="record-version">{(shown ?? { version: r.version }).version}</dd>
@@ -112,6 +119,8 @@ export function RecordView() {
             </tbody>
           </table>
           </div>
+          </>
+          )}
           {can("write_data") && (
             <button className="danger" onClick={() => void remove()}>
               Delete record
@@ -150,8 +159,8 @@ export function RecordView() {
                   ))}
                 </tbody>
               </table>
-              {history.data.next_before !== null && (
-                <p className="muted small">The 20 latest versions are listed; open an older one by its number (?version=N).</p>
+              {(pages.depth > 0 || history.data.next_before !== null) && (
+                <Pager cursors={pages} next={history.data.next_before?.toString()} labels={["Newer", "Older"]} />
               )}
             </div>
           )}

@@ -233,7 +233,7 @@ export function SupportSessions() {
 /** Sessions (newest first) with what staff may do with each: enter an active one, approve one
  * waiting for a second support_admin, end one not over. The API decides who may. */
 function Sessions({ path, names = {} }: { path: string; names?: Record<string, string> }) {
-  const { startImpersonation } = useAuth();
+  const { startImpersonation, subject } = useAuth();
   const navigate = useNavigate();
   const pages = useCursors();
   const before = pages.current;
@@ -305,7 +305,7 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
                       <When at={s.expires_at} />
                     </td>
                     <td className="actions">
-                      {s.state === "active" && <button onClick={() => void enter(s)}>Enter</button>}{" "}
+{s.state === "active" && s.staff_id === subject && <button onClick={() => void enter(s)}>Enter</button>}{" "}
                       {s.state === "awaiting_approval" && s.needs_staff_approval && !s.staff_approved_by && (
                         <button className="secondary" onClick={() => void act(s, "approve")}>
                           Approve

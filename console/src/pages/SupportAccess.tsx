@@ -2,7 +2,7 @@ import { useEffect, useState } from "react";
 import { Link } from "react-router-dom";
 import { api, type ImpersonationSession } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Head, Loading, ProblemView, When, useApi } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
 type Access = "off" | "read_only" | "ask";
 
@@ -17,7 +17,10 @@ const ACCESS: [Access, string][] = [
 export function SupportAccess() {
   const { can } = useAuth();
   const setting = useApi<{ support_access: Access }>("/v1/settings/support-access");
-  const sessions = useApi<{ sessions: ImpersonationSession[]; next_before: string | null }>("/v1/impersonations");
+  const pages = useCursors();
+  const sessions = useApi<{ sessions: ImpersonationSession[]; next_before: string | null }>(
+    `/v1/impersonations${pages.current ? `?before=${encodeURIComponent(pages.current)}` : ""}`,
+  );
   const [choice, setChoice] = useState<Access>("read_only");
   const [saved, setSaved] = useState(false);
   const [error, setError] = useState<unknown>(null);
@@ -129,6 +132,9 @@ export function SupportAccess() {
               </table>
             </div>
           ))}
+        {(pages.depth > 0 || sessions.data?.next_before) && (
+          <Pager cursors={pages} next={sessions.data?.next_before} labels={["Newer", "Older"]} />
+        )}
       </section>
     </>
   );

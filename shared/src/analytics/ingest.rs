@@ -589,10 +589,10 @@ pub struct RecordVersion {
     pub superseded_at: Option<DateTime<Utc>>,
 }
 
-/// The record's versions below `before` (all when `None`), newest first, at most `limit`: the
-/// current one from `app.records`, earlier ones from `app.record_versions` (kept by the
-/// records' update trigger, migration 0026). Empty when the record does not exist.
-pub async fn versions(
+/// The record's replaced versions below `before` (all when `None`), newest first, at most
+/// `limit`, as the records' update trigger kept them (migration 0026). The current version is
+/// [`get`]'s.
+pub async fn replaced_versions(
     tx: &mut TenantTx,
     dataset_id: Uuid,
     key: &str,
@@ -602,16 +602,10 @@ pub async fn versions(
     let tenant = tx.tenant_id().as_uuid();
     let rows = tx
         .query(
-            "SELECT version, data, updated_at, NULL::timestamptz FROM app.records \
+            "SELECT version, data, written_at, superseded_at FROM app.record_versions \
              WHERE tenant_id = $1 AND dataset_id = $2 AND key = $3 \
                AND ($4::int IS NULL OR version < $4) \
-             UNION ALL \
-             SELECT v.version, v.data, v.written_at, v.superseded_at FROM app.record_versions v \
-             WHERE v.tenant_id = $1 AND v.dataset_id = $2 AND v.key = $3 \
-               AND ($4::int IS NULL OR v.version < $4) \
-               AND EXISTS (SELECT 1 FROM app.records r \
-                           WHERE r.tenant_id = $1 AND r.dataset_id = $2 AND r.key = $3) \
-             ORDER BY 1 DESC LIMIT $5",
+             ORDER BY version DESC LIMIT $5",
             &[
                 (&tenant, Type::UUID),
                 (&dataset_id, Type::UUID),

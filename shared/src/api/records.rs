@@ -283,15 +283,31 @@ pub(super) async fn versions(
 ) -> HandlerResult {
     let dataset = dataset_ref(&path.dataset)?;
     let limit = super::page_limit(q.limit, DEFAULT_VERSIONS, MAX_VERSIONS)?;
+    if q.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_query_parameters",
+            "before is a version number (1 or more).",
+        ));
+    }
     let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
-    let versions = ingest::versions(&mut tx, ds.id, &path.key, q.before, limit + 1).await?;
-    tx.commit().await?;
-    // A record that does not exist has no versions; one whose page is past its first version
-    // has none below the cursor, which is an empty page, not a 404.
-    if versions.is_empty() && q.before.is_none() {
-        return Err(record_not_found());
+    // A record that does not exist has no versions, whatever the page.
+    let current = ingest::get(&mut tx, ds.id, &path.key)
+        .await?
+        .ok_or_else(record_not_found)?;
+    let mut versions = Vec::new();
+    if q.before.is_none_or(|b| current.version < b) {
+        versions.push(ingest::RecordVersion {
+            version: current.version,
+            data: current.data,
+            written_at: current.updated_at,
+            superseded_at: None,
+        });
     }
+    // One more than asked, across both: whether there is a next page.
+    let rest = limit + 1 - versions.len() as i64;
+    versions.extend(ingest::replaced_versions(&mut tx, ds.id, &path.key, q.before, rest).await?);
+    tx.commit().await?;
     let (versions, next_before) = super::split_page(versions, limit, |v| v.version);
     json_response(
         StatusCode::OK,

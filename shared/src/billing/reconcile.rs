@@ -981,8 +981,11 @@ async fn snapshot(
         .query_one(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM app.usage_events \
                                       WHERE tenant_id = $1 AND event_id = $2) THEN NULL \
-                    ELSE (SELECT ceil(coalesce(sum(pg_column_size(r.data)), 0) / 1024.0)::int8 \
-                          FROM app.records r WHERE r.tenant_id = $1) END, \
+                    ELSE ceil((coalesce((SELECT sum(pg_column_size(r.data)) \
+                                         FROM app.records r WHERE r.tenant_id = $1), 0) \
+                             + coalesce((SELECT sum(pg_column_size(v.data)) \
+                                         FROM app.record_versions v WHERE v.tenant_id = $1), 0)) \
+                               / 1024.0)::int8 END, \
                     CASE WHEN EXISTS (SELECT 1 FROM app.usage_events \
                                       WHERE tenant_id = $1 AND event_id = $3) THEN NULL \
                     ELSE (SELECT count(*) FROM app.members m \

@@ -27,7 +27,8 @@ pub enum Meter {
     Questions,
     /// Records inserted or changed by ingest (unchanged re-sends are free).
     IngestedRecords,
-    /// Daily snapshot of stored record data, in KiB (billed as KiB-days).
+    /// Daily snapshot of stored record data (current and kept earlier versions), in KiB (billed
+    /// as KiB-days).
     Storage,
     /// Daily snapshot of members, billed as seat-days.
     Seats,

@@ -1,6 +1,6 @@
 import { useEffect, useState, type ReactNode } from "react";
 import { BrowserRouter, NavLink, Navigate, Route, Routes, useLocation, useNavigate } from "react-router-dom";
-import { api, type Permission } from "./api";
+import { ApiError, api, type Permission } from "./api";
 import { useAuth } from "./auth";
 import { ErrorBoundary } from "./ui";
 import { SignIn } from "./pages/SignIn";
@@ -171,6 +171,7 @@ function ImpersonationBanner() {
   const navigate = useNavigate();
   const [now, setNow] = useState(Date.now());
   const [ending, setEnding] = useState(false);
+  const [endError, setEndError] = useState<unknown>(null);
   useEffect(() => {
     const t = setInterval(() => setNow(Date.now()), 1000);
     return () => clearInterval(t);
@@ -182,12 +183,18 @@ function ImpersonationBanner() {
     setEnding(true);
     try {
       await api(`/admin/v1/impersonations/${s.id}/end`, { method: "POST", asStaff: true });
-    } catch {
-      // Already over (ended by the tenant, expired): nothing left to end.
-    } finally {
-      stopImpersonation();
-      navigate(`/support/tenants/${s.tenantId}`);
+    } catch (e) {
+      // Already over (ended by the tenant, expired, support access turned off): nothing left to
+      // end. Anything else (the API unreachable): the session may still be live, so stay and say.
+      const over = e instanceof ApiError && [401, 403, 404, 409].includes(e.problem.status);
+      if (!over) {
+        setEnding(false);
+        setEndError(e);
+        return;
+      }
     }
+    stopImpersonation();
+    navigate(`/support/tenants/${s.tenantId}`);
   };
   return (
     <div className={`impersonation-banner${expired ? " expired" : ""}`} role="status" data-testid="impersonation-banner">
@@ -204,6 +211,11 @@ function ImpersonationBanner() {
       <button onClick={() => void end()} disabled={ending}>
         {expired ? "Back to support" : "End session"}
       </button>
+      {endError !== null && (
+        <span className="end-error">
+          Could not end the session: {endError instanceof ApiError ? endError.problem.detail : String(endError)}
+        </span>
+      )}
     </div>
   );
 }

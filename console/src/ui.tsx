@@ -73,7 +73,12 @@ export function useApi<T>(path: string | null): Loaded<T> {
   }, [path, tick]);
   const reload = useCallback(() => setTick((t) => t + 1), []);
   const mine = state.path === path;
-  return { data: mine ? state.data : undefined, error: mine ? state.error : null, loading: loading || !mine, reload };
+  return {
+    data: mine ? state.data : undefined,
+    error: mine ? state.error : null,
+    loading: path !== null && (loading || !mine),
+    reload,
+  };
 }
 
 export function formatCell(v: unknown): string {

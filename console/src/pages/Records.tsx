@@ -51,9 +51,12 @@ export function RecordView() {
     wanted === null || wanted === r?.version
       ? r && { version: r.version, data: r.data, written_at: r.updated_at, superseded_at: null }
       : (listed ?? fetched);
-  const missing = wanted !== null && !!r && !shown && (!!older.data || !!older.error);
+  // Not kept: the versions below it came back without it. (A failed request is shown as its
+  // problem, not as "not kept".)
+  const missing = wanted !== null && !!r && !shown && !!older.data;
+  const failed = wanted !== null && !!r && !shown && !!(history.error || older.error);
   // Asked for a version not shown yet: say so rather than show the current one under its number.
-  const finding = wanted !== null && !!r && !shown && !missing;
+  const finding = wanted !== null && !!r && !shown && !missing && !failed;
   return (
     <>
       <p className="crumbs">
@@ -85,6 +88,7 @@ export function RecordView() {
             </p>
           )}
           {finding && <Loading what={`version ${picked}`} />}
+          {failed && <ProblemView error={history.error || older.error} />}
           {!finding && (
           <>
           <dl className="meta">

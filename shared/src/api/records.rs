@@ -289,7 +289,9 @@ pub(super) async fn versions(
             "before is a version number (1 or more).",
         ));
     }
-    let mut tx = super::begin(&app, &caller, Access::ReadOnly).await?;
+    // One snapshot for both reads: an update committing between them would otherwise list its
+    // version twice (current, and replaced).
+    let mut tx = super::begin(&app, &caller, Access::Snapshot).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
     // A record that does not exist has no versions, whatever the page.
     let current = ingest::get(&mut tx, ds.id, &path.key)

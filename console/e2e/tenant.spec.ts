@@ -72,7 +72,8 @@ test("a tenant admin creates a dataset, ingests through the API and sees the rec
   expect(errors).toEqual([]);
 });
 
-test("a grouped query's chart and table agree with POST /v1/query", async ({ page, request }) => {
+test("a grouped query's chart and table agree with POST /v1/query", async ({ page, request, context }) => {
+  await context.grantPermissions(["clipboard-read", "clipboard-write"]);
   const errors = watchConsole(page);
   await signIn(page, ACME, "admin");
   await page.getByRole("link", { name: "Query" }).click();
@@ -86,6 +87,10 @@ test("a grouped query's chart and table agree with POST /v1/query", async ({ pag
   const json = await page.getByTestId("query-json").textContent();
   const query = JSON.parse(json ?? "null");
   expect(query).toMatchObject({ dataset: "orders", group_by: ["region"], aggregates: [{ fn: "sum", column: "amount" }, { fn: "count" }] });
+  // The JSON is copyable as shown.
+  await form.getByRole("button", { name: "Copy JSON" }).click();
+  await expect(form.getByRole("button", { name: "Copied" })).toBeVisible();
+  expect(JSON.parse(await page.evaluate(() => navigator.clipboard.readText()))).toEqual(query);
   await form.getByRole("button", { name: "Run query" }).click();
 
   const token = await tokenOf(request, ACME, "admin");
@@ -172,5 +177,37 @@ test("a viewer has no delete control, and a forced delete shows the API's 403", 
   // Nothing was deleted.
   await page.goto("/datasets/orders");
   await expect(page.getByTestId("record-count")).toHaveText(/^[1-9]\d*$/);
+  expect(errors).toEqual([]);
+});
+
+test("the forms work from the keyboard alone", async ({ page }) => {
+  const errors = watchConsole(page);
+  await page.goto("/");
+  // Sign in: Tab to Acme's admin button, Enter.
+  const button = page
+    .locator("section.card", { has: page.getByRole("heading", { name: ACME }) })
+    .getByRole("button", { name: "Sign in as admin" });
+  for (let i = 0; i < 20 && !(await button.evaluate((b) => b === document.activeElement)); i++) {
+    await page.keyboard.press("Tab");
+  }
+  await expect(button).toBeFocused();
+  await page.keyboard.press("Enter");
+  await expect(page).toHaveURL(/\/datasets$/);
+  // Open a dataset and a record by key: Tab into the field, type, Enter submits.
+  await page.getByRole("link", { name: "orders" }).focus();
+  await page.keyboard.press("Enter");
+  await page.getByLabel("Record key").focus();
+  await page.keyboard.type("o-1000");
+  await page.keyboard.press("Enter");
+  await expect(page.getByRole("heading", { name: "Record o-1000" })).toBeVisible();
+  // Ask: type the question, Tab to the button, Enter.
+  await page.getByRole("link", { name: "Ask" }).focus();
+  await page.keyboard.press("Enter");
+  await page.getByRole("textbox", { name: "Question" }).focus();
+  await page.keyboard.type("What is the total amount by region in orders?");
+  await page.keyboard.press("Tab");
+  await expect(page.getByRole("button", { name: "Ask" })).toBeFocused();
+  await page.keyboard.press("Enter");
+  await expect(page.getByTestId("answer")).toHaveAttribute("data-kind", "figures");
   expect(errors).toEqual([]);
 });

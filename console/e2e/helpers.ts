@@ -1,14 +1,7 @@
 import { expect, type APIRequestContext, type Page } from "@playwright/test";
 import { mkdirSync } from "node:fs";
 
-export interface DevIdentity {
-  id: string;
-  label: string;
-  kind: "tenant" | "staff";
-  tenant?: string;
-  role: string;
-  token: string;
-}
+import type { DevIdentity } from "../src/auth";
 
 export const ACME = "Acme Analytics";
 

@@ -217,6 +217,11 @@ export interface ImpersonationSession {
   requests?: number;
 }
 
+/** Whether a session may still be used or approved (it has neither ended nor expired). */
+export function sessionOpen(s: ImpersonationSession): boolean {
+  return s.state === "active" || s.state === "awaiting_approval";
+}
+
 export interface AdminTenant {
   id: string;
   name: string;

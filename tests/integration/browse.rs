@@ -200,6 +200,12 @@ async fn members_are_listed_to_admins_of_their_tenant_only() {
     }
 }
 
+/// `GET /v1/datasets/events/records/k/versions?{query}`.
+async fn get_versions(app: &TestApp, token: &str, query: &str) -> tenantry_tests::Reply {
+    let path = format!("/v1/datasets/events/records/k/versions?{query}");
+    app.call("GET", &path, token, None).await
+}
+
 #[tokio::test]
 async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
     let app = TestApp::new().await;
@@ -222,14 +228,7 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         .await;
     assert_eq!(r.status, 200, "{}", r.json);
 
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "").await;
     assert_eq!(r.status, 200, "{}", r.json);
     let versions = r.json["versions"].as_array().unwrap();
     let seen: Vec<_> = versions
@@ -247,37 +246,16 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
     assert!(r.json["next_before"].is_null());
 
     // A page at a time; the cursor is the last version shown.
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions?limit=3",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "limit=3").await;
     assert_eq!(r.json["versions"].as_array().unwrap().len(), 3);
     assert_eq!(r.json["next_before"], 2);
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions?before=2",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "before=2").await;
     assert_eq!(r.json["versions"][0]["version"], 1);
     assert_eq!(r.json["versions"][0]["data"]["n"], 1);
 
     // Beta's record of the same dataset name and key has its own versions, and alpha's list
     // holds none of them (n 98 and 99 are beta's).
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions",
-            &other,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &other, "").await;
     let theirs: Vec<_> = r.json["versions"]
         .as_array()
         .unwrap()
@@ -291,14 +269,7 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         .call("DELETE", "/v1/datasets/events/records/k", &admin, None)
         .await;
     assert_eq!(r.status, 204);
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "").await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),
         (404, Some("record_not_found"))
@@ -314,36 +285,15 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
         "alpha's record was deleted; beta's first version stays"
     );
     // Past the first page, a missing record is still a 404; a cursor below 1 is a 400.
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions?before=3",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "before=3").await;
     assert_eq!(r.status, 404);
     // A re-created record starts a new history.
     app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 7}}]))
         .await;
-    let r = app
-        .call(
-            "GET",
-            "/v1/datasets/events/records/k/versions",
-            &admin,
-            None,
-        )
-        .await;
+    let r = get_versions(&app, &admin, "").await;
     assert_eq!(r.json["versions"].as_array().unwrap().len(), 1);
     for q in ["limit=0", "limit=101", "before=x", "before=0", "before=-1"] {
-        let r = app
-            .call(
-                "GET",
-                &format!("/v1/datasets/events/records/k/versions?{q}"),
-                &admin,
-                None,
-            )
-            .await;
+        let r = get_versions(&app, &admin, q).await;
         assert_eq!(r.status, 400, "{q}");
     }
 

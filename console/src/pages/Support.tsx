@@ -1,6 +1,6 @@
 import { useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
-import { api, type AdminTenant, type ImpersonationSession } from "../api";
+import { api, sessionOpen, type AdminTenant, type ImpersonationSession } from "../api";
 import { useAuth } from "../auth";
 import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
@@ -282,8 +282,7 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
                     </td>
                     <td>{s.staff_id}</td>
                     <td>
-                      {s.reason}
-                      {s.ticket ? <span className="muted small"> ({s.ticket})</span> : null}
+                      <Reason s={s} />
                     </td>
                     <td>{s.mode.replace("_", "-")}</td>
                     <td>
@@ -311,7 +310,7 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
                           Approve
                         </button>
                       )}{" "}
-                      {(s.state === "active" || s.state === "awaiting_approval") && (
+                      {sessionOpen(s) && (
                         <button className="secondary" onClick={() => void act(s, "end")}>
                           End
                         </button>
@@ -324,6 +323,16 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
           </div>
         ))}
       {(pages.depth > 0 || list.data?.next_before) && <Pager cursors={pages} next={list.data?.next_before} labels={["Newer", "Older"]} />}
+    </>
+  );
+}
+
+/** A session's reason, with its ticket. */
+export function Reason({ s }: { s: ImpersonationSession }) {
+  return (
+    <>
+      {s.reason}
+      {s.ticket ? <span className="muted small"> ({s.ticket})</span> : null}
     </>
   );
 }

@@ -1,6 +1,7 @@
 import { useEffect, useState } from "react";
 import { Link } from "react-router-dom";
-import { api, type ImpersonationSession } from "../api";
+import { api, sessionOpen, type ImpersonationSession } from "../api";
+import { Reason } from "./Support";
 import { useAuth } from "../auth";
 import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
 
@@ -108,8 +109,7 @@ export function SupportAccess() {
                       </td>
                       <td>{s.staff_id}</td>
                       <td>
-                        {s.reason}
-                        {s.ticket ? <span className="muted small"> ({s.ticket})</span> : null}
+                        <Reason s={s} />
                       </td>
                       <td>{s.mode.replace("_", "-")}</td>
                       <td>{s.state.replace("_", " ")}</td>
@@ -120,7 +120,7 @@ export function SupportAccess() {
                         {s.state === "awaiting_approval" && s.needs_tenant_approval && !s.tenant_approved_by && (
                           <button onClick={() => void act(s, "approve")}>Approve</button>
                         )}{" "}
-                        {(s.state === "active" || s.state === "awaiting_approval") && (
+                        {sessionOpen(s) && (
                           <button className="secondary" onClick={() => void act(s, "end")}>
                             End
                           </button>

@@ -81,6 +81,7 @@ pub struct AppBuilder {
     config: Config,
     sdk: Option<aws_config::SdkConfig>,
     billing: Option<Arc<dyn BillingSink>>,
+    embed_queue: Option<Arc<dyn EmbedQueue>>,
     work: Work,
 }
 
@@ -91,6 +92,7 @@ impl App {
             config,
             sdk: None,
             billing: None,
+            embed_queue: None,
             work: Work::Background,
         }
     }
@@ -125,6 +127,13 @@ impl AppBuilder {
         self
     }
 
+    /// Where ingests ask for their chunks' embedding, instead of what the configuration says
+    /// (SQS, or the in-process worker): for a benchmark that embeds elsewhere, or not yet.
+    pub fn embed_queue(mut self, queue: Arc<dyn EmbedQueue>) -> Self {
+        self.embed_queue = Some(queue);
+        self
+    }
+
     /// How in-process queues run their work.
     pub fn work(mut self, work: Work) -> Self {
         self.work = work;
@@ -137,6 +146,7 @@ impl AppBuilder {
             config,
             sdk,
             billing,
+            embed_queue,
             work,
         } = self;
         let db = Db::connect(&config.db)?;
@@ -179,9 +189,10 @@ impl AppBuilder {
             Some(model) => bedrock_planner(sdk.as_ref(), model)?,
             None => Arc::new(LocalPlanner),
         };
-        let embed_queue: Arc<dyn EmbedQueue> = match &rag.embed_queue_url {
-            Some(url) => sqs_embed_queue(sdk.as_ref(), url)?,
-            None => Arc::new(InProcessEmbedQueue::new(
+        let embed_queue: Arc<dyn EmbedQueue> = match (embed_queue, &rag.embed_queue_url) {
+            (Some(queue), _) => queue,
+            (None, Some(url)) => sqs_embed_queue(sdk.as_ref(), url)?,
+            (None, None) => Arc::new(InProcessEmbedQueue::new(
                 db.clone(),
                 Arc::clone(&embedder),
                 work,
@@ -221,6 +232,7 @@ impl AppBuilder {
         let plan_gate = crate::billing::plans::PlanGate::new(config.auth.lookup_cache);
         Ok(App {
             plan_gate,
+            datasets: Default::default(),
             config,
             db,
             support_db,

@@ -27,6 +27,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod billing;
+pub(crate) mod cache;
 pub mod config;
 pub mod db;
 pub mod env;

@@ -44,6 +44,9 @@ pub struct App {
     pub billing: Arc<dyn BillingSink>,
     /// Which tenants' plans need no reservation (recently seen plans).
     pub plan_gate: crate::billing::plans::PlanGate,
+    /// Dataset definitions read recently, which queries are compiled against before their
+    /// transaction starts (checked in it).
+    pub datasets: crate::analytics::datasets::Remembered,
 }
 
 /// Why a principal's transaction could not begin.

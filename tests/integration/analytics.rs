@@ -755,6 +755,20 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
         "{}",
         r.json
     );
+    // Its usage was to commit with its answer: a query that did not answer is not billed.
+    let billed = || billed_queries(&admin, tenant);
+    assert_eq!(billed().await, 0);
+    let mut config = app.app.config.clone();
+    config.analytics.query_timeout = std::time::Duration::from_secs(30);
+    app.app = std::sync::Arc::new(tenantry::App::builder(config).build().unwrap());
+    let r = query(
+        &app,
+        &token,
+        json!({"dataset": "orders", "aggregates": [{"fn": "count", "as": "n"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(billed().await, 1);
 }
 
 #[tokio::test]
@@ -1108,4 +1122,139 @@ async fn a_bulk_import_follows_the_ingest_rules_across_slices_and_is_all_or_noth
         "{}",
         r.json
     );
+}
+
+/// Queries are compiled against the dataset definition the process read last, and sent with a
+/// check that it is still current: a definition that changed is read again, never trusted.
+#[tokio::test]
+async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_changed() {
+    let app = TestApp::new().await;
+    let (alpha, token) = app.tenant_with_token("alpha").await;
+    let (bravo, token_b) = app.tenant_with_token("bravo").await;
+    setup(&app, &token, 5).await;
+    setup(&app, &token_b, 7).await;
+    let count = json!({"dataset": "orders", "aggregates": [{"fn": "count"}]});
+    let admin = app.db.admin().await;
+    let billed = || billed_queries(&admin, alpha);
+    // Read, then remembered: the same answer both times, each billed once.
+    for _ in 0..2 {
+        let r = query(&app, &token, count.clone()).await;
+        assert_eq!(
+            (r.status, &r.json["rows"][0][0]),
+            (200, &json!(5)),
+            "{}",
+            r.json
+        );
+    }
+    assert!(app.app.datasets.get(alpha, "orders").is_some());
+    assert_eq!(billed().await, 2);
+
+    // Deleted: a 404, not an empty answer from the remembered id, and not billed.
+    let r = app
+        .call("DELETE", "/v1/datasets/orders", &token, None)
+        .await;
+    assert!(r.status < 300, "{}", r.json);
+    let r = query(&app, &token, count.clone()).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (404, Some("dataset_not_found"))
+    );
+    assert_eq!(billed().await, 2);
+
+    // Re-created under the same name with other columns: the new one answers, its new column
+    // compiles and the old one no longer does.
+    let spec = r#"{"name": "orders", "columns": [{"name": "region", "type": "string"}, {"name": "weight", "type": "integer"}]}"#;
+    assert_eq!(
+        app.call("POST", "/v1/datasets", &token, Some(spec))
+            .await
+            .status,
+        201
+    );
+    let r = ingest(
+        &app,
+        &token,
+        "orders",
+        &[json!({"key": "w1", "data": {"region": "EU", "weight": 4}})],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = query(&app, &token, count.clone()).await;
+    assert_eq!(r.json["rows"][0][0], 1, "{}", r.json);
+    // Remembered again; a stale copy that the new column does not fit is not used either.
+    let new = app.app.datasets.get(alpha, "orders").unwrap();
+    let sum = |c: &str| json!({"dataset": "orders", "aggregates": [{"fn": "sum", "column": c, "as": "s"}]});
+    let r = query(&app, &token, sum("weight")).await;
+    assert_eq!(
+        (r.status, &r.json["rows"][0][0]),
+        (200, &json!(4)),
+        "{}",
+        r.json
+    );
+    let r = query(&app, &token, sum("amount")).await;
+    assert_eq!(
+        (r.status, r.json["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{}",
+        r.json
+    );
+
+    // Changed elsewhere (another process enabling rollups updates the dataset's row): the check
+    // notices the new row version, and the dataset is read again.
+    admin
+        .execute(
+            "UPDATE app.datasets SET rollups_ready = rollups_ready WHERE tenant_id = $1",
+            &[&alpha.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let r = query(&app, &token, count.clone()).await;
+    assert_eq!(r.json["rows"][0][0], 1, "{}", r.json);
+    let reread = app.app.datasets.get(alpha, "orders").unwrap();
+    assert_eq!(reread.id, new.id);
+    assert_ne!(
+        reread.row_version, new.row_version,
+        "read again after the update"
+    );
+
+    // The attacker's move, as a bug would make it: alpha's entry pointing at bravo's dataset.
+    // The database refuses the check under alpha's RLS, and alpha gets its own answer.
+    let bravo_ds = {
+        let ctx = tenantry_tests::as_tenant(bravo);
+        let mut tx = app
+            .app
+            .db
+            .begin(&ctx, tenantry::db::Access::ReadOnly)
+            .await
+            .unwrap();
+        let ds = tenantry::analytics::datasets::find(
+            &mut tx,
+            &tenantry::analytics::datasets::DatasetRef::Name("orders".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        tx.commit().await.unwrap();
+        ds
+    };
+    app.app.datasets.remember(alpha, "orders", bravo_ds);
+    let r = query(&app, &token, count.clone()).await;
+    assert_eq!(
+        r.json["rows"][0][0], 1,
+        "alpha's own records, not bravo's 7: {}",
+        r.json
+    );
+    let r = query(&app, &token_b, count).await;
+    assert_eq!(r.json["rows"][0][0], 7, "{}", r.json);
+}
+
+/// How many queries the ledger holds for `tenant`.
+async fn billed_queries(admin: &tokio_postgres::Client, tenant: tenantry::TenantId) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM app.usage_events WHERE tenant_id = $1 AND meter = 'queries'",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

@@ -231,6 +231,7 @@ const APP_FUNCTIONS: &[&str] = &[
     "app.billable_time(uuid,timestamp with time zone)",
     "app.current_actor_id()",
     "app.current_tenant_id()",
+    "app.expect_dataset(uuid,text)",
     "app.impersonation_for(uuid)",
     "app.impersonation_usable(app.impersonation_sessions)",
     "app.prune_reconciliations(integer)",

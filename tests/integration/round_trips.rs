@@ -16,15 +16,16 @@ use tenantry_tests::{CountingProxy, DEV_APP_PASSWORD, TestApp, gateway_event};
 const WARM: &[(&str, &str, &str, u64)] = &[
     // BEGIN + set_config pipelined with the first statement, the statement, COMMIT.
     ("GET", "/v1/datasets", "", 2),
-    // Dataset lookup (the compiler needs its schema), the compiled query with COMMIT in the same
-    // flight; then the usage event in a transaction of its own (the query's is read-only): 2 + 2.
-    // (The tenant's plan, `team`, has no hard limit, and a warm process knows it: no
-    // reservation. On `free`, see below.)
+    // The dataset's definition is remembered, so the query is compiled first and one flight
+    // carries BEGIN and the settings, the check that the definition is current, the usage
+    // event's insert, the query (the transaction turned read-only) and COMMIT: 1. (Cold, and
+    // after the dataset changed: below. The tenant's plan, `team`, has no hard limit, and a warm
+    // process knows it: no reservation. On `free`, see below.)
     (
         "POST",
         "/v1/query",
         r#"{"dataset": "sales", "aggregates": [{"fn": "count", "as": "n"}]}"#,
-        4,
+        1,
     ),
     // Dataset lookup, the upsert, the audit entry, the usage event, COMMIT.
     (
@@ -66,8 +67,8 @@ async fn flights_of(
     let r = app.send(gateway_event(method, path, &h, body)).await;
     // The proxy counts as bytes arrive; the response is only sent after the last flight.
     let own = proxy.flights() - before;
-    // What the request left to the background (the in-process usage queue's flush after a
-    // metered request) runs now, not inside the next request's count.
+    // What the request left to the background (an ask's usage flush, an ingest's embedding)
+    // runs now, not inside the next request's count.
     settle(proxy).await;
     (r.status, own)
 }
@@ -95,6 +96,11 @@ async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_loo
         )
         .await;
     }
+    app.create_dataset(
+        &alpha,
+        r#"{"name": "returns", "columns": [{"name": "reason", "type": "string"}]}"#,
+    )
+    .await;
     let key = app
         .call(
             "POST",
@@ -146,9 +152,35 @@ async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_loo
     let expected: Vec<_> = WARM.iter().map(|(m, p, _, n)| (*m, *p, *n)).collect();
     assert_eq!(measured, expected);
 
+    // Another dataset, which this process has not read: BEGIN, the settings and its lookup, then the rest as
+    // above (2); then remembered (1). Changed since (an UPDATE of its row, as enabling rollups
+    // makes, here from another connection): the check fails the flight, then the same two
+    // flights as cold (3), then remembered again.
+    let query = WARM[1].2.replace("sales", "returns");
+    let mut seen = Vec::new();
+    for change in [false, false, true, false] {
+        if change {
+            app.db
+                .admin()
+                .await
+                .execute(
+                    "UPDATE app.datasets SET rollups_ready = rollups_ready \
+                     WHERE name = 'returns' AND tenant_id = (SELECT tenant_id FROM app.tenants WHERE slug = 'alpha')",
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+        let (s, n) = flights_of(&app, &proxy, "POST", "/v1/query", &bearer_a, &query).await;
+        assert_eq!(s, 200);
+        seen.push(n);
+    }
+    assert_eq!(seen, [2, 1, 3, 1], "cold, remembered, changed, remembered");
+
     // On a plan with hard limits (`free`), every query and ingest reserves first: the
-    // reservation and its COMMIT for a query (+2, in a transaction of its own, as the query's is
-    // read-only), one statement inside the ingest's transaction (+1).
+    // reservation and its COMMIT for a query (+2, in a transaction of its own before the query's,
+    // which does not hold the plan's counter while the query runs), one statement inside the
+    // ingest's transaction (+1).
     app.db
         .admin()
         .await
@@ -169,7 +201,12 @@ async fn each_request_type_costs_a_pinned_number_of_round_trips_and_a_cached_loo
             };
             let (status, n) = flights_of(&app, &proxy, method, path, &bearer_b, &body).await;
             assert!(status < 300, "{method} {path}: {status}");
-            let extra = if ingest { 1 } else { 2 };
+            // (Bravo's first query reads its dataset's definition: one flight more, as cold.)
+            let extra = match (ingest, i) {
+                (true, _) => 1,
+                (false, 0) => 3,
+                (false, _) => 2,
+            };
             assert_eq!(n, warm + extra, "{method} {path} on the free plan");
         }
     }

@@ -381,3 +381,123 @@ async fn a_last_statement_commits_in_its_own_flight_and_a_failed_one_rolls_back(
     assert_eq!(names, ["first", "fourth", "second"]);
     t.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn writes_then_a_read_only_query_commit_together_in_one_flight_or_not_at_all() {
+    let test = TestDb::new().await;
+    let seed = test.pool(1);
+    let a = tenant(&seed, "alpha").await;
+    let uid = a.as_uuid();
+    let cfg: tokio_postgres::Config = test.app_url.parse().unwrap();
+    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
+    let url = format!(
+        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
+        proxy.port, test.name
+    );
+    let db = test.pool_at(&url, 1);
+    let insert = |name: &'static str| {
+        (
+            "INSERT INTO app.datasets (tenant_id, name) SELECT $1, $2",
+            name,
+        )
+    };
+    let names = || async {
+        let mut t = db.begin(&as_tenant(a), Access::ReadOnly).await.unwrap();
+        let names: Vec<String> = t
+            .query("SELECT name FROM app.datasets ORDER BY name", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        t.commit().await.unwrap();
+        names
+    };
+    // Open the connection first, so only the transaction is counted.
+    assert!(names().await.is_empty());
+
+    // After a first statement: the write, the read and COMMIT are one more flight, and the read
+    // sees the write.
+    let before = proxy.flights();
+    let mut t = db.begin(&as_tenant(a), Access::ReadWrite).await.unwrap();
+    t.query("SELECT 1", &[]).await.unwrap();
+    let (sql, name) = insert("first");
+    let rows = t
+        .writes_then_query_and_commit(
+            &[(sql, &[(&uid, Type::UUID), (&name, Type::TEXT)])],
+            "SELECT count(*) FROM app.datasets",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_eq!(
+        proxy.flights() - before,
+        2,
+        "BEGIN with SELECT 1, then the rest"
+    );
+
+    // From a transaction that has run nothing: BEGIN, the settings, two writes, the read and
+    // COMMIT in a single flight, the writes in order (the second sees the first).
+    let before = proxy.flights();
+    let t = db.begin(&as_tenant(a), Access::ReadWrite).await.unwrap();
+    let (sql, name) = insert("zero");
+    let rows = t
+        .writes_then_query_and_commit(
+            &[
+                (sql, &[(&uid, Type::UUID), (&name, Type::TEXT)]),
+                (
+                    "UPDATE app.datasets SET name = 'one' WHERE name = 'zero'",
+                    &[],
+                ),
+            ],
+            "SELECT name FROM app.datasets ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, ["first", "one"]);
+    assert_eq!(proxy.flights() - before, 1, "one flight");
+
+    // Each failing case: inserting `name`, then `read` (after a first statement when `opened`):
+    // the SQLSTATE it fails with.
+    let refused = |name: &'static str, read: &'static str, opened: bool| {
+        let db = &db;
+        async move {
+            let mut t = db.begin(&as_tenant(a), Access::ReadWrite).await.unwrap();
+            if opened {
+                t.query("SELECT 1", &[]).await.unwrap();
+            }
+            let (sql, name) = insert(name);
+            let err = t
+                .writes_then_query_and_commit(
+                    &[(sql, &[(&uid, Type::UUID), (&name, Type::TEXT)])],
+                    read,
+                    &[],
+                )
+                .await
+                .unwrap_err();
+            err.sqlstate().map(|s| s.code().to_owned())
+        }
+    };
+    // The attacker's move: a "read" that writes. Refused as in any read-only transaction, and
+    // the write before it is rolled back with it.
+    let smuggle = "INSERT INTO app.datasets (tenant_id, name) \
+                   VALUES (app.current_tenant_id(), 'smuggled') RETURNING name";
+    assert_eq!(
+        refused("second", smuggle, false).await.as_deref(),
+        Some("25006")
+    );
+    // A failing read rolls the write back too.
+    assert_eq!(
+        refused("third", "SELECT 1 / 0", true).await.as_deref(),
+        Some("22012")
+    );
+    // A failing write: its error comes back, and the read never answers.
+    let read = "SELECT count(*) FROM app.datasets";
+    assert_eq!(refused("first", read, true).await.as_deref(), Some("23505"));
+
+    // Nothing of the failed ones stayed, and the one connection is clean for the next.
+    assert_eq!(names().await, ["first", "one"]);
+}

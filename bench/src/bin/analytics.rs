@@ -1,8 +1,10 @@
 //! Analytics load: many tenants with realistic datasets, concurrent requests from all of them
 //! through the real handler path (JWT verification, TenantTx, query compiler, edge), and
 //! the floor: the same SQL sent straight to Postgres on one connection. Ingest is measured the
-//! same way (`ingest_500` against `ingest_500_floor`, the batch's bare INSERT), and the embedding
-//! backlog the ingests leave is timed on its own (`embed_backlog_after_ingest`). Bulk loads
+//! same way (`ingest_500` against `ingest_500_floor`, the batch's bare INSERT, on one connection
+//! and on as many as the ingests have workers), again with the embedding elsewhere
+//! (`ingest_500_embedding_elsewhere`), and the embedding backlog the ingests leave is timed on
+//! its own (`embed_backlog_after_ingest`). Bulk loads
 //! through `POST .../imports` are measured against a binary `COPY` of the same rows
 //! (`bulk_import`, `bulk_import_floor`, records/s).
 //!
@@ -162,22 +164,13 @@ async fn main() -> Result<(), Error> {
     // 500-record upserts into each tenant's dataset: new keys (this run's own), so every request
     // inserts, and each record's note is a chunk for the background worker to embed.
     let run = chrono::Utc::now().timestamp_millis();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let mut ingest = drive(&app, &tokens, concurrency, ingest_requests, move |_| {
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let batch: Vec<Value> = (0..500)
-            .map(|i| json!({"key": format!("bench-{run}-{n}-{i}"), "data": {
-                "region": "eu-west", "product": format!("sku-{}", i % 50), "amount": i as f64 * 0.75,
-                "qty": i % 9, "paid": i % 2 == 0, "note": "bench ingest", "at": chrono::Utc::now().to_rfc3339()}}))
-            .collect();
-        ("POST", "/v1/datasets/events/records".to_owned(), Value::Array(batch).to_string())
+    let ingest_fields =
+        json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": concurrency});
+    let mut ingest = drive(&app, &tokens, concurrency, ingest_requests, move |n| {
+        ("POST", INGEST_PATH.to_owned(), ingest_body("bench", run, n))
     })
     .await;
-    ingest.report(
-        "ingest_500",
-        json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": concurrency}),
-    );
-
+    ingest.report("ingest_500", ingest_fields.clone());
     // What the ingests left to embed, and how fast the in-process worker (one, coalescing) embeds
     // it once they stopped: embedding throughput on its own.
     let left = pending_chunks(&admin).await?;
@@ -195,6 +188,28 @@ async fn main() -> Result<(), Error> {
             "chunks_pending": left, "drain_s": (secs * 1000.0).round() / 1000.0,
             "chunks_per_s": (left as f64 / secs).round()})
     );
+
+    // The same ingests with the embedding elsewhere (as in AWS, where a function of its own
+    // embeds): the chunks are written and left pending, nothing embeds them on these cores. The
+    // difference to `ingest_500` is what embedding on the same two cores costs the ingests.
+    let elsewhere = App::builder(app.config.clone())
+        .embed_queue(Arc::new(Elsewhere))
+        .build()?;
+    let mut quiet = drive(
+        &Arc::new(elsewhere),
+        &tokens,
+        concurrency,
+        ingest_requests,
+        move |n| {
+            (
+                "POST",
+                INGEST_PATH.to_owned(),
+                ingest_body("bench-q", run, n),
+            )
+        },
+    )
+    .await;
+    quiet.report("ingest_500_embedding_elsewhere", ingest_fields);
 
     // The floor: the compiled SQL, straight to Postgres on one connection, tenant set once per
     // tenant for the session; no auth, no transaction, no HTTP shape.
@@ -247,66 +262,140 @@ async fn main() -> Result<(), Error> {
     }
 
     // The ingest floor: the same 500-record batches as one bare INSERT of typed arrays (the slots
-    // filled client-side), on one connection: no validation, no chunks, audit entry or usage
-    // event, no transaction of its own.
-    let mut samples = Samples::default();
-    for n in 0..ingest_requests {
-        let t = n % ids.len();
-        raw.query_typed(
-            "SELECT set_config('app.tenant_id', $1, false)",
-            &[(&ids[t].to_string(), Type::TEXT)],
-        )
-        .await?;
-        let at = chrono::Utc::now();
-        let keys: Vec<String> = (0..500).map(|i| format!("floor-{run}-{n}-{i}")).collect();
-        let products: Vec<String> = (0..500).map(|i| format!("sku-{}", i % 50)).collect();
-        let amounts: Vec<f64> = (0..500).map(|i| f64::from(i) * 0.75).collect();
-        let qtys: Vec<i64> = (0..500).map(|i| i64::from(i % 9)).collect();
-        let paid: Vec<bool> = (0..500).map(|i| i % 2 == 0).collect();
-        let data: Vec<Value> = (0..500)
-            .map(|i| {
-                json!({"region": "eu-west", "product": products[i], "amount": amounts[i],
-                "qty": qtys[i], "paid": paid[i], "note": "bench ingest", "at": at.to_rfc3339()})
-            })
-            .collect();
-        let times = vec![at; 500];
-        let regions = vec!["eu-west"; 500];
-        let notes = vec!["bench ingest"; 500];
-        let started = Instant::now();
-        match raw
-            .query_typed(
-                "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts, s1, s2, d1, i1, b1, s3) \
-                 SELECT $1, $2, u.* FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[], \
-                   $6::text[], $7::text[], $8::float8[]::numeric[], $9::int8[], $10::bool[], $11::text[]) AS u",
-                &[
-                    (&ids[t].as_uuid(), Type::UUID),
-                    (&dataset_ids[t], Type::UUID),
-                    (&keys, Type::TEXT_ARRAY),
-                    (&data, Type::JSONB_ARRAY),
-                    (&times, Type::TIMESTAMPTZ_ARRAY),
-                    (&regions, Type::TEXT_ARRAY),
-                    (&products, Type::TEXT_ARRAY),
-                    (&amounts, Type::FLOAT8_ARRAY),
-                    (&qtys, Type::INT8_ARRAY),
-                    (&paid, Type::BOOL_ARRAY),
-                    (&notes, Type::TEXT_ARRAY),
-                ],
-            )
-            .await
-        {
-            Ok(_) => samples.record(started.elapsed()),
-            Err(e) => {
-                eprintln!("ingest floor: {e}");
-                samples.errors += 1;
-            }
-        }
-    }
-    samples.report(
-        "ingest_500_floor",
-        json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": 1}),
+    // filled client-side): no validation, no chunks, audit entry or usage event, no transaction
+    // of its own. On one connection (the floor the issue names), and on as many connections as
+    // the ingests had workers (the same batches competing for the same cores).
+    let tenant_ids: Arc<Vec<(uuid::Uuid, uuid::Uuid)>> = Arc::new(
+        ids.iter()
+            .map(|t| t.as_uuid())
+            .zip(dataset_ids.iter().copied())
+            .collect(),
     );
+    for (workers, name) in [
+        (1, "ingest_500_floor"),
+        (concurrency, "ingest_500_floor_concurrent"),
+    ] {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (client, conn) = tokio_postgres::connect(&app_url, NoTls).await?;
+            tokio::spawn(conn);
+            let (next, tenant_ids) = (Arc::clone(&next), Arc::clone(&tenant_ids));
+            let prefix = format!("floor-{name}-{run}");
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Samples::default();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= ingest_requests {
+                        return samples;
+                    }
+                    let (tenant, dataset) = tenant_ids[n % tenant_ids.len()];
+                    match bare_insert(&client, tenant, dataset, &prefix, n).await {
+                        Ok(took) => samples.record(took),
+                        Err(e) => {
+                            eprintln!("ingest floor: {e}");
+                            samples.errors += 1;
+                        }
+                    }
+                }
+            }));
+        }
+        let mut samples = Samples::default();
+        for t in tasks {
+            samples.merge(t.await?);
+        }
+        samples.report(
+            name,
+            json!({"tenants": tenants, "rows_per_tenant": rows, "concurrency": workers}),
+        );
+    }
 
     bulk_import(&app, &tokens[0], &admin, ids[0], dataset_ids[0], run).await
+}
+
+const INGEST_PATH: &str = "/v1/datasets/events/records";
+
+/// The `n`th 500-record ingest's body: new keys under `prefix` and this run, each record's note a
+/// chunk to embed.
+fn ingest_body(prefix: &str, run: i64, n: usize) -> String {
+    let at = chrono::Utc::now().to_rfc3339();
+    let batch: Vec<Value> = (0..500)
+        .map(|i| {
+            json!({"key": format!("{prefix}-{run}-{n}-{i}"), "data": {
+            "region": "eu-west", "product": format!("sku-{}", i % 50), "amount": i as f64 * 0.75,
+            "qty": i % 9, "paid": i % 2 == 0, "note": "bench ingest", "at": at}})
+        })
+        .collect();
+    Value::Array(batch).to_string()
+}
+
+/// An embedding queue that leaves the chunks pending: the embedding happens elsewhere (in AWS,
+/// the embedding function on its own machines), not on the cores the ingests use.
+#[derive(Debug)]
+struct Elsewhere;
+
+impl tenantry::rag::queue::EmbedQueue for Elsewhere {
+    fn kind(&self) -> &'static str {
+        "elsewhere"
+    }
+
+    fn enqueue(&self, _: TenantId) -> tenantry::rag::queue::EnqueueFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The `n`th ingest's batch as one bare INSERT of typed arrays on `client` (the tenant set for
+/// the session first, untimed); how long the INSERT took.
+async fn bare_insert(
+    client: &tokio_postgres::Client,
+    tenant: uuid::Uuid,
+    dataset: uuid::Uuid,
+    prefix: &str,
+    n: usize,
+) -> Result<Duration, tokio_postgres::Error> {
+    client
+        .query_typed(
+            "SELECT set_config('app.tenant_id', $1, false)",
+            &[(&tenant.to_string(), Type::TEXT)],
+        )
+        .await?;
+    let at = chrono::Utc::now();
+    let keys: Vec<String> = (0..500).map(|i| format!("{prefix}-{n}-{i}")).collect();
+    let products: Vec<String> = (0..500).map(|i| format!("sku-{}", i % 50)).collect();
+    let amounts: Vec<f64> = (0..500).map(|i| f64::from(i) * 0.75).collect();
+    let qtys: Vec<i64> = (0..500).map(|i| i64::from(i % 9)).collect();
+    let paid: Vec<bool> = (0..500).map(|i| i % 2 == 0).collect();
+    let data: Vec<Value> = (0..500)
+        .map(|i| {
+            json!({"region": "eu-west", "product": products[i], "amount": amounts[i],
+            "qty": qtys[i], "paid": paid[i], "note": "bench ingest", "at": at.to_rfc3339()})
+        })
+        .collect();
+    let times = vec![at; 500];
+    let regions = vec!["eu-west"; 500];
+    let notes = vec!["bench ingest"; 500];
+    let started = Instant::now();
+    client
+        .query_typed(
+            "INSERT INTO app.records (tenant_id, dataset_id, key, data, ts, s1, s2, d1, i1, b1, s3) \
+             SELECT $1, $2, u.* FROM unnest($3::text[], $4::jsonb[], $5::timestamptz[], \
+               $6::text[], $7::text[], $8::float8[]::numeric[], $9::int8[], $10::bool[], $11::text[]) AS u",
+            &[
+                (&tenant, Type::UUID),
+                (&dataset, Type::UUID),
+                (&keys, Type::TEXT_ARRAY),
+                (&data, Type::JSONB_ARRAY),
+                (&times, Type::TIMESTAMPTZ_ARRAY),
+                (&regions, Type::TEXT_ARRAY),
+                (&products, Type::TEXT_ARRAY),
+                (&amounts, Type::FLOAT8_ARRAY),
+                (&qtys, Type::INT8_ARRAY),
+                (&paid, Type::BOOL_ARRAY),
+                (&notes, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(started.elapsed())
 }
 
 /// One tenant bulk-loads `BENCH_BULK_RECORDS` (150,000) records through `POST .../imports` in

@@ -31,6 +31,11 @@ pub struct Dataset {
     pub rollups_ready: bool,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Which version of its row this was read from (`xmin`): every change of the dataset's
+    /// definition is a new one ([`crate::analytics::query`] checks it with `app.expect_dataset`
+    /// before running a query compiled against a remembered definition).
+    #[serde(skip)]
+    pub row_version: String,
 }
 
 impl Dataset {
@@ -79,8 +84,61 @@ impl DatasetRef {
     }
 }
 
-const COLUMNS: &str =
-    "dataset_id, name, columns, text_columns, time_column, created_at, rollups, rollups_ready";
+/// Dataset definitions this process read recently, by tenant and by the name or id a request
+/// gave, so that a query can be compiled before its transaction starts and sent in one flight
+/// with [`EXPECT_DATASET`], which aborts it if the definition has changed since (the caller then
+/// reads it again). Correctness rests on that check, not on the TTL; the TTL and the capacity
+/// (past which it starts over) only bound what is kept.
+pub struct Remembered {
+    entries: crate::cache::TtlCache<(crate::TenantId, String), std::sync::Arc<Dataset>>,
+}
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remembered").finish_non_exhaustive()
+    }
+}
+
+impl Default for Remembered {
+    fn default() -> Self {
+        Self {
+            entries: crate::cache::TtlCache::new(std::time::Duration::from_secs(300), 4_096),
+        }
+    }
+}
+
+impl Remembered {
+    /// The definition last read for `tenant` under `dataset` (as the request named it).
+    pub fn get(&self, tenant: crate::TenantId, dataset: &str) -> Option<std::sync::Arc<Dataset>> {
+        self.entries.get(&(tenant, dataset.to_owned()))
+    }
+
+    /// Remembers the definition just read for `tenant` under `dataset`.
+    pub fn remember(&self, tenant: crate::TenantId, dataset: &str, ds: Dataset) {
+        self.entries
+            .insert((tenant, dataset.to_owned()), std::sync::Arc::new(ds));
+    }
+
+    /// Forgets what was remembered for `tenant` under `dataset` (it has changed).
+    pub fn forget(&self, tenant: crate::TenantId, dataset: &str) {
+        self.entries.forget_key(&(tenant, dataset.to_owned()));
+    }
+}
+
+/// Fails the transaction with [`DATASET_CHANGED`] unless the dataset `$1` is still at row version
+/// `$2` ([`Dataset::row_version`]); migration 0027.
+pub const EXPECT_DATASET: &str = "SELECT app.expect_dataset($1, $2)";
+
+/// The SQLSTATE of [`EXPECT_DATASET`]'s refusal.
+pub const DATASET_CHANGED: &str = "TY001";
+
+/// Whether `e` is [`EXPECT_DATASET`]'s refusal.
+pub fn changed(e: &DbError) -> bool {
+    e.sqlstate().is_some_and(|s| s.code() == DATASET_CHANGED)
+}
+
+const COLUMNS: &str = "dataset_id, name, columns, text_columns, time_column, created_at, rollups, \
+     rollups_ready, xmin::text";
 
 fn from_row(row: &Row) -> Result<Dataset, DbError> {
     let Json(columns): Json<Vec<ColumnDef>> = row.try_get(2)?;
@@ -93,6 +151,7 @@ fn from_row(row: &Row) -> Result<Dataset, DbError> {
         created_at: row.try_get(5)?,
         rollups: row.try_get::<_, Json<Vec<RollupSpec>>>(6)?.0,
         rollups_ready: row.try_get(7)?,
+        row_version: row.try_get(8)?,
     })
 }
 

@@ -710,6 +710,7 @@ mod tests {
             rollups: vec![],
             rollups_ready: true,
             created_at: Utc::now(),
+            row_version: String::new(),
         }
     }
 

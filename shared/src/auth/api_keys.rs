@@ -12,8 +12,8 @@ use subtle::ConstantTimeEq;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::cache::TtlCache;
 use super::{AuthError, Scope};
+use crate::cache::TtlCache;
 use crate::db::{Db, DbError, StoredApiKey, TenantRef, TenantTx};
 
 const PREFIX_LEN: usize = 12;

@@ -27,8 +27,8 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::cache::TtlCache;
 use super::{AuthError, Authenticator, Principal};
+use crate::cache::TtlCache;
 
 /// The most credentials the cache holds; past it, it starts over (a flood of distinct valid
 /// credentials costs verification, never memory).

@@ -4,7 +4,7 @@
 
 pub mod api_keys;
 pub mod authorizer;
-pub(crate) mod cache;
+
 mod config;
 pub mod dev;
 mod jwt;
@@ -221,9 +221,9 @@ pub struct Authenticator {
     /// once a minute per key rather than on every request.
     key_uses: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
     /// Organization → tenant (and its status), for `AUTH_LOOKUP_CACHE_SECS`.
-    orgs: cache::TtlCache<String, TenantRef>,
+    orgs: crate::cache::TtlCache<String, TenantRef>,
     /// API-key prefix → the stored key (hash, revocation, tenant status), as long.
-    keys: cache::TtlCache<String, crate::db::StoredApiKey>,
+    keys: crate::cache::TtlCache<String, crate::db::StoredApiKey>,
 }
 
 /// The most organizations, and the most keys, a process remembers (past it, it starts over).
@@ -241,8 +241,8 @@ impl Authenticator {
             roles_claim: cfg.roles_claim.clone(),
             support_org_id: cfg.support_org_id.clone(),
             key_uses: Default::default(),
-            orgs: cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
-            keys: cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
+            orgs: crate::cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
+            keys: crate::cache::TtlCache::new(cfg.lookup_cache, LOOKUP_CACHE_CAPACITY),
         }
     }
 

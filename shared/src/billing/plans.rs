@@ -179,7 +179,7 @@ impl PlanConfig {
 /// soft limit is checked against the ledger by reconciliation instead). A plan change reaches a
 /// process within that bound; a tenant seen on a hard-limited plan is always checked.
 pub struct PlanGate {
-    plans: crate::auth::cache::TtlCache<crate::TenantId, (crate::TenantId, String)>,
+    plans: crate::cache::TtlCache<crate::TenantId, (crate::TenantId, String)>,
 }
 
 impl std::fmt::Debug for PlanGate {
@@ -192,7 +192,7 @@ impl PlanGate {
     /// A gate remembering plans for `ttl` (zero: never, so every request reserves).
     pub fn new(ttl: std::time::Duration) -> Self {
         Self {
-            plans: crate::auth::cache::TtlCache::new(ttl, 10_000),
+            plans: crate::cache::TtlCache::new(ttl, 10_000),
         }
     }
 

@@ -235,6 +235,96 @@ impl TenantTx {
         }
     }
 
+    /// Runs `writes`, then the query `sql` with the transaction turned read-only (`SET
+    /// TRANSACTION READ ONLY`: Postgres allows it after a write, never the reverse), and commits,
+    /// all in one flight (with BEGIN and the settings too, on a transaction that has run nothing
+    /// yet). For a read that checks or records something about itself in its own transaction:
+    /// everything commits or nothing does, a failed statement stops the ones after it, and the
+    /// read still cannot write. Returns the first error among the statements.
+    ///
+    /// On a transaction that has run nothing yet, a connection that died while idle is replaced
+    /// and the flight sent once more, as for any first statement; as that flight carries its
+    /// COMMIT, `writes` must be idempotent (a flight that committed before its connection broke
+    /// is then sent again).
+    pub async fn writes_then_query_and_commit(
+        mut self,
+        writes: &[(&str, &[Param<'_>])],
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
+        if self.failed || self.state == State::Done {
+            return Err(DbError::Aborted);
+        }
+        let opens = self.state == State::Pending;
+        self.state = State::Open;
+        let mut flight = self.last_flight(opens, writes, sql, params).await;
+        if opens && flight.is_err() && self.conn()?.is_closed() {
+            self.discard();
+            self.conn = Some(self.db.checkout().await?);
+            self.state = State::Open;
+            flight = self.last_flight(opens, writes, sql, params).await;
+        }
+        match flight {
+            Ok(rows) => {
+                self.release();
+                Ok(rows)
+            }
+            Err((e, committed)) => {
+                if committed {
+                    self.release();
+                } else {
+                    // The outcome is unknown only if the connection broke; it is not reused.
+                    self.discard();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The flight of [`writes_then_query_and_commit`](Self::writes_then_query_and_commit):
+    /// its rows, or the first error and whether the COMMIT itself went through (the
+    /// transaction ended, as a commit or as the rollback of a failed one).
+    async fn last_flight(
+        &self,
+        opens: bool,
+        writes: &[(&str, &[Param<'_>])],
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, (DbError, bool)> {
+        let conn = self.conn().map_err(|e| (e, false))?;
+        let opening = self.opening();
+        let open = async {
+            if opens {
+                opening.send(conn).await
+            } else {
+                Ok(())
+            }
+        };
+        let written = futures_util::future::join_all(
+            writes
+                .iter()
+                .map(|(sql, params)| statement(conn, Kind::Execute, sql, params)),
+        );
+        // As in `pipeline_begin`: join! polls in order, so the requests leave together.
+        let (opened, written, read_only, out, commit) = tokio::join!(
+            open,
+            written,
+            conn.batch_execute("SET TRANSACTION READ ONLY"),
+            statement(conn, Kind::Query, sql, params),
+            conn.batch_execute("COMMIT"),
+        );
+        let ended = commit.is_ok();
+        let first_error = opened
+            .err()
+            .or_else(|| written.into_iter().find_map(Result::err))
+            .or_else(|| read_only.err());
+        match (first_error, out, commit) {
+            (Some(e), _, _) | (None, Err(e), _) => Err((e.into(), ended)),
+            (None, Ok(_), Err(e)) => Err((e.into(), false)),
+            (None, Ok(out), Ok(())) => Ok(out.rows()),
+        }
+    }
+
     /// Rolls back explicitly (dropping the transaction does the same, in the background).
     pub async fn rollback(mut self) -> Result<(), DbError> {
         self.rollback_now().await
@@ -291,47 +381,47 @@ impl TenantTx {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Out, tokio_postgres::Error> {
-        let tenant = self.ctx.tenant_id.to_string();
+        let opening = self.opening();
+        // Futures send nothing until polled; join! polls them in this order on its first poll,
+        // so the requests leave in one write and the connection answers them in order.
+        let (opened, out) = tokio::join!(opening.send(conn), statement(conn, kind, sql, params));
+        opened?;
+        out
+    }
+
+    /// BEGIN and the statement that sets the transaction's context, as this transaction opens.
+    fn opening(&self) -> Opening<'_> {
         let timeout = self
             .settings
             .statement_timeout
             .map(|t| format!("{}ms", t.as_millis()))
             .unwrap_or_else(|| "0".into());
-        let begin_sql = match self.access {
+        let begin = match self.access {
             Access::ReadOnly => "BEGIN READ ONLY",
             Access::Snapshot => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             Access::ReadWrite => "BEGIN",
         };
-        // Futures send nothing until polled; join! polls them in this order on its first poll,
-        // so the three requests leave in one write and the connection answers them in order.
+        let mut set = std::borrow::Cow::Borrowed(SET_CONTEXT);
         let ef_search = self.settings.hnsw_ef_search.map(|n| n.to_string());
-        let impersonation = self
-            .settings
-            .impersonation_id
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        let mut set_params: Vec<Param<'_>> = vec![
-            (&tenant, Type::TEXT),
-            (&self.ctx.actor_id, Type::TEXT),
-            (&timeout, Type::TEXT),
-            (&impersonation, Type::TEXT),
-        ];
-        let mut set_sql = std::borrow::Cow::Borrowed(SET_CONTEXT);
-        if let Some(ef) = &ef_search {
-            set_params.push((ef, Type::TEXT));
-            set_sql.to_mut().push_str(SET_HNSW);
+        if ef_search.is_some() {
+            set.to_mut().push_str(SET_HNSW);
         }
         if self.settings.impersonation_role {
-            set_sql.to_mut().push_str(SET_IMPERSONATION_ROLE);
+            set.to_mut().push_str(SET_IMPERSONATION_ROLE);
         }
-        let (begin, set, out) = tokio::join!(
-            conn.batch_execute(begin_sql),
-            conn.query_typed(&set_sql, &set_params),
-            statement(conn, kind, sql, params),
-        );
-        begin?;
-        set?;
-        out
+        Opening {
+            begin,
+            set,
+            tenant: self.ctx.tenant_id.to_string(),
+            actor: &self.ctx.actor_id,
+            timeout,
+            impersonation: self
+                .settings
+                .impersonation_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            ef_search,
+        }
     }
 
     fn settle<T>(&mut self, result: Result<T, tokio_postgres::Error>) -> Result<T, DbError> {
@@ -353,6 +443,38 @@ impl TenantTx {
         if let Some(conn) = self.conn.take() {
             drop(Object::take(conn));
         }
+    }
+}
+
+/// BEGIN and the context statement of a transaction about to open ([`TenantTx::opening`]).
+struct Opening<'a> {
+    begin: &'static str,
+    set: std::borrow::Cow<'static, str>,
+    tenant: String,
+    actor: &'a str,
+    timeout: String,
+    impersonation: String,
+    ef_search: Option<String>,
+}
+
+impl Opening<'_> {
+    /// Sends both; each request leaves when this is first polled.
+    async fn send(&self, conn: &Object) -> Result<(), tokio_postgres::Error> {
+        let mut params: Vec<Param<'_>> = vec![
+            (&self.tenant, Type::TEXT),
+            (&self.actor, Type::TEXT),
+            (&self.timeout, Type::TEXT),
+            (&self.impersonation, Type::TEXT),
+        ];
+        if let Some(ef) = &self.ef_search {
+            params.push((ef, Type::TEXT));
+        }
+        let (begin, set) = tokio::join!(
+            conn.batch_execute(self.begin),
+            conn.query_typed(&self.set, &params),
+        );
+        begin?;
+        set.map(drop)
     }
 }
 

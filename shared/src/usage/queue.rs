@@ -4,7 +4,9 @@
 //! ledger). If the queue cannot take it, the event is written to the ledger directly, in the
 //! tenant's transaction. If neither works, the request fails: usage is never silently dropped.
 //! Ingest writes its event inside its own transaction instead (see `api::records`), so the count
-//! of changed records and the records themselves commit together.
+//! of changed records and the records themselves commit together; so does a query, in the flight
+//! that runs it (see `api::query`), so it is billed exactly when it answers. What remains here is
+//! a question's usage (`api::ask`, which runs several transactions).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -940,7 +940,8 @@ async fn the_sample_events_are_what_the_functions_take() {
 }
 
 #[tokio::test]
-async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
+async fn queries_record_their_usage_with_their_answer_and_asks_queue_theirs_through_sqs_or_else_the_ledger()
+ {
     let moto = tenantry_tests::Moto::start();
     let (sqs_client, url) = moto.queue("tenantry-usage").await;
     let sdk = moto.sdk_config().await;
@@ -975,7 +976,8 @@ async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
         .await;
     assert_eq!(r.status, 200, "{}", r.json);
 
-    // Ingest wrote its event in its own transaction; queries and asks went to the queue.
+    // Ingest and queries wrote their events in their own transactions; the ask's went to the
+    // queue.
     let admin = app.db.admin().await;
     let in_ledger = |meter: &'static str| {
         let admin = &admin;
@@ -991,9 +993,10 @@ async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
         }
     };
     assert_eq!(in_ledger("ingested_records").await, 2);
-    assert_eq!(in_ledger("queries").await, 0, "queued, not yet recorded");
+    assert_eq!(in_ledger("queries").await, 3);
+    assert_eq!(in_ledger("questions").await, 0, "queued, not yet recorded");
     let event = tenantry_tests::sqs_receive_all(&sqs_client, &url).await;
-    assert_eq!(event.records.len(), 4);
+    assert_eq!(event.records.len(), 1);
 
     // The usage-meter function takes the batch into the ledger (and again, redelivered).
     let a = &app.app;
@@ -1019,10 +1022,15 @@ async fn billable_requests_queue_their_usage_through_sqs_or_else_the_ledger() {
         .await
         .unwrap();
     let r = app
-        .call("POST", "/v1/query", &token, Some(r#"{"dataset": "notes"}"#))
+        .call(
+            "POST",
+            "/v1/ask",
+            &token,
+            Some(r#"{"question": "What did customs hold?"}"#),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.json);
-    assert_eq!(in_ledger("queries").await, 4);
+    assert_eq!(in_ledger("questions").await, 2);
 
     // Neither queue nor database: the request fails rather than serve unbilled.
     let down = tenantry_tests::unreachable_db();

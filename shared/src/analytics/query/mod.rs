@@ -76,9 +76,22 @@ pub async fn run(tx: &mut TenantTx, q: &CompiledQuery) -> Result<QueryResult, Db
 }
 
 /// Runs a compiled query as the transaction's last statement, committing in the same flight
-/// ([`TenantTx::query_and_commit`]).
-pub async fn run_and_commit(tx: TenantTx, q: &CompiledQuery) -> Result<QueryResult, DbError> {
-    let rows = tx.query_and_commit(&q.sql, &q.params.as_params()).await?;
+/// ([`TenantTx::query_and_commit`]). With `before` (a check that the dataset is still the one
+/// it was compiled against, the ledger's insert of its usage), those go first in that flight and
+/// commit with it, and the query itself runs read-only
+/// ([`TenantTx::writes_then_query_and_commit`]).
+pub async fn run_and_commit(
+    tx: TenantTx,
+    q: &CompiledQuery,
+    before: &[(&str, &[crate::db::Param<'_>])],
+) -> Result<QueryResult, DbError> {
+    let params = q.params.as_params();
+    let rows = if before.is_empty() {
+        tx.query_and_commit(&q.sql, &params).await?
+    } else {
+        tx.writes_then_query_and_commit(before, &q.sql, &params)
+            .await?
+    };
     Ok(result(q, &rows))
 }
 

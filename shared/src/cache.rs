@@ -1,8 +1,9 @@
-//! A small map whose entries expire: what authentication remembers between requests of one
-//! process (the authorizer's allowed credentials, the organization → tenant and API-key lookups).
+//! A small map whose entries expire: what one process remembers between requests (the
+//! authorizer's allowed credentials, the organization → tenant and API-key lookups, tenants'
+//! plans, and the dataset definitions queries are compiled against).
 //!
-//! Bounded: past its capacity it starts over, so a flood of distinct valid credentials costs
-//! lookups, never memory. A zero TTL turns it off. Its `Debug` shows the settings and the size,
+//! Bounded: past its capacity it starts over, so a flood of distinct valid credentials (or
+//! datasets) costs lookups, never memory. A zero TTL turns it off. Its `Debug` shows the settings and the size,
 //! never an entry.
 
 use std::borrow::Borrow;
@@ -77,6 +78,17 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
                 entries.clear();
             }
             entries.insert(key, (Instant::now(), value));
+        }
+    }
+
+    /// Drops the entry under `key`.
+    pub(crate) fn forget_key<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(key);
         }
     }
 

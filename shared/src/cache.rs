@@ -25,7 +25,7 @@ pub(crate) struct TtlCache<K, V> {
 
 /// When a lookup began, for [`TtlCache::insert_read_at`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Generation(u64);
+pub struct Generation(u64);
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// A cache keeping entries for `ttl` (zero: never), holding at most `capacity`.
@@ -81,13 +81,15 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         }
     }
 
-    /// Drops the entry under `key`.
+    /// Drops the entry under `key` (and, like [`forget`](Self::forget), keeps a lookup that began
+    /// before from writing back what it read).
     pub(crate) fn forget_key<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         if let Ok(mut entries) = self.entries.lock() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
             entries.remove(key);
         }
     }

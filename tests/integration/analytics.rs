@@ -1215,6 +1215,10 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
         reread.row_version, new.row_version,
         "read again after the update"
     );
+    // Billed once for it, though its first flight ran (and was rolled back) before the reread:
+    // 2 before the delete, then the count, the sum of weight and this count (the refused sum
+    // of amount is not billed).
+    assert_eq!(billed().await, 5);
 
     // The attacker's move, as a bug would make it: alpha's entry pointing at bravo's dataset.
     // The database refuses the check under alpha's RLS, and alpha gets its own answer.
@@ -1236,7 +1240,10 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
         tx.commit().await.unwrap();
         ds
     };
-    app.app.datasets.remember(alpha, "orders", bravo_ds);
+    let read_at = app.app.datasets.read_at();
+    app.app
+        .datasets
+        .remember(read_at, alpha, "orders", bravo_ds);
     let r = query(&app, &token, count.clone()).await;
     assert_eq!(
         r.json["rows"][0][0], 1,

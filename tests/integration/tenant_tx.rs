@@ -498,6 +498,22 @@ async fn writes_then_a_read_only_query_commit_together_in_one_flight_or_not_at_a
     let read = "SELECT count(*) FROM app.datasets";
     assert_eq!(refused("first", read, true).await.as_deref(), Some("23505"));
 
+    // A parameter that cannot be encoded as its declared type: refused before anything is
+    // sent (tokio-postgres would send nothing for that statement, and the COMMIT behind it would
+    // commit the write).
+    let mut t = db.begin(&as_tenant(a), Access::ReadWrite).await.unwrap();
+    t.query("SELECT 1", &[]).await.unwrap();
+    let (sql, name) = insert("fifth");
+    let err = t
+        .writes_then_query_and_commit(
+            &[(sql, &[(&uid, Type::UUID), (&name, Type::TEXT)])],
+            "SELECT $1::int8",
+            &[(&"not a number", Type::INT8)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::Invalid(_)), "{err}");
+
     // Nothing of the failed ones stayed, and the one connection is clean for the next.
     assert_eq!(names().await, ["first", "one"]);
 }

@@ -70,7 +70,7 @@ fn each_function_links_only_the_sdks_it_calls() {
         ("billing-reconcile", &sqs),
         ("vector-indexes", &secrets),
         ("records", &sqs),
-        ("query", &sqs),
+        ("query", &secrets),
         ("ask", &sqs_and_bedrock),
         ("embed", &sqs_and_bedrock),
     ];

@@ -113,10 +113,25 @@ impl Remembered {
         self.entries.get(&(tenant, dataset.to_owned()))
     }
 
-    /// Remembers the definition just read for `tenant` under `dataset`.
-    pub fn remember(&self, tenant: crate::TenantId, dataset: &str, ds: Dataset) {
-        self.entries
-            .insert((tenant, dataset.to_owned()), std::sync::Arc::new(ds));
+    /// Take before reading a definition to [`remember`](Self::remember).
+    pub fn read_at(&self) -> crate::cache::Generation {
+        self.entries.generation()
+    }
+
+    /// Remembers the definition read since `read_at` for `tenant` under `dataset`, unless
+    /// something was forgotten meanwhile (a slower read must not put back an older version).
+    pub fn remember(
+        &self,
+        read_at: crate::cache::Generation,
+        tenant: crate::TenantId,
+        dataset: &str,
+        ds: Dataset,
+    ) {
+        self.entries.insert_read_at(
+            read_at,
+            (tenant, dataset.to_owned()),
+            std::sync::Arc::new(ds),
+        );
     }
 
     /// Forgets what was remembered for `tenant` under `dataset` (it has changed).

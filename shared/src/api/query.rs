@@ -77,21 +77,23 @@ async fn query_within_plan(app: &App, caller: &Caller, spec: QuerySpec) -> Handl
     // it is still current, the usage event and COMMIT. If it is not (deleted, re-created, its
     // rollups changed), the check aborts the flight and the dataset is read again below. (One
     // that no longer compiles is read again too, without a flight.)
-    if let Some(ds) = app.datasets.get(tenant, &spec.dataset) {
-        if let Ok(compiled) = query::compile(&spec, &ds, tenant.as_uuid(), limits) {
-            let check: [Param<'_>; 2] = [(&ds.id, Type::UUID), (&ds.row_version, Type::TEXT)];
-            let before: Vec<_> = std::iter::once((datasets::EXPECT_DATASET, &check[..]))
-                .chain(usage_write)
-                .collect();
-            let tx = super::begin_with(app, caller, access, settings.clone()).await?;
-            match query::run_and_commit(tx, &compiled, &before).await {
-                Err(e) if datasets::changed(&e) => {}
-                result => return json_response(StatusCode::OK, &result?),
-            }
+    let remembered = app.datasets.get(tenant, &spec.dataset);
+    if let Some((ds, Ok(compiled))) = remembered
+        .as_ref()
+        .map(|ds| (ds, query::compile(&spec, ds, tenant.as_uuid(), limits)))
+    {
+        let check: [Param<'_>; 2] = [(&ds.id, Type::UUID), (&ds.row_version, Type::TEXT)];
+        let before: Vec<_> = std::iter::once((datasets::EXPECT_DATASET, &check[..]))
+            .chain(usage_write)
+            .collect();
+        let tx = super::begin_with(app, caller, access, settings.clone()).await?;
+        match query::run_and_commit(tx, &compiled, &before).await {
+            Err(e) if datasets::changed(&e) => app.datasets.forget(tenant, &spec.dataset),
+            result => return json_response(StatusCode::OK, &result?),
         }
-        app.datasets.forget(tenant, &spec.dataset);
     }
 
+    let read_at = app.datasets.read_at();
     let mut tx = super::begin_with(app, caller, access, settings).await?;
     let ds = find_dataset(&mut tx, &dataset).await?;
     let compiled = query::compile(&spec, &ds, tenant.as_uuid(), limits).map_err(|errors| {
@@ -101,7 +103,7 @@ async fn query_within_plan(app: &App, caller: &Caller, spec: QuerySpec) -> Handl
         )
         .with_extra(json!({ "errors": errors }))
     })?;
-    app.datasets.remember(tenant, &spec.dataset, ds);
+    app.datasets.remember(read_at, tenant, &spec.dataset, ds);
     // The query's result is the transaction's last word: it commits in the same flight.
     let before: Vec<_> = usage_write.into_iter().collect();
     let result = query::run_and_commit(tx, &compiled, &before).await?;

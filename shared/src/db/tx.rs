@@ -84,8 +84,8 @@ pub struct TenantTx {
 }
 
 /// The statement that sets the transaction's context: `$1` tenant, `$2` actor, `$3` statement
-/// timeout, `$4` impersonation session (or ''). [`TenantTx::pipeline_begin`] appends the
-/// optional settings.
+/// timeout, `$4` impersonation session (or ''). [`TenantTx::opening`] appends the optional
+/// settings.
 const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('app.actor_id', $2, true), \
      set_config('statement_timeout', $3, true), \
@@ -213,8 +213,10 @@ impl TenantTx {
             self.commit().await?;
             return Ok(rows);
         }
+        encodable(params).map_err(|e| self.fail(e))?;
         let conn = self.conn()?;
         let (out, commit) = tokio::join!(
+            biased;
             statement(conn, Kind::Query, sql, params),
             conn.batch_execute("COMMIT"),
         );
@@ -255,6 +257,12 @@ impl TenantTx {
         if self.failed || self.state == State::Done {
             return Err(DbError::Aborted);
         }
+        // At most a few (a check, a usage event): `join_all` polls up to 30 in order.
+        debug_assert!(writes.len() <= 30, "{} writes", writes.len());
+        for (_, params) in writes {
+            encodable(params).map_err(|e| self.fail(e))?;
+        }
+        encodable(params).map_err(|e| self.fail(e))?;
         let opens = self.state == State::Pending;
         self.state = State::Open;
         let mut flight = self.last_flight(opens, writes, sql, params).await;
@@ -307,6 +315,7 @@ impl TenantTx {
         );
         // As in `pipeline_begin`: join! polls in order, so the requests leave together.
         let (opened, written, read_only, out, commit) = tokio::join!(
+            biased;
             open,
             written,
             conn.batch_execute("SET TRANSACTION READ ONLY"),
@@ -384,7 +393,11 @@ impl TenantTx {
         let opening = self.opening();
         // Futures send nothing until polled; join! polls them in this order on its first poll,
         // so the requests leave in one write and the connection answers them in order.
-        let (opened, out) = tokio::join!(opening.send(conn), statement(conn, kind, sql, params));
+        let (opened, out) = tokio::join!(
+            biased;
+            opening.send(conn),
+            statement(conn, kind, sql, params),
+        );
         opened?;
         out
     }
@@ -446,6 +459,20 @@ impl TenantTx {
     }
 }
 
+/// Checks that every parameter encodes as its declared type, before a flight that carries its own
+/// COMMIT: tokio-postgres encodes a statement's parameters as it sends it, and one that fails to
+/// encode is never sent, so the COMMIT behind it would commit what went before it.
+fn encodable(params: &[Param<'_>]) -> Result<(), DbError> {
+    let mut buf = bytes::BytesMut::new();
+    for (i, (value, ty)) in params.iter().enumerate() {
+        buf.clear();
+        value
+            .to_sql_checked(ty, &mut buf)
+            .map_err(|e| DbError::Invalid(format!("parameter ${}: {e}", i + 1)))?;
+    }
+    Ok(())
+}
+
 /// BEGIN and the context statement of a transaction about to open ([`TenantTx::opening`]).
 struct Opening<'a> {
     begin: &'static str,
@@ -470,6 +497,7 @@ impl Opening<'_> {
             params.push((ef, Type::TEXT));
         }
         let (begin, set) = tokio::join!(
+            biased;
             conn.batch_execute(self.begin),
             conn.query_typed(&self.set, &params),
         );

@@ -25,7 +25,7 @@ pub async fn record(
 
 /// The ledger's insert of some events, built apart from running it: [`record`] runs it, and a
 /// read that records its usage in its own transaction sends it in the same flight as its query
-/// ([`TenantTx::write_then_query_and_commit`]).
+/// ([`TenantTx::writes_then_query_and_commit`](crate::db::TenantTx::writes_then_query_and_commit)).
 #[derive(Debug)]
 pub struct Insert<'e> {
     tenant: Uuid,

@@ -257,8 +257,14 @@ impl TenantTx {
         if self.failed || self.state == State::Done {
             return Err(DbError::Aborted);
         }
-        // At most a few (a check, a usage event): `join_all` polls up to 30 in order.
-        debug_assert!(writes.len() <= 30, "{} writes", writes.len());
+        // `join_all` polls up to 30 futures in order on its first poll (past that it batches, and
+        // a write could leave after the COMMIT): callers send a few (a check, a usage event).
+        if writes.len() > 30 {
+            return Err(self.fail(DbError::Invalid(format!(
+                "{} writes before a read in one flight; at most 30",
+                writes.len()
+            ))));
+        }
         for (_, params) in writes {
             encodable(params).map_err(|e| self.fail(e))?;
         }
@@ -460,8 +466,11 @@ impl TenantTx {
 }
 
 /// Checks that every parameter encodes as its declared type, before a flight that carries its own
-/// COMMIT: tokio-postgres encodes a statement's parameters as it sends it, and one that fails to
-/// encode is never sent, so the COMMIT behind it would commit what went before it.
+/// COMMIT: tokio-postgres encodes a statement's parameters as it sends it (with the same
+/// `to_sql_checked`), and one that fails to encode is never sent, so the COMMIT behind it would
+/// commit what went before it. (What else fails client-side cannot arise from our statements: a
+/// NUL in SQL text, which the query compiler refuses in names and never puts in values, or more
+/// than 32,767 parameters or a value over 2 GiB, far past the query language's limits.)
 fn encodable(params: &[Param<'_>]) -> Result<(), DbError> {
     let mut buf = bytes::BytesMut::new();
     for (i, (value, ty)) in params.iter().enumerate() {

@@ -6,7 +6,8 @@
 //! (`ingest_500_embedding_elsewhere`), and the embedding backlog the ingests leave is timed on
 //! its own (`embed_backlog_after_ingest`). Bulk loads
 //! through `POST .../imports` are measured against a binary `COPY` of the same rows
-//! (`bulk_import`, `bulk_import_floor`, records/s).
+//! (`bulk_import`, `bulk_import_floor`, records/s), and with the embedding elsewhere too
+//! (`bulk_import_embedding_elsewhere`).
 //!
 //! Environment: BENCH_TENANTS (200), BENCH_ROWS (20000 per tenant), BENCH_CONCURRENCY (4),
 //! BENCH_REQUESTS (2000 per scenario), BENCH_INGEST_REQUESTS (200), BENCH_BULK_RECORDS (150000),
@@ -316,7 +317,15 @@ async fn main() -> Result<(), Error> {
         );
     }
 
-    bulk_import(&app, &tokens[0], &admin, ids[0], dataset_ids[0], run).await
+    let apps = [
+        (
+            "bulk_import_embedding_elsewhere",
+            "bench-bulk-q",
+            &elsewhere,
+        ),
+        ("bulk_import", "bench-bulk", &app),
+    ];
+    bulk_import(&apps, &tokens[0], &admin, ids[0], dataset_ids[0], run).await
 }
 
 /// One query per tenant through `app`'s edge, untimed: its organization → tenant lookup, plan and
@@ -433,7 +442,7 @@ async fn bare_insert(
 /// connection (COPY is refused under RLS; no validation, upsert, chunks or rollups, and the
 /// decimal slot left empty), as records/s each.
 async fn bulk_import(
-    app: &Arc<App>,
+    apps: &[(&str, &str, &Arc<App>)],
     token: &str,
     raw: &tokio_postgres::Client,
     tenant: TenantId,
@@ -444,7 +453,6 @@ async fn bulk_import(
 
     let total = env("BENCH_BULK_RECORDS", 150_000);
     let batch = env("BENCH_BULK_BATCH", 15_000);
-    let routes = tenantry::http::router(Arc::clone(app), &tenantry::api::all_routes());
     let at = chrono::Utc::now();
     let record = |prefix: &str, i: usize| {
         let region = ["eu-west", "us-east", "ap-south"][i % 3];
@@ -454,42 +462,48 @@ async fn bulk_import(
             "note": format!("bulk load row {i}"), "at": (at - chrono::Duration::seconds(i as i64)).to_rfc3339()}})
     };
     let auth = format!("Bearer {token}");
-    let mut samples = Samples::default();
-    let started = Instant::now();
-    let mut written = 0;
-    for first in (0..total).step_by(batch) {
-        let body: String = (first..(first + batch).min(total))
-            .map(|i| format!("{}\n", record("bench-bulk", i)))
-            .collect();
-        let req = gateway_event(
-            "POST",
-            "/v1/datasets/events/imports",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/x-ndjson"),
-            ],
-            Some(&body),
-        );
-        let t = Instant::now();
-        let resp = tenantry::http::call(&routes, req).await;
-        if resp.status().is_success() {
-            samples.record(t.elapsed());
-            written += (first + batch).min(total) - first;
-        } else {
-            eprintln!(
-                "bulk import: {} {}",
-                resp.status(),
-                String::from_utf8_lossy(resp.body())
+    // First through the process that embeds elsewhere (no worker on these cores), then through
+    // the one whose worker embeds each body's chunks as the next body loads.
+    for (scenario, prefix, app) in apps {
+        let routes = tenantry::http::router(Arc::clone(app), &tenantry::api::all_routes());
+        let mut samples = Samples::default();
+        let started = Instant::now();
+        let mut written = 0;
+        for first in (0..total).step_by(batch) {
+            let body: String = (first..(first + batch).min(total))
+                .map(|i| format!("{}\n", record(prefix, i)))
+                .collect();
+            let req = gateway_event(
+                "POST",
+                "/v1/datasets/events/imports",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/x-ndjson"),
+                ],
+                Some(&body),
             );
-            samples.errors += 1;
+            let t = Instant::now();
+            let resp = tenantry::http::call(&routes, req).await;
+            if resp.status().is_success() {
+                samples.record(t.elapsed());
+                written += (first + batch).min(total) - first;
+            } else {
+                eprintln!(
+                    "bulk import: {} {}",
+                    resp.status(),
+                    String::from_utf8_lossy(resp.body())
+                );
+                samples.errors += 1;
+            }
         }
+        let secs = started.elapsed().as_secs_f64();
+        samples.report(
+            scenario,
+            json!({"records": written, "records_per_request": batch, "concurrency": 1,
+                "records_per_s": (written as f64 / secs).round(),
+                "embed_queue": app.embed_queue.kind(), "embedder": app.embedder.model()}),
+        );
     }
-    let secs = started.elapsed().as_secs_f64();
-    samples.report(
-        "bulk_import",
-        json!({"records": written, "records_per_request": batch, "concurrency": 1,
-            "records_per_s": (written as f64 / secs).round(), "embedder": app.embedder.model()}),
-    );
 
     // The floor: binary COPY of the same rows, typed slots filled client-side.
     let types = [

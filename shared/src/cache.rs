@@ -3,8 +3,8 @@
 //! plans, and the dataset definitions queries are compiled against).
 //!
 //! Bounded: past its capacity it starts over, so a flood of distinct valid credentials (or
-//! datasets) costs lookups, never memory. A zero TTL turns it off. Its `Debug` shows the settings and the size,
-//! never an entry.
+//! datasets) costs lookups, never memory. A zero TTL turns it off. Its `Debug` shows the
+//! settings and the size, never an entry.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

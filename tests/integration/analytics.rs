@@ -748,6 +748,10 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
     let mut config = app.app.config.clone();
     config.analytics.query_timeout = std::time::Duration::from_millis(1);
     app.app = std::sync::Arc::new(tenantry::App::builder(config).build().unwrap());
+    // The definition remembered, so the check, the usage event and the query go in one flight:
+    // the timeout cancels the query after the event's insert, in the same transaction.
+    let ds = read_dataset(&app, tenant, "orders").await;
+    remember(&app, tenant, "orders", ds);
     let r = query(&app, &token, json!({"dataset": "orders", "aggregates": [{"fn": "percentile", "column": "amount", "p": 0.9}]})).await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),
@@ -756,6 +760,8 @@ async fn a_query_past_its_time_limit_gets_a_clear_error() {
         r.json
     );
     // Its usage was to commit with its answer: a query that did not answer is not billed.
+    // (Still remembered: the warm path ran, and its check passed.)
+    assert!(app.app.datasets.get(tenant, "orders").is_some());
     let billed = || billed_queries(&admin, tenant);
     assert_eq!(billed().await, 0);
     let mut config = app.app.config.clone();
@@ -1146,7 +1152,7 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
             r.json
         );
     }
-    assert!(app.app.datasets.get(alpha, "orders").is_some());
+    let old = app.app.datasets.get(alpha, "orders").unwrap();
     assert_eq!(billed().await, 2);
 
     // Deleted: a 404, not an empty answer from the remembered id, and not billed.
@@ -1180,9 +1186,13 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
     assert_eq!(r.status, 200, "{}", r.json);
     let r = query(&app, &token, count.clone()).await;
     assert_eq!(r.json["rows"][0][0], 1, "{}", r.json);
-    // Remembered again; a stale copy that the new column does not fit is not used either.
     let new = app.app.datasets.get(alpha, "orders").unwrap();
+    assert_ne!(new.id, old.id);
+    // The old definition put back (a process that remembered it and saw neither the delete nor
+    // the re-create): its stale copy is not used. The new column does not fit it, so the
+    // dataset is read again; and a query it does fit is refused by the check, then read again.
     let sum = |c: &str| json!({"dataset": "orders", "aggregates": [{"fn": "sum", "column": c, "as": "s"}]});
+    remember(&app, alpha, "orders", (*old).clone());
     let r = query(&app, &token, sum("weight")).await;
     assert_eq!(
         (r.status, &r.json["rows"][0][0]),
@@ -1190,6 +1200,14 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
         "{}",
         r.json
     );
+    remember(&app, alpha, "orders", (*old).clone());
+    let r = query(&app, &token, count.clone()).await;
+    assert_eq!(
+        r.json["rows"][0][0], 1,
+        "not the old dataset's 5: {}",
+        r.json
+    );
+    assert_eq!(app.app.datasets.get(alpha, "orders").unwrap().id, new.id);
     let r = query(&app, &token, sum("amount")).await;
     assert_eq!(
         (r.status, r.json["code"].as_str()),
@@ -1215,35 +1233,15 @@ async fn a_remembered_dataset_is_checked_by_every_query_and_read_again_when_it_c
         reread.row_version, new.row_version,
         "read again after the update"
     );
-    // Billed once for it, though its first flight ran (and was rolled back) before the reread:
-    // 2 before the delete, then the count, the sum of weight and this count (the refused sum
-    // of amount is not billed).
-    assert_eq!(billed().await, 5);
+    // Billed once each, though a refused check's flight ran (and was rolled back) before the
+    // reread: 2 before the delete, then the count, the sum of weight, the count under the old
+    // definition and this count (the refused sum of amount is not billed).
+    assert_eq!(billed().await, 6);
 
     // The attacker's move, as a bug would make it: alpha's entry pointing at bravo's dataset.
     // The database refuses the check under alpha's RLS, and alpha gets its own answer.
-    let bravo_ds = {
-        let ctx = tenantry_tests::as_tenant(bravo);
-        let mut tx = app
-            .app
-            .db
-            .begin(&ctx, tenantry::db::Access::ReadOnly)
-            .await
-            .unwrap();
-        let ds = tenantry::analytics::datasets::find(
-            &mut tx,
-            &tenantry::analytics::datasets::DatasetRef::Name("orders".into()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        tx.commit().await.unwrap();
-        ds
-    };
-    let read_at = app.app.datasets.read_at();
-    app.app
-        .datasets
-        .remember(read_at, alpha, "orders", bravo_ds);
+    let bravo_ds = read_dataset(&app, bravo, "orders").await;
+    remember(&app, alpha, "orders", bravo_ds);
     let r = query(&app, &token, count.clone()).await;
     assert_eq!(
         r.json["rows"][0][0], 1,
@@ -1264,4 +1262,39 @@ async fn billed_queries(admin: &tokio_postgres::Client, tenant: tenantry::Tenant
         .await
         .unwrap()
         .get(0)
+}
+
+/// A dataset's definition as the tenant's transaction reads it.
+async fn read_dataset(
+    app: &TestApp,
+    tenant: tenantry::TenantId,
+    name: &str,
+) -> tenantry::analytics::Dataset {
+    let ctx = tenantry_tests::as_tenant(tenant);
+    let mut tx = app
+        .app
+        .db
+        .begin(&ctx, tenantry::db::Access::ReadOnly)
+        .await
+        .unwrap();
+    let ds = tenantry::analytics::datasets::find(
+        &mut tx,
+        &tenantry::analytics::datasets::DatasetRef::Name(name.into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    ds
+}
+
+/// Makes the app remember `ds` as `tenant`'s dataset `name`, whatever it is.
+fn remember(
+    app: &TestApp,
+    tenant: tenantry::TenantId,
+    name: &str,
+    ds: tenantry::analytics::Dataset,
+) {
+    let read_at = app.app.datasets.read_at();
+    app.app.datasets.remember(read_at, tenant, name, ds);
 }

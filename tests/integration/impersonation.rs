@@ -172,7 +172,7 @@ async fn a_read_only_session_reads_is_recorded_and_every_write_is_refused_twice(
         ("GET", "/v1/datasets", None),
         ("GET", "/v1/datasets/notes/records/n1", None),
         ("POST", "/v1/query", Some(query.as_str())),
-        // Again: compiled from the definition the first read, and checked by
+        // Again: compiled from the definition the first one read, and checked by
         // app.expect_dataset as the read-only role, in one read-only flight.
         ("POST", "/v1/query", Some(query.as_str())),
         ("POST", "/v1/ask", Some(ask.as_str())),

@@ -111,7 +111,9 @@ async fn main() -> Result<(), Error> {
         return Err(format!("creating the dataset: {}", created.status()).into());
     }
 
-    // A real SQS API (moto) for the usage queue, as in AWS: `query` sends its usage there.
+    // A real SQS API (moto) for the usage queue, as in AWS (since 2026-12-07 `query` writes its
+    // usage in its own transaction and no longer links SQS; the queue stays for the functions
+    // that do).
     let moto = tenantry_tests::Moto::start();
     let (_, usage_queue_url) = moto.queue("usage").await;
 
@@ -198,7 +200,8 @@ async fn main() -> Result<(), Error> {
                 .env("AWS_ACCESS_KEY_ID", "bench")
                 .env("AWS_SECRET_ACCESS_KEY", "bench")
                 .env("AWS_ENDPOINT_URL", &moto.endpoint)
-                // Required in Lambda; `me` does not link SQS, `query` sends its usage there.
+                // Required in Lambda (the start-up check refuses the in-process queue); neither
+                // `me` nor `query` links SQS any more.
                 .env("USAGE_QUEUE_URL", &usage_queue_url)
                 .env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())

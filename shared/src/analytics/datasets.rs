@@ -32,8 +32,9 @@ pub struct Dataset {
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Which version of its row this was read from (`xmin`): every change of the dataset's
-    /// definition is a new one ([`crate::analytics::query`] checks it with `app.expect_dataset`
-    /// before running a query compiled against a remembered definition).
+    /// definition is a new one (`POST /v1/query`, `api::query`, checks it with
+    /// `app.expect_dataset` ([`EXPECT_DATASET`]) before running a query compiled against a
+    /// remembered definition).
     #[serde(skip)]
     pub row_version: String,
 }

@@ -4,7 +4,6 @@
 
 pub mod api_keys;
 pub mod authorizer;
-
 mod config;
 pub mod dev;
 mod jwt;

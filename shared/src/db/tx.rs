@@ -96,6 +96,10 @@ const SET_CONTEXT: &str = "SELECT set_config('app.tenant_id', $1, true), \
 const SET_HNSW: &str = ", set_config('hnsw.ef_search', $5, true), \
      set_config('hnsw.iterative_scan', 'relaxed_order', true)";
 
+/// Turns the transaction read-only from the next statement on (`SET TRANSACTION READ ONLY`, as a
+/// SELECT).
+const READ_ONLY_FROM_HERE: &str = "SELECT set_config('transaction_read_only', 'on', true)";
+
 /// The read-only impersonation role.
 const SET_IMPERSONATION_ROLE: &str = ", set_config('role', 'tenantry_impersonation', true)";
 
@@ -237,17 +241,19 @@ impl TenantTx {
         }
     }
 
-    /// Runs `writes`, then the query `sql` with the transaction turned read-only (`SET
-    /// TRANSACTION READ ONLY`: Postgres allows it after a write, never the reverse), and commits,
-    /// all in one flight (with BEGIN and the settings too, on a transaction that has run nothing
-    /// yet). For a read that checks or records something about itself in its own transaction:
+    /// Runs `writes`, then the query `sql` with the transaction turned read-only
+    /// (`set_config('transaction_read_only', 'on', true)`, what `SET TRANSACTION READ ONLY` does,
+    /// but a SELECT, as every setting here is, so nothing pins the session at RDS Proxy; Postgres
+    /// allows it after a write, never the reverse), and commits, all in one flight (with BEGIN and
+    /// the settings too, on a transaction that has run nothing yet). For a read that checks or records something about itself in its own transaction:
     /// everything commits or nothing does, a failed statement stops the ones after it, and the
     /// read still cannot write. Returns the first error among the statements.
     ///
     /// On a transaction that has run nothing yet, a connection that died while idle is replaced
-    /// and the flight sent once more, as for any first statement; as that flight carries its
-    /// COMMIT, `writes` must be idempotent (a flight that committed before its connection broke
-    /// is then sent again).
+    /// and the flight sent once more, as for any first statement. As that flight carries the read
+    /// and the COMMIT, a connection that broke later (its backend terminated mid-read, a
+    /// failover) gets the same retry: the read runs again, and `writes` must be idempotent (a
+    /// flight that committed before its connection broke is then sent again).
     pub async fn writes_then_query_and_commit(
         mut self,
         writes: &[(&str, &[Param<'_>])],
@@ -324,7 +330,7 @@ impl TenantTx {
             biased;
             open,
             written,
-            conn.batch_execute("SET TRANSACTION READ ONLY"),
+            conn.query_typed(READ_ONLY_FROM_HERE, &[]),
             statement(conn, Kind::Query, sql, params),
             conn.batch_execute("COMMIT"),
         );

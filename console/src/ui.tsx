@@ -81,6 +81,28 @@ export function useApi<T>(path: string | null): Loaded<T> {
   };
 }
 
+/** What a form or button does: `run` clears the last error, runs the action and keeps what it
+ * throws (shown with `<ProblemView error={error} />`), and says whether it succeeded; `busy`
+ * while it runs. */
+export function useAction(): { error: unknown; busy: boolean; run: (action: () => Promise<void>) => Promise<boolean> } {
+  const [error, setError] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  const run = useCallback(async (action: () => Promise<void>) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await action();
+      return true;
+    } catch (e) {
+      setError(e);
+      return false;
+    } finally {
+      setBusy(false);
+    }
+  }, []);
+  return { error, busy, run };
+}
+
 export function formatCell(v: unknown): string {
   if (v === null || v === undefined) return "—";
   if (typeof v === "object") return JSON.stringify(v);

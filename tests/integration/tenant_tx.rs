@@ -142,13 +142,7 @@ async fn the_tenant_rides_along_with_the_first_statement() {
     let test = TestDb::new().await;
     let seed = test.pool(1);
     let a = tenant(&seed, "alpha").await;
-    let cfg: tokio_postgres::Config = test.app_url.parse().unwrap();
-    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
-    let url = format!(
-        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
-        proxy.port, test.name
-    );
-    let db = test.pool_at(&url, 1);
+    let (proxy, db) = counted_pool(&test).await;
     // Open the connection first, so only the transactions are counted.
     db.begin(&as_tenant(a), Access::ReadOnly)
         .await
@@ -388,13 +382,7 @@ async fn writes_then_a_read_only_query_commit_together_in_one_flight_or_not_at_a
     let seed = test.pool(1);
     let a = tenant(&seed, "alpha").await;
     let uid = a.as_uuid();
-    let cfg: tokio_postgres::Config = test.app_url.parse().unwrap();
-    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
-    let url = format!(
-        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
-        proxy.port, test.name
-    );
-    let db = test.pool_at(&url, 1);
+    let (proxy, db) = counted_pool(&test).await;
     let insert = |name: &'static str| {
         (
             "INSERT INTO app.datasets (tenant_id, name) SELECT $1, $2",
@@ -516,4 +504,16 @@ async fn writes_then_a_read_only_query_commit_together_in_one_flight_or_not_at_a
 
     // Nothing of the failed ones stayed, and the one connection is clean for the next.
     assert_eq!(names().await, ["first", "one"]);
+}
+
+/// A pool of one connection to `test`'s database through a proxy that counts round trips.
+async fn counted_pool(test: &TestDb) -> (CountingProxy, tenantry::db::Db) {
+    let cfg: tokio_postgres::Config = test.app_url.parse().unwrap();
+    let proxy = CountingProxy::start(cfg.get_ports()[0]).await.unwrap();
+    let url = format!(
+        "postgres://tenantry_app:{DEV_APP_PASSWORD}@127.0.0.1:{}/{}",
+        proxy.port, test.name
+    );
+    let db = test.pool_at(&url, 1);
+    (proxy, db)
 }

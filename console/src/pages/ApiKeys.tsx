@@ -1,6 +1,6 @@
 import { useState, type FormEvent } from "react";
 import { api } from "../api";
-import { CopyButton, Empty, Loading, ProblemView, When, useApi, Head } from "../ui";
+import { CopyButton, Empty, Loading, ProblemView, When, useAction, useApi, Head } from "../ui";
 
 interface ApiKey {
   key_id: string;
@@ -17,27 +17,21 @@ export function ApiKeys() {
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<string[]>(["read"]);
   const [created, setCreated] = useState<{ name: string; key: string } | null>(null);
-  const [error, setError] = useState<unknown>(null);
+  const { error, run } = useAction();
   const create = async (e: FormEvent) => {
     e.preventDefault();
-    setError(null);
-    try {
+    await run(async () => {
       const k = await api<{ name: string; key: string }>("/v1/api-keys", { body: { name: name.trim(), scopes } });
       setCreated(k);
       setName("");
       keys.reload();
-    } catch (err) {
-      setError(err);
-    }
+    });
   };
   const revoke = async (id: string) => {
-    setError(null);
-    try {
+    await run(async () => {
       await api(`/v1/api-keys/${id}`, { method: "DELETE" });
       keys.reload();
-    } catch (err) {
-      setError(err);
-    }
+    });
   };
   return (
     <>

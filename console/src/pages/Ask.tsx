@@ -1,24 +1,16 @@
 import { useState, type FormEvent } from "react";
 import { Link } from "react-router-dom";
 import { api, type AskAnswer } from "../api";
-import { CopyButton, ProblemView, ResultChart, ResultTable, groupNames } from "../ui";
+import { CopyButton, ProblemView, ResultChart, ResultTable, groupNames, useAction } from "../ui";
 
 export function Ask() {
   const [question, setQuestion] = useState("");
   const [answer, setAnswer] = useState<AskAnswer>();
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
+  const { error, busy, run } = useAction();
   const ask = async (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      setAnswer(await api<AskAnswer>("/v1/ask", { body: { question } }));
-    } catch (err) {
-      setError(err);
+    if (!(await run(async () => setAnswer(await api<AskAnswer>("/v1/ask", { body: { question } }))))) {
       setAnswer(undefined);
-    } finally {
-      setBusy(false);
     }
   };
   return (

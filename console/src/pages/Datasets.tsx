@@ -2,7 +2,7 @@ import { useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, type Column, type ColumnType, type Dataset, type StoredRecord } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Head, Loading, Pager, ProblemView, When, formatCell, useApi, useCursors } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, formatCell, useAction, useApi, useCursors } from "../ui";
 
 export function Datasets() {
   const { can } = useAuth();
@@ -53,15 +53,12 @@ function CreateDataset({ onCreated }: { onCreated: () => void }) {
   const [name, setName] = useState("");
   const [columns, setColumns] = useState<ColumnDraft[]>([{ name: "", type: "string", required: false, text: false }]);
   const [timeColumn, setTimeColumn] = useState("");
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
+  const { error, busy, run } = useAction();
   const set = (i: number, patch: Partial<ColumnDraft>) =>
     setColumns((cs) => cs.map((c, j) => (j === i ? { ...c, ...patch } : c)));
   const submit = async (e: FormEvent) => {
     e.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
+    await run(async () => {
       const cols = columns.filter((c) => c.name.trim() !== "");
       const body = {
         name: name.trim(),
@@ -77,11 +74,7 @@ function CreateDataset({ onCreated }: { onCreated: () => void }) {
       const created = await api<Dataset>("/v1/datasets", { body });
       onCreated();
       navigate(`/datasets/${encodeURIComponent(created.name)}`);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   const timestamps = columns.filter((c) => c.type === "timestamp" && c.name.trim());
   return (

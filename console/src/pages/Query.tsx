@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { api, type Column, type Dataset, type QueryResult } from "../api";
-import { CopyButton, Empty, Loading, ProblemView, ResultChart, ResultTable, groupNames, useApi } from "../ui";
+import { CopyButton, Empty, Loading, ProblemView, ResultChart, ResultTable, groupNames, useAction, useApi } from "../ui";
 
 const OPS = ["eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "is_null"] as const;
 type Op = (typeof OPS)[number];
@@ -93,8 +93,7 @@ export function QueryBuilder() {
   const [aggs, setAggs] = useState<AggDraft[]>([{ fn: "count", column: "" }]);
   const [limit, setLimit] = useState(100);
   const [result, setResult] = useState<{ result: QueryResult; groupBy: string[] }>();
-  const [error, setError] = useState<unknown>(null);
-  const [running, setRunning] = useState(false);
+  const { error, busy: running, run: act } = useAction();
   useEffect(() => {
     setFilters([]);
     setGroupBy([]);
@@ -109,18 +108,12 @@ export function QueryBuilder() {
   const json = JSON.stringify(query, null, 2);
   const run = async (e: FormEvent) => {
     e.preventDefault();
-    setRunning(true);
-    setError(null);
-    try {
+    const ok = await act(async () => {
       // The result with the grouping it was asked with (the form may change after).
       const groupBy = groupNames(query?.group_by);
       setResult({ result: await api<QueryResult>("/v1/query", { body: query }), groupBy });
-    } catch (err) {
-      setError(err);
-      setResult(undefined);
-    } finally {
-      setRunning(false);
-    }
+    });
+    if (!ok) setResult(undefined);
   };
   if (list.error) return <ProblemView error={list.error} />;
   if (!list.data) return <Loading what="datasets" />;

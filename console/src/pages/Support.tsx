@@ -2,7 +2,7 @@ import { useState, type FormEvent } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, sessionOpen, type AdminTenant, type ImpersonationSession } from "../api";
 import { useAuth } from "../auth";
-import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useAction, useApi, useCursors } from "../ui";
 
 function Health({ t }: { t: AdminTenant }) {
   const problems: string[] = [];
@@ -167,12 +167,11 @@ function StartImpersonation({ tenant }: { tenant: AdminTenant }) {
   const [ticket, setTicket] = useState("");
   const [minutes, setMinutes] = useState(15);
   const [mode, setMode] = useState<"read_only" | "read_write">("read_only");
-  const [error, setError] = useState<unknown>(null);
+  const { error, run } = useAction();
   const [waiting, setWaiting] = useState<ImpersonationSession | null>(null);
   const start = async (e: FormEvent) => {
     e.preventDefault();
-    setError(null);
-    try {
+    await run(async () => {
       const s = await api<ImpersonationSession>("/admin/v1/impersonations", {
         asStaff: true,
         body: { tenant: tenant.id, reason: reason.trim(), minutes, mode, ...(ticket.trim() ? { ticket: ticket.trim() } : {}) },
@@ -183,9 +182,7 @@ function StartImpersonation({ tenant }: { tenant: AdminTenant }) {
       }
       await startImpersonation({ id: s.id, tenantId: tenant.id, tenantName: tenant.name, mode: s.mode, expiresAt: s.expires_at });
       navigate("/datasets");
-    } catch (err) {
-      setError(err);
-    }
+    });
   };
   return (
     <form className="card" onSubmit={(e) => void start(e)} aria-label="Start impersonation">
@@ -240,26 +237,18 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
   const list = useApi<{ sessions: ImpersonationSession[]; next_before: string | null }>(
     before ? `${path}${path.includes("?") ? "&" : "?"}before=${encodeURIComponent(before)}` : path,
   );
-  const [error, setError] = useState<unknown>(null);
-  const act = async (s: ImpersonationSession, action: "approve" | "end") => {
-    setError(null);
-    try {
+  const { error, run } = useAction();
+  const act = (s: ImpersonationSession, action: "approve" | "end") =>
+    run(async () => {
       await api(`/admin/v1/impersonations/${s.id}/${action}`, { method: "POST", asStaff: true });
       list.reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
-  const enter = async (s: ImpersonationSession) => {
-    setError(null);
-    try {
+    });
+  const enter = (s: ImpersonationSession) =>
+    run(async () => {
       const name = names[s.tenant_id] ?? (await api<AdminTenant>(`/admin/v1/tenants/${s.tenant_id}`, { asStaff: true })).name;
       await startImpersonation({ id: s.id, tenantId: s.tenant_id, tenantName: name, mode: s.mode, expiresAt: s.expires_at });
       navigate("/datasets");
-    } catch (e) {
-      setError(e);
-    }
-  };
+    });
   return (
     <>
       <ProblemView error={list.error ?? error} />
@@ -304,7 +293,7 @@ function Sessions({ path, names = {} }: { path: string; names?: Record<string, s
                       <When at={s.expires_at} />
                     </td>
                     <td className="actions">
-{s.state === "active" && s.staff_id === subject && <button onClick={() => void enter(s)}>Enter</button>}{" "}
+                      {s.state === "active" && s.staff_id === subject && <button onClick={() => void enter(s)}>Enter</button>}{" "}
                       {s.state === "awaiting_approval" && s.needs_staff_approval && !s.staff_approved_by && (
                         <button className="secondary" onClick={() => void act(s, "approve")}>
                           Approve

@@ -3,7 +3,7 @@ import { Link } from "react-router-dom";
 import { api, sessionOpen, type ImpersonationSession } from "../api";
 import { Reason } from "./Support";
 import { useAuth } from "../auth";
-import { Empty, Head, Loading, Pager, ProblemView, When, useApi, useCursors } from "../ui";
+import { Empty, Head, Loading, Pager, ProblemView, When, useAction, useApi, useCursors } from "../ui";
 
 type Access = "off" | "read_only" | "ask";
 
@@ -24,31 +24,24 @@ export function SupportAccess() {
   );
   const [choice, setChoice] = useState<Access>("read_only");
   const [saved, setSaved] = useState(false);
-  const [error, setError] = useState<unknown>(null);
+  const { error, run } = useAction();
   useEffect(() => {
     if (setting.data) setChoice(setting.data.support_access);
   }, [setting.data]);
-  const save = async () => {
-    setError(null);
+  const save = () => {
     setSaved(false);
-    try {
+    return run(async () => {
       await api("/v1/settings/support-access", { method: "PUT", body: { support_access: choice } });
       setSaved(true);
       setting.reload();
       sessions.reload();
-    } catch (e) {
-      setError(e);
-    }
+    });
   };
-  const act = async (s: ImpersonationSession, action: "approve" | "end") => {
-    setError(null);
-    try {
+  const act = (s: ImpersonationSession, action: "approve" | "end") =>
+    run(async () => {
       await api(`/v1/impersonations/${s.id}/${action}`, { method: "POST" });
       sessions.reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
+    });
   return (
     <>
       <h1>Support access</h1>

@@ -61,17 +61,10 @@ async fn query_within_plan(app: &App, caller: &Caller, spec: QuerySpec) -> Handl
     } else {
         Access::ReadOnly
     };
-    let events: Vec<UsageEvent> = billable
-        .then(|| UsageEvent::now(tenant, Meter::Queries, 1, "api:query"))
-        .into_iter()
-        .collect();
-    let usage = billable
-        .then(|| ledger::Insert::new(tenant, &events, app.config.billing.meter.window_secs))
-        .transpose()?;
-    let usage_params = usage.as_ref().map(ledger::Insert::params);
-    let usage_write = usage_params
-        .as_deref()
-        .map(|params| (ledger::Insert::SQL, params));
+    let event = [UsageEvent::now(tenant, Meter::Queries, 1, "api:query")];
+    let usage = ledger::Insert::new(tenant, &event, app.config.billing.meter.window_secs)?;
+    let usage_params = usage.params();
+    let usage_write = billable.then_some((ledger::Insert::SQL, &usage_params[..]));
 
     // A definition read recently: compiled now, and sent in one flight with BEGIN, a check that
     // it is still current, the usage event and COMMIT. If it is not (deleted, re-created, its

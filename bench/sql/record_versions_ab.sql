@@ -2,7 +2,7 @@
 -- upsert, trigger on against off, alternating, 40 rounds, in one transaction rolled back at the
 -- end. Run on the analytics benchmark database (scripts/bench analytics makes it), as the
 -- superuser, naming one of its tenants and datasets:
---   psql "$(scripts/pg start | sed "s|/[^/]*$|/bench_analytics_v2_200_20000|")" \
+--   psql "$(scripts/pg start | sed "s|/[^/]*$|/bench_analytics_v3_200_20000|")" \
 --     -v tid=<tenant id> -v did=<dataset id> -f bench/sql/record_versions_ab.sql
 BEGIN;
 -- psql variables do not reach into the DO block: passed as settings.

@@ -46,6 +46,7 @@ fn spec() -> DatasetSpec {
         "time_column": "at",
         "rollups": [
             {"dimensions": [], "bucket": "hour"},
+            {"dimensions": [], "bucket": "day"},
             {"dimensions": ["region", "paid"], "bucket": "day"},
             {"dimensions": ["product"], "bucket": "day"}
         ]
@@ -89,8 +90,9 @@ async fn main() -> Result<(), Error> {
     let ingest_requests = env("BENCH_INGEST_REQUESTS", 200);
 
     let db = bench_database(
-        // v2: amount is a decimal and the dataset has rollups (2026-12-06).
-        &format!("bench_analytics_v2_{tenants}_{rows}"),
+        // v2: amount is a decimal and the dataset has rollups (2026-12-06); v3: and one per day
+        // without dimensions (2026-12-07).
+        &format!("bench_analytics_v3_{tenants}_{rows}"),
         Some("bench_seeded"),
     )
     .await?;

@@ -77,7 +77,7 @@ async fn main() -> Result<(), Error> {
     let pool = env("BENCH_POOL", 8);
 
     let db = bench_database(
-        &format!("bench_analytics_v2_{TENANTS}_{ROWS}"),
+        &format!("bench_analytics_v3_{TENANTS}_{ROWS}"),
         Some("bench_seeded"),
     )
     .await?;

@@ -5,7 +5,8 @@
 //! - [`decimal`]: what a `decimal` column accepts, exactly.
 //! - [`ingest`]: validating and writing batches of records (all or nothing, idempotent by key).
 //! - [`query`]: the JSON query language and its compiler to parameterized SQL.
-//! - [`rollup`]: per-hour, per-dimension aggregates kept with the records, read by the compiler.
+//! - [`rollup`]: per-hour or per-day, per-dimension aggregates kept with the records, read by the
+//!   compiler.
 //!
 //! Its limits ([`AnalyticsConfig`]) are read from the environment here.
 //!

@@ -16,6 +16,12 @@
 //! ) p GROUP BY keys HAVING sum(n) > 0 ORDER BY … LIMIT …
 //! ```
 //!
+//! A coarser rollup (days) has its partial buckets at the edges filled by a finer one (hours) where
+//! a finer one answers the query too: whole days from the first, the whole hours around them from
+//! the second, and only the partial hours at either end from the records (a third branch of the
+//! same shape). Of the rollups that answer a query, the one with the fewest dimensions is read,
+//! and of those the coarsest.
+//!
 //! Sums are `numeric` on both sides, so they add exactly; an average is the sum over the count,
 //! computed as Postgres computes `avg`. Equality with the raw path is tested over generated
 //! queries (`tests/integration/rollups.rs`).
@@ -40,8 +46,9 @@ struct Partials {
 }
 
 /// The query from the dataset's rollups, if one answers it exactly (the one with the fewest
-/// dimensions that does); `raw` is the same query compiled for the records (its outputs and limit
-/// are the ones to keep).
+/// dimensions that does, then the coarsest, its edges filled by the finer rollup with the fewest
+/// dimensions that answers it too); `raw` is the same query compiled for the records (its
+/// outputs and limit are the ones to keep).
 pub(super) fn compile(
     spec: &QuerySpec,
     ds: &Dataset,
@@ -53,43 +60,20 @@ pub(super) fn compile(
         return None;
     }
     let mut cubes: Vec<&Cube<'_>> = layout.cubes.iter().collect();
-    cubes.sort_by_key(|c| c.dims.len());
-    cubes
-        .into_iter()
-        .find_map(|cube| from_cube(spec, ds, layout, cube, tenant, raw))
+    cubes.sort_by_key(|c| (c.dims.len(), std::cmp::Reverse(c.grain.secs())));
+    cubes.iter().find_map(|cube| {
+        let finer = cubes
+            .iter()
+            .filter(|f| f.grain.secs() < cube.grain.secs())
+            .copied();
+        from_cube(spec, ds, layout, (cube, finer), tenant, raw)
+    })
 }
 
-fn from_cube(
-    spec: &QuerySpec,
-    ds: &Dataset,
-    layout: &Layout<'_>,
-    cube: &Cube<'_>,
-    tenant: uuid::Uuid,
-    raw: &CompiledQuery,
-) -> Option<CompiledQuery> {
-    if let Some(f) = &spec.filter
-        && !only_dimensions(f, cube)
-    {
-        return None;
-    }
+/// The group keys as a rollup's rows give them and as the records do, if the rollup can give them:
+/// each column a dimension, each bucket the time column's and at least as wide as the grain.
+fn group_keys(spec: &QuerySpec, ds: &Dataset, cube: &Cube<'_>) -> Option<Vec<(String, String)>> {
     let time = ds.time_column.as_deref();
-    let range = match &spec.time_range {
-        None => (None, None),
-        Some(r) => {
-            if r.column.as_deref().is_some_and(|c| Some(c) != time) || time.is_none() {
-                return None;
-            }
-            let parse = |s: &Option<String>| match s {
-                None => Some(None),
-                Some(s) => DateTime::parse_from_rfc3339(s)
-                    .ok()
-                    .map(|t| Some(t.with_timezone(&Utc))),
-            };
-            (parse(&r.from)?, parse(&r.to)?)
-        }
-    };
-
-    // Group keys: (rollup expression, records expression).
     let mut keys = Vec::new();
     for g in &spec.group_by {
         match g {
@@ -113,6 +97,53 @@ fn from_cube(
             }
         }
     }
+    Some(keys)
+}
+
+/// One rollup's branch of the union: the rollup, its group keys as its rows give them, and, for
+/// each dimension count the query needs, (the number the partials call it by, the rollup's own
+/// number for that column): a finer rollup may hold the same column under another number.
+struct Branch<'c, 'd> {
+    cube: &'c Cube<'d>,
+    keys: Vec<String>,
+    dim_counts: Vec<(usize, usize)>,
+}
+
+fn from_cube<'c, 'd: 'c>(
+    spec: &QuerySpec,
+    ds: &Dataset,
+    layout: &Layout<'_>,
+    (cube, finer): (&Cube<'_>, impl Iterator<Item = &'c Cube<'d>>),
+    tenant: uuid::Uuid,
+    raw: &CompiledQuery,
+) -> Option<CompiledQuery> {
+    let answers = |cube: &Cube<'_>| {
+        spec.filter
+            .as_ref()
+            .is_none_or(|f| only_dimensions(f, cube))
+    };
+    if !answers(cube) {
+        return None;
+    }
+    let time = ds.time_column.as_deref();
+    let range = match &spec.time_range {
+        None => (None, None),
+        Some(r) => {
+            if r.column.as_deref().is_some_and(|c| Some(c) != time) || time.is_none() {
+                return None;
+            }
+            let parse = |s: &Option<String>| match s {
+                None => Some(None),
+                Some(s) => DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| Some(t.with_timezone(&Utc))),
+            };
+            (parse(&r.from)?, parse(&r.to)?)
+        }
+    };
+
+    // Group keys: (rollup expression, records expression).
+    let keys = group_keys(spec, ds, cube)?;
 
     // Aggregates over the partials `p`.
     let mut partials = Partials::default();
@@ -121,11 +152,30 @@ fn from_cube(
         outputs.push(aggregate(a, layout, cube, &mut partials)?);
     }
 
+    // A finer rollup for the edges, if one answers the query too (every counted dimension its own).
+    let finer = finer.filter(|f| answers(f)).find_map(|f| {
+        let keys = group_keys(spec, ds, f)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        let dim_counts = partials
+            .dim_counts
+            .iter()
+            .map(|&k| Some((k, f.dim(&cube.dims[k - 1].name)?.0)))
+            .collect::<Option<_>>()?;
+        Some(Branch {
+            cube: f,
+            keys,
+            dim_counts,
+        })
+    });
+
     let mut c = Compiler::new(ds);
     let t = c.param(tenant, Type::UUID);
     let d = c.param(ds.id, Type::UUID);
 
-    // Whole buckets from the rollup; the partial ones at the edges from the records.
+    // Whole buckets from the rollup; the whole finer buckets around them from the finer rollup,
+    // if there is one; the partial ones at the edges from the records.
     let (from, to) = range;
     let grain = cube.grain.secs();
     let (from_up, to_down) = (
@@ -135,74 +185,39 @@ fn from_cube(
     if let (Some(a), Some(b)) = (from_up, to_down)
         && a >= b
     {
-        return None; // not one whole bucket: the records are the faster path anyway
+        return None; // not one whole bucket: a finer rollup or the records answer it
     }
-    let mut rollup_where = vec![
-        format!("r.tenant_id = {t}"),
-        format!("r.dataset_id = {d}"),
-        format!("r.rollup = {}", cube.no),
-    ];
-    c.rollup = Some(cube);
-    if let Some(f) = &spec.filter {
-        rollup_where.push(c.filter(f, "/filter", 0)?);
-    }
-    c.rollup = None;
+    let fine = finer.as_ref().map_or(grain, |f| f.cube.grain.secs());
+    let (from_fine, to_fine) = (
+        from.map(|t| ceil_to(t, fine)),
+        to.map(|t| floor_to(t, fine)),
+    );
+    let mut bounds = Vec::new();
     if let Some(a) = from_up {
-        rollup_where.push(format!("r.bucket >= {}", c.param(a, Type::TIMESTAMPTZ)));
+        bounds.push(format!("r.bucket >= {}", c.param(a, Type::TIMESTAMPTZ)));
     }
     if let Some(b) = to_down {
-        rollup_where.push(format!("r.bucket < {}", c.param(b, Type::TIMESTAMPTZ)));
+        bounds.push(format!("r.bucket < {}", c.param(b, Type::TIMESTAMPTZ)));
     }
-    let mut edges = Vec::new();
-    for (lo, hi) in [(from, from_up), (to_down, to)] {
-        if let (Some(lo), Some(hi)) = (lo, hi)
-            && lo < hi
-        {
-            let (lo, hi) = (
-                c.param(lo, Type::TIMESTAMPTZ),
-                c.param(hi, Type::TIMESTAMPTZ),
-            );
-            edges.push(format!("(r.ts >= {lo} AND r.ts < {hi})"));
-        }
-    }
-
-    let rollup_keys: Vec<String> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, (r, _))| format!("{r} AS k{}", i + 1))
-        .collect();
-    let mut rollup_sums = vec!["sum(r.n) AS n".to_owned()];
-    rollup_sums.extend(
-        partials
-            .measures
-            .iter()
-            .map(|k| format!("sum(r.c{k}) AS c{k}, sum(r.s{k}) AS s{k}")),
-    );
-    rollup_sums.extend(
-        partials
-            .dim_counts
-            .iter()
-            .map(|k| format!("sum(r.n) FILTER (WHERE r.g{k} IS NOT NULL) AS cd{k}")),
-    );
-    let group = |exprs: Vec<&String>| {
-        if exprs.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<&str> = exprs.iter().map(|s| s.as_str()).collect();
-            format!(" GROUP BY {}", list.join(", "))
-        }
+    let own = Branch {
+        cube,
+        keys: keys.iter().map(|(r, _)| r.clone()).collect(),
+        dim_counts: partials.dim_counts.iter().map(|&k| (k, k)).collect(),
     };
-    let mut sql = format!(
-        "SELECT {} FROM app.rollups r WHERE {}{}",
-        rollup_keys
-            .iter()
-            .chain(&rollup_sums)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        rollup_where.join(" AND "),
-        group(keys.iter().map(|(r, _)| r).collect()),
-    );
+    let mut sql = rollup_branch(&mut c, spec, [&t, &d], &own, &partials, bounds)?;
+    if let Some(f) = &finer {
+        let spans = spans(
+            &mut c,
+            "r.bucket",
+            [(from_fine, from_up), (to_down, to_fine)],
+        );
+        if !spans.is_empty() {
+            let bounds = vec![format!("({})", spans.join(" OR "))];
+            let branch = rollup_branch(&mut c, spec, [&t, &d], f, &partials, bounds)?;
+            sql.push_str(&format!(" UNION ALL {branch}"));
+        }
+    }
+    let edges = spans(&mut c, "r.ts", [(from, from_fine), (to_fine, to)]);
     if !edges.is_empty() {
         let mut raw_where = vec![format!("r.tenant_id = {t}"), format!("r.dataset_id = {d}")];
         if let Some(f) = &spec.filter {
@@ -230,10 +245,9 @@ fn from_cube(
             " UNION ALL SELECT {} FROM app.records r WHERE {}{}",
             cols.join(", "),
             raw_where.join(" AND "),
-            group(keys.iter().map(|(_, r)| r).collect()),
+            group_by(keys.iter().map(|(_, r)| r)),
         ));
     }
-
     let key_refs: Vec<String> = (1..=keys.len()).map(|i| format!("p.k{i}")).collect();
     let mut outer = format!(
         "SELECT jsonb_build_array({}) FROM ({sql}) p",
@@ -271,6 +285,86 @@ fn from_cube(
         columns: raw.columns.iter().map(OutputColumn::clone).collect(),
         limit: raw.limit,
     })
+}
+
+/// One rollup's branch of the union: its rows for the tenant's dataset within `bounds` (on
+/// `r.bucket`) that pass the filter, summed into the partials by the group keys.
+fn rollup_branch<'d>(
+    c: &mut Compiler<'d>,
+    spec: &QuerySpec,
+    [t, d]: [&str; 2],
+    of: &Branch<'d, 'd>,
+    partials: &Partials,
+    bounds: Vec<String>,
+) -> Option<String> {
+    let mut wheres = vec![
+        format!("r.tenant_id = {t}"),
+        format!("r.dataset_id = {d}"),
+        format!("r.rollup = {}", of.cube.no),
+    ];
+    if let Some(f) = &spec.filter {
+        c.reset_conditions();
+        c.rollup = Some(of.cube);
+        let filter = c.filter(f, "/filter", 0);
+        c.rollup = None;
+        wheres.push(filter?);
+    }
+    wheres.extend(bounds);
+    let mut cols: Vec<String> = of
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{r} AS k{}", i + 1))
+        .collect();
+    cols.push("sum(r.n) AS n".to_owned());
+    cols.extend(
+        partials
+            .measures
+            .iter()
+            .map(|k| format!("sum(r.c{k}) AS c{k}, sum(r.s{k}) AS s{k}")),
+    );
+    cols.extend(
+        of.dim_counts
+            .iter()
+            .map(|(k, own)| format!("sum(r.n) FILTER (WHERE r.g{own} IS NOT NULL) AS cd{k}")),
+    );
+    Some(format!(
+        "SELECT {} FROM app.rollups r WHERE {}{}",
+        cols.join(", "),
+        wheres.join(" AND "),
+        group_by(of.keys.iter()),
+    ))
+}
+
+/// A span of time, `[lo, hi)`, either side possibly open.
+type Span = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `(column >= lo AND column < hi)` for each of the spans that is bounded on both sides and not
+/// empty.
+fn spans(c: &mut Compiler<'_>, column: &str, spans: [Span; 2]) -> Vec<String> {
+    let mut out = Vec::new();
+    for span in spans {
+        if let (Some(lo), Some(hi)) = span
+            && lo < hi
+        {
+            let (lo, hi) = (
+                c.param(lo, Type::TIMESTAMPTZ),
+                c.param(hi, Type::TIMESTAMPTZ),
+            );
+            out.push(format!("({column} >= {lo} AND {column} < {hi})"));
+        }
+    }
+    out
+}
+
+/// ` GROUP BY` the expressions, or nothing if there are none.
+fn group_by<'a>(exprs: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = exprs.map(String::as_str).collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", list.join(", "))
+    }
 }
 
 /// The SQL of one aggregate over the partials, noting the partials it needs; None if the

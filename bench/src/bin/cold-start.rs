@@ -3,8 +3,8 @@
 //! stand-in for the Lambda Runtime API. `init_ms` is process start to the first
 //! `GET /runtime/invocation/next` (the whole init: configuration, SDK, pool, router); `first_ms`
 //! is process start to the first response posted back (the first request, which opens the
-//! database connection; `query` also sends its usage to SQS, on moto). The floor is starting and
-//! reaping `/bin/true`, measured in the same run.
+//! database connection; `query` also writes its usage event, in the query's own transaction). The
+//! floor is starting and reaping `/bin/true`, measured in the same run.
 //!
 //!   scripts/bench cold-start        # BENCH_FUNCTIONS=me,query BENCH_ITERATIONS=20
 //!                                   # BENCH_TARGET_DIR: where the functions are built

@@ -117,6 +117,31 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
         .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
         .is_empty();
+    // An earlier version of the same seed (`…_v2_…` where this is `…_v3_…`) is never read again:
+    // it goes, rather than hold its gigabytes until someone notices.
+    if let Some((family, rest)) = name.split_once("_v")
+        && let Some((version, _)) = rest.split_once('_')
+        && version.parse::<u32>().is_ok()
+    {
+        let older = c
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname <> $2",
+                &[&format!("{family}_v"), &name],
+            )
+            .await?;
+        for row in older {
+            let old: String = row.get(0);
+            let other = old[family.len() + 2..]
+                .split('_')
+                .next()
+                .unwrap_or_default();
+            if other != version && other.parse::<u32>().is_ok() {
+                eprintln!("dropping {old}: an earlier version of this seed");
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"))
+                    .await?;
+            }
+        }
+    }
     let mut reused = false;
     if let (true, Some(marker)) = (exists, marker) {
         let (d, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;

@@ -100,6 +100,7 @@ pub struct BenchDb {
 
 /// A migrated database named `name`. With `marker`, an existing database that has a table of
 /// that name (left by a completed seed) is reused; otherwise it is dropped and created afresh.
+/// A versioned name (`bench_x_v3_…`) drops the earlier versions of its seed (`bench_x_v2_…`).
 pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb, Error> {
     use tokio_postgres::NoTls;
     let admin: tokio_postgres::Config = admin_url()?.parse()?;
@@ -121,7 +122,7 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
     // it goes, rather than hold its gigabytes until someone notices.
     if let Some((family, rest)) = name.split_once("_v")
         && let Some((version, _)) = rest.split_once('_')
-        && version.parse::<u32>().is_ok()
+        && let Ok(version) = version.parse::<u32>()
     {
         let older = c
             .query(
@@ -131,11 +132,11 @@ pub async fn bench_database(name: &str, marker: Option<&str>) -> Result<BenchDb,
             .await?;
         for row in older {
             let old: String = row.get(0);
-            let other = old[family.len() + 2..]
-                .split('_')
-                .next()
-                .unwrap_or_default();
-            if other != version && other.parse::<u32>().is_ok() {
+            let other = old[family.len() + 2..].split('_').next();
+            if other
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|other| other < version)
+            {
                 eprintln!("dropping {old}: an earlier version of this seed");
                 c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"))
                     .await?;

@@ -206,7 +206,7 @@ fn from_cube<'c, 'd: 'c>(
     };
     let mut sql = rollup_branch(&mut c, spec, [&t, &d], &own, &partials, bounds)?;
     if let Some(f) = &finer {
-        let spans = spans(
+        let spans = time_spans(
             &mut c,
             "r.bucket",
             [(from_fine, from_up), (to_down, to_fine)],
@@ -217,7 +217,7 @@ fn from_cube<'c, 'd: 'c>(
             sql.push_str(&format!(" UNION ALL {branch}"));
         }
     }
-    let edges = spans(&mut c, "r.ts", [(from, from_fine), (to_fine, to)]);
+    let edges = time_spans(&mut c, "r.ts", [(from, from_fine), (to_fine, to)]);
     if !edges.is_empty() {
         let mut raw_where = vec![format!("r.tenant_id = {t}"), format!("r.dataset_id = {d}")];
         if let Some(f) = &spec.filter {
@@ -341,7 +341,7 @@ type Span = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// `(column >= lo AND column < hi)` for each of the spans that is bounded on both sides and not
 /// empty.
-fn spans(c: &mut Compiler<'_>, column: &str, spans: [Span; 2]) -> Vec<String> {
+fn time_spans(c: &mut Compiler<'_>, column: &str, spans: [Span; 2]) -> Vec<String> {
     let mut out = Vec::new();
     for span in spans {
         if let (Some(lo), Some(hi)) = span

@@ -312,6 +312,72 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
     assert_eq!(kept, 1, "only beta's");
 }
 
+/// History is written by the update trigger alone: the app role cannot forge a version of its own
+/// tenant's record, rewrite one, or erase one, and a refused attempt leaves the history as it was.
+#[tokio::test]
+async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
+    use tenantry::db::Access;
+    use tenantry::db::TenantContext;
+    let app = TestApp::new().await;
+    let (tenant, admin) = app.tenant_with_token("alpha").await;
+    app.create_dataset(&admin, SPEC).await;
+    for n in 1..=3 {
+        app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": n}}]))
+            .await;
+    }
+    let history = |app: &TestApp| {
+        let url = app.db.admin_url.clone();
+        async move {
+            let db = tenantry_tests::connect(&url).await;
+            db.query(
+                "SELECT version, data::text FROM app.record_versions ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+        }
+    };
+    let before = history(&app).await;
+    assert_eq!(
+        before,
+        [(1, r#"{"n": 1}"#.into()), (2, r#"{"n": 2}"#.into())]
+    );
+
+    let ctx = TenantContext {
+        tenant_id: tenant,
+        actor_id: "system:test".into(),
+    };
+    for sql in [
+        // A version the record never had, in its own tenant.
+        "INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at) \
+         SELECT tenant_id, dataset_id, key, 9, '{\"n\": 666}', now() FROM app.records",
+        "UPDATE app.record_versions SET data = '{\"n\": 666}'",
+        "DELETE FROM app.record_versions",
+    ] {
+        let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
+        let err = tx.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            err.sqlstate(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+    assert_eq!(history(&app).await, before);
+
+    // The trigger still keeps the next replaced version, and a delete still takes them all.
+    app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 4}}]))
+        .await;
+    assert_eq!(history(&app).await.len(), 3);
+    let r = app
+        .call("DELETE", "/v1/datasets/events/records/k", &admin, None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert!(history(&app).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_record_keeps_its_last_hundred_replaced_versions() {
     let app = TestApp::new().await;

@@ -1,8 +1,9 @@
 //! The catalog test: no table slips through without forced RLS and exactly the tenant policy
 //! (compared as Postgres prints it, so an `OR true` or a missing WITH CHECK shows), no view
-//! without security_invoker, no SECURITY DEFINER function but the known lookups, each with its
-//! result, fixed search_path, owner and callers, and no LEAKPROOF function. And each lookup,
-//! attacked with another tenant's identifiers, answers only what its contract says.
+//! without security_invoker, no SECURITY DEFINER function but the known lookups (and the
+//! record-versions trigger), each with its result, fixed search_path, owner and callers, and no
+//! LEAKPROOF function. And each lookup, attacked with another tenant's identifiers, answers only
+//! what its contract says.
 
 use tenantry::TenantId;
 use tenantry::auth::{ApiKeys, Scope};
@@ -90,6 +91,8 @@ const DEFINERS: &[(&str, &str)] = &[
     ("app.tenant_ids()", "TABLE(tenant_id uuid, status text)"),
     ("app.prune_reconciliations(integer)", "bigint"),
     ("app.tenants_with_pending_chunks(interval)", "SETOF uuid"),
+    // The one trigger: record versions are written as the owner, never by the app role.
+    ("app.keep_record_versions()", "trigger"),
     (
         "app.text_candidates(text,uuid[],bigint)",
         "TABLE(dataset_id uuid, record_key text, chunk_no integer, rank real)",
@@ -358,15 +361,17 @@ pub async fn violations(client: &Client) -> Vec<String> {
         // (plpgsql's EXECUTE).
         // The one that writes: the retention's delete of the tenant's old reconciliation records
         // (0022), volatile.
+        // The record-versions trigger (0028), volatile: fired by updates of app.records, so
+        // callable by nobody.
         let (caller, language) = match name.as_str() {
             "app.impersonation_live()" => ("tenantry_impersonation", "sql"),
             "app.text_candidates(text,uuid[],bigint)" => ("tenantry_app", "plpgsql"),
+            "app.keep_record_versions()" => ("", "plpgsql"),
             _ => ("tenantry_app", "sql"),
         };
-        let volatility = if name == "app.prune_reconciliations(integer)" {
-            "v"
-        } else {
-            "s"
+        let volatility = match name.as_str() {
+            "app.prune_reconciliations(integer)" | "app.keep_record_versions()" => "v",
+            _ => "s",
         };
         let want = (
             *contract,

@@ -126,8 +126,6 @@ const APP_GRANTS: &[(&str, &str)] = &[
     ("members", "UPDATE"),
     ("processed_webhooks", "INSERT"),
     ("processed_webhooks", "SELECT"),
-    ("record_versions", "DELETE"),
-    ("record_versions", "INSERT"),
     ("record_versions", "SELECT"),
     ("records", "DELETE"),
     ("records", "INSERT"),

@@ -312,8 +312,10 @@ async fn a_record_keeps_the_versions_updates_replaced_until_it_is_deleted() {
     assert_eq!(kept, 1, "only beta's");
 }
 
-/// History is written by the update trigger alone: the app role cannot forge a version of its own
-/// tenant's record, rewrite one, or erase one, and a refused attempt leaves the history as it was.
+/// History is written by the update trigger alone, from versions the database keeps honest: the
+/// app role cannot forge a version of its own tenant's record, rewrite one, or erase one, neither
+/// directly nor by steering the trigger through the record's version and timestamps, and a
+/// refused attempt leaves the history as it was.
 #[tokio::test]
 async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
     use tenantry::db::Access;
@@ -350,27 +352,93 @@ async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
         tenant_id: tenant,
         actor_id: "system:test".into(),
     };
-    for sql in [
+    use tokio_postgres::error::SqlState;
+    let no_grant = "permission denied for table record_versions";
+    let stepped = "a record's version moves by one with each change of its data, stamped with the \
+                   time of the change";
+    for (sql, code, message) in [
         // A version the record never had, in its own tenant.
-        "INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at) \
-         SELECT tenant_id, dataset_id, key, 9, '{\"n\": 666}', now() FROM app.records",
-        "UPDATE app.record_versions SET data = '{\"n\": 666}'",
-        "DELETE FROM app.record_versions",
+        (
+            "INSERT INTO app.record_versions (tenant_id, dataset_id, key, version, data, written_at) \
+             SELECT tenant_id, dataset_id, key, 9, '{\"n\": 666}', now() FROM app.records",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            no_grant,
+        ),
+        (
+            "UPDATE app.record_versions SET data = '{\"n\": 666}'",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            no_grant,
+        ),
+        (
+            "DELETE FROM app.record_versions",
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            no_grant,
+        ),
+        // Past the last 100 in one step: the trigger's prune would erase the whole history.
+        (
+            "UPDATE app.records SET version = version + 101",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        (
+            "UPDATE app.records SET data = '{\"n\": 666}', version = version + 101, updated_at = now()",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        // A forged version number or time for the trigger to keep.
+        (
+            "UPDATE app.records SET data = '{\"n\": 666}', version = 2, updated_at = now()",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        (
+            "UPDATE app.records SET data = '{\"n\": 666}', version = version + 1, \
+             updated_at = '2020-01-01T00:00:00Z'",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        (
+            "UPDATE app.records SET created_at = '2020-01-01T00:00:00Z'",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        // A changed content that keeps its version number.
+        (
+            "UPDATE app.records SET data = '{\"n\": 666}', updated_at = now()",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
     ] {
         let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
         let err = tx.execute(sql, &[]).await.unwrap_err();
+        let said = match &err {
+            tenantry::db::DbError::Postgres(e) => e.as_db_error().map(|d| d.message().to_owned()),
+            _ => None,
+        };
         assert_eq!(
-            err.sqlstate(),
-            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            (err.sqlstate(), said.as_deref()),
+            (Some(&code), Some(message)),
             "{sql}: {err}"
         );
     }
     assert_eq!(history(&app).await, before);
+    // A step the rules allow, by hand: the trigger keeps it like any other.
+    let mut tx = app.app.db.begin(&ctx, Access::ReadWrite).await.unwrap();
+    let n = tx
+        .execute(
+            "UPDATE app.records SET data = '{\"n\": 3.5}', version = version + 1, updated_at = now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(history(&app).await.len(), 3);
 
     // The trigger still keeps the next replaced version, and a delete still takes them all.
     app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": 4}}]))
         .await;
-    assert_eq!(history(&app).await.len(), 3);
+    assert_eq!(history(&app).await.len(), 4);
     let r = app
         .call("DELETE", "/v1/datasets/events/records/k", &admin, None)
         .await;

@@ -1,11 +1,12 @@
--- Record versions (migration 0026): what keeping the replaced version costs a 500-record
--- upsert, trigger on against off, alternating, 40 rounds, in one transaction rolled back at the
--- end. Run on the analytics benchmark database (scripts/bench analytics makes it), as the
--- superuser, naming one of its tenants and datasets:
+-- Record versions (migrations 0026, 0028): what keeping the replaced version (or, with -v trig,
+-- another of app.records' triggers) costs a 500-record upsert, trigger on against off,
+-- alternating, 40 rounds, in one transaction rolled back at the end. Run on the analytics
+-- benchmark database (scripts/bench analytics makes it), as the superuser, naming one of its
+-- tenants and datasets:
 --   psql "$(scripts/pg start | sed "s|/[^/]*$|/bench_analytics_v3_200_20000|")" \
 --     -v tid=<tenant id> -v did=<dataset id> -f bench/sql/record_versions_ab.sql
--- `-v trig=records_version_steps` measures the version rule's trigger (0028) instead of the
--- keeping one.
+-- `-v trig=records_version_steps` (or `records_version_starts`) measures a version rule's
+-- trigger (0028) instead of the keeping one.
 \if :{?trig}
 \else
   \set trig record_versions_kept

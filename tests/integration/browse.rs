@@ -323,6 +323,8 @@ async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
     let app = TestApp::new().await;
     let (tenant, admin) = app.tenant_with_token("alpha").await;
     app.create_dataset(&admin, SPEC).await;
+    app.create_dataset(&admin, &SPEC.replace("events", "other"))
+        .await;
     for n in 1..=3 {
         app.ingest(&admin, "events", &json!([{"key": "k", "data": {"n": n}}]))
             .await;
@@ -354,8 +356,8 @@ async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
     };
     use tokio_postgres::error::SqlState;
     let no_grant = "permission denied for table record_versions";
-    let stepped = "a record's version moves by one with each change of its data, stamped with the \
-                   time of the change";
+    let stepped = "a record's version starts at 1 and moves by one with each change of its data, \
+                   stamped with the time of the change";
     for (sql, code, message) in [
         // A version the record never had, in its own tenant.
         (
@@ -405,6 +407,38 @@ async fn the_app_role_cannot_forge_rewrite_or_erase_a_records_history() {
         // A changed content that keeps its version number.
         (
             "UPDATE app.records SET data = '{\"n\": 666}', updated_at = now()",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        // A time of its own, for the next change to keep as this version's.
+        (
+            "UPDATE app.records SET updated_at = '2020-01-01T00:00:00Z'",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        // Another record's name, or dataset, for this one's history.
+        (
+            "UPDATE app.records SET key = 'k2'",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        (
+            "UPDATE app.records SET dataset_id = \
+             (SELECT dataset_id FROM app.datasets WHERE name = 'other')",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        // A new record born at a version and time of its own.
+        (
+            "INSERT INTO app.records (tenant_id, dataset_id, key, data, version) \
+             SELECT tenant_id, dataset_id, 'k3', '{\"n\": 666}', 500 FROM app.records",
+            SqlState::CHECK_VIOLATION,
+            stepped,
+        ),
+        (
+            "INSERT INTO app.records (tenant_id, dataset_id, key, data, updated_at) \
+             SELECT tenant_id, dataset_id, 'k3', '{\"n\": 666}', '2020-01-01T00:00:00Z' \
+             FROM app.records",
             SqlState::CHECK_VIOLATION,
             stepped,
         ),

@@ -361,7 +361,7 @@ async fn seed(db: &Db, slug: &str) -> Seeded {
     .unwrap();
     // Its first version, kept by the update trigger (app.record_versions).
     t.execute(
-        "UPDATE app.records SET data = data || '{\"v\": 2}', version = 2 \
+        "UPDATE app.records SET data = data || '{\"v\": 2}', version = 2, updated_at = now() \
          WHERE tenant_id = $1 AND dataset_id = $2 AND key = 'r1'",
         &[(&id, Type::UUID), (&dataset, Type::UUID)],
     )

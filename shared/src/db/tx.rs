@@ -245,9 +245,10 @@ impl TenantTx {
     /// (`set_config('transaction_read_only', 'on', true)`, what `SET TRANSACTION READ ONLY` does,
     /// but a SELECT, as every setting here is, so nothing pins the session at RDS Proxy; Postgres
     /// allows it after a write, never the reverse), and commits, all in one flight (with BEGIN and
-    /// the settings too, on a transaction that has run nothing yet). For a read that checks or records something about itself in its own transaction:
-    /// everything commits or nothing does, a failed statement stops the ones after it, and the
-    /// read still cannot write. Returns the first error among the statements.
+    /// the settings too, on a transaction that has run nothing yet). For a read that checks or
+    /// records something about itself in its own transaction: everything commits or nothing does,
+    /// a failed statement stops the ones after it, and the read still cannot write. Returns the
+    /// first error among the statements.
     ///
     /// On a transaction that has run nothing yet, a connection that died while idle is replaced
     /// and the flight sent once more, as for any first statement. As that flight carries the read
